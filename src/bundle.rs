@@ -1,0 +1,123 @@
+//! The on-disk bundle of one container (`config.json` in a directory named after its id) and
+//! the shared root filesystem every container of the library starts from.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use oci_spec::runtime::Spec;
+
+use crate::config::ROOTFS_LINKS;
+use crate::error::SandboxError;
+use crate::state::{OWNER_ANNOTATION, self_owner};
+
+/// A bundle directory. Dropping it removes the directory (blocking); the async paths call
+/// [`Bundle::remove`] instead, which does the same off the worker threads.
+#[derive(Debug)]
+pub(crate) struct Bundle {
+    dir: Option<PathBuf>,
+}
+
+impl Bundle {
+    /// Creates `dir` (which must not exist: that is what makes ids unique) and writes the spec
+    /// into it, annotated with this process as its owner. Blocking.
+    pub fn create_blocking(dir: PathBuf, id: &str, mut spec: Spec) -> Result<Bundle, SandboxError> {
+        match std::fs::create_dir(&dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                return Err(SandboxError::DuplicateId { id: id.to_owned() });
+            }
+            Err(e) => return Err(SandboxError::io("creating the bundle directory", dir, e)),
+        }
+        // From here on, dropping `bundle` removes the directory again.
+        let bundle = Bundle { dir: Some(dir) };
+        let mut annotations = spec.annotations().clone().unwrap_or_else(HashMap::new);
+        annotations.insert(OWNER_ANNOTATION.to_owned(), self_owner().to_owned());
+        spec.set_annotations(Some(annotations));
+        let json = serde_json::to_vec(&spec).map_err(|e| {
+            SandboxError::Spec(oci_spec::OciSpecError::Other(format!("serialising: {e}")))
+        })?;
+        let path = bundle.path().join("config.json");
+        std::fs::write(&path, json)
+            .map_err(|e| SandboxError::io("writing config.json", path, e))?;
+        Ok(bundle)
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.as_deref().expect("bundle used after removal")
+    }
+
+    /// Where the runtime writes its own log for this container.
+    pub fn log_path(&self) -> PathBuf {
+        self.path().join("runtime.log")
+    }
+
+    /// Removes the directory without blocking the caller's worker thread.
+    pub async fn remove(mut self) {
+        if let Some(dir) = self.dir.take() {
+            let _ = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(dir)).await;
+        }
+    }
+}
+
+impl Drop for Bundle {
+    fn drop(&mut self) {
+        if let Some(dir) = self.dir.take() {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+}
+
+/// Files of the shared root filesystem's `/etc`: users and name lookup without the host's.
+const ETC_FILES: &[(&str, &str)] = &[
+    (
+        "passwd",
+        "root:x:0:0:root:/tmp:/bin/sh\nsandbox:x:1000:1000:sandbox:/tmp:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n",
+    ),
+    (
+        "group",
+        "root:x:0:\ntty:x:5:\nsandbox:x:1000:\nnogroup:x:65534:\n",
+    ),
+    ("hosts", "127.0.0.1\tlocalhost sandbox\n::1\tlocalhost ip6-localhost ip6-loopback\n"),
+    ("nsswitch.conf", "passwd: files\ngroup: files\nhosts: files dns\n"),
+    ("resolv.conf", ""),
+];
+
+/// Makes the shared root filesystem (idempotent, blocking): `/bin`, `/lib*`... as links into
+/// `/usr` (which is bind-mounted from the host), and a minimal `/etc`.
+pub(crate) fn prepare_rootfs(rootfs: &Path) -> Result<(), SandboxError> {
+    let err = |what, p: &Path, e| SandboxError::io(what, p, e);
+    for (link, target) in ROOTFS_LINKS {
+        let host_link = Path::new(link);
+        // Mirror the host: a link where it has one (merged /usr), nothing where it has none.
+        if !host_link.is_symlink() {
+            continue;
+        }
+        let at = rootfs.join(link.trim_start_matches('/'));
+        if at.symlink_metadata().is_err() {
+            let rel = target.trim_start_matches('/');
+            match std::os::unix::fs::symlink(rel, &at) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+                Err(e) => return Err(err("creating a rootfs link", &at, e)),
+            }
+        }
+    }
+    let etc = rootfs.join("etc");
+    std::fs::create_dir_all(&etc).map_err(|e| err("creating the rootfs /etc", &etc, e))?;
+    for (name, content) in ETC_FILES {
+        let path = etc.join(name);
+        if path.exists() {
+            continue;
+        }
+        // Write then rename, so that a concurrent container never sees a half-written file.
+        let mut tmp = tempfile::NamedTempFile::new_in(&etc)
+            .map_err(|e| err("writing the rootfs /etc", &etc, e))?;
+        tmp.write_all(content.as_bytes())
+            .map_err(|e| err("writing the rootfs /etc", &path, e))?;
+        let _ = tmp.as_file().set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o644));
+        tmp.persist(&path)
+            .map_err(|e| err("writing the rootfs /etc", &path, e.error))?;
+    }
+    Ok(())
+}

@@ -1,0 +1,631 @@
+//! [`SandboxConfig`] (the policy a caller states) and [`ContainerConfig`] (the concrete request
+//! that becomes an OCI spec).
+
+use std::collections::HashSet;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use oci_spec::runtime::Spec;
+use serde::{Deserialize, Serialize};
+
+use crate::error::SandboxError;
+
+/// Where the container's network comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum Network {
+    /// A network namespace of its own with only a loopback device: nothing is reachable.
+    #[default]
+    None,
+    /// The host's network namespace: the container sees and reaches what the host does.
+    Host,
+}
+
+/// Where one of the container's standard streams goes (used by [`spawn`]).
+///
+/// [`spawn`]: crate::NamespaceContainer::spawn
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum Stdio {
+    /// A pipe to the caller, exposed on the [`ContainerProcess`](crate::ContainerProcess).
+    #[default]
+    Piped,
+    /// The caller's own stream.
+    Inherit,
+    /// `/dev/null`.
+    Null,
+}
+
+/// A host directory or file bind-mounted into the container.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Bind {
+    /// Absolute path on the host.
+    pub source: PathBuf,
+    /// Absolute path inside the container.
+    pub destination: PathBuf,
+}
+
+impl Bind {
+    /// A bind of `source` on the host at `destination` in the container.
+    pub fn new(source: impl Into<PathBuf>, destination: impl Into<PathBuf>) -> Self {
+        Bind {
+            source: source.into(),
+            destination: destination.into(),
+        }
+    }
+}
+
+/// The policy for a sandbox: what the command may see, reach and use.
+///
+/// `SandboxConfig::default()` is the safe default, and it runs: host tools (`/usr` and the
+/// `/bin`, `/lib*` links, a minimal `/etc`) read-only, a private writable `/tmp`, no `/home`,
+/// `/root` or host secrets, the host environment not inherited, no network (a network namespace
+/// of its own), all capabilities dropped, `no_new_privileges`, masked `/proc` paths, a read-only
+/// root filesystem, memory and pids limits and a 60 s wall-clock timeout.
+///
+/// ```
+/// use std::time::Duration;
+/// use oci_sandbox::{Network, SandboxConfig};
+///
+/// let policy = SandboxConfig {
+///     network: Network::Host,
+///     timeout: Some(Duration::from_secs(5)),
+///     ..SandboxConfig::default()
+/// };
+/// assert_eq!(policy.memory_limit, Some(512 * 1024 * 1024));
+/// ```
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct SandboxConfig {
+    /// Network access; [`Network::None`] by default.
+    pub network: Network,
+    /// Host paths mounted read-only.
+    pub readonly_binds: Vec<Bind>,
+    /// Host paths mounted read-write.
+    pub writable_binds: Vec<Bind>,
+    /// A host directory mounted read-write at [`SandboxConfig::WORKDIR`], and the command's
+    /// working directory. Without one, the command runs in `/tmp`.
+    pub workdir: Option<PathBuf>,
+    /// Environment variables added to the default `PATH`, `HOME` and `LANG` (later wins).
+    pub env: Vec<(String, String)>,
+    /// The user id the command runs as inside the container.
+    pub uid: u32,
+    /// The group id the command runs as inside the container.
+    pub gid: u32,
+    /// The container's hostname.
+    pub hostname: String,
+    /// Wall-clock limit; past it the container is killed and the status says timed out.
+    pub timeout: Option<Duration>,
+    /// Memory limit in bytes (swap included).
+    pub memory_limit: Option<u64>,
+    /// Maximum number of processes and threads.
+    pub pids_limit: Option<u32>,
+    /// Size of the private writable `/tmp`, in bytes.
+    pub tmp_size: u64,
+}
+
+impl SandboxConfig {
+    /// Where [`SandboxConfig::workdir`] is mounted inside the container.
+    pub const WORKDIR: &'static str = "/workspace";
+}
+
+impl Default for SandboxConfig {
+    fn default() -> Self {
+        SandboxConfig {
+            network: Network::None,
+            readonly_binds: Vec::new(),
+            writable_binds: Vec::new(),
+            workdir: None,
+            env: Vec::new(),
+            uid: 0,
+            gid: 0,
+            hostname: "sandbox".to_owned(),
+            timeout: Some(Duration::from_secs(60)),
+            memory_limit: Some(512 * 1024 * 1024),
+            pids_limit: Some(256),
+            tmp_size: 256 * 1024 * 1024,
+        }
+    }
+}
+
+/// What a mount inside the container is.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum MountKind {
+    /// A bind mount of a host path.
+    Bind {
+        /// Absolute host path.
+        source: PathBuf,
+        /// Whether the container may write through it.
+        writable: bool,
+    },
+    /// A private tmpfs of the given size.
+    Tmpfs {
+        /// Size limit in bytes.
+        size: u64,
+    },
+}
+
+/// One mount of a [`ContainerConfig`], on top of the fixed `/proc`, `/dev` and `/sys`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Mount {
+    /// Absolute path inside the container.
+    pub destination: PathBuf,
+    /// What is mounted there.
+    pub kind: MountKind,
+}
+
+/// Resource limits, enforced through the runtime's cgroups.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+pub struct Limits {
+    /// Memory limit in bytes (swap included).
+    pub memory: Option<u64>,
+    /// Maximum number of processes and threads.
+    pub pids: Option<u32>,
+}
+
+/// Security settings of the container process.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Security {
+    /// Capabilities kept (names such as `CAP_NET_BIND_SERVICE`); empty drops them all.
+    pub capabilities: Vec<String>,
+    /// Set `no_new_privileges` (setuid binaries and file capabilities grant nothing).
+    pub no_new_privileges: bool,
+    /// Mount the root filesystem read-only.
+    pub readonly_rootfs: bool,
+}
+
+impl Default for Security {
+    fn default() -> Self {
+        Security {
+            capabilities: Vec::new(),
+            no_new_privileges: true,
+            readonly_rootfs: true,
+        }
+    }
+}
+
+/// A function that edits the generated OCI [`Spec`] before it is written: the escape hatch
+/// for anything [`ContainerConfig`] does not model.
+#[derive(Clone)]
+pub struct SpecHook(Arc<dyn Fn(&mut Spec) + Send + Sync>);
+
+impl SpecHook {
+    /// Wraps `f`.
+    pub fn new(f: impl Fn(&mut Spec) + Send + Sync + 'static) -> Self {
+        SpecHook(Arc::new(f))
+    }
+
+    pub(crate) fn apply(&self, spec: &mut Spec) {
+        (self.0)(spec)
+    }
+}
+
+impl fmt::Debug for SpecHook {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("SpecHook(..)")
+    }
+}
+
+/// The concrete request for one container: what runs, with what it sees.
+///
+/// Made from a [`SandboxConfig`] by [`NamespaceContainer::build_config`], then adjusted
+/// field by field if needed. It is checked when spawned: an invalid field gives
+/// [`SandboxError::InvalidConfig`] before anything is created.
+///
+/// [`NamespaceContainer::build_config`]: crate::NamespaceContainer::build_config
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ContainerConfig {
+    /// The container id; a unique one is generated when `None`.
+    pub id: Option<String>,
+    /// The program, resolved against `PATH` inside the container when it has no `/`.
+    pub command: String,
+    /// Its arguments (without the program itself).
+    pub args: Vec<String>,
+    /// The whole environment of the process (nothing is inherited from the host).
+    pub env: Vec<(String, String)>,
+    /// Working directory inside the container; must be absolute and exist.
+    pub cwd: PathBuf,
+    /// Mounts besides `/proc`, `/dev` and `/sys`, in order.
+    pub mounts: Vec<Mount>,
+    /// Network access.
+    pub network: Network,
+    /// The container's hostname.
+    pub hostname: Option<String>,
+    /// User id inside the container.
+    pub uid: u32,
+    /// Group id inside the container.
+    pub gid: u32,
+    /// Resource limits.
+    pub limits: Limits,
+    /// Capabilities, `no_new_privileges`, read-only root.
+    pub security: Security,
+    /// Wall-clock limit from spawn; past it the container is killed.
+    pub timeout: Option<Duration>,
+    /// The process's standard input.
+    pub stdin: Stdio,
+    /// The process's standard output.
+    pub stdout: Stdio,
+    /// The process's standard error.
+    pub stderr: Stdio,
+    /// Edits the generated spec before it is written (not serialised).
+    #[serde(skip)]
+    pub spec_hook: Option<SpecHook>,
+}
+
+impl ContainerConfig {
+    /// A config that runs `command` with `args` under [`SandboxConfig::default()`].
+    pub fn new(command: impl Into<String>, args: Vec<String>) -> Self {
+        from_policy(&SandboxConfig::default(), command.into(), args)
+    }
+
+    /// The `PATH` value of the config's environment, or the default one.
+    pub(crate) fn path_var(&self) -> &str {
+        self.env
+            .iter()
+            .rev()
+            .find(|(k, _)| k == "PATH")
+            .map(|(_, v)| v.as_str())
+            .unwrap_or(DEFAULT_PATH)
+    }
+
+    /// Checks every field that can be checked without touching the runtime.
+    ///
+    /// Host paths (bind sources, the working directory and the command as seen through the
+    /// binds) are looked up on the host, so call this off the async workers.
+    pub(crate) fn validate(&self) -> Result<(), SandboxError> {
+        if let Some(id) = &self.id {
+            validate_id(id)?;
+        }
+        if self.command.is_empty() {
+            return Err(SandboxError::invalid("command", "is empty"));
+        }
+        no_nul("command", &self.command)?;
+        for (i, a) in self.args.iter().enumerate() {
+            no_nul(&format!("args[{i}]"), a)?;
+        }
+        for (key, value) in &self.env {
+            if key.is_empty() || key.contains('=') || key.contains('\0') {
+                return Err(SandboxError::invalid(
+                    "env",
+                    format!("key {key:?} is empty or contains '=' or NUL"),
+                ));
+            }
+            if value.contains('\0') {
+                return Err(SandboxError::invalid(
+                    "env",
+                    format!("value of {key} contains NUL"),
+                ));
+            }
+        }
+        if let Some(h) = &self.hostname
+            && (h.is_empty() || h.len() > 64 || h.contains(['\0', '/']))
+        {
+            return Err(SandboxError::invalid("hostname", format!("{h:?} is not a hostname")));
+        }
+        let mut seen = HashSet::new();
+        for (i, m) in self.mounts.iter().enumerate() {
+            let field = format!("mounts[{i}]");
+            absolute_clean(&format!("{field}.destination"), &m.destination)?;
+            if !seen.insert(&m.destination) {
+                return Err(SandboxError::invalid(
+                    format!("{field}.destination"),
+                    format!("{} is mounted twice", m.destination.display()),
+                ));
+            }
+            if let MountKind::Bind { source, .. } = &m.kind {
+                absolute_clean(&format!("{field}.source"), source)?;
+                if let Err(e) = std::fs::metadata(source) {
+                    return Err(SandboxError::invalid(
+                        format!("{field}.source"),
+                        format!(
+                            "{} (to be mounted at {}): {e}",
+                            source.display(),
+                            m.destination.display()
+                        ),
+                    ));
+                }
+            }
+        }
+        absolute_clean("cwd", &self.cwd)?;
+        if let HostPath::Host(p) = self.host_path(&self.cwd)
+            && !p.is_dir()
+        {
+            return Err(SandboxError::invalid(
+                "cwd",
+                format!(
+                    "{} is not a directory in the container (it would be {} on the host)",
+                    self.cwd.display(),
+                    p.display()
+                ),
+            ));
+        }
+        self.check_command()
+    }
+
+    /// Resolves the command the way `execvp` inside the container would, through the binds,
+    /// so that a missing program is reported before a container is made for it. Paths the
+    /// library cannot see from the host (tmpfs, the rootfs) are given the benefit of the doubt.
+    fn check_command(&self) -> Result<(), SandboxError> {
+        let candidates: Vec<PathBuf> = if self.command.contains('/') {
+            vec![self.cwd.join(&self.command)]
+        } else {
+            self.path_var()
+                .split(':')
+                .filter(|d| d.starts_with('/'))
+                .map(|d| Path::new(d).join(&self.command))
+                .collect()
+        };
+        let mut unknown = false;
+        for candidate in &candidates {
+            match self.host_path(candidate) {
+                HostPath::Host(p) if is_executable(&p) => return Ok(()),
+                HostPath::Host(_) => {}
+                HostPath::Unknown => unknown = true,
+            }
+        }
+        if unknown {
+            return Ok(());
+        }
+        Err(SandboxError::CommandNotFound {
+            command: self.command.clone(),
+            message: None,
+        })
+    }
+
+    /// Maps a path inside the container to the host path a bind mount exposes there.
+    fn host_path(&self, path: &Path) -> HostPath {
+        let mount = self
+            .mounts
+            .iter()
+            .filter(|m| path.starts_with(&m.destination))
+            .max_by_key(|m| m.destination.components().count());
+        match mount {
+            Some(Mount {
+                destination,
+                kind: MountKind::Bind { source, .. },
+            }) => match path.strip_prefix(destination) {
+                Ok(rest) if rest.as_os_str().is_empty() => HostPath::Host(source.clone()),
+                Ok(rest) => HostPath::Host(source.join(rest)),
+                Err(_) => HostPath::Unknown,
+            },
+            Some(_) => HostPath::Unknown,
+            None => {
+                // Not under a mount: the shared root filesystem, whose /bin, /lib... are
+                // links into /usr.
+                let Some((link, target)) = ROOTFS_LINKS.iter().find(|(l, _)| path.starts_with(l))
+                else {
+                    return HostPath::Unknown;
+                };
+                match path.strip_prefix(link) {
+                    Ok(rest) => self.host_path(&Path::new(target).join(rest)),
+                    Err(_) => HostPath::Unknown,
+                }
+            }
+        }
+    }
+}
+
+enum HostPath {
+    Host(PathBuf),
+    Unknown,
+}
+
+fn is_executable(p: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(p)
+        .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        .unwrap_or(false)
+}
+
+/// Container ids: what runc accepts (`[A-Za-z0-9_+.-]`), at most 64 bytes, not `.`/`..`.
+pub(crate) fn validate_id(id: &str) -> Result<(), SandboxError> {
+    let ok = !id.is_empty()
+        && id.len() <= 64
+        && id != "."
+        && id != ".."
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_+.-".contains(&b));
+    if ok {
+        Ok(())
+    } else {
+        Err(SandboxError::invalid(
+            "id",
+            format!("{id:?} must be 1-64 characters of [A-Za-z0-9_+.-]"),
+        ))
+    }
+}
+
+fn no_nul(field: &str, s: &str) -> Result<(), SandboxError> {
+    if s.contains('\0') {
+        Err(SandboxError::invalid(field, "contains NUL"))
+    } else {
+        Ok(())
+    }
+}
+
+fn absolute_clean(field: &str, p: &Path) -> Result<(), SandboxError> {
+    use std::path::Component;
+    if !p.is_absolute() {
+        return Err(SandboxError::invalid(
+            field,
+            format!("{} is not an absolute path", p.display()),
+        ));
+    }
+    if p.components().any(|c| matches!(c, Component::ParentDir)) {
+        return Err(SandboxError::invalid(
+            field,
+            format!("{} contains '..'", p.display()),
+        ));
+    }
+    if p.as_os_str().as_encoded_bytes().contains(&0) {
+        return Err(SandboxError::invalid(field, "contains NUL"));
+    }
+    Ok(())
+}
+
+/// `PATH` inside the container unless the config sets one.
+pub(crate) const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// Symlinks of the shared root filesystem, as on a merged-/usr system.
+pub(crate) const ROOTFS_LINKS: &[(&str, &str)] = &[
+    ("/bin", "/usr/bin"),
+    ("/sbin", "/usr/sbin"),
+    ("/lib", "/usr/lib"),
+    ("/lib32", "/usr/lib32"),
+    ("/lib64", "/usr/lib64"),
+    ("/libx32", "/usr/libx32"),
+];
+
+/// Host files of `/etc` that programs need and that hold no secrets.
+const HOST_ETC: &[&str] = &[
+    "/etc/alternatives",
+    "/etc/ld.so.cache",
+    "/etc/localtime",
+    "/etc/ssl/certs",
+    "/etc/ca-certificates",
+    "/etc/mime.types",
+    "/etc/protocols",
+    "/etc/services",
+];
+
+/// The read-only host tool mounts that exist on this host (looked up once per process).
+fn host_tool_mounts() -> &'static [Mount] {
+    static MOUNTS: OnceLock<Vec<Mount>> = OnceLock::new();
+    MOUNTS.get_or_init(|| {
+        std::iter::once("/usr")
+            .chain(HOST_ETC.iter().copied())
+            .filter(|p| Path::new(p).exists())
+            .map(|p| Mount {
+                destination: PathBuf::from(p),
+                kind: MountKind::Bind {
+                    source: PathBuf::from(p),
+                    writable: false,
+                },
+            })
+            .collect()
+    })
+}
+
+pub(crate) fn from_policy(s: &SandboxConfig, command: String, args: Vec<String>) -> ContainerConfig {
+    let mut mounts: Vec<Mount> = host_tool_mounts().to_vec();
+    mounts.push(Mount {
+        destination: PathBuf::from("/tmp"),
+        kind: MountKind::Tmpfs { size: s.tmp_size },
+    });
+    let bind = |b: &Bind, writable| Mount {
+        destination: b.destination.clone(),
+        kind: MountKind::Bind {
+            source: b.source.clone(),
+            writable,
+        },
+    };
+    mounts.extend(s.readonly_binds.iter().map(|b| bind(b, false)));
+    mounts.extend(s.writable_binds.iter().map(|b| bind(b, true)));
+    let cwd = match &s.workdir {
+        Some(dir) => {
+            mounts.push(bind(&Bind::new(dir, SandboxConfig::WORKDIR), true));
+            PathBuf::from(SandboxConfig::WORKDIR)
+        }
+        None => PathBuf::from("/tmp"),
+    };
+    let home = cwd.to_string_lossy().into_owned();
+    let mut env = vec![
+        ("PATH".to_owned(), DEFAULT_PATH.to_owned()),
+        ("HOME".to_owned(), home),
+        ("LANG".to_owned(), "C.UTF-8".to_owned()),
+    ];
+    for (k, v) in &s.env {
+        env.retain(|(key, _)| key != k);
+        env.push((k.clone(), v.clone()));
+    }
+    ContainerConfig {
+        id: None,
+        command,
+        args,
+        env,
+        cwd,
+        mounts,
+        network: s.network,
+        hostname: Some(s.hostname.clone()),
+        uid: s.uid,
+        gid: s.gid,
+        limits: Limits {
+            memory: s.memory_limit,
+            pids: s.pids_limit,
+        },
+        security: Security::default(),
+        timeout: s.timeout,
+        stdin: Stdio::Piped,
+        stdout: Stdio::Piped,
+        stderr: Stdio::Piped,
+        spec_hook: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_policy_mounts_host_tools_read_only_and_a_private_tmp() {
+        let c = ContainerConfig::new("true", vec![]);
+        assert!(c.mounts.iter().any(|m| m.destination == Path::new("/usr")
+            && m.kind
+                == MountKind::Bind {
+                    source: "/usr".into(),
+                    writable: false
+                }));
+        assert!(c
+            .mounts
+            .iter()
+            .any(|m| m.destination == Path::new("/tmp") && matches!(m.kind, MountKind::Tmpfs { .. })));
+        assert!(!c.mounts.iter().any(|m| m.destination.starts_with("/home")
+            || m.destination.starts_with("/root")
+            || m.destination == Path::new("/etc/shadow")));
+        assert_eq!(c.cwd, Path::new("/tmp"));
+        assert!(c.validate().is_ok());
+    }
+
+    #[test]
+    fn policy_env_overrides_defaults() {
+        let s = SandboxConfig {
+            env: vec![("HOME".into(), "/x".into()), ("A".into(), "b".into())],
+            ..Default::default()
+        };
+        let c = from_policy(&s, "true".into(), vec![]);
+        assert_eq!(c.env.iter().filter(|(k, _)| k == "HOME").count(), 1);
+        assert!(c.env.contains(&("HOME".into(), "/x".into())));
+        assert!(c.env.contains(&("A".into(), "b".into())));
+    }
+
+    #[test]
+    fn command_is_resolved_through_the_usr_bind() {
+        assert!(ContainerConfig::new("sh", vec![]).validate().is_ok());
+        assert!(ContainerConfig::new("/bin/sh", vec![]).validate().is_ok());
+        assert!(matches!(
+            ContainerConfig::new("no-such-command-xyz", vec![]).validate(),
+            Err(SandboxError::CommandNotFound { .. })
+        ));
+        assert!(matches!(
+            ContainerConfig::new("/usr/bin/no-such-command-xyz", vec![]).validate(),
+            Err(SandboxError::CommandNotFound { .. })
+        ));
+    }
+
+    #[test]
+    fn commands_on_a_tmpfs_are_not_second_guessed() {
+        assert!(ContainerConfig::new("/tmp/made-at-run-time", vec![]).validate().is_ok());
+    }
+
+    #[test]
+    fn ids_follow_runc_rules() {
+        assert!(validate_id("osb-1-2-3").is_ok());
+        for bad in ["", ".", "..", "a/b", "a b", &"x".repeat(65)] {
+            assert!(validate_id(bad).is_err(), "{bad:?}");
+        }
+    }
+}

@@ -1,0 +1,289 @@
+//! [`NamespaceContainer`]: a configured runtime, and the spawn modes.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use tokio_util::task::TaskTracker;
+
+use crate::bundle::Bundle;
+use crate::config::{ContainerConfig, SandboxConfig, Stdio};
+use crate::error::SandboxError;
+use crate::gvisor::GvisorPlatform;
+use crate::process::{ContainerProcess, Supervised, Teardown};
+use crate::runtime::{ContainerFlags, OciRuntime, RuntimeCli, Sub, locate};
+use crate::state::{StateDirs, new_id, sweep};
+
+/// A configured OCI runtime that spawns sandboxed processes.
+///
+/// Cheap to clone (an `Arc` inside); clones share the runtime, its state root and the
+/// background cleanup tasks.
+///
+/// ```no_run
+/// # async fn demo() -> Result<(), oci_sandbox::SandboxError> {
+/// use oci_sandbox::{NamespaceContainer, SandboxConfig};
+///
+/// let sandbox = NamespaceContainer::new().await?;
+/// let config = NamespaceContainer::build_config(&SandboxConfig::default(), "echo", vec!["hi".into()]);
+/// let output = sandbox.spawn(&config).await?.wait_with_output().await?;
+/// assert_eq!(output.stdout, b"hi\n");
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone)]
+pub struct NamespaceContainer {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    cli: RuntimeCli,
+    dirs: StateDirs,
+    tracker: TaskTracker,
+}
+
+impl NamespaceContainer {
+    /// runc from `$PATH`, with the default state root.
+    ///
+    /// # Errors
+    ///
+    /// [`SandboxError::RuntimeNotFound`] when runc is not on `$PATH`; I/O errors when the state
+    /// root cannot be created.
+    pub async fn new() -> Result<Self, SandboxError> {
+        Self::builder().build().await
+    }
+
+    /// `kind`'s binary from `$PATH`, with the default state root.
+    pub async fn with_runtime(kind: OciRuntime) -> Result<Self, SandboxError> {
+        Self::builder().runtime(kind).build().await
+    }
+
+    /// A builder for the runtime binary, the state root and runtime-specific options.
+    pub fn builder() -> NamespaceContainerBuilder {
+        NamespaceContainerBuilder::default()
+    }
+
+    /// Turns a policy into a concrete request to run `command` with `args`.
+    ///
+    /// ```
+    /// use oci_sandbox::{NamespaceContainer, SandboxConfig};
+    ///
+    /// let c = NamespaceContainer::build_config(&SandboxConfig::default(), "sh", vec!["-c".into(), "id".into()]);
+    /// assert_eq!(c.command, "sh");
+    /// assert!(c.env.iter().any(|(k, _)| k == "PATH"));
+    /// ```
+    pub fn build_config(
+        s: &SandboxConfig,
+        command: impl Into<String>,
+        args: Vec<String>,
+    ) -> ContainerConfig {
+        crate::config::from_policy(s, command.into(), args)
+    }
+
+    /// Which runtime this is.
+    pub fn runtime(&self) -> OciRuntime {
+        self.inner.cli.kind
+    }
+
+    /// The runtime's version line, e.g. `runc version 1.1.5+ds1`.
+    pub async fn version(&self) -> Result<String, SandboxError> {
+        self.inner.cli.version().await
+    }
+
+    /// The runtime's state root, owned by the library (`--root`).
+    pub fn state_root(&self) -> &std::path::Path {
+        &self.inner.dirs.root
+    }
+
+    /// The ids of the containers that currently exist in the library's state root.
+    pub async fn list(&self) -> Result<Vec<String>, SandboxError> {
+        self.inner.cli.list().await
+    }
+
+    /// Removes containers, bundles and cgroups left by processes that no longer exist (done
+    /// once on construction). Returns the ids removed.
+    pub async fn sweep(&self) -> Result<Vec<String>, SandboxError> {
+        sweep(&self.inner.cli, &self.inner.dirs).await
+    }
+
+    /// Waits until the background cleanup of every handle dropped so far has finished.
+    ///
+    /// Handles clean up after themselves when dropped, in background tasks; call this before
+    /// the program exits (or the Tokio runtime shuts down) to be sure they are done.
+    pub async fn close(&self) {
+        self.inner.tracker.close();
+        self.inner.tracker.wait().await;
+        self.inner.tracker.reopen();
+    }
+
+    /// Spawns `config`'s command with piped (or inherited, or null) stdio.
+    ///
+    /// Returns once the runtime has been started; the container is created concurrently and a
+    /// failure of the runtime to start the command is reported by
+    /// [`ContainerProcess::wait`].
+    ///
+    /// # Errors
+    ///
+    /// [`SandboxError::InvalidConfig`] for an invalid field and [`SandboxError::CommandNotFound`]
+    /// for a command absent from the container's `PATH`, both before anything is created;
+    /// [`SandboxError::DuplicateId`]; [`SandboxError::RuntimeNotFound`] when the runtime binary
+    /// has gone.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: a dropped `spawn` future leaves no container, bundle or process.
+    pub async fn spawn(&self, config: &ContainerConfig) -> Result<ContainerProcess, SandboxError> {
+        let (id, bundle) = self.prepare(config).await?;
+        let inner = &self.inner;
+        let log = bundle.log_path();
+        let flags = ContainerFlags {
+            log: Some(&log),
+            network: config.network,
+        };
+        let mut cmd = inner.cli.command(
+            flags,
+            Sub::Run {
+                id: &id,
+                bundle: bundle.path(),
+                detach: false,
+                console_socket: None,
+                pid_file: None,
+            },
+        );
+        cmd.stdin(std_stdio(config.stdin))
+            .stdout(std_stdio(config.stdout))
+            .stderr(std_stdio(config.stderr));
+        let mut child = cmd.spawn().map_err(|e| inner.cli.spawn_error(e))?;
+        let (stdin, stdout, stderr) = (child.stdin.take(), child.stdout.take(), child.stderr.take());
+        let teardown = Teardown {
+            cli: inner.cli.clone(),
+            dirs: inner.dirs.clone(),
+            id,
+            network: config.network,
+            bundle: Some(bundle),
+            command: config.command.clone(),
+        };
+        let supervised = Supervised::foreground(&inner.tracker, child, teardown, config.timeout);
+        Ok(ContainerProcess::new(supervised, stdin, stdout, stderr))
+    }
+
+    /// Validates `config`, picks its id and writes its bundle, off the async workers.
+    async fn prepare(&self, config: &ContainerConfig) -> Result<(String, Bundle), SandboxError> {
+        let id = config.id.clone().unwrap_or_else(new_id);
+        let config = config.clone();
+        let dirs = self.inner.dirs.clone();
+        // If this future is dropped while the closure runs, the closure still finishes and its
+        // result (the bundle) is dropped, which removes the directory again.
+        tokio::task::spawn_blocking(move || {
+            config.validate()?;
+            let spec = crate::spec::build(&config, &dirs.rootfs, &id)?;
+            let bundle = Bundle::create_blocking(dirs.bundle(&id), &id, spec)?;
+            Ok((id, bundle))
+        })
+        .await
+        .map_err(|e| SandboxError::Process {
+            context: "preparing the bundle",
+            source: std::io::Error::other(e),
+        })?
+    }
+}
+
+fn std_stdio(s: Stdio) -> std::process::Stdio {
+    match s {
+        Stdio::Piped => std::process::Stdio::piped(),
+        Stdio::Inherit => std::process::Stdio::inherit(),
+        Stdio::Null => std::process::Stdio::null(),
+    }
+}
+
+/// Builds a [`NamespaceContainer`]: which runtime, where its binary is, where its state lives.
+#[derive(Debug, Clone)]
+#[must_use]
+pub struct NamespaceContainerBuilder {
+    runtime: OciRuntime,
+    binary: Option<PathBuf>,
+    state_base: Option<PathBuf>,
+    gvisor_platform: Option<GvisorPlatform>,
+}
+
+impl Default for NamespaceContainerBuilder {
+    fn default() -> Self {
+        NamespaceContainerBuilder {
+            runtime: OciRuntime::Runc,
+            binary: None,
+            state_base: None,
+            gvisor_platform: None,
+        }
+    }
+}
+
+impl NamespaceContainerBuilder {
+    /// The runtime (runc by default).
+    pub fn runtime(mut self, kind: OciRuntime) -> Self {
+        self.runtime = kind;
+        self
+    }
+
+    /// An explicit path to the runtime binary instead of a `$PATH` lookup.
+    pub fn binary(mut self, path: impl Into<PathBuf>) -> Self {
+        self.binary = Some(path.into());
+        self
+    }
+
+    /// The directory the library owns for its state (default `/run/oci-sandbox` as root). The
+    /// runtime's `--root` and the bundles live under `<dir>/<runtime>/`.
+    pub fn state_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.state_base = Some(dir.into());
+        self
+    }
+
+    /// gVisor's platform (skips the probe).
+    pub fn gvisor_platform(mut self, platform: GvisorPlatform) -> Self {
+        self.gvisor_platform = Some(platform);
+        self
+    }
+
+    /// Finds the binary, prepares the state root, and sweeps what dead processes left in it.
+    ///
+    /// # Errors
+    ///
+    /// [`SandboxError::InvalidConfig`] for a relative state dir; [`SandboxError::RuntimeNotFound`];
+    /// [`SandboxError::Io`] when the state root cannot be created.
+    pub async fn build(self) -> Result<NamespaceContainer, SandboxError> {
+        let base = self.state_base.unwrap_or_else(StateDirs::default_base);
+        if !base.is_absolute() {
+            return Err(SandboxError::invalid(
+                "state_dir",
+                format!("{} is not absolute (runtimes store paths as given)", base.display()),
+            ));
+        }
+        let binary = locate(self.runtime, self.binary).await?;
+        let dirs = StateDirs::new(&base, self.runtime);
+        let prepared = dirs.clone();
+        tokio::task::spawn_blocking(move || prepared.prepare_blocking())
+            .await
+            .map_err(|e| SandboxError::Process {
+                context: "preparing the state root",
+                source: std::io::Error::other(e),
+            })??;
+        let gvisor_platform = match self.runtime {
+            OciRuntime::Gvisor => Some(self.gvisor_platform.unwrap_or(GvisorPlatform::Ptrace)),
+            _ => None,
+        };
+        let cli = RuntimeCli {
+            kind: self.runtime,
+            binary,
+            root: dirs.root.clone(),
+            gvisor_platform,
+        };
+        let swept = sweep(&cli, &dirs).await?;
+        if !swept.is_empty() {
+            tracing::info!(runtime = %cli.kind, count = swept.len(), "swept leftover containers");
+        }
+        Ok(NamespaceContainer {
+            inner: Arc::new(Inner {
+                cli,
+                dirs,
+                tracker: TaskTracker::new(),
+            }),
+        })
+    }
+}

@@ -1,0 +1,211 @@
+//! [`SandboxError`]: every way a sandbox operation can fail.
+
+use std::io;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::runtime::OciRuntime;
+
+/// The runtime subcommand that failed, carried by [`SandboxError::Runtime`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum RuntimeOp {
+    /// `<runtime> --version`.
+    Version,
+    /// `<runtime> run` (create, start and wait in one call).
+    Run,
+    /// `<runtime> create`.
+    Create,
+    /// `<runtime> start`.
+    Start,
+    /// `<runtime> exec`.
+    Exec,
+    /// `<runtime> kill`.
+    Kill,
+    /// `<runtime> delete`.
+    Delete,
+    /// `<runtime> state`.
+    State,
+    /// `<runtime> list`.
+    List,
+}
+
+impl std::fmt::Display for RuntimeOp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            RuntimeOp::Version => "version",
+            RuntimeOp::Run => "run",
+            RuntimeOp::Create => "create",
+            RuntimeOp::Start => "start",
+            RuntimeOp::Exec => "exec",
+            RuntimeOp::Kill => "kill",
+            RuntimeOp::Delete => "delete",
+            RuntimeOp::State => "state",
+            RuntimeOp::List => "list",
+        })
+    }
+}
+
+/// Everything that can go wrong when creating, running or cleaning up a sandbox.
+///
+/// Variants are structured so that a caller can act on them: an invalid config names the
+/// field, a runtime failure carries the runtime's own message and exit code.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SandboxError {
+    /// The runtime binary was not found on `$PATH`, or the given path is not an executable file.
+    #[error("{runtime} runtime binary not found: {detail}")]
+    RuntimeNotFound {
+        /// Which runtime was looked for.
+        runtime: OciRuntime,
+        /// Where it was looked for, and what was wrong.
+        detail: String,
+    },
+
+    /// A field of the configuration is invalid; nothing was created.
+    #[error("invalid config: {field}: {reason}")]
+    InvalidConfig {
+        /// The offending field, e.g. `env`, `mounts[2].source`, `cwd`.
+        field: String,
+        /// Why it was rejected.
+        reason: String,
+    },
+
+    /// A container with this id already exists in the library's state root.
+    #[error("a container with id {id:?} already exists")]
+    DuplicateId {
+        /// The id that was asked for.
+        id: String,
+    },
+
+    /// The command does not exist (or is not executable) inside the container.
+    #[error("command not found in the container: {command:?}{}", message.as_deref().map(|m| format!(" ({m})")).unwrap_or_default())]
+    CommandNotFound {
+        /// The command as given in the config.
+        command: String,
+        /// The runtime's message, when the runtime reported it.
+        message: Option<String>,
+    },
+
+    /// The runtime itself failed (as opposed to the command inside the container).
+    #[error("{runtime} {op} failed{}: {message}", code.map(|c| format!(" with exit code {c}")).unwrap_or_default())]
+    Runtime {
+        /// Which runtime.
+        runtime: OciRuntime,
+        /// Which subcommand.
+        op: RuntimeOp,
+        /// The runtime's exit code, when it exited.
+        code: Option<i32>,
+        /// The runtime's own error message (from its log, or its stderr).
+        message: String,
+    },
+
+    /// A runtime call or the handshake with it did not finish within its deadline.
+    #[error("{what} did not finish within {after:?}")]
+    Timeout {
+        /// What was waited for.
+        what: String,
+        /// The deadline that passed.
+        after: Duration,
+    },
+
+    /// An I/O error on a path the library manages (bundle, state root, log).
+    #[error("{context}: {path}: {source}")]
+    Io {
+        /// What was being done.
+        context: &'static str,
+        /// The path involved.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: io::Error,
+    },
+
+    /// An I/O error on the process's pipes or another handle without a path.
+    #[error("{context}: {source}")]
+    Process {
+        /// What was being done.
+        context: &'static str,
+        /// The underlying error.
+        #[source]
+        source: io::Error,
+    },
+
+    /// The OCI spec could not be built or serialised.
+    #[error("building the OCI spec: {0}")]
+    Spec(#[from] oci_spec::OciSpecError),
+}
+
+impl SandboxError {
+    pub(crate) fn invalid(field: impl Into<String>, reason: impl Into<String>) -> Self {
+        SandboxError::InvalidConfig {
+            field: field.into(),
+            reason: reason.into(),
+        }
+    }
+
+    pub(crate) fn io(context: &'static str, path: impl Into<PathBuf>, source: io::Error) -> Self {
+        SandboxError::Io {
+            context,
+            path: path.into(),
+            source,
+        }
+    }
+
+    /// A copy of this error, for outcomes that several waiters receive. I/O causes are
+    /// rebuilt with the same kind and message.
+    pub(crate) fn duplicate(&self) -> SandboxError {
+        let io_copy = |e: &io::Error| io::Error::new(e.kind(), e.to_string());
+        match self {
+            SandboxError::RuntimeNotFound { runtime, detail } => SandboxError::RuntimeNotFound {
+                runtime: *runtime,
+                detail: detail.clone(),
+            },
+            SandboxError::InvalidConfig { field, reason } => SandboxError::InvalidConfig {
+                field: field.clone(),
+                reason: reason.clone(),
+            },
+            SandboxError::DuplicateId { id } => SandboxError::DuplicateId { id: id.clone() },
+            SandboxError::CommandNotFound { command, message } => SandboxError::CommandNotFound {
+                command: command.clone(),
+                message: message.clone(),
+            },
+            SandboxError::Runtime {
+                runtime,
+                op,
+                code,
+                message,
+            } => SandboxError::Runtime {
+                runtime: *runtime,
+                op: *op,
+                code: *code,
+                message: message.clone(),
+            },
+            SandboxError::Timeout { what, after } => SandboxError::Timeout {
+                what: what.clone(),
+                after: *after,
+            },
+            SandboxError::Io {
+                context,
+                path,
+                source,
+            } => SandboxError::Io {
+                context,
+                path: path.clone(),
+                source: io_copy(source),
+            },
+            SandboxError::Process { context, source } => SandboxError::Process {
+                context,
+                source: io_copy(source),
+            },
+            SandboxError::Spec(e) => {
+                SandboxError::Spec(oci_spec::OciSpecError::Other(e.to_string()))
+            }
+        }
+    }
+
+    /// True when retrying the same call later may succeed (runtime contention, deadlines).
+    pub fn is_retriable(&self) -> bool {
+        matches!(self, SandboxError::Timeout { .. })
+    }
+}

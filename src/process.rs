@@ -1,0 +1,518 @@
+//! [`ContainerProcess`] (the handle of [`spawn`]), [`ExitStatus`], and the supervisor task that
+//! owns each container's lifecycle: timeout, kill, and cleanup however the handle goes away.
+//!
+//! [`spawn`]: crate::NamespaceContainer::spawn
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::process::{Child, ChildStderr, ChildStdin, ChildStdout};
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+
+use crate::bundle::Bundle;
+use crate::config::Network;
+use crate::error::SandboxError;
+use crate::runtime::{ContainerFlags, RuntimeCli, SHORT_CALL_DEADLINE, Sub, runtime_message};
+use crate::state::{StateDirs, remove_container};
+
+/// How a sandboxed process ended.
+///
+/// Tells a normal exit, death by a signal and a timeout apart. With a foreground runtime
+/// (`spawn`), a process that called `exit(128 + n)` cannot be told from one killed by signal
+/// `n`: the runtime reports both as the same code, and this type reads it as the signal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ExitStatus {
+    code: Option<i32>,
+    signal: Option<i32>,
+    timed_out: bool,
+}
+
+impl ExitStatus {
+    pub(crate) fn exited(code: i32) -> Self {
+        ExitStatus {
+            code: Some(code),
+            signal: None,
+            timed_out: false,
+        }
+    }
+
+    pub(crate) fn signaled(signal: i32) -> Self {
+        ExitStatus {
+            code: None,
+            signal: Some(signal),
+            timed_out: false,
+        }
+    }
+
+    pub(crate) fn killed_by_timeout() -> Self {
+        ExitStatus {
+            code: None,
+            signal: Some(libc::SIGKILL),
+            timed_out: true,
+        }
+    }
+
+    /// Reads a runtime's exit code the way runc, crun and runsc pass the container's status
+    /// through: `128 + n` for death by signal `n`.
+    pub(crate) fn from_runtime_code(code: i32) -> Self {
+        if (129..=128 + 64).contains(&code) {
+            Self::signaled(code - 128)
+        } else {
+            Self::exited(code)
+        }
+    }
+
+    /// True when the process exited with code 0.
+    pub fn success(&self) -> bool {
+        self.code == Some(0)
+    }
+
+    /// The exit code, when the process exited by itself.
+    pub fn code(&self) -> Option<i32> {
+        self.code
+    }
+
+    /// The signal that ended the process, when one did (a timeout kills with `SIGKILL`).
+    pub fn signal(&self) -> Option<i32> {
+        self.signal
+    }
+
+    /// True when the library killed the process because its timeout passed.
+    pub fn timed_out(&self) -> bool {
+        self.timed_out
+    }
+}
+
+impl fmt::Display for ExitStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match (self.timed_out, self.code, self.signal) {
+            (true, _, _) => f.write_str("timed out (killed)"),
+            (_, Some(c), _) => write!(f, "exit code {c}"),
+            (_, _, Some(s)) => match nix::sys::signal::Signal::try_from(s) {
+                Ok(sig) => write!(f, "killed by {sig}"),
+                Err(_) => write!(f, "killed by signal {s}"),
+            },
+            _ => f.write_str("unknown"),
+        }
+    }
+}
+
+/// The output of a finished process, from [`ContainerProcess::wait_with_output`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Output {
+    /// How it ended.
+    pub status: ExitStatus,
+    /// Everything it wrote to stdout (empty unless stdout was piped).
+    pub stdout: Vec<u8>,
+    /// Everything it wrote to stderr (empty unless stderr was piped).
+    pub stderr: Vec<u8>,
+}
+
+/// Requests from a handle to its supervisor.
+#[derive(Debug)]
+enum Control {
+    Kill,
+}
+
+type Outcome = Option<Result<ExitStatus, Arc<SandboxError>>>;
+
+/// What a supervisor needs to end and clean up one container.
+pub(crate) struct Teardown {
+    pub cli: RuntimeCli,
+    pub dirs: StateDirs,
+    pub id: String,
+    pub network: Network,
+    pub bundle: Option<Bundle>,
+    /// The command as configured, to name it in a command-not-found error.
+    pub command: String,
+}
+
+impl Teardown {
+    fn flags<'a>(&self, log: Option<&'a std::path::Path>) -> ContainerFlags<'a> {
+        ContainerFlags {
+            log,
+            network: self.network,
+        }
+    }
+
+    /// Removes the container (if the runtime left it), its cgroups and the bundle.
+    async fn finish(&mut self, container_may_exist: bool) {
+        if container_may_exist {
+            remove_container(&self.cli, &self.dirs, &self.id, self.flags(None)).await;
+        }
+        if let Some(b) = self.bundle.take() {
+            b.remove().await;
+        }
+    }
+}
+
+impl Drop for Teardown {
+    /// Reached with the bundle still present only when the supervisor task was dropped before
+    /// it finished: the Tokio runtime is shutting down. Clean up synchronously then, since no
+    /// task can run any more.
+    fn drop(&mut self) {
+        if self.bundle.is_none() {
+            return;
+        }
+        let argv = |sub| self.cli.argv(self.flags(None), sub);
+        for args in [
+            argv(Sub::Kill {
+                id: &self.id,
+                signal: "KILL",
+                all: true,
+            }),
+            argv(Sub::Delete {
+                id: &self.id,
+                force: true,
+            }),
+        ] {
+            run_blocking_with_deadline(&self.cli.binary, &args, SHORT_CALL_DEADLINE);
+        }
+        crate::state::reap_cgroups_blocking(&self.id);
+        let _ = std::fs::remove_dir_all(self.dirs.root.join(&self.id));
+        // Dropping the bundle removes its directory.
+    }
+}
+
+fn run_blocking_with_deadline(binary: &std::path::Path, args: &[std::ffi::OsString], deadline: Duration) {
+    let Ok(mut child) = std::process::Command::new(binary)
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+    else {
+        return;
+    };
+    let end = std::time::Instant::now() + deadline;
+    while std::time::Instant::now() < end {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// Watches a foreground runtime process (`run`) to its end: enforces the timeout, obeys kill
+/// requests and the handle's drop, then cleans up and publishes the outcome.
+async fn supervise_foreground(
+    mut child: Child,
+    mut teardown: Teardown,
+    timeout: Option<Duration>,
+    mut control: mpsc::UnboundedReceiver<Control>,
+    outcome: watch::Sender<Outcome>,
+) {
+    let deadline = timeout.map(|t| Instant::now() + t);
+    let mut ended_by: Option<EndedBy> = None;
+    let waited = loop {
+        tokio::select! {
+            status = child.wait() => break status,
+            _ = sleep_until(deadline), if ended_by.is_none() => {
+                tracing::debug!(id = teardown.id, "timeout passed, killing the container");
+                ended_by = Some(EndedBy::Timeout);
+            }
+            msg = control.recv(), if ended_by.is_none() => {
+                ended_by = Some(match msg {
+                    Some(Control::Kill) => EndedBy::Kill,
+                    None => EndedBy::HandleDropped,
+                });
+            }
+        }
+        // Killing only the runtime CLI would orphan the container: kill the CLI so that it
+        // cannot go on creating it, then destroy whatever it made.
+        let _ = child.start_kill();
+        let _ = child.wait().await;
+        teardown.finish(true).await;
+    };
+
+    let result = match (ended_by, waited) {
+        (Some(EndedBy::Timeout), _) => Ok(ExitStatus::killed_by_timeout()),
+        (Some(_), _) => Ok(ExitStatus::signaled(libc::SIGKILL)),
+        (None, Err(e)) => Err(SandboxError::Process {
+            context: "waiting for the runtime",
+            source: e,
+        }),
+        (None, Ok(status)) => interpret_exit(&teardown, status).await,
+    };
+    if ended_by.is_none() {
+        // A runtime that failed may leave its state behind; one that ran the container to
+        // the end has deleted it already.
+        let leftover = tokio::fs::try_exists(teardown.dirs.root.join(&teardown.id))
+            .await
+            .unwrap_or(true);
+        teardown.finish(leftover).await;
+    }
+    let _ = outcome.send(Some(result.map_err(Arc::new)));
+}
+
+#[derive(Debug, Clone, Copy)]
+enum EndedBy {
+    Timeout,
+    Kill,
+    HandleDropped,
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Turns the runtime's exit into the container's status, or the runtime's own error.
+async fn interpret_exit(
+    teardown: &Teardown,
+    status: std::process::ExitStatus,
+) -> Result<ExitStatus, SandboxError> {
+    use std::os::unix::process::ExitStatusExt;
+    let Some(code) = status.code() else {
+        return Ok(ExitStatus::signaled(status.signal().unwrap_or(libc::SIGKILL)));
+    };
+    if code == teardown.cli.kind.failure_code()
+        && let Some(bundle) = &teardown.bundle
+    {
+        // The runtime's own failures are in its log; the container's exit code 1 leaves none.
+        let log = tokio::fs::read(bundle.log_path()).await.unwrap_or_default();
+        if !log.is_empty() {
+            let message = runtime_message(&log);
+            if message != "no message" {
+                return Err(runtime_failure(teardown, code, message));
+            }
+        }
+    }
+    Ok(ExitStatus::from_runtime_code(code))
+}
+
+fn runtime_failure(teardown: &Teardown, code: i32, message: String) -> SandboxError {
+    let lower = message.to_ascii_lowercase();
+    if lower.contains("executable file not found")
+        || lower.contains("no such file or directory") && lower.contains("exec")
+    {
+        SandboxError::CommandNotFound {
+            command: teardown.command.clone(),
+            message: Some(message),
+        }
+    } else {
+        SandboxError::Runtime {
+            runtime: teardown.cli.kind,
+            op: crate::error::RuntimeOp::Run,
+            code: Some(code),
+            message,
+        }
+    }
+}
+
+/// The control side of a supervised container, shared by every handle type.
+#[derive(Debug)]
+pub(crate) struct Supervised {
+    pub id: String,
+    control: mpsc::UnboundedSender<Control>,
+    outcome: watch::Receiver<Outcome>,
+    pub cli: RuntimeCli,
+    pub network: Network,
+}
+
+impl Supervised {
+    /// Starts the supervisor of a foreground runtime process on `tracker`.
+    pub fn foreground(
+        tracker: &tokio_util::task::TaskTracker,
+        child: Child,
+        teardown: Teardown,
+        timeout: Option<Duration>,
+    ) -> Self {
+        let (control_tx, control_rx) = mpsc::unbounded_channel();
+        let (outcome_tx, outcome_rx) = watch::channel(None);
+        let id = teardown.id.clone();
+        let cli = teardown.cli.clone();
+        let network = teardown.network;
+        tracker.spawn(supervise_foreground(child, teardown, timeout, control_rx, outcome_tx));
+        Supervised {
+            id,
+            control: control_tx,
+            outcome: outcome_rx,
+            cli,
+            network,
+        }
+    }
+
+    pub async fn wait(&self) -> Result<ExitStatus, SandboxError> {
+        let mut rx = self.outcome.clone();
+        let done = rx
+            .wait_for(Option::is_some)
+            .await
+            .map_err(|_| SandboxError::Process {
+                context: "waiting for the container",
+                source: std::io::Error::other("the supervisor task ended without a status (runtime shut down)"),
+            })?;
+        match done.as_ref().expect("checked by wait_for") {
+            Ok(status) => Ok(*status),
+            Err(e) => Err(e.duplicate()),
+        }
+    }
+
+    pub fn try_wait(&self) -> Result<Option<ExitStatus>, SandboxError> {
+        match self.outcome.borrow().as_ref() {
+            None => Ok(None),
+            Some(Ok(s)) => Ok(Some(*s)),
+            Some(Err(e)) => Err(e.duplicate()),
+        }
+    }
+
+    pub fn start_kill(&self) {
+        let _ = self.control.send(Control::Kill);
+    }
+
+    pub async fn signal(&self, signal: nix::sys::signal::Signal) -> Result<(), SandboxError> {
+        let name = signal.as_str();
+        let name = name.strip_prefix("SIG").unwrap_or(name);
+        let flags = ContainerFlags {
+            log: None,
+            network: self.network,
+        };
+        // Right after spawn the runtime may still be creating the container: retry briefly.
+        let give_up = Instant::now() + Duration::from_secs(2);
+        loop {
+            match self
+                .cli
+                .call(
+                    flags,
+                    Sub::Kill {
+                        id: &self.id,
+                        signal: name,
+                        all: false,
+                    },
+                    SHORT_CALL_DEADLINE,
+                )
+                .await
+            {
+                Ok(_) => return Ok(()),
+                Err(e) => {
+                    if self.try_wait()?.is_some() || Instant::now() >= give_up {
+                        return Err(e);
+                    }
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            }
+        }
+    }
+}
+
+/// A process running in a container, made by [`NamespaceContainer::spawn`]: like
+/// [`tokio::process::Child`], with the container's stdio pipes.
+///
+/// # Dropping
+///
+/// Unlike `tokio::process::Child`, dropping the handle ends the process: the container is
+/// killed and deleted and its bundle removed, by a background task with a deadline.
+/// [`NamespaceContainer::close`] waits for such background work.
+///
+/// [`NamespaceContainer::spawn`]: crate::NamespaceContainer::spawn
+/// [`NamespaceContainer::close`]: crate::NamespaceContainer::close
+#[derive(Debug)]
+pub struct ContainerProcess {
+    /// The container's stdin, when [`Stdio::Piped`](crate::Stdio::Piped).
+    pub stdin: Option<ChildStdin>,
+    /// The container's stdout, when piped.
+    pub stdout: Option<ChildStdout>,
+    /// The container's stderr, when piped.
+    pub stderr: Option<ChildStderr>,
+    inner: Supervised,
+}
+
+impl ContainerProcess {
+    pub(crate) fn new(
+        inner: Supervised,
+        stdin: Option<ChildStdin>,
+        stdout: Option<ChildStdout>,
+        stderr: Option<ChildStderr>,
+    ) -> Self {
+        ContainerProcess {
+            stdin,
+            stdout,
+            stderr,
+            inner,
+        }
+    }
+
+    /// The container's id (unique on this machine).
+    pub fn id(&self) -> &str {
+        &self.inner.id
+    }
+
+    /// Waits for the process to end, and for its container to be removed.
+    ///
+    /// Closes stdin first (as `tokio::process::Child::wait` does), so that a process reading
+    /// it sees end of file instead of waiting forever.
+    ///
+    /// # Errors
+    ///
+    /// [`SandboxError::CommandNotFound`] or [`SandboxError::Runtime`] when the runtime could
+    /// not start the process.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe, and idempotent: after it returned once, it returns the same again.
+    pub async fn wait(&mut self) -> Result<ExitStatus, SandboxError> {
+        self.stdin.take();
+        self.inner.wait().await
+    }
+
+    /// The status if the process has ended, without waiting.
+    pub fn try_wait(&mut self) -> Result<Option<ExitStatus>, SandboxError> {
+        self.inner.try_wait()
+    }
+
+    /// Waits for the process while collecting all of its piped stdout and stderr.
+    ///
+    /// # Cancel safety
+    ///
+    /// Not cancel safe: output read so far is lost, and the process is killed (the handle is
+    /// dropped).
+    pub async fn wait_with_output(mut self) -> Result<Output, SandboxError> {
+        use tokio::io::AsyncReadExt;
+        async fn read_all<R: tokio::io::AsyncRead + Unpin>(r: Option<R>) -> std::io::Result<Vec<u8>> {
+            let mut buf = Vec::new();
+            if let Some(mut r) = r {
+                r.read_to_end(&mut buf).await?;
+            }
+            Ok(buf)
+        }
+        self.stdin.take();
+        let (stdout, stderr) = (self.stdout.take(), self.stderr.take());
+        let (status, stdout, stderr) =
+            tokio::join!(self.inner.wait(), read_all(stdout), read_all(stderr));
+        let io = |source| SandboxError::Process {
+            context: "reading the container's output",
+            source,
+        };
+        Ok(Output {
+            status: status?,
+            stdout: stdout.map_err(io)?,
+            stderr: stderr.map_err(io)?,
+        })
+    }
+
+    /// Asks for the process to be killed, without waiting.
+    pub fn start_kill(&mut self) {
+        self.inner.start_kill();
+    }
+
+    /// Kills the process (and everything in its container) and waits for it to end.
+    pub async fn kill(&mut self) -> Result<(), SandboxError> {
+        self.start_kill();
+        self.wait().await.map(drop)
+    }
+
+    /// Sends `signal` to the process (the container's init).
+    ///
+    /// # Errors
+    ///
+    /// [`SandboxError::Runtime`] when the container is no longer running.
+    pub async fn signal(&self, signal: nix::sys::signal::Signal) -> Result<(), SandboxError> {
+        self.inner.signal(signal).await
+    }
+}

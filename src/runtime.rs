@@ -1,0 +1,617 @@
+//! The runtime CLI layer: [`OciRuntime`], finding its binary, and the one place that builds
+//! every runtime command line and runs the short ones with a deadline.
+//!
+//! Everything the library asks of runc, crun or runsc goes through [`RuntimeCli`]; the spawn
+//! modes, streams and PTY never build an argv themselves.
+
+use std::ffi::{OsStr, OsString};
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio::process::Command;
+
+use crate::config::Network;
+use crate::error::{RuntimeOp, SandboxError};
+use crate::gvisor::GvisorPlatform;
+
+/// An OCI runtime the library can drive through its command line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum OciRuntime {
+    /// runc: namespaces and cgroups, the reference runtime.
+    Runc,
+    /// crun: the same isolation as runc, written in C and faster to start.
+    Crun,
+    /// gVisor's runsc: the command runs on a user-space kernel.
+    Gvisor,
+}
+
+impl OciRuntime {
+    /// The binary's usual name, looked up on `$PATH`.
+    pub fn binary_name(self) -> &'static str {
+        match self {
+            OciRuntime::Runc => "runc",
+            OciRuntime::Crun => "crun",
+            OciRuntime::Gvisor => "runsc",
+        }
+    }
+
+    /// The exit code with which the runtime reports its own failures (as opposed to the
+    /// container's exit code, which it passes through).
+    pub(crate) fn failure_code(self) -> i32 {
+        match self {
+            OciRuntime::Runc | OciRuntime::Crun => 1,
+            OciRuntime::Gvisor => 128,
+        }
+    }
+}
+
+impl fmt::Display for OciRuntime {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.binary_name())
+    }
+}
+
+/// Named flags, so that each string is spelled once.
+mod flag {
+    pub const ROOT: &str = "--root";
+    pub const LOG: &str = "--log";
+    pub const LOG_FORMAT: &str = "--log-format";
+    pub const JSON: &str = "json";
+    pub const BUNDLE: &str = "--bundle";
+    pub const DETACH: &str = "--detach";
+    pub const CONSOLE_SOCKET: &str = "--console-socket";
+    pub const PID_FILE: &str = "--pid-file";
+    pub const PROCESS: &str = "--process";
+    pub const ALL: &str = "--all";
+    pub const FORCE: &str = "--force";
+    pub const FORMAT_JSON: &str = "--format=json";
+    pub const VERSION: &str = "--version";
+    pub const NETWORK_NONE: &str = "--network=none";
+    pub const NETWORK_HOST: &str = "--network=host";
+    pub const PLATFORM: &str = "--platform";
+}
+
+/// One runtime subcommand and its own options.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Sub<'a> {
+    Run {
+        id: &'a str,
+        bundle: &'a Path,
+        detach: bool,
+        console_socket: Option<&'a Path>,
+        pid_file: Option<&'a Path>,
+    },
+    Create {
+        id: &'a str,
+        bundle: &'a Path,
+        console_socket: Option<&'a Path>,
+        pid_file: Option<&'a Path>,
+    },
+    Start {
+        id: &'a str,
+    },
+    Exec {
+        id: &'a str,
+        process: &'a Path,
+        detach: bool,
+        console_socket: Option<&'a Path>,
+        pid_file: Option<&'a Path>,
+    },
+    Kill {
+        id: &'a str,
+        signal: &'a str,
+        all: bool,
+    },
+    Delete {
+        id: &'a str,
+        force: bool,
+    },
+    State {
+        id: &'a str,
+    },
+    List,
+}
+
+impl Sub<'_> {
+    fn op(&self) -> RuntimeOp {
+        match self {
+            Sub::Run { .. } => RuntimeOp::Run,
+            Sub::Create { .. } => RuntimeOp::Create,
+            Sub::Start { .. } => RuntimeOp::Start,
+            Sub::Exec { .. } => RuntimeOp::Exec,
+            Sub::Kill { .. } => RuntimeOp::Kill,
+            Sub::Delete { .. } => RuntimeOp::Delete,
+            Sub::State { .. } => RuntimeOp::State,
+            Sub::List => RuntimeOp::List,
+        }
+    }
+
+    fn push_args(&self, argv: &mut Vec<OsString>) {
+        fn opt(argv: &mut Vec<OsString>, name: &str, value: Option<&Path>) {
+            if let Some(v) = value {
+                argv.push(name.into());
+                argv.push(v.into());
+            }
+        }
+        match *self {
+            Sub::Run {
+                id,
+                bundle,
+                detach,
+                console_socket,
+                pid_file,
+            } => {
+                argv.extend(["run".into(), flag::BUNDLE.into(), bundle.into()]);
+                if detach {
+                    argv.push(flag::DETACH.into());
+                }
+                opt(argv, flag::CONSOLE_SOCKET, console_socket);
+                opt(argv, flag::PID_FILE, pid_file);
+                argv.push(id.into());
+            }
+            Sub::Create {
+                id,
+                bundle,
+                console_socket,
+                pid_file,
+            } => {
+                argv.extend(["create".into(), flag::BUNDLE.into(), bundle.into()]);
+                opt(argv, flag::CONSOLE_SOCKET, console_socket);
+                opt(argv, flag::PID_FILE, pid_file);
+                argv.push(id.into());
+            }
+            Sub::Start { id } => argv.extend(["start".into(), id.into()]),
+            Sub::Exec {
+                id,
+                process,
+                detach,
+                console_socket,
+                pid_file,
+            } => {
+                argv.extend(["exec".into(), flag::PROCESS.into(), process.into()]);
+                if detach {
+                    argv.push(flag::DETACH.into());
+                }
+                opt(argv, flag::CONSOLE_SOCKET, console_socket);
+                opt(argv, flag::PID_FILE, pid_file);
+                argv.push(id.into());
+            }
+            Sub::Kill { id, signal, all } => {
+                argv.push("kill".into());
+                if all {
+                    argv.push(flag::ALL.into());
+                }
+                argv.extend([id.into(), signal.into()]);
+            }
+            Sub::Delete { id, force } => {
+                argv.push("delete".into());
+                if force {
+                    argv.push(flag::FORCE.into());
+                }
+                argv.push(id.into());
+            }
+            Sub::State { id } => argv.extend(["state".into(), id.into()]),
+            Sub::List => argv.extend(["list".into(), flag::FORMAT_JSON.into()]),
+        }
+    }
+}
+
+/// Per-container settings that become global flags (the same on every subcommand of one
+/// container: runsc requires it).
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct ContainerFlags<'a> {
+    /// Where the runtime writes its own log (JSON lines), apart from the container's output.
+    pub log: Option<&'a Path>,
+    /// The container's network, which runsc takes as a global flag.
+    pub network: Network,
+}
+
+/// A located runtime binary, the state root the library owns for it, and its fixed flags.
+#[derive(Debug, Clone)]
+pub(crate) struct RuntimeCli {
+    pub kind: OciRuntime,
+    pub binary: PathBuf,
+    pub root: PathBuf,
+    pub gvisor_platform: Option<GvisorPlatform>,
+}
+
+/// How long a short runtime call (kill, delete, state, list, version) may take.
+pub(crate) const SHORT_CALL_DEADLINE: Duration = Duration::from_secs(10);
+
+impl RuntimeCli {
+    /// The full argv (without the binary) for `sub`.
+    pub fn argv(&self, flags: ContainerFlags<'_>, sub: Sub<'_>) -> Vec<OsString> {
+        let mut argv: Vec<OsString> = vec![flag::ROOT.into(), self.root.clone().into()];
+        if let Some(log) = flags.log {
+            match self.kind {
+                OciRuntime::Crun => {
+                    let mut v = OsString::from("--log=file:");
+                    v.push(log);
+                    argv.push(v);
+                    argv.push("--log-format=json".into());
+                }
+                OciRuntime::Runc | OciRuntime::Gvisor => {
+                    argv.extend([flag::LOG.into(), log.into()]);
+                    argv.extend([flag::LOG_FORMAT.into(), flag::JSON.into()]);
+                }
+            }
+        }
+        if self.kind == OciRuntime::Gvisor {
+            argv.push(
+                match flags.network {
+                    Network::Host => flag::NETWORK_HOST,
+                    Network::None => flag::NETWORK_NONE,
+                }
+                .into(),
+            );
+            if let Some(p) = self.gvisor_platform {
+                argv.extend([flag::PLATFORM.into(), p.as_flag().into()]);
+            }
+        }
+        sub.push_args(&mut argv);
+        argv
+    }
+
+    /// A command for `sub` with all stdio set to null; callers set what they read.
+    pub fn command(&self, flags: ContainerFlags<'_>, sub: Sub<'_>) -> Command {
+        let argv = self.argv(flags, sub);
+        tracing::debug!(runtime = %self.kind, binary = ?self.binary, ?argv, "runtime call");
+        let mut cmd = Command::new(&self.binary);
+        cmd.args(&argv)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true);
+        cmd
+    }
+
+    /// Runs a short subcommand to completion within `deadline`, returning its stdout.
+    ///
+    /// A non-zero exit becomes [`SandboxError::Runtime`] carrying the runtime's message.
+    pub async fn call(
+        &self,
+        flags: ContainerFlags<'_>,
+        sub: Sub<'_>,
+        deadline: Duration,
+    ) -> Result<Vec<u8>, SandboxError> {
+        let op = sub.op();
+        let mut cmd = self.command(flags, sub);
+        cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+        let out = match tokio::time::timeout(deadline, cmd.output()).await {
+            Ok(Ok(out)) => out,
+            Ok(Err(e)) => return Err(self.spawn_error(e)),
+            Err(_) => {
+                return Err(SandboxError::Timeout {
+                    what: format!("{} {op}", self.kind),
+                    after: deadline,
+                });
+            }
+        };
+        if out.status.success() {
+            Ok(out.stdout)
+        } else {
+            Err(SandboxError::Runtime {
+                runtime: self.kind,
+                op,
+                code: out.status.code(),
+                message: runtime_message(&out.stderr),
+            })
+        }
+    }
+
+    /// Maps a failure to start the runtime binary itself.
+    pub fn spawn_error(&self, e: std::io::Error) -> SandboxError {
+        if matches!(
+            e.kind(),
+            std::io::ErrorKind::NotFound | std::io::ErrorKind::PermissionDenied
+        ) {
+            SandboxError::RuntimeNotFound {
+                runtime: self.kind,
+                detail: format!("{}: {e}", self.binary.display()),
+            }
+        } else {
+            SandboxError::Process {
+                context: "starting the runtime",
+                source: e,
+            }
+        }
+    }
+
+    /// The runtime's version line (`runc version 1.1.5`).
+    pub async fn version(&self) -> Result<String, SandboxError> {
+        let mut cmd = Command::new(&self.binary);
+        cmd.arg(flag::VERSION)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        let out = tokio::time::timeout(SHORT_CALL_DEADLINE, cmd.output())
+            .await
+            .map_err(|_| SandboxError::Timeout {
+                what: format!("{} --version", self.kind),
+                after: SHORT_CALL_DEADLINE,
+            })?
+            .map_err(|e| self.spawn_error(e))?;
+        if !out.status.success() {
+            return Err(SandboxError::Runtime {
+                runtime: self.kind,
+                op: RuntimeOp::Version,
+                code: out.status.code(),
+                message: runtime_message(&out.stderr),
+            });
+        }
+        let text = String::from_utf8_lossy(&out.stdout);
+        Ok(text.lines().next().unwrap_or_default().trim().to_owned())
+    }
+
+    /// The ids of the containers in the library's state root.
+    pub async fn list(&self) -> Result<Vec<String>, SandboxError> {
+        #[derive(Deserialize)]
+        struct Entry {
+            id: String,
+        }
+        let out = self
+            .call(ContainerFlags::default(), Sub::List, SHORT_CALL_DEADLINE)
+            .await?;
+        let text = String::from_utf8_lossy(&out);
+        let text = text.trim();
+        if text.is_empty() || text == "null" {
+            return Ok(Vec::new());
+        }
+        let entries: Vec<Entry> =
+            serde_json::from_str(text).map_err(|e| SandboxError::Runtime {
+                runtime: self.kind,
+                op: RuntimeOp::List,
+                code: Some(0),
+                message: format!("unreadable list output: {e}"),
+            })?;
+        Ok(entries.into_iter().map(|e| e.id).collect())
+    }
+
+    /// `kill` then `delete --force`: ends a container whatever state it is in. Idempotent:
+    /// a container that does not exist is not an error.
+    pub async fn destroy(&self, flags: ContainerFlags<'_>, id: &str) -> Result<(), SandboxError> {
+        // The kill fails when the container is already stopped or gone; delete settles both.
+        let _ = self
+            .call(
+                flags,
+                Sub::Kill {
+                    id,
+                    signal: "KILL",
+                    all: true,
+                },
+                SHORT_CALL_DEADLINE,
+            )
+            .await;
+        match self
+            .call(flags, Sub::Delete { id, force: true }, SHORT_CALL_DEADLINE)
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(SandboxError::Runtime { message, .. }) if is_not_found(&message) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// Whether a runtime message says the container does not exist.
+pub(crate) fn is_not_found(message: &str) -> bool {
+    let m = message.to_ascii_lowercase();
+    m.contains("does not exist") || m.contains("not found") || m.contains("no such file")
+}
+
+/// Finds `name` on `$PATH` (or checks an explicit path), without blocking the caller's worker.
+pub(crate) async fn locate(kind: OciRuntime, explicit: Option<PathBuf>) -> Result<PathBuf, SandboxError> {
+    let path_var = std::env::var_os("PATH").unwrap_or_default();
+    tokio::task::spawn_blocking(move || locate_blocking(kind, explicit, &path_var))
+        .await
+        .map_err(|e| SandboxError::Process {
+            context: "looking up the runtime binary",
+            source: std::io::Error::other(e),
+        })?
+}
+
+fn locate_blocking(
+    kind: OciRuntime,
+    explicit: Option<PathBuf>,
+    path_var: &OsStr,
+) -> Result<PathBuf, SandboxError> {
+    use std::os::unix::fs::PermissionsExt;
+    let executable = |p: &Path| {
+        std::fs::metadata(p)
+            .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+            .unwrap_or(false)
+    };
+    if let Some(p) = explicit {
+        return if executable(&p) {
+            Ok(p)
+        } else {
+            Err(SandboxError::RuntimeNotFound {
+                runtime: kind,
+                detail: format!("{} is not an executable file", p.display()),
+            })
+        };
+    }
+    std::env::split_paths(path_var)
+        .map(|dir| dir.join(kind.binary_name()))
+        .find(|p| executable(p))
+        .ok_or_else(|| SandboxError::RuntimeNotFound {
+            runtime: kind,
+            detail: format!("{} is not on $PATH", kind.binary_name()),
+        })
+}
+
+/// The runtime's own message from its log or stderr: JSON lines (`{"level":"error","msg":..}`)
+/// at error level or above, or the plain text when it is not JSON.
+pub(crate) fn runtime_message(raw: &[u8]) -> String {
+    #[derive(Deserialize)]
+    struct Line {
+        #[serde(default)]
+        level: String,
+        #[serde(default)]
+        msg: String,
+    }
+    let text = String::from_utf8_lossy(raw);
+    let mut errors = Vec::new();
+    let mut plain = Vec::new();
+    for line in text.lines().map(str::trim).filter(|l| !l.is_empty()) {
+        match serde_json::from_str::<Line>(line) {
+            Ok(l) if matches!(l.level.as_str(), "error" | "fatal" | "panic") => errors.push(l.msg),
+            Ok(_) => {}
+            Err(_) => plain.push(line.to_owned()),
+        }
+    }
+    let chosen = if errors.is_empty() { plain } else { errors };
+    let mut msg = chosen.join("; ");
+    if msg.is_empty() {
+        msg = "no message".to_owned();
+    }
+    msg
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cli(kind: OciRuntime) -> RuntimeCli {
+        RuntimeCli {
+            kind,
+            binary: PathBuf::from(kind.binary_name()),
+            root: PathBuf::from("/run/oci-sandbox/r"),
+            gvisor_platform: (kind == OciRuntime::Gvisor).then_some(GvisorPlatform::Ptrace),
+        }
+    }
+
+    fn strs(v: Vec<OsString>) -> Vec<String> {
+        v.into_iter().map(|s| s.into_string().unwrap()).collect()
+    }
+
+    #[test]
+    fn runc_run_has_root_log_and_bundle() {
+        let log = Path::new("/b/runtime.log");
+        let argv = cli(OciRuntime::Runc).argv(
+            ContainerFlags {
+                log: Some(log),
+                network: Network::None,
+            },
+            Sub::Run {
+                id: "c1",
+                bundle: Path::new("/b"),
+                detach: false,
+                console_socket: None,
+                pid_file: None,
+            },
+        );
+        assert_eq!(
+            strs(argv),
+            [
+                "--root", "/run/oci-sandbox/r", "--log", "/b/runtime.log", "--log-format", "json",
+                "run", "--bundle", "/b", "c1"
+            ]
+        );
+    }
+
+    #[test]
+    fn crun_log_uses_its_own_syntax() {
+        let argv = cli(OciRuntime::Crun).argv(
+            ContainerFlags {
+                log: Some(Path::new("/b/l")),
+                network: Network::None,
+            },
+            Sub::Delete {
+                id: "c1",
+                force: true,
+            },
+        );
+        assert_eq!(
+            strs(argv),
+            [
+                "--root", "/run/oci-sandbox/r", "--log=file:/b/l", "--log-format=json", "delete",
+                "--force", "c1"
+            ]
+        );
+    }
+
+    #[test]
+    fn runsc_gets_network_and_platform_on_every_subcommand() {
+        for network in [Network::None, Network::Host] {
+            let flags = ContainerFlags { log: None, network };
+            let want = match network {
+                Network::None => "--network=none",
+                Network::Host => "--network=host",
+            };
+            for sub in [
+                Sub::Kill {
+                    id: "c",
+                    signal: "KILL",
+                    all: true,
+                },
+                Sub::State { id: "c" },
+                Sub::Start { id: "c" },
+            ] {
+                let argv = strs(cli(OciRuntime::Gvisor).argv(flags, sub));
+                assert_eq!(&argv[..5], ["--root", "/run/oci-sandbox/r", want, "--platform", "ptrace"]);
+            }
+        }
+    }
+
+    #[test]
+    fn create_and_exec_carry_socket_and_pid_file() {
+        let c = cli(OciRuntime::Runc);
+        let f = ContainerFlags::default();
+        assert_eq!(
+            strs(c.argv(
+                f,
+                Sub::Create {
+                    id: "c",
+                    bundle: Path::new("/b"),
+                    console_socket: Some(Path::new("/s")),
+                    pid_file: Some(Path::new("/p")),
+                }
+            ))[2..],
+            ["create", "--bundle", "/b", "--console-socket", "/s", "--pid-file", "/p", "c"]
+        );
+        assert_eq!(
+            strs(c.argv(
+                f,
+                Sub::Exec {
+                    id: "c",
+                    process: Path::new("/p.json"),
+                    detach: true,
+                    console_socket: None,
+                    pid_file: None,
+                }
+            ))[2..],
+            ["exec", "--process", "/p.json", "--detach", "c"]
+        );
+        assert_eq!(
+            strs(c.argv(
+                f,
+                Sub::Kill {
+                    id: "c",
+                    signal: "TERM",
+                    all: false
+                }
+            ))[2..],
+            ["kill", "c", "TERM"]
+        );
+        assert_eq!(strs(c.argv(f, Sub::List))[2..], ["list", "--format=json"]);
+    }
+
+    #[test]
+    fn runtime_message_prefers_error_lines() {
+        let raw = br#"{"level":"warning","msg":"w","time":"t"}
+{"level":"error","msg":"exec: \"x\": executable file not found in $PATH","time":"t"}
+"#;
+        assert_eq!(
+            runtime_message(raw),
+            "exec: \"x\": executable file not found in $PATH"
+        );
+        assert_eq!(runtime_message(b"plain failure\n"), "plain failure");
+        assert_eq!(runtime_message(b""), "no message");
+    }
+}

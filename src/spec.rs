@@ -1,0 +1,230 @@
+//! [`ContainerConfig`] to [`oci_spec::runtime::Spec`]: the only place that knows OCI JSON.
+
+use std::collections::HashSet;
+use std::path::Path;
+
+use oci_spec::runtime::{
+    Capability, LinuxBuilder, LinuxCapabilitiesBuilder, LinuxMemoryBuilder,
+    LinuxNamespaceBuilder, LinuxNamespaceType, LinuxPidsBuilder, LinuxResourcesBuilder,
+    MountBuilder, PosixRlimitBuilder, PosixRlimitType, ProcessBuilder, RootBuilder, Spec,
+    SpecBuilder, UserBuilder, get_default_maskedpaths, get_default_mounts,
+    get_default_readonly_paths,
+};
+
+use crate::config::{ContainerConfig, MountKind, Network};
+use crate::error::SandboxError;
+
+/// Where the library's containers live in each cgroup hierarchy.
+pub(crate) const CGROUP_PARENT: &str = "/oci-sandbox";
+
+/// Builds the spec for `config`, with `rootfs` as the root filesystem and `id` naming its cgroup.
+pub(crate) fn build(config: &ContainerConfig, rootfs: &Path, id: &str) -> Result<Spec, SandboxError> {
+    let mut args = Vec::with_capacity(config.args.len() + 1);
+    args.push(config.command.clone());
+    args.extend(config.args.iter().cloned());
+
+    let caps: HashSet<Capability> = config
+        .security
+        .capabilities
+        .iter()
+        .map(|c| {
+            c.parse::<Capability>()
+                .map_err(|_| SandboxError::invalid("security.capabilities", format!("unknown capability {c:?}")))
+        })
+        .collect::<Result<_, _>>()?;
+    let capabilities = LinuxCapabilitiesBuilder::default()
+        .bounding(caps.clone())
+        .effective(caps.clone())
+        .permitted(caps.clone())
+        .inheritable(HashSet::new())
+        .ambient(HashSet::new())
+        .build()?;
+
+    let process = ProcessBuilder::default()
+        .terminal(false)
+        .user(UserBuilder::default().uid(config.uid).gid(config.gid).build()?)
+        .args(args)
+        .env(
+            config
+                .env
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect::<Vec<_>>(),
+        )
+        .cwd(config.cwd.clone())
+        .capabilities(capabilities)
+        .no_new_privileges(config.security.no_new_privileges)
+        .rlimits(vec![
+            PosixRlimitBuilder::default()
+                .typ(PosixRlimitType::RlimitNofile)
+                .hard(1024u64)
+                .soft(1024u64)
+                .build()?,
+        ])
+        .build()?;
+
+    let mut mounts = get_default_mounts();
+    if config.network == Network::Host {
+        // A fresh sysfs needs a network namespace of the container's own; share the host's.
+        for m in &mut mounts {
+            if m.destination() == Path::new("/sys") {
+                *m = MountBuilder::default()
+                    .destination("/sys")
+                    .typ("bind")
+                    .source("/sys")
+                    .options(vec!["rbind".into(), "ro".into(), "nosuid".into(), "nodev".into(), "noexec".into()])
+                    .build()?;
+            }
+        }
+    }
+    for m in &config.mounts {
+        let mount = match &m.kind {
+            MountKind::Bind { source, writable } => MountBuilder::default()
+                .destination(m.destination.clone())
+                .typ("bind")
+                .source(source.clone())
+                .options(vec![
+                    "rbind".to_owned(),
+                    if *writable { "rw" } else { "ro" }.to_owned(),
+                    "nosuid".to_owned(),
+                    "nodev".to_owned(),
+                ])
+                .build()?,
+            MountKind::Tmpfs { size } => MountBuilder::default()
+                .destination(m.destination.clone())
+                .typ("tmpfs")
+                .source("tmpfs")
+                .options(vec![
+                    "nosuid".to_owned(),
+                    "nodev".to_owned(),
+                    "mode=1777".to_owned(),
+                    format!("size={size}"),
+                ])
+                .build()?,
+        };
+        mounts.push(mount);
+    }
+
+    let mut namespaces = vec![
+        LinuxNamespaceType::Pid,
+        LinuxNamespaceType::Ipc,
+        LinuxNamespaceType::Uts,
+        LinuxNamespaceType::Mount,
+    ];
+    if config.network == Network::None {
+        namespaces.push(LinuxNamespaceType::Network);
+    }
+    let namespaces = namespaces
+        .into_iter()
+        .map(|typ| LinuxNamespaceBuilder::default().typ(typ).build())
+        .collect::<Result<Vec<_>, _>>()?;
+
+    let mut resources = LinuxResourcesBuilder::default();
+    if let Some(bytes) = config.limits.memory {
+        let bytes = i64::try_from(bytes)
+            .map_err(|_| SandboxError::invalid("limits.memory", "too large"))?;
+        resources = resources.memory(LinuxMemoryBuilder::default().limit(bytes).swap(bytes).build()?);
+    }
+    if let Some(pids) = config.limits.pids {
+        resources = resources.pids(LinuxPidsBuilder::default().limit(i64::from(pids)).build()?);
+    }
+
+    let linux = LinuxBuilder::default()
+        .namespaces(namespaces)
+        .masked_paths(get_default_maskedpaths())
+        .readonly_paths(get_default_readonly_paths())
+        .resources(resources.build()?)
+        .cgroups_path(format!("{CGROUP_PARENT}/{id}"))
+        .build()?;
+
+    let mut spec = SpecBuilder::default()
+        .version("1.0.2")
+        .root(
+            RootBuilder::default()
+                .path(rootfs)
+                .readonly(config.security.readonly_rootfs)
+                .build()?,
+        )
+        .process(process)
+        .mounts(mounts)
+        .linux(linux)
+        .build()?;
+    if let Some(h) = &config.hostname {
+        spec.set_hostname(Some(h.clone()));
+    }
+    if let Some(hook) = &config.spec_hook {
+        hook.apply(&mut spec);
+    }
+    Ok(spec)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::SandboxConfig;
+
+    fn spec_for(s: &SandboxConfig) -> Spec {
+        let c = crate::config::from_policy(s, "echo".into(), vec!["hi".into()]);
+        build(&c, Path::new("/rootfs"), "c1").unwrap()
+    }
+
+    #[test]
+    fn default_policy_is_locked_down() {
+        let spec = spec_for(&SandboxConfig::default());
+        let p = spec.process().as_ref().unwrap();
+        assert_eq!(p.args().as_ref().unwrap(), &["echo", "hi"]);
+        assert_eq!(p.no_new_privileges(), Some(true));
+        let caps = p.capabilities().as_ref().unwrap();
+        assert!(caps.bounding().as_ref().unwrap().is_empty());
+        assert!(caps.effective().as_ref().unwrap().is_empty());
+        assert_eq!(spec.root().as_ref().unwrap().readonly(), Some(true));
+        let linux = spec.linux().as_ref().unwrap();
+        let ns: Vec<_> = linux.namespaces().as_ref().unwrap().iter().map(|n| n.typ()).collect();
+        assert!(ns.contains(&LinuxNamespaceType::Network));
+        assert!(ns.contains(&LinuxNamespaceType::Pid));
+        assert!(linux.masked_paths().as_ref().unwrap().iter().any(|p| p == "/proc/kcore"));
+        let res = linux.resources().as_ref().unwrap();
+        assert_eq!(res.pids().as_ref().unwrap().limit(), 256);
+        assert_eq!(linux.cgroups_path().as_deref(), Some(Path::new("/oci-sandbox/c1")));
+        let env = p.env().as_ref().unwrap();
+        assert!(env.iter().any(|e| e.starts_with("PATH=")));
+        assert!(!env.iter().any(|e| e.starts_with("USER=") || e.starts_with("SSH_")));
+    }
+
+    #[test]
+    fn host_network_shares_the_host_namespace() {
+        let spec = spec_for(&SandboxConfig {
+            network: Network::Host,
+            ..Default::default()
+        });
+        let linux = spec.linux().as_ref().unwrap();
+        assert!(!linux
+            .namespaces()
+            .as_ref()
+            .unwrap()
+            .iter()
+            .any(|n| n.typ() == LinuxNamespaceType::Network));
+        let sys = spec.mounts().as_ref().unwrap().iter().find(|m| m.destination() == Path::new("/sys")).unwrap();
+        assert_eq!(sys.typ().as_deref(), Some("bind"));
+    }
+
+    #[test]
+    fn spec_hook_runs_last() {
+        let mut c = ContainerConfig::new("true", vec![]);
+        c.spec_hook = Some(crate::config::SpecHook::new(|s: &mut Spec| {
+            s.set_hostname(Some("edited".into()));
+        }));
+        let spec = build(&c, Path::new("/r"), "c").unwrap();
+        assert_eq!(spec.hostname().as_deref(), Some("edited"));
+    }
+
+    #[test]
+    fn unknown_capability_is_invalid_config() {
+        let mut c = ContainerConfig::new("true", vec![]);
+        c.security.capabilities = vec!["CAP_NOPE".into()];
+        assert!(matches!(
+            build(&c, Path::new("/r"), "c"),
+            Err(SandboxError::InvalidConfig { .. })
+        ));
+    }
+}

@@ -1,0 +1,249 @@
+//! The library's own state on disk: one directory per runtime holding the runtime's `--root`
+//! and our bundles, container ids that name their owning process, and the sweep that removes
+//! what crashed processes left behind.
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::error::SandboxError;
+use crate::runtime::{ContainerFlags, OciRuntime, RuntimeCli};
+use crate::spec::CGROUP_PARENT;
+
+/// The annotation in each bundle's `config.json` naming the process that owns the container.
+pub(crate) const OWNER_ANNOTATION: &str = "dev.oci-sandbox.owner";
+
+/// Prefix of generated container ids: `osb-<pid>-<start time>-<sequence>`.
+const ID_PREFIX: &str = "osb-";
+
+/// The directories of one runtime under the library's base directory.
+#[derive(Debug, Clone)]
+pub(crate) struct StateDirs {
+    /// The runtime's `--root`.
+    pub root: PathBuf,
+    /// Parent of the bundle directories, one per container id.
+    pub bundles: PathBuf,
+    /// The shared, read-only root filesystem (links and a minimal /etc).
+    pub rootfs: PathBuf,
+}
+
+impl StateDirs {
+    /// The default base: `/run/oci-sandbox` for root, else `$XDG_RUNTIME_DIR/oci-sandbox`, else
+    /// `/tmp/oci-sandbox-<uid>`.
+    pub fn default_base() -> PathBuf {
+        let uid = nix::unistd::geteuid();
+        if uid.is_root() {
+            PathBuf::from("/run/oci-sandbox")
+        } else if let Some(dir) = std::env::var_os("XDG_RUNTIME_DIR").filter(|d| !d.is_empty()) {
+            PathBuf::from(dir).join("oci-sandbox")
+        } else {
+            PathBuf::from(format!("/tmp/oci-sandbox-{uid}"))
+        }
+    }
+
+    pub fn new(base: &Path, runtime: OciRuntime) -> Self {
+        let runtime_dir = base.join(runtime.binary_name());
+        StateDirs {
+            root: runtime_dir.join("state"),
+            bundles: runtime_dir.join("bundles"),
+            rootfs: base.join("rootfs"),
+        }
+    }
+
+    /// Creates the directories and the shared root filesystem (idempotent, blocking).
+    pub fn prepare_blocking(&self) -> Result<(), SandboxError> {
+        use std::os::unix::fs::DirBuilderExt;
+        let mut b = std::fs::DirBuilder::new();
+        b.recursive(true).mode(0o711);
+        for dir in [&self.root, &self.bundles, &self.rootfs] {
+            b.create(dir)
+                .map_err(|e| SandboxError::io("creating the state directory", dir, e))?;
+        }
+        crate::bundle::prepare_rootfs(&self.rootfs)
+    }
+
+    pub fn bundle(&self, id: &str) -> PathBuf {
+        self.bundles.join(id)
+    }
+}
+
+/// This process's identity as written into ids and bundles: `<pid>-<start time>`.
+pub(crate) fn self_owner() -> &'static str {
+    static OWNER: OnceLock<String> = OnceLock::new();
+    OWNER.get_or_init(|| {
+        let pid = std::process::id();
+        format!("{pid}-{}", start_time(pid).unwrap_or(0))
+    })
+}
+
+/// A new container id, unique on this machine: the owner and a per-process sequence number.
+pub(crate) fn new_id() -> String {
+    static SEQ: AtomicU64 = AtomicU64::new(0);
+    format!(
+        "{ID_PREFIX}{}-{}",
+        self_owner(),
+        SEQ.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// The owner encoded in a generated id, if it is one.
+fn owner_of_generated_id(id: &str) -> Option<&str> {
+    let rest = id.strip_prefix(ID_PREFIX)?;
+    let (owner, _seq) = rest.rsplit_once('-')?;
+    Some(owner)
+}
+
+/// The start time (field 22 of `/proc/<pid>/stat`, clock ticks since boot) of a process.
+fn start_time(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may contain spaces and parentheses: skip past the last ')'.
+    let after = &stat[stat.rfind(')')? + 1..];
+    after.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// Whether the process named by an owner string (`<pid>-<start time>`) is still running.
+fn owner_alive(owner: &str) -> bool {
+    let Some((pid, start)) = owner.split_once('-') else {
+        return false;
+    };
+    match (pid.parse::<u32>(), start.parse::<u64>()) {
+        (Ok(pid), Ok(start)) => start_time(pid) == Some(start),
+        _ => false,
+    }
+}
+
+/// The owner recorded in a bundle's config.json, if readable.
+fn bundle_owner(bundle: &Path) -> Option<String> {
+    let raw = std::fs::read(bundle.join("config.json")).ok()?;
+    let v: serde_json::Value = serde_json::from_slice(&raw).ok()?;
+    v.get("annotations")?
+        .get(OWNER_ANNOTATION)?
+        .as_str()
+        .map(str::to_owned)
+}
+
+/// Removes everything that containers of dead owners left in this runtime's state: the
+/// containers themselves, their bundles and their cgroups. Containers of live processes
+/// (this one included) are not touched. Returns the ids that were removed.
+pub(crate) async fn sweep(cli: &RuntimeCli, dirs: &StateDirs) -> Result<Vec<String>, SandboxError> {
+    let bundles = dirs.bundles.clone();
+    let dead_bundles: Vec<String> = tokio::task::spawn_blocking(move || {
+        let Ok(entries) = std::fs::read_dir(&bundles) else {
+            return Vec::new();
+        };
+        entries
+            .filter_map(Result::ok)
+            .filter_map(|e| {
+                let id = e.file_name().into_string().ok()?;
+                let owner = bundle_owner(&e.path())
+                    .or_else(|| owner_of_generated_id(&id).map(str::to_owned));
+                match owner {
+                    Some(o) if owner_alive(&o) => None,
+                    // A bundle without a readable owner may be one being written right now by
+                    // a live process; leave it unless its id names a dead owner.
+                    None => None,
+                    Some(_) => Some(id),
+                }
+            })
+            .collect()
+    })
+    .await
+    .unwrap_or_default();
+
+    let mut doomed = dead_bundles;
+    for id in cli.list().await? {
+        if doomed.contains(&id) {
+            continue;
+        }
+        // Bundles are made before their container and removed after it: a container without
+        // one was left by a crash mid-cleanup.
+        let bundle_missing = !tokio::fs::try_exists(dirs.bundle(&id)).await.unwrap_or(true);
+        let dead_generated = owner_of_generated_id(&id).is_some_and(|o| !owner_alive(o));
+        if bundle_missing || dead_generated {
+            doomed.push(id);
+        }
+    }
+    for id in &doomed {
+        tracing::info!(runtime = %cli.kind, id, "sweeping a container left by a dead process");
+        remove_container(cli, dirs, id, ContainerFlags::default()).await;
+    }
+    Ok(doomed)
+}
+
+/// Ends container `id` whatever state it is in and removes everything of it: the runtime's
+/// state, leftover processes in its cgroups, the cgroups and the bundle. Best effort, logged.
+pub(crate) async fn remove_container(
+    cli: &RuntimeCli,
+    dirs: &StateDirs,
+    id: &str,
+    flags: ContainerFlags<'_>,
+) {
+    if let Err(err) = cli.destroy(flags, id).await {
+        tracing::warn!(runtime = %cli.kind, id, %err, "destroying the container failed");
+    }
+    let state = dirs.root.join(id);
+    let bundle = dirs.bundle(id);
+    let id = id.to_owned();
+    let _ = tokio::task::spawn_blocking(move || {
+        reap_cgroups_blocking(&id);
+        let _ = std::fs::remove_dir_all(&state);
+        let _ = std::fs::remove_dir_all(&bundle);
+    })
+    .await;
+}
+
+/// Kills any process left in the container's cgroups and removes them (blocking).
+pub(crate) fn reap_cgroups_blocking(id: &str) {
+    let Ok(hierarchies) = std::fs::read_dir("/sys/fs/cgroup") else {
+        return;
+    };
+    let mut dirs: Vec<PathBuf> = hierarchies
+        .filter_map(Result::ok)
+        .map(|h| h.path().join(CGROUP_PARENT.trim_start_matches('/')).join(id))
+        .collect();
+    // cgroup v2 only: the unified hierarchy is /sys/fs/cgroup itself.
+    dirs.push(Path::new("/sys/fs/cgroup").join(CGROUP_PARENT.trim_start_matches('/')).join(id));
+    for dir in dirs.iter().filter(|d| d.is_dir()) {
+        if let Ok(procs) = std::fs::read_to_string(dir.join("cgroup.procs")) {
+            for pid in procs.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+        }
+        // A killed process leaves its cgroup a moment later: retry the rmdir briefly.
+        for _ in 0..50 {
+            match std::fs::remove_dir(dir) {
+                Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
+                    std::thread::sleep(std::time::Duration::from_millis(2))
+                }
+                _ => break,
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generated_ids_name_a_live_owner() {
+        let id = new_id();
+        let owner = owner_of_generated_id(&id).unwrap();
+        assert_eq!(owner, self_owner());
+        assert!(owner_alive(owner));
+        assert!(crate::config::validate_id(&id).is_ok());
+        assert_ne!(new_id(), new_id());
+    }
+
+    #[test]
+    fn dead_or_malformed_owners_are_not_alive() {
+        assert!(!owner_alive("999999999-1"));
+        assert!(!owner_alive("garbage"));
+        let pid = std::process::id();
+        assert!(!owner_alive(&format!("{pid}-1")));
+        assert_eq!(owner_of_generated_id("user-given"), None);
+    }
+}

@@ -1,0 +1,126 @@
+//! Helpers shared by the integration tests: a sandbox on a private state root, and checks that
+//! nothing was left behind. These run real runtimes; a missing runtime fails the test.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use oci_sandbox::{ContainerConfig, NamespaceContainer, OciRuntime, SandboxConfig};
+
+/// A runtime on a state root of its own, removed at the end of the test.
+pub struct TestSandbox {
+    pub sandbox: NamespaceContainer,
+    pub state: tempfile::TempDir,
+}
+
+impl TestSandbox {
+    pub async fn new(kind: OciRuntime) -> Self {
+        let state = tempfile::Builder::new()
+            .prefix("osb-test-")
+            .tempdir_in("/tmp")
+            .expect("temp state dir");
+        let sandbox = NamespaceContainer::builder()
+            .runtime(kind)
+            .state_dir(state.path())
+            .build()
+            .await
+            .unwrap_or_else(|e| panic!("{kind} must be installed for the tests (make test installs it): {e}"));
+        TestSandbox { sandbox, state }
+    }
+
+    pub fn config(&self, command: &str, args: &[&str]) -> ContainerConfig {
+        self.config_with(&SandboxConfig::default(), command, args)
+    }
+
+    pub fn config_with(&self, policy: &SandboxConfig, command: &str, args: &[&str]) -> ContainerConfig {
+        NamespaceContainer::build_config(policy, command, args.iter().map(|s| s.to_string()).collect())
+    }
+
+    pub fn sh(&self, script: &str) -> ContainerConfig {
+        self.config("sh", &["-c", script])
+    }
+
+    pub fn bundles_dir(&self) -> PathBuf {
+        self.sandbox.state_root().parent().unwrap().join("bundles")
+    }
+
+    /// Waits for background cleanup, then asserts that the runtime lists no container in our
+    /// root, no bundle remains, no cgroup of `ids` remains, and no process mentions our state
+    /// root or `marker`.
+    pub async fn assert_nothing_left(&self, ids: &[&str], marker: Option<&str>) {
+        self.sandbox.close().await;
+        let listed = self.sandbox.list().await.expect("runtime list");
+        assert!(listed.is_empty(), "containers left in the state root: {listed:?}");
+        let bundles: Vec<_> = std::fs::read_dir(self.bundles_dir())
+            .unwrap()
+            .filter_map(Result::ok)
+            .map(|e| e.file_name())
+            .collect();
+        assert!(bundles.is_empty(), "bundles left: {bundles:?}");
+        let root = self.state.path().to_string_lossy().into_owned();
+        // Processes die asynchronously after SIGKILL: give them a moment.
+        let mut left = Vec::new();
+        for _ in 0..100 {
+            left = processes_mentioning(&root);
+            if let Some(m) = marker {
+                left.extend(processes_mentioning(m));
+            }
+            if left.is_empty() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(left.is_empty(), "processes left: {left:?}");
+        let ids: Vec<String> = ids.iter().map(|s| s.to_string()).collect();
+        let cgroups = our_cgroups_left(&ids);
+        assert!(cgroups.is_empty(), "cgroups left: {cgroups:?}");
+    }
+}
+
+/// `(pid, cmdline)` of live processes (other than this one) whose command line contains `needle`.
+pub fn processes_mentioning(needle: &str) -> Vec<(i32, String)> {
+    let me = std::process::id() as i32;
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().filter_map(Result::ok) {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        if pid == me {
+            continue;
+        }
+        let Ok(raw) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        let cmd = String::from_utf8_lossy(&raw).replace('\0', " ");
+        if cmd.contains(needle) {
+            // Zombies have an empty cmdline, so anything here is alive.
+            out.push((pid, cmd));
+        }
+    }
+    out
+}
+
+/// Cgroup directories of the given container ids that still exist.
+pub fn our_cgroups_left(ids: &[String]) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let Ok(hs) = std::fs::read_dir("/sys/fs/cgroup") else {
+        return out;
+    };
+    for h in hs.filter_map(Result::ok) {
+        for id in ids {
+            let p = h.path().join("oci-sandbox").join(id);
+            if p.exists() {
+                out.push(p);
+            }
+        }
+    }
+    out
+}
+
+pub fn cgroup_exists(id: &str) -> bool {
+    !our_cgroups_left(&[id.to_owned()]).is_empty()
+}
+
+pub fn path_exists(p: &Path) -> bool {
+    p.symlink_metadata().is_ok()
+}

@@ -1,0 +1,185 @@
+//! `spawn`: output, exit codes, stdin, env, workdir, timeout, kill, and concurrency on real runc.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::TestSandbox;
+use oci_sandbox::{OciRuntime, SandboxConfig, Signal, Stdio};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+#[tokio::test]
+async fn echo_output_and_success() {
+    let t = TestSandbox::new(OciRuntime::Runc).await;
+    let out = t.sandbox.spawn(&t.config("echo", &["hello", "world"])).await.unwrap().wait_with_output().await.unwrap();
+    assert!(out.status.success(), "{:?}", out);
+    assert_eq!(out.stdout, b"hello world\n");
+    assert!(out.stderr.is_empty());
+    t.assert_nothing_left(&[], None).await;
+}
+
+#[tokio::test]
+async fn exit_code_and_stderr_are_reported() {
+    let t = TestSandbox::new(OciRuntime::Runc).await;
+    let out = t.sandbox.spawn(&t.sh("echo oops >&2; exit 7")).await.unwrap().wait_with_output().await.unwrap();
+    assert_eq!(out.status.code(), Some(7));
+    assert!(!out.status.success());
+    assert_eq!(out.stderr, b"oops\n");
+}
+
+#[tokio::test]
+async fn exit_code_one_from_the_command_is_not_a_runtime_error() {
+    let t = TestSandbox::new(OciRuntime::Runc).await;
+    let out = t.sandbox.spawn(&t.config("false", &[])).await.unwrap().wait_with_output().await.unwrap();
+    assert_eq!(out.status.code(), Some(1));
+}
+
+#[tokio::test]
+async fn stdin_round_trips_through_cat() {
+    let t = TestSandbox::new(OciRuntime::Runc).await;
+    let mut p = t.sandbox.spawn(&t.config("cat", &[])).await.unwrap();
+    let mut stdin = p.stdin.take().unwrap();
+    let data: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+    let writer = {
+        let data = data.clone();
+        tokio::spawn(async move {
+            stdin.write_all(&data).await.unwrap();
+            // Dropping stdin closes it: cat sees end of file.
+        })
+    };
+    let mut got = Vec::new();
+    p.stdout.take().unwrap().read_to_end(&mut got).await.unwrap();
+    writer.await.unwrap();
+    assert_eq!(got, data);
+    assert!(p.wait().await.unwrap().success());
+}
+
+#[tokio::test]
+async fn env_is_set_and_the_host_env_is_not_inherited() {
+    // SAFETY: set before any thread of this test reads the environment.
+    unsafe { std::env::set_var("OSB_HOST_CANARY", "leaked") };
+    let t = TestSandbox::new(OciRuntime::Runc).await;
+    let policy = SandboxConfig {
+        env: vec![("GREETING".into(), "hi there".into())],
+        ..Default::default()
+    };
+    let out = t.sandbox.spawn(&t.config_with(&policy, "env", &[])).await.unwrap().wait_with_output().await.unwrap();
+    let env = String::from_utf8(out.stdout).unwrap();
+    assert!(env.contains("GREETING=hi there\n"), "{env}");
+    assert!(env.contains("PATH=/usr/local/sbin:"), "{env}");
+    assert!(!env.contains("OSB_HOST_CANARY"), "{env}");
+}
+
+#[tokio::test]
+async fn workdir_is_writable_and_usr_is_read_only() {
+    let t = TestSandbox::new(OciRuntime::Runc).await;
+    let work = tempfile::tempdir().unwrap();
+    let policy = SandboxConfig {
+        workdir: Some(work.path().to_owned()),
+        ..Default::default()
+    };
+    let script = "pwd; echo data > out.txt && echo wrote; touch /usr/evil 2>/dev/null && echo BAD; touch /evil 2>/dev/null && echo BAD2; echo tmp > /tmp/x && cat /tmp/x";
+    let out = t.sandbox.spawn(&t.config_with(&policy, "sh", &["-c", script])).await.unwrap().wait_with_output().await.unwrap();
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(text, "/workspace\nwrote\ntmp\n", "stderr: {}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(std::fs::read_to_string(work.path().join("out.txt")).unwrap(), "data\n");
+    assert!(!std::path::Path::new("/usr/evil").exists());
+}
+
+#[tokio::test]
+async fn python_runs_with_the_default_policy() {
+    let t = TestSandbox::new(OciRuntime::Runc).await;
+    let out = t.sandbox.spawn(&t.config("python3", &["-c", "import sys; print(6*7, sys.version_info[0])"])).await.unwrap().wait_with_output().await.unwrap();
+    assert_eq!(out.stdout, b"42 3\n", "stderr: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[tokio::test]
+async fn timeout_kills_a_long_sleep_and_says_so() {
+    let t = TestSandbox::new(OciRuntime::Runc).await;
+    let policy = SandboxConfig {
+        timeout: Some(Duration::from_millis(500)),
+        ..Default::default()
+    };
+    let marker = "100.4242";
+    let started = Instant::now();
+    let mut p = t.sandbox.spawn(&t.config_with(&policy, "sleep", &[marker])).await.unwrap();
+    let id = p.id().to_owned();
+    let status = p.wait().await.unwrap();
+    let took = started.elapsed();
+    assert!(status.timed_out(), "{status}");
+    assert_eq!(status.code(), None);
+    assert!(took < Duration::from_secs(5), "took {took:?}");
+    t.assert_nothing_left(&[&id], Some(marker)).await;
+}
+
+#[tokio::test]
+async fn kill_ends_the_process() {
+    let t = TestSandbox::new(OciRuntime::Runc).await;
+    let marker = "100.4343";
+    let mut p = t.sandbox.spawn(&t.config("sleep", &[marker])).await.unwrap();
+    let id = p.id().to_owned();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    p.kill().await.unwrap();
+    let status = p.wait().await.unwrap();
+    assert_eq!(status.signal(), Some(libc_sigkill()));
+    assert!(!status.timed_out());
+    t.assert_nothing_left(&[&id], Some(marker)).await;
+}
+
+#[tokio::test]
+async fn signal_reaches_the_process() {
+    let t = TestSandbox::new(OciRuntime::Runc).await;
+    // A shell as PID 1 ignores TERM unless it traps it.
+    let mut p = t.sandbox.spawn(&t.sh("trap 'echo got-term; exit 3' TERM; echo ready; while :; do sleep 0.05; done")).await.unwrap();
+    let mut stdout = p.stdout.take().unwrap();
+    let mut buf = [0u8; 6];
+    stdout.read_exact(&mut buf).await.unwrap();
+    assert_eq!(&buf, b"ready\n");
+    p.signal(Signal::SIGTERM).await.unwrap();
+    let mut rest = String::new();
+    stdout.read_to_string(&mut rest).await.unwrap();
+    assert_eq!(rest, "got-term\n");
+    assert_eq!(p.wait().await.unwrap().code(), Some(3));
+}
+
+#[tokio::test]
+async fn wait_is_idempotent() {
+    let t = TestSandbox::new(OciRuntime::Runc).await;
+    let mut p = t.sandbox.spawn(&t.sh("exit 5")).await.unwrap();
+    assert_eq!(p.wait().await.unwrap().code(), Some(5));
+    assert_eq!(p.wait().await.unwrap().code(), Some(5));
+    assert_eq!(p.try_wait().unwrap().unwrap().code(), Some(5));
+}
+
+#[tokio::test]
+async fn null_and_inherited_stdio_give_no_pipes() {
+    let t = TestSandbox::new(OciRuntime::Runc).await;
+    let mut c = t.config("true", &[]);
+    c.stdin = Stdio::Null;
+    c.stdout = Stdio::Null;
+    c.stderr = Stdio::Inherit;
+    let mut p = t.sandbox.spawn(&c).await.unwrap();
+    assert!(p.stdin.is_none() && p.stdout.is_none() && p.stderr.is_none());
+    assert!(p.wait().await.unwrap().success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn twenty_concurrent_spawns_all_succeed() {
+    let t = TestSandbox::new(OciRuntime::Runc).await;
+    let runs = (0..20).map(|i| {
+        let sandbox = t.sandbox.clone();
+        let config = t.sh(&format!("echo {i}"));
+        async move { sandbox.spawn(&config).await?.wait_with_output().await }
+    });
+    let results = futures::future::join_all(runs).await;
+    for (i, r) in results.into_iter().enumerate() {
+        let out = r.unwrap();
+        assert!(out.status.success(), "{i}: {out:?}");
+        assert_eq!(out.stdout, format!("{i}\n").into_bytes());
+    }
+    t.assert_nothing_left(&[], None).await;
+}
+
+fn libc_sigkill() -> i32 {
+    Signal::SIGKILL as i32
+}
