@@ -1,7 +1,6 @@
 //! The on-disk bundle of one container (`config.json` in a directory named after its id) and
 //! the shared root filesystem every container of the library starts from.
 
-use std::collections::HashMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
@@ -31,7 +30,7 @@ impl Bundle {
         }
         // From here on, dropping `bundle` removes the directory again.
         let bundle = Bundle { dir: Some(dir) };
-        let mut annotations = spec.annotations().clone().unwrap_or_else(HashMap::new);
+        let mut annotations = spec.annotations().clone().unwrap_or_default();
         annotations.insert(OWNER_ANNOTATION.to_owned(), self_owner().to_owned());
         spec.set_annotations(Some(annotations));
         let json = serde_json::to_vec(&spec).map_err(|e| {
@@ -78,8 +77,14 @@ const ETC_FILES: &[(&str, &str)] = &[
         "group",
         "root:x:0:\ntty:x:5:\nsandbox:x:1000:\nnogroup:x:65534:\n",
     ),
-    ("hosts", "127.0.0.1\tlocalhost sandbox\n::1\tlocalhost ip6-localhost ip6-loopback\n"),
-    ("nsswitch.conf", "passwd: files\ngroup: files\nhosts: files dns\n"),
+    (
+        "hosts",
+        "127.0.0.1\tlocalhost sandbox\n::1\tlocalhost ip6-localhost ip6-loopback\n",
+    ),
+    (
+        "nsswitch.conf",
+        "passwd: files\ngroup: files\nhosts: files dns\n",
+    ),
     ("resolv.conf", ""),
 ];
 
@@ -115,7 +120,9 @@ pub(crate) fn prepare_rootfs(rootfs: &Path) -> Result<(), SandboxError> {
             .map_err(|e| err("writing the rootfs /etc", &etc, e))?;
         tmp.write_all(content.as_bytes())
             .map_err(|e| err("writing the rootfs /etc", &path, e))?;
-        let _ = tmp.as_file().set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o644));
+        let _ = tmp
+            .as_file()
+            .set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o644));
         tmp.persist(&path)
             .map_err(|e| err("writing the rootfs /etc", &path, e.error))?;
     }

@@ -303,7 +303,10 @@ impl ContainerConfig {
         if let Some(h) = &self.hostname
             && (h.is_empty() || h.len() > 64 || h.contains(['\0', '/']))
         {
-            return Err(SandboxError::invalid("hostname", format!("{h:?} is not a hostname")));
+            return Err(SandboxError::invalid(
+                "hostname",
+                format!("{h:?} is not a hostname"),
+            ));
         }
         let mut seen = HashSet::new();
         for (i, m) in self.mounts.iter().enumerate() {
@@ -468,7 +471,8 @@ fn absolute_clean(field: &str, p: &Path) -> Result<(), SandboxError> {
 }
 
 /// `PATH` inside the container unless the config sets one.
-pub(crate) const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+pub(crate) const DEFAULT_PATH: &str =
+    "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 /// Symlinks of the shared root filesystem, as on a merged-/usr system.
 pub(crate) const ROOTFS_LINKS: &[(&str, &str)] = &[
@@ -510,7 +514,11 @@ fn host_tool_mounts() -> &'static [Mount] {
     })
 }
 
-pub(crate) fn from_policy(s: &SandboxConfig, command: String, args: Vec<String>) -> ContainerConfig {
+pub(crate) fn from_policy(
+    s: &SandboxConfig,
+    command: String,
+    args: Vec<String>,
+) -> ContainerConfig {
     let mut mounts: Vec<Mount> = host_tool_mounts().to_vec();
     mounts.push(Mount {
         destination: PathBuf::from("/tmp"),
@@ -579,10 +587,9 @@ mod tests {
                     source: "/usr".into(),
                     writable: false
                 }));
-        assert!(c
-            .mounts
-            .iter()
-            .any(|m| m.destination == Path::new("/tmp") && matches!(m.kind, MountKind::Tmpfs { .. })));
+        assert!(c.mounts.iter().any(
+            |m| m.destination == Path::new("/tmp") && matches!(m.kind, MountKind::Tmpfs { .. })
+        ));
         assert!(!c.mounts.iter().any(|m| m.destination.starts_with("/home")
             || m.destination.starts_with("/root")
             || m.destination == Path::new("/etc/shadow")));
@@ -618,7 +625,11 @@ mod tests {
 
     #[test]
     fn commands_on_a_tmpfs_are_not_second_guessed() {
-        assert!(ContainerConfig::new("/tmp/made-at-run-time", vec![]).validate().is_ok());
+        assert!(
+            ContainerConfig::new("/tmp/made-at-run-time", vec![])
+                .validate()
+                .is_ok()
+        );
     }
 
     #[test]

@@ -152,7 +152,8 @@ impl NamespaceContainer {
             .stdout(std_stdio(config.stdout))
             .stderr(std_stdio(config.stderr));
         let mut child = cmd.spawn().map_err(|e| inner.cli.spawn_error(e))?;
-        let (stdin, stdout, stderr) = (child.stdin.take(), child.stdout.take(), child.stderr.take());
+        let (stdin, stdout, stderr) =
+            (child.stdin.take(), child.stdout.take(), child.stderr.take());
         let teardown = Teardown {
             cli: inner.cli.clone(),
             dirs: inner.dirs.clone(),
@@ -163,6 +164,18 @@ impl NamespaceContainer {
         };
         let supervised = Supervised::foreground(&inner.tracker, child, teardown, config.timeout);
         Ok(ContainerProcess::new(supervised, stdin, stdout, stderr))
+    }
+
+    /// The OCI spec the library would write for `config` (for inspection, debugging, or
+    /// running the same container with the runtime directly).
+    ///
+    /// # Errors
+    ///
+    /// Those of [`spawn`](Self::spawn) that concern the config. Looks up host paths: blocking.
+    pub fn render_spec(&self, config: &ContainerConfig) -> Result<crate::Spec, SandboxError> {
+        config.validate()?;
+        let id = config.id.clone().unwrap_or_else(new_id);
+        crate::spec::build(config, &self.inner.dirs.rootfs, &id)
     }
 
     /// Validates `config`, picks its id and writes its bundle, off the async workers.
@@ -252,7 +265,10 @@ impl NamespaceContainerBuilder {
         if !base.is_absolute() {
             return Err(SandboxError::invalid(
                 "state_dir",
-                format!("{} is not absolute (runtimes store paths as given)", base.display()),
+                format!(
+                    "{} is not absolute (runtimes store paths as given)",
+                    base.display()
+                ),
             ));
         }
         let binary = locate(self.runtime, self.binary).await?;

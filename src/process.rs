@@ -176,7 +176,11 @@ impl Drop for Teardown {
     }
 }
 
-fn run_blocking_with_deadline(binary: &std::path::Path, args: &[std::ffi::OsString], deadline: Duration) {
+fn run_blocking_with_deadline(
+    binary: &std::path::Path,
+    args: &[std::ffi::OsString],
+    deadline: Duration,
+) {
     let Ok(mut child) = std::process::Command::new(binary)
         .args(args)
         .stdin(std::process::Stdio::null())
@@ -270,7 +274,9 @@ async fn interpret_exit(
 ) -> Result<ExitStatus, SandboxError> {
     use std::os::unix::process::ExitStatusExt;
     let Some(code) = status.code() else {
-        return Ok(ExitStatus::signaled(status.signal().unwrap_or(libc::SIGKILL)));
+        return Ok(ExitStatus::signaled(
+            status.signal().unwrap_or(libc::SIGKILL),
+        ));
     };
     if code == teardown.cli.kind.failure_code()
         && let Some(bundle) = &teardown.bundle
@@ -329,7 +335,9 @@ impl Supervised {
         let id = teardown.id.clone();
         let cli = teardown.cli.clone();
         let network = teardown.network;
-        tracker.spawn(supervise_foreground(child, teardown, timeout, control_rx, outcome_tx));
+        tracker.spawn(supervise_foreground(
+            child, teardown, timeout, control_rx, outcome_tx,
+        ));
         Supervised {
             id,
             control: control_tx,
@@ -346,7 +354,9 @@ impl Supervised {
             .await
             .map_err(|_| SandboxError::Process {
                 context: "waiting for the container",
-                source: std::io::Error::other("the supervisor task ended without a status (runtime shut down)"),
+                source: std::io::Error::other(
+                    "the supervisor task ended without a status (runtime shut down)",
+                ),
             })?;
         match done.as_ref().expect("checked by wait_for") {
             Ok(status) => Ok(*status),
@@ -474,7 +484,9 @@ impl ContainerProcess {
     /// dropped).
     pub async fn wait_with_output(mut self) -> Result<Output, SandboxError> {
         use tokio::io::AsyncReadExt;
-        async fn read_all<R: tokio::io::AsyncRead + Unpin>(r: Option<R>) -> std::io::Result<Vec<u8>> {
+        async fn read_all<R: tokio::io::AsyncRead + Unpin>(
+            r: Option<R>,
+        ) -> std::io::Result<Vec<u8>> {
             let mut buf = Vec::new();
             if let Some(mut r) = r {
                 r.read_to_end(&mut buf).await?;

@@ -76,6 +76,8 @@ mod flag {
 }
 
 /// One runtime subcommand and its own options.
+// create/start/exec/state serve the detached modes (PTY, long-lived sandboxes) as they land.
+#[allow(dead_code)]
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum Sub<'a> {
     Run {
@@ -405,7 +407,10 @@ pub(crate) fn is_not_found(message: &str) -> bool {
 }
 
 /// Finds `name` on `$PATH` (or checks an explicit path), without blocking the caller's worker.
-pub(crate) async fn locate(kind: OciRuntime, explicit: Option<PathBuf>) -> Result<PathBuf, SandboxError> {
+pub(crate) async fn locate(
+    kind: OciRuntime,
+    explicit: Option<PathBuf>,
+) -> Result<PathBuf, SandboxError> {
     let path_var = std::env::var_os("PATH").unwrap_or_default();
     tokio::task::spawn_blocking(move || locate_blocking(kind, explicit, &path_var))
         .await
@@ -509,8 +514,16 @@ mod tests {
         assert_eq!(
             strs(argv),
             [
-                "--root", "/run/oci-sandbox/r", "--log", "/b/runtime.log", "--log-format", "json",
-                "run", "--bundle", "/b", "c1"
+                "--root",
+                "/run/oci-sandbox/r",
+                "--log",
+                "/b/runtime.log",
+                "--log-format",
+                "json",
+                "run",
+                "--bundle",
+                "/b",
+                "c1"
             ]
         );
     }
@@ -530,8 +543,13 @@ mod tests {
         assert_eq!(
             strs(argv),
             [
-                "--root", "/run/oci-sandbox/r", "--log=file:/b/l", "--log-format=json", "delete",
-                "--force", "c1"
+                "--root",
+                "/run/oci-sandbox/r",
+                "--log=file:/b/l",
+                "--log-format=json",
+                "delete",
+                "--force",
+                "c1"
             ]
         );
     }
@@ -554,7 +572,10 @@ mod tests {
                 Sub::Start { id: "c" },
             ] {
                 let argv = strs(cli(OciRuntime::Gvisor).argv(flags, sub));
-                assert_eq!(&argv[..5], ["--root", "/run/oci-sandbox/r", want, "--platform", "ptrace"]);
+                assert_eq!(
+                    &argv[..5],
+                    ["--root", "/run/oci-sandbox/r", want, "--platform", "ptrace"]
+                );
             }
         }
     }
@@ -573,7 +594,16 @@ mod tests {
                     pid_file: Some(Path::new("/p")),
                 }
             ))[2..],
-            ["create", "--bundle", "/b", "--console-socket", "/s", "--pid-file", "/p", "c"]
+            [
+                "create",
+                "--bundle",
+                "/b",
+                "--console-socket",
+                "/s",
+                "--pid-file",
+                "/p",
+                "c"
+            ]
         );
         assert_eq!(
             strs(c.argv(

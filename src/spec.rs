@@ -4,11 +4,10 @@ use std::collections::HashSet;
 use std::path::Path;
 
 use oci_spec::runtime::{
-    Capability, LinuxBuilder, LinuxCapabilitiesBuilder, LinuxMemoryBuilder,
-    LinuxNamespaceBuilder, LinuxNamespaceType, LinuxPidsBuilder, LinuxResourcesBuilder,
-    MountBuilder, PosixRlimitBuilder, PosixRlimitType, ProcessBuilder, RootBuilder, Spec,
-    SpecBuilder, UserBuilder, get_default_maskedpaths, get_default_mounts,
-    get_default_readonly_paths,
+    Capability, LinuxBuilder, LinuxCapabilitiesBuilder, LinuxMemoryBuilder, LinuxNamespaceBuilder,
+    LinuxNamespaceType, LinuxPidsBuilder, LinuxResourcesBuilder, MountBuilder, PosixRlimitBuilder,
+    PosixRlimitType, ProcessBuilder, RootBuilder, Spec, SpecBuilder, UserBuilder,
+    get_default_maskedpaths, get_default_mounts, get_default_readonly_paths,
 };
 
 use crate::config::{ContainerConfig, MountKind, Network};
@@ -18,7 +17,11 @@ use crate::error::SandboxError;
 pub(crate) const CGROUP_PARENT: &str = "/oci-sandbox";
 
 /// Builds the spec for `config`, with `rootfs` as the root filesystem and `id` naming its cgroup.
-pub(crate) fn build(config: &ContainerConfig, rootfs: &Path, id: &str) -> Result<Spec, SandboxError> {
+pub(crate) fn build(
+    config: &ContainerConfig,
+    rootfs: &Path,
+    id: &str,
+) -> Result<Spec, SandboxError> {
     let mut args = Vec::with_capacity(config.args.len() + 1);
     args.push(config.command.clone());
     args.extend(config.args.iter().cloned());
@@ -28,8 +31,9 @@ pub(crate) fn build(config: &ContainerConfig, rootfs: &Path, id: &str) -> Result
         .capabilities
         .iter()
         .map(|c| {
-            c.parse::<Capability>()
-                .map_err(|_| SandboxError::invalid("security.capabilities", format!("unknown capability {c:?}")))
+            c.parse::<Capability>().map_err(|_| {
+                SandboxError::invalid("security.capabilities", format!("unknown capability {c:?}"))
+            })
         })
         .collect::<Result<_, _>>()?;
     let capabilities = LinuxCapabilitiesBuilder::default()
@@ -42,7 +46,12 @@ pub(crate) fn build(config: &ContainerConfig, rootfs: &Path, id: &str) -> Result
 
     let process = ProcessBuilder::default()
         .terminal(false)
-        .user(UserBuilder::default().uid(config.uid).gid(config.gid).build()?)
+        .user(
+            UserBuilder::default()
+                .uid(config.uid)
+                .gid(config.gid)
+                .build()?,
+        )
         .args(args)
         .env(
             config
@@ -72,7 +81,13 @@ pub(crate) fn build(config: &ContainerConfig, rootfs: &Path, id: &str) -> Result
                     .destination("/sys")
                     .typ("bind")
                     .source("/sys")
-                    .options(vec!["rbind".into(), "ro".into(), "nosuid".into(), "nodev".into(), "noexec".into()])
+                    .options(vec![
+                        "rbind".into(),
+                        "ro".into(),
+                        "nosuid".into(),
+                        "nodev".into(),
+                        "noexec".into(),
+                    ])
                     .build()?;
             }
         }
@@ -123,7 +138,12 @@ pub(crate) fn build(config: &ContainerConfig, rootfs: &Path, id: &str) -> Result
     if let Some(bytes) = config.limits.memory {
         let bytes = i64::try_from(bytes)
             .map_err(|_| SandboxError::invalid("limits.memory", "too large"))?;
-        resources = resources.memory(LinuxMemoryBuilder::default().limit(bytes).swap(bytes).build()?);
+        resources = resources.memory(
+            LinuxMemoryBuilder::default()
+                .limit(bytes)
+                .swap(bytes)
+                .build()?,
+        );
     }
     if let Some(pids) = config.limits.pids {
         resources = resources.pids(LinuxPidsBuilder::default().limit(i64::from(pids)).build()?);
@@ -179,16 +199,35 @@ mod tests {
         assert!(caps.effective().as_ref().unwrap().is_empty());
         assert_eq!(spec.root().as_ref().unwrap().readonly(), Some(true));
         let linux = spec.linux().as_ref().unwrap();
-        let ns: Vec<_> = linux.namespaces().as_ref().unwrap().iter().map(|n| n.typ()).collect();
+        let ns: Vec<_> = linux
+            .namespaces()
+            .as_ref()
+            .unwrap()
+            .iter()
+            .map(|n| n.typ())
+            .collect();
         assert!(ns.contains(&LinuxNamespaceType::Network));
         assert!(ns.contains(&LinuxNamespaceType::Pid));
-        assert!(linux.masked_paths().as_ref().unwrap().iter().any(|p| p == "/proc/kcore"));
+        assert!(
+            linux
+                .masked_paths()
+                .as_ref()
+                .unwrap()
+                .iter()
+                .any(|p| p == "/proc/kcore")
+        );
         let res = linux.resources().as_ref().unwrap();
         assert_eq!(res.pids().as_ref().unwrap().limit(), 256);
-        assert_eq!(linux.cgroups_path().as_deref(), Some(Path::new("/oci-sandbox/c1")));
+        assert_eq!(
+            linux.cgroups_path().as_deref(),
+            Some(Path::new("/oci-sandbox/c1"))
+        );
         let env = p.env().as_ref().unwrap();
         assert!(env.iter().any(|e| e.starts_with("PATH=")));
-        assert!(!env.iter().any(|e| e.starts_with("USER=") || e.starts_with("SSH_")));
+        assert!(
+            !env.iter()
+                .any(|e| e.starts_with("USER=") || e.starts_with("SSH_"))
+        );
     }
 
     #[test]
@@ -198,13 +237,21 @@ mod tests {
             ..Default::default()
         });
         let linux = spec.linux().as_ref().unwrap();
-        assert!(!linux
-            .namespaces()
+        assert!(
+            !linux
+                .namespaces()
+                .as_ref()
+                .unwrap()
+                .iter()
+                .any(|n| n.typ() == LinuxNamespaceType::Network)
+        );
+        let sys = spec
+            .mounts()
             .as_ref()
             .unwrap()
             .iter()
-            .any(|n| n.typ() == LinuxNamespaceType::Network));
-        let sys = spec.mounts().as_ref().unwrap().iter().find(|m| m.destination() == Path::new("/sys")).unwrap();
+            .find(|m| m.destination() == Path::new("/sys"))
+            .unwrap();
         assert_eq!(sys.typ().as_deref(), Some("bind"));
     }
 

@@ -157,7 +157,9 @@ pub(crate) async fn sweep(cli: &RuntimeCli, dirs: &StateDirs) -> Result<Vec<Stri
         }
         // Bundles are made before their container and removed after it: a container without
         // one was left by a crash mid-cleanup.
-        let bundle_missing = !tokio::fs::try_exists(dirs.bundle(&id)).await.unwrap_or(true);
+        let bundle_missing = !tokio::fs::try_exists(dirs.bundle(&id))
+            .await
+            .unwrap_or(true);
         let dead_generated = owner_of_generated_id(&id).is_some_and(|o| !owner_alive(o));
         if bundle_missing || dead_generated {
             doomed.push(id);
@@ -199,10 +201,18 @@ pub(crate) fn reap_cgroups_blocking(id: &str) {
     };
     let mut dirs: Vec<PathBuf> = hierarchies
         .filter_map(Result::ok)
-        .map(|h| h.path().join(CGROUP_PARENT.trim_start_matches('/')).join(id))
+        .map(|h| {
+            h.path()
+                .join(CGROUP_PARENT.trim_start_matches('/'))
+                .join(id)
+        })
         .collect();
     // cgroup v2 only: the unified hierarchy is /sys/fs/cgroup itself.
-    dirs.push(Path::new("/sys/fs/cgroup").join(CGROUP_PARENT.trim_start_matches('/')).join(id));
+    dirs.push(
+        Path::new("/sys/fs/cgroup")
+            .join(CGROUP_PARENT.trim_start_matches('/'))
+            .join(id),
+    );
     for dir in dirs.iter().filter(|d| d.is_dir()) {
         if let Ok(procs) = std::fs::read_to_string(dir.join("cgroup.procs")) {
             for pid in procs.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {

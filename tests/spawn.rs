@@ -11,7 +11,14 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 #[tokio::test]
 async fn echo_output_and_success() {
     let t = TestSandbox::new(OciRuntime::Runc).await;
-    let out = t.sandbox.spawn(&t.config("echo", &["hello", "world"])).await.unwrap().wait_with_output().await.unwrap();
+    let out = t
+        .sandbox
+        .spawn(&t.config("echo", &["hello", "world"]))
+        .await
+        .unwrap()
+        .wait_with_output()
+        .await
+        .unwrap();
     assert!(out.status.success(), "{:?}", out);
     assert_eq!(out.stdout, b"hello world\n");
     assert!(out.stderr.is_empty());
@@ -21,7 +28,14 @@ async fn echo_output_and_success() {
 #[tokio::test]
 async fn exit_code_and_stderr_are_reported() {
     let t = TestSandbox::new(OciRuntime::Runc).await;
-    let out = t.sandbox.spawn(&t.sh("echo oops >&2; exit 7")).await.unwrap().wait_with_output().await.unwrap();
+    let out = t
+        .sandbox
+        .spawn(&t.sh("echo oops >&2; exit 7"))
+        .await
+        .unwrap()
+        .wait_with_output()
+        .await
+        .unwrap();
     assert_eq!(out.status.code(), Some(7));
     assert!(!out.status.success());
     assert_eq!(out.stderr, b"oops\n");
@@ -30,7 +44,14 @@ async fn exit_code_and_stderr_are_reported() {
 #[tokio::test]
 async fn exit_code_one_from_the_command_is_not_a_runtime_error() {
     let t = TestSandbox::new(OciRuntime::Runc).await;
-    let out = t.sandbox.spawn(&t.config("false", &[])).await.unwrap().wait_with_output().await.unwrap();
+    let out = t
+        .sandbox
+        .spawn(&t.config("false", &[]))
+        .await
+        .unwrap()
+        .wait_with_output()
+        .await
+        .unwrap();
     assert_eq!(out.status.code(), Some(1));
 }
 
@@ -48,7 +69,12 @@ async fn stdin_round_trips_through_cat() {
         })
     };
     let mut got = Vec::new();
-    p.stdout.take().unwrap().read_to_end(&mut got).await.unwrap();
+    p.stdout
+        .take()
+        .unwrap()
+        .read_to_end(&mut got)
+        .await
+        .unwrap();
     writer.await.unwrap();
     assert_eq!(got, data);
     assert!(p.wait().await.unwrap().success());
@@ -63,7 +89,14 @@ async fn env_is_set_and_the_host_env_is_not_inherited() {
         env: vec![("GREETING".into(), "hi there".into())],
         ..Default::default()
     };
-    let out = t.sandbox.spawn(&t.config_with(&policy, "env", &[])).await.unwrap().wait_with_output().await.unwrap();
+    let out = t
+        .sandbox
+        .spawn(&t.config_with(&policy, "env", &[]))
+        .await
+        .unwrap()
+        .wait_with_output()
+        .await
+        .unwrap();
     let env = String::from_utf8(out.stdout).unwrap();
     assert!(env.contains("GREETING=hi there\n"), "{env}");
     assert!(env.contains("PATH=/usr/local/sbin:"), "{env}");
@@ -79,18 +112,48 @@ async fn workdir_is_writable_and_usr_is_read_only() {
         ..Default::default()
     };
     let script = "pwd; echo data > out.txt && echo wrote; touch /usr/evil 2>/dev/null && echo BAD; touch /evil 2>/dev/null && echo BAD2; echo tmp > /tmp/x && cat /tmp/x";
-    let out = t.sandbox.spawn(&t.config_with(&policy, "sh", &["-c", script])).await.unwrap().wait_with_output().await.unwrap();
+    let out = t
+        .sandbox
+        .spawn(&t.config_with(&policy, "sh", &["-c", script]))
+        .await
+        .unwrap()
+        .wait_with_output()
+        .await
+        .unwrap();
     let text = String::from_utf8(out.stdout).unwrap();
-    assert_eq!(text, "/workspace\nwrote\ntmp\n", "stderr: {}", String::from_utf8_lossy(&out.stderr));
-    assert_eq!(std::fs::read_to_string(work.path().join("out.txt")).unwrap(), "data\n");
+    assert_eq!(
+        text,
+        "/workspace\nwrote\ntmp\n",
+        "stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        std::fs::read_to_string(work.path().join("out.txt")).unwrap(),
+        "data\n"
+    );
     assert!(!std::path::Path::new("/usr/evil").exists());
 }
 
 #[tokio::test]
 async fn python_runs_with_the_default_policy() {
     let t = TestSandbox::new(OciRuntime::Runc).await;
-    let out = t.sandbox.spawn(&t.config("python3", &["-c", "import sys; print(6*7, sys.version_info[0])"])).await.unwrap().wait_with_output().await.unwrap();
-    assert_eq!(out.stdout, b"42 3\n", "stderr: {}", String::from_utf8_lossy(&out.stderr));
+    let out = t
+        .sandbox
+        .spawn(&t.config(
+            "python3",
+            &["-c", "import sys; print(6*7, sys.version_info[0])"],
+        ))
+        .await
+        .unwrap()
+        .wait_with_output()
+        .await
+        .unwrap();
+    assert_eq!(
+        out.stdout,
+        b"42 3\n",
+        "stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[tokio::test]
@@ -102,7 +165,11 @@ async fn timeout_kills_a_long_sleep_and_says_so() {
     };
     let marker = "100.4242";
     let started = Instant::now();
-    let mut p = t.sandbox.spawn(&t.config_with(&policy, "sleep", &[marker])).await.unwrap();
+    let mut p = t
+        .sandbox
+        .spawn(&t.config_with(&policy, "sleep", &[marker]))
+        .await
+        .unwrap();
     let id = p.id().to_owned();
     let status = p.wait().await.unwrap();
     let took = started.elapsed();
@@ -116,7 +183,11 @@ async fn timeout_kills_a_long_sleep_and_says_so() {
 async fn kill_ends_the_process() {
     let t = TestSandbox::new(OciRuntime::Runc).await;
     let marker = "100.4343";
-    let mut p = t.sandbox.spawn(&t.config("sleep", &[marker])).await.unwrap();
+    let mut p = t
+        .sandbox
+        .spawn(&t.config("sleep", &[marker]))
+        .await
+        .unwrap();
     let id = p.id().to_owned();
     tokio::time::sleep(Duration::from_millis(100)).await;
     p.kill().await.unwrap();
@@ -130,7 +201,11 @@ async fn kill_ends_the_process() {
 async fn signal_reaches_the_process() {
     let t = TestSandbox::new(OciRuntime::Runc).await;
     // A shell as PID 1 ignores TERM unless it traps it.
-    let mut p = t.sandbox.spawn(&t.sh("trap 'echo got-term; exit 3' TERM; echo ready; while :; do sleep 0.05; done")).await.unwrap();
+    let mut p = t
+        .sandbox
+        .spawn(&t.sh("trap 'echo got-term; exit 3' TERM; echo ready; while :; do sleep 0.05; done"))
+        .await
+        .unwrap();
     let mut stdout = p.stdout.take().unwrap();
     let mut buf = [0u8; 6];
     stdout.read_exact(&mut buf).await.unwrap();

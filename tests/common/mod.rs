@@ -24,7 +24,9 @@ impl TestSandbox {
             .state_dir(state.path())
             .build()
             .await
-            .unwrap_or_else(|e| panic!("{kind} must be installed for the tests (make test installs it): {e}"));
+            .unwrap_or_else(|e| {
+                panic!("{kind} must be installed for the tests (make test installs it): {e}")
+            });
         TestSandbox { sandbox, state }
     }
 
@@ -32,8 +34,17 @@ impl TestSandbox {
         self.config_with(&SandboxConfig::default(), command, args)
     }
 
-    pub fn config_with(&self, policy: &SandboxConfig, command: &str, args: &[&str]) -> ContainerConfig {
-        NamespaceContainer::build_config(policy, command, args.iter().map(|s| s.to_string()).collect())
+    pub fn config_with(
+        &self,
+        policy: &SandboxConfig,
+        command: &str,
+        args: &[&str],
+    ) -> ContainerConfig {
+        NamespaceContainer::build_config(
+            policy,
+            command,
+            args.iter().map(|s| s.to_string()).collect(),
+        )
     }
 
     pub fn sh(&self, script: &str) -> ContainerConfig {
@@ -50,7 +61,10 @@ impl TestSandbox {
     pub async fn assert_nothing_left(&self, ids: &[&str], marker: Option<&str>) {
         self.sandbox.close().await;
         let listed = self.sandbox.list().await.expect("runtime list");
-        assert!(listed.is_empty(), "containers left in the state root: {listed:?}");
+        assert!(
+            listed.is_empty(),
+            "containers left in the state root: {listed:?}"
+        );
         let bundles: Vec<_> = std::fs::read_dir(self.bundles_dir())
             .unwrap()
             .filter_map(Result::ok)

@@ -1,0 +1,44 @@
+# oci-sandbox: demo, tests, lint and benches. Runs as root on Debian (bookworm); the runtimes
+# come from Debian's packages and are installed when missing.
+
+SHELL := /bin/bash
+CARGO ?= cargo
+APT_PACKAGES := runc crun runsc busybox-static uidmap
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: deps demo test lint doc bench bench-quick
+
+## Installs the OCI runtimes the library drives (runc, crun, runsc) when any is missing.
+deps:
+	@missing=""; for b in runc crun runsc busybox newuidmap; do command -v $$b >/dev/null || missing=1; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing $(APT_PACKAGES) with apt-get"; \
+	  $(SUDO) apt-get update -q && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q $(APT_PACKAGES); \
+	fi
+	@command -v $(CARGO) >/dev/null || { echo "cargo is required (rustup: https://rustup.rs)"; exit 1; }
+
+## Runs the quick start example: a few commands in a runc sandbox.
+demo: deps
+	$(CARGO) run --example quickstart
+
+## The whole test suite, against the real runtimes.
+test: deps
+	$(CARGO) test --all-targets
+	$(CARGO) test --doc
+
+## Formatting, lints and docs must be clean.
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --all-targets -- -D warnings
+	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --no-deps
+
+doc:
+	$(CARGO) doc --no-deps --open
+
+## Criterion benches (several minutes). OSB_BENCH_RUNTIMES=runc,crun,runsc picks runtimes.
+bench: deps
+	$(CARGO) bench --bench spawn
+
+## Runs each bench once, to keep them compiling and working (what CI does).
+bench-quick: deps
+	$(CARGO) bench --bench spawn -- --test
