@@ -104,6 +104,10 @@ pub struct SandboxConfig {
     pub pids_limit: Option<u32>,
     /// Size of the private writable `/tmp`, in bytes.
     pub tmp_size: u64,
+    /// Most bytes kept of each captured output file
+    /// ([`spawn_captured`](crate::NamespaceContainer::spawn_captured)); past it the process is
+    /// killed and the output cut.
+    pub output_limit: Option<u64>,
 }
 
 impl SandboxConfig {
@@ -126,6 +130,7 @@ impl Default for SandboxConfig {
             memory_limit: Some(512 * 1024 * 1024),
             pids_limit: Some(256),
             tmp_size: 256 * 1024 * 1024,
+            output_limit: Some(64 * 1024 * 1024),
         }
     }
 }
@@ -244,6 +249,8 @@ pub struct ContainerConfig {
     pub security: Security,
     /// Wall-clock limit from spawn; past it the container is killed.
     pub timeout: Option<Duration>,
+    /// Most bytes kept of each captured output file; past it the process is killed.
+    pub output_limit: Option<u64>,
     /// The process's standard input.
     pub stdin: Stdio,
     /// The process's standard output.
@@ -567,6 +574,7 @@ pub(crate) fn from_policy(
         },
         security: Security::default(),
         timeout: s.timeout,
+        output_limit: s.output_limit,
         stdin: Stdio::Piped,
         stdout: Stdio::Piped,
         stderr: Stdio::Piped,

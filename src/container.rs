@@ -5,7 +5,11 @@ use std::sync::Arc;
 
 use tokio_util::task::TaskTracker;
 
+use tokio::process::Child;
+use tokio::sync::oneshot;
+
 use crate::bundle::Bundle;
+use crate::capture::{CaptureFiles, CaptureWatch, OutputMode, ProcessCapture};
 use crate::config::{ContainerConfig, SandboxConfig, Stdio};
 use crate::error::SandboxError;
 use crate::gvisor::GvisorPlatform;
@@ -38,7 +42,12 @@ struct Inner {
     cli: RuntimeCli,
     dirs: StateDirs,
     tracker: TaskTracker,
+    /// Where `spawn_captured` makes its temp dirs.
+    capture_dir: PathBuf,
 }
+
+/// The name of the runtime's pid file in a bundle (detached containers).
+const PID_FILE: &str = "pid";
 
 impl NamespaceContainer {
     /// runc from `$PATH`, with the default state root.
@@ -132,6 +141,172 @@ impl NamespaceContainer {
     /// Cancel safe: a dropped `spawn` future leaves no container, bundle or process.
     pub async fn spawn(&self, config: &ContainerConfig) -> Result<ContainerProcess, SandboxError> {
         let (id, bundle) = self.prepare(config).await?;
+        let stdio = (
+            std_stdio(config.stdin),
+            std_stdio(config.stdout),
+            std_stdio(config.stderr),
+        );
+        let (mut child, supervise) = self.run_foreground(config, id, bundle, stdio)?;
+        let (stdin, stdout, stderr) =
+            (child.stdin.take(), child.stdout.take(), child.stderr.take());
+        Ok(ContainerProcess::new(
+            supervise(child, None),
+            stdin,
+            stdout,
+            stderr,
+        ))
+    }
+
+    /// Spawns `config`'s command with stdout and stderr going straight to files in a temp dir
+    /// (stdin is `/dev/null`), readable whole or tailed as streams through
+    /// [`ProcessCapture::output`].
+    ///
+    /// The container writes the files itself: a slow or absent reader never stalls it, and the
+    /// output outlives the process. The runtime's own messages never land in them. Past
+    /// [`ContainerConfig::output_limit`] bytes in a file, the process is killed, the file is
+    /// cut at the limit and the status says so.
+    ///
+    /// ```no_run
+    /// # async fn demo() -> Result<(), oci_sandbox::SandboxError> {
+    /// use futures::StreamExt;
+    /// use oci_sandbox::{NamespaceContainer, OutputMode, SandboxConfig};
+    ///
+    /// let sandbox = NamespaceContainer::new().await?;
+    /// let config = NamespaceContainer::build_config(&SandboxConfig::default(), "sh", vec!["-c".into(), "echo out; echo err >&2".into()]);
+    /// let capture = sandbox.spawn_captured(&config, OutputMode::Combined).await?;
+    /// let mut stream = capture.output.stdout_stream();
+    /// while let Some(chunk) = stream.next().await {
+    ///     print!("{}", String::from_utf8_lossy(&chunk.expect("read")));
+    /// }
+    /// println!("{}", capture.wait().await?);
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// Those of [`spawn`](Self::spawn), and I/O errors creating the capture files.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: a dropped future leaves no container, bundle, process or capture dir.
+    pub async fn spawn_captured(
+        &self,
+        config: &ContainerConfig,
+        mode: OutputMode,
+    ) -> Result<ProcessCapture, SandboxError> {
+        let (id, bundle) = self.prepare(config).await?;
+        let (capture_parent, limit) = (self.inner.capture_dir.clone(), config.output_limit);
+        let id_c = id.clone();
+        // The bundle moves into the closure and back, so that a cancelled future still
+        // removes it (and the capture dir) when the closure's result is dropped.
+        let (bundle, files) = tokio::task::spawn_blocking(move || {
+            let files = CaptureFiles::create_blocking(&capture_parent, &id_c, mode, limit);
+            (bundle, files)
+        })
+        .await
+        .map_err(|e| SandboxError::Process {
+            context: "creating the capture files",
+            source: std::io::Error::other(e),
+        })?;
+        let files = files?;
+        crate::reaper::become_subreaper().map_err(|source| SandboxError::Process {
+            context: "becoming a child subreaper",
+            source,
+        })?;
+        // Detached, the runtime hands its own stdio to the container as they are: the
+        // container writes the files itself. (Foreground, runc would copy them through two
+        // goroutines and lose the interleaving of Combined mode.)
+        let stdio = (
+            std::process::Stdio::null(),
+            std::process::Stdio::from(files.stdout),
+            std::process::Stdio::from(files.stderr),
+        );
+        let (supervised, started) =
+            self.run_detached(config, id, bundle, stdio, Some(files.watch))?;
+        let capture = ProcessCapture::new(files.output, supervised);
+        // If this future is dropped here, `capture` goes with it and the supervisor tears the
+        // container down.
+        match started.await {
+            Ok(Ok(())) => Ok(capture),
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(SandboxError::Process {
+                context: "starting the container",
+                source: std::io::Error::other("the supervisor ended without reporting"),
+            }),
+        }
+    }
+
+    /// Starts `<runtime> run --detach` for a prepared bundle under a detached supervisor.
+    fn run_detached(
+        &self,
+        config: &ContainerConfig,
+        id: String,
+        bundle: Bundle,
+        (stdin, stdout, stderr): (
+            std::process::Stdio,
+            std::process::Stdio,
+            std::process::Stdio,
+        ),
+        capture: Option<CaptureWatch>,
+    ) -> Result<(Supervised, oneshot::Receiver<Result<(), SandboxError>>), SandboxError> {
+        let inner = &self.inner;
+        let log = bundle.log_path();
+        let pid_path = bundle.path().join(PID_FILE);
+        let flags = ContainerFlags {
+            log: Some(&log),
+            network: config.network,
+        };
+        let mut cmd = inner.cli.command(
+            flags,
+            Sub::Run {
+                id: &id,
+                bundle: bundle.path(),
+                detach: true,
+                console_socket: None,
+                pid_file: Some(&pid_path),
+            },
+        );
+        cmd.stdin(stdin).stdout(stdout).stderr(stderr);
+        let child = cmd.spawn().map_err(|e| inner.cli.spawn_error(e))?;
+        let teardown = Teardown {
+            cli: inner.cli.clone(),
+            dirs: inner.dirs.clone(),
+            id,
+            network: config.network,
+            bundle: Some(bundle),
+            command: config.command.clone(),
+        };
+        Ok(Supervised::detached(
+            &inner.tracker,
+            child,
+            teardown,
+            pid_path,
+            config.timeout,
+            capture,
+        ))
+    }
+
+    /// Starts `<runtime> run` for a prepared bundle and returns the child with a function
+    /// that hands it to its supervisor. Nothing between the two may `.await`: the supervisor
+    /// must own the child before the caller's future can be cancelled.
+    #[allow(clippy::type_complexity)]
+    fn run_foreground(
+        &self,
+        config: &ContainerConfig,
+        id: String,
+        bundle: Bundle,
+        (stdin, stdout, stderr): (
+            std::process::Stdio,
+            std::process::Stdio,
+            std::process::Stdio,
+        ),
+    ) -> Result<
+        (
+            Child,
+            impl FnOnce(Child, Option<CaptureWatch>) -> Supervised + use<'_>,
+        ),
+        SandboxError,
+    > {
         let inner = &self.inner;
         let log = bundle.log_path();
         let flags = ContainerFlags {
@@ -148,12 +323,8 @@ impl NamespaceContainer {
                 pid_file: None,
             },
         );
-        cmd.stdin(std_stdio(config.stdin))
-            .stdout(std_stdio(config.stdout))
-            .stderr(std_stdio(config.stderr));
-        let mut child = cmd.spawn().map_err(|e| inner.cli.spawn_error(e))?;
-        let (stdin, stdout, stderr) =
-            (child.stdin.take(), child.stdout.take(), child.stderr.take());
+        cmd.stdin(stdin).stdout(stdout).stderr(stderr);
+        let child = cmd.spawn().map_err(|e| inner.cli.spawn_error(e))?;
         let teardown = Teardown {
             cli: inner.cli.clone(),
             dirs: inner.dirs.clone(),
@@ -162,8 +333,11 @@ impl NamespaceContainer {
             bundle: Some(bundle),
             command: config.command.clone(),
         };
-        let supervised = Supervised::foreground(&inner.tracker, child, teardown, config.timeout);
-        Ok(ContainerProcess::new(supervised, stdin, stdout, stderr))
+        let timeout = config.timeout;
+        let supervise = move |child, capture| {
+            Supervised::foreground(&inner.tracker, child, teardown, timeout, capture)
+        };
+        Ok((child, supervise))
     }
 
     /// The OCI spec the library would write for `config` (for inspection, debugging, or
@@ -214,6 +388,7 @@ pub struct NamespaceContainerBuilder {
     runtime: OciRuntime,
     binary: Option<PathBuf>,
     state_base: Option<PathBuf>,
+    capture_dir: Option<PathBuf>,
     gvisor_platform: Option<GvisorPlatform>,
 }
 
@@ -223,6 +398,7 @@ impl Default for NamespaceContainerBuilder {
             runtime: OciRuntime::Runc,
             binary: None,
             state_base: None,
+            capture_dir: None,
             gvisor_platform: None,
         }
     }
@@ -245,6 +421,13 @@ impl NamespaceContainerBuilder {
     /// runtime's `--root` and the bundles live under `<dir>/<runtime>/`.
     pub fn state_dir(mut self, dir: impl Into<PathBuf>) -> Self {
         self.state_base = Some(dir.into());
+        self
+    }
+
+    /// Where [`spawn_captured`](NamespaceContainer::spawn_captured) makes its temp dirs
+    /// (default: [`std::env::temp_dir`]).
+    pub fn capture_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.capture_dir = Some(dir.into());
         self
     }
 
@@ -299,6 +482,7 @@ impl NamespaceContainerBuilder {
                 cli,
                 dirs,
                 tracker: TaskTracker::new(),
+                capture_dir: self.capture_dir.unwrap_or_else(std::env::temp_dir),
             }),
         })
     }

@@ -30,15 +30,18 @@
 #![warn(missing_docs)]
 
 mod bundle;
+mod capture;
 mod config;
 mod container;
 mod error;
 mod gvisor;
 mod process;
+mod reaper;
 mod runtime;
 mod spec;
 mod state;
 
+pub use capture::{CapturedOutput, OutputMode, ProcessCapture};
 pub use config::{
     Bind, ContainerConfig, Limits, Mount, MountKind, Network, SandboxConfig, Security, SpecHook,
     Stdio,

@@ -8,10 +8,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::process::{Child, ChildStderr, ChildStdin, ChildStdout};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 
 use crate::bundle::Bundle;
+use crate::capture::CaptureWatch;
 use crate::config::Network;
 use crate::error::SandboxError;
 use crate::runtime::{ContainerFlags, RuntimeCli, SHORT_CALL_DEADLINE, Sub, runtime_message};
@@ -27,6 +28,7 @@ pub struct ExitStatus {
     code: Option<i32>,
     signal: Option<i32>,
     timed_out: bool,
+    output_limit_exceeded: bool,
 }
 
 impl ExitStatus {
@@ -35,6 +37,7 @@ impl ExitStatus {
             code: Some(code),
             signal: None,
             timed_out: false,
+            output_limit_exceeded: false,
         }
     }
 
@@ -43,14 +46,21 @@ impl ExitStatus {
             code: None,
             signal: Some(signal),
             timed_out: false,
+            output_limit_exceeded: false,
         }
     }
 
     pub(crate) fn killed_by_timeout() -> Self {
         ExitStatus {
-            code: None,
-            signal: Some(libc::SIGKILL),
             timed_out: true,
+            ..Self::signaled(libc::SIGKILL)
+        }
+    }
+
+    pub(crate) fn killed_by_output_limit() -> Self {
+        ExitStatus {
+            output_limit_exceeded: true,
+            ..Self::signaled(libc::SIGKILL)
         }
     }
 
@@ -83,10 +93,19 @@ impl ExitStatus {
     pub fn timed_out(&self) -> bool {
         self.timed_out
     }
+
+    /// True when the library killed the process because its captured output passed the
+    /// output limit ([`spawn_captured`](crate::NamespaceContainer::spawn_captured) only).
+    pub fn output_limit_exceeded(&self) -> bool {
+        self.output_limit_exceeded
+    }
 }
 
 impl fmt::Display for ExitStatus {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.output_limit_exceeded {
+            return f.write_str("output limit exceeded (killed)");
+        }
         match (self.timed_out, self.code, self.signal) {
             (true, _, _) => f.write_str("timed out (killed)"),
             (_, Some(c), _) => write!(f, "exit code {c}"),
@@ -138,9 +157,15 @@ impl Teardown {
     }
 
     /// Removes the container (if the runtime left it), its cgroups and the bundle.
-    async fn finish(&mut self, container_may_exist: bool) {
-        if container_may_exist {
-            remove_container(&self.cli, &self.dirs, &self.id, self.flags(None)).await;
+    async fn finish(&mut self, container: Leftover) {
+        match container {
+            Leftover::None => {}
+            Leftover::Running => {
+                remove_container(&self.cli, &self.dirs, &self.id, self.flags(None), true).await
+            }
+            Leftover::Stopped => {
+                remove_container(&self.cli, &self.dirs, &self.id, self.flags(None), false).await
+            }
         }
         if let Some(b) = self.bundle.take() {
             b.remove().await;
@@ -201,14 +226,16 @@ fn run_blocking_with_deadline(
     let _ = child.wait();
 }
 
-/// Watches a foreground runtime process (`run`) to its end: enforces the timeout, obeys kill
-/// requests and the handle's drop, then cleans up and publishes the outcome.
+/// Watches a foreground runtime process (`run`) to its end: enforces the timeout and the
+/// output limit, obeys kill requests and the handle's drop, then cleans up and publishes the
+/// outcome.
 async fn supervise_foreground(
     mut child: Child,
     mut teardown: Teardown,
     timeout: Option<Duration>,
     mut control: mpsc::UnboundedReceiver<Control>,
     outcome: watch::Sender<Outcome>,
+    mut capture: Option<CaptureWatch>,
 ) {
     let deadline = timeout.map(|t| Instant::now() + t);
     let mut ended_by: Option<EndedBy> = None;
@@ -225,16 +252,24 @@ async fn supervise_foreground(
                     None => EndedBy::HandleDropped,
                 });
             }
+            over = watch_capture(&mut capture), if ended_by.is_none() => {
+                if !over {
+                    continue;
+                }
+                tracing::debug!(id = teardown.id, "output limit passed, killing the container");
+                ended_by = Some(EndedBy::OutputLimit);
+            }
         }
         // Killing only the runtime CLI would orphan the container: kill the CLI so that it
         // cannot go on creating it, then destroy whatever it made.
         let _ = child.start_kill();
         let _ = child.wait().await;
-        teardown.finish(true).await;
+        teardown.finish(Leftover::Running).await;
     };
 
     let result = match (ended_by, waited) {
         (Some(EndedBy::Timeout), _) => Ok(ExitStatus::killed_by_timeout()),
+        (Some(EndedBy::OutputLimit), _) => Ok(ExitStatus::killed_by_output_limit()),
         (Some(_), _) => Ok(ExitStatus::signaled(libc::SIGKILL)),
         (None, Err(e)) => Err(SandboxError::Process {
             context: "waiting for the runtime",
@@ -248,14 +283,273 @@ async fn supervise_foreground(
         let leftover = tokio::fs::try_exists(teardown.dirs.root.join(&teardown.id))
             .await
             .unwrap_or(true);
-        teardown.finish(leftover).await;
+        teardown
+            .finish(if leftover {
+                Leftover::Running
+            } else {
+                Leftover::None
+            })
+            .await;
+    }
+    if let Some(capture) = capture {
+        capture
+            .finish(matches!(ended_by, Some(EndedBy::OutputLimit)))
+            .await;
     }
     let _ = outcome.send(Some(result.map_err(Arc::new)));
+}
+
+async fn watch_capture(capture: &mut Option<CaptureWatch>) -> bool {
+    match capture {
+        Some(c) => c.next().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// What of a container may be left for cleanup.
+#[derive(Debug, Clone, Copy)]
+enum Leftover {
+    None,
+    Stopped,
+    Running,
+}
+
+/// How long `<runtime> run --detach` may take to create and start a container.
+const START_DEADLINE: Duration = Duration::from_secs(30);
+
+/// How long a killed container's init may take to die before its cgroups are emptied by force.
+const KILL_DEADLINE: Duration = Duration::from_secs(5);
+
+/// Watches a detached container: the runtime's `run --detach` until it has started the
+/// container (reporting that on `started`), then the container's init through a pidfd (this
+/// process is its subreaper). Enforces the timeout and the output limit, obeys kill requests
+/// and the handle's drop, then publishes the outcome and removes the container.
+#[allow(clippy::too_many_arguments)]
+async fn supervise_detached(
+    mut runtime: Child,
+    teardown: Teardown,
+    pid_file: std::path::PathBuf,
+    timeout: Option<Duration>,
+    mut control: mpsc::UnboundedReceiver<Control>,
+    outcome: watch::Sender<Outcome>,
+    mut capture: Option<CaptureWatch>,
+    started: oneshot::Sender<Result<(), SandboxError>>,
+) {
+    let deadline = timeout.map(|t| Instant::now() + t);
+    let start_deadline = Some(Instant::now() + START_DEADLINE);
+    let mut ended_by: Option<EndedBy> = None;
+    let mut start_timed_out = false;
+
+    // Phase 1: the runtime creates and starts the container, then exits.
+    let runtime_status = loop {
+        tokio::select! {
+            status = runtime.wait() => break Some(status),
+            _ = sleep_until(deadline) => ended_by = Some(EndedBy::Timeout),
+            _ = sleep_until(start_deadline) => start_timed_out = true,
+            msg = control.recv() => ended_by = Some(match msg {
+                Some(Control::Kill) => EndedBy::Kill,
+                None => EndedBy::HandleDropped,
+            }),
+            over = watch_capture(&mut capture) => {
+                if !over {
+                    continue;
+                }
+                ended_by = Some(EndedBy::OutputLimit);
+            }
+        }
+        break None;
+    };
+    let runtime_succeeded = matches!(&runtime_status, Some(Ok(s)) if s.success());
+    let failure = match runtime_status {
+        None => {
+            // Stopped while starting: kill the runtime CLI first so that it cannot go on.
+            let _ = runtime.start_kill();
+            let _ = runtime.wait().await;
+            start_timed_out.then(|| SandboxError::Timeout {
+                what: format!("{} run --detach", teardown.cli.kind),
+                after: START_DEADLINE,
+            })
+        }
+        Some(Err(e)) => Some(SandboxError::Process {
+            context: "waiting for the runtime",
+            source: e,
+        }),
+        Some(Ok(status)) if !status.success() => {
+            Some(match interpret_exit(&teardown, status).await {
+                Err(e) => e,
+                Ok(_) => SandboxError::Runtime {
+                    runtime: teardown.cli.kind,
+                    op: crate::error::RuntimeOp::Run,
+                    code: status.code(),
+                    message: "the runtime failed without a message".to_owned(),
+                },
+            })
+        }
+        Some(Ok(_)) => None,
+    };
+    // The container is running (or made); find its init.
+    let waiter = if runtime_succeeded {
+        match open_init(&pid_file).await {
+            Ok(w) => Some(w),
+            Err(e) => {
+                let _ = started.send(Err(e.duplicate()));
+                return end_detached(teardown, capture, outcome, Err(e), Leftover::Running, None)
+                    .await;
+            }
+        }
+    } else {
+        None
+    };
+    let Some(waiter) = waiter else {
+        let result = match failure {
+            Some(e) => {
+                let _ = started.send(Err(e.duplicate()));
+                Err(e)
+            }
+            None => {
+                let _ = started.send(Ok(()));
+                Ok(status_for(ended_by))
+            }
+        };
+        return end_detached(
+            teardown,
+            capture,
+            outcome,
+            result,
+            Leftover::Running,
+            ended_by,
+        )
+        .await;
+    };
+    let _ = started.send(Ok(()));
+
+    // Phase 2: wait for the init to exit.
+    let mut kill_deadline = None;
+    if ended_by.is_some() || capture.as_ref().is_some_and(CaptureWatch::over_limit) {
+        ended_by.get_or_insert(EndedBy::OutputLimit);
+        kill_container(&teardown).await;
+        kill_deadline = Some(Instant::now() + KILL_DEADLINE);
+    }
+    let waited = loop {
+        tokio::select! {
+            status = waiter.wait() => break status,
+            _ = sleep_until(deadline), if ended_by.is_none() => ended_by = Some(EndedBy::Timeout),
+            msg = control.recv(), if ended_by.is_none() => ended_by = Some(match msg {
+                Some(Control::Kill) => EndedBy::Kill,
+                None => EndedBy::HandleDropped,
+            }),
+            over = watch_capture(&mut capture), if ended_by.is_none() => {
+                if !over {
+                    continue;
+                }
+                ended_by = Some(EndedBy::OutputLimit);
+            }
+            _ = sleep_until(kill_deadline) => {
+                tracing::warn!(id = teardown.id, "the container outlived its kill; emptying its cgroups");
+                let id = teardown.id.clone();
+                let _ = tokio::task::spawn_blocking(move || crate::state::reap_cgroups_blocking(&id)).await;
+                kill_deadline = Some(Instant::now() + KILL_DEADLINE);
+                continue;
+            }
+        }
+        kill_container(&teardown).await;
+        kill_deadline = Some(Instant::now() + KILL_DEADLINE);
+    };
+    let result = match (ended_by, waited) {
+        (Some(e), _) => Ok(status_for(Some(e))),
+        (None, Ok(status)) => Ok(status),
+        (None, Err(e)) => Err(SandboxError::Process {
+            context: "waiting for the container's init",
+            source: e,
+        }),
+    };
+    end_detached(
+        teardown,
+        capture,
+        outcome,
+        result,
+        Leftover::Stopped,
+        ended_by,
+    )
+    .await
+}
+
+/// Reads the runtime's pid file and opens the init for waiting.
+async fn open_init(pid_file: &std::path::Path) -> Result<crate::reaper::PidWaiter, SandboxError> {
+    let text = tokio::fs::read_to_string(pid_file)
+        .await
+        .map_err(|e| SandboxError::io("reading the runtime's pid file", pid_file, e))?;
+    let pid: i32 = text.trim().parse().map_err(|_| {
+        SandboxError::io(
+            "reading the runtime's pid file",
+            pid_file,
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("not a pid: {text:?}"),
+            ),
+        )
+    })?;
+    crate::reaper::PidWaiter::open(pid).map_err(|source| SandboxError::Process {
+        context: "opening a pidfd for the container's init",
+        source,
+    })
+}
+
+/// `kill --all KILL`; the init's exit then ends the wait.
+async fn kill_container(teardown: &Teardown) {
+    let _ = teardown
+        .cli
+        .call(
+            teardown.flags(None),
+            Sub::Kill {
+                id: &teardown.id,
+                signal: "KILL",
+                all: true,
+            },
+            SHORT_CALL_DEADLINE,
+        )
+        .await;
+}
+
+/// The status of a container the library ended.
+fn status_for(ended_by: Option<EndedBy>) -> ExitStatus {
+    match ended_by {
+        Some(EndedBy::Timeout) => ExitStatus::killed_by_timeout(),
+        Some(EndedBy::OutputLimit) => ExitStatus::killed_by_output_limit(),
+        _ => ExitStatus::signaled(libc::SIGKILL),
+    }
+}
+
+/// Ends a detached container: a container that may still run is removed before the files are
+/// made final (else it would write on); a stopped one after the outcome is published, so that
+/// waiters need not wait for the runtime's `delete`.
+async fn end_detached(
+    mut teardown: Teardown,
+    capture: Option<CaptureWatch>,
+    outcome: watch::Sender<Outcome>,
+    result: Result<ExitStatus, SandboxError>,
+    leftover: Leftover,
+    ended_by: Option<EndedBy>,
+) {
+    let still_running = matches!(leftover, Leftover::Running);
+    if still_running {
+        teardown.finish(leftover).await;
+    }
+    if let Some(capture) = capture {
+        capture
+            .finish(matches!(ended_by, Some(EndedBy::OutputLimit)))
+            .await;
+    }
+    let _ = outcome.send(Some(result.map_err(Arc::new)));
+    if !still_running {
+        teardown.finish(leftover).await;
+    }
 }
 
 #[derive(Debug, Clone, Copy)]
 enum EndedBy {
     Timeout,
+    OutputLimit,
     Kill,
     HandleDropped,
 }
@@ -329,6 +623,7 @@ impl Supervised {
         child: Child,
         teardown: Teardown,
         timeout: Option<Duration>,
+        capture: Option<CaptureWatch>,
     ) -> Self {
         let (control_tx, control_rx) = mpsc::unbounded_channel();
         let (outcome_tx, outcome_rx) = watch::channel(None);
@@ -336,7 +631,7 @@ impl Supervised {
         let cli = teardown.cli.clone();
         let network = teardown.network;
         tracker.spawn(supervise_foreground(
-            child, teardown, timeout, control_rx, outcome_tx,
+            child, teardown, timeout, control_rx, outcome_tx, capture,
         ));
         Supervised {
             id,
@@ -345,6 +640,35 @@ impl Supervised {
             cli,
             network,
         }
+    }
+
+    /// Starts the supervisor of a detached runtime process (`run --detach --pid-file`); the
+    /// receiver says when the container has started, or why it could not.
+    pub fn detached(
+        tracker: &tokio_util::task::TaskTracker,
+        runtime: Child,
+        teardown: Teardown,
+        pid_file: std::path::PathBuf,
+        timeout: Option<Duration>,
+        capture: Option<CaptureWatch>,
+    ) -> (Self, oneshot::Receiver<Result<(), SandboxError>>) {
+        let (control_tx, control_rx) = mpsc::unbounded_channel();
+        let (outcome_tx, outcome_rx) = watch::channel(None);
+        let (started_tx, started_rx) = oneshot::channel();
+        let id = teardown.id.clone();
+        let cli = teardown.cli.clone();
+        let network = teardown.network;
+        tracker.spawn(supervise_detached(
+            runtime, teardown, pid_file, timeout, control_rx, outcome_tx, capture, started_tx,
+        ));
+        let supervised = Supervised {
+            id,
+            control: control_tx,
+            outcome: outcome_rx,
+            cli,
+            network,
+        };
+        (supervised, started_rx)
     }
 
     pub async fn wait(&self) -> Result<ExitStatus, SandboxError> {

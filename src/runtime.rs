@@ -374,8 +374,8 @@ impl RuntimeCli {
         Ok(entries.into_iter().map(|e| e.id).collect())
     }
 
-    /// `kill` then `delete --force`: ends a container whatever state it is in. Idempotent:
-    /// a container that does not exist is not an error.
+    /// `kill --all KILL` then `delete --force`: ends a container whatever state it is in.
+    /// Idempotent: a container that does not exist is not an error.
     pub async fn destroy(&self, flags: ContainerFlags<'_>, id: &str) -> Result<(), SandboxError> {
         // The kill fails when the container is already stopped or gone; delete settles both.
         let _ = self
@@ -389,6 +389,11 @@ impl RuntimeCli {
                 SHORT_CALL_DEADLINE,
             )
             .await;
+        self.delete(flags, id).await
+    }
+
+    /// `delete --force` (enough for a stopped container). Idempotent.
+    pub async fn delete(&self, flags: ContainerFlags<'_>, id: &str) -> Result<(), SandboxError> {
         match self
             .call(flags, Sub::Delete { id, force: true }, SHORT_CALL_DEADLINE)
             .await

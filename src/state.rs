@@ -167,20 +167,27 @@ pub(crate) async fn sweep(cli: &RuntimeCli, dirs: &StateDirs) -> Result<Vec<Stri
     }
     for id in &doomed {
         tracing::info!(runtime = %cli.kind, id, "sweeping a container left by a dead process");
-        remove_container(cli, dirs, id, ContainerFlags::default()).await;
+        remove_container(cli, dirs, id, ContainerFlags::default(), true).await;
     }
     Ok(doomed)
 }
 
-/// Ends container `id` whatever state it is in and removes everything of it: the runtime's
-/// state, leftover processes in its cgroups, the cgroups and the bundle. Best effort, logged.
+/// Ends container `id` and removes everything of it: the runtime's state, leftover processes
+/// in its cgroups, the cgroups and the bundle. `running: false` skips the kill for a container
+/// known to have stopped. Best effort, logged.
 pub(crate) async fn remove_container(
     cli: &RuntimeCli,
     dirs: &StateDirs,
     id: &str,
     flags: ContainerFlags<'_>,
+    running: bool,
 ) {
-    if let Err(err) = cli.destroy(flags, id).await {
+    let removed = if running {
+        cli.destroy(flags, id).await
+    } else {
+        cli.delete(flags, id).await
+    };
+    if let Err(err) = removed {
         tracing::warn!(runtime = %cli.kind, id, %err, "destroying the container failed");
     }
     let state = dirs.root.join(id);

@@ -19,9 +19,11 @@ impl TestSandbox {
             .prefix("osb-test-")
             .tempdir_in("/tmp")
             .expect("temp state dir");
+        std::fs::create_dir(state.path().join("captures")).unwrap();
         let sandbox = NamespaceContainer::builder()
             .runtime(kind)
             .state_dir(state.path())
+            .capture_dir(state.path().join("captures"))
             .build()
             .await
             .unwrap_or_else(|e| {
@@ -71,6 +73,12 @@ impl TestSandbox {
             .map(|e| e.file_name())
             .collect();
         assert!(bundles.is_empty(), "bundles left: {bundles:?}");
+        let captures: Vec<_> = std::fs::read_dir(self.state.path().join("captures"))
+            .unwrap()
+            .filter_map(Result::ok)
+            .map(|e| e.file_name())
+            .collect();
+        assert!(captures.is_empty(), "capture dirs left: {captures:?}");
         let root = self.state.path().to_string_lossy().into_owned();
         // Processes die asynchronously after SIGKILL: give them a moment.
         let mut left = Vec::new();

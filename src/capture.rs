@@ -1,0 +1,479 @@
+//! [`spawn_captured`]: the container's stdout and stderr go straight to files in a temp dir;
+//! [`CapturedOutput`] reads them whole or tails them as streams.
+//!
+//! [`spawn_captured`]: crate::NamespaceContainer::spawn_captured
+
+use std::fs::File;
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, RawFd};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures::Stream;
+use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
+use tokio::io::Interest;
+use tokio::io::unix::AsyncFd;
+use tokio::sync::watch;
+
+use crate::error::SandboxError;
+use crate::process::{ExitStatus, Supervised};
+
+/// How stdout and stderr are captured.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Serialize, serde::Deserialize,
+)]
+#[non_exhaustive]
+pub enum OutputMode {
+    /// Two files: stdout and stderr apart.
+    #[default]
+    Separate,
+    /// One file with both, in the order they were written (like `2>&1`). It is opened with
+    /// `O_APPEND`, so that no write overwrites another (gVisor loses output otherwise).
+    Combined,
+}
+
+/// Size of the chunks a stream reads (not part of the semver contract).
+const CHUNK: usize = 256 * 1024;
+
+/// Shared by the watcher (in the supervisor), the [`CapturedOutput`] and every stream.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct CaptureState {
+    /// Bumped whenever the files may have grown.
+    generation: u64,
+    /// The process is gone and the files are final.
+    ended: bool,
+}
+
+#[derive(Debug)]
+struct Shared {
+    // Dropped last: the directory goes when the last `CapturedOutput` or stream does.
+    dir: tempfile::TempDir,
+    mode: OutputMode,
+    stdout: PathBuf,
+    stderr: Option<PathBuf>,
+    limit: Option<u64>,
+    state: watch::Receiver<CaptureState>,
+    truncated: std::sync::atomic::AtomicBool,
+}
+
+/// The captured output of a process: files that the container writes directly, readable whole
+/// or as any number of streams.
+///
+/// The temp dir holding the files is removed when the last `Arc<CapturedOutput>` and the last
+/// stream made from it are gone.
+#[derive(Debug)]
+pub struct CapturedOutput {
+    shared: Arc<Shared>,
+}
+
+impl CapturedOutput {
+    /// Separate or combined.
+    pub fn mode(&self) -> OutputMode {
+        self.shared.mode
+    }
+
+    /// The directory holding the files.
+    pub fn dir(&self) -> &Path {
+        self.shared.dir.path()
+    }
+
+    /// The stdout file (in [`OutputMode::Combined`], the one file with both).
+    pub fn stdout_path(&self) -> &Path {
+        &self.shared.stdout
+    }
+
+    /// The stderr file; `None` in [`OutputMode::Combined`], where stderr is in stdout's file.
+    pub fn stderr_path(&self) -> Option<&Path> {
+        self.shared.stderr.as_deref()
+    }
+
+    /// Whether the output limit was reached: the process was killed and the files cut at the
+    /// limit. Final once the process has ended.
+    pub fn truncated(&self) -> bool {
+        self.shared
+            .truncated
+            .load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Everything written to stdout so far (in Combined mode, stdout and stderr).
+    pub async fn read_stdout(&self) -> io::Result<Vec<u8>> {
+        self.read(&self.shared.stdout).await
+    }
+
+    /// Everything written to stderr so far (empty in Combined mode).
+    pub async fn read_stderr(&self) -> io::Result<Vec<u8>> {
+        match &self.shared.stderr {
+            Some(p) => self.read(p).await,
+            None => Ok(Vec::new()),
+        }
+    }
+
+    async fn read(&self, path: &Path) -> io::Result<Vec<u8>> {
+        let mut data = tokio::fs::read(path).await?;
+        if let Some(limit) = self.shared.limit {
+            data.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
+        }
+        Ok(data)
+    }
+
+    /// Stdout as a stream of chunks, from the first byte: follows the file as it grows and
+    /// ends once the process has exited and the file is drained. Call it as often as you
+    /// like, at any time: every stream gets everything.
+    ///
+    /// The stream keeps the files alive after the `CapturedOutput` is dropped.
+    ///
+    /// ```no_run
+    /// # async fn demo(capture: oci_sandbox::ProcessCapture) -> std::io::Result<()> {
+    /// use futures::StreamExt;
+    /// let mut lines = capture.output.stdout_stream();
+    /// while let Some(chunk) = lines.next().await {
+    ///     print!("{}", String::from_utf8_lossy(&chunk?));
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub fn stdout_stream(&self) -> impl Stream<Item = io::Result<Bytes>> + Send + 'static {
+        tail(self.shared.clone(), Some(self.shared.stdout.clone()))
+    }
+
+    /// Stderr as a stream (see [`stdout_stream`](Self::stdout_stream)); empty in Combined mode.
+    pub fn stderr_stream(&self) -> impl Stream<Item = io::Result<Bytes>> + Send + 'static {
+        tail(self.shared.clone(), self.shared.stderr.clone())
+    }
+}
+
+/// The stream behind `stdout_stream` and `stderr_stream`.
+fn tail(
+    shared: Arc<Shared>,
+    path: Option<PathBuf>,
+) -> impl Stream<Item = io::Result<Bytes>> + Send + 'static {
+    struct Tail {
+        shared: Arc<Shared>,
+        path: Option<PathBuf>,
+        file: Option<Arc<File>>,
+        offset: u64,
+        state: watch::Receiver<CaptureState>,
+    }
+    let state = shared.state.clone();
+    let init = Tail {
+        shared,
+        path,
+        file: None,
+        offset: 0,
+        state,
+    };
+    let stream = futures::stream::unfold(init, |mut t| async move {
+        let path = t.path.clone()?;
+        loop {
+            let seen = *t.state.borrow_and_update();
+            {
+                let file = match &t.file {
+                    Some(f) => f.clone(),
+                    None => match tokio::fs::File::open(&path).await {
+                        Ok(f) => {
+                            let f = Arc::new(f.into_std().await);
+                            t.file = Some(f.clone());
+                            f
+                        }
+                        Err(e) => {
+                            t.path = None; // an error ends the stream
+                            return Some((Err(e), t));
+                        }
+                    },
+                };
+                let max = match t.shared.limit {
+                    Some(limit) if t.offset >= limit => 0,
+                    Some(limit) => usize::try_from(limit - t.offset)
+                        .unwrap_or(CHUNK)
+                        .min(CHUNK),
+                    None => CHUNK,
+                };
+                if max > 0 {
+                    let offset = t.offset;
+                    let read = tokio::task::spawn_blocking(move || {
+                        let mut buf = vec![0u8; max];
+                        let n = file.read_at(&mut buf, offset)?;
+                        buf.truncate(n);
+                        Ok::<_, io::Error>(buf)
+                    })
+                    .await
+                    .unwrap_or_else(|e| Err(io::Error::other(e)));
+                    match read {
+                        Ok(buf) if !buf.is_empty() => {
+                            t.offset += buf.len() as u64;
+                            return Some((Ok(Bytes::from(buf)), t));
+                        }
+                        Ok(_) => {}
+                        Err(e) => {
+                            t.path = None;
+                            return Some((Err(e), t));
+                        }
+                    }
+                }
+                // Drained. `seen` was read before the read: if the process had ended by then,
+                // nothing more can come.
+                if seen.ended {
+                    return None;
+                }
+            }
+            if t.state.changed().await.is_err() {
+                // The supervisor is gone without saying "ended" (runtime shut down): drain
+                // what is there and stop.
+                let last = *t.state.borrow();
+                if last.ended {
+                    continue;
+                }
+                return None;
+            }
+        }
+    });
+    futures::StreamExt::fuse(stream)
+}
+
+/// The process and its captured output, from [`NamespaceContainer::spawn_captured`].
+///
+/// Dropping it kills the process (like every handle), but the files stay as long as
+/// `output` or a stream of it is alive.
+///
+/// [`NamespaceContainer::spawn_captured`]: crate::NamespaceContainer::spawn_captured
+#[derive(Debug)]
+pub struct ProcessCapture {
+    /// The output files and their streams.
+    pub output: Arc<CapturedOutput>,
+    inner: Supervised,
+}
+
+impl ProcessCapture {
+    pub(crate) fn new(output: CapturedOutput, inner: Supervised) -> Self {
+        ProcessCapture {
+            output: Arc::new(output),
+            inner,
+        }
+    }
+
+    /// The container's id.
+    pub fn id(&self) -> &str {
+        &self.inner.id
+    }
+
+    /// Waits for the process to end and its container to be removed. The output files are
+    /// final when it returns.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe and idempotent.
+    pub async fn wait(&self) -> Result<ExitStatus, SandboxError> {
+        self.inner.wait().await
+    }
+
+    /// The status if the process has ended, without waiting.
+    pub fn try_wait(&self) -> Result<Option<ExitStatus>, SandboxError> {
+        self.inner.try_wait()
+    }
+
+    /// Asks for the process to be killed, without waiting.
+    pub fn start_kill(&self) {
+        self.inner.start_kill();
+    }
+
+    /// Kills the process and waits for it to end.
+    pub async fn kill(&self) -> Result<(), SandboxError> {
+        self.start_kill();
+        self.wait().await.map(drop)
+    }
+
+    /// Sends `signal` to the process.
+    pub async fn signal(&self, signal: nix::sys::signal::Signal) -> Result<(), SandboxError> {
+        self.inner.signal(signal).await
+    }
+}
+
+/// The capture files, opened for the runtime, plus what the supervisor needs to watch them.
+pub(crate) struct CaptureFiles {
+    pub stdout: File,
+    pub stderr: File,
+    pub output: CapturedOutput,
+    pub watch: CaptureWatch,
+}
+
+impl CaptureFiles {
+    /// Creates the temp dir and files and starts watching them. Blocking.
+    pub fn create_blocking(
+        parent: &Path,
+        id: &str,
+        mode: OutputMode,
+        limit: Option<u64>,
+    ) -> Result<CaptureFiles, SandboxError> {
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("osb-capture-{id}-"))
+            .tempdir_in(parent)
+            .map_err(|e| SandboxError::io("creating the capture directory", parent, e))?;
+        let open = |name: &str| {
+            let path = dir.path().join(name);
+            std::fs::OpenOptions::new()
+                .create_new(true)
+                .append(true)
+                .read(true)
+                .open(&path)
+                .map(|f| (path.clone(), f))
+                .map_err(|e| SandboxError::io("creating a capture file", path, e))
+        };
+        let inotify = Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC)
+            .map_err(|e| SandboxError::io("watching the capture files", dir.path(), e.into()))?;
+        let (stdout_path, stdout, stderr_path, stderr) = match mode {
+            OutputMode::Separate => {
+                let (op, of) = open("stdout")?;
+                let (ep, ef) = open("stderr")?;
+                (op, of, Some(ep), ef)
+            }
+            OutputMode::Combined => {
+                let (p, f) = open("output")?;
+                let dup = f
+                    .try_clone()
+                    .map_err(|e| SandboxError::io("duplicating the capture file", &p, e))?;
+                (p, f, None, dup)
+            }
+        };
+        let watch_err =
+            |p: &Path, e: nix::Error| SandboxError::io("watching the capture files", p, e.into());
+        inotify
+            .add_watch(&stdout_path, AddWatchFlags::IN_MODIFY)
+            .map_err(|e| watch_err(&stdout_path, e))?;
+        if let Some(p) = &stderr_path {
+            inotify
+                .add_watch(p, AddWatchFlags::IN_MODIFY)
+                .map_err(|e| watch_err(p, e))?;
+        }
+        let sizes = vec![
+            stdout
+                .try_clone()
+                .map_err(|e| SandboxError::io("capture file", &stdout_path, e))?,
+        ]
+        .into_iter()
+        .chain(
+            stderr_path
+                .as_ref()
+                .map(|p| {
+                    stderr
+                        .try_clone()
+                        .map_err(|e| SandboxError::io("capture file", p, e))
+                })
+                .transpose()?,
+        )
+        .collect();
+        let (tx, rx) = watch::channel(CaptureState::default());
+        let shared = Arc::new(Shared {
+            dir,
+            mode,
+            stdout: stdout_path,
+            stderr: stderr_path,
+            limit,
+            state: rx,
+            truncated: false.into(),
+        });
+        Ok(CaptureFiles {
+            stdout,
+            stderr,
+            output: CapturedOutput {
+                shared: shared.clone(),
+            },
+            watch: CaptureWatch {
+                inotify: Some(inotify),
+                fd: None,
+                files: sizes,
+                limit,
+                state: tx,
+                shared,
+            },
+        })
+    }
+}
+
+struct InotifyFd(Inotify);
+
+impl AsRawFd for InotifyFd {
+    fn as_raw_fd(&self) -> RawFd {
+        self.0.as_fd().as_raw_fd()
+    }
+}
+
+/// The supervisor's side of a capture: wakes streams when the files grow, notices the start
+/// of the command, enforces the output limit and finalises the files.
+pub(crate) struct CaptureWatch {
+    inotify: Option<Inotify>,
+    fd: Option<AsyncFd<InotifyFd>>,
+    files: Vec<File>,
+    limit: Option<u64>,
+    state: watch::Sender<CaptureState>,
+    shared: Arc<Shared>,
+}
+
+impl CaptureWatch {
+    /// Waits for the next change; returns true when the output limit has been passed.
+    pub async fn next(&mut self) -> bool {
+        if self.fd.is_none() {
+            let Some(inotify) = self.inotify.take() else {
+                return std::future::pending().await;
+            };
+            // SAFETY: `InotifyFd` owns the inotify fd and always returns that same fd; it is
+            // closed only when the `AsyncFd` drops it.
+            match unsafe { AsyncFd::register_with_interest(InotifyFd(inotify), Interest::READABLE) }
+            {
+                Ok(fd) => self.fd = Some(fd),
+                Err(e) => {
+                    tracing::warn!(%e, "cannot watch capture files; streams will wake only at exit");
+                    return std::future::pending().await;
+                }
+            }
+        }
+        let fd = self.fd.as_ref().expect("set above");
+        loop {
+            let Ok(mut guard) = fd.readable().await else {
+                return std::future::pending().await;
+            };
+            match guard.try_io(|inner| inner.get_ref().0.read_events().map_err(io::Error::from)) {
+                Ok(Ok(_events)) => {}
+                Ok(Err(e)) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Ok(Err(_)) => return std::future::pending().await,
+                Err(_would_block) => continue,
+            }
+            self.state.send_modify(|s| s.generation += 1);
+            return self.over_limit();
+        }
+    }
+
+    pub fn over_limit(&self) -> bool {
+        let Some(limit) = self.limit else {
+            return false;
+        };
+        self.files
+            .iter()
+            .any(|f| f.metadata().map(|m| m.len() > limit).unwrap_or(false))
+    }
+
+    /// Makes the files final (cut at the limit), then wakes every stream for the last time.
+    pub async fn finish(mut self, limit_hit: bool) {
+        let files = std::mem::take(&mut self.files);
+        let limit = self.limit;
+        let _ = tokio::task::spawn_blocking(move || {
+            for f in &files {
+                if let Some(limit) = limit
+                    && f.metadata().map(|m| m.len() > limit).unwrap_or(false)
+                {
+                    let _ = f.set_len(limit);
+                }
+            }
+        })
+        .await;
+        if limit_hit {
+            self.shared
+                .truncated
+                .store(true, std::sync::atomic::Ordering::Release);
+        }
+        self.state.send_modify(|s| {
+            s.generation += 1;
+            s.ended = true;
+        });
+    }
+}

@@ -1,0 +1,74 @@
+//! Exit statuses of detached containers: the process becomes a child subreaper, so that a
+//! container's init, orphaned when the runtime's `run --detach` exits, is re-parented to it;
+//! then it waits on the init through a pidfd in `AsyncFd`.
+//!
+//! Being a subreaper is process-wide: other orphaned descendants of this process are
+//! re-parented to it as well (and stay zombies until something reaps them). It is enabled on
+//! the first detached spawn only.
+
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::OnceLock;
+
+use nix::sys::wait::{Id, WaitPidFlag, WaitStatus, waitid};
+use tokio::io::Interest;
+use tokio::io::unix::AsyncFd;
+
+use crate::process::ExitStatus;
+
+/// Makes this process a child subreaper (once).
+pub(crate) fn become_subreaper() -> io::Result<()> {
+    static DONE: OnceLock<Result<(), nix::Error>> = OnceLock::new();
+    (*DONE.get_or_init(|| nix::sys::prctl::set_child_subreaper(true))).map_err(io::Error::from)
+}
+
+struct PidFd(OwnedFd);
+
+impl AsRawFd for PidFd {
+    fn as_raw_fd(&self) -> RawFd {
+        self.0.as_raw_fd()
+    }
+}
+
+/// A child process to wait for without blocking, and without touching any other child.
+pub(crate) struct PidWaiter {
+    fd: AsyncFd<PidFd>,
+}
+
+impl PidWaiter {
+    /// Opens a pidfd for `pid`, which must be a child of this process (by re-parenting).
+    pub fn open(pid: i32) -> io::Result<Self> {
+        // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1.
+        let raw = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+        if raw < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: `raw` is a fresh fd that nothing else owns.
+        let owned = unsafe { OwnedFd::from_raw_fd(raw as RawFd) };
+        // SAFETY: `PidFd` owns the fd and returns it unchanged until the AsyncFd drops it.
+        let fd = unsafe { AsyncFd::register_with_interest(PidFd(owned), Interest::READABLE) }
+            .map_err(io::Error::from)?;
+        Ok(PidWaiter { fd })
+    }
+
+    /// Waits for the process to exit and reaps it.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: the process is reaped only in the call that returns its status.
+    pub async fn wait(&self) -> io::Result<ExitStatus> {
+        loop {
+            let mut guard = self.fd.readable().await?;
+            let res = waitid(
+                Id::PIDFd(self.fd.get_ref().0.as_fd()),
+                WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG,
+            );
+            match res {
+                Ok(WaitStatus::Exited(_, code)) => return Ok(ExitStatus::exited(code)),
+                Ok(WaitStatus::Signaled(_, sig, _)) => return Ok(ExitStatus::signaled(sig as i32)),
+                Ok(_) => guard.clear_ready(),
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+}
