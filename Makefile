@@ -23,6 +23,7 @@ demo: deps
 
 ## The whole test suite, against the real runtimes.
 test: deps
+	$(CARGO) build --examples
 	$(CARGO) test --all-targets
 	$(CARGO) test --doc
 
@@ -37,8 +38,8 @@ doc:
 
 ## Criterion benches (several minutes). OSB_BENCH_RUNTIMES=runc,crun,runsc picks runtimes.
 bench: deps
-	$(CARGO) bench --bench spawn
+	$(CARGO) bench
 
 ## Runs each bench once, to keep them compiling and working (what CI does).
 bench-quick: deps
-	$(CARGO) bench --bench spawn -- --test
+	$(CARGO) bench -- --test
