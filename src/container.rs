@@ -14,6 +14,7 @@ use crate::config::{ContainerConfig, SandboxConfig, Stdio};
 use crate::error::SandboxError;
 use crate::gvisor::GvisorPlatform;
 use crate::process::{ContainerProcess, Supervised, Teardown};
+use crate::pty::{ConsoleSocket, PtySession, receive_pty};
 use crate::runtime::{ContainerFlags, OciRuntime, RuntimeCli, Sub, locate};
 use crate::state::{StateDirs, new_id, sweep};
 
@@ -45,6 +46,9 @@ struct Inner {
     /// Where `spawn_captured` makes its temp dirs.
     capture_dir: PathBuf,
 }
+
+/// How long the runtime may take to send the PTY of an interactive container.
+const HANDSHAKE_DEADLINE: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// The name of the runtime's pid file in a bundle (detached containers).
 const PID_FILE: &str = "pid";
@@ -121,6 +125,7 @@ impl NamespaceContainer {
         self.inner.tracker.close();
         self.inner.tracker.wait().await;
         self.inner.tracker.reopen();
+        let _ = tokio::task::spawn_blocking(crate::reaper::reap_unstarted_inits).await;
     }
 
     /// Spawns `config`'s command with piped (or inherited, or null) stdio.
@@ -140,7 +145,7 @@ impl NamespaceContainer {
     ///
     /// Cancel safe: a dropped `spawn` future leaves no container, bundle or process.
     pub async fn spawn(&self, config: &ContainerConfig) -> Result<ContainerProcess, SandboxError> {
-        let (id, bundle) = self.prepare(config).await?;
+        let (id, bundle) = self.prepare(config, None).await?;
         let stdio = (
             std_stdio(config.stdin),
             std_stdio(config.stdout),
@@ -194,7 +199,7 @@ impl NamespaceContainer {
         config: &ContainerConfig,
         mode: OutputMode,
     ) -> Result<ProcessCapture, SandboxError> {
-        let (id, bundle) = self.prepare(config).await?;
+        let (id, bundle) = self.prepare(config, None).await?;
         let (capture_parent, limit) = (self.inner.capture_dir.clone(), config.output_limit);
         let id_c = id.clone();
         // The bundle moves into the closure and back, so that a cancelled future still
@@ -222,18 +227,86 @@ impl NamespaceContainer {
             std::process::Stdio::from(files.stderr),
         );
         let (supervised, started) =
-            self.run_detached(config, id, bundle, stdio, Some(files.watch))?;
+            self.run_detached(config, id, bundle, stdio, Some(files.watch), None)?;
         let capture = ProcessCapture::new(files.output, supervised);
         // If this future is dropped here, `capture` goes with it and the supervisor tears the
         // container down.
-        match started.await {
-            Ok(Ok(())) => Ok(capture),
-            Ok(Err(e)) => Err(e),
-            Err(_) => Err(SandboxError::Process {
-                context: "starting the container",
-                source: std::io::Error::other("the supervisor ended without reporting"),
-            }),
+        flatten_start(started.await).map(|()| capture)
+    }
+
+    /// Spawns `config`'s command on a new pseudo-terminal (80x24 until resized).
+    ///
+    /// The runtime sends the terminal's controller to a unix socket of the library's by
+    /// `SCM_RIGHTS`; the returned [`PtySession`] reads and writes it without blocking. Waiting
+    /// for that handshake races the runtime's exit and a deadline, so it never hangs: if the
+    /// runtime fails first, the error carries its message.
+    ///
+    /// # Errors
+    ///
+    /// Those of [`spawn`](Self::spawn); [`SandboxError::Timeout`] if the runtime neither sends
+    /// the terminal nor fails within 30 s.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: a dropped future leaves no container, bundle, socket or fd.
+    pub async fn spawn_interactive(
+        &self,
+        config: &ContainerConfig,
+    ) -> Result<PtySession, SandboxError> {
+        const SIZE: (u16, u16) = (80, 24);
+        let (id, bundle) = self.prepare(config, Some(SIZE)).await?;
+        let socket = ConsoleSocket::bind(bundle.path())?;
+        crate::reaper::become_subreaper().map_err(|source| SandboxError::Process {
+            context: "becoming a child subreaper",
+            source,
+        })?;
+        let null = std::process::Stdio::null;
+        let (supervised, mut started) = self.run_detached(
+            config,
+            id,
+            bundle,
+            (null(), null(), null()),
+            None,
+            Some(&socket.path),
+        )?;
+        // From here, returning early drops `supervised`, and its supervisor removes everything.
+        let deadline = tokio::time::Instant::now() + HANDSHAKE_DEADLINE;
+        let timeout_error = || SandboxError::Timeout {
+            what: format!("the console handshake with {}", self.inner.cli.kind),
+            after: HANDSHAKE_DEADLINE,
+        };
+        let mut start_result = None;
+        let stream = tokio::select! {
+            accepted = socket.listener.accept() => accepted.map(|(s, _)| s),
+            start = &mut started => {
+                start_result = Some(flatten_start(start)?);
+                // The runtime exited after connecting: the connection waits in the backlog.
+                match tokio::time::timeout_at(deadline, socket.listener.accept()).await {
+                    Ok(accepted) => accepted.map(|(s, _)| s),
+                    Err(_) => return Err(timeout_error()),
+                }
+            }
+            _ = tokio::time::sleep_until(deadline) => return Err(timeout_error()),
         }
+        .map_err(|e| SandboxError::io("accepting on the console socket", &socket.path, e))?;
+        let received = tokio::time::timeout_at(deadline, receive_pty(&stream))
+            .await
+            .map_err(|_| timeout_error())?;
+        // The runtime sends the PTY before it checks and starts the command: wait for its
+        // verdict too, so that a failed start is this call's error (with the runtime's
+        // message), not a session that reads EOF at once.
+        if start_result.is_none() {
+            match tokio::time::timeout_at(deadline, &mut started).await {
+                Ok(start) => flatten_start(start)?,
+                Err(_) => return Err(timeout_error()),
+            }
+        }
+        let fd = received
+            .map_err(|e| SandboxError::io("receiving the PTY from the runtime", &socket.path, e))?;
+        PtySession::from_controller(fd, supervised, SIZE).map_err(|source| SandboxError::Process {
+            context: "setting up the PTY",
+            source,
+        })
     }
 
     /// Starts `<runtime> run --detach` for a prepared bundle under a detached supervisor.
@@ -248,6 +321,7 @@ impl NamespaceContainer {
             std::process::Stdio,
         ),
         capture: Option<CaptureWatch>,
+        console_socket: Option<&std::path::Path>,
     ) -> Result<(Supervised, oneshot::Receiver<Result<(), SandboxError>>), SandboxError> {
         let inner = &self.inner;
         let log = bundle.log_path();
@@ -262,7 +336,7 @@ impl NamespaceContainer {
                 id: &id,
                 bundle: bundle.path(),
                 detach: true,
-                console_socket: None,
+                console_socket,
                 pid_file: Some(&pid_path),
             },
         );
@@ -275,6 +349,7 @@ impl NamespaceContainer {
             network: config.network,
             bundle: Some(bundle),
             command: config.command.clone(),
+            init_pid: None,
         };
         Ok(Supervised::detached(
             &inner.tracker,
@@ -332,6 +407,7 @@ impl NamespaceContainer {
             network: config.network,
             bundle: Some(bundle),
             command: config.command.clone(),
+            init_pid: None,
         };
         let timeout = config.timeout;
         let supervise = move |child, capture| {
@@ -349,11 +425,15 @@ impl NamespaceContainer {
     pub fn render_spec(&self, config: &ContainerConfig) -> Result<crate::Spec, SandboxError> {
         config.validate()?;
         let id = config.id.clone().unwrap_or_else(new_id);
-        crate::spec::build(config, &self.inner.dirs.rootfs, &id)
+        crate::spec::build(config, &self.inner.dirs.rootfs, &id, None)
     }
 
     /// Validates `config`, picks its id and writes its bundle, off the async workers.
-    async fn prepare(&self, config: &ContainerConfig) -> Result<(String, Bundle), SandboxError> {
+    async fn prepare(
+        &self,
+        config: &ContainerConfig,
+        terminal: Option<(u16, u16)>,
+    ) -> Result<(String, Bundle), SandboxError> {
         let id = config.id.clone().unwrap_or_else(new_id);
         let config = config.clone();
         let dirs = self.inner.dirs.clone();
@@ -361,7 +441,7 @@ impl NamespaceContainer {
         // result (the bundle) is dropped, which removes the directory again.
         tokio::task::spawn_blocking(move || {
             config.validate()?;
-            let spec = crate::spec::build(&config, &dirs.rootfs, &id)?;
+            let spec = crate::spec::build(&config, &dirs.rootfs, &id, terminal)?;
             let bundle = Bundle::create_blocking(dirs.bundle(&id), &id, spec)?;
             Ok((id, bundle))
         })
@@ -370,6 +450,20 @@ impl NamespaceContainer {
             context: "preparing the bundle",
             source: std::io::Error::other(e),
         })?
+    }
+}
+
+/// The supervisor's report on the start of a detached container.
+fn flatten_start(
+    report: Result<Result<(), SandboxError>, oneshot::error::RecvError>,
+) -> Result<(), SandboxError> {
+    report.unwrap_or_else(|_| Err(supervisor_gone()))
+}
+
+fn supervisor_gone() -> SandboxError {
+    SandboxError::Process {
+        context: "starting the container",
+        source: std::io::Error::other("the supervisor ended without reporting"),
     }
 }
 

@@ -146,6 +146,8 @@ pub(crate) struct Teardown {
     pub bundle: Option<Bundle>,
     /// The command as configured, to name it in a command-not-found error.
     pub command: String,
+    /// A detached container's init, once known (for the synchronous cleanup).
+    pub init_pid: Option<i32>,
 }
 
 impl Teardown {
@@ -197,6 +199,11 @@ impl Drop for Teardown {
         }
         crate::state::reap_cgroups_blocking(&self.id);
         let _ = std::fs::remove_dir_all(self.dirs.root.join(&self.id));
+        // A detached container's init is our child (we are its subreaper): reap it.
+        if let Some(pid) = self.init_pid {
+            crate::reaper::reap_blocking(pid, SHORT_CALL_DEADLINE);
+        }
+        crate::reaper::reap_unstarted_inits();
         // Dropping the bundle removes its directory.
     }
 }
@@ -327,7 +334,7 @@ const KILL_DEADLINE: Duration = Duration::from_secs(5);
 #[allow(clippy::too_many_arguments)]
 async fn supervise_detached(
     mut runtime: Child,
-    teardown: Teardown,
+    mut teardown: Teardown,
     pid_file: std::path::PathBuf,
     timeout: Option<Duration>,
     mut control: mpsc::UnboundedReceiver<Control>,
@@ -390,7 +397,10 @@ async fn supervise_detached(
     // The container is running (or made); find its init.
     let waiter = if runtime_succeeded {
         match open_init(&pid_file).await {
-            Ok(w) => Some(w),
+            Ok((pid, w)) => {
+                teardown.init_pid = Some(pid);
+                Some(w)
+            }
             Err(e) => {
                 let _ = started.send(Err(e.duplicate()));
                 return end_detached(teardown, capture, outcome, Err(e), Leftover::Running, None)
@@ -401,6 +411,9 @@ async fn supervise_detached(
         None
     };
     let Some(waiter) = waiter else {
+        // The runtime may have made the init before it was stopped or failed; once it is
+        // killed it is our zombie (we are its subreaper): find it now to reap it at the end.
+        let orphan = find_init(&pid_file, &teardown.dirs.root.join(&teardown.id)).await;
         let result = match failure {
             Some(e) => {
                 let _ = started.send(Err(e.duplicate()));
@@ -411,7 +424,7 @@ async fn supervise_detached(
                 Ok(status_for(ended_by))
             }
         };
-        return end_detached(
+        end_detached(
             teardown,
             capture,
             outcome,
@@ -420,6 +433,12 @@ async fn supervise_detached(
             ended_by,
         )
         .await;
+        if let Some(orphan) = orphan {
+            let _ = tokio::time::timeout(KILL_DEADLINE, orphan.wait()).await;
+        }
+        // An init killed before it could exec left no trace but a zombie of ours.
+        let _ = tokio::task::spawn_blocking(crate::reaper::reap_unstarted_inits).await;
+        return;
     };
     let _ = started.send(Ok(()));
 
@@ -474,8 +493,25 @@ async fn supervise_detached(
     .await
 }
 
+/// The init of a container whose start was cut short, from the pid file or the runtime's
+/// state (runc and crun record `init_process_pid`), opened for reaping.
+async fn find_init(
+    pid_file: &std::path::Path,
+    state_dir: &std::path::Path,
+) -> Option<crate::reaper::PidWaiter> {
+    if let Ok((_, w)) = open_init(pid_file).await {
+        return Some(w);
+    }
+    let state = tokio::fs::read(state_dir.join("state.json")).await.ok()?;
+    let v: serde_json::Value = serde_json::from_slice(&state).ok()?;
+    let pid = i32::try_from(v.get("init_process_pid")?.as_i64()?).ok()?;
+    crate::reaper::PidWaiter::open(pid).ok()
+}
+
 /// Reads the runtime's pid file and opens the init for waiting.
-async fn open_init(pid_file: &std::path::Path) -> Result<crate::reaper::PidWaiter, SandboxError> {
+async fn open_init(
+    pid_file: &std::path::Path,
+) -> Result<(i32, crate::reaper::PidWaiter), SandboxError> {
     let text = tokio::fs::read_to_string(pid_file)
         .await
         .map_err(|e| SandboxError::io("reading the runtime's pid file", pid_file, e))?;
@@ -489,10 +525,12 @@ async fn open_init(pid_file: &std::path::Path) -> Result<crate::reaper::PidWaite
             ),
         )
     })?;
-    crate::reaper::PidWaiter::open(pid).map_err(|source| SandboxError::Process {
-        context: "opening a pidfd for the container's init",
-        source,
-    })
+    crate::reaper::PidWaiter::open(pid)
+        .map(|w| (pid, w))
+        .map_err(|source| SandboxError::Process {
+            context: "opening a pidfd for the container's init",
+            source,
+        })
 }
 
 /// `kill --all KILL`; the init's exit then ends the wait.

@@ -72,3 +72,63 @@ impl PidWaiter {
         }
     }
 }
+
+/// Reaps zombie children that are a runtime's helper or init processes which died before the
+/// command could exec (their runtime was killed or failed while starting them). They are
+/// re-parented to this process and nothing else knows their pids. Recognised by still bearing
+/// the runtime's name; a started container's init (which its supervisor waits on) bears the
+/// command's name, so it is never taken from its waiter. Blocking.
+pub(crate) fn reap_unstarted_inits() {
+    let me = std::process::id().to_string();
+    // The orphans die when their runtime does, a moment before this runs.
+    std::thread::sleep(std::time::Duration::from_millis(5));
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return;
+    };
+    for entry in entries.filter_map(Result::ok) {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(status) = std::fs::read_to_string(entry.path().join("status")) else {
+            continue;
+        };
+        let field = |name: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .map(str::trim)
+                .unwrap_or_default()
+        };
+        let zombie = field("State:").starts_with('Z');
+        let ours = field("PPid:") == me;
+        let nested = field("NSpid:").split_whitespace().count() > 1;
+        let name = field("Name:");
+        // runc's init stages rename themselves "runc:[0:PARENT]", "runc:[1:CHILD]",
+        // "runc:[2:INIT]": no process tokio spawned has such a name. crun's and runsc's keep
+        // the binary's name, so only those in a nested pid namespace are theirs.
+        let unstarted = name.starts_with("runc:[")
+            || (nested && (name == "crun" || name.starts_with("runsc") || name == "exe"));
+        if zombie && ours && unstarted {
+            // WNOHANG: never wait on anything that is not already dead.
+            let _ = nix::sys::wait::waitpid(
+                nix::unistd::Pid::from_raw(pid),
+                Some(nix::sys::wait::WaitPidFlag::WNOHANG),
+            );
+        }
+    }
+}
+
+/// Reaps `pid`, which was just killed, waiting at most `deadline` (blocking; for the
+/// synchronous cleanup when the Tokio runtime is shutting down).
+pub(crate) fn reap_blocking(pid: i32, deadline: std::time::Duration) {
+    let end = std::time::Instant::now() + deadline;
+    while std::time::Instant::now() < end {
+        match nix::sys::wait::waitpid(
+            nix::unistd::Pid::from_raw(pid),
+            Some(nix::sys::wait::WaitPidFlag::WNOHANG),
+        ) {
+            Ok(WaitStatus::StillAlive) => std::thread::sleep(std::time::Duration::from_millis(2)),
+            _ => return,
+        }
+    }
+}

@@ -16,11 +16,13 @@ use crate::error::SandboxError;
 /// Where the library's containers live in each cgroup hierarchy.
 pub(crate) const CGROUP_PARENT: &str = "/oci-sandbox";
 
-/// Builds the spec for `config`, with `rootfs` as the root filesystem and `id` naming its cgroup.
+/// Builds the spec for `config`, with `rootfs` as the root filesystem and `id` naming its
+/// cgroup; `terminal` gives the process a PTY of that size (columns, rows).
 pub(crate) fn build(
     config: &ContainerConfig,
     rootfs: &Path,
     id: &str,
+    terminal: Option<(u16, u16)>,
 ) -> Result<Spec, SandboxError> {
     let mut args = Vec::with_capacity(config.args.len() + 1);
     args.push(config.command.clone());
@@ -44,8 +46,25 @@ pub(crate) fn build(
         .ambient(HashSet::new())
         .build()?;
 
-    let process = ProcessBuilder::default()
-        .terminal(false)
+    let mut process = ProcessBuilder::default();
+    if let Some((cols, rows)) = terminal {
+        process = process.console_size(
+            oci_spec::runtime::BoxBuilder::default()
+                .width(u64::from(cols))
+                .height(u64::from(rows))
+                .build()?,
+        );
+    }
+    let mut env = config
+        .env
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>();
+    if terminal.is_some() && !config.env.iter().any(|(k, _)| k == "TERM") {
+        env.push("TERM=xterm".to_owned());
+    }
+    let process = process
+        .terminal(terminal.is_some())
         .user(
             UserBuilder::default()
                 .uid(config.uid)
@@ -53,13 +72,7 @@ pub(crate) fn build(
                 .build()?,
         )
         .args(args)
-        .env(
-            config
-                .env
-                .iter()
-                .map(|(k, v)| format!("{k}={v}"))
-                .collect::<Vec<_>>(),
-        )
+        .env(env)
         .cwd(config.cwd.clone())
         .capabilities(capabilities)
         .no_new_privileges(config.security.no_new_privileges)
@@ -185,7 +198,7 @@ mod tests {
 
     fn spec_for(s: &SandboxConfig) -> Spec {
         let c = crate::config::from_policy(s, "echo".into(), vec!["hi".into()]);
-        build(&c, Path::new("/rootfs"), "c1").unwrap()
+        build(&c, Path::new("/rootfs"), "c1", None).unwrap()
     }
 
     #[test]
@@ -261,7 +274,7 @@ mod tests {
         c.spec_hook = Some(crate::config::SpecHook::new(|s: &mut Spec| {
             s.set_hostname(Some("edited".into()));
         }));
-        let spec = build(&c, Path::new("/r"), "c").unwrap();
+        let spec = build(&c, Path::new("/r"), "c", None).unwrap();
         assert_eq!(spec.hostname().as_deref(), Some("edited"));
     }
 
@@ -270,7 +283,7 @@ mod tests {
         let mut c = ContainerConfig::new("true", vec![]);
         c.security.capabilities = vec!["CAP_NOPE".into()];
         assert!(matches!(
-            build(&c, Path::new("/r"), "c"),
+            build(&c, Path::new("/r"), "c", None),
             Err(SandboxError::InvalidConfig { .. })
         ));
     }

@@ -93,6 +93,22 @@ impl TestSandbox {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         assert!(left.is_empty(), "processes left: {left:?}");
+        // Container inits are re-parented to this process (a subreaper): none may stay a
+        // zombie. (Runtime CLI processes of concurrent tests are reaped by tokio; skip them.)
+        let mut zombies = Vec::new();
+        for _ in 0..100 {
+            zombies = zombie_children()
+                .into_iter()
+                .filter(|(_, comm)| {
+                    !matches!(comm.as_str(), "runc" | "crun" | "runsc" | "cat" | "ws_logs")
+                })
+                .collect();
+            if zombies.is_empty() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(zombies.is_empty(), "zombie children: {zombies:?}");
         let ids: Vec<String> = ids.iter().map(|s| s.to_string()).collect();
         let cgroups = our_cgroups_left(&ids);
         assert!(cgroups.is_empty(), "cgroups left: {cgroups:?}");
@@ -117,6 +133,29 @@ pub fn processes_mentioning(needle: &str) -> Vec<(i32, String)> {
         if cmd.contains(needle) {
             // Zombies have an empty cmdline, so anything here is alive.
             out.push((pid, cmd));
+        }
+    }
+    out
+}
+
+/// `(pid, comm)` of this process's children that are zombies.
+pub fn zombie_children() -> Vec<(i32, String)> {
+    let me = std::process::id().to_string();
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().filter_map(Result::ok) {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+            continue;
+        };
+        let comm = stat[open + 1..close].to_owned();
+        let fields: Vec<&str> = stat[close + 1..].split_whitespace().collect();
+        if fields.first() == Some(&"Z") && fields.get(1) == Some(&me.as_str()) {
+            out.push((pid, comm));
         }
     }
     out

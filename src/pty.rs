@@ -1,0 +1,353 @@
+//! [`spawn_interactive`]: the runtime connects to a unix socket of ours and sends the PTY's
+//! controller fd by `SCM_RIGHTS`; [`PtySession`] drives it through `AsyncFd`.
+//!
+//! [`spawn_interactive`]: crate::NamespaceContainer::spawn_interactive
+
+use std::io::{self, IoSliceMut};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+
+use nix::sys::socket::{ControlMessageOwned, MsgFlags, UnixAddr, recvmsg};
+use tokio::io::unix::AsyncFd;
+use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
+use tokio::net::{UnixListener, UnixStream};
+
+use crate::error::SandboxError;
+use crate::process::{ExitStatus, Supervised};
+
+/// Longest socket path that fits `sockaddr_un.sun_path` (108 bytes with the NUL).
+const SUN_PATH_MAX: usize = 107;
+
+/// The console socket the runtime connects to, in a directory of its own when the bundle's
+/// path would not fit `sun_path`.
+pub(crate) struct ConsoleSocket {
+    pub listener: UnixListener,
+    pub path: PathBuf,
+    // A short-path temp dir holding the socket, when one was needed.
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl ConsoleSocket {
+    /// Binds a listening socket in `bundle`, or in a short temp dir if that path is too long.
+    pub fn bind(bundle: &Path) -> Result<Self, SandboxError> {
+        let in_bundle = bundle.join("console.sock");
+        let (path, dir) = if in_bundle.as_os_str().len() <= SUN_PATH_MAX {
+            (in_bundle, None)
+        } else {
+            let dir = tempfile::Builder::new()
+                .prefix("osb-")
+                .tempdir_in("/tmp")
+                .map_err(|e| SandboxError::io("creating the console socket dir", "/tmp", e))?;
+            (dir.path().join("s"), Some(dir))
+        };
+        let listener = UnixListener::bind(&path)
+            .map_err(|e| SandboxError::io("binding the console socket", &path, e))?;
+        Ok(ConsoleSocket {
+            listener,
+            path,
+            _dir: dir,
+        })
+    }
+}
+
+/// Receives the PTY controller fd that the runtime sends on `stream`.
+pub(crate) async fn receive_pty(stream: &UnixStream) -> io::Result<OwnedFd> {
+    loop {
+        stream.readable().await?;
+        match stream.try_io(Interest::READABLE, || recv_fd(stream.as_raw_fd())) {
+            Ok(fd) => return Ok(fd),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// One `recvmsg` carrying an `SCM_RIGHTS` message (the runtime's payload, "/dev/ptmx" or
+/// "pty-master", is ignored).
+fn recv_fd(socket: RawFd) -> io::Result<OwnedFd> {
+    let mut payload = [0u8; 256];
+    let mut iov = [IoSliceMut::new(&mut payload)];
+    let mut cmsg = nix::cmsg_space!([RawFd; 1]);
+    let msg = recvmsg::<UnixAddr>(
+        socket,
+        &mut iov,
+        Some(&mut cmsg),
+        MsgFlags::MSG_CMSG_CLOEXEC,
+    )
+    .map_err(io::Error::from)?;
+    let mut received = None;
+    for c in msg.cmsgs().map_err(io::Error::from)? {
+        if let ControlMessageOwned::ScmRights(fds) = c {
+            for fd in fds {
+                // SAFETY: the kernel just installed `fd` in this process for us; nothing else
+                // owns it. Extra fds (never sent by the runtimes) are closed here.
+                let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+                received.get_or_insert(owned);
+            }
+        }
+    }
+    match received {
+        Some(fd) => Ok(fd),
+        None if msg.bytes == 0 => Err(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            "the runtime closed the console socket without sending a PTY",
+        )),
+        None => Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "the console socket message carried no file descriptor",
+        )),
+    }
+}
+
+/// The PTY controller fd, non-blocking, registered with the reactor.
+#[derive(Debug)]
+struct Controller(OwnedFd);
+
+impl AsRawFd for Controller {
+    fn as_raw_fd(&self) -> RawFd {
+        self.0.as_raw_fd()
+    }
+}
+
+type Pty = Arc<AsyncFd<Controller>>;
+
+fn register_pty(fd: OwnedFd) -> io::Result<Pty> {
+    let flags = nix::fcntl::fcntl(&fd, nix::fcntl::FcntlArg::F_GETFL).map_err(io::Error::from)?;
+    let flags = nix::fcntl::OFlag::from_bits_retain(flags) | nix::fcntl::OFlag::O_NONBLOCK;
+    nix::fcntl::fcntl(&fd, nix::fcntl::FcntlArg::F_SETFL(flags)).map_err(io::Error::from)?;
+    // SAFETY: `Controller` owns the fd and returns it unchanged until the AsyncFd drops it.
+    let fd = unsafe {
+        AsyncFd::register_with_interest(Controller(fd), Interest::READABLE | Interest::WRITABLE)
+    }
+    .map_err(io::Error::from)?;
+    Ok(Arc::new(fd))
+}
+
+/// Sets the terminal's size (`TIOCSWINSZ`); the process in it gets `SIGWINCH`.
+fn set_size(fd: RawFd, cols: u16, rows: u16) -> io::Result<()> {
+    let ws = libc::winsize {
+        ws_row: rows,
+        ws_col: cols,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: TIOCSWINSZ reads one `winsize` from the pointer, which is valid for the call.
+    let rc = unsafe { libc::ioctl(fd, libc::TIOCSWINSZ, &ws) };
+    if rc < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+fn poll_read_pty(pty: &Pty, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+    loop {
+        let mut guard = ready!(pty.poll_read_ready(cx))?;
+        let unfilled = buf.initialize_unfilled();
+        match guard.try_io(|inner| {
+            nix::unistd::read(&inner.get_ref().0, unfilled).map_err(io::Error::from)
+        }) {
+            Ok(Ok(n)) => {
+                buf.advance(n);
+                return Poll::Ready(Ok(()));
+            }
+            // Once the last process holding the terminal has exited, the controller reads EIO:
+            // that is the end of the stream.
+            Ok(Err(e)) if e.raw_os_error() == Some(libc::EIO) => return Poll::Ready(Ok(())),
+            Ok(Err(e)) => return Poll::Ready(Err(e)),
+            Err(_would_block) => continue,
+        }
+    }
+}
+
+fn poll_write_pty(pty: &Pty, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
+    loop {
+        let mut guard = ready!(pty.poll_write_ready(cx))?;
+        match guard
+            .try_io(|inner| nix::unistd::write(&inner.get_ref().0, data).map_err(io::Error::from))
+        {
+            Ok(result) => return Poll::Ready(result),
+            Err(_would_block) => continue,
+        }
+    }
+}
+
+/// An interactive process on a PTY, from [`NamespaceContainer::spawn_interactive`].
+///
+/// Reading gives what the process writes to its terminal (with the terminal's CRLF line ends);
+/// writing types into it (`0x03` is Ctrl-C, `0x04` Ctrl-D). Reading ends (`Ok(0)`) once the
+/// process has exited. Dropping the session (and every half made by [`split`](Self::split))
+/// kills the process and removes its container.
+///
+/// ```no_run
+/// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+/// use tokio::io::{AsyncReadExt, AsyncWriteExt};
+/// use oci_sandbox::{NamespaceContainer, SandboxConfig};
+///
+/// let sandbox = NamespaceContainer::new().await?;
+/// let mut pty = sandbox.spawn_interactive(&NamespaceContainer::build_config(&SandboxConfig::default(), "sh", vec![])).await?;
+/// pty.resize(120, 40)?;
+/// pty.write_all(b"echo $((6*7)); exit 3\n").await?;
+/// let mut screen = Vec::new();
+/// pty.read_to_end(&mut screen).await?;
+/// assert_eq!(pty.wait().await?.code(), Some(3));
+/// # Ok(()) }
+/// ```
+///
+/// [`NamespaceContainer::spawn_interactive`]: crate::NamespaceContainer::spawn_interactive
+#[derive(Debug)]
+pub struct PtySession {
+    pty: Pty,
+    inner: Arc<Supervised>,
+}
+
+impl PtySession {
+    /// Wraps a controller fd received from the runtime and gives the terminal its size.
+    pub(crate) fn from_controller(
+        fd: OwnedFd,
+        inner: Supervised,
+        (cols, rows): (u16, u16),
+    ) -> io::Result<Self> {
+        let pty = register_pty(fd)?;
+        set_size(pty.get_ref().as_raw_fd(), cols, rows)?;
+        Ok(PtySession {
+            pty,
+            inner: Arc::new(inner),
+        })
+    }
+
+    /// The container's id.
+    pub fn id(&self) -> &str {
+        &self.inner.id
+    }
+
+    /// Sets the terminal's size in columns and rows; the process gets `SIGWINCH`.
+    pub fn resize(&self, cols: u16, rows: u16) -> io::Result<()> {
+        set_size(self.pty.get_ref().as_raw_fd(), cols, rows)
+    }
+
+    /// A reader and a writer for use from two tasks. They keep the process alive like the
+    /// session does: it ends when the session and both halves are dropped.
+    pub fn split(&self) -> (PtyReader, PtyWriter) {
+        (
+            PtyReader {
+                pty: self.pty.clone(),
+                _inner: self.inner.clone(),
+            },
+            PtyWriter {
+                pty: self.pty.clone(),
+                _inner: self.inner.clone(),
+            },
+        )
+    }
+
+    /// Waits for the process to end.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe and idempotent.
+    pub async fn wait(&self) -> Result<ExitStatus, SandboxError> {
+        self.inner.wait().await
+    }
+
+    /// The status if the process has ended, without waiting.
+    pub fn try_wait(&self) -> Result<Option<ExitStatus>, SandboxError> {
+        self.inner.try_wait()
+    }
+
+    /// Asks for the process to be killed, without waiting.
+    pub fn start_kill(&self) {
+        self.inner.start_kill();
+    }
+
+    /// Kills the process and waits for it to end.
+    pub async fn kill(&self) -> Result<(), SandboxError> {
+        self.start_kill();
+        self.wait().await.map(drop)
+    }
+
+    /// Sends `signal` to the process.
+    pub async fn signal(&self, signal: nix::sys::signal::Signal) -> Result<(), SandboxError> {
+        self.inner.signal(signal).await
+    }
+}
+
+impl AsyncRead for PtySession {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        poll_read_pty(&self.pty, cx, buf)
+    }
+}
+
+impl AsyncWrite for PtySession {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        poll_write_pty(&self.pty, cx, data)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}
+
+/// The reading half of a [`PtySession`], from [`PtySession::split`].
+#[derive(Debug)]
+pub struct PtyReader {
+    pty: Pty,
+    _inner: Arc<Supervised>,
+}
+
+impl AsyncRead for PtyReader {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        poll_read_pty(&self.pty, cx, buf)
+    }
+}
+
+/// The writing half of a [`PtySession`], from [`PtySession::split`].
+#[derive(Debug)]
+pub struct PtyWriter {
+    pty: Pty,
+    _inner: Arc<Supervised>,
+}
+
+impl PtyWriter {
+    /// Sets the terminal's size (see [`PtySession::resize`]).
+    pub fn resize(&self, cols: u16, rows: u16) -> io::Result<()> {
+        set_size(self.pty.get_ref().as_raw_fd(), cols, rows)
+    }
+}
+
+impl AsyncWrite for PtyWriter {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        poll_write_pty(&self.pty, cx, data)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}

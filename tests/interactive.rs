@@ -1,0 +1,224 @@
+//! `spawn_interactive`: a PTY through the console socket.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::TestSandbox;
+use oci_sandbox::{OciRuntime, PtySession, SandboxConfig, SandboxError};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// Reads until `needle` appears (returns everything read), failing after 10 s.
+async fn read_until(pty: &mut PtySession, needle: &str) -> String {
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let n = tokio::time::timeout_at(deadline.into(), pty.read(&mut buf))
+            .await
+            .unwrap_or_else(|_| {
+                panic!(
+                    "no {needle:?} within 10 s; got {:?}",
+                    String::from_utf8_lossy(&seen)
+                )
+            })
+            .unwrap();
+        assert!(
+            n > 0,
+            "EOF before {needle:?}; got {:?}",
+            String::from_utf8_lossy(&seen)
+        );
+        seen.extend_from_slice(&buf[..n]);
+        if String::from_utf8_lossy(&seen).contains(needle) {
+            return String::from_utf8_lossy(&seen).into_owned();
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_shell_computes_and_exits_with_its_code() {
+    let t = TestSandbox::new(OciRuntime::Runc).await;
+    let mut pty = t
+        .sandbox
+        .spawn_interactive(&t.config("sh", &[]))
+        .await
+        .unwrap();
+    pty.write_all(b"echo $((6*7))\n").await.unwrap();
+    read_until(&mut pty, "42\r\n").await;
+    pty.write_all(b"exit 3\n").await.unwrap();
+    // EIO after the exit is the end of the stream, not an error.
+    let mut rest = Vec::new();
+    pty.read_to_end(&mut rest).await.unwrap();
+    assert_eq!(pty.wait().await.unwrap().code(), Some(3));
+    let id = pty.id().to_owned();
+    drop(pty);
+    t.assert_nothing_left(&[&id], None).await;
+}
+
+#[tokio::test]
+async fn stty_size_reports_the_size_given_to_resize() {
+    let t = TestSandbox::new(OciRuntime::Runc).await;
+    let mut pty = t
+        .sandbox
+        .spawn_interactive(&t.config("sh", &[]))
+        .await
+        .unwrap();
+    pty.write_all(b"stty size\n").await.unwrap();
+    read_until(&mut pty, "24 80").await;
+    pty.resize(132, 43).unwrap();
+    pty.write_all(b"stty size\n").await.unwrap();
+    read_until(&mut pty, "43 132").await;
+}
+
+#[tokio::test]
+async fn ctrl_c_interrupts_a_sleep_in_the_shell() {
+    let t = TestSandbox::new(OciRuntime::Runc).await;
+    let mut pty = t
+        .sandbox
+        .spawn_interactive(&t.config("sh", &[]))
+        .await
+        .unwrap();
+    pty.write_all(b"sleep 100\n").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let started = Instant::now();
+    pty.write_all(&[0x03]).await.unwrap();
+    // The shell is back at its prompt; it reports 130 (128 + SIGINT) for the sleep.
+    pty.write_all(b"echo after-sleep $?\n").await.unwrap();
+    read_until(&mut pty, "after-sleep 130").await;
+    assert!(started.elapsed() < Duration::from_secs(5));
+}
+
+#[tokio::test]
+async fn split_halves_work_from_two_tasks() {
+    let t = TestSandbox::new(OciRuntime::Runc).await;
+    let pty = t
+        .sandbox
+        .spawn_interactive(&t.config("cat", &[]))
+        .await
+        .unwrap();
+    let (mut reader, mut writer) = pty.split();
+    let read = tokio::spawn(async move {
+        let mut seen = Vec::new();
+        let mut buf = [0u8; 1024];
+        while !String::from_utf8_lossy(&seen).contains("ping-pong\r\nping-pong") {
+            let n = reader.read(&mut buf).await.unwrap();
+            assert!(n > 0);
+            seen.extend_from_slice(&buf[..n]);
+        }
+    });
+    writer.write_all(b"ping-pong\n").await.unwrap();
+    tokio::time::timeout(Duration::from_secs(10), read)
+        .await
+        .unwrap()
+        .unwrap();
+    writer.write_all(&[0x04]).await.unwrap(); // Ctrl-D: cat sees end of file
+    assert!(pty.wait().await.unwrap().success());
+}
+
+#[tokio::test]
+async fn a_missing_command_is_a_typed_error_without_a_hang() {
+    let t = TestSandbox::new(OciRuntime::Runc).await;
+    let started = Instant::now();
+    let err = t
+        .sandbox
+        .spawn_interactive(&t.config("no-such-command-xyz", &[]))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, SandboxError::CommandNotFound { .. }), "{err}");
+    // One the library cannot see: the runtime fails, and its message comes back.
+    let err = t
+        .sandbox
+        .spawn_interactive(&t.config("/tmp/no-such-command", &[]))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, SandboxError::CommandNotFound { message: Some(m), .. } if m.contains("/tmp/no-such-command")),
+        "{err}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    t.assert_nothing_left(&[], None).await;
+}
+
+#[tokio::test]
+async fn a_broken_config_is_a_typed_error_without_a_hang() {
+    let t = TestSandbox::new(OciRuntime::Runc).await;
+    let started = Instant::now();
+    let mut c = t.config("sh", &[]);
+    c.env.push(("BAD=KEY".into(), "x".into()));
+    assert!(matches!(
+        t.sandbox.spawn_interactive(&c).await.unwrap_err(),
+        SandboxError::InvalidConfig { .. }
+    ));
+    // A config the runtime rejects: a memory limit too small for the runtime to start.
+    let policy = SandboxConfig {
+        memory_limit: Some(4096),
+        ..Default::default()
+    };
+    let err = t
+        .sandbox
+        .spawn_interactive(&t.config_with(&policy, "sh", &[]))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, SandboxError::Runtime { .. }), "{err}");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    t.assert_nothing_left(&[], None).await;
+}
+
+#[tokio::test]
+async fn a_session_dropped_mid_command_leaves_nothing_behind() {
+    let t = TestSandbox::new(OciRuntime::Runc).await;
+    let mut pty = t
+        .sandbox
+        .spawn_interactive(&t.config("sh", &[]))
+        .await
+        .unwrap();
+    pty.write_all(b"sleep 100.8383\n").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let id = pty.id().to_owned();
+    drop(pty);
+    t.assert_nothing_left(&[&id], Some("100.8383")).await;
+}
+
+#[tokio::test]
+async fn a_cancelled_spawn_interactive_leaves_nothing_behind() {
+    let t = TestSandbox::new(OciRuntime::Runc).await;
+    let c = t.config("sleep", &["100.8484"]);
+    for budget_ms in [0u64, 1, 5, 10, 20, 40] {
+        let _ = tokio::time::timeout(
+            Duration::from_millis(budget_ms),
+            t.sandbox.spawn_interactive(&c),
+        )
+        .await;
+    }
+    t.assert_nothing_left(&[], Some("100.8484")).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_concurrent_sessions() {
+    let t = TestSandbox::new(OciRuntime::Runc).await;
+    let runs = (0..10).map(|i| {
+        let sandbox = t.sandbox.clone();
+        let config = t.config("sh", &[]);
+        async move {
+            let mut pty = sandbox.spawn_interactive(&config).await.unwrap();
+            pty.write_all(format!("echo session-$(({i}*2))\n").as_bytes())
+                .await
+                .unwrap();
+            read_until(&mut pty, &format!("session-{}\r\n", i * 2)).await;
+            pty.write_all(b"exit\n").await.unwrap();
+            pty.wait().await.unwrap()
+        }
+    });
+    for status in futures::future::join_all(runs).await {
+        assert!(status.success(), "{status}");
+    }
+    t.assert_nothing_left(&[], None).await;
+}
