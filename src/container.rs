@@ -561,11 +561,26 @@ impl NamespaceContainerBuilder {
             OciRuntime::Gvisor => Some(self.gvisor_platform.unwrap_or(GvisorPlatform::Ptrace)),
             _ => None,
         };
+        let mount_ns = match self.runtime {
+            OciRuntime::Crun if crate::crun_ns::needs_namespace() => {
+                let dir = dirs.root.parent().expect("state root has a parent").join("ns");
+                Some(
+                    tokio::task::spawn_blocking(move || crate::crun_ns::prepare_blocking(&dir))
+                        .await
+                        .map_err(|e| SandboxError::Process {
+                            context: "preparing crun's mount namespace",
+                            source: std::io::Error::other(e),
+                        })??,
+                )
+            }
+            _ => None,
+        };
         let cli = RuntimeCli {
             kind: self.runtime,
             binary,
             root: dirs.root.clone(),
             gvisor_platform,
+            mount_ns,
         };
         let swept = sweep(&cli, &dirs).await?;
         if !swept.is_empty() {

@@ -33,6 +33,7 @@ mod bundle;
 mod capture;
 mod config;
 mod container;
+mod crun_ns;
 mod error;
 mod gvisor;
 mod process;

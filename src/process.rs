@@ -183,22 +183,22 @@ impl Drop for Teardown {
         if self.bundle.is_none() {
             return;
         }
-        let argv = |sub| self.cli.argv(self.flags(None), sub);
-        for args in [
-            argv(Sub::Kill {
+        let program = |sub| self.cli.program(self.flags(None), sub);
+        for (binary, args) in [
+            program(Sub::Kill {
                 id: &self.id,
                 signal: "KILL",
                 all: true,
             }),
-            argv(Sub::Delete {
+            program(Sub::Delete {
                 id: &self.id,
                 force: true,
             }),
         ] {
-            run_blocking_with_deadline(&self.cli.binary, &args, SHORT_CALL_DEADLINE);
+            run_blocking_with_deadline(&binary, &args, SHORT_CALL_DEADLINE);
         }
         crate::state::reap_cgroups_blocking(&self.id);
-        let _ = std::fs::remove_dir_all(self.dirs.root.join(&self.id));
+        crate::state::remove_runtime_state_blocking(&self.dirs.root, &self.id);
         // A detached container's init is our child (we are its subreaper): reap it.
         if let Some(pid) = self.init_pid {
             crate::reaper::reap_blocking(pid, SHORT_CALL_DEADLINE);
@@ -267,11 +267,17 @@ async fn supervise_foreground(
                 ended_by = Some(EndedBy::OutputLimit);
             }
         }
-        // Killing only the runtime CLI would orphan the container: kill the CLI so that it
-        // cannot go on creating it, then destroy whatever it made.
-        let _ = child.start_kill();
-        let _ = child.wait().await;
-        teardown.finish(Leftover::Running).await;
+        // Kill the container; the runtime sees its init die, removes it and exits. If the
+        // container does not exist yet, or the runtime does not exit, kill the runtime CLI
+        // (killing only the CLI would orphan the container) and destroy what it made.
+        let stopped = kill_container(&teardown).await
+            && tokio::time::timeout(STOP_GRACE, child.wait()).await.is_ok();
+        if !stopped {
+            let _ = child.start_kill();
+            let _ = child.wait().await;
+            teardown.finish(Leftover::Running).await;
+            reap_orphans().await;
+        }
     };
 
     let result = match (ended_by, waited) {
@@ -323,6 +329,10 @@ enum Leftover {
 
 /// How long `<runtime> run --detach` may take to create and start a container.
 const START_DEADLINE: Duration = Duration::from_secs(30);
+
+/// How long a foreground runtime may take to exit after its container was killed, before its
+/// CLI is killed too.
+const STOP_GRACE: Duration = Duration::from_secs(5);
 
 /// How long a killed container's init may take to die before its cgroups are emptied by force.
 const KILL_DEADLINE: Duration = Duration::from_secs(5);
@@ -437,7 +447,7 @@ async fn supervise_detached(
             let _ = tokio::time::timeout(KILL_DEADLINE, orphan.wait()).await;
         }
         // An init killed before it could exec left no trace but a zombie of ours.
-        let _ = tokio::task::spawn_blocking(crate::reaper::reap_unstarted_inits).await;
+        reap_orphans().await;
         return;
     };
     let _ = started.send(Ok(()));
@@ -449,6 +459,9 @@ async fn supervise_detached(
         kill_container(&teardown).await;
         kill_deadline = Some(Instant::now() + KILL_DEADLINE);
     }
+    // gVisor's pid file names the sandbox process, which exits with the container's status
+    // passed through as a code (128 + n for signal n); runc and crun's names the init itself.
+    let through_sandbox = teardown.cli.kind == crate::OciRuntime::Gvisor;
     let waited = loop {
         tokio::select! {
             status = waiter.wait() => break status,
@@ -476,6 +489,10 @@ async fn supervise_detached(
     };
     let result = match (ended_by, waited) {
         (Some(e), _) => Ok(status_for(Some(e))),
+        (None, Ok(status)) if through_sandbox => Ok(status
+            .code()
+            .map(ExitStatus::from_runtime_code)
+            .unwrap_or(status)),
         (None, Ok(status)) => Ok(status),
         (None, Err(e)) => Err(SandboxError::Process {
             context: "waiting for the container's init",
@@ -490,7 +507,12 @@ async fn supervise_detached(
         Leftover::Stopped,
         ended_by,
     )
-    .await
+    .await;
+    if through_sandbox {
+        // The gofer and the Sentry's helpers were re-parented to us when `run --detach`
+        // exited; they are gone with the sandbox.
+        reap_orphans().await;
+    }
 }
 
 /// The init of a container whose start was cut short, from the pid file or the runtime's
@@ -533,9 +555,10 @@ async fn open_init(
         })
 }
 
-/// `kill --all KILL`; the init's exit then ends the wait.
-async fn kill_container(teardown: &Teardown) {
-    let _ = teardown
+/// `kill --all KILL`; the init's exit then ends the wait. False when the runtime refused
+/// (the container does not exist yet, or any more).
+async fn kill_container(teardown: &Teardown) -> bool {
+    teardown
         .cli
         .call(
             teardown.flags(None),
@@ -546,7 +569,14 @@ async fn kill_container(teardown: &Teardown) {
             },
             SHORT_CALL_DEADLINE,
         )
-        .await;
+        .await
+        .is_ok()
+}
+
+/// Reaps the runtime's helpers and inits orphaned by killing its CLI (blocking scan, off the
+/// workers).
+async fn reap_orphans() {
+    let _ = tokio::task::spawn_blocking(crate::reaper::reap_unstarted_inits).await;
 }
 
 /// The status of a container the library ended.

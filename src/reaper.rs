@@ -104,10 +104,10 @@ pub(crate) fn reap_unstarted_inits() {
         let nested = field("NSpid:").split_whitespace().count() > 1;
         let name = field("Name:");
         // runc's init stages rename themselves "runc:[0:PARENT]", "runc:[1:CHILD]",
-        // "runc:[2:INIT]": no process tokio spawned has such a name. crun's and runsc's keep
-        // the binary's name, so only those in a nested pid namespace are theirs.
-        let unstarted = name.starts_with("runc:[")
-            || (nested && (name == "crun" || name.starts_with("runsc") || name == "exe"));
+        // "runc:[2:INIT]", and runsc's sandbox, gofer and helpers run as "exe" (it re-executes
+        // /proc/self/exe): no process tokio spawned has such a name. crun's keep the binary's
+        // name, so only those in a nested pid namespace are its.
+        let unstarted = name.starts_with("runc:[") || name == "exe" || (nested && name == "crun");
         if zombie && ours && unstarted {
             // WNOHANG: never wait on anything that is not already dead.
             let _ = nix::sys::wait::waitpid(

@@ -219,7 +219,13 @@ pub(crate) struct RuntimeCli {
     pub binary: PathBuf,
     pub root: PathBuf,
     pub gvisor_platform: Option<GvisorPlatform>,
+    /// A mount namespace to run the runtime in (`nsenter --mount=<file>`): crun on hybrid
+    /// cgroups, in a namespace where the cgroup v2 mount is gone (see `crun_ns`).
+    pub mount_ns: Option<PathBuf>,
 }
+
+/// util-linux's `nsenter`, which enters a mount namespace and executes the runtime.
+const NSENTER: &str = "/usr/bin/nsenter";
 
 /// How long a short runtime call (kill, delete, state, list, version) may take.
 pub(crate) const SHORT_CALL_DEADLINE: Duration = Duration::from_secs(10);
@@ -258,11 +264,28 @@ impl RuntimeCli {
         argv
     }
 
+    /// The program to execute and its arguments for `sub`: the runtime itself, or `nsenter`
+    /// entering the runtime's mount namespace and then executing it (same pid: signals to the
+    /// process reach the runtime).
+    pub fn program(&self, flags: ContainerFlags<'_>, sub: Sub<'_>) -> (PathBuf, Vec<OsString>) {
+        let argv = self.argv(flags, sub);
+        match &self.mount_ns {
+            None => (self.binary.clone(), argv),
+            Some(ns) => {
+                let mut enter = OsString::from("--mount=");
+                enter.push(ns);
+                let mut args = vec![enter, "--".into(), self.binary.clone().into()];
+                args.extend(argv);
+                (PathBuf::from(NSENTER), args)
+            }
+        }
+    }
+
     /// A command for `sub` with all stdio set to null; callers set what they read.
     pub fn command(&self, flags: ContainerFlags<'_>, sub: Sub<'_>) -> Command {
-        let argv = self.argv(flags, sub);
-        tracing::debug!(runtime = %self.kind, binary = ?self.binary, ?argv, "runtime call");
-        let mut cmd = Command::new(&self.binary);
+        let (program, argv) = self.program(flags, sub);
+        tracing::debug!(runtime = %self.kind, ?program, ?argv, "runtime call");
+        let mut cmd = Command::new(program);
         cmd.args(&argv)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -493,7 +516,23 @@ mod tests {
             binary: PathBuf::from(kind.binary_name()),
             root: PathBuf::from("/run/oci-sandbox/r"),
             gvisor_platform: (kind == OciRuntime::Gvisor).then_some(GvisorPlatform::Ptrace),
+            mount_ns: None,
         }
+    }
+
+    #[test]
+    fn a_mount_namespace_runs_the_runtime_through_nsenter() {
+        let mut c = cli(OciRuntime::Crun);
+        c.mount_ns = Some(PathBuf::from("/run/oci-sandbox/crun/ns/mnt"));
+        let (program, args) = c.program(ContainerFlags::default(), Sub::State { id: "c" });
+        assert_eq!(program, Path::new("/usr/bin/nsenter"));
+        assert_eq!(
+            strs(args),
+            [
+                "--mount=/run/oci-sandbox/crun/ns/mnt", "--", "crun", "--root", "/run/oci-sandbox/r",
+                "state", "c"
+            ]
+        );
     }
 
     fn strs(v: Vec<OsString>) -> Vec<String> {

@@ -190,15 +190,30 @@ pub(crate) async fn remove_container(
     if let Err(err) = removed {
         tracing::warn!(runtime = %cli.kind, id, %err, "destroying the container failed");
     }
-    let state = dirs.root.join(id);
+    let root = dirs.root.clone();
     let bundle = dirs.bundle(id);
     let id = id.to_owned();
     let _ = tokio::task::spawn_blocking(move || {
         reap_cgroups_blocking(&id);
-        let _ = std::fs::remove_dir_all(&state);
+        remove_runtime_state_blocking(&root, &id);
         let _ = std::fs::remove_dir_all(&bundle);
     })
     .await;
+}
+
+/// Removes what a runtime keeps of container `id` in its root, once the container is gone:
+/// runc's and crun's `<id>/` directory, runsc's `<id>_sandbox:<id>.state` and `.lock` files
+/// (which an interrupted runsc leaves behind). Blocking.
+pub(crate) fn remove_runtime_state_blocking(root: &Path, id: &str) {
+    let _ = std::fs::remove_dir_all(root.join(id));
+    let prefix = format!("{id}_sandbox:");
+    if let Ok(entries) = std::fs::read_dir(root) {
+        for e in entries.filter_map(Result::ok) {
+            if e.file_name().to_string_lossy().starts_with(&prefix) {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+    }
 }
 
 /// Kills any process left in the container's cgroups and removes them (blocking).
