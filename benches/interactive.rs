@@ -26,7 +26,12 @@ fn runtimes() -> Vec<OciRuntime> {
 }
 
 /// The raw handshake, written out as a user of the runtime CLI would.
-async fn raw_first_byte(binary: &str, root: &std::path::Path, bundle: &std::path::Path, id: &str) -> Duration {
+async fn raw_first_byte(
+    binary: &str,
+    root: &std::path::Path,
+    bundle: &std::path::Path,
+    id: &str,
+) -> Duration {
     let sock = bundle.join(format!("{id}.sock"));
     let listener = tokio::net::UnixListener::bind(&sock).unwrap();
     let started = Instant::now();
@@ -49,7 +54,12 @@ async fn raw_first_byte(binary: &str, root: &std::path::Path, bundle: &std::path
         let mut payload = [0u8; 64];
         let mut iov = [IoSliceMut::new(&mut payload)];
         let mut cmsg = nix::cmsg_space!([RawFd; 1]);
-        match recvmsg::<UnixAddr>(stream.as_raw_fd(), &mut iov, Some(&mut cmsg), MsgFlags::empty()) {
+        match recvmsg::<UnixAddr>(
+            stream.as_raw_fd(),
+            &mut iov,
+            Some(&mut cmsg),
+            MsgFlags::empty(),
+        ) {
             Ok(msg) => {
                 let fd = msg
                     .cmsgs()
@@ -84,7 +94,11 @@ async fn raw_first_byte(binary: &str, root: &std::path::Path, bundle: &std::path
 fn first_byte(_c: &mut Criterion) {
     let quick = std::env::args().any(|a| a == "--test" || a == "--quick");
     let rounds = if quick { 3 } else { 100 };
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
     for kind in runtimes() {
         rt.block_on(async {
             let sandbox = NamespaceContainer::with_runtime(kind).await.unwrap();

@@ -75,7 +75,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     if let Some((cols, rows)) = terminal_size() {
         session.resize(cols, rows)?;
     }
-    eprintln!("[sandbox {} on {}; exit the shell to leave]\r", session.id(), runtime);
+    eprintln!(
+        "[sandbox {} on {}; exit the shell to leave]\r",
+        session.id(),
+        runtime
+    );
 
     let status = {
         let _raw = RawMode::enter()?;

@@ -563,7 +563,11 @@ impl NamespaceContainerBuilder {
         };
         let mount_ns = match self.runtime {
             OciRuntime::Crun if crate::crun_ns::needs_namespace() => {
-                let dir = dirs.root.parent().expect("state root has a parent").join("ns");
+                let dir = dirs
+                    .root
+                    .parent()
+                    .expect("state root has a parent")
+                    .join("ns");
                 Some(
                     tokio::task::spawn_blocking(move || crate::crun_ns::prepare_blocking(&dir))
                         .await

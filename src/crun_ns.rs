@@ -16,9 +16,10 @@ const UNIFIED: &str = "/sys/fs/cgroup/unified";
 
 /// Whether crun would refuse this machine's cgroups.
 pub(crate) fn needs_namespace() -> bool {
-    let unified_controllers = std::fs::read_to_string(Path::new(UNIFIED).join("cgroup.controllers"))
-        .map(|c| !c.trim().is_empty())
-        .unwrap_or(false);
+    let unified_controllers =
+        std::fs::read_to_string(Path::new(UNIFIED).join("cgroup.controllers"))
+            .map(|c| !c.trim().is_empty())
+            .unwrap_or(false);
     let root_is_tmpfs = nix::sys::statfs::statfs("/sys/fs/cgroup")
         .map(|s| s.filesystem_type() == nix::sys::statfs::TMPFS_MAGIC)
         .unwrap_or(false);
@@ -42,7 +43,8 @@ fn is_mount_point(path: &Path) -> bool {
         return false;
     };
     let p = path.to_string_lossy();
-    info.lines().any(|l| l.split(' ').nth(4) == Some(p.as_ref()))
+    info.lines()
+        .any(|l| l.split(' ').nth(4) == Some(p.as_ref()))
 }
 
 /// Makes (or finds) the persistent namespace under `dir` and returns its file. Blocking;
@@ -60,8 +62,14 @@ pub(crate) fn prepare_blocking(dir: &Path) -> Result<PathBuf, SandboxError> {
         mount(Some(dir), dir, None::<&str>, MsFlags::MS_BIND, None::<&str>)
             .map_err(|e| io("bind-mounting the crun namespace dir", dir, e.into()))?;
     }
-    mount(None::<&str>, dir, None::<&str>, MsFlags::MS_PRIVATE, None::<&str>)
-        .map_err(|e| io("making the crun namespace dir private", dir, e.into()))?;
+    mount(
+        None::<&str>,
+        dir,
+        None::<&str>,
+        MsFlags::MS_PRIVATE,
+        None::<&str>,
+    )
+    .map_err(|e| io("making the crun namespace dir private", dir, e.into()))?;
     std::fs::write(&file, b"").map_err(|e| io("creating the crun namespace file", &file, e))?;
     let out = std::process::Command::new("unshare")
         .arg(format!("--mount={}", file.display()))

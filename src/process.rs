@@ -657,9 +657,11 @@ async fn interpret_exit(
 
 fn runtime_failure(teardown: &Teardown, code: i32, message: String) -> SandboxError {
     let lower = message.to_ascii_lowercase();
-    if lower.contains("executable file not found")
-        || lower.contains("no such file or directory") && lower.contains("exec")
-    {
+    // runc/crun: `exec: "x": executable file not found in $PATH` or `exec: ...: no such file
+    // or directory`; runsc: `creating process: failed to load /x: no such file or directory`.
+    let missing = lower.contains("no such file or directory")
+        && (lower.contains("exec") || lower.contains("failed to load"));
+    if lower.contains("executable file not found") || missing {
         SandboxError::CommandNotFound {
             command: teardown.command.clone(),
             message: Some(message),

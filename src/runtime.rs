@@ -529,8 +529,13 @@ mod tests {
         assert_eq!(
             strs(args),
             [
-                "--mount=/run/oci-sandbox/crun/ns/mnt", "--", "crun", "--root", "/run/oci-sandbox/r",
-                "state", "c"
+                "--mount=/run/oci-sandbox/crun/ns/mnt",
+                "--",
+                "crun",
+                "--root",
+                "/run/oci-sandbox/r",
+                "state",
+                "c"
             ]
         );
     }

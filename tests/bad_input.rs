@@ -66,9 +66,8 @@ async fn runtime_binary_removed_after_construction_is_runtime_not_found_at_spawn
     );
 }
 
-#[tokio::test]
-async fn command_not_found_is_reported_before_anything_is_created() {
-    let t = TestSandbox::new(OciRuntime::Runc).await;
+async fn command_not_found_is_reported_before_anything_is_created(kind: OciRuntime) {
+    let t = TestSandbox::new(kind).await;
     let err = t
         .sandbox
         .spawn(&t.config("no-such-command-xyz", &[]))
@@ -81,10 +80,11 @@ async fn command_not_found_is_reported_before_anything_is_created() {
     t.assert_nothing_left(&[], None).await;
 }
 
-#[tokio::test]
-async fn command_missing_on_a_tmpfs_is_reported_by_the_runtime_as_command_not_found() {
+async fn command_missing_on_a_tmpfs_is_reported_by_the_runtime_as_command_not_found(
+    kind: OciRuntime,
+) {
     // The library cannot see into the container's /tmp, so the runtime is the one to fail.
-    let t = TestSandbox::new(OciRuntime::Runc).await;
+    let t = TestSandbox::new(kind).await;
     let started = Instant::now();
     let mut p = t
         .sandbox
@@ -102,9 +102,8 @@ async fn command_missing_on_a_tmpfs_is_reported_by_the_runtime_as_command_not_fo
     t.assert_nothing_left(&[p.id()], None).await;
 }
 
-#[tokio::test]
-async fn relative_bind_source_is_invalid_config() {
-    let t = TestSandbox::new(OciRuntime::Runc).await;
+async fn relative_bind_source_is_invalid_config(kind: OciRuntime) {
+    let t = TestSandbox::new(kind).await;
     let policy = SandboxConfig {
         readonly_binds: vec![Bind::new("relative/dir", "/data")],
         ..Default::default()
@@ -127,9 +126,8 @@ async fn relative_bind_source_is_invalid_config() {
     t.assert_nothing_left(&[], None).await;
 }
 
-#[tokio::test]
-async fn nonexistent_workdir_is_invalid_config() {
-    let t = TestSandbox::new(OciRuntime::Runc).await;
+async fn nonexistent_workdir_is_invalid_config(kind: OciRuntime) {
+    let t = TestSandbox::new(kind).await;
     let policy = SandboxConfig {
         workdir: Some("/nonexistent/workdir".into()),
         ..Default::default()
@@ -151,9 +149,8 @@ async fn nonexistent_workdir_is_invalid_config() {
     t.assert_nothing_left(&[], None).await;
 }
 
-#[tokio::test]
-async fn cwd_that_is_not_a_directory_is_invalid_config() {
-    let t = TestSandbox::new(OciRuntime::Runc).await;
+async fn cwd_that_is_not_a_directory_is_invalid_config(kind: OciRuntime) {
+    let t = TestSandbox::new(kind).await;
     let mut c = t.config("true", &[]);
     c.cwd = "/usr/no-such-dir".into();
     let err = t.sandbox.spawn(&c).await.unwrap_err();
@@ -170,9 +167,8 @@ async fn cwd_that_is_not_a_directory_is_invalid_config() {
     t.assert_nothing_left(&[], None).await;
 }
 
-#[tokio::test]
-async fn env_key_with_equals_or_nul_is_invalid_config() {
-    let t = TestSandbox::new(OciRuntime::Runc).await;
+async fn env_key_with_equals_or_nul_is_invalid_config(kind: OciRuntime) {
+    let t = TestSandbox::new(kind).await;
     for (k, v) in [
         ("A=B", "x"),
         ("A\0B", "x"),
@@ -196,9 +192,8 @@ async fn env_key_with_equals_or_nul_is_invalid_config() {
     t.assert_nothing_left(&[], None).await;
 }
 
-#[tokio::test]
-async fn empty_command_is_invalid_config() {
-    let t = TestSandbox::new(OciRuntime::Runc).await;
+async fn empty_command_is_invalid_config(kind: OciRuntime) {
+    let t = TestSandbox::new(kind).await;
     let err = t.sandbox.spawn(&t.config("", &[])).await.unwrap_err();
     assert!(
         matches!(&err, SandboxError::InvalidConfig { field, .. } if field == "command"),
@@ -207,9 +202,8 @@ async fn empty_command_is_invalid_config() {
     t.assert_nothing_left(&[], None).await;
 }
 
-#[tokio::test]
-async fn invalid_id_is_invalid_config() {
-    let t = TestSandbox::new(OciRuntime::Runc).await;
+async fn invalid_id_is_invalid_config(kind: OciRuntime) {
+    let t = TestSandbox::new(kind).await;
     let mut c = t.config("true", &[]);
     c.id = Some("../escape".into());
     let err = t.sandbox.spawn(&c).await.unwrap_err();
@@ -220,9 +214,8 @@ async fn invalid_id_is_invalid_config() {
     t.assert_nothing_left(&[], None).await;
 }
 
-#[tokio::test]
-async fn duplicate_id_is_refused_and_the_original_keeps_running() {
-    let t = TestSandbox::new(OciRuntime::Runc).await;
+async fn duplicate_id_is_refused_and_the_original_keeps_running(kind: OciRuntime) {
+    let t = TestSandbox::new(kind).await;
     let mut c = t.sh("read line; echo got $line");
     c.id = Some("my-fixed-id".into());
     let mut first = t.sandbox.spawn(&c).await.unwrap();
@@ -263,3 +256,15 @@ fn which(name: &str) -> std::path::PathBuf {
         .find(|p| p.is_file())
         .unwrap_or_else(|| panic!("{name} not on PATH"))
 }
+
+on_every_runtime!(
+    command_missing_on_a_tmpfs_is_reported_by_the_runtime_as_command_not_found,
+    command_not_found_is_reported_before_anything_is_created,
+    relative_bind_source_is_invalid_config,
+    nonexistent_workdir_is_invalid_config,
+    cwd_that_is_not_a_directory_is_invalid_config,
+    env_key_with_equals_or_nul_is_invalid_config,
+    empty_command_is_invalid_config,
+    invalid_id_is_invalid_config,
+    duplicate_id_is_refused_and_the_original_keeps_running,
+);

@@ -19,9 +19,8 @@ async fn collect(stream: impl futures::Stream<Item = std::io::Result<bytes::Byte
     out
 }
 
-#[tokio::test]
-async fn separate_mode_keeps_stdout_and_stderr_apart() {
-    let t = TestSandbox::new(OciRuntime::Runc).await;
+async fn separate_mode_keeps_stdout_and_stderr_apart(kind: OciRuntime) {
+    let t = TestSandbox::new(kind).await;
     let c = t
         .sandbox
         .spawn_captured(&t.sh(INTERLEAVED), OutputMode::Separate)
@@ -38,9 +37,8 @@ async fn separate_mode_keeps_stdout_and_stderr_apart() {
     t.assert_nothing_left(&[&id], None).await;
 }
 
-#[tokio::test]
-async fn combined_mode_keeps_the_interleaving() {
-    let t = TestSandbox::new(OciRuntime::Runc).await;
+async fn combined_mode_keeps_the_interleaving(kind: OciRuntime) {
+    let t = TestSandbox::new(kind).await;
     let c = t
         .sandbox
         .spawn_captured(&t.sh(INTERLEAVED), OutputMode::Combined)
@@ -55,9 +53,8 @@ async fn combined_mode_keeps_the_interleaving() {
     assert!(collect(c.output.stderr_stream()).await.is_empty());
 }
 
-#[tokio::test]
-async fn binary_output_round_trips() {
-    let t = TestSandbox::new(OciRuntime::Runc).await;
+async fn binary_output_round_trips(kind: OciRuntime) {
+    let t = TestSandbox::new(kind).await;
     let script = "python3 -c 'import sys; sys.stdout.buffer.write(bytes(range(256)) * 4)'";
     let c = t
         .sandbox
@@ -70,9 +67,8 @@ async fn binary_output_round_trips() {
     assert!(c.wait().await.unwrap().success());
 }
 
-#[tokio::test]
-async fn a_stream_sees_lines_while_the_process_runs() {
-    let t = TestSandbox::new(OciRuntime::Runc).await;
+async fn a_stream_sees_lines_while_the_process_runs(kind: OciRuntime) {
+    let t = TestSandbox::new(kind).await;
     let c = t
         .sandbox
         .spawn_captured(
@@ -98,9 +94,8 @@ async fn a_stream_sees_lines_while_the_process_runs() {
     assert!(c.wait().await.unwrap().success());
 }
 
-#[tokio::test]
-async fn three_concurrent_streams_and_a_late_one_agree_byte_for_byte() {
-    let t = TestSandbox::new(OciRuntime::Runc).await;
+async fn three_concurrent_streams_and_a_late_one_agree_byte_for_byte(kind: OciRuntime) {
+    let t = TestSandbox::new(kind).await;
     let script =
         "for i in $(seq 1 2000); do echo line $i; [ $((i % 500)) = 0 ] && sleep 0.05; done";
     let c = t
@@ -123,9 +118,8 @@ async fn three_concurrent_streams_and_a_late_one_agree_byte_for_byte() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn fifty_megabytes_stream_in_bounded_chunks() {
-    let t = TestSandbox::new(OciRuntime::Runc).await;
+async fn fifty_megabytes_stream_in_bounded_chunks(kind: OciRuntime) {
+    let t = TestSandbox::new(kind).await;
     let size: u64 = 50 * 1024 * 1024;
     let c = t
         .sandbox
@@ -149,9 +143,8 @@ async fn fifty_megabytes_stream_in_bounded_chunks() {
     assert!(c.wait().await.unwrap().success());
 }
 
-#[tokio::test]
-async fn the_output_limit_stops_a_yes_flood() {
-    let t = TestSandbox::new(OciRuntime::Runc).await;
+async fn the_output_limit_stops_a_yes_flood(kind: OciRuntime) {
+    let t = TestSandbox::new(kind).await;
     let limit = 1024 * 1024;
     let policy = SandboxConfig {
         output_limit: Some(limit),
@@ -185,9 +178,8 @@ async fn the_output_limit_stops_a_yes_flood() {
     t.assert_nothing_left(&[&id], Some("osb-flood-8181")).await;
 }
 
-#[tokio::test]
-async fn dropping_the_capture_keeps_the_files_until_the_streams_end() {
-    let t = TestSandbox::new(OciRuntime::Runc).await;
+async fn dropping_the_capture_keeps_the_files_until_the_streams_end(kind: OciRuntime) {
+    let t = TestSandbox::new(kind).await;
     let c = t
         .sandbox
         .spawn_captured(&t.sh("echo kept; sleep 100.7171"), OutputMode::Separate)
@@ -209,9 +201,8 @@ async fn dropping_the_capture_keeps_the_files_until_the_streams_end() {
     t.assert_nothing_left(&[], Some("100.7171")).await;
 }
 
-#[tokio::test]
-async fn a_runtime_failure_is_an_error_from_spawn_captured_and_leaves_nothing() {
-    let t = TestSandbox::new(OciRuntime::Runc).await;
+async fn a_runtime_failure_is_an_error_from_spawn_captured_and_leaves_nothing(kind: OciRuntime) {
+    let t = TestSandbox::new(kind).await;
     // The library cannot see into /tmp, so runc itself fails to exec this; its message is
     // in the error, and no capture (whose files it would have polluted) is handed out.
     let err = t
@@ -228,9 +219,8 @@ async fn a_runtime_failure_is_an_error_from_spawn_captured_and_leaves_nothing() 
     t.assert_nothing_left(&[], None).await;
 }
 
-#[tokio::test]
-async fn a_cancelled_spawn_captured_leaves_nothing_behind() {
-    let t = TestSandbox::new(OciRuntime::Runc).await;
+async fn a_cancelled_spawn_captured_leaves_nothing_behind(kind: OciRuntime) {
+    let t = TestSandbox::new(kind).await;
     let config = t.config("sleep", &["100.7272"]);
     for budget_us in [0u64, 10, 100, 300, 1000, 3000] {
         let _ = tokio::time::timeout(
@@ -243,22 +233,28 @@ async fn a_cancelled_spawn_captured_leaves_nothing_behind() {
     t.assert_nothing_left(&[], Some("100.7272")).await;
 }
 
-#[tokio::test]
-async fn exit_codes_and_signals_are_exact_for_detached_containers() {
-    let t = TestSandbox::new(OciRuntime::Runc).await;
+async fn exit_codes_and_signals_are_exact_for_detached_containers(kind: OciRuntime) {
+    let t = TestSandbox::new(kind).await;
     let c = t
         .sandbox
         .spawn_captured(&t.sh("exit 7"), OutputMode::Separate)
         .await
         .unwrap();
     assert_eq!(c.wait().await.unwrap().code(), Some(7));
-    // Waiting on the init itself: exit(137) is an exit code, not a signal.
     let c = t
         .sandbox
         .spawn_captured(&t.sh("exit 137"), OutputMode::Separate)
         .await
         .unwrap();
-    assert_eq!(c.wait().await.unwrap().code(), Some(137));
+    let status = c.wait().await.unwrap();
+    if kind == OciRuntime::Gvisor {
+        // Differs on gVisor: the status comes from the sandbox process, which passes the
+        // container's on as an exit code (128 + n for signal n), so exit(137) reads as SIGKILL.
+        assert_eq!(status.signal(), Some(9), "{status}");
+    } else {
+        // runc and crun: waiting on the init itself, exit(137) is an exit code, not a signal.
+        assert_eq!(status.code(), Some(137), "{status}");
+    }
     let c = t
         .sandbox
         .spawn_captured(&t.sh("kill -SEGV $$; sleep 1"), OutputMode::Separate)
@@ -272,9 +268,8 @@ async fn exit_codes_and_signals_are_exact_for_detached_containers() {
     );
 }
 
-#[tokio::test]
-async fn timeout_and_kill_end_a_captured_process() {
-    let t = TestSandbox::new(OciRuntime::Runc).await;
+async fn timeout_and_kill_end_a_captured_process(kind: OciRuntime) {
+    let t = TestSandbox::new(kind).await;
     let policy = SandboxConfig {
         timeout: Some(Duration::from_millis(400)),
         ..Default::default()
@@ -303,3 +298,18 @@ async fn timeout_and_kill_end_a_captured_process() {
     drop(c);
     t.assert_nothing_left(&[&id], Some("100.9191")).await;
 }
+
+on_every_runtime!(
+    separate_mode_keeps_stdout_and_stderr_apart,
+    combined_mode_keeps_the_interleaving,
+    binary_output_round_trips,
+    a_stream_sees_lines_while_the_process_runs,
+    three_concurrent_streams_and_a_late_one_agree_byte_for_byte,
+    fifty_megabytes_stream_in_bounded_chunks,
+    the_output_limit_stops_a_yes_flood,
+    dropping_the_capture_keeps_the_files_until_the_streams_end,
+    a_runtime_failure_is_an_error_from_spawn_captured_and_leaves_nothing,
+    a_cancelled_spawn_captured_leaves_nothing_behind,
+    exit_codes_and_signals_are_exact_for_detached_containers,
+    timeout_and_kill_end_a_captured_process,
+);

@@ -7,9 +7,8 @@ use std::time::Duration;
 use common::TestSandbox;
 use oci_sandbox::OciRuntime;
 
-#[tokio::test]
-async fn dropping_a_running_handle_leaves_nothing_behind() {
-    let t = TestSandbox::new(OciRuntime::Runc).await;
+async fn dropping_a_running_handle_leaves_nothing_behind(kind: OciRuntime) {
+    let t = TestSandbox::new(kind).await;
     let marker = "100.5151";
     let p = t
         .sandbox
@@ -33,9 +32,8 @@ async fn dropping_a_running_handle_leaves_nothing_behind() {
     t.assert_nothing_left(&[&id], Some(marker)).await;
 }
 
-#[tokio::test]
-async fn dropping_a_handle_right_after_spawn_leaves_nothing_behind() {
-    let t = TestSandbox::new(OciRuntime::Runc).await;
+async fn dropping_a_handle_right_after_spawn_leaves_nothing_behind(kind: OciRuntime) {
+    let t = TestSandbox::new(kind).await;
     let marker = "100.5252";
     let mut ids = Vec::new();
     for _ in 0..5 {
@@ -50,9 +48,8 @@ async fn dropping_a_handle_right_after_spawn_leaves_nothing_behind() {
     t.assert_nothing_left(&ids, Some(marker)).await;
 }
 
-#[tokio::test]
-async fn a_cancelled_spawn_future_leaves_nothing_behind() {
-    let t = TestSandbox::new(OciRuntime::Runc).await;
+async fn a_cancelled_spawn_future_leaves_nothing_behind(kind: OciRuntime) {
+    let t = TestSandbox::new(kind).await;
     let marker = "100.5353";
     let config = t.config("sleep", &[marker]);
     // Cancel at many points: before the first poll, during bundle writing, and after.
@@ -65,9 +62,8 @@ async fn a_cancelled_spawn_future_leaves_nothing_behind() {
     t.assert_nothing_left(&[], Some(marker)).await;
 }
 
-#[tokio::test]
-async fn a_timeout_around_wait_then_drop_leaves_nothing_behind() {
-    let t = TestSandbox::new(OciRuntime::Runc).await;
+async fn a_timeout_around_wait_then_drop_leaves_nothing_behind(kind: OciRuntime) {
+    let t = TestSandbox::new(kind).await;
     let marker = "100.5454";
     let mut p = t
         .sandbox
@@ -86,9 +82,8 @@ async fn a_timeout_around_wait_then_drop_leaves_nothing_behind() {
     t.assert_nothing_left(&[&id], Some(marker)).await;
 }
 
-#[tokio::test]
-async fn a_panic_in_the_task_holding_the_handle_leaves_nothing_behind() {
-    let t = TestSandbox::new(OciRuntime::Runc).await;
+async fn a_panic_in_the_task_holding_the_handle_leaves_nothing_behind(kind: OciRuntime) {
+    let t = TestSandbox::new(kind).await;
     let marker = "100.5555";
     let sandbox = t.sandbox.clone();
     let config = t.config("sleep", &[marker]);
@@ -104,9 +99,8 @@ async fn a_panic_in_the_task_holding_the_handle_leaves_nothing_behind() {
     t.assert_nothing_left(&[&id], Some(marker)).await;
 }
 
-#[tokio::test]
-async fn an_aborted_task_leaves_nothing_behind() {
-    let t = TestSandbox::new(OciRuntime::Runc).await;
+async fn an_aborted_task_leaves_nothing_behind(kind: OciRuntime) {
+    let t = TestSandbox::new(kind).await;
     let marker = "100.5656";
     let sandbox = t.sandbox.clone();
     let config = t.config("sleep", &[marker]);
@@ -120,9 +114,8 @@ async fn an_aborted_task_leaves_nothing_behind() {
     t.assert_nothing_left(&[], Some(marker)).await;
 }
 
-#[tokio::test]
-async fn kill_racing_a_normal_exit_gives_one_status_and_leaves_nothing() {
-    let t = TestSandbox::new(OciRuntime::Runc).await;
+async fn kill_racing_a_normal_exit_gives_one_status_and_leaves_nothing(kind: OciRuntime) {
+    let t = TestSandbox::new(kind).await;
     for _ in 0..5 {
         let mut p = t.sandbox.spawn(&t.config("true", &[])).await.unwrap();
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -132,3 +125,13 @@ async fn kill_racing_a_normal_exit_gives_one_status_and_leaves_nothing() {
     }
     t.assert_nothing_left(&[], None).await;
 }
+
+on_every_runtime!(
+    dropping_a_running_handle_leaves_nothing_behind,
+    dropping_a_handle_right_after_spawn_leaves_nothing_behind,
+    a_cancelled_spawn_future_leaves_nothing_behind,
+    a_timeout_around_wait_then_drop_leaves_nothing_behind,
+    a_panic_in_the_task_holding_the_handle_leaves_nothing_behind,
+    an_aborted_task_leaves_nothing_behind,
+    kill_racing_a_normal_exit_gives_one_status_and_leaves_nothing,
+);

@@ -35,9 +35,8 @@ async fn read_until(pty: &mut PtySession, needle: &str) -> String {
     }
 }
 
-#[tokio::test]
-async fn a_shell_computes_and_exits_with_its_code() {
-    let t = TestSandbox::new(OciRuntime::Runc).await;
+async fn a_shell_computes_and_exits_with_its_code(kind: OciRuntime) {
+    let t = TestSandbox::new(kind).await;
     let mut pty = t
         .sandbox
         .spawn_interactive(&t.config("sh", &[]))
@@ -55,9 +54,8 @@ async fn a_shell_computes_and_exits_with_its_code() {
     t.assert_nothing_left(&[&id], None).await;
 }
 
-#[tokio::test]
-async fn stty_size_reports_the_size_given_to_resize() {
-    let t = TestSandbox::new(OciRuntime::Runc).await;
+async fn stty_size_reports_the_size_given_to_resize(kind: OciRuntime) {
+    let t = TestSandbox::new(kind).await;
     let mut pty = t
         .sandbox
         .spawn_interactive(&t.config("sh", &[]))
@@ -70,9 +68,8 @@ async fn stty_size_reports_the_size_given_to_resize() {
     read_until(&mut pty, "43 132").await;
 }
 
-#[tokio::test]
-async fn ctrl_c_interrupts_a_sleep_in_the_shell() {
-    let t = TestSandbox::new(OciRuntime::Runc).await;
+async fn ctrl_c_interrupts_a_sleep_in_the_shell(kind: OciRuntime) {
+    let t = TestSandbox::new(kind).await;
     let mut pty = t
         .sandbox
         .spawn_interactive(&t.config("sh", &[]))
@@ -88,9 +85,8 @@ async fn ctrl_c_interrupts_a_sleep_in_the_shell() {
     assert!(started.elapsed() < Duration::from_secs(5));
 }
 
-#[tokio::test]
-async fn split_halves_work_from_two_tasks() {
-    let t = TestSandbox::new(OciRuntime::Runc).await;
+async fn split_halves_work_from_two_tasks(kind: OciRuntime) {
+    let t = TestSandbox::new(kind).await;
     let pty = t
         .sandbox
         .spawn_interactive(&t.config("cat", &[]))
@@ -115,9 +111,8 @@ async fn split_halves_work_from_two_tasks() {
     assert!(pty.wait().await.unwrap().success());
 }
 
-#[tokio::test]
-async fn a_missing_command_is_a_typed_error_without_a_hang() {
-    let t = TestSandbox::new(OciRuntime::Runc).await;
+async fn a_missing_command_is_a_typed_error_without_a_hang(kind: OciRuntime) {
+    let t = TestSandbox::new(kind).await;
     let started = Instant::now();
     let err = t
         .sandbox
@@ -143,9 +138,8 @@ async fn a_missing_command_is_a_typed_error_without_a_hang() {
     t.assert_nothing_left(&[], None).await;
 }
 
-#[tokio::test]
-async fn a_broken_config_is_a_typed_error_without_a_hang() {
-    let t = TestSandbox::new(OciRuntime::Runc).await;
+async fn a_broken_config_is_a_typed_error_without_a_hang(kind: OciRuntime) {
+    let t = TestSandbox::new(kind).await;
     let started = Instant::now();
     let mut c = t.config("sh", &[]);
     c.env.push(("BAD=KEY".into(), "x".into()));
@@ -172,9 +166,8 @@ async fn a_broken_config_is_a_typed_error_without_a_hang() {
     t.assert_nothing_left(&[], None).await;
 }
 
-#[tokio::test]
-async fn a_session_dropped_mid_command_leaves_nothing_behind() {
-    let t = TestSandbox::new(OciRuntime::Runc).await;
+async fn a_session_dropped_mid_command_leaves_nothing_behind(kind: OciRuntime) {
+    let t = TestSandbox::new(kind).await;
     let mut pty = t
         .sandbox
         .spawn_interactive(&t.config("sh", &[]))
@@ -187,9 +180,8 @@ async fn a_session_dropped_mid_command_leaves_nothing_behind() {
     t.assert_nothing_left(&[&id], Some("100.8383")).await;
 }
 
-#[tokio::test]
-async fn a_cancelled_spawn_interactive_leaves_nothing_behind() {
-    let t = TestSandbox::new(OciRuntime::Runc).await;
+async fn a_cancelled_spawn_interactive_leaves_nothing_behind(kind: OciRuntime) {
+    let t = TestSandbox::new(kind).await;
     let c = t.config("sleep", &["100.8484"]);
     for budget_ms in [0u64, 1, 5, 10, 20, 40] {
         let _ = tokio::time::timeout(
@@ -201,9 +193,8 @@ async fn a_cancelled_spawn_interactive_leaves_nothing_behind() {
     t.assert_nothing_left(&[], Some("100.8484")).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn ten_concurrent_sessions() {
-    let t = TestSandbox::new(OciRuntime::Runc).await;
+async fn ten_concurrent_sessions(kind: OciRuntime) {
+    let t = TestSandbox::new(kind).await;
     let runs = (0..10).map(|i| {
         let sandbox = t.sandbox.clone();
         let config = t.config("sh", &[]);
@@ -222,3 +213,15 @@ async fn ten_concurrent_sessions() {
     }
     t.assert_nothing_left(&[], None).await;
 }
+
+on_every_runtime!(
+    a_shell_computes_and_exits_with_its_code,
+    stty_size_reports_the_size_given_to_resize,
+    ctrl_c_interrupts_a_sleep_in_the_shell,
+    split_halves_work_from_two_tasks,
+    a_missing_command_is_a_typed_error_without_a_hang,
+    a_broken_config_is_a_typed_error_without_a_hang,
+    a_session_dropped_mid_command_leaves_nothing_behind,
+    a_cancelled_spawn_interactive_leaves_nothing_behind,
+    ten_concurrent_sessions,
+);

@@ -23,16 +23,14 @@ async fn run(t: &TestSandbox, policy: &SandboxConfig, script: &str) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
-#[tokio::test]
-async fn default_policy_hides_host_secrets_and_homes() {
-    let t = TestSandbox::new(OciRuntime::Runc).await;
+async fn default_policy_hides_host_secrets_and_homes(kind: OciRuntime) {
+    let t = TestSandbox::new(kind).await;
     let script = "for p in /etc/shadow /root /home /etc/ssh; do [ -e $p ] && echo present:$p; done; echo done";
     assert_eq!(run(&t, &SandboxConfig::default(), script).await, "done\n");
 }
 
-#[tokio::test]
-async fn hostname_uid_and_gid_are_applied() {
-    let t = TestSandbox::new(OciRuntime::Runc).await;
+async fn hostname_uid_and_gid_are_applied(kind: OciRuntime) {
+    let t = TestSandbox::new(kind).await;
     let policy = SandboxConfig {
         hostname: "box-7".into(),
         uid: 1000,
@@ -45,9 +43,8 @@ async fn hostname_uid_and_gid_are_applied() {
     );
 }
 
-#[tokio::test]
-async fn network_none_has_only_loopback_and_host_sees_the_host() {
-    let t = TestSandbox::new(OciRuntime::Runc).await;
+async fn network_none_has_only_loopback_and_host_sees_the_host(kind: OciRuntime) {
+    let t = TestSandbox::new(kind).await;
     let ifaces = "tail -n +3 /proc/net/dev | cut -d: -f1 | tr -d ' ' | sort | tr '\\n' ' '";
     assert_eq!(run(&t, &SandboxConfig::default(), ifaces).await, "lo ");
     let host = run(
@@ -67,9 +64,8 @@ async fn network_none_has_only_loopback_and_host_sees_the_host() {
     assert_eq!(host.split_whitespace().count(), host_ifaces, "{host}");
 }
 
-#[tokio::test]
-async fn readonly_and_writable_binds() {
-    let t = TestSandbox::new(OciRuntime::Runc).await;
+async fn readonly_and_writable_binds(kind: OciRuntime) {
+    let t = TestSandbox::new(kind).await;
     let ro = tempfile::tempdir().unwrap();
     let rw = tempfile::tempdir().unwrap();
     std::fs::write(ro.path().join("in.txt"), "input").unwrap();
@@ -90,9 +86,8 @@ async fn readonly_and_writable_binds() {
     assert!(!ro.path().join("x").exists());
 }
 
-#[tokio::test]
-async fn spec_hook_edits_the_spec_before_it_is_written() {
-    let t = TestSandbox::new(OciRuntime::Runc).await;
+async fn spec_hook_edits_the_spec_before_it_is_written(kind: OciRuntime) {
+    let t = TestSandbox::new(kind).await;
     let mut c = t.sh("hostname");
     c.spec_hook = Some(SpecHook::new(|s: &mut Spec| {
         s.set_hostname(Some("from-hook".into()));
@@ -108,17 +103,29 @@ async fn spec_hook_edits_the_spec_before_it_is_written() {
     assert_eq!(out.stdout, b"from-hook\n");
 }
 
-#[tokio::test]
-async fn capabilities_are_dropped_and_no_new_privileges_is_set() {
-    let t = TestSandbox::new(OciRuntime::Runc).await;
+async fn capabilities_are_dropped_and_no_new_privileges_is_set(kind: OciRuntime) {
+    let t = TestSandbox::new(kind).await;
     let out = run(
         &t,
         &SandboxConfig::default(),
         "grep -E '^(CapEff|CapBnd|NoNewPrivs)' /proc/self/status | tr -s '\\t' ' '",
     )
     .await;
-    assert_eq!(
-        out,
+    // Differs on gVisor: its /proc/self/status has no NoNewPrivs line (the flag is still set
+    // on the sandbox; runsc applies it to the Sentry).
+    let want = if kind == OciRuntime::Gvisor {
+        "CapEff: 0000000000000000\nCapBnd: 0000000000000000\n"
+    } else {
         "CapEff: 0000000000000000\nCapBnd: 0000000000000000\nNoNewPrivs: 1\n"
-    );
+    };
+    assert_eq!(out, want);
 }
+
+on_every_runtime!(
+    default_policy_hides_host_secrets_and_homes,
+    hostname_uid_and_gid_are_applied,
+    network_none_has_only_loopback_and_host_sees_the_host,
+    readonly_and_writable_binds,
+    spec_hook_edits_the_spec_before_it_is_written,
+    capabilities_are_dropped_and_no_new_privileges_is_set,
+);

@@ -185,3 +185,35 @@ pub fn cgroup_exists(id: &str) -> bool {
 pub fn path_exists(p: &Path) -> bool {
     p.symlink_metadata().is_ok()
 }
+
+/// Instantiates behaviour tests, written once as `async fn name(kind: OciRuntime)`, for every
+/// runtime: `runc::name`, `crun::name` and `runsc::name`.
+#[macro_export]
+macro_rules! on_every_runtime {
+    ($($name:ident),* $(,)?) => {
+        mod runc {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(oci_sandbox::OciRuntime::Runc).await
+                }
+            )*
+        }
+        mod crun {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(oci_sandbox::OciRuntime::Crun).await
+                }
+            )*
+        }
+        mod runsc {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(oci_sandbox::OciRuntime::Gvisor).await
+                }
+            )*
+        }
+    };
+}
