@@ -12,7 +12,7 @@ use crate::bundle::Bundle;
 use crate::capture::{CaptureFiles, CaptureWatch, OutputMode, ProcessCapture};
 use crate::config::{ContainerConfig, SandboxConfig, Stdio};
 use crate::error::SandboxError;
-use crate::gvisor::GvisorPlatform;
+use crate::gvisor::{GvisorPlatform, PlatformChoice};
 use crate::process::{ContainerProcess, Supervised, Teardown};
 use crate::pty::{ConsoleSocket, PtySession, receive_pty};
 use crate::runtime::{ContainerFlags, OciRuntime, RuntimeCli, Sub, locate};
@@ -42,6 +42,7 @@ pub struct NamespaceContainer {
 struct Inner {
     cli: RuntimeCli,
     dirs: StateDirs,
+    platform_choice: Option<PlatformChoice>,
     tracker: TaskTracker,
     /// Where `spawn_captured` makes its temp dirs.
     capture_dir: PathBuf,
@@ -54,6 +55,24 @@ const HANDSHAKE_DEADLINE: std::time::Duration = std::time::Duration::from_secs(3
 const PID_FILE: &str = "pid";
 
 impl NamespaceContainer {
+    /// gVisor's runsc from `$PATH`, with the default state root, on the platform chosen by the
+    /// probe: systrap, else ptrace (KVM only when asked for with
+    /// [`NamespaceContainerBuilder::gvisor_platform`]). The probe runs once per process:
+    /// concurrent first callers share it, later ones reuse its result.
+    ///
+    /// # Errors
+    ///
+    /// [`SandboxError::NoGvisorPlatform`] listing each platform's failure when none works.
+    pub async fn with_gvisor() -> Result<Self, SandboxError> {
+        Self::builder().runtime(OciRuntime::Gvisor).build().await
+    }
+
+    /// The gVisor platform in use and why the others were rejected (`None` for other
+    /// runtimes).
+    pub fn gvisor_platform(&self) -> Option<&PlatformChoice> {
+        self.inner.platform_choice.as_ref()
+    }
+
     /// runc from `$PATH`, with the default state root.
     ///
     /// # Errors
@@ -460,6 +479,99 @@ fn flatten_start(
     report.unwrap_or_else(|_| Err(supervisor_gone()))
 }
 
+/// The platform for a gVisor runtime: the explicit one (checked unless told not to), or the
+/// process-wide probe's choice.
+async fn choose_gvisor_platform(
+    binary: &std::path::Path,
+    base: &std::path::Path,
+    explicit: Option<GvisorPlatform>,
+    check: bool,
+) -> Result<PlatformChoice, SandboxError> {
+    let started = std::time::Instant::now();
+    let run = |platform| check_platform(binary.to_owned(), base.to_owned(), platform);
+    match explicit {
+        Some(platform) => {
+            if check {
+                run(platform)
+                    .await
+                    .map_err(|why| SandboxError::NoGvisorPlatform {
+                        failures: vec![(platform, why)],
+                    })?;
+            }
+            Ok(PlatformChoice {
+                platform,
+                rejected: Vec::new(),
+                probed: false,
+                took: started.elapsed(),
+            })
+        }
+        None => crate::gvisor::probe_once(run).await.cloned(),
+    }
+}
+
+/// Whether runsc runs `/bin/true` on `platform`, within a deadline, leaving nothing behind.
+/// First the cheap question (`list` with the platform flag, which rejects an unknown platform
+/// without starting anything), then a real container.
+///
+/// Boxed: `build` calls this, which calls `build` (without a check this time).
+fn check_platform(
+    binary: std::path::PathBuf,
+    base: std::path::PathBuf,
+    platform: GvisorPlatform,
+) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send>> {
+    Box::pin(check_platform_inner(binary, base, platform))
+}
+
+async fn check_platform_inner(
+    binary: std::path::PathBuf,
+    base: std::path::PathBuf,
+    platform: GvisorPlatform,
+) -> Result<(), String> {
+    let probe_dir = base.join(format!("probe-{}-{platform}", std::process::id()));
+    let cli = RuntimeCli {
+        kind: OciRuntime::Gvisor,
+        binary: binary.clone(),
+        root: probe_dir.join("runsc/state"),
+        gvisor_platform: Some(platform),
+        mount_ns: None,
+    };
+    let _ = tokio::fs::create_dir_all(&cli.root).await;
+    let result = async {
+        cli.list().await.map_err(|e| e.to_string())?;
+        let sandbox = NamespaceContainer::builder()
+            .runtime(OciRuntime::Gvisor)
+            .binary(&binary)
+            .state_dir(&probe_dir)
+            .gvisor_platform(platform)
+            .skip_platform_check()
+            .build()
+            .await
+            .map_err(|e| e.to_string())?;
+        let policy = SandboxConfig {
+            timeout: Some(crate::gvisor::PLATFORM_DEADLINE),
+            ..SandboxConfig::default()
+        };
+        let mut config = NamespaceContainer::build_config(&policy, "/bin/true", vec![]);
+        config.stdin = Stdio::Null;
+        config.stdout = Stdio::Null;
+        config.stderr = Stdio::Null;
+        let status = async { sandbox.spawn(&config).await?.wait().await }.await;
+        sandbox.close().await;
+        match status {
+            Ok(s) if s.success() => Ok(()),
+            Ok(s) if s.timed_out() => Err(format!(
+                "did not run /bin/true within {:?}",
+                crate::gvisor::PLATFORM_DEADLINE
+            )),
+            Ok(s) => Err(format!("/bin/true ended with {s}")),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+    .await;
+    let _ = tokio::fs::remove_dir_all(&probe_dir).await;
+    result
+}
+
 fn supervisor_gone() -> SandboxError {
     SandboxError::Process {
         context: "starting the container",
@@ -484,6 +596,7 @@ pub struct NamespaceContainerBuilder {
     state_base: Option<PathBuf>,
     capture_dir: Option<PathBuf>,
     gvisor_platform: Option<GvisorPlatform>,
+    check_platform: bool,
 }
 
 impl Default for NamespaceContainerBuilder {
@@ -494,6 +607,7 @@ impl Default for NamespaceContainerBuilder {
             state_base: None,
             capture_dir: None,
             gvisor_platform: None,
+            check_platform: true,
         }
     }
 }
@@ -525,9 +639,19 @@ impl NamespaceContainerBuilder {
         self
     }
 
-    /// gVisor's platform (skips the probe).
+    /// gVisor's platform, instead of the probe's choice. `build()` still checks, within a
+    /// deadline, that it runs a container (so that a platform that hangs here, like KVM
+    /// without working virtualisation, is an error at construction rather than at every
+    /// spawn), unless [`skip_platform_check`](Self::skip_platform_check).
     pub fn gvisor_platform(mut self, platform: GvisorPlatform) -> Self {
         self.gvisor_platform = Some(platform);
+        self
+    }
+
+    /// Trusts an explicit [`gvisor_platform`](Self::gvisor_platform) without running a
+    /// container on it first.
+    pub fn skip_platform_check(mut self) -> Self {
+        self.check_platform = false;
         self
     }
 
@@ -557,10 +681,14 @@ impl NamespaceContainerBuilder {
                 context: "preparing the state root",
                 source: std::io::Error::other(e),
             })??;
-        let gvisor_platform = match self.runtime {
-            OciRuntime::Gvisor => Some(self.gvisor_platform.unwrap_or(GvisorPlatform::Ptrace)),
+        let platform_choice = match self.runtime {
+            OciRuntime::Gvisor => Some(
+                choose_gvisor_platform(&binary, &base, self.gvisor_platform, self.check_platform)
+                    .await?,
+            ),
             _ => None,
         };
+        let gvisor_platform = platform_choice.as_ref().map(|c| c.platform);
         let mount_ns = match self.runtime {
             OciRuntime::Crun if crate::crun_ns::needs_namespace() => {
                 let dir = dirs
@@ -594,6 +722,7 @@ impl NamespaceContainerBuilder {
             inner: Arc::new(Inner {
                 cli,
                 dirs,
+                platform_choice,
                 tracker: TaskTracker::new(),
                 capture_dir: self.capture_dir.unwrap_or_else(std::env::temp_dir),
             }),

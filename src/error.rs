@@ -131,6 +131,13 @@ pub enum SandboxError {
         source: io::Error,
     },
 
+    /// No gVisor platform could run a container here; each one's failure is listed.
+    #[error("no gVisor platform works here: {}", failures.iter().map(|(p, why)| format!("{p}: {why}")).collect::<Vec<_>>().join("; "))]
+    NoGvisorPlatform {
+        /// Each platform tried, with why it failed.
+        failures: Vec<(crate::GvisorPlatform, String)>,
+    },
+
     /// The OCI spec could not be built or serialised.
     #[error("building the OCI spec: {0}")]
     Spec(#[from] oci_spec::OciSpecError),
@@ -197,6 +204,9 @@ impl SandboxError {
             SandboxError::Process { context, source } => SandboxError::Process {
                 context,
                 source: io_copy(source),
+            },
+            SandboxError::NoGvisorPlatform { failures } => SandboxError::NoGvisorPlatform {
+                failures: failures.clone(),
             },
             SandboxError::Spec(e) => {
                 SandboxError::Spec(oci_spec::OciSpecError::Other(e.to_string()))

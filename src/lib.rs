@@ -50,7 +50,7 @@ pub use config::{
 };
 pub use container::{NamespaceContainer, NamespaceContainerBuilder};
 pub use error::{RuntimeOp, SandboxError};
-pub use gvisor::GvisorPlatform;
+pub use gvisor::{GvisorPlatform, PlatformChoice};
 pub use nix::sys::signal::Signal;
 pub use oci_spec::runtime::Spec;
 pub use process::{ContainerProcess, ExitStatus, Output};

@@ -73,6 +73,7 @@ mod flag {
     pub const NETWORK_NONE: &str = "--network=none";
     pub const NETWORK_HOST: &str = "--network=host";
     pub const PLATFORM: &str = "--platform";
+    pub const ROOTLESS: &str = "--rootless";
 }
 
 /// One runtime subcommand and its own options.
@@ -258,6 +259,10 @@ impl RuntimeCli {
             );
             if let Some(p) = self.gvisor_platform {
                 argv.extend([flag::PLATFORM.into(), p.as_flag().into()]);
+            }
+            // As root, `--rootless` hangs (with host networking); without root it is required.
+            if !nix::unistd::geteuid().is_root() {
+                argv.push(flag::ROOTLESS.into());
             }
         }
         sub.push_args(&mut argv);
