@@ -9,9 +9,11 @@ use futures::StreamExt;
 use oci_sandbox::{NamespaceContainer, OutputMode, SandboxConfig};
 use tokio::io::AsyncReadExt;
 
-fn quick() -> bool {
-    std::env::args().any(|a| a == "--test" || a == "--quick")
-}
+use raw_cli::quick;
+
+#[path = "support/raw_cli.rs"]
+#[allow(dead_code)]
+mod raw_cli;
 
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()

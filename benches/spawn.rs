@@ -11,26 +11,17 @@ use std::process::Stdio;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use oci_sandbox::{NamespaceContainer, OciRuntime, SandboxConfig, Stdio as SbStdio};
+use raw_cli::runtimes;
 
-fn runtimes() -> Vec<OciRuntime> {
-    let wanted = std::env::var("OSB_BENCH_RUNTIMES").unwrap_or_else(|_| "runc".into());
-    wanted
-        .split(',')
-        .filter_map(|r| match r.trim() {
-            "runc" => Some(OciRuntime::Runc),
-            "crun" => Some(OciRuntime::Crun),
-            "runsc" | "gvisor" => Some(OciRuntime::Gvisor),
-            _ => None,
-        })
-        .collect()
-}
+#[path = "support/raw_cli.rs"]
+mod raw_cli;
+use oci_sandbox::{NamespaceContainer, OciRuntime, SandboxConfig, Stdio as SbStdio};
 
 /// A bundle holding the library's own spec for `/bin/true`, for the raw CLI baseline.
 struct RawBundle {
     dir: tempfile::TempDir,
     root: PathBuf,
-    binary: &'static str,
+    kind: OciRuntime,
 }
 
 impl RawBundle {
@@ -50,14 +41,12 @@ impl RawBundle {
         RawBundle {
             dir,
             root,
-            binary: sandbox.runtime().binary_name(),
+            kind: sandbox.runtime(),
         }
     }
 
     async fn run_once(&self, id: &str) {
-        let status = tokio::process::Command::new(self.binary)
-            .arg("--root")
-            .arg(&self.root)
+        let status = raw_cli::command(self.kind, &self.root)
             .args(["run", "--bundle"])
             .arg(self.dir.path())
             .arg(id)
@@ -126,7 +115,7 @@ fn spawn_true(c: &mut Criterion) {
 /// Raw CLI and library alternated run by run, so that drift on a shared machine hits both
 /// alike; prints the medians and their ratio (the figure criterion's sequential groups blur).
 fn paired_ratio(_c: &mut Criterion) {
-    let quick = std::env::args().any(|a| a == "--test" || a == "--quick");
+    let quick = raw_cli::quick();
     let rounds = if quick { 5 } else { 200 };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -143,13 +132,26 @@ fn paired_ratio(_c: &mut Criterion) {
             let raw = RawBundle::new(&sandbox, &config);
             let (mut raw_ms, mut lib_ms) = (Vec::new(), Vec::new());
             for i in 0..rounds {
-                let t = std::time::Instant::now();
-                raw.run_once(&format!("paired-{}-{i}", std::process::id())).await;
-                raw_ms.push(t.elapsed().as_secs_f64() * 1e3);
-                let t = std::time::Instant::now();
-                let status = sandbox.spawn(&config).await.unwrap().wait().await.unwrap();
-                assert!(status.success());
-                lib_ms.push(t.elapsed().as_secs_f64() * 1e3);
+                // Alternate which goes first, so that neither always follows the other.
+                let raw_first = i % 2 == 0;
+                let raw_run = async {
+                    let t = std::time::Instant::now();
+                    raw.run_once(&format!("paired-{}-{i}", std::process::id())).await;
+                    t.elapsed().as_secs_f64() * 1e3
+                };
+                let lib_run = async {
+                    let t = std::time::Instant::now();
+                    let status = sandbox.spawn(&config).await.unwrap().wait().await.unwrap();
+                    assert!(status.success());
+                    t.elapsed().as_secs_f64() * 1e3
+                };
+                if raw_first {
+                    raw_ms.push(raw_run.await);
+                    lib_ms.push(lib_run.await);
+                } else {
+                    lib_ms.push(lib_run.await);
+                    raw_ms.push(raw_run.await);
+                }
             }
             sandbox.close().await;
             let median = |v: &mut Vec<f64>| {

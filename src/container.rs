@@ -444,7 +444,13 @@ impl NamespaceContainer {
     pub fn render_spec(&self, config: &ContainerConfig) -> Result<crate::Spec, SandboxError> {
         config.validate()?;
         let id = config.id.clone().unwrap_or_else(new_id);
-        crate::spec::build(config, &self.inner.dirs.rootfs, &id, None)
+        crate::spec::build(
+            config,
+            &self.inner.dirs.rootfs,
+            &id,
+            None,
+            self.inner.cli.kind,
+        )
     }
 
     /// Validates `config`, picks its id and writes its bundle, off the async workers.
@@ -456,11 +462,12 @@ impl NamespaceContainer {
         let id = config.id.clone().unwrap_or_else(new_id);
         let config = config.clone();
         let dirs = self.inner.dirs.clone();
+        let runtime = self.inner.cli.kind;
         // If this future is dropped while the closure runs, the closure still finishes and its
         // result (the bundle) is dropped, which removes the directory again.
         tokio::task::spawn_blocking(move || {
             config.validate()?;
-            let spec = crate::spec::build(&config, &dirs.rootfs, &id, terminal)?;
+            let spec = crate::spec::build(&config, &dirs.rootfs, &id, terminal, runtime)?;
             let bundle = Bundle::create_blocking(dirs.bundle(&id), &id, spec)?;
             Ok((id, bundle))
         })

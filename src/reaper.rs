@@ -9,6 +9,7 @@
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::OnceLock;
+use std::time::Duration;
 
 use nix::sys::wait::{Id, WaitPidFlag, WaitStatus, waitid};
 use tokio::io::Interest;
@@ -57,6 +58,7 @@ impl PidWaiter {
     ///
     /// Cancel safe: the process is reaped only in the call that returns its status.
     pub async fn wait(&self) -> io::Result<ExitStatus> {
+        let mut not_ours_yet = Duration::ZERO;
         loop {
             let mut guard = self.fd.readable().await?;
             let res = waitid(
@@ -67,11 +69,26 @@ impl PidWaiter {
                 Ok(WaitStatus::Exited(_, code)) => return Ok(ExitStatus::exited(code)),
                 Ok(WaitStatus::Signaled(_, sig, _)) => return Ok(ExitStatus::signaled(sig as i32)),
                 Ok(_) => guard.clear_ready(),
+                // The init has exited but is not our child yet: the runtime's intermediate
+                // process that forked it (crun double-forks) is still exiting, and the init
+                // comes to us, its subreaper, once that one is gone. A matter of milliseconds;
+                // back off rather than spin.
+                Err(nix::errno::Errno::ECHILD) if not_ours_yet < REPARENT_PATIENCE => {
+                    drop(guard);
+                    let pause = not_ours_yet
+                        .max(Duration::from_millis(1))
+                        .min(Duration::from_millis(64));
+                    tokio::time::sleep(pause).await;
+                    not_ours_yet += pause;
+                }
                 Err(e) => return Err(e.into()),
             }
         }
     }
 }
+
+/// How long an exited init may take to be re-parented to this process.
+const REPARENT_PATIENCE: Duration = Duration::from_secs(5);
 
 /// Reaps zombie children that are a runtime's helper or init processes which died before the
 /// command could exec (their runtime was killed or failed while starting them). They are

@@ -299,7 +299,24 @@ async fn timeout_and_kill_end_a_captured_process(kind: OciRuntime) {
     t.assert_nothing_left(&[&id], Some("100.9191")).await;
 }
 
+async fn instantly_exiting_commands_always_get_their_status(kind: OciRuntime) {
+    // crun double-forks: its init can exit before it is re-parented to us. Many rounds of a
+    // command that exits at once catch that race.
+    let t = TestSandbox::new(kind).await;
+    let rounds = if kind == OciRuntime::Gvisor { 10 } else { 60 };
+    for i in 0..rounds {
+        let c = t
+            .sandbox
+            .spawn_captured(&t.sh(&format!("exit {}", i % 5)), OutputMode::Combined)
+            .await
+            .unwrap();
+        assert_eq!(c.wait().await.unwrap().code(), Some(i % 5), "round {i}");
+    }
+    t.assert_nothing_left(&[], None).await;
+}
+
 on_every_runtime!(
+    instantly_exiting_commands_always_get_their_status,
     separate_mode_keeps_stdout_and_stderr_apart,
     combined_mode_keeps_the_interleaving,
     binary_output_round_trips,

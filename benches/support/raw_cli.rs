@@ -1,0 +1,44 @@
+//! The raw runtime CLI, as a user would call it on this machine: the baseline of the benches.
+
+use oci_sandbox::OciRuntime;
+
+/// The library's persistent mount namespace for crun (default state dir).
+const CRUN_NS: &str = "/run/oci-sandbox/crun/ns/mnt";
+
+/// `<runtime> --root <root> [flags]`: crun through a mount namespace without the cgroup v2
+/// mount (it refuses hybrid cgroups otherwise; the library's own namespace is reused), runsc
+/// with its network and platform flags.
+pub fn command(kind: OciRuntime, root: &std::path::Path) -> tokio::process::Command {
+    let binary = kind.binary_name();
+    let mut cmd = if kind == OciRuntime::Crun && std::path::Path::new(CRUN_NS).exists() {
+        let mut c = tokio::process::Command::new("nsenter");
+        c.arg(format!("--mount={CRUN_NS}")).arg("--").arg(binary);
+        c
+    } else {
+        tokio::process::Command::new(binary)
+    };
+    cmd.arg("--root").arg(root);
+    if kind == OciRuntime::Gvisor {
+        cmd.args(["--network=none", "--platform=ptrace"]);
+    }
+    cmd
+}
+
+/// The runtimes named in `OSB_BENCH_RUNTIMES` (default: runc).
+pub fn runtimes() -> Vec<OciRuntime> {
+    std::env::var("OSB_BENCH_RUNTIMES")
+        .unwrap_or_else(|_| "runc".into())
+        .split(',')
+        .filter_map(|r| match r.trim() {
+            "runc" => Some(OciRuntime::Runc),
+            "crun" => Some(OciRuntime::Crun),
+            "runsc" | "gvisor" => Some(OciRuntime::Gvisor),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Whether criterion runs in its test mode (`cargo bench -- --test`) or quick mode.
+pub fn quick() -> bool {
+    std::env::args().any(|a| a == "--test" || a == "--quick")
+}
