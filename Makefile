@@ -24,7 +24,7 @@ demo: deps
 ## The whole test suite, against the real runtimes.
 test: deps
 	$(CARGO) build --examples
-	$(CARGO) test --all-targets
+	$(CARGO) test --tests
 	$(CARGO) test --doc
 
 ## Formatting, lints and docs must be clean.

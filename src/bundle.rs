@@ -10,6 +10,9 @@ use crate::config::ROOTFS_LINKS;
 use crate::error::SandboxError;
 use crate::state::{OWNER_ANNOTATION, self_owner};
 
+/// The name of the runtime's pid file in a bundle.
+pub(crate) const PID_FILE: &str = "pid";
+
 /// A bundle directory. Dropping it removes the directory (blocking); the async paths call
 /// [`Bundle::remove`] instead, which does the same off the worker threads.
 #[derive(Debug)]
@@ -46,16 +49,19 @@ impl Bundle {
         self.dir.as_deref().expect("bundle used after removal")
     }
 
+    /// Where the runtime writes the container's init pid.
+    pub fn pid_path(&self) -> PathBuf {
+        self.path().join(PID_FILE)
+    }
+
     /// Where the runtime writes its own log for this container.
     pub fn log_path(&self) -> PathBuf {
         self.path().join("runtime.log")
     }
 
-    /// Removes the directory without blocking the caller's worker thread.
-    pub async fn remove(mut self) {
-        if let Some(dir) = self.dir.take() {
-            let _ = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(dir)).await;
-        }
+    /// The directory's path, which the caller now removes (dropping no longer does).
+    pub fn into_path(mut self) -> PathBuf {
+        self.dir.take().expect("bundle used after removal")
     }
 }
 

@@ -133,12 +133,12 @@ impl CapturedOutput {
     /// }
     /// # Ok(()) }
     /// ```
-    pub fn stdout_stream(&self) -> impl Stream<Item = io::Result<Bytes>> + Send + 'static {
+    pub fn stdout_stream(&self) -> impl Stream<Item = io::Result<Bytes>> + Send + Unpin + 'static {
         tail(self.shared.clone(), Some(self.shared.stdout.clone()))
     }
 
     /// Stderr as a stream (see [`stdout_stream`](Self::stdout_stream)); empty in Combined mode.
-    pub fn stderr_stream(&self) -> impl Stream<Item = io::Result<Bytes>> + Send + 'static {
+    pub fn stderr_stream(&self) -> impl Stream<Item = io::Result<Bytes>> + Send + Unpin + 'static {
         tail(self.shared.clone(), self.shared.stderr.clone())
     }
 }
@@ -147,7 +147,7 @@ impl CapturedOutput {
 fn tail(
     shared: Arc<Shared>,
     path: Option<PathBuf>,
-) -> impl Stream<Item = io::Result<Bytes>> + Send + 'static {
+) -> impl Stream<Item = io::Result<Bytes>> + Send + Unpin + 'static {
     struct Tail {
         shared: Arc<Shared>,
         path: Option<PathBuf>,
@@ -228,7 +228,8 @@ fn tail(
             }
         }
     });
-    futures::StreamExt::fuse(stream)
+    // Boxed so that the stream is `Unpin`: callers can use `.next()` on it directly.
+    Box::pin(futures::StreamExt::fuse(stream))
 }
 
 /// The process and its captured output, from [`NamespaceContainer::spawn_captured`].

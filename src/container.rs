@@ -51,9 +51,6 @@ struct Inner {
 /// How long the runtime may take to send the PTY of an interactive container.
 const HANDSHAKE_DEADLINE: std::time::Duration = std::time::Duration::from_secs(30);
 
-/// The name of the runtime's pid file in a bundle (detached containers).
-const PID_FILE: &str = "pid";
-
 impl NamespaceContainer {
     /// gVisor's runsc from `$PATH`, with the default state root, on the platform chosen by the
     /// probe: systrap, else ptrace (KVM only when asked for with
@@ -344,7 +341,7 @@ impl NamespaceContainer {
     ) -> Result<(Supervised, oneshot::Receiver<Result<(), SandboxError>>), SandboxError> {
         let inner = &self.inner;
         let log = bundle.log_path();
-        let pid_path = bundle.path().join(PID_FILE);
+        let pid_path = bundle.pid_path();
         let flags = ContainerFlags {
             log: Some(&log),
             network: config.network,
@@ -369,6 +366,8 @@ impl NamespaceContainer {
             bundle: Some(bundle),
             command: config.command.clone(),
             init_pid: None,
+            orphan: None,
+            aborted: false,
         };
         Ok(Supervised::detached(
             &inner.tracker,
@@ -403,6 +402,7 @@ impl NamespaceContainer {
     > {
         let inner = &self.inner;
         let log = bundle.log_path();
+        let pid_path = bundle.pid_path();
         let flags = ContainerFlags {
             log: Some(&log),
             network: config.network,
@@ -414,7 +414,7 @@ impl NamespaceContainer {
                 bundle: bundle.path(),
                 detach: false,
                 console_socket: None,
-                pid_file: None,
+                pid_file: Some(&pid_path),
             },
         );
         cmd.stdin(stdin).stdout(stdout).stderr(stderr);
@@ -427,6 +427,8 @@ impl NamespaceContainer {
             bundle: Some(bundle),
             command: config.command.clone(),
             init_pid: None,
+            orphan: None,
+            aborted: false,
         };
         let timeout = config.timeout;
         let supervise = move |child, capture| {

@@ -16,7 +16,7 @@ use crate::capture::CaptureWatch;
 use crate::config::Network;
 use crate::error::SandboxError;
 use crate::runtime::{ContainerFlags, RuntimeCli, SHORT_CALL_DEADLINE, Sub, runtime_message};
-use crate::state::{StateDirs, remove_container};
+use crate::state::{StateDirs, remove_from_runtime, remove_leftovers_blocking};
 
 /// How a sandboxed process ended.
 ///
@@ -148,6 +148,11 @@ pub(crate) struct Teardown {
     pub command: String,
     /// A detached container's init, once known (for the synchronous cleanup).
     pub init_pid: Option<i32>,
+    /// An init orphaned by a cut-short start, to reap once the container is killed (before
+    /// its cgroups can go: cgroup v2 keeps a cgroup busy while a zombie of it is unreaped).
+    pub orphan: Option<crate::reaper::PidWaiter>,
+    /// The runtime CLI was killed mid-way: its helpers may be our zombies too.
+    pub aborted: bool,
 }
 
 impl Teardown {
@@ -159,19 +164,39 @@ impl Teardown {
     }
 
     /// Removes the container (if the runtime left it), its cgroups and the bundle.
+    ///
+    /// The host-side part runs every time, in one blocking hop: a runtime that removed the
+    /// container itself may still have left a cgroup that its dying processes kept busy.
     async fn finish(&mut self, container: Leftover) {
         match container {
             Leftover::None => {}
             Leftover::Running => {
-                remove_container(&self.cli, &self.dirs, &self.id, self.flags(None), true).await
+                remove_from_runtime(&self.cli, &self.id, self.flags(None), true).await
             }
             Leftover::Stopped => {
-                remove_container(&self.cli, &self.dirs, &self.id, self.flags(None), false).await
+                remove_from_runtime(&self.cli, &self.id, self.flags(None), false).await
             }
         }
-        if let Some(b) = self.bundle.take() {
-            b.remove().await;
+        if let Some(orphan) = self.orphan.take() {
+            let _ = tokio::time::timeout(KILL_DEADLINE, orphan.wait()).await;
         }
+        let root = self.dirs.root.clone();
+        let id = self.id.clone();
+        let bundle = self.bundle.take().map(Bundle::into_path);
+        let aborted = self.aborted;
+        let _ = tokio::task::spawn_blocking(move || {
+            if aborted {
+                // Inits that died before they could exec, and the runtime's helpers.
+                crate::reaper::reap_unstarted_inits();
+            }
+            if let Some(bundle) = bundle {
+                // A runtime that exits without waiting for its init (killed, or failing while
+                // the init dies) leaves it to us, its subreaper.
+                crate::reaper::reap_container_init_blocking(&bundle.join(crate::bundle::PID_FILE));
+                remove_leftovers_blocking(&root, &id, &bundle);
+            }
+        })
+        .await;
     }
 }
 
@@ -275,8 +300,12 @@ async fn supervise_foreground(
         if !stopped {
             let _ = child.start_kill();
             let _ = child.wait().await;
+            // The init, if the runtime got that far, is now our orphan (when this process is a
+            // subreaper): find it before the runtime's state goes, reap it after the kill.
+            let no_pid_file = std::path::Path::new("");
+            teardown.orphan = find_init(no_pid_file, &teardown.dirs.root.join(&teardown.id)).await;
+            teardown.aborted = true;
             teardown.finish(Leftover::Running).await;
-            reap_orphans().await;
         }
     };
 
@@ -290,9 +319,10 @@ async fn supervise_foreground(
         }),
         (None, Ok(status)) => interpret_exit(&teardown, status).await,
     };
-    if ended_by.is_none() {
-        // A runtime that failed may leave its state behind; one that ran the container to
-        // the end has deleted it already.
+    if teardown.bundle.is_some() {
+        // Not cleaned up yet (the runtime ended by itself, or after its container was killed).
+        // A runtime that failed may leave its state behind; one that ran the container to the
+        // end has deleted it already, but maybe not every cgroup.
         let leftover = tokio::fs::try_exists(teardown.dirs.root.join(&teardown.id))
             .await
             .unwrap_or(true);
@@ -423,7 +453,8 @@ async fn supervise_detached(
     let Some(waiter) = waiter else {
         // The runtime may have made the init before it was stopped or failed; once it is
         // killed it is our zombie (we are its subreaper): find it now to reap it at the end.
-        let orphan = find_init(&pid_file, &teardown.dirs.root.join(&teardown.id)).await;
+        teardown.orphan = find_init(&pid_file, &teardown.dirs.root.join(&teardown.id)).await;
+        teardown.aborted = true;
         let result = match failure {
             Some(e) => {
                 let _ = started.send(Err(e.duplicate()));
@@ -434,7 +465,7 @@ async fn supervise_detached(
                 Ok(status_for(ended_by))
             }
         };
-        end_detached(
+        return end_detached(
             teardown,
             capture,
             outcome,
@@ -443,12 +474,6 @@ async fn supervise_detached(
             ended_by,
         )
         .await;
-        if let Some(orphan) = orphan {
-            let _ = tokio::time::timeout(KILL_DEADLINE, orphan.wait()).await;
-        }
-        // An init killed before it could exec left no trace but a zombie of ours.
-        reap_orphans().await;
-        return;
     };
     let _ = started.send(Ok(()));
 

@@ -17,10 +17,48 @@ use tokio::io::unix::AsyncFd;
 
 use crate::process::ExitStatus;
 
+static SUBREAPER: OnceLock<Result<(), nix::Error>> = OnceLock::new();
+
 /// Makes this process a child subreaper (once).
 pub(crate) fn become_subreaper() -> io::Result<()> {
-    static DONE: OnceLock<Result<(), nix::Error>> = OnceLock::new();
-    (*DONE.get_or_init(|| nix::sys::prctl::set_child_subreaper(true))).map_err(io::Error::from)
+    (*SUBREAPER.get_or_init(|| nix::sys::prctl::set_child_subreaper(true))).map_err(io::Error::from)
+}
+
+/// Whether orphans come to this process (else they go to init, which reaps them).
+fn is_subreaper() -> bool {
+    matches!(SUBREAPER.get(), Some(Ok(())))
+}
+
+/// Reaps the container init named by `pid_file` if it is a zombie child of ours: a zombie,
+/// parented to this process, living in a nested pid namespace (which no child tokio spawned
+/// does, so no one else's status is taken). Blocking.
+pub(crate) fn reap_container_init_blocking(pid_file: &std::path::Path) {
+    if !is_subreaper() {
+        return;
+    }
+    let Some(pid) = std::fs::read_to_string(pid_file)
+        .ok()
+        .and_then(|p| p.trim().parse::<i32>().ok())
+    else {
+        return;
+    };
+    let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
+        return;
+    };
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .map(str::trim)
+            .unwrap_or_default()
+    };
+    let ours = field("PPid:") == std::process::id().to_string();
+    if ours && field("State:").starts_with('Z') && field("NSpid:").split_whitespace().count() > 1 {
+        let _ = nix::sys::wait::waitpid(
+            nix::unistd::Pid::from_raw(pid),
+            Some(nix::sys::wait::WaitPidFlag::WNOHANG),
+        );
+    }
 }
 
 struct PidFd(OwnedFd);

@@ -182,6 +182,20 @@ pub(crate) async fn remove_container(
     flags: ContainerFlags<'_>,
     running: bool,
 ) {
+    remove_from_runtime(cli, id, flags, running).await;
+    let (root, bundle, id) = (dirs.root.clone(), dirs.bundle(id), id.to_owned());
+    let _ =
+        tokio::task::spawn_blocking(move || remove_leftovers_blocking(&root, &id, &bundle)).await;
+}
+
+/// `destroy` (kill and delete) or, for a stopped container, `delete`. Logged, not returned:
+/// what the runtime leaves, `remove_leftovers_blocking` removes.
+pub(crate) async fn remove_from_runtime(
+    cli: &RuntimeCli,
+    id: &str,
+    flags: ContainerFlags<'_>,
+    running: bool,
+) {
     let removed = if running {
         cli.destroy(flags, id).await
     } else {
@@ -190,15 +204,15 @@ pub(crate) async fn remove_container(
     if let Err(err) = removed {
         tracing::warn!(runtime = %cli.kind, id, %err, "destroying the container failed");
     }
-    let root = dirs.root.clone();
-    let bundle = dirs.bundle(id);
-    let id = id.to_owned();
-    let _ = tokio::task::spawn_blocking(move || {
-        reap_cgroups_blocking(&id);
-        remove_runtime_state_blocking(&root, &id);
-        let _ = std::fs::remove_dir_all(&bundle);
-    })
-    .await;
+}
+
+/// Everything of container `id` on the host, once the runtime is done with it: processes left
+/// in its cgroups and the cgroups (a runtime's own `rmdir` fails while dying processes are
+/// still in them), its state in the runtime's root, its bundle. Blocking.
+pub(crate) fn remove_leftovers_blocking(root: &Path, id: &str, bundle: &Path) {
+    reap_cgroups_blocking(id);
+    remove_runtime_state_blocking(root, id);
+    let _ = std::fs::remove_dir_all(bundle);
 }
 
 /// Removes what a runtime keeps of container `id` in its root, once the container is gone:
@@ -236,19 +250,22 @@ pub(crate) fn reap_cgroups_blocking(id: &str) {
             .join(id),
     );
     for dir in dirs.iter().filter(|d| d.is_dir()) {
-        if let Ok(procs) = std::fs::read_to_string(dir.join("cgroup.procs")) {
-            for pid in procs.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
-                let _ = nix::sys::signal::kill(
-                    nix::unistd::Pid::from_raw(pid),
-                    nix::sys::signal::Signal::SIGKILL,
-                );
+        // A killed process leaves its cgroup a moment later (longer on a loaded machine):
+        // kill what is listed, retry the rmdir with a growing pause, up to about a second.
+        let mut pause = std::time::Duration::from_millis(1);
+        for _ in 0..12 {
+            if let Ok(procs) = std::fs::read_to_string(dir.join("cgroup.procs")) {
+                for pid in procs.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
+                    let _ = nix::sys::signal::kill(
+                        nix::unistd::Pid::from_raw(pid),
+                        nix::sys::signal::Signal::SIGKILL,
+                    );
+                }
             }
-        }
-        // A killed process leaves its cgroup a moment later: retry the rmdir briefly.
-        for _ in 0..50 {
             match std::fs::remove_dir(dir) {
                 Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
-                    std::thread::sleep(std::time::Duration::from_millis(2))
+                    std::thread::sleep(pause);
+                    pause = (pause * 2).min(std::time::Duration::from_millis(200));
                 }
                 _ => break,
             }

@@ -111,7 +111,23 @@ impl TestSandbox {
         assert!(zombies.is_empty(), "zombie children: {zombies:?}");
         let ids: Vec<String> = ids.iter().map(|s| s.to_string()).collect();
         let cgroups = our_cgroups_left(&ids);
-        assert!(cgroups.is_empty(), "cgroups left: {cgroups:?}");
+        let described: Vec<String> = cgroups
+            .iter()
+            .map(|c| {
+                let read = |f: &str| {
+                    std::fs::read_to_string(c.join(f))
+                        .unwrap_or_default()
+                        .replace('\n', " ")
+                };
+                format!(
+                    "{} procs=[{}] events=[{}]",
+                    c.display(),
+                    read("cgroup.procs"),
+                    read("cgroup.events")
+                )
+            })
+            .collect();
+        assert!(cgroups.is_empty(), "cgroups left: {described:?}");
     }
 }
 
