@@ -307,7 +307,7 @@ impl CaptureFiles {
         limit: Option<u64>,
     ) -> Result<CaptureFiles, SandboxError> {
         let dir = tempfile::Builder::new()
-            .prefix(&format!("osb-capture-{id}-"))
+            .prefix(&crate::state::capture_dir_prefix(id))
             .tempdir_in(parent)
             .map_err(|e| SandboxError::io("creating the capture directory", parent, e))?;
         let open = |name: &str| {

@@ -727,13 +727,26 @@ impl NamespaceContainerBuilder {
         if !swept.is_empty() {
             tracing::info!(runtime = %cli.kind, count = swept.len(), "swept leftover containers");
         }
+        let capture_dir = self.capture_dir.unwrap_or_else(std::env::temp_dir);
+        let captures = capture_dir.clone();
+        let swept_captures = tokio::task::spawn_blocking(move || {
+            crate::state::sweep_capture_dirs_blocking(&captures)
+        })
+        .await
+        .unwrap_or(0);
+        if swept_captures > 0 {
+            tracing::info!(
+                count = swept_captures,
+                "swept capture dirs left by dead processes"
+            );
+        }
         Ok(NamespaceContainer {
             inner: Arc::new(Inner {
                 cli,
                 dirs,
                 platform_choice,
                 tracker: TaskTracker::new(),
-                capture_dir: self.capture_dir.unwrap_or_else(std::env::temp_dir),
+                capture_dir,
             }),
         })
     }

@@ -86,6 +86,37 @@ pub(crate) fn new_id() -> String {
     )
 }
 
+/// Capture dirs are named `osb-capture-<owner>-<id>-<random>`, so that a sweep can tell
+/// whose they are without opening them.
+const CAPTURE_PREFIX: &str = "osb-capture-";
+
+pub(crate) fn capture_dir_prefix(id: &str) -> String {
+    format!("{CAPTURE_PREFIX}{}-{id}-", self_owner())
+}
+
+/// Removes the capture dirs in `dir` whose owner process is dead. Blocking.
+pub(crate) fn sweep_capture_dirs_blocking(dir: &Path) -> usize {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    let mut removed = 0;
+    for e in entries.filter_map(Result::ok) {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(rest) = name.strip_prefix(CAPTURE_PREFIX) else {
+            continue;
+        };
+        // `<pid>-<start time>-...`
+        let mut parts = rest.splitn(3, '-');
+        let (Some(pid), Some(start)) = (parts.next(), parts.next()) else {
+            continue;
+        };
+        if !owner_alive(&format!("{pid}-{start}")) && std::fs::remove_dir_all(e.path()).is_ok() {
+            removed += 1;
+        }
+    }
+    removed
+}
+
 /// The owner encoded in a generated id, if it is one.
 fn owner_of_generated_id(id: &str) -> Option<&str> {
     let rest = id.strip_prefix(ID_PREFIX)?;

@@ -29,25 +29,38 @@ fn main() {
     println!("1 passed, 0 failed");
 }
 
-/// The process that gets killed: spawns three sleeping containers and reports their ids.
-async fn crash_child(state: &str) {
-    let sandbox = NamespaceContainer::builder()
+fn builder(state: &std::path::Path) -> oci_sandbox::NamespaceContainerBuilder {
+    NamespaceContainer::builder()
         .state_dir(state)
-        .build()
-        .await
-        .unwrap();
+        .capture_dir(state.join("captures"))
+}
+
+/// The process that gets killed: spawns sleeping containers in every mode (a piped one, a
+/// detached one writing captured output, an interactive one) and reports their ids.
+async fn crash_child(state: &str) {
+    let state = std::path::Path::new(state);
+    std::fs::create_dir_all(state.join("captures")).unwrap();
+    let sandbox = builder(state).build().await.unwrap();
     let config =
         NamespaceContainer::build_config(&SandboxConfig::default(), "sleep", vec![MARKER.into()]);
-    let mut handles = Vec::new();
-    for _ in 0..3 {
-        let p = sandbox.spawn(&config).await.unwrap();
-        println!("{}", p.id());
-        handles.push(p);
+    let piped = sandbox.spawn(&config).await.unwrap();
+    let captured = sandbox
+        .spawn_captured(&config, oci_sandbox::OutputMode::Separate)
+        .await
+        .unwrap();
+    let interactive = sandbox.spawn_interactive(&config).await.unwrap();
+    let ids = [
+        piped.id().to_owned(),
+        captured.id().to_owned(),
+        interactive.id().to_owned(),
+    ];
+    for id in &ids {
+        println!("{id}");
     }
     // Wait until all three are running before saying so.
     loop {
         let listed = sandbox.list().await.unwrap();
-        if handles.iter().all(|h| listed.iter().any(|l| l == h.id())) {
+        if ids.iter().all(|id| listed.contains(id)) {
             break;
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
@@ -85,7 +98,21 @@ async fn sweep_removes_what_a_killed_process_left() {
     child.start_kill().unwrap();
     child.wait().await.unwrap();
 
-    // The crash left containers, bundles, cgroups and container processes.
+    // The crash left containers, bundles, capture dirs, cgroups and container processes.
+    let captures = || {
+        std::fs::read_dir(state.path().join("captures"))
+            .unwrap_or_else(|e| {
+                panic!(
+                    "{e}: {:?}",
+                    std::fs::read_dir(state.path()).map(|d| d
+                        .filter_map(Result::ok)
+                        .map(|e| e.file_name())
+                        .collect::<Vec<_>>())
+                )
+            })
+            .count()
+    };
+    assert_eq!(captures(), 1, "the captured run's dir survived the crash");
     let runc_list = |root: &std::path::Path| {
         let out = std::process::Command::new("runc")
             .arg("--root")
@@ -110,12 +137,9 @@ async fn sweep_removes_what_a_killed_process_left() {
     }
     assert!(count_processes(MARKER) >= 3);
 
-    let sandbox = NamespaceContainer::builder()
-        .state_dir(state.path())
-        .build()
-        .await
-        .unwrap();
+    let sandbox = builder(state.path()).build().await.unwrap();
     assert!(sandbox.list().await.unwrap().is_empty());
+    assert_eq!(captures(), 0, "capture dirs of the dead process are swept");
     assert!(runc_list(&root).is_empty());
     assert_eq!(
         std::fs::read_dir(state.path().join("runc/bundles"))
@@ -136,7 +160,20 @@ async fn sweep_removes_what_a_killed_process_left() {
     while count_processes(MARKER) > 0 {
         assert!(
             Instant::now() < deadline,
-            "container processes survived the sweep"
+            "container processes survived the sweep: {:?}",
+            std::fs::read_dir("/proc")
+                .unwrap()
+                .filter_map(Result::ok)
+                .filter(|e| std::fs::read(e.path().join("cmdline"))
+                    .map(|c| String::from_utf8_lossy(&c).contains(MARKER))
+                    .unwrap_or(false))
+                .map(|e| std::fs::read_to_string(e.path().join("status"))
+                    .unwrap_or_default()
+                    .lines()
+                    .take(8)
+                    .collect::<Vec<_>>()
+                    .join(" | "))
+                .collect::<Vec<_>>()
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
