@@ -15,7 +15,7 @@ use raw_cli::runtimes;
 
 #[path = "support/raw_cli.rs"]
 mod raw_cli;
-use oci_sandbox::{NamespaceContainer, OciRuntime, SandboxConfig, Stdio as SbStdio};
+use oci_sandbox::{NamespaceContainer, OciRuntime, OutputMode, SandboxConfig, Stdio as SbStdio};
 
 /// A bundle holding the library's own spec for `/bin/true`, for the raw CLI baseline.
 struct RawBundle {
@@ -112,11 +112,12 @@ fn spawn_true(c: &mut Criterion) {
     group.finish();
 }
 
-/// Raw CLI and library alternated run by run, so that drift on a shared machine hits both
-/// alike; prints the medians and their ratio (the figure criterion's sequential groups blur).
+/// Raw CLI and library alternated run by run (which goes first alternates too), so that drift
+/// on a shared machine hits both alike; prints the medians and their ratios for `spawn` and
+/// `spawn_captured` (the PTY mode is in benches/interactive.rs). Criterion's groups run one
+/// after another and blur exactly this figure.
 fn paired_ratio(_c: &mut Criterion) {
-    let quick = raw_cli::quick();
-    let rounds = if quick { 5 } else { 200 };
+    let rounds = if raw_cli::quick() { 4 } else { 200 };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -125,32 +126,45 @@ fn paired_ratio(_c: &mut Criterion) {
     for kind in runtimes() {
         rt.block_on(async {
             let sandbox = NamespaceContainer::with_runtime(kind).await.unwrap();
-            let mut config = NamespaceContainer::build_config(&SandboxConfig::default(), "/bin/true", vec![]);
+            let mut config =
+                NamespaceContainer::build_config(&SandboxConfig::default(), "/bin/true", vec![]);
             config.stdin = SbStdio::Null;
             config.stdout = SbStdio::Null;
             config.stderr = SbStdio::Null;
             let raw = RawBundle::new(&sandbox, &config);
-            let (mut raw_ms, mut lib_ms) = (Vec::new(), Vec::new());
+            let (mut raw_ms, mut spawn_ms, mut captured_ms) = (Vec::new(), Vec::new(), Vec::new());
+
             for i in 0..rounds {
-                // Alternate which goes first, so that neither always follows the other.
-                let raw_first = i % 2 == 0;
-                let raw_run = async {
-                    let t = std::time::Instant::now();
-                    raw.run_once(&format!("paired-{}-{i}", std::process::id())).await;
-                    t.elapsed().as_secs_f64() * 1e3
-                };
-                let lib_run = async {
-                    let t = std::time::Instant::now();
+                let id = format!("paired-{}-{i}", std::process::id());
+                let raw_run = timed(raw.run_once(&id));
+                let spawn_run = timed(async {
                     let status = sandbox.spawn(&config).await.unwrap().wait().await.unwrap();
                     assert!(status.success());
-                    t.elapsed().as_secs_f64() * 1e3
-                };
-                if raw_first {
-                    raw_ms.push(raw_run.await);
-                    lib_ms.push(lib_run.await);
-                } else {
-                    lib_ms.push(lib_run.await);
-                    raw_ms.push(raw_run.await);
+                });
+                let captured_run = timed(async {
+                    let c = sandbox
+                        .spawn_captured(&config, OutputMode::Separate)
+                        .await
+                        .unwrap();
+                    assert!(c.wait().await.unwrap().success());
+                });
+                // Rotate the order, so that none always follows another.
+                match i % 3 {
+                    0 => {
+                        raw_ms.push(raw_run.await);
+                        spawn_ms.push(spawn_run.await);
+                        captured_ms.push(captured_run.await);
+                    }
+                    1 => {
+                        spawn_ms.push(spawn_run.await);
+                        captured_ms.push(captured_run.await);
+                        raw_ms.push(raw_run.await);
+                    }
+                    _ => {
+                        captured_ms.push(captured_run.await);
+                        raw_ms.push(raw_run.await);
+                        spawn_ms.push(spawn_run.await);
+                    }
                 }
             }
             sandbox.close().await;
@@ -158,11 +172,62 @@ fn paired_ratio(_c: &mut Criterion) {
                 v.sort_by(f64::total_cmp);
                 v[v.len() / 2]
             };
-            let (r, l) = (median(&mut raw_ms), median(&mut lib_ms));
-            println!(
-                "paired spawn->exit of /bin/true, {kind}, {rounds} rounds: raw CLI {r:.2} ms, library {l:.2} ms, ratio {:.3}",
-                l / r
-            );
+            let r = median(&mut raw_ms);
+            for (mode, v) in [("spawn", &mut spawn_ms), ("spawn_captured", &mut captured_ms)] {
+                let l = median(v);
+                println!(
+                    "paired {kind} {mode}: /bin/true spawn->exit, {rounds} rounds: raw CLI run {r:.2} ms, library {l:.2} ms, ratio {:.3}",
+                    l / r
+                );
+            }
+        });
+    }
+}
+
+/// How long `f` takes, in milliseconds.
+async fn timed(f: impl std::future::Future<Output = ()>) -> f64 {
+    let t = std::time::Instant::now();
+    f.await;
+    t.elapsed().as_secs_f64() * 1e3
+}
+
+/// 1 to 50 concurrent spawns of `/bin/true`: total wall time and failures.
+fn concurrency(_c: &mut Criterion) {
+    let levels: &[usize] = if raw_cli::quick() {
+        &[1, 4]
+    } else {
+        &[1, 2, 4, 8, 16, 50]
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    for kind in runtimes() {
+        rt.block_on(async {
+            let sandbox = NamespaceContainer::with_runtime(kind).await.unwrap();
+            let mut config =
+                NamespaceContainer::build_config(&SandboxConfig::default(), "/bin/true", vec![]);
+            config.stdin = SbStdio::Null;
+            config.stdout = SbStdio::Null;
+            config.stderr = SbStdio::Null;
+            for &n in levels {
+                let t = std::time::Instant::now();
+                let runs = (0..n).map(|_| async {
+                    match sandbox.spawn(&config).await {
+                        Ok(mut p) => p.wait().await.map(|s| s.success()).unwrap_or(false),
+                        Err(_) => false,
+                    }
+                });
+                let ok = futures::future::join_all(runs).await.into_iter().filter(|ok| *ok).count();
+                let total = t.elapsed().as_secs_f64() * 1e3;
+                println!(
+                    "concurrency {kind}: {n:>2} at once: total {total:.1} ms, {:.1} ms per spawn, {} failures",
+                    total / n as f64,
+                    n - ok
+                );
+            }
+            sandbox.close().await;
         });
     }
 }
@@ -170,6 +235,6 @@ fn paired_ratio(_c: &mut Criterion) {
 criterion_group! {
     name = benches;
     config = Criterion::default().sample_size(30);
-    targets = spawn_true, paired_ratio
+    targets = spawn_true, paired_ratio, concurrency
 }
 criterion_main!(benches);

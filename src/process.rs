@@ -382,6 +382,8 @@ async fn supervise_detached(
     mut capture: Option<CaptureWatch>,
     started: oneshot::Sender<Result<(), SandboxError>>,
 ) {
+    // Until the init's pid is claimed below, the orphan sweep must not take it.
+    let start_guard = crate::reaper::StartGuard::new();
     let deadline = timeout.map(|t| Instant::now() + t);
     let start_deadline = Some(Instant::now() + START_DEADLINE);
     let mut ended_by: Option<EndedBy> = None;
@@ -450,6 +452,7 @@ async fn supervise_detached(
     } else {
         None
     };
+    drop(start_guard);
     let Some(waiter) = waiter else {
         // The runtime may have made the init before it was stopped or failed; once it is
         // killed it is our zombie (we are its subreaper): find it now to reap it at the end.

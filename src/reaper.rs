@@ -69,9 +69,42 @@ impl AsRawFd for PidFd {
     }
 }
 
+/// Pids that a `PidWaiter` waits on: the name-based sweep never takes them.
+static CLAIMED: std::sync::Mutex<Vec<i32>> = std::sync::Mutex::new(Vec::new());
+
+/// Detached starts between the runtime's exit and the claim of their init's pid: while any is,
+/// the sweep leaves runsc's sandbox processes alone (one may be such an unclaimed init).
+static STARTING: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// Marks a detached start in progress until dropped (see `STARTING`).
+pub(crate) struct StartGuard(());
+
+impl StartGuard {
+    pub fn new() -> Self {
+        STARTING.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        StartGuard(())
+    }
+}
+
+impl Drop for StartGuard {
+    fn drop(&mut self) {
+        STARTING.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
 /// A child process to wait for without blocking, and without touching any other child.
 pub(crate) struct PidWaiter {
     fd: AsyncFd<PidFd>,
+    pid: i32,
+}
+
+impl Drop for PidWaiter {
+    fn drop(&mut self) {
+        let mut claimed = CLAIMED.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(i) = claimed.iter().position(|p| *p == self.pid) {
+            claimed.swap_remove(i);
+        }
+    }
 }
 
 impl PidWaiter {
@@ -87,7 +120,8 @@ impl PidWaiter {
         // SAFETY: `PidFd` owns the fd and returns it unchanged until the AsyncFd drops it.
         let fd = unsafe { AsyncFd::register_with_interest(PidFd(owned), Interest::READABLE) }
             .map_err(io::Error::from)?;
-        Ok(PidWaiter { fd })
+        CLAIMED.lock().unwrap_or_else(|e| e.into_inner()).push(pid);
+        Ok(PidWaiter { fd, pid })
     }
 
     /// Waits for the process to exit and reaps it.
@@ -162,8 +196,14 @@ pub(crate) fn reap_unstarted_inits() {
         // "runc:[2:INIT]", and runsc's sandbox, gofer and helpers run as "exe" (it re-executes
         // /proc/self/exe): no process tokio spawned has such a name. crun's keep the binary's
         // name, so only those in a nested pid namespace are its.
-        let unstarted = name.starts_with("runc:[") || name == "exe" || (nested && name == "crun");
-        if zombie && ours && unstarted {
+        let runsc_helper =
+            name == "exe" && (nested || STARTING.load(std::sync::atomic::Ordering::SeqCst) == 0);
+        let unstarted = name.starts_with("runc:[") || runsc_helper || (nested && name == "crun");
+        let claimed = CLAIMED
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(&pid);
+        if zombie && ours && unstarted && !claimed {
             // WNOHANG: never wait on anything that is not already dead.
             let _ = nix::sys::wait::waitpid(
                 nix::unistd::Pid::from_raw(pid),
