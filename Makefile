@@ -6,7 +6,7 @@ CARGO ?= cargo
 APT_PACKAGES := runc crun runsc busybox-static uidmap
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: deps demo test lint doc bench bench-quick
+.PHONY: deps demo test lint doc bench bench-fast bench-check
 
 ## Installs the OCI runtimes the library drives (runc, crun, runsc) when any is missing.
 deps:
@@ -36,10 +36,21 @@ lint:
 doc:
 	$(CARGO) doc --no-deps --open
 
-## Criterion benches (several minutes). OSB_BENCH_RUNTIMES=runc,crun,runsc picks runtimes.
+BENCH_RUNTIMES ?= runc,crun,runsc
+
+## Criterion benches on every runtime (about 15 minutes), their summary in target/bench.txt and
+## the plot in docs/benchmarks.svg. OSB_BENCH_RUNTIMES / BENCH_RUNTIMES picks runtimes.
 bench: deps
-	$(CARGO) bench
+	mkdir -p target
+	OSB_BENCH_RUNTIMES=$(BENCH_RUNTIMES) $(CARGO) bench 2>&1 | tee target/bench.txt
+	python3 scripts/bench_plot.py target/bench.txt docs/benchmarks.svg
+
+## The same in a few minutes (criterion's --quick, fewer paired rounds).
+bench-fast: deps
+	mkdir -p target
+	OSB_BENCH_RUNTIMES=$(BENCH_RUNTIMES) $(CARGO) bench -- --quick 2>&1 | tee target/bench.txt
+	python3 scripts/bench_plot.py target/bench.txt target/benchmarks-fast.svg
 
 ## Runs each bench once, to keep them compiling and working (what CI does).
-bench-quick: deps
-	$(CARGO) bench -- --test
+bench-check: deps
+	OSB_BENCH_RUNTIMES=$(BENCH_RUNTIMES) $(CARGO) bench -- --test

@@ -88,7 +88,7 @@ fn throughput(c: &mut Criterion) {
 /// container: no time namespace); the stream's reader subtracts it from its own.
 fn write_to_stream_latency(_c: &mut Criterion) {
     let rt = runtime();
-    let lines = if quick() { 20 } else { 500 };
+    let lines = raw_cli::rounds(500);
     rt.block_on(async {
         let sandbox = NamespaceContainer::new().await.unwrap();
         let script = format!(

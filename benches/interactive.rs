@@ -94,8 +94,7 @@ async fn raw_first_byte(
 }
 
 fn first_byte(_c: &mut Criterion) {
-    let quick = raw_cli::quick();
-    let rounds = if quick { 3 } else { 100 };
+    let rounds = raw_cli::rounds(100);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

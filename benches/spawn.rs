@@ -117,7 +117,7 @@ fn spawn_true(c: &mut Criterion) {
 /// `spawn_captured` (the PTY mode is in benches/interactive.rs). Criterion's groups run one
 /// after another and blur exactly this figure.
 fn paired_ratio(_c: &mut Criterion) {
-    let rounds = if raw_cli::quick() { 4 } else { 200 };
+    let rounds = raw_cli::rounds(200);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

@@ -38,7 +38,18 @@ pub fn runtimes() -> Vec<OciRuntime> {
         .collect()
 }
 
-/// Whether criterion runs in its test mode (`cargo bench -- --test`) or quick mode.
+/// Whether criterion runs in its test mode (`cargo bench -- --test`: each bench once).
 pub fn quick() -> bool {
-    std::env::args().any(|a| a == "--test" || a == "--quick")
+    std::env::args().any(|a| a == "--test")
+}
+
+/// Rounds of a hand-timed measurement: `full`, a fifth of it with `--quick`, 4 with `--test`.
+pub fn rounds(full: usize) -> usize {
+    if quick() {
+        4
+    } else if std::env::args().any(|a| a == "--quick") {
+        (full / 5).max(4)
+    } else {
+        full
+    }
 }
