@@ -393,14 +393,20 @@ impl CaptureFiles {
 
 struct InotifyFd(Inotify);
 
+impl Drop for CaptureWatch {
+    fn drop(&mut self) {
+        self.close_inotify();
+    }
+}
+
 impl AsRawFd for InotifyFd {
     fn as_raw_fd(&self) -> RawFd {
         self.0.as_fd().as_raw_fd()
     }
 }
 
-/// The supervisor's side of a capture: wakes streams when the files grow, notices the start
-/// of the command, enforces the output limit and finalises the files.
+/// The supervisor's side of a capture: wakes streams when the files grow, enforces the output
+/// limit and finalises the files.
 pub(crate) struct CaptureWatch {
     inotify: Option<Inotify>,
     fd: Option<AsyncFd<InotifyFd>>,
@@ -444,6 +450,22 @@ impl CaptureWatch {
         }
     }
 
+    /// Closes the inotify instance off the async workers, without waiting: closing one waits
+    /// for an SRCU grace period in the kernel (measured: 8-15 ms), which must not stall a
+    /// worker nor delay the outcome.
+    fn close_inotify(&mut self) {
+        let inotify = match (self.fd.take(), self.inotify.take()) {
+            (Some(fd), _) => Some(fd.into_inner().0),
+            (None, inotify) => inotify,
+        };
+        if let Some(inotify) = inotify {
+            match tokio::runtime::Handle::try_current() {
+                Ok(handle) => drop(handle.spawn_blocking(move || drop(inotify))),
+                Err(_) => drop(inotify),
+            }
+        }
+    }
+
     pub fn over_limit(&self) -> bool {
         let Some(limit) = self.limit else {
             return false;
@@ -455,6 +477,7 @@ impl CaptureWatch {
 
     /// Makes the files final (cut at the limit), then wakes every stream for the last time.
     pub async fn finish(mut self, limit_hit: bool) {
+        self.close_inotify();
         let files = std::mem::take(&mut self.files);
         let limit = self.limit;
         let _ = tokio::task::spawn_blocking(move || {
