@@ -169,7 +169,6 @@ impl Teardown {
     /// container itself may still have left a cgroup that its dying processes kept busy.
     async fn finish(&mut self, container: Leftover) {
         match container {
-            Leftover::None => {}
             Leftover::Running => {
                 remove_from_runtime(&self.cli, &self.id, self.flags(None), true).await
             }
@@ -197,6 +196,36 @@ impl Teardown {
             }
         })
         .await;
+    }
+}
+
+impl Teardown {
+    /// After the foreground runtime exited by itself: one blocking hop checks whether it left
+    /// its state (a runtime that failed may; one that ran the container to the end has deleted
+    /// it) and, in the common case where it did not, removes everything else right away.
+    async fn finish_after_runtime_exit(&mut self) {
+        let Some(bundle) = self.bundle.take().map(Bundle::into_path) else {
+            return;
+        };
+        let (root, id) = (self.dirs.root.clone(), self.id.clone());
+        let cleaned = tokio::task::spawn_blocking(move || {
+            if root.join(&id).exists() {
+                return Err(bundle);
+            }
+            crate::reaper::reap_container_init_blocking(&bundle.join(crate::bundle::PID_FILE));
+            remove_leftovers_blocking(&root, &id, &bundle);
+            Ok(())
+        })
+        .await;
+        if let Ok(Err(bundle)) = cleaned {
+            remove_from_runtime(&self.cli, &self.id, self.flags(None), true).await;
+            let (root, id) = (self.dirs.root.clone(), self.id.clone());
+            let _ = tokio::task::spawn_blocking(move || {
+                crate::reaper::reap_container_init_blocking(&bundle.join(crate::bundle::PID_FILE));
+                remove_leftovers_blocking(&root, &id, &bundle);
+            })
+            .await;
+        }
     }
 }
 
@@ -321,18 +350,7 @@ async fn supervise_foreground(
     };
     if teardown.bundle.is_some() {
         // Not cleaned up yet (the runtime ended by itself, or after its container was killed).
-        // A runtime that failed may leave its state behind; one that ran the container to the
-        // end has deleted it already, but maybe not every cgroup.
-        let leftover = tokio::fs::try_exists(teardown.dirs.root.join(&teardown.id))
-            .await
-            .unwrap_or(true);
-        teardown
-            .finish(if leftover {
-                Leftover::Running
-            } else {
-                Leftover::None
-            })
-            .await;
+        teardown.finish_after_runtime_exit().await;
     }
     if let Some(capture) = capture {
         capture
@@ -352,7 +370,6 @@ async fn watch_capture(capture: &mut Option<CaptureWatch>) -> bool {
 /// What of a container may be left for cleanup.
 #[derive(Debug, Clone, Copy)]
 enum Leftover {
-    None,
     Stopped,
     Running,
 }
