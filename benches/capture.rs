@@ -12,19 +12,11 @@ use tokio::io::AsyncReadExt;
 use raw_cli::quick;
 
 #[path = "support/raw_cli.rs"]
-#[allow(dead_code)]
+#[allow(dead_code)] // each bench uses part of it
 mod raw_cli;
 
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
-}
-
 fn throughput(c: &mut Criterion) {
-    let rt = runtime();
+    let rt = raw_cli::tokio_runtime();
     let size: u64 = if quick() { 1 << 20 } else { 100 << 20 };
     let sandbox = rt.block_on(NamespaceContainer::new()).unwrap();
     let policy = SandboxConfig {
@@ -87,7 +79,7 @@ fn throughput(c: &mut Criterion) {
 /// Each line the container writes carries its CLOCK_MONOTONIC time (one clock for host and
 /// container: no time namespace); the stream's reader subtracts it from its own.
 fn write_to_stream_latency(_c: &mut Criterion) {
-    let rt = runtime();
+    let rt = raw_cli::tokio_runtime();
     let lines = raw_cli::rounds(500);
     rt.block_on(async {
         let sandbox = NamespaceContainer::new().await.unwrap();

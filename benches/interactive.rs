@@ -11,6 +11,7 @@ use criterion::{Criterion, criterion_group, criterion_main};
 use raw_cli::runtimes;
 
 #[path = "support/raw_cli.rs"]
+#[allow(dead_code)] // each bench uses part of it
 mod raw_cli;
 use nix::sys::socket::{ControlMessageOwned, MsgFlags, UnixAddr, recvmsg};
 use oci_sandbox::{NamespaceContainer, OciRuntime, SandboxConfig};
@@ -95,11 +96,7 @@ async fn raw_first_byte(
 
 fn first_byte(_c: &mut Criterion) {
     let rounds = raw_cli::rounds(100);
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = raw_cli::tokio_runtime();
     for kind in runtimes() {
         rt.block_on(async {
             let sandbox = NamespaceContainer::with_runtime(kind).await.unwrap();

@@ -15,7 +15,7 @@ use raw_cli::runtimes;
 
 #[path = "support/raw_cli.rs"]
 mod raw_cli;
-use oci_sandbox::{NamespaceContainer, OciRuntime, OutputMode, SandboxConfig, Stdio as SbStdio};
+use oci_sandbox::{NamespaceContainer, OciRuntime, OutputMode};
 
 /// A bundle holding the library's own spec for `/bin/true`, for the raw CLI baseline.
 struct RawBundle {
@@ -65,11 +65,7 @@ impl RawBundle {
 }
 
 fn spawn_true(c: &mut Criterion) {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = raw_cli::tokio_runtime();
     let mut group = c.benchmark_group("spawn_true");
     group.bench_function("host/tokio_process", |b| {
         b.to_async(&rt).iter(|| async {
@@ -82,11 +78,7 @@ fn spawn_true(c: &mut Criterion) {
     });
     for kind in runtimes() {
         let sandbox = rt.block_on(NamespaceContainer::with_runtime(kind)).unwrap();
-        let mut config =
-            NamespaceContainer::build_config(&SandboxConfig::default(), "/bin/true", vec![]);
-        config.stdin = SbStdio::Null;
-        config.stdout = SbStdio::Null;
-        config.stderr = SbStdio::Null;
+        let config = raw_cli::quiet_true();
         let raw = RawBundle::new(&sandbox, &config);
         let seq = AtomicU64::new(0);
         group.bench_function(format!("{kind}/raw_cli_run"), |b| {
@@ -118,19 +110,11 @@ fn spawn_true(c: &mut Criterion) {
 /// after another and blur exactly this figure.
 fn paired_ratio(_c: &mut Criterion) {
     let rounds = raw_cli::rounds(200);
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = raw_cli::tokio_runtime();
     for kind in runtimes() {
         rt.block_on(async {
             let sandbox = NamespaceContainer::with_runtime(kind).await.unwrap();
-            let mut config =
-                NamespaceContainer::build_config(&SandboxConfig::default(), "/bin/true", vec![]);
-            config.stdin = SbStdio::Null;
-            config.stdout = SbStdio::Null;
-            config.stderr = SbStdio::Null;
+            let config = raw_cli::quiet_true();
             let raw = RawBundle::new(&sandbox, &config);
             let (mut raw_ms, mut spawn_ms, mut captured_ms) = (Vec::new(), Vec::new(), Vec::new());
 
@@ -198,19 +182,11 @@ fn concurrency(_c: &mut Criterion) {
     } else {
         &[1, 2, 4, 8, 16, 50]
     };
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = raw_cli::tokio_runtime();
     for kind in runtimes() {
         rt.block_on(async {
             let sandbox = NamespaceContainer::with_runtime(kind).await.unwrap();
-            let mut config =
-                NamespaceContainer::build_config(&SandboxConfig::default(), "/bin/true", vec![]);
-            config.stdin = SbStdio::Null;
-            config.stdout = SbStdio::Null;
-            config.stderr = SbStdio::Null;
+            let config = raw_cli::quiet_true();
             for &n in levels {
                 let t = std::time::Instant::now();
                 let runs = (0..n).map(|_| async {

@@ -258,36 +258,7 @@ impl ProcessCapture {
         &self.inner.id
     }
 
-    /// Waits for the process to end and its container to be removed. The output files are
-    /// final when it returns.
-    ///
-    /// # Cancel safety
-    ///
-    /// Cancel safe and idempotent.
-    pub async fn wait(&self) -> Result<ExitStatus, SandboxError> {
-        self.inner.wait().await
-    }
-
-    /// The status if the process has ended, without waiting.
-    pub fn try_wait(&self) -> Result<Option<ExitStatus>, SandboxError> {
-        self.inner.try_wait()
-    }
-
-    /// Asks for the process to be killed, without waiting.
-    pub fn start_kill(&self) {
-        self.inner.start_kill();
-    }
-
-    /// Kills the process and waits for it to end.
-    pub async fn kill(&self) -> Result<(), SandboxError> {
-        self.start_kill();
-        self.wait().await.map(drop)
-    }
-
-    /// Sends `signal` to the process.
-    pub async fn signal(&self, signal: nix::sys::signal::Signal) -> Result<(), SandboxError> {
-        self.inner.signal(signal).await
-    }
+    crate::process::supervised_handle_methods!();
 }
 
 /// The capture files, opened for the runtime, plus what the supervisor needs to watch them.

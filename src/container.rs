@@ -325,6 +325,40 @@ impl NamespaceContainer {
         })
     }
 
+    /// Spawns `<runtime> run` (foreground or `--detach`) for a prepared bundle, with the
+    /// runtime's log and pid file in the bundle.
+    fn start_run(
+        &self,
+        config: &ContainerConfig,
+        id: &str,
+        bundle: &Bundle,
+        detach: bool,
+        console_socket: Option<&std::path::Path>,
+        (stdin, stdout, stderr): (
+            std::process::Stdio,
+            std::process::Stdio,
+            std::process::Stdio,
+        ),
+    ) -> Result<Child, SandboxError> {
+        let (log, pid_path) = (bundle.log_path(), bundle.pid_path());
+        let flags = ContainerFlags {
+            log: Some(&log),
+            network: config.network,
+        };
+        let mut cmd = self.inner.cli.command(
+            flags,
+            Sub::Run {
+                id,
+                bundle: bundle.path(),
+                detach,
+                console_socket,
+                pid_file: Some(&pid_path),
+            },
+        );
+        cmd.stdin(stdin).stdout(stdout).stderr(stderr);
+        cmd.spawn().map_err(|e| self.inner.cli.spawn_error(e))
+    }
+
     /// Starts `<runtime> run --detach` for a prepared bundle under a detached supervisor.
     fn run_detached(
         &self,
@@ -340,35 +374,16 @@ impl NamespaceContainer {
         console_socket: Option<&std::path::Path>,
     ) -> Result<(Supervised, oneshot::Receiver<Result<(), SandboxError>>), SandboxError> {
         let inner = &self.inner;
-        let log = bundle.log_path();
         let pid_path = bundle.pid_path();
-        let flags = ContainerFlags {
-            log: Some(&log),
-            network: config.network,
-        };
-        let mut cmd = inner.cli.command(
-            flags,
-            Sub::Run {
-                id: &id,
-                bundle: bundle.path(),
-                detach: true,
-                console_socket,
-                pid_file: Some(&pid_path),
-            },
-        );
-        cmd.stdin(stdin).stdout(stdout).stderr(stderr);
-        let child = cmd.spawn().map_err(|e| inner.cli.spawn_error(e))?;
-        let teardown = Teardown {
-            cli: inner.cli.clone(),
-            dirs: inner.dirs.clone(),
-            id,
-            network: config.network,
-            bundle: Some(bundle),
-            command: config.command.clone(),
-            init_pid: None,
-            orphan: None,
-            aborted: false,
-        };
+        let child = self.start_run(
+            config,
+            &id,
+            &bundle,
+            true,
+            console_socket,
+            (stdin, stdout, stderr),
+        )?;
+        let teardown = Teardown::new(&inner.cli, &inner.dirs, id, config, bundle);
         Ok(Supervised::detached(
             &inner.tracker,
             child,
@@ -401,35 +416,8 @@ impl NamespaceContainer {
         SandboxError,
     > {
         let inner = &self.inner;
-        let log = bundle.log_path();
-        let pid_path = bundle.pid_path();
-        let flags = ContainerFlags {
-            log: Some(&log),
-            network: config.network,
-        };
-        let mut cmd = inner.cli.command(
-            flags,
-            Sub::Run {
-                id: &id,
-                bundle: bundle.path(),
-                detach: false,
-                console_socket: None,
-                pid_file: Some(&pid_path),
-            },
-        );
-        cmd.stdin(stdin).stdout(stdout).stderr(stderr);
-        let child = cmd.spawn().map_err(|e| inner.cli.spawn_error(e))?;
-        let teardown = Teardown {
-            cli: inner.cli.clone(),
-            dirs: inner.dirs.clone(),
-            id,
-            network: config.network,
-            bundle: Some(bundle),
-            command: config.command.clone(),
-            init_pid: None,
-            orphan: None,
-            aborted: false,
-        };
+        let child = self.start_run(config, &id, &bundle, false, None, (stdin, stdout, stderr))?;
+        let teardown = Teardown::new(&inner.cli, &inner.dirs, id, config, bundle);
         let timeout = config.timeout;
         let supervise = move |child, capture| {
             Supervised::foreground(&inner.tracker, child, teardown, timeout, capture)

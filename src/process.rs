@@ -156,6 +156,26 @@ pub(crate) struct Teardown {
 }
 
 impl Teardown {
+    pub fn new(
+        cli: &RuntimeCli,
+        dirs: &StateDirs,
+        id: String,
+        config: &crate::ContainerConfig,
+        bundle: Bundle,
+    ) -> Self {
+        Teardown {
+            cli: cli.clone(),
+            dirs: dirs.clone(),
+            id,
+            network: config.network,
+            bundle: Some(bundle),
+            command: config.command.clone(),
+            init_pid: None,
+            orphan: None,
+            aborted: false,
+        }
+    }
+
     fn flags<'a>(&self, log: Option<&'a std::path::Path>) -> ContainerFlags<'a> {
         ContainerFlags {
             log,
@@ -849,6 +869,43 @@ impl Supervised {
         }
     }
 }
+
+/// `wait`, `try_wait`, `start_kill`, `kill` and `signal` for a handle whose `inner` is a
+/// [`Supervised`] (the detached handles; `ContainerProcess` also closes its stdin on `wait`).
+macro_rules! supervised_handle_methods {
+    () => {
+        /// Waits for the process to end (for captured output, the files are final then).
+        ///
+        /// # Cancel safety
+        ///
+        /// Cancel safe and idempotent.
+        pub async fn wait(&self) -> Result<ExitStatus, SandboxError> {
+            self.inner.wait().await
+        }
+
+        /// The status if the process has ended, without waiting.
+        pub fn try_wait(&self) -> Result<Option<ExitStatus>, SandboxError> {
+            self.inner.try_wait()
+        }
+
+        /// Asks for the process to be killed, without waiting.
+        pub fn start_kill(&self) {
+            self.inner.start_kill();
+        }
+
+        /// Kills the process and waits for it to end.
+        pub async fn kill(&self) -> Result<(), SandboxError> {
+            self.start_kill();
+            self.wait().await.map(drop)
+        }
+
+        /// Sends `signal` to the process.
+        pub async fn signal(&self, signal: nix::sys::signal::Signal) -> Result<(), SandboxError> {
+            self.inner.signal(signal).await
+        }
+    };
+}
+pub(crate) use supervised_handle_methods;
 
 /// A process running in a container, made by [`NamespaceContainer::spawn`]: like
 /// [`tokio::process::Child`], with the container's stdio pipes.

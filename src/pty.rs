@@ -175,6 +175,42 @@ fn poll_write_pty(pty: &Pty, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Resu
     }
 }
 
+/// The `AsyncRead` / `AsyncWrite` impls of the types that hold the controller in `pty`.
+macro_rules! impl_pty_io {
+    (AsyncRead for $t:ty) => {
+        impl AsyncRead for $t {
+            fn poll_read(
+                self: Pin<&mut Self>,
+                cx: &mut Context<'_>,
+                buf: &mut ReadBuf<'_>,
+            ) -> Poll<io::Result<()>> {
+                poll_read_pty(&self.pty, cx, buf)
+            }
+        }
+    };
+    (AsyncWrite for $t:ty) => {
+        impl AsyncWrite for $t {
+            fn poll_write(
+                self: Pin<&mut Self>,
+                cx: &mut Context<'_>,
+                data: &[u8],
+            ) -> Poll<io::Result<usize>> {
+                poll_write_pty(&self.pty, cx, data)
+            }
+
+            // A terminal has nothing to flush, and cannot be half-closed (send 0x04, Ctrl-D,
+            // for end of input).
+            fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+                Poll::Ready(Ok(()))
+            }
+
+            fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+                Poll::Ready(Ok(()))
+            }
+        }
+    };
+}
+
 /// An interactive process on a PTY, from [`NamespaceContainer::spawn_interactive`].
 ///
 /// Reading gives what the process writes to its terminal (with the terminal's CRLF line ends);
@@ -244,64 +280,12 @@ impl PtySession {
         )
     }
 
-    /// Waits for the process to end.
-    ///
-    /// # Cancel safety
-    ///
-    /// Cancel safe and idempotent.
-    pub async fn wait(&self) -> Result<ExitStatus, SandboxError> {
-        self.inner.wait().await
-    }
-
-    /// The status if the process has ended, without waiting.
-    pub fn try_wait(&self) -> Result<Option<ExitStatus>, SandboxError> {
-        self.inner.try_wait()
-    }
-
-    /// Asks for the process to be killed, without waiting.
-    pub fn start_kill(&self) {
-        self.inner.start_kill();
-    }
-
-    /// Kills the process and waits for it to end.
-    pub async fn kill(&self) -> Result<(), SandboxError> {
-        self.start_kill();
-        self.wait().await.map(drop)
-    }
-
-    /// Sends `signal` to the process.
-    pub async fn signal(&self, signal: nix::sys::signal::Signal) -> Result<(), SandboxError> {
-        self.inner.signal(signal).await
-    }
+    crate::process::supervised_handle_methods!();
 }
 
-impl AsyncRead for PtySession {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        poll_read_pty(&self.pty, cx, buf)
-    }
-}
+impl_pty_io!(AsyncRead for PtySession);
 
-impl AsyncWrite for PtySession {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        data: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        poll_write_pty(&self.pty, cx, data)
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Poll::Ready(Ok(()))
-    }
-}
+impl_pty_io!(AsyncWrite for PtySession);
 
 /// The reading half of a [`PtySession`], from [`PtySession::split`].
 #[derive(Debug)]
@@ -310,15 +294,7 @@ pub struct PtyReader {
     _inner: Arc<Supervised>,
 }
 
-impl AsyncRead for PtyReader {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        poll_read_pty(&self.pty, cx, buf)
-    }
-}
+impl_pty_io!(AsyncRead for PtyReader);
 
 /// The writing half of a [`PtySession`], from [`PtySession::split`].
 #[derive(Debug)]
@@ -334,20 +310,4 @@ impl PtyWriter {
     }
 }
 
-impl AsyncWrite for PtyWriter {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        data: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        poll_write_pty(&self.pty, cx, data)
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Poll::Ready(Ok(()))
-    }
-}
+impl_pty_io!(AsyncWrite for PtyWriter);

@@ -42,18 +42,10 @@ pub(crate) fn reap_container_init_blocking(pid_file: &std::path::Path) {
     else {
         return;
     };
-    let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
+    let Some(p) = ProcStatus::read(pid) else {
         return;
     };
-    let field = |name: &str| {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .map(str::trim)
-            .unwrap_or_default()
-    };
-    let ours = field("PPid:") == std::process::id().to_string();
-    if ours && field("State:").starts_with('Z') && field("NSpid:").split_whitespace().count() > 1 {
+    if p.our_child && p.zombie && p.nested {
         let _ = nix::sys::wait::waitpid(
             nix::unistd::Pid::from_raw(pid),
             Some(nix::sys::wait::WaitPidFlag::WNOHANG),
@@ -168,7 +160,6 @@ const REPARENT_PATIENCE: Duration = Duration::from_secs(5);
 /// the runtime's name; a started container's init (which its supervisor waits on) bears the
 /// command's name, so it is never taken from its waiter. Blocking.
 pub(crate) fn reap_unstarted_inits() {
-    let me = std::process::id().to_string();
     // The orphans die when their runtime does, a moment before this runs.
     std::thread::sleep(std::time::Duration::from_millis(5));
     let Ok(entries) = std::fs::read_dir("/proc") else {
@@ -178,20 +169,16 @@ pub(crate) fn reap_unstarted_inits() {
         let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
             continue;
         };
-        let Ok(status) = std::fs::read_to_string(entry.path().join("status")) else {
+        let Some(ProcStatus {
+            name,
+            zombie,
+            our_child: ours,
+            nested,
+        }) = ProcStatus::read(pid)
+        else {
             continue;
         };
-        let field = |name: &str| {
-            status
-                .lines()
-                .find_map(|l| l.strip_prefix(name))
-                .map(str::trim)
-                .unwrap_or_default()
-        };
-        let zombie = field("State:").starts_with('Z');
-        let ours = field("PPid:") == me;
-        let nested = field("NSpid:").split_whitespace().count() > 1;
-        let name = field("Name:");
+        let name = name.as_str();
         // runc's init stages rename themselves "runc:[0:PARENT]", "runc:[1:CHILD]",
         // "runc:[2:INIT]", and runsc's sandbox, gofer and helpers run as "exe" (it re-executes
         // /proc/self/exe): no process tokio spawned has such a name. crun's keep the binary's
@@ -225,5 +212,34 @@ pub(crate) fn reap_blocking(pid: i32, deadline: std::time::Duration) {
             Ok(WaitStatus::StillAlive) => std::thread::sleep(std::time::Duration::from_millis(2)),
             _ => return,
         }
+    }
+}
+
+/// What the orphan reaping needs of `/proc/<pid>/status`.
+struct ProcStatus {
+    name: String,
+    zombie: bool,
+    /// Its parent is this process.
+    our_child: bool,
+    /// It lives in a pid namespace below ours (a container's process).
+    nested: bool,
+}
+
+impl ProcStatus {
+    fn read(pid: i32) -> Option<ProcStatus> {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+        let field = |name: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .map(str::trim)
+                .unwrap_or_default()
+        };
+        Some(ProcStatus {
+            name: field("Name:").to_owned(),
+            zombie: field("State:").starts_with('Z'),
+            our_child: field("PPid:") == std::process::id().to_string(),
+            nested: field("NSpid:").split_whitespace().count() > 1,
+        })
     }
 }

@@ -1,6 +1,6 @@
 //! The raw runtime CLI, as a user would call it on this machine: the baseline of the benches.
 
-use oci_sandbox::OciRuntime;
+use oci_sandbox::{ContainerConfig, NamespaceContainer, OciRuntime, SandboxConfig, Stdio};
 
 /// The library's persistent mount namespace for crun (default state dir).
 const CRUN_NS: &str = "/run/oci-sandbox/crun/ns/mnt";
@@ -52,4 +52,23 @@ pub fn rounds(full: usize) -> usize {
     } else {
         full
     }
+}
+
+/// The benches' runtime: two workers, like the machine's two cores.
+pub fn tokio_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// `/bin/true` under the default policy, with every stream on /dev/null.
+pub fn quiet_true() -> ContainerConfig {
+    let mut config =
+        NamespaceContainer::build_config(&SandboxConfig::default(), "/bin/true", vec![]);
+    config.stdin = Stdio::Null;
+    config.stdout = Stdio::Null;
+    config.stderr = Stdio::Null;
+    config
 }
