@@ -26,6 +26,19 @@
 //! in a background task with a deadline; [`NamespaceContainer::close`] waits for those tasks.
 //! Containers left by a process that crashed are removed by the next [`NamespaceContainer`]
 //! built on the same state root.
+//!
+//! # Caveats
+//!
+//! - The detached modes ([`NamespaceContainer::spawn_captured`],
+//!   [`NamespaceContainer::spawn_interactive`]) get a container's exit status by being its
+//!   init's parent: on the first such spawn the process makes itself a child subreaper
+//!   (`PR_SET_CHILD_SUBREAPER`). Orphaned descendants of your own child processes are then
+//!   re-parented to your process instead of to init; the library reaps only container
+//!   processes and the runtimes' own helpers.
+//! - With the foreground runtime of [`NamespaceContainer::spawn`], a process that calls
+//!   `exit(128 + n)` cannot be told from one killed by signal `n` (the runtime reports both the
+//!   same way); the detached modes report exact statuses on runc and crun.
+//! - Root is required for now (cgroup limits, crun's mount namespace on hybrid cgroups).
 
 #![warn(missing_docs)]
 
