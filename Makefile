@@ -3,7 +3,8 @@
 
 SHELL := /bin/bash
 CARGO ?= cargo
-APT_PACKAGES := runc crun runsc busybox-static uidmap
+# python3: the examples and tests run it inside the sandboxes (from the host's /usr).
+APT_PACKAGES := runc crun runsc busybox-static uidmap python3
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: deps demo test lint doc bench bench-fast bench-check
@@ -11,6 +12,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 ## Installs the OCI runtimes the library drives (runc, crun, runsc) when any is missing.
 deps:
 	@missing=""; for b in runc crun runsc busybox newuidmap; do command -v $$b >/dev/null || missing=1; done; \
+	[ -x /usr/bin/python3 ] || missing=1; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing $(APT_PACKAGES) with apt-get"; \
 	  $(SUDO) apt-get update -q && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q $(APT_PACKAGES); \
