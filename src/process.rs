@@ -209,17 +209,12 @@ impl Teardown {
                 crate::reaper::reap_unstarted_inits();
             }
             if let Some(bundle) = bundle {
-                // A runtime that exits without waiting for its init (killed, or failing while
-                // the init dies) leaves it to us, its subreaper.
-                crate::reaper::reap_container_init_blocking(&bundle.join(crate::bundle::PID_FILE));
                 remove_leftovers_blocking(&root, &id, &bundle);
             }
         })
         .await;
     }
-}
 
-impl Teardown {
     /// After the foreground runtime exited by itself: one blocking hop checks whether it left
     /// its state (a runtime that failed may; one that ran the container to the end has deleted
     /// it) and, in the common case where it did not, removes everything else right away.
@@ -232,7 +227,6 @@ impl Teardown {
             if root.join(&id).exists() {
                 return Err(bundle);
             }
-            crate::reaper::reap_container_init_blocking(&bundle.join(crate::bundle::PID_FILE));
             remove_leftovers_blocking(&root, &id, &bundle);
             Ok(())
         })
@@ -240,11 +234,9 @@ impl Teardown {
         if let Ok(Err(bundle)) = cleaned {
             remove_from_runtime(&self.cli, &self.id, self.flags(None), true).await;
             let (root, id) = (self.dirs.root.clone(), self.id.clone());
-            let _ = tokio::task::spawn_blocking(move || {
-                crate::reaper::reap_container_init_blocking(&bundle.join(crate::bundle::PID_FILE));
-                remove_leftovers_blocking(&root, &id, &bundle);
-            })
-            .await;
+            let _ =
+                tokio::task::spawn_blocking(move || remove_leftovers_blocking(&root, &id, &bundle))
+                    .await;
         }
     }
 }

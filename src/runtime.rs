@@ -309,7 +309,17 @@ impl RuntimeCli {
         deadline: Duration,
     ) -> Result<Vec<u8>, SandboxError> {
         let op = sub.op();
-        let mut cmd = self.command(flags, sub);
+        self.output(self.command(flags, sub), op, deadline).await
+    }
+
+    /// Runs `cmd` to completion within `deadline`, returning its stdout; a non-zero exit
+    /// becomes [`SandboxError::Runtime`] for `op` with the runtime's message.
+    async fn output(
+        &self,
+        mut cmd: Command,
+        op: RuntimeOp,
+        deadline: Duration,
+    ) -> Result<Vec<u8>, SandboxError> {
         cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
         let out = match tokio::time::timeout(deadline, cmd.output()).await {
             Ok(Ok(out)) => out,
@@ -356,25 +366,11 @@ impl RuntimeCli {
         let mut cmd = Command::new(&self.binary);
         cmd.arg(flag::VERSION)
             .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
             .kill_on_drop(true);
-        let out = tokio::time::timeout(SHORT_CALL_DEADLINE, cmd.output())
-            .await
-            .map_err(|_| SandboxError::Timeout {
-                what: format!("{} --version", self.kind),
-                after: SHORT_CALL_DEADLINE,
-            })?
-            .map_err(|e| self.spawn_error(e))?;
-        if !out.status.success() {
-            return Err(SandboxError::Runtime {
-                runtime: self.kind,
-                op: RuntimeOp::Version,
-                code: out.status.code(),
-                message: runtime_message(&out.stderr),
-            });
-        }
-        let text = String::from_utf8_lossy(&out.stdout);
+        let out = self
+            .output(cmd, RuntimeOp::Version, SHORT_CALL_DEADLINE)
+            .await?;
+        let text = String::from_utf8_lossy(&out);
         Ok(text.lines().next().unwrap_or_default().trim().to_owned())
     }
 
