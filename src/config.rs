@@ -102,6 +102,10 @@ pub struct SandboxConfig {
     pub memory_limit: Option<u64>,
     /// Maximum number of processes and threads.
     pub pids_limit: Option<u32>,
+    /// CPU time, in thousandths of a CPU per wall-clock second (1000 = one full core, 500 =
+    /// half of one); past it the container's threads are throttled until the next 100 ms
+    /// period.
+    pub cpu_millicores: Option<u32>,
     /// Size of the private writable `/tmp`, in bytes.
     pub tmp_size: u64,
     /// Most bytes kept of each captured output file
@@ -129,6 +133,7 @@ impl Default for SandboxConfig {
             timeout: Some(Duration::from_secs(60)),
             memory_limit: Some(512 * 1024 * 1024),
             pids_limit: Some(256),
+            cpu_millicores: Some(1000),
             tmp_size: 256 * 1024 * 1024,
             output_limit: Some(64 * 1024 * 1024),
         }
@@ -169,6 +174,8 @@ pub struct Limits {
     pub memory: Option<u64>,
     /// Maximum number of processes and threads.
     pub pids: Option<u32>,
+    /// CPU time in thousandths of a CPU (1000 = one core).
+    pub cpu_millicores: Option<u32>,
 }
 
 /// Security settings of the container process.
@@ -180,6 +187,17 @@ pub struct Security {
     pub no_new_privileges: bool,
     /// Mount the root filesystem read-only.
     pub readonly_rootfs: bool,
+    /// Apply the library's seccomp profile: system calls that reach past the container
+    /// (mounts, namespaces, `ptrace`, modules, kexec, BPF, the keyring, ...) fail with
+    /// `EPERM`. On gVisor the Sentry applies it to the guest.
+    pub seccomp: bool,
+    /// Run the container in a user namespace of its own. As root, its uid and gid 0..65536
+    /// map to an unprivileged host range (see
+    /// [`NamespaceContainerBuilder::user_namespace_base`](crate::NamespaceContainerBuilder::user_namespace_base)),
+    /// so its root is not the host's; writable binds are handed to that range. Without
+    /// root it is always on (the container's root is the calling user). gVisor ignores it:
+    /// its Sentry already runs as an unprivileged user in a user namespace of its own.
+    pub user_namespace: bool,
 }
 
 impl Default for Security {
@@ -188,6 +206,8 @@ impl Default for Security {
             capabilities: Vec::new(),
             no_new_privileges: true,
             readonly_rootfs: true,
+            seccomp: true,
+            user_namespace: true,
         }
     }
 }
@@ -571,6 +591,7 @@ pub(crate) fn from_policy(
         limits: Limits {
             memory: s.memory_limit,
             pids: s.pids_limit,
+            cpu_millicores: s.cpu_millicores,
         },
         security: Security::default(),
         timeout: s.timeout,

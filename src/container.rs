@@ -17,6 +17,7 @@ use crate::process::{ContainerProcess, Supervised, Teardown};
 use crate::pty::{ConsoleSocket, PtySession, receive_pty};
 use crate::runtime::{ContainerFlags, OciRuntime, RuntimeCli, Sub, locate};
 use crate::state::{StateDirs, new_id, sweep};
+use crate::userns::{DEFAULT_USERNS_BASE, HostIdentity, USERNS_SIZE};
 
 /// A configured OCI runtime that spawns sandboxed processes.
 ///
@@ -46,6 +47,24 @@ struct Inner {
     tracker: TaskTracker,
     /// Where `spawn_captured` makes its temp dirs.
     capture_dir: PathBuf,
+    identity: HostIdentity,
+    unenforced_limits: UnenforcedLimits,
+    warned_limits: std::sync::atomic::AtomicBool,
+}
+
+/// What to do with cgroup limits (memory, pids, CPU) that cannot be enforced: rootless, the
+/// runtimes cannot create cgroups on cgroup v1 (or v2 without delegation). The timeout and the
+/// output limit are the library's own and always hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum UnenforcedLimits {
+    /// Run without them and log a warning (`tracing`) naming them, once per
+    /// [`NamespaceContainer`].
+    #[default]
+    Warn,
+    /// Refuse the spawn with [`SandboxError::InvalidConfig`] on `limits` unless the config
+    /// sets none.
+    Refuse,
 }
 
 /// How long the runtime may take to send the PTY of an interactive container.
@@ -146,14 +165,16 @@ impl NamespaceContainer {
 
     /// Spawns `config`'s command with piped (or inherited, or null) stdio.
     ///
-    /// Returns once the runtime has been started; the container is created concurrently and a
-    /// failure of the runtime to start the command is reported by
-    /// [`ContainerProcess::wait`].
+    /// Returns once the process runs: the container is started detached, with the pipes
+    /// passed to it as they are (no copying through the runtime), and its exit status comes
+    /// straight from its init (`exit(137)` is a code, death by `SIGKILL` a signal).
     ///
     /// # Errors
     ///
     /// [`SandboxError::InvalidConfig`] for an invalid field and [`SandboxError::CommandNotFound`]
     /// for a command absent from the container's `PATH`, both before anything is created;
+    /// [`SandboxError::CommandNotFound`] with the runtime's message when the runtime cannot
+    /// find it either, [`SandboxError::Runtime`] when it fails otherwise;
     /// [`SandboxError::DuplicateId`]; [`SandboxError::RuntimeNotFound`] when the runtime binary
     /// has gone.
     ///
@@ -167,15 +188,17 @@ impl NamespaceContainer {
             std_stdio(config.stdout),
             std_stdio(config.stderr),
         );
-        let (mut child, supervise) = self.run_foreground(config, id, bundle, stdio)?;
-        let (stdin, stdout, stderr) =
-            (child.stdin.take(), child.stdout.take(), child.stderr.take());
-        Ok(ContainerProcess::new(
-            supervise(child, None),
-            stdin,
-            stdout,
-            stderr,
-        ))
+        crate::reaper::become_subreaper().map_err(|source| SandboxError::Process {
+            context: "becoming a child subreaper",
+            source,
+        })?;
+        let (supervised, started, (stdin, stdout, stderr)) =
+            self.run_detached(config, id, bundle, stdio, None, None)?;
+        let process = ContainerProcess::new(supervised, stdin, stdout, stderr);
+        // If this future is dropped here, `process` goes with it and the supervisor tears the
+        // container down. The runtime's own messages on a failed start went to the pipes, which
+        // are dropped with the process: the error carries them from the runtime's log.
+        flatten_start(started.await).map(|()| process)
     }
 
     /// Spawns `config`'s command with stdout and stderr going straight to files in a temp dir
@@ -242,7 +265,7 @@ impl NamespaceContainer {
             std::process::Stdio::from(files.stdout),
             std::process::Stdio::from(files.stderr),
         );
-        let (supervised, started) =
+        let (supervised, started, _) =
             self.run_detached(config, id, bundle, stdio, Some(files.watch), None)?;
         let capture = ProcessCapture::new(files.output, supervised);
         // If this future is dropped here, `capture` goes with it and the supervisor tears the
@@ -277,7 +300,7 @@ impl NamespaceContainer {
             source,
         })?;
         let null = std::process::Stdio::null;
-        let (supervised, mut started) = self.run_detached(
+        let (supervised, mut started, _) = self.run_detached(
             config,
             id,
             bundle,
@@ -359,7 +382,9 @@ impl NamespaceContainer {
         cmd.spawn().map_err(|e| self.inner.cli.spawn_error(e))
     }
 
-    /// Starts `<runtime> run --detach` for a prepared bundle under a detached supervisor.
+    /// Starts `<runtime> run --detach` for a prepared bundle under a detached supervisor; gives
+    /// back the pipes of piped stdio.
+    #[allow(clippy::type_complexity)]
     fn run_detached(
         &self,
         config: &ContainerConfig,
@@ -372,10 +397,21 @@ impl NamespaceContainer {
         ),
         capture: Option<CaptureWatch>,
         console_socket: Option<&std::path::Path>,
-    ) -> Result<(Supervised, oneshot::Receiver<Result<(), SandboxError>>), SandboxError> {
+    ) -> Result<
+        (
+            Supervised,
+            oneshot::Receiver<Result<(), SandboxError>>,
+            (
+                Option<tokio::process::ChildStdin>,
+                Option<tokio::process::ChildStdout>,
+                Option<tokio::process::ChildStderr>,
+            ),
+        ),
+        SandboxError,
+    > {
         let inner = &self.inner;
         let pid_path = bundle.pid_path();
-        let child = self.start_run(
+        let mut child = self.start_run(
             config,
             &id,
             &bundle,
@@ -383,46 +419,17 @@ impl NamespaceContainer {
             console_socket,
             (stdin, stdout, stderr),
         )?;
+        let pipes = (child.stdin.take(), child.stdout.take(), child.stderr.take());
         let teardown = Teardown::new(&inner.cli, &inner.dirs, id, config, bundle);
-        Ok(Supervised::detached(
+        let (supervised, started) = Supervised::detached(
             &inner.tracker,
             child,
             teardown,
             pid_path,
             config.timeout,
             capture,
-        ))
-    }
-
-    /// Starts `<runtime> run` for a prepared bundle and returns the child with a function
-    /// that hands it to its supervisor. Nothing between the two may `.await`: the supervisor
-    /// must own the child before the caller's future can be cancelled.
-    #[allow(clippy::type_complexity)]
-    fn run_foreground(
-        &self,
-        config: &ContainerConfig,
-        id: String,
-        bundle: Bundle,
-        (stdin, stdout, stderr): (
-            std::process::Stdio,
-            std::process::Stdio,
-            std::process::Stdio,
-        ),
-    ) -> Result<
-        (
-            Child,
-            impl FnOnce(Child, Option<CaptureWatch>) -> Supervised + use<'_>,
-        ),
-        SandboxError,
-    > {
-        let inner = &self.inner;
-        let child = self.start_run(config, &id, &bundle, false, None, (stdin, stdout, stderr))?;
-        let teardown = Teardown::new(&inner.cli, &inner.dirs, id, config, bundle);
-        let timeout = config.timeout;
-        let supervise = move |child, capture| {
-            Supervised::foreground(&inner.tracker, child, teardown, timeout, capture)
-        };
-        Ok((child, supervise))
+        );
+        Ok((supervised, started, pipes))
     }
 
     /// The OCI spec the library would write for `config` (for inspection, debugging, or
@@ -434,13 +441,64 @@ impl NamespaceContainer {
     pub fn render_spec(&self, config: &ContainerConfig) -> Result<crate::Spec, SandboxError> {
         config.validate()?;
         let id = config.id.clone().unwrap_or_else(new_id);
-        crate::spec::build(
-            config,
-            &self.inner.dirs.rootfs,
-            &id,
-            None,
-            self.inner.cli.kind,
-        )
+        crate::spec::build(config, &self.inner.dirs.rootfs, &id, None, self.target())
+    }
+
+    fn target(&self) -> crate::spec::Target {
+        crate::spec::Target {
+            runtime: self.inner.cli.kind,
+            identity: self.inner.identity,
+        }
+    }
+
+    /// True when this process is not root: the runtimes run rootless, the container's root is
+    /// the calling user, and cgroup limits (memory, pids, CPU) cannot be set (see
+    /// [`UnenforcedLimits`]).
+    pub fn is_rootless(&self) -> bool {
+        self.inner.identity.is_rootless()
+    }
+
+    /// Rootless, applies the [`UnenforcedLimits`] policy to `config`'s cgroup limits.
+    fn check_limits(&self, config: &ContainerConfig) -> Result<(), SandboxError> {
+        if !self.is_rootless() {
+            return Ok(());
+        }
+        let limits = &config.limits;
+        let unenforced: Vec<&str> = [
+            limits.memory.map(|_| "memory"),
+            limits.pids.map(|_| "pids"),
+            limits.cpu_millicores.map(|_| "cpu"),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        if unenforced.is_empty() {
+            return Ok(());
+        }
+        match self.inner.unenforced_limits {
+            UnenforcedLimits::Refuse => Err(SandboxError::invalid(
+                "limits",
+                format!(
+                    "{} cannot be enforced rootless (the runtime cannot create cgroups); set \
+                     them to None, or run as root",
+                    unenforced.join(", ")
+                ),
+            )),
+            UnenforcedLimits::Warn => {
+                if !self
+                    .inner
+                    .warned_limits
+                    .swap(true, std::sync::atomic::Ordering::Relaxed)
+                {
+                    tracing::warn!(
+                        limits = unenforced.join(", "),
+                        "rootless: these limits are NOT enforced (the runtime cannot create \
+                         cgroups); the timeout and the output limit are"
+                    );
+                }
+                Ok(())
+            }
+        }
     }
 
     /// Validates `config`, picks its id and writes its bundle, off the async workers.
@@ -450,14 +508,18 @@ impl NamespaceContainer {
         terminal: Option<(u16, u16)>,
     ) -> Result<(String, Bundle), SandboxError> {
         let id = config.id.clone().unwrap_or_else(new_id);
+        self.check_limits(config)?;
         let config = config.clone();
         let dirs = self.inner.dirs.clone();
-        let runtime = self.inner.cli.kind;
+        let target = self.target();
         // If this future is dropped while the closure runs, the closure still finishes and its
         // result (the bundle) is dropped, which removes the directory again.
         tokio::task::spawn_blocking(move || {
             config.validate()?;
-            let spec = crate::spec::build(&config, &dirs.rootfs, &id, terminal, runtime)?;
+            let spec = crate::spec::build(&config, &dirs.rootfs, &id, terminal, target)?;
+            target
+                .identity
+                .hand_over_writable_binds_blocking(&config, target.runtime)?;
             let bundle = Bundle::create_blocking(dirs.bundle(&id), &id, spec)?;
             Ok((id, bundle))
         })
@@ -594,6 +656,8 @@ pub struct NamespaceContainerBuilder {
     capture_dir: Option<PathBuf>,
     gvisor_platform: Option<GvisorPlatform>,
     check_platform: bool,
+    userns_base: u32,
+    unenforced_limits: UnenforcedLimits,
 }
 
 impl Default for NamespaceContainerBuilder {
@@ -605,6 +669,8 @@ impl Default for NamespaceContainerBuilder {
             capture_dir: None,
             gvisor_platform: None,
             check_platform: true,
+            userns_base: DEFAULT_USERNS_BASE,
+            unenforced_limits: UnenforcedLimits::default(),
         }
     }
 }
@@ -652,6 +718,21 @@ impl NamespaceContainerBuilder {
         self
     }
 
+    /// As root, the first host uid and gid that containers' user namespaces map to (ids
+    /// `0..65536` inside become `base..base+65536` on the host); default 1 000 000 000. Give
+    /// a range no host user owns (see `/etc/subuid`).
+    pub fn user_namespace_base(mut self, base: u32) -> Self {
+        self.userns_base = base;
+        self
+    }
+
+    /// What to do, rootless, with cgroup limits the runtime cannot enforce
+    /// ([`UnenforcedLimits::Warn`] by default).
+    pub fn unenforced_limits(mut self, policy: UnenforcedLimits) -> Self {
+        self.unenforced_limits = policy;
+        self
+    }
+
     /// Finds the binary, prepares the state root, and sweeps what dead processes left in it.
     ///
     /// # Errors
@@ -669,8 +750,22 @@ impl NamespaceContainerBuilder {
                 ),
             ));
         }
+        if self.userns_base == 0 || self.userns_base.checked_add(USERNS_SIZE).is_none() {
+            return Err(SandboxError::invalid(
+                "user_namespace_base",
+                format!("{} leaves no room for 65536 ids above 0", self.userns_base),
+            ));
+        }
+        let identity = HostIdentity::current(self.userns_base);
+        if identity.is_rootless() && self.runtime == OciRuntime::Crun {
+            return Err(SandboxError::invalid(
+                "runtime",
+                "crun needs root here: it refuses hybrid cgroups, and the mount namespace that \
+                 hides them needs CAP_SYS_ADMIN; use runc or runsc rootless",
+            ));
+        }
         let binary = locate(self.runtime, self.binary).await?;
-        let dirs = StateDirs::new(&base, self.runtime);
+        let dirs = StateDirs::new(&base, self.runtime, identity);
         let prepared = dirs.clone();
         tokio::task::spawn_blocking(move || prepared.prepare_blocking())
             .await
@@ -735,6 +830,9 @@ impl NamespaceContainerBuilder {
                 platform_choice,
                 tracker: TaskTracker::new(),
                 capture_dir,
+                identity,
+                unenforced_limits: self.unenforced_limits,
+                warned_limits: Default::default(),
             }),
         })
     }

@@ -44,6 +44,7 @@
 
 mod bundle;
 mod capture;
+mod cgroup;
 mod config;
 mod container;
 mod crun_ns;
@@ -53,15 +54,17 @@ mod process;
 mod pty;
 mod reaper;
 mod runtime;
+mod seccomp;
 mod spec;
 mod state;
+mod userns;
 
 pub use capture::{CapturedOutput, OutputMode, ProcessCapture};
 pub use config::{
     Bind, ContainerConfig, Limits, Mount, MountKind, Network, SandboxConfig, Security, SpecHook,
     Stdio,
 };
-pub use container::{NamespaceContainer, NamespaceContainerBuilder};
+pub use container::{NamespaceContainer, NamespaceContainerBuilder, UnenforcedLimits};
 pub use error::{RuntimeOp, SandboxError};
 pub use gvisor::{GvisorPlatform, PlatformChoice};
 pub use nix::sys::signal::Signal;
@@ -69,3 +72,4 @@ pub use oci_spec::runtime::Spec;
 pub use process::{ContainerProcess, ExitStatus, Output};
 pub use pty::{PtyReader, PtySession, PtyWriter};
 pub use runtime::OciRuntime;
+pub use userns::{DEFAULT_USERNS_BASE, USERNS_SIZE};

@@ -20,15 +20,16 @@ use crate::state::{StateDirs, remove_from_runtime, remove_leftovers_blocking};
 
 /// How a sandboxed process ended.
 ///
-/// Tells a normal exit, death by a signal and a timeout apart. With a foreground runtime
-/// (`spawn`), a process that called `exit(128 + n)` cannot be told from one killed by signal
-/// `n`: the runtime reports both as the same code, and this type reads it as the signal.
+/// Tells a normal exit, death by a signal, a timeout, the output limit and the OOM killer
+/// apart. On gVisor the status passes through the sandbox process as a code, so a process
+/// that called `exit(128 + n)` reads as killed by signal `n` there.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct ExitStatus {
     code: Option<i32>,
     signal: Option<i32>,
     timed_out: bool,
     output_limit_exceeded: bool,
+    oom_killed: bool,
 }
 
 impl ExitStatus {
@@ -38,6 +39,7 @@ impl ExitStatus {
             signal: None,
             timed_out: false,
             output_limit_exceeded: false,
+            oom_killed: false,
         }
     }
 
@@ -47,6 +49,7 @@ impl ExitStatus {
             signal: Some(signal),
             timed_out: false,
             output_limit_exceeded: false,
+            oom_killed: false,
         }
     }
 
@@ -99,12 +102,28 @@ impl ExitStatus {
     pub fn output_limit_exceeded(&self) -> bool {
         self.output_limit_exceeded
     }
+
+    /// True when the kernel's OOM killer killed a process of the container because it passed
+    /// its memory limit: the process itself (then [`signal`](Self::signal) is `SIGKILL`, or on
+    /// gVisor the whole sandbox was) or one of its children (then the code is whatever the
+    /// process made of that). Read from the container's memory cgroup, so always false where
+    /// the library cannot set limits (rootless on cgroup v1).
+    pub fn oom_killed(&self) -> bool {
+        self.oom_killed
+    }
+
+    pub(crate) fn with_oom_killed(self, oom_killed: bool) -> Self {
+        ExitStatus { oom_killed, ..self }
+    }
 }
 
 impl fmt::Display for ExitStatus {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if self.output_limit_exceeded {
             return f.write_str("output limit exceeded (killed)");
+        }
+        if self.oom_killed && self.signal == Some(libc::SIGKILL) {
+            return f.write_str("out of memory (killed)");
         }
         match (self.timed_out, self.code, self.signal) {
             (true, _, _) => f.write_str("timed out (killed)"),
@@ -214,31 +233,6 @@ impl Teardown {
         })
         .await;
     }
-
-    /// After the foreground runtime exited by itself: one blocking hop checks whether it left
-    /// its state (a runtime that failed may; one that ran the container to the end has deleted
-    /// it) and, in the common case where it did not, removes everything else right away.
-    async fn finish_after_runtime_exit(&mut self) {
-        let Some(bundle) = self.bundle.take().map(Bundle::into_path) else {
-            return;
-        };
-        let (root, id) = (self.dirs.root.clone(), self.id.clone());
-        let cleaned = tokio::task::spawn_blocking(move || {
-            if root.join(&id).exists() {
-                return Err(bundle);
-            }
-            remove_leftovers_blocking(&root, &id, &bundle);
-            Ok(())
-        })
-        .await;
-        if let Ok(Err(bundle)) = cleaned {
-            remove_from_runtime(&self.cli, &self.id, self.flags(None), true).await;
-            let (root, id) = (self.dirs.root.clone(), self.id.clone());
-            let _ =
-                tokio::task::spawn_blocking(move || remove_leftovers_blocking(&root, &id, &bundle))
-                    .await;
-        }
-    }
 }
 
 impl Drop for Teardown {
@@ -263,7 +257,7 @@ impl Drop for Teardown {
         ] {
             run_blocking_with_deadline(&binary, &args, SHORT_CALL_DEADLINE);
         }
-        crate::state::reap_cgroups_blocking(&self.id);
+        crate::cgroup::reap_blocking(&self.id);
         crate::state::remove_runtime_state_blocking(&self.dirs.root, &self.id);
         // A detached container's init is our child (we are its subreaper): reap it.
         if let Some(pid) = self.init_pid {
@@ -299,79 +293,6 @@ fn run_blocking_with_deadline(
     let _ = child.wait();
 }
 
-/// Watches a foreground runtime process (`run`) to its end: enforces the timeout and the
-/// output limit, obeys kill requests and the handle's drop, then cleans up and publishes the
-/// outcome.
-async fn supervise_foreground(
-    mut child: Child,
-    mut teardown: Teardown,
-    timeout: Option<Duration>,
-    mut control: mpsc::UnboundedReceiver<Control>,
-    outcome: watch::Sender<Outcome>,
-    mut capture: Option<CaptureWatch>,
-) {
-    let deadline = timeout.map(|t| Instant::now() + t);
-    let mut ended_by: Option<EndedBy> = None;
-    let waited = loop {
-        tokio::select! {
-            status = child.wait() => break status,
-            _ = sleep_until(deadline), if ended_by.is_none() => {
-                tracing::debug!(id = teardown.id, "timeout passed, killing the container");
-                ended_by = Some(EndedBy::Timeout);
-            }
-            msg = control.recv(), if ended_by.is_none() => {
-                ended_by = Some(match msg {
-                    Some(Control::Kill) => EndedBy::Kill,
-                    None => EndedBy::HandleDropped,
-                });
-            }
-            over = watch_capture(&mut capture), if ended_by.is_none() => {
-                if !over {
-                    continue;
-                }
-                tracing::debug!(id = teardown.id, "output limit passed, killing the container");
-                ended_by = Some(EndedBy::OutputLimit);
-            }
-        }
-        // Kill the container; the runtime sees its init die, removes it and exits. If the
-        // container does not exist yet, or the runtime does not exit, kill the runtime CLI
-        // (killing only the CLI would orphan the container) and destroy what it made.
-        let stopped = kill_container(&teardown).await
-            && tokio::time::timeout(STOP_GRACE, child.wait()).await.is_ok();
-        if !stopped {
-            let _ = child.start_kill();
-            let _ = child.wait().await;
-            // The init, if the runtime got that far, is now our orphan (when this process is a
-            // subreaper): find it before the runtime's state goes, reap it after the kill.
-            let no_pid_file = std::path::Path::new("");
-            teardown.orphan = find_init(no_pid_file, &teardown.dirs.root.join(&teardown.id)).await;
-            teardown.aborted = true;
-            teardown.finish(Leftover::Running).await;
-        }
-    };
-
-    let result = match (ended_by, waited) {
-        (Some(EndedBy::Timeout), _) => Ok(ExitStatus::killed_by_timeout()),
-        (Some(EndedBy::OutputLimit), _) => Ok(ExitStatus::killed_by_output_limit()),
-        (Some(_), _) => Ok(ExitStatus::signaled(libc::SIGKILL)),
-        (None, Err(e)) => Err(SandboxError::Process {
-            context: "waiting for the runtime",
-            source: e,
-        }),
-        (None, Ok(status)) => interpret_exit(&teardown, status).await,
-    };
-    if teardown.bundle.is_some() {
-        // Not cleaned up yet (the runtime ended by itself, or after its container was killed).
-        teardown.finish_after_runtime_exit().await;
-    }
-    if let Some(capture) = capture {
-        capture
-            .finish(matches!(ended_by, Some(EndedBy::OutputLimit)))
-            .await;
-    }
-    let _ = outcome.send(Some(result.map_err(Arc::new)));
-}
-
 async fn watch_capture(capture: &mut Option<CaptureWatch>) -> bool {
     match capture {
         Some(c) => c.next().await,
@@ -388,10 +309,6 @@ enum Leftover {
 
 /// How long `<runtime> run --detach` may take to create and start a container.
 const START_DEADLINE: Duration = Duration::from_secs(30);
-
-/// How long a foreground runtime may take to exit after its container was killed, before its
-/// CLI is killed too.
-const STOP_GRACE: Duration = Duration::from_secs(5);
 
 /// How long a killed container's init may take to die before its cgroups are emptied by force.
 const KILL_DEADLINE: Duration = Duration::from_secs(5);
@@ -536,7 +453,7 @@ async fn supervise_detached(
             _ = sleep_until(kill_deadline) => {
                 tracing::warn!(id = teardown.id, "the container outlived its kill; emptying its cgroups");
                 let id = teardown.id.clone();
-                let _ = tokio::task::spawn_blocking(move || crate::state::reap_cgroups_blocking(&id)).await;
+                let _ = tokio::task::spawn_blocking(move || crate::cgroup::reap_blocking(&id)).await;
                 kill_deadline = Some(Instant::now() + KILL_DEADLINE);
                 continue;
             }
@@ -544,13 +461,20 @@ async fn supervise_detached(
         kill_container(&teardown).await;
         kill_deadline = Some(Instant::now() + KILL_DEADLINE);
     };
+    let oom_killed = || async {
+        let id = teardown.id.clone();
+        tokio::task::spawn_blocking(move || crate::cgroup::oom_kills_blocking(&id) > 0)
+            .await
+            .unwrap_or(false)
+    };
     let result = match (ended_by, waited) {
         (Some(e), _) => Ok(status_for(Some(e))),
         (None, Ok(status)) if through_sandbox => Ok(status
             .code()
             .map(ExitStatus::from_runtime_code)
-            .unwrap_or(status)),
-        (None, Ok(status)) => Ok(status),
+            .unwrap_or(status)
+            .with_oom_killed(oom_killed().await)),
+        (None, Ok(status)) => Ok(status.with_oom_killed(oom_killed().await)),
         (None, Err(e)) => Err(SandboxError::Process {
             context: "waiting for the container's init",
             source: e,
@@ -744,31 +668,6 @@ pub(crate) struct Supervised {
 }
 
 impl Supervised {
-    /// Starts the supervisor of a foreground runtime process on `tracker`.
-    pub fn foreground(
-        tracker: &tokio_util::task::TaskTracker,
-        child: Child,
-        teardown: Teardown,
-        timeout: Option<Duration>,
-        capture: Option<CaptureWatch>,
-    ) -> Self {
-        let (control_tx, control_rx) = mpsc::unbounded_channel();
-        let (outcome_tx, outcome_rx) = watch::channel(None);
-        let id = teardown.id.clone();
-        let cli = teardown.cli.clone();
-        let network = teardown.network;
-        tracker.spawn(supervise_foreground(
-            child, teardown, timeout, control_rx, outcome_tx, capture,
-        ));
-        Supervised {
-            id,
-            control: control_tx,
-            outcome: outcome_rx,
-            cli,
-            network,
-        }
-    }
-
     /// Starts the supervisor of a detached runtime process (`run --detach --pid-file`); the
     /// receiver says when the container has started, or why it could not.
     pub fn detached(

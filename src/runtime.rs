@@ -74,6 +74,7 @@ mod flag {
     pub const NETWORK_HOST: &str = "--network=host";
     pub const PLATFORM: &str = "--platform";
     pub const ROOTLESS: &str = "--rootless";
+    pub const OCI_SECCOMP: &str = "--oci-seccomp";
 }
 
 /// One runtime subcommand and its own options.
@@ -260,6 +261,8 @@ impl RuntimeCli {
             if let Some(p) = self.gvisor_platform {
                 argv.extend([flag::PLATFORM.into(), p.as_flag().into()]);
             }
+            // Apply the spec's seccomp profile inside the sandbox too (off by default).
+            argv.push(flag::OCI_SECCOMP.into());
             // As root, `--rootless` hangs (with host networking); without root it is required.
             if !nix::unistd::geteuid().is_root() {
                 argv.push(flag::ROOTLESS.into());

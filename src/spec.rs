@@ -4,31 +4,45 @@ use std::collections::HashSet;
 use std::path::Path;
 
 use oci_spec::runtime::{
-    Capability, LinuxBuilder, LinuxCapabilitiesBuilder, LinuxMemoryBuilder, LinuxNamespaceBuilder,
-    LinuxNamespaceType, LinuxPidsBuilder, LinuxResourcesBuilder, MountBuilder, PosixRlimitBuilder,
-    PosixRlimitType, ProcessBuilder, RootBuilder, Spec, SpecBuilder, UserBuilder,
-    get_default_maskedpaths, get_default_mounts, get_default_readonly_paths,
+    Capability, LinuxBuilder, LinuxCapabilitiesBuilder, LinuxCpuBuilder, LinuxMemoryBuilder,
+    LinuxNamespaceBuilder, LinuxNamespaceType, LinuxPidsBuilder, LinuxResourcesBuilder,
+    MountBuilder, PosixRlimitBuilder, PosixRlimitType, ProcessBuilder, RootBuilder, Spec,
+    SpecBuilder, UserBuilder, get_default_maskedpaths, get_default_mounts,
+    get_default_readonly_paths,
 };
 
 use crate::config::{ContainerConfig, MountKind, Network};
 use crate::error::SandboxError;
 use crate::runtime::OciRuntime;
+use crate::userns::HostIdentity;
 
 /// Processes and threads added to a gVisor sandbox's pids limit for gVisor's own.
 pub(crate) const GVISOR_PIDS_ALLOWANCE: i64 = 128;
 
+/// The CFS period of the CPU limit: 100 ms, the kernel's default.
+const CPU_PERIOD_US: u64 = 100_000;
+
 /// Where the library's containers live in each cgroup hierarchy.
 pub(crate) const CGROUP_PARENT: &str = "/oci-sandbox";
 
+/// Where a spec is to run: which runtime, as whom.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Target {
+    pub runtime: OciRuntime,
+    pub identity: HostIdentity,
+}
+
 /// Builds the spec for `config`, with `rootfs` as the root filesystem and `id` naming its
-/// cgroup; `terminal` gives the process a PTY of that size (columns, rows).
+/// cgroup; `terminal` gives the process a PTY of that size (columns, rows). Rootless, the
+/// spec has no cgroup limits (the caller decides whether that is acceptable).
 pub(crate) fn build(
     config: &ContainerConfig,
     rootfs: &Path,
     id: &str,
     terminal: Option<(u16, u16)>,
-    runtime: OciRuntime,
+    target: Target,
 ) -> Result<Spec, SandboxError> {
+    let runtime = target.runtime;
     let mut args = Vec::with_capacity(config.args.len() + 1);
     args.push(config.command.clone());
     args.extend(config.args.iter().cloned());
@@ -147,6 +161,10 @@ pub(crate) fn build(
     if config.network == Network::None {
         namespaces.push(LinuxNamespaceType::Network);
     }
+    let mappings = target.identity.mappings(config, runtime)?;
+    if mappings.is_some() {
+        namespaces.push(LinuxNamespaceType::User);
+    }
     let namespaces = namespaces
         .into_iter()
         .map(|typ| LinuxNamespaceBuilder::default().typ(typ).build())
@@ -163,6 +181,20 @@ pub(crate) fn build(
                 .build()?,
         );
     }
+    if let Some(millicores) = config.limits.cpu_millicores {
+        if millicores == 0 {
+            return Err(SandboxError::invalid(
+                "limits.cpu_millicores",
+                "must be more than 0",
+            ));
+        }
+        resources = resources.cpu(
+            LinuxCpuBuilder::default()
+                .period(CPU_PERIOD_US)
+                .quota(i64::from(millicores) * CPU_PERIOD_US as i64 / 1000)
+                .build()?,
+        );
+    }
     if let Some(pids) = config.limits.pids {
         // On gVisor the limit applies to the whole sandbox: the Sentry's and the gofer's own
         // threads (about 60-100 here) count too, and a limit they exhaust kills the sandbox
@@ -175,12 +207,24 @@ pub(crate) fn build(
         resources = resources.pids(LinuxPidsBuilder::default().limit(limit).build()?);
     }
 
-    let linux = LinuxBuilder::default()
+    let mut linux = LinuxBuilder::default();
+    if let Some((uids, gids)) = mappings {
+        linux = linux.uid_mappings(uids).gid_mappings(gids);
+    }
+    if !target.identity.is_rootless() {
+        // Rootless runc fails to create even an empty cgroup on v1 ("permission denied"):
+        // neither limits nor a cgroup path then.
+        linux = linux
+            .resources(resources.build()?)
+            .cgroups_path(format!("{CGROUP_PARENT}/{id}"));
+    }
+    if config.security.seccomp {
+        linux = linux.seccomp(crate::seccomp::default_profile()?);
+    }
+    let linux = linux
         .namespaces(namespaces)
         .masked_paths(get_default_maskedpaths())
         .readonly_paths(get_default_readonly_paths())
-        .resources(resources.build()?)
-        .cgroups_path(format!("{CGROUP_PARENT}/{id}"))
         .build()?;
 
     let mut spec = SpecBuilder::default()
@@ -209,9 +253,18 @@ mod tests {
     use super::*;
     use crate::config::SandboxConfig;
 
+    fn root(runtime: OciRuntime) -> Target {
+        Target {
+            runtime,
+            identity: HostIdentity::Root {
+                userns_base: crate::userns::DEFAULT_USERNS_BASE,
+            },
+        }
+    }
+
     fn spec_for(s: &SandboxConfig) -> Spec {
         let c = crate::config::from_policy(s, "echo".into(), vec!["hi".into()]);
-        build(&c, Path::new("/rootfs"), "c1", None, OciRuntime::Runc).unwrap()
+        build(&c, Path::new("/rootfs"), "c1", None, root(OciRuntime::Runc)).unwrap()
     }
 
     #[test]
@@ -284,7 +337,7 @@ mod tests {
     #[test]
     fn gvisor_gets_an_allowance_on_top_of_the_pids_limit() {
         let c = ContainerConfig::new("true", vec![]);
-        let spec = build(&c, Path::new("/r"), "c", None, OciRuntime::Gvisor).unwrap();
+        let spec = build(&c, Path::new("/r"), "c", None, root(OciRuntime::Gvisor)).unwrap();
         let limit = spec
             .linux()
             .as_ref()
@@ -305,7 +358,7 @@ mod tests {
         c.spec_hook = Some(crate::config::SpecHook::new(|s: &mut Spec| {
             s.set_hostname(Some("edited".into()));
         }));
-        let spec = build(&c, Path::new("/r"), "c", None, OciRuntime::Runc).unwrap();
+        let spec = build(&c, Path::new("/r"), "c", None, root(OciRuntime::Runc)).unwrap();
         assert_eq!(spec.hostname().as_deref(), Some("edited"));
     }
 
@@ -314,7 +367,7 @@ mod tests {
         let mut c = ContainerConfig::new("true", vec![]);
         c.security.capabilities = vec!["CAP_NOPE".into()];
         assert!(matches!(
-            build(&c, Path::new("/r"), "c", None, OciRuntime::Runc),
+            build(&c, Path::new("/r"), "c", None, root(OciRuntime::Runc)),
             Err(SandboxError::InvalidConfig { .. })
         ));
     }

@@ -2,13 +2,13 @@
 //! and our bundles, container ids that name their owning process, and the sweep that removes
 //! what crashed processes left behind.
 
+use crate::userns::HostIdentity;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::error::SandboxError;
 use crate::runtime::{ContainerFlags, OciRuntime, RuntimeCli};
-use crate::spec::CGROUP_PARENT;
 
 /// The annotation in each bundle's `config.json` naming the process that owns the container.
 pub(crate) const OWNER_ANNOTATION: &str = "dev.oci-sandbox.owner";
@@ -25,6 +25,8 @@ pub(crate) struct StateDirs {
     pub bundles: PathBuf,
     /// The shared, read-only root filesystem (links and a minimal /etc).
     pub rootfs: PathBuf,
+    /// Who owns the rootfs, when not this process's user.
+    pub rootfs_owner: Option<(u32, u32)>,
 }
 
 impl StateDirs {
@@ -41,12 +43,22 @@ impl StateDirs {
         }
     }
 
-    pub fn new(base: &Path, runtime: OciRuntime) -> Self {
+    /// As root, the shared rootfs belongs to the containers' user namespace range (whose root
+    /// makes the mount points in it), one per range.
+    pub fn new(base: &Path, runtime: OciRuntime, identity: HostIdentity) -> Self {
         let runtime_dir = base.join(runtime.binary_name());
+        let (rootfs, rootfs_owner) = match identity {
+            HostIdentity::Root { userns_base } => (
+                base.join(format!("rootfs-{userns_base}")),
+                Some((userns_base, userns_base)),
+            ),
+            HostIdentity::Rootless { .. } => (base.join("rootfs"), None),
+        };
         StateDirs {
             root: runtime_dir.join("state"),
             bundles: runtime_dir.join("bundles"),
-            rootfs: base.join("rootfs"),
+            rootfs,
+            rootfs_owner,
         }
     }
 
@@ -59,7 +71,13 @@ impl StateDirs {
             b.create(dir)
                 .map_err(|e| SandboxError::io("creating the state directory", dir, e))?;
         }
-        crate::bundle::prepare_rootfs(&self.rootfs)
+        crate::bundle::prepare_rootfs(&self.rootfs)?;
+        if let Some((uid, gid)) = self.rootfs_owner {
+            crate::userns::chown_tree(&self.rootfs, uid, gid).map_err(|e| {
+                SandboxError::io("handing the rootfs to the user namespace", &self.rootfs, e)
+            })?;
+        }
+        Ok(())
     }
 
     pub fn bundle(&self, id: &str) -> PathBuf {
@@ -244,7 +262,7 @@ pub(crate) async fn remove_from_runtime(
 /// in them), its state in the runtime's root, its bundle. Blocking.
 pub(crate) fn remove_leftovers_blocking(root: &Path, id: &str, bundle: &Path) {
     crate::reaper::reap_container_init_blocking(&bundle.join(crate::bundle::PID_FILE));
-    reap_cgroups_blocking(id);
+    crate::cgroup::reap_blocking(id);
     remove_runtime_state_blocking(root, id);
     let _ = std::fs::remove_dir_all(bundle);
 }
@@ -257,49 +275,6 @@ pub(crate) fn remove_runtime_state_blocking(root: &Path, id: &str) {
     let _ = std::fs::remove_dir_all(root.join(id));
     for suffix in ["state", "lock"] {
         let _ = std::fs::remove_file(root.join(format!("{id}_sandbox:{id}.{suffix}")));
-    }
-}
-
-/// Kills any process left in the container's cgroups and removes them (blocking).
-pub(crate) fn reap_cgroups_blocking(id: &str) {
-    let Ok(hierarchies) = std::fs::read_dir("/sys/fs/cgroup") else {
-        return;
-    };
-    let mut dirs: Vec<PathBuf> = hierarchies
-        .filter_map(Result::ok)
-        .map(|h| {
-            h.path()
-                .join(CGROUP_PARENT.trim_start_matches('/'))
-                .join(id)
-        })
-        .collect();
-    // cgroup v2 only: the unified hierarchy is /sys/fs/cgroup itself.
-    dirs.push(
-        Path::new("/sys/fs/cgroup")
-            .join(CGROUP_PARENT.trim_start_matches('/'))
-            .join(id),
-    );
-    for dir in dirs.iter().filter(|d| d.is_dir()) {
-        // A killed process leaves its cgroup a moment later (longer on a loaded machine):
-        // kill what is listed, retry the rmdir with a growing pause, up to about a second.
-        let mut pause = std::time::Duration::from_millis(1);
-        for _ in 0..12 {
-            if let Ok(procs) = std::fs::read_to_string(dir.join("cgroup.procs")) {
-                for pid in procs.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
-                    let _ = nix::sys::signal::kill(
-                        nix::unistd::Pid::from_raw(pid),
-                        nix::sys::signal::Signal::SIGKILL,
-                    );
-                }
-            }
-            match std::fs::remove_dir(dir) {
-                Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
-                    std::thread::sleep(pause);
-                    pause = (pause * 2).min(std::time::Duration::from_millis(200));
-                }
-                _ => break,
-            }
-        }
     }
 }
 

@@ -1,0 +1,100 @@
+//! The host side of a container's cgroups: what the library reads from them (OOM kills) and
+//! how it removes what a runtime left.
+
+use std::path::{Path, PathBuf};
+
+use crate::spec::CGROUP_PARENT;
+
+const ROOT: &str = "/sys/fs/cgroup";
+
+/// The container's cgroup directories that may exist: one per v1 hierarchy, and the v2 one
+/// (the unified hierarchy is either `/sys/fs/cgroup` itself or, hybrid, one of its entries).
+fn dirs(id: &str) -> Vec<PathBuf> {
+    let relative = Path::new(CGROUP_PARENT.trim_start_matches('/')).join(id);
+    let mut dirs: Vec<PathBuf> = std::fs::read_dir(ROOT)
+        .map(|hierarchies| {
+            hierarchies
+                .filter_map(Result::ok)
+                .map(|h| h.path().join(&relative))
+                .collect()
+        })
+        .unwrap_or_default();
+    dirs.push(Path::new(ROOT).join(&relative));
+    dirs
+}
+
+/// How many processes of container `id` the kernel's OOM killer has killed, from its memory
+/// cgroup (`memory.oom_control` on v1, `memory.events` on v2); 0 when it has none. Read before
+/// the cgroup is removed. Blocking (a file read).
+pub(crate) fn oom_kills_blocking(id: &str) -> u64 {
+    let relative = Path::new(CGROUP_PARENT.trim_start_matches('/')).join(id);
+    let candidates = [
+        Path::new(ROOT)
+            .join("memory")
+            .join(&relative)
+            .join("memory.oom_control"),
+        Path::new(ROOT)
+            .join("unified")
+            .join(&relative)
+            .join("memory.events"),
+        Path::new(ROOT).join(&relative).join("memory.events"),
+    ];
+    candidates
+        .iter()
+        .filter_map(|file| std::fs::read_to_string(file).ok())
+        .map(|text| oom_kill_count(&text))
+        .max()
+        .unwrap_or(0)
+}
+
+/// The `oom_kill N` line of a memory cgroup's counters file.
+fn oom_kill_count(text: &str) -> u64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix("oom_kill "))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// Kills any process left in the container's cgroups and removes them (blocking).
+pub(crate) fn reap_blocking(id: &str) {
+    for dir in dirs(id).iter().filter(|d| d.is_dir()) {
+        // A killed process leaves its cgroup a moment later (longer on a loaded machine):
+        // kill what is listed, retry the rmdir with a growing pause, up to about a second.
+        let mut pause = std::time::Duration::from_millis(1);
+        for _ in 0..12 {
+            if let Ok(procs) = std::fs::read_to_string(dir.join("cgroup.procs")) {
+                for pid in procs.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
+                    let _ = nix::sys::signal::kill(
+                        nix::unistd::Pid::from_raw(pid),
+                        nix::sys::signal::Signal::SIGKILL,
+                    );
+                }
+            }
+            match std::fs::remove_dir(dir) {
+                Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
+                    std::thread::sleep(pause);
+                    pause = (pause * 2).min(std::time::Duration::from_millis(200));
+                }
+                _ => break,
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn oom_kill_counts_are_read_from_v1_and_v2_files() {
+        assert_eq!(
+            oom_kill_count("oom_kill_disable 0\nunder_oom 0\noom_kill 3\n"),
+            3
+        );
+        assert_eq!(
+            oom_kill_count("low 0\nhigh 0\nmax 5\noom 1\noom_kill 1\noom_group_kill 0\n"),
+            1
+        );
+        assert_eq!(oom_kill_count("oom_kill_disable 0\n"), 0);
+    }
+}
