@@ -222,8 +222,11 @@ impl Teardown {
         let id = self.id.clone();
         let bundle = self.bundle.take().map(Bundle::into_path);
         let aborted = self.aborted;
+        let gvisor = self.cli.kind == crate::OciRuntime::Gvisor;
         let _ = tokio::task::spawn_blocking(move || {
-            if aborted {
+            if aborted && gvisor {
+                crate::reaper::reap_failed_runsc_start_blocking();
+            } else if aborted {
                 // Inits that died before they could exec, and the runtime's helpers.
                 crate::reaper::reap_unstarted_inits();
             }
@@ -430,7 +433,9 @@ async fn supervise_detached(
     let mut kill_deadline = None;
     if ended_by.is_some() || capture.as_ref().is_some_and(CaptureWatch::over_limit) {
         ended_by.get_or_insert(EndedBy::OutputLimit);
-        kill_container(&teardown).await;
+        if !kill_container(&teardown).await {
+            waiter.kill();
+        }
         kill_deadline = Some(Instant::now() + KILL_DEADLINE);
     }
     // gVisor's pid file names the sandbox process, which exits with the container's status
@@ -454,11 +459,14 @@ async fn supervise_detached(
                 tracing::warn!(id = teardown.id, "the container outlived its kill; emptying its cgroups");
                 let id = teardown.id.clone();
                 let _ = tokio::task::spawn_blocking(move || crate::cgroup::reap_blocking(&id)).await;
+                waiter.kill();
                 kill_deadline = Some(Instant::now() + KILL_DEADLINE);
                 continue;
             }
         }
-        kill_container(&teardown).await;
+        if !kill_container(&teardown).await {
+            waiter.kill();
+        }
         kill_deadline = Some(Instant::now() + KILL_DEADLINE);
     };
     let oom_killed = || async {

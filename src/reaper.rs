@@ -90,6 +90,24 @@ pub(crate) struct PidWaiter {
     pid: i32,
 }
 
+impl PidWaiter {
+    /// Sends `SIGKILL` through the pidfd (no pid-reuse race): for when the runtime's own
+    /// `kill --all` cannot (rootless, it has no cgroup to find the processes in). The init's
+    /// death ends its pid namespace; gVisor's sandbox process takes its container with it.
+    pub fn kill(&self) {
+        // SAFETY: a valid pidfd, a null siginfo and no flags, as pidfd_send_signal(2) allows.
+        let _ = unsafe {
+            libc::syscall(
+                libc::SYS_pidfd_send_signal,
+                self.fd.get_ref().as_raw_fd(),
+                libc::SIGKILL,
+                std::ptr::null::<libc::siginfo_t>(),
+                0,
+            )
+        };
+    }
+}
+
 impl Drop for PidWaiter {
     fn drop(&mut self) {
         let mut claimed = CLAIMED.lock().unwrap_or_else(|e| e.into_inner());
@@ -162,8 +180,39 @@ const REPARENT_PATIENCE: Duration = Duration::from_secs(5);
 pub(crate) fn reap_unstarted_inits() {
     // The orphans die when their runtime does, a moment before this runs.
     std::thread::sleep(std::time::Duration::from_millis(5));
+    reap_pass();
+}
+
+/// After runsc failed to start a container: its sandbox, gofer and helpers (all "exe") were
+/// re-parented to us and die over the next moments, and a pass is skipped while another start
+/// is in flight (its sandbox must not be reaped before it is claimed). Passes until a quiet
+/// ~200 ms follows the last reap, at most 2 s (blocking).
+pub(crate) fn reap_failed_runsc_start_blocking() {
+    let start = std::time::Instant::now();
+    let mut last_change = start;
+    let mut zombies_before = usize::MAX;
+    while start.elapsed() < std::time::Duration::from_secs(2) {
+        std::thread::sleep(std::time::Duration::from_millis(25));
+        if STARTING.load(std::sync::atomic::Ordering::SeqCst) != 0 {
+            continue;
+        }
+        let zombies = reap_pass();
+        if zombies != zombies_before {
+            last_change = std::time::Instant::now();
+            zombies_before = zombies;
+        }
+        if zombies == 0 && last_change.elapsed() > std::time::Duration::from_millis(200) {
+            break;
+        }
+    }
+}
+
+/// One scan of /proc reaping unstarted inits and runtime helpers that are our zombies;
+/// returns how many it reaped.
+fn reap_pass() -> usize {
+    let mut reaped = 0;
     let Ok(entries) = std::fs::read_dir("/proc") else {
-        return;
+        return 0;
     };
     for entry in entries.filter_map(Result::ok) {
         let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
@@ -192,12 +241,17 @@ pub(crate) fn reap_unstarted_inits() {
             .contains(&pid);
         if zombie && ours && unstarted && !claimed {
             // WNOHANG: never wait on anything that is not already dead.
-            let _ = nix::sys::wait::waitpid(
+            if let Ok(
+                nix::sys::wait::WaitStatus::Exited(..) | nix::sys::wait::WaitStatus::Signaled(..),
+            ) = nix::sys::wait::waitpid(
                 nix::unistd::Pid::from_raw(pid),
                 Some(nix::sys::wait::WaitPidFlag::WNOHANG),
-            );
+            ) {
+                reaped += 1;
+            }
         }
     }
+    reaped
 }
 
 /// Reaps `pid`, which was just killed, waiting at most `deadline` (blocking; for the

@@ -124,6 +124,20 @@ pub(crate) fn build(
             }
         }
     }
+    if target.identity.is_rootless() {
+        // Only the caller's own gid is mapped: devpts' `gid=5` (tty) names an unmapped group,
+        // which rootless runc refuses.
+        for m in &mut mounts {
+            if let Some(options) = m.options().clone() {
+                m.set_options(Some(
+                    options
+                        .into_iter()
+                        .filter(|o| !o.starts_with("gid="))
+                        .collect(),
+                ));
+            }
+        }
+    }
     for m in &config.mounts {
         let mount = match &m.kind {
             MountKind::Bind { source, writable } => MountBuilder::default()

@@ -1,0 +1,336 @@
+//! The library used by an ordinary user: rootless runc and runsc.
+//!
+//! Run as root (as `make test` does), each test runs itself again as the unprivileged user
+//! `osb-rootless` (created if missing) from a copy of this binary that the user can read, and
+//! fails if that run fails. Run as an ordinary user, the tests run directly.
+
+mod common;
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::PathBuf;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use common::TestSandbox;
+use oci_sandbox::{
+    NamespaceContainer, OciRuntime, OutputMode, SandboxConfig, SandboxError, UnenforcedLimits,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const USER: &str = "osb-rootless";
+
+/// Set in the environment of the re-run, so that it never tries to switch again.
+const CHILD: &str = "OSB_ROOTLESS_CHILD";
+
+/// Runs `body` as an ordinary user: here if this process is one, else in a copy of this test
+/// binary run as [`USER`] with only `name` selected.
+fn as_ordinary_user<F: std::future::Future<Output = ()>>(name: &str, body: impl FnOnce() -> F) {
+    if !nix::unistd::geteuid().is_root() {
+        return tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(body());
+    }
+    assert!(
+        std::env::var_os(CHILD).is_none(),
+        "the re-run as {USER} is still root"
+    );
+    let binary = readable_copy_of_this_binary();
+    let out = std::process::Command::new("runuser")
+        .args(["-u", USER, "--"])
+        .arg(binary)
+        .args(["--exact", name, "--nocapture", "--test-threads=1"])
+        .env_clear()
+        .env(CHILD, "1")
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("HOME", "/tmp")
+        .env("RUST_BACKTRACE", "1")
+        .current_dir("/tmp")
+        .output()
+        .expect("runuser (util-linux) must be installed");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && stdout.contains("1 passed"),
+        "as {USER}: {}\n--- stdout\n{stdout}\n--- stderr\n{stderr}",
+        out.status
+    );
+}
+
+/// The user, created if missing (a system user without a login shell or home).
+fn ensure_user() {
+    let exists = std::process::Command::new("id")
+        .arg(USER)
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    if !exists {
+        let status = std::process::Command::new("useradd")
+            .args([
+                "--system",
+                "--no-create-home",
+                "--shell",
+                "/usr/sbin/nologin",
+                USER,
+            ])
+            .status()
+            .expect("useradd");
+        // A concurrent test may have created it first.
+        assert!(
+            status.success()
+                || std::process::Command::new("id")
+                    .arg(USER)
+                    .status()
+                    .unwrap()
+                    .success(),
+            "useradd {USER} failed"
+        );
+    }
+}
+
+/// This test binary copied to a world-readable temp dir (the build dir may sit under a
+/// directory the user cannot enter), once per process.
+fn readable_copy_of_this_binary() -> PathBuf {
+    static COPY: OnceLock<(tempfile::TempDir, PathBuf)> = OnceLock::new();
+    let (_, path) = COPY.get_or_init(|| {
+        ensure_user();
+        let dir = tempfile::Builder::new()
+            .prefix("osb-rootless-bin-")
+            .tempdir_in("/tmp")
+            .unwrap();
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let path = dir.path().join("rootless-tests");
+        std::fs::copy(std::env::current_exe().unwrap(), &path).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+        (dir, path)
+    });
+    path.clone()
+}
+
+/// Runs a shell script to its end and returns its status and stdout.
+async fn run_sh(
+    t: &TestSandbox,
+    policy: &SandboxConfig,
+    script: &str,
+) -> (oci_sandbox::ExitStatus, String) {
+    let out = t
+        .sandbox
+        .spawn(&t.config_with(policy, "sh", &["-c", script]))
+        .await
+        .unwrap()
+        .wait_with_output()
+        .await
+        .unwrap();
+    (
+        out.status,
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+async fn the_three_modes_run_and_the_container_root_is_the_user(kind: OciRuntime) {
+    let t = TestSandbox::new(kind).await;
+    assert!(t.sandbox.is_rootless());
+    let uid = nix::unistd::geteuid().as_raw();
+    let work = tempfile::tempdir().unwrap();
+    let policy = SandboxConfig {
+        workdir: Some(work.path().to_path_buf()),
+        ..SandboxConfig::default()
+    };
+    let (status, out) = run_sh(
+        &t,
+        &policy,
+        "id -u; cat /proc/self/uid_map; echo hi > /workspace/f; cat /workspace/f",
+    )
+    .await;
+    assert!(status.success(), "{status}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines[0], "0");
+    assert_eq!(lines.last(), Some(&"hi"));
+    if kind == OciRuntime::Runc {
+        let map: Vec<&str> = lines[1].split_whitespace().collect();
+        assert_eq!(map, ["0", &uid.to_string(), "1"]);
+    }
+    assert_eq!(
+        std::fs::read_to_string(work.path().join("f")).unwrap(),
+        "hi\n"
+    );
+
+    let capture = t
+        .sandbox
+        .spawn_captured(
+            &t.config_with(&policy, "sh", &["-c", "echo out; echo err >&2; exit 3"]),
+            OutputMode::Separate,
+        )
+        .await
+        .unwrap();
+    assert_eq!(capture.wait().await.unwrap().code(), Some(3));
+    assert_eq!(&capture.output.read_stdout().await.unwrap()[..], b"out\n");
+    assert_eq!(&capture.output.read_stderr().await.unwrap()[..], b"err\n");
+
+    let mut pty = t
+        .sandbox
+        .spawn_interactive(&t.config_with(&policy, "sh", &[]))
+        .await
+        .unwrap();
+    pty.write_all(b"echo $((6*7)); exit 4\n").await.unwrap();
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !String::from_utf8_lossy(&seen).contains("42") {
+        let n = tokio::time::timeout(Duration::from_secs(10), pty.read(&mut buf))
+            .await
+            .expect("PTY output")
+            .unwrap();
+        assert!(n > 0, "EOF before 42: {}", String::from_utf8_lossy(&seen));
+        seen.extend_from_slice(&buf[..n]);
+    }
+    assert_eq!(pty.wait().await.unwrap().code(), Some(4));
+    drop((capture, pty));
+    t.assert_nothing_left(&[], None).await;
+}
+
+async fn attacks_fail_rootless_too(kind: OciRuntime) {
+    let t = TestSandbox::new(kind).await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let policy = SandboxConfig::default();
+    let mut script = String::new();
+    for (label, cmd) in [
+        ("shadow", "cat /etc/shadow".to_owned()),
+        ("write-usr", "touch /usr/osb-rootless-x".to_owned()),
+        ("write-root", "touch /osb-rootless-x".to_owned()),
+        ("unshare-user", "unshare -Ur true".to_owned()),
+        ("mount", "mount -t tmpfs none /tmp".to_owned()),
+        (
+            "loopback",
+            format!(
+                "python3 -c \"import socket; socket.create_connection(('127.0.0.1', {port}), timeout=3)\""
+            ),
+        ),
+    ] {
+        script += &format!(
+            "if {cmd} >/dev/null 2>&1; then echo '{label} ok'; else echo '{label} refused'; fi\n"
+        );
+    }
+    let (status, out) = run_sh(&t, &policy, &script).await;
+    assert!(status.success(), "{status}");
+    for label in [
+        "shadow",
+        "write-usr",
+        "write-root",
+        "unshare-user",
+        "mount",
+        "loopback",
+    ] {
+        assert!(out.contains(&format!("{label} refused")), "{label}: {out}");
+    }
+    // The timeout is the library's own: it holds rootless.
+    let sleeper = SandboxConfig {
+        timeout: Some(Duration::from_millis(500)),
+        ..SandboxConfig::default()
+    };
+    let status = t
+        .sandbox
+        .spawn(&t.config_with(&sleeper, "sleep", &["100"]))
+        .await
+        .unwrap()
+        .wait()
+        .await
+        .unwrap();
+    assert!(status.timed_out(), "{status}");
+    t.assert_nothing_left(&[], None).await;
+}
+
+async fn unenforceable_limits_are_refused_when_asked(kind: OciRuntime) {
+    let state = tempfile::tempdir().unwrap();
+    let sandbox = NamespaceContainer::builder()
+        .runtime(kind)
+        .state_dir(state.path())
+        .unenforced_limits(UnenforcedLimits::Refuse)
+        .build()
+        .await
+        .unwrap();
+    let config = NamespaceContainer::build_config(&SandboxConfig::default(), "true", vec![]);
+    match sandbox.spawn(&config).await {
+        Err(SandboxError::InvalidConfig { field, reason }) => {
+            assert_eq!(field, "limits");
+            assert!(reason.contains("memory") && reason.contains("pids") && reason.contains("cpu"));
+        }
+        Err(e) => panic!("expected InvalidConfig on limits, got {e:?}"),
+        Ok(_) => panic!("the spawn pretended to enforce cgroup limits"),
+    }
+    let no_limits = SandboxConfig {
+        memory_limit: None,
+        pids_limit: None,
+        cpu_millicores: None,
+        ..SandboxConfig::default()
+    };
+    let config = NamespaceContainer::build_config(&no_limits, "true", vec![]);
+    let status = sandbox.spawn(&config).await.unwrap().wait().await.unwrap();
+    assert!(status.success(), "{status}");
+    sandbox.close().await;
+}
+
+#[test]
+fn runc_the_three_modes_run_and_the_container_root_is_the_user() {
+    as_ordinary_user(
+        "runc_the_three_modes_run_and_the_container_root_is_the_user",
+        || the_three_modes_run_and_the_container_root_is_the_user(OciRuntime::Runc),
+    );
+}
+
+#[test]
+fn runsc_the_three_modes_run_and_the_container_root_is_the_user() {
+    as_ordinary_user(
+        "runsc_the_three_modes_run_and_the_container_root_is_the_user",
+        || the_three_modes_run_and_the_container_root_is_the_user(OciRuntime::Gvisor),
+    );
+}
+
+#[test]
+fn runc_attacks_fail_rootless_too() {
+    as_ordinary_user("runc_attacks_fail_rootless_too", || {
+        attacks_fail_rootless_too(OciRuntime::Runc)
+    });
+}
+
+#[test]
+fn runsc_attacks_fail_rootless_too() {
+    as_ordinary_user("runsc_attacks_fail_rootless_too", || {
+        attacks_fail_rootless_too(OciRuntime::Gvisor)
+    });
+}
+
+#[test]
+fn runc_unenforceable_limits_are_refused_when_asked() {
+    as_ordinary_user("runc_unenforceable_limits_are_refused_when_asked", || {
+        unenforceable_limits_are_refused_when_asked(OciRuntime::Runc)
+    });
+}
+
+#[test]
+fn runsc_unenforceable_limits_are_refused_when_asked() {
+    as_ordinary_user("runsc_unenforceable_limits_are_refused_when_asked", || {
+        unenforceable_limits_are_refused_when_asked(OciRuntime::Gvisor)
+    });
+}
+
+#[test]
+fn crun_says_it_needs_root() {
+    as_ordinary_user("crun_says_it_needs_root", || async {
+        let state = tempfile::tempdir().unwrap();
+        match NamespaceContainer::builder()
+            .runtime(OciRuntime::Crun)
+            .state_dir(state.path())
+            .build()
+            .await
+        {
+            Err(SandboxError::InvalidConfig { field, reason }) => {
+                assert_eq!(field, "runtime");
+                assert!(reason.contains("root"), "{reason}");
+            }
+            other => panic!("expected InvalidConfig on runtime, got {other:?}"),
+        }
+    });
+}
