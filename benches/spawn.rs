@@ -168,6 +168,50 @@ fn paired_ratio(_c: &mut Criterion) {
     }
 }
 
+/// The cost of the hardening: the default config (seccomp profile, and a user namespace on
+/// runc and crun) against the same config with both off, alternated spawn by spawn.
+fn hardening_cost(_c: &mut Criterion) {
+    let rounds = raw_cli::rounds(200);
+    let rt = raw_cli::tokio_runtime();
+    for kind in runtimes() {
+        rt.block_on(async {
+            let sandbox = NamespaceContainer::with_runtime(kind).await.unwrap();
+            let hardened = raw_cli::quiet_true();
+            let mut bare = hardened.clone();
+            bare.security.seccomp = false;
+            bare.security.user_namespace = false;
+            let (mut hard_ms, mut bare_ms) = (Vec::new(), Vec::new());
+            for i in 0..rounds {
+                let run = |config: &oci_sandbox::ContainerConfig| {
+                    let config = config.clone();
+                    let sandbox = &sandbox;
+                    timed(async move {
+                        let status = sandbox.spawn(&config).await.unwrap().wait().await.unwrap();
+                        assert!(status.success());
+                    })
+                };
+                if i % 2 == 0 {
+                    hard_ms.push(run(&hardened).await);
+                    bare_ms.push(run(&bare).await);
+                } else {
+                    bare_ms.push(run(&bare).await);
+                    hard_ms.push(run(&hardened).await);
+                }
+            }
+            sandbox.close().await;
+            let median = |v: &mut Vec<f64>| {
+                v.sort_by(f64::total_cmp);
+                v[v.len() / 2]
+            };
+            let (h, b) = (median(&mut hard_ms), median(&mut bare_ms));
+            println!(
+                "hardening {kind}: /bin/true spawn->exit, {rounds} rounds: without seccomp and userns {b:.2} ms, with {h:.2} ms, ratio {:.3}",
+                h / b
+            );
+        });
+    }
+}
+
 /// How long `f` takes, in milliseconds.
 async fn timed(f: impl std::future::Future<Output = ()>) -> f64 {
     let t = std::time::Instant::now();
@@ -211,6 +255,6 @@ fn concurrency(_c: &mut Criterion) {
 criterion_group! {
     name = benches;
     config = Criterion::default().sample_size(30);
-    targets = spawn_true, paired_ratio, concurrency
+    targets = spawn_true, paired_ratio, hardening_cost, concurrency
 }
 criterion_main!(benches);

@@ -94,6 +94,63 @@ const ETC_FILES: &[(&str, &str)] = &[
     ("resolv.conf", ""),
 ];
 
+/// Makes the mount points of `config` in the shared root filesystem beforehand (blocking,
+/// idempotent, safe against concurrent callers). Runtimes create missing ones themselves, but
+/// crun fails ("cannot mkdir: File exists") when two containers race to make the same one.
+/// Destinations inside another mount are left to the runtime (they live in that mount).
+pub(crate) fn ensure_mount_points(
+    rootfs: &Path,
+    config: &crate::ContainerConfig,
+) -> Result<(), SandboxError> {
+    use crate::config::MountKind;
+    let fixed = ["/proc", "/dev", "/sys"].map(|d| (Path::new(d), true));
+    let configured = config.mounts.iter().map(|m| {
+        let dir = match &m.kind {
+            MountKind::Bind { source, .. } => source.is_dir(),
+            MountKind::Tmpfs { .. } => true,
+        };
+        (m.destination.as_path(), dir)
+    });
+    for (destination, dir) in fixed.into_iter().chain(configured) {
+        let nested = config
+            .mounts
+            .iter()
+            .any(|m| destination != m.destination && destination.starts_with(&m.destination))
+            || destination.starts_with("/proc") && destination != Path::new("/proc")
+            || destination.starts_with("/dev") && destination != Path::new("/dev")
+            || destination.starts_with("/sys") && destination != Path::new("/sys");
+        if nested {
+            continue;
+        }
+        let at = rootfs.join(destination.strip_prefix("/").unwrap_or(destination));
+        if at.symlink_metadata().is_ok() {
+            continue;
+        }
+        let err = |e| SandboxError::io("making a mount point in the rootfs", &at, e);
+        let parent = at.parent().unwrap_or(rootfs);
+        match std::fs::create_dir_all(parent) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(err(e)),
+        }
+        let made = if dir {
+            std::fs::create_dir(&at)
+        } else {
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&at)
+                .map(drop)
+        };
+        match made {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(err(e)),
+        }
+    }
+    Ok(())
+}
+
 /// Makes the shared root filesystem (idempotent, blocking): `/bin`, `/lib*`... as links into
 /// `/usr` (which is bind-mounted from the host), and a minimal `/etc`.
 pub(crate) fn prepare_rootfs(rootfs: &Path) -> Result<(), SandboxError> {

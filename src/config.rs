@@ -62,8 +62,9 @@ impl Bind {
 /// `SandboxConfig::default()` is the safe default, and it runs: host tools (`/usr` and the
 /// `/bin`, `/lib*` links, a minimal `/etc`) read-only, a private writable `/tmp`, no `/home`,
 /// `/root` or host secrets, the host environment not inherited, no network (a network namespace
-/// of its own), all capabilities dropped, `no_new_privileges`, masked `/proc` paths, a read-only
-/// root filesystem, memory and pids limits and a 60 s wall-clock timeout.
+/// of its own), all capabilities dropped, `no_new_privileges`, the seccomp profile, masked
+/// `/proc` paths, a read-only root filesystem, as root a user namespace, limits of 512 MiB of
+/// memory, 256 pids and one CPU, a 64 MiB output limit and a 60 s wall-clock timeout.
 ///
 /// ```
 /// use std::time::Duration;

@@ -517,6 +517,7 @@ impl NamespaceContainer {
         tokio::task::spawn_blocking(move || {
             config.validate()?;
             let spec = crate::spec::build(&config, &dirs.rootfs, &id, terminal, target)?;
+            crate::bundle::ensure_mount_points(&dirs.rootfs, &config)?;
             target
                 .identity
                 .hand_over_writable_binds_blocking(&config, target.runtime)?;

@@ -29,16 +29,25 @@
 //!
 //! # Caveats
 //!
-//! - The detached modes ([`NamespaceContainer::spawn_captured`],
-//!   [`NamespaceContainer::spawn_interactive`]) get a container's exit status by being its
-//!   init's parent: on the first such spawn the process makes itself a child subreaper
+//! - Containers run detached, and the library gets an exit status by being the init's parent:
+//!   on the first spawn the process makes itself a child subreaper
 //!   (`PR_SET_CHILD_SUBREAPER`). Orphaned descendants of your own child processes are then
 //!   re-parented to your process instead of to init; the library reaps only container
 //!   processes and the runtimes' own helpers.
-//! - With the foreground runtime of [`NamespaceContainer::spawn`], a process that calls
-//!   `exit(128 + n)` cannot be told from one killed by signal `n` (the runtime reports both the
-//!   same way); the detached modes report exact statuses on runc and crun.
-//! - Root is required for now (cgroup limits, crun's mount namespace on hybrid cgroups).
+//! - On gVisor the status passes through the sandbox process as a code, so a process that
+//!   calls `exit(128 + n)` reads as killed by signal `n` there.
+//! - As root, a config's writable binds are handed (`chown -R`) to the user namespace's
+//!   unprivileged range unless [`Security::user_namespace`] is off.
+//! - Without root (rootless: runc and runsc; crun needs root on hybrid cgroups), memory, pids
+//!   and CPU limits cannot be enforced on cgroup v1: see [`UnenforcedLimits`].
+//!
+//! # Containment
+//!
+//! The default policy drops every capability, sets `no_new_privileges`, applies a seccomp
+//! profile (no mounts, namespaces, `ptrace`, modules, kexec, BPF, keyring...), masks `/proc`
+//! paths, mounts the root read-only, hides `/home`, `/root`, `/etc/shadow` and the host's
+//! environment, gives the container no network, and as root maps its root to an unprivileged
+//! host uid. `tests/escape.rs` attacks each of these on every runtime.
 
 #![warn(missing_docs)]
 
