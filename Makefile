@@ -26,7 +26,7 @@ demo: deps
 ## The whole test suite, against the real runtimes.
 test: deps
 	$(CARGO) build --examples
-	$(CARGO) test --tests
+	$(CARGO) test --no-fail-fast --tests
 	$(CARGO) test --doc
 
 ## Formatting, lints and docs must be clean.

@@ -307,27 +307,7 @@ impl ContainerConfig {
         if let Some(id) = &self.id {
             validate_id(id)?;
         }
-        if self.command.is_empty() {
-            return Err(SandboxError::invalid("command", "is empty"));
-        }
-        no_nul("command", &self.command)?;
-        for (i, a) in self.args.iter().enumerate() {
-            no_nul(&format!("args[{i}]"), a)?;
-        }
-        for (key, value) in &self.env {
-            if key.is_empty() || key.contains('=') || key.contains('\0') {
-                return Err(SandboxError::invalid(
-                    "env",
-                    format!("key {key:?} is empty or contains '=' or NUL"),
-                ));
-            }
-            if value.contains('\0') {
-                return Err(SandboxError::invalid(
-                    "env",
-                    format!("value of {key} contains NUL"),
-                ));
-            }
-        }
+        self.validate_command_line()?;
         if let Some(h) = &self.hostname
             && (h.is_empty() || h.len() > 64 || h.contains(['\0', '/']))
         {
@@ -374,6 +354,33 @@ impl ContainerConfig {
             ));
         }
         self.check_command()
+    }
+
+    /// The checks of the command, its arguments, environment and working directory that need
+    /// no host lookup (also those of an exec in a sandbox).
+    pub(crate) fn validate_command_line(&self) -> Result<(), SandboxError> {
+        if self.command.is_empty() {
+            return Err(SandboxError::invalid("command", "is empty"));
+        }
+        no_nul("command", &self.command)?;
+        for (i, a) in self.args.iter().enumerate() {
+            no_nul(&format!("args[{i}]"), a)?;
+        }
+        for (key, value) in &self.env {
+            if key.is_empty() || key.contains('=') || key.contains('\0') {
+                return Err(SandboxError::invalid(
+                    "env",
+                    format!("key {key:?} is empty or contains '=' or NUL"),
+                ));
+            }
+            if value.contains('\0') {
+                return Err(SandboxError::invalid(
+                    "env",
+                    format!("value of {key} contains NUL"),
+                ));
+            }
+        }
+        absolute_clean("cwd", &self.cwd)
     }
 
     /// Resolves the command the way `execvp` inside the container would, through the binds,

@@ -444,6 +444,26 @@ impl NamespaceContainer {
         crate::spec::build(config, &self.inner.dirs.rootfs, &id, None, self.target())
     }
 
+    /// Where long-lived sandboxes keep their launcher sockets.
+    pub(crate) fn sandboxes_dir(&self) -> PathBuf {
+        self.inner
+            .dirs
+            .root
+            .parent()
+            .expect("state root has a parent")
+            .join("sandboxes")
+    }
+
+    /// Where captures make their temp dirs.
+    pub(crate) fn capture_parent(&self) -> &std::path::Path {
+        &self.inner.capture_dir
+    }
+
+    /// The tracker of background work that [`close`](Self::close) waits for.
+    pub(crate) fn tracker(&self) -> &TaskTracker {
+        &self.inner.tracker
+    }
+
     fn target(&self) -> crate::spec::Target {
         crate::spec::Target {
             runtime: self.inner.cli.kind,

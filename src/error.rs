@@ -131,6 +131,16 @@ pub enum SandboxError {
         source: io::Error,
     },
 
+    /// A long-lived [`Sandbox`](crate::Sandbox) is no longer running: its init (the launcher)
+    /// died or was killed, or the sandbox was closed. It is never silently restarted.
+    #[error("sandbox {id} is no longer running{}", status.map(|s| format!(" ({s})")).unwrap_or_default())]
+    SandboxEnded {
+        /// The sandbox's container id.
+        id: String,
+        /// How its init ended, when known.
+        status: Option<crate::ExitStatus>,
+    },
+
     /// No gVisor platform could run a container here; each one's failure is listed.
     #[error("no gVisor platform works here: {}", failures.iter().map(|(p, why)| format!("{p}: {why}")).collect::<Vec<_>>().join("; "))]
     NoGvisorPlatform {
@@ -173,6 +183,10 @@ impl SandboxError {
                 reason: reason.clone(),
             },
             SandboxError::DuplicateId { id } => SandboxError::DuplicateId { id: id.clone() },
+            SandboxError::SandboxEnded { id, status } => SandboxError::SandboxEnded {
+                id: id.clone(),
+                status: *status,
+            },
             SandboxError::CommandNotFound { command, message } => SandboxError::CommandNotFound {
                 command: command.clone(),
                 message: message.clone(),

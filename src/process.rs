@@ -150,11 +150,11 @@ pub struct Output {
 
 /// Requests from a handle to its supervisor.
 #[derive(Debug)]
-enum Control {
+pub(crate) enum Control {
     Kill,
 }
 
-type Outcome = Option<Result<ExitStatus, Arc<SandboxError>>>;
+pub(crate) type Outcome = Option<Result<ExitStatus, Arc<SandboxError>>>;
 
 /// What a supervisor needs to end and clean up one container.
 pub(crate) struct Teardown {
@@ -296,7 +296,7 @@ fn run_blocking_with_deadline(
     let _ = child.wait();
 }
 
-async fn watch_capture(capture: &mut Option<CaptureWatch>) -> bool {
+pub(crate) async fn watch_capture(capture: &mut Option<CaptureWatch>) -> bool {
     match capture {
         Some(c) => c.next().await,
         None => std::future::pending().await,
@@ -569,7 +569,7 @@ async fn reap_orphans() {
 }
 
 /// The status of a container the library ended.
-fn status_for(ended_by: Option<EndedBy>) -> ExitStatus {
+pub(crate) fn status_for(ended_by: Option<EndedBy>) -> ExitStatus {
     match ended_by {
         Some(EndedBy::Timeout) => ExitStatus::killed_by_timeout(),
         Some(EndedBy::OutputLimit) => ExitStatus::killed_by_output_limit(),
@@ -604,14 +604,14 @@ async fn end_detached(
 }
 
 #[derive(Debug, Clone, Copy)]
-enum EndedBy {
+pub(crate) enum EndedBy {
     Timeout,
     OutputLimit,
     Kill,
     HandleDropped,
 }
 
-async fn sleep_until(deadline: Option<Instant>) {
+pub(crate) async fn sleep_until(deadline: Option<Instant>) {
     match deadline {
         Some(d) => tokio::time::sleep_until(d).await,
         None => std::future::pending().await,
@@ -673,6 +673,9 @@ pub(crate) struct Supervised {
     outcome: watch::Receiver<Outcome>,
     pub cli: RuntimeCli,
     pub network: Network,
+    /// For a command exec'd in a sandbox: signals go to its supervisor (the launcher
+    /// delivers them), not to the runtime.
+    signals: Option<mpsc::UnboundedSender<i32>>,
 }
 
 impl Supervised {
@@ -701,6 +704,7 @@ impl Supervised {
             outcome: outcome_rx,
             cli,
             network,
+            signals: None,
         };
         (supervised, started_rx)
     }
@@ -734,7 +738,37 @@ impl Supervised {
         let _ = self.control.send(Control::Kill);
     }
 
+    /// The handle side of an exec's supervisor: its channels, for a command run in the
+    /// container `id` (a sandbox).
+    pub fn exec(
+        id: String,
+        cli: RuntimeCli,
+        network: Network,
+        control: mpsc::UnboundedSender<Control>,
+        outcome: watch::Receiver<Outcome>,
+        signals: mpsc::UnboundedSender<i32>,
+    ) -> Self {
+        Supervised {
+            id,
+            control,
+            outcome,
+            cli,
+            network,
+            signals: Some(signals),
+        }
+    }
+
     pub async fn signal(&self, signal: nix::sys::signal::Signal) -> Result<(), SandboxError> {
+        if let Some(signals) = &self.signals {
+            if self.try_wait()?.is_some() {
+                return Err(SandboxError::Process {
+                    context: "signalling the command",
+                    source: std::io::Error::from_raw_os_error(libc::ESRCH),
+                });
+            }
+            let _ = signals.send(signal as i32);
+            return Ok(());
+        }
         let name = signal.as_str();
         let name = name.strip_prefix("SIG").unwrap_or(name);
         let flags = ContainerFlags {
@@ -846,6 +880,11 @@ impl ContainerProcess {
     /// The container's id (unique on this machine).
     pub fn id(&self) -> &str {
         &self.inner.id
+    }
+
+    /// The supervisor's handle side, for the sandbox that owns this container's init.
+    pub(crate) fn into_supervised(self) -> Supervised {
+        self.inner
     }
 
     /// Waits for the process to end, and for its container to be removed.

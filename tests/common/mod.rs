@@ -13,6 +13,17 @@ pub struct TestSandbox {
     pub state: tempfile::TempDir,
 }
 
+impl Drop for TestSandbox {
+    /// crun's persistent mount namespace is bound under the state dir: unmount it, or every
+    /// test leaves two mounts behind (and a long mount table slows every runc call).
+    fn drop(&mut self) {
+        let ns = self.state.path().join("crun/ns");
+        for m in [ns.join("mnt"), ns] {
+            let _ = nix::mount::umount2(&m, nix::mount::MntFlags::MNT_DETACH);
+        }
+    }
+}
+
 impl TestSandbox {
     pub async fn new(kind: OciRuntime) -> Self {
         let state = tempfile::Builder::new()

@@ -1,0 +1,29 @@
+//! Compiles the in-container launcher of long-lived sandboxes (launcher/launcher.c) into a
+//! static executable that the library embeds and installs in its shared root filesystem.
+
+use std::path::PathBuf;
+
+fn main() {
+    println!("cargo::rerun-if-changed=launcher/launcher.c");
+    let out = PathBuf::from(std::env::var_os("OUT_DIR").expect("OUT_DIR")).join("osb-launcher");
+    let compiler = cc::Build::new().opt_level(2).get_compiler();
+    let compile = |extra: &[&str]| {
+        compiler
+            .to_command()
+            .args(["-Wall", "-Wextra", "-o"])
+            .arg(&out)
+            .arg("launcher/launcher.c")
+            .args(extra)
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false)
+    };
+    // Static, so that it runs whatever the container's /usr holds; dynamic if this toolchain
+    // has no static libc.
+    if !compile(&["-static"]) && !compile(&[]) {
+        panic!(
+            "compiling the in-container launcher (launcher/launcher.c) failed: a C compiler \
+             is needed (Debian: apt-get install gcc libc6-dev)"
+        );
+    }
+}

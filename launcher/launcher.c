@@ -1,0 +1,305 @@
+/*
+ * oci-sandbox's in-container launcher: the init of a long-lived sandbox (runc, crun).
+ *
+ * It listens on a SOCK_SEQPACKET unix socket in a directory the host bind-mounts in, and for
+ * each connection forks and execs one command: an exec then costs a fork + exec inside the
+ * running container instead of a `runc exec` (which re-enters every namespace, cgroup and the
+ * seccomp filter from outside). The command inherits everything the launcher has: the
+ * container's namespaces, cgroups, capabilities (none), no_new_privs and seccomp filter.
+ *
+ * Protocol, one connection per command (all messages are single SEQPACKET records):
+ *   host -> launcher  request:  "R" mode '\0' cwd '\0' argc '\0' argv... envc '\0' envp...
+ *                     mode 'p' (pipes): three fds (stdin, stdout, stderr) by SCM_RIGHTS;
+ *                     mode 't' (terminal): no fds; the launcher makes a PTY.
+ *   launcher -> host  "S <pid>"    started (mode 't': the PTY controller by SCM_RIGHTS)
+ *                     "E <errno>"  could not start: exec failed (chdir: "E -<errno>"); ends
+ *                     "X <wstatus>" the command ended (waitpid status); connection ends
+ *   host -> launcher  "K <signal>" signal the command's process group
+ *   host closes       the command's process group is killed with SIGKILL
+ *
+ * As PID 1 of the container it also reaps every orphan. It prints "ready" on stdout once it
+ * listens, then closes stdout.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/signalfd.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <sys/wait.h>
+#include <termios.h>
+#include <unistd.h>
+
+#define MAX_CONNS 1024
+#define MAX_REQUEST (192 * 1024)
+#define MAX_ITEMS 8192
+
+struct conn {
+    int fd;
+    pid_t pid; /* 0 until started */
+};
+
+static struct conn conns[MAX_CONNS];
+static int nconns;
+static char request[MAX_REQUEST + 1];
+
+static void reply(int fd, const char *text, int pass_fd) {
+    struct iovec iov = {.iov_base = (void *)text, .iov_len = strlen(text)};
+    struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1};
+    char control[CMSG_SPACE(sizeof(int))];
+    if (pass_fd >= 0) {
+        memset(control, 0, sizeof control);
+        msg.msg_control = control;
+        msg.msg_controllen = sizeof control;
+        struct cmsghdr *c = CMSG_FIRSTHDR(&msg);
+        c->cmsg_level = SOL_SOCKET;
+        c->cmsg_type = SCM_RIGHTS;
+        c->cmsg_len = CMSG_LEN(sizeof(int));
+        memcpy(CMSG_DATA(c), &pass_fd, sizeof(int));
+    }
+    while (sendmsg(fd, &msg, MSG_NOSIGNAL) < 0 && errno == EINTR) {
+    }
+}
+
+static void drop_conn(int i) {
+    close(conns[i].fd);
+    conns[i] = conns[--nconns];
+}
+
+/* Splits the request's NUL-separated fields; returns the count or -1. */
+static int split(char *buf, size_t len, char **items, int max) {
+    int n = 0;
+    size_t start = 0;
+    for (size_t i = 0; i < len; i++) {
+        if (buf[i] == '\0') {
+            if (n == max) return -1;
+            items[n++] = buf + start;
+            start = i + 1;
+        }
+    }
+    return start == len ? n : -1;
+}
+
+/* Reads one request on a new connection, forks and execs the command. */
+static void start(int i) {
+    int fd = conns[i].fd;
+    int fds[3] = {-1, -1, -1};
+    int nfds = 0;
+    struct iovec iov = {.iov_base = request, .iov_len = MAX_REQUEST};
+    char control[CMSG_SPACE(3 * sizeof(int))];
+    struct msghdr msg = {.msg_iov = &iov,
+                         .msg_iovlen = 1,
+                         .msg_control = control,
+                         .msg_controllen = sizeof control};
+    ssize_t len = recvmsg(fd, &msg, MSG_CMSG_CLOEXEC);
+    if (len <= 0) {
+        drop_conn(i);
+        return;
+    }
+    for (struct cmsghdr *c = CMSG_FIRSTHDR(&msg); c; c = CMSG_NXTHDR(&msg, c)) {
+        if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_RIGHTS) {
+            nfds = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+            if (nfds > 3) nfds = 3;
+            memcpy(fds, CMSG_DATA(c), nfds * sizeof(int));
+        }
+    }
+    static char *items[MAX_ITEMS + 1];
+    int n = split(request, (size_t)len, items, MAX_ITEMS);
+    int ok = (msg.msg_flags & MSG_TRUNC) == 0 && n >= 4 && items[0][0] == 'R';
+    char mode = ok ? items[0][1] : 0;
+    int argc = ok ? atoi(items[2]) : 0;
+    ok = ok && (mode == 'p' ? nfds == 3 : mode == 't') && argc > 0 && 3 + argc < n;
+    int envc = ok ? atoi(items[3 + argc]) : 0;
+    ok = ok && 4 + argc + envc == n;
+    if (!ok) {
+        reply(fd, "E 22", -1);
+        for (int k = 0; k < nfds; k++) close(fds[k]);
+        drop_conn(i);
+        return;
+    }
+    char *cwd = items[1];
+    char **argv = &items[3];
+    char **envp = &items[4 + argc];
+    items[3 + argc] = NULL; /* ends argv (was envc) */
+    /* envp ends at items[n], which is past the last field: make it NULL. */
+    items[n] = NULL;
+
+    int controller = -1, terminal = -1;
+    if (mode == 't') {
+        controller = posix_openpt(O_RDWR | O_NOCTTY | O_CLOEXEC);
+        if (controller < 0 || grantpt(controller) < 0 || unlockpt(controller) < 0) {
+            char text[32];
+            snprintf(text, sizeof text, "E %d", errno);
+            reply(fd, text, -1);
+            if (controller >= 0) close(controller);
+            drop_conn(i);
+            return;
+        }
+        struct winsize ws = {.ws_row = 24, .ws_col = 80};
+        ioctl(controller, TIOCSWINSZ, &ws);
+        terminal = open(ptsname(controller), O_RDWR | O_NOCTTY | O_CLOEXEC);
+    }
+
+    int status_pipe[2];
+    if (pipe2(status_pipe, O_CLOEXEC) < 0) {
+        reply(fd, "E 24", -1);
+        drop_conn(i);
+        return;
+    }
+    pid_t pid = fork();
+    if (pid == 0) {
+        sigset_t none;
+        sigemptyset(&none);
+        sigprocmask(SIG_SETMASK, &none, NULL);
+        setsid();
+        if (mode == 't') {
+            ioctl(terminal, TIOCSCTTY, 0);
+            fds[0] = fds[1] = fds[2] = terminal;
+        }
+        for (int k = 0; k < 3; k++) {
+            /* dup2 clears O_CLOEXEC on the copy; a same-number fd needs it cleared by hand. */
+            if (fds[k] == k) {
+                fcntl(k, F_SETFD, 0);
+            } else if (dup2(fds[k], k) < 0) {
+                goto fail;
+            }
+        }
+        if (chdir(cwd) < 0) {
+            /* Negative: the working directory, not the command. */
+            int err = -errno;
+            (void)!write(status_pipe[1], &err, sizeof err);
+            _exit(127);
+        }
+        /* execvp searches the PATH of `environ`: the command's own. */
+        environ = envp;
+        execvp(argv[0], argv);
+    fail:;
+        int err = errno;
+        (void)!write(status_pipe[1], &err, sizeof err);
+        _exit(127);
+    }
+    close(status_pipe[1]);
+    for (int k = 0; k < nfds; k++) close(fds[k]);
+    if (terminal >= 0) close(terminal);
+    int err = 0;
+    ssize_t got;
+    if (pid < 0) {
+        err = errno;
+        got = sizeof err;
+    } else {
+        while ((got = read(status_pipe[0], &err, sizeof err)) < 0 && errno == EINTR) {
+        }
+    }
+    close(status_pipe[0]);
+    char text[32];
+    if (got == (ssize_t)sizeof err) {
+        /* The child has exited (127) and is reaped by the SIGCHLD loop. */
+        snprintf(text, sizeof text, "E %d", err);
+        reply(fd, text, -1);
+        if (controller >= 0) close(controller);
+        drop_conn(i);
+        return;
+    }
+    conns[i].pid = pid;
+    snprintf(text, sizeof text, "S %d", (int)pid);
+    reply(fd, text, controller);
+    if (controller >= 0) close(controller);
+}
+
+static void reap(void) {
+    int status;
+    pid_t pid;
+    while ((pid = waitpid(-1, &status, WNOHANG)) > 0) {
+        for (int i = 0; i < nconns; i++) {
+            if (conns[i].pid == pid) {
+                char text[32];
+                snprintf(text, sizeof text, "X %d", status);
+                reply(conns[i].fd, text, -1);
+                drop_conn(i);
+                break;
+            }
+        }
+    }
+}
+
+/* A message or hang-up on a started command's connection. */
+static void control(int i) {
+    char buf[64];
+    ssize_t len = recv(conns[i].fd, buf, sizeof buf - 1, MSG_DONTWAIT);
+    if (len < 0 && (errno == EAGAIN || errno == EINTR)) return;
+    if (len <= 0) {
+        /* Reaped by the SIGCHLD loop without a report. */
+        kill(-conns[i].pid, SIGKILL);
+        kill(conns[i].pid, SIGKILL);
+        drop_conn(i);
+        return;
+    }
+    buf[len] = '\0';
+    if (buf[0] == 'K') {
+        int sig = atoi(buf + 1);
+        if (kill(-conns[i].pid, sig) < 0) kill(conns[i].pid, sig);
+    }
+}
+
+int main(int argc, char **argv) {
+    if (argc != 2) {
+        fprintf(stderr, "usage: %s SOCKET\n", argv[0]);
+        return 2;
+    }
+    sigset_t chld;
+    sigemptyset(&chld);
+    sigaddset(&chld, SIGCHLD);
+    sigprocmask(SIG_BLOCK, &chld, NULL);
+    int sfd = signalfd(-1, &chld, SFD_CLOEXEC | SFD_NONBLOCK);
+    int lfd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
+    struct sockaddr_un addr = {.sun_family = AF_UNIX};
+    if (strlen(argv[1]) >= sizeof addr.sun_path) return 2;
+    strcpy(addr.sun_path, argv[1]);
+    unlink(argv[1]);
+    if (sfd < 0 || lfd < 0 || bind(lfd, (struct sockaddr *)&addr, sizeof addr) < 0 ||
+        listen(lfd, 128) < 0) {
+        perror("launcher");
+        return 1;
+    }
+    int devnull = open("/dev/null", O_RDWR);
+    printf("ready\n");
+    fflush(stdout);
+    if (devnull >= 0) {
+        dup2(devnull, 0);
+        dup2(devnull, 1);
+        close(devnull);
+    }
+    static struct pollfd pfds[MAX_CONNS + 2];
+    for (;;) {
+        pfds[0] = (struct pollfd){.fd = lfd, .events = POLLIN};
+        pfds[1] = (struct pollfd){.fd = sfd, .events = POLLIN};
+        for (int i = 0; i < nconns; i++)
+            pfds[2 + i] = (struct pollfd){.fd = conns[i].fd, .events = POLLIN};
+        if (poll(pfds, 2 + nconns, -1) < 0) continue;
+        if (pfds[1].revents) {
+            struct signalfd_siginfo si;
+            while (read(sfd, &si, sizeof si) > 0) {
+            }
+            reap();
+        }
+        /* Connections first, from the end (drop_conn moves the last one into the slot). */
+        for (int i = nconns - 1; i >= 0; i--) {
+            if (i >= nconns || !pfds[2 + i].revents || pfds[2 + i].fd != conns[i].fd) continue;
+            if (conns[i].pid == 0) {
+                start(i);
+            } else {
+                control(i);
+            }
+        }
+        if (pfds[0].revents & POLLIN && nconns < MAX_CONNS) {
+            int c = accept4(lfd, NULL, NULL, SOCK_CLOEXEC);
+            if (c >= 0) conns[nconns++] = (struct conn){.fd = c, .pid = 0};
+        }
+    }
+}

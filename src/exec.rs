@@ -1,0 +1,122 @@
+//! The supervisor of one command exec'd in a long-lived sandbox through its launcher: the
+//! counterpart of a container's supervisor, with the same outcome channel, so the same
+//! handles ([`ContainerProcess`](crate::ContainerProcess), [`ProcessCapture`](crate::ProcessCapture),
+//! [`PtySession`](crate::PtySession)) serve both.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+
+use crate::capture::CaptureWatch;
+use crate::error::SandboxError;
+use crate::launcher::{Connection, exit_status};
+use crate::process::{Control, EndedBy, Outcome, sleep_until, status_for, watch_capture};
+
+/// Watches the command to its end: enforces the timeout and the output limit, obeys kill and
+/// signal requests; dropping the handle drops the connection, and the launcher kills the
+/// command's process group. `oom_before` is the sandbox's OOM-kill count at the start.
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn supervise(
+    conn: Connection,
+    sandbox_id: String,
+    timeout: Option<Duration>,
+    mut control: mpsc::UnboundedReceiver<Control>,
+    mut signals: mpsc::UnboundedReceiver<i32>,
+    outcome: watch::Sender<Outcome>,
+    mut capture: Option<CaptureWatch>,
+    oom_before: u64,
+) {
+    let deadline = timeout.map(|t| Instant::now() + t);
+    let mut ended_by: Option<EndedBy> = None;
+    if capture.as_ref().is_some_and(CaptureWatch::over_limit) {
+        ended_by = Some(EndedBy::OutputLimit);
+        conn.signal(libc::SIGKILL);
+    }
+    let reply = loop {
+        tokio::select! {
+            reply = conn.receive() => break reply,
+            _ = sleep_until(deadline), if ended_by.is_none() => ended_by = Some(EndedBy::Timeout),
+            msg = control.recv(), if ended_by.is_none() => match msg {
+                Some(Control::Kill) => ended_by = Some(EndedBy::Kill),
+                // The handle is gone: closing the connection makes the launcher kill it.
+                None => return,
+            },
+            Some(signal) = signals.recv() => {
+                conn.signal(signal);
+                continue;
+            }
+            over = watch_capture(&mut capture), if ended_by.is_none() => {
+                if !over {
+                    continue;
+                }
+                ended_by = Some(EndedBy::OutputLimit);
+            }
+        }
+        conn.signal(libc::SIGKILL);
+    };
+    let result = match (ended_by, reply) {
+        (Some(e), Ok(Some(_))) => Ok(status_for(Some(e))),
+        (None, Ok(Some((text, _)))) => match exit_status(&text) {
+            Some(status) => {
+                let oom = if status.signal() == Some(libc::SIGKILL) || !status.success() {
+                    let id = sandbox_id.clone();
+                    tokio::task::spawn_blocking(move || crate::cgroup::oom_kills_blocking(&id))
+                        .await
+                        .unwrap_or(0)
+                        > oom_before
+                } else {
+                    false
+                };
+                Ok(status.with_oom_killed(oom))
+            }
+            None => Err(SandboxError::Process {
+                context: "reading the command's status from the launcher",
+                source: std::io::Error::other(format!("unexpected reply {text:?}")),
+            }),
+        },
+        // The launcher closed the connection without a status: it died with the sandbox.
+        (_, Ok(None)) => Err(SandboxError::SandboxEnded {
+            id: sandbox_id,
+            status: None,
+        }),
+        (_, Err(e)) => Err(SandboxError::Process {
+            context: "waiting for the command's status from the launcher",
+            source: e,
+        }),
+    };
+    if let Some(capture) = capture {
+        capture
+            .finish(matches!(ended_by, Some(EndedBy::OutputLimit)))
+            .await;
+    }
+    let _ = outcome.send(Some(result.map_err(Arc::new)));
+}
+
+/// The error of an exec that could not start: `exec` failed with `errno`, or `chdir` with
+/// `-errno`.
+pub(crate) fn start_failure(command: &str, cwd: &std::path::Path, errno: i32) -> SandboxError {
+    if errno < 0 {
+        return SandboxError::invalid(
+            "cwd",
+            format!(
+                "{}: {}",
+                cwd.display(),
+                std::io::Error::from_raw_os_error(-errno)
+            ),
+        );
+    }
+    let message = std::io::Error::from_raw_os_error(errno).to_string();
+    if errno == libc::ENOENT || errno == libc::EACCES || errno == libc::ENOTDIR {
+        SandboxError::CommandNotFound {
+            command: command.to_owned(),
+            message: Some(message),
+        }
+    } else {
+        SandboxError::Process {
+            context: "starting the command in the sandbox",
+            source: std::io::Error::from_raw_os_error(errno),
+        }
+    }
+}

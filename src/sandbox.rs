@@ -1,0 +1,509 @@
+//! Long-lived sandboxes: start a container once, exec many commands in it.
+
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use tokio::io::AsyncBufReadExt;
+use tokio::sync::{mpsc, watch};
+
+use crate::capture::{CaptureFiles, OutputMode, ProcessCapture};
+use crate::config::{ContainerConfig, Mount, MountKind, Stdio};
+use crate::container::NamespaceContainer;
+use crate::error::SandboxError;
+use crate::launcher::{self, Connection, Started};
+use crate::process::{ContainerProcess, ExitStatus, Supervised};
+use crate::pty::PtySession;
+
+/// How long a new sandbox's launcher may take to listen.
+const READY_DEADLINE: Duration = Duration::from_secs(30);
+
+/// One command to run in a [`Sandbox`]: like a [`ContainerConfig`]'s command, with its own
+/// environment additions, working directory, timeout and stdio.
+///
+/// ```
+/// use std::time::Duration;
+/// use oci_sandbox::ExecConfig;
+///
+/// let mut exec = ExecConfig::new("python3", vec!["-c".into(), "print(6*7)".into()]);
+/// exec.env.push(("DEBUG".into(), "1".into()));
+/// exec.timeout = Some(Duration::from_secs(5));
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExecConfig {
+    /// The program, resolved against the `PATH` of the command's environment.
+    pub command: String,
+    /// Its arguments (without the program itself).
+    pub args: Vec<String>,
+    /// Added to the sandbox's environment (later entries win).
+    pub env: Vec<(String, String)>,
+    /// The working directory; the sandbox's when `None`.
+    pub cwd: Option<PathBuf>,
+    /// Wall-clock limit; the sandbox config's `timeout` when `None`. Past it, the command's
+    /// process group is killed (the sandbox lives on) and the status says timed out.
+    pub timeout: Option<Duration>,
+    /// Standard input ([`exec`](Sandbox::exec) only).
+    pub stdin: Stdio,
+    /// Standard output ([`exec`](Sandbox::exec) only).
+    pub stdout: Stdio,
+    /// Standard error ([`exec`](Sandbox::exec) only).
+    pub stderr: Stdio,
+}
+
+impl ExecConfig {
+    /// `command` with `args`, piped stdio, the sandbox's environment, directory and timeout.
+    pub fn new(command: impl Into<String>, args: Vec<String>) -> Self {
+        ExecConfig {
+            command: command.into(),
+            args,
+            env: Vec::new(),
+            cwd: None,
+            timeout: None,
+            stdin: Stdio::Piped,
+            stdout: Stdio::Piped,
+            stderr: Stdio::Piped,
+        }
+    }
+}
+
+/// A long-lived container from [`NamespaceContainer::start`]: commands exec'd in it share
+/// its filesystem (what one writes, the next sees), namespaces and limits.
+///
+/// Its init is a small launcher (`launcher/launcher.c`, built with the crate) that forks and
+/// execs each command on request, so an exec costs a fork and an exec inside the running
+/// container instead of a runtime call: the command inherits the container's namespaces,
+/// cgroups, capabilities, `no_new_privileges` and seccomp filter, exactly like the init.
+///
+/// Clones share the sandbox. When the last clone is dropped, or [`close`](Self::close) is
+/// called, the container and every command still running in it are killed and removed, with
+/// the same guarantees as a spawned container. If its init dies (killed from outside, OOM),
+/// the sandbox reports [`SandboxError::SandboxEnded`] on every later exec; it is never
+/// silently restarted.
+#[derive(Debug, Clone)]
+pub struct Sandbox {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    owner: NamespaceContainer,
+    container: Supervised,
+    config: ContainerConfig,
+    socket: PathBuf,
+    /// The directory holding the socket (bind-mounted into the container), removed last.
+    _socket_dir: tempfile::TempDir,
+    execs: AtomicU64,
+}
+
+impl NamespaceContainer {
+    /// Starts a long-lived sandbox with `config`'s filesystem, network, limits and security;
+    /// commands then run in it with [`Sandbox::exec`], [`Sandbox::exec_captured`] and
+    /// [`Sandbox::exec_interactive`].
+    ///
+    /// `config`'s command is not run (the sandbox's init is the library's launcher); its
+    /// environment and working directory are every exec's defaults, and its `timeout` is
+    /// every exec's default timeout, not the sandbox's lifetime: a sandbox lives until it is
+    /// closed or dropped.
+    ///
+    /// ```no_run
+    /// # async fn demo() -> Result<(), oci_sandbox::SandboxError> {
+    /// use oci_sandbox::{ExecConfig, NamespaceContainer, SandboxConfig};
+    ///
+    /// let runtime = NamespaceContainer::new().await?;
+    /// let config = NamespaceContainer::build_config(&SandboxConfig::default(), "true", vec![]);
+    /// let sandbox = runtime.start(&config).await?;
+    /// let write = ExecConfig::new("sh", vec!["-c".into(), "echo state > /tmp/f".into()]);
+    /// sandbox.exec(&write).await?.wait().await?;
+    /// let read = ExecConfig::new("cat", vec!["/tmp/f".into()]);
+    /// let out = sandbox.exec(&read).await?.wait_with_output().await?;
+    /// assert_eq!(out.stdout, b"state\n");
+    /// sandbox.close().await;
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// Those of [`spawn`](Self::spawn) that concern the config or the runtime;
+    /// [`SandboxError::Timeout`] if the launcher does not come up within 30 s.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: a dropped future leaves no container, bundle or socket directory.
+    pub async fn start(&self, config: &ContainerConfig) -> Result<Sandbox, SandboxError> {
+        let id = config.id.clone().unwrap_or_else(crate::state::new_id);
+        let parent = self.sandboxes_dir();
+        let prefix = format!("{id}-");
+        let socket_dir = tokio::task::spawn_blocking(move || {
+            std::fs::create_dir_all(&parent)
+                .and_then(|()| tempfile::Builder::new().prefix(&prefix).tempdir_in(&parent))
+                .map_err(|e| SandboxError::io("creating the sandbox's socket dir", &parent, e))
+        })
+        .await
+        .map_err(|e| SandboxError::Process {
+            context: "creating the sandbox's socket dir",
+            source: std::io::Error::other(e),
+        })??;
+        let mut init = config.clone();
+        init.id = Some(id.clone());
+        init.command = format!("/{}", launcher::PATH_IN_ROOTFS);
+        init.args = vec![format!(
+            "{}/{}",
+            launcher::SOCKET_DIR,
+            launcher::SOCKET_NAME
+        )];
+        init.mounts.push(Mount {
+            destination: PathBuf::from(launcher::SOCKET_DIR),
+            kind: MountKind::Bind {
+                source: socket_dir.path().to_path_buf(),
+                writable: true,
+            },
+        });
+        init.stdin = Stdio::Null;
+        init.stdout = Stdio::Piped;
+        init.stderr = Stdio::Null;
+        init.timeout = None;
+        let mut process = self.spawn(&init).await?;
+        let stdout = process.stdout.take().expect("piped stdout");
+        let ready = async {
+            let mut line = String::new();
+            tokio::io::BufReader::new(stdout)
+                .read_line(&mut line)
+                .await
+                .map(|_| line)
+        };
+        match tokio::time::timeout(READY_DEADLINE, ready).await {
+            Ok(Ok(line)) if line == "ready\n" => {}
+            Ok(Ok(_)) | Ok(Err(_)) => {
+                let status = process.wait().await.ok();
+                return Err(SandboxError::SandboxEnded { id, status });
+            }
+            Err(_) => {
+                return Err(SandboxError::Timeout {
+                    what: format!("the launcher of sandbox {id}"),
+                    after: READY_DEADLINE,
+                });
+            }
+        }
+        let socket = socket_dir.path().join(launcher::SOCKET_NAME);
+        Ok(Sandbox {
+            inner: Arc::new(Inner {
+                owner: self.clone(),
+                container: process.into_supervised(),
+                config: config.clone(),
+                socket,
+                _socket_dir: socket_dir,
+                execs: AtomicU64::new(0),
+            }),
+        })
+    }
+}
+
+impl Sandbox {
+    /// The sandbox's container id.
+    pub fn id(&self) -> &str {
+        &self.inner.container.id
+    }
+
+    /// How the sandbox's init ended, if it has: then the sandbox is unusable.
+    pub fn ended(&self) -> Option<ExitStatus> {
+        self.inner.container.try_wait().ok().flatten()
+    }
+
+    /// Kills every command in the sandbox and the sandbox itself, and waits until its
+    /// container is removed. Clones then report [`SandboxError::SandboxEnded`].
+    pub async fn close(&self) {
+        self.inner.container.start_kill();
+        let _ = self.inner.container.wait().await;
+        self.inner.owner.close().await;
+    }
+
+    /// Runs `exec` in the sandbox with piped (or null, or inherited) stdio, like
+    /// [`NamespaceContainer::spawn`].
+    ///
+    /// # Errors
+    ///
+    /// [`SandboxError::SandboxEnded`] when the sandbox's init is gone;
+    /// [`SandboxError::CommandNotFound`] when the command cannot be executed;
+    /// [`SandboxError::InvalidConfig`] for an empty command, NUL bytes, a bad environment key or
+    /// a working directory that does not exist in the sandbox.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: a dropped future leaves no process (the launcher kills a command whose
+    /// connection closed).
+    pub async fn exec(&self, exec: &ExecConfig) -> Result<ContainerProcess, SandboxError> {
+        let (ours, theirs) = exec_stdio(exec)?;
+        let fds = [
+            theirs[0].as_raw_fd(),
+            theirs[1].as_raw_fd(),
+            theirs[2].as_raw_fd(),
+        ];
+        let (supervised, _) = self
+            .run(exec, launcher::Stdio::Fds(fds), None, theirs)
+            .await?;
+        let [stdin, stdout, stderr] = ours;
+        let stdin = stdin
+            .map(|fd| tokio::process::ChildStdin::from_std(std::process::ChildStdin::from(fd)))
+            .transpose();
+        let stdout = stdout
+            .map(|fd| tokio::process::ChildStdout::from_std(std::process::ChildStdout::from(fd)))
+            .transpose();
+        let stderr = stderr
+            .map(|fd| tokio::process::ChildStderr::from_std(std::process::ChildStderr::from(fd)))
+            .transpose();
+        let pipe_err = |source| SandboxError::Process {
+            context: "registering the command's pipes",
+            source,
+        };
+        Ok(ContainerProcess::new(
+            supervised,
+            stdin.map_err(pipe_err)?,
+            stdout.map_err(pipe_err)?,
+            stderr.map_err(pipe_err)?,
+        ))
+    }
+
+    /// Runs `exec` in the sandbox with stdout and stderr written to files and tailed as
+    /// streams, like [`NamespaceContainer::spawn_captured`] (stdin is `/dev/null`; the
+    /// sandbox config's output limit applies).
+    ///
+    /// # Errors
+    ///
+    /// Those of [`exec`](Self::exec), and I/O errors creating the capture files.
+    pub async fn exec_captured(
+        &self,
+        exec: &ExecConfig,
+        mode: OutputMode,
+    ) -> Result<ProcessCapture, SandboxError> {
+        let n = self.inner.execs.fetch_add(1, Ordering::Relaxed);
+        let name = format!("{}-{n}", self.id());
+        let parent = self.inner.owner.capture_parent().to_path_buf();
+        let limit = self.inner.config.output_limit;
+        let files = tokio::task::spawn_blocking(move || {
+            CaptureFiles::create_blocking(&parent, &name, mode, limit)
+        })
+        .await
+        .map_err(|e| SandboxError::Process {
+            context: "creating the capture files",
+            source: std::io::Error::other(e),
+        })??;
+        let null = open_null()?;
+        let fds = [
+            null.as_raw_fd(),
+            files.stdout.as_raw_fd(),
+            files.stderr.as_raw_fd(),
+        ];
+        let CaptureFiles {
+            stdout,
+            stderr,
+            output,
+            watch,
+        } = files;
+        let (supervised, _) = self
+            .run(
+                exec,
+                launcher::Stdio::Fds(fds),
+                Some(watch),
+                [null, stdout.into(), stderr.into()],
+            )
+            .await?;
+        Ok(ProcessCapture::new(output, supervised))
+    }
+
+    /// Runs `exec` in the sandbox on a new pseudo-terminal (80x24 until resized), like
+    /// [`NamespaceContainer::spawn_interactive`].
+    ///
+    /// # Errors
+    ///
+    /// Those of [`exec`](Self::exec).
+    pub async fn exec_interactive(&self, exec: &ExecConfig) -> Result<PtySession, SandboxError> {
+        let (supervised, pty) = self.run(exec, launcher::Stdio::Terminal, None, []).await?;
+        let Some(pty) = pty else {
+            return Err(SandboxError::Process {
+                context: "starting the command on a terminal",
+                source: std::io::Error::other("the launcher sent no terminal"),
+            });
+        };
+        PtySession::from_controller(pty, supervised, (80, 24)).map_err(|source| {
+            SandboxError::Process {
+                context: "setting up the PTY",
+                source,
+            }
+        })
+    }
+
+    /// Sends the request, waits for the start, and hands the command to its supervisor.
+    /// `keep` holds the container-side fds until the launcher has them.
+    async fn run<const N: usize>(
+        &self,
+        exec: &ExecConfig,
+        stdio: launcher::Stdio,
+        capture: Option<crate::capture::CaptureWatch>,
+        keep: [OwnedFd; N],
+    ) -> Result<(Supervised, Option<OwnedFd>), SandboxError> {
+        let (argv, env, cwd) = self.resolve(exec)?;
+        self.check_alive()?;
+        let id = self.id().to_owned();
+        let oom_id = id.clone();
+        let oom_before =
+            tokio::task::spawn_blocking(move || crate::cgroup::oom_kills_blocking(&oom_id))
+                .await
+                .unwrap_or(0);
+        let conn = match Connection::open(&self.inner.socket).await {
+            Ok(c) => c,
+            Err(e) => {
+                return Err(self.ended_error().unwrap_or(SandboxError::Process {
+                    context: "connecting to the sandbox's launcher",
+                    source: e,
+                }));
+            }
+        };
+        conn.request(&cwd, &argv, &env, stdio)
+            .await
+            .map_err(|e| match e.kind() {
+                std::io::ErrorKind::InvalidInput => SandboxError::invalid("args", e.to_string()),
+                _ => self.ended_error().unwrap_or(SandboxError::Process {
+                    context: "sending the command to the sandbox's launcher",
+                    source: e,
+                }),
+            })?;
+        drop(keep);
+        let pty = match conn.started().await {
+            Ok(Started::Running { pty }) => pty,
+            Ok(Started::Failed(errno)) => {
+                return Err(crate::exec::start_failure(&exec.command, &cwd, errno));
+            }
+            Err(e) => {
+                return Err(self.ended_error().unwrap_or(SandboxError::Process {
+                    context: "starting the command in the sandbox",
+                    source: e,
+                }));
+            }
+        };
+        let (control_tx, control_rx) = mpsc::unbounded_channel();
+        let (signals_tx, signals_rx) = mpsc::unbounded_channel();
+        let (outcome_tx, outcome_rx) = watch::channel(None);
+        let timeout = exec.timeout.or(self.inner.config.timeout);
+        self.inner.owner.tracker().spawn(crate::exec::supervise(
+            conn,
+            id.clone(),
+            timeout,
+            control_rx,
+            signals_rx,
+            outcome_tx,
+            capture,
+            oom_before,
+        ));
+        let container = &self.inner.container;
+        Ok((
+            Supervised::exec(
+                id,
+                container.cli.clone(),
+                container.network,
+                control_tx,
+                outcome_rx,
+                signals_tx,
+            ),
+            pty,
+        ))
+    }
+
+    /// argv, the whole environment and the working directory of `exec`, checked.
+    #[allow(clippy::type_complexity)]
+    fn resolve(
+        &self,
+        exec: &ExecConfig,
+    ) -> Result<(Vec<String>, Vec<(String, String)>, PathBuf), SandboxError> {
+        let mut check = self.inner.config.clone();
+        check.command = exec.command.clone();
+        check.args = exec.args.clone();
+        for (k, v) in &exec.env {
+            check.env.retain(|(key, _)| key != k);
+            check.env.push((k.clone(), v.clone()));
+        }
+        if let Some(cwd) = &exec.cwd {
+            check.cwd = cwd.clone();
+        }
+        check.validate_command_line()?;
+        let mut argv = Vec::with_capacity(exec.args.len() + 1);
+        argv.push(exec.command.clone());
+        argv.extend(exec.args.iter().cloned());
+        Ok((argv, check.env, check.cwd))
+    }
+
+    fn check_alive(&self) -> Result<(), SandboxError> {
+        match self.ended_error() {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    fn ended_error(&self) -> Option<SandboxError> {
+        let status = self.inner.container.try_wait();
+        match status {
+            Ok(None) => None,
+            Ok(Some(status)) => Some(SandboxError::SandboxEnded {
+                id: self.id().to_owned(),
+                status: Some(status),
+            }),
+            Err(_) => Some(SandboxError::SandboxEnded {
+                id: self.id().to_owned(),
+                status: None,
+            }),
+        }
+    }
+}
+
+fn open_null() -> Result<OwnedFd, SandboxError> {
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/null")
+        .map(OwnedFd::from)
+        .map_err(|e| SandboxError::io("opening /dev/null", std::path::Path::new("/dev/null"), e))
+}
+
+/// Our ends and the command's ends of its stdio.
+#[allow(clippy::type_complexity)]
+fn exec_stdio(exec: &ExecConfig) -> Result<([Option<OwnedFd>; 3], [OwnedFd; 3]), SandboxError> {
+    let pipe_err = |e: nix::errno::Errno| SandboxError::Process {
+        context: "creating the command's pipes",
+        source: e.into(),
+    };
+    let mut ours: [Option<OwnedFd>; 3] = [None, None, None];
+    let mut theirs = Vec::with_capacity(3);
+    for (i, how) in [exec.stdin, exec.stdout, exec.stderr]
+        .into_iter()
+        .enumerate()
+    {
+        let fd = match how {
+            Stdio::Piped => {
+                let (read, write) =
+                    nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(pipe_err)?;
+                let (mine, its) = if i == 0 { (write, read) } else { (read, write) };
+                nix::fcntl::fcntl(
+                    &mine,
+                    nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
+                )
+                .map_err(pipe_err)?;
+                ours[i] = Some(mine);
+                its
+            }
+            Stdio::Null => open_null()?,
+            Stdio::Inherit => {
+                // SAFETY: fds 0, 1 and 2 stay open for the life of the process.
+                let own = unsafe { std::os::fd::BorrowedFd::borrow_raw(i as i32) };
+                own.try_clone_to_owned()
+                    .map_err(|source| SandboxError::Process {
+                        context: "duplicating this process's stdio",
+                        source,
+                    })?
+            }
+        };
+        theirs.push(fd);
+    }
+    let theirs: [OwnedFd; 3] = theirs.try_into().expect("three fds");
+    Ok((ours, theirs))
+}

@@ -1,0 +1,294 @@
+//! Long-lived sandboxes: start once, exec many times; on every runtime.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::TestSandbox;
+use oci_sandbox::{ExecConfig, OciRuntime, OutputMode, SandboxError};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+fn sh(script: &str) -> ExecConfig {
+    ExecConfig::new("sh", vec!["-c".into(), script.into()])
+}
+
+async fn start(t: &TestSandbox) -> oci_sandbox::Sandbox {
+    t.sandbox
+        .start(&t.config("true", &[]))
+        .await
+        .expect("sandbox start")
+}
+
+async fn output(
+    sandbox: &oci_sandbox::Sandbox,
+    exec: &ExecConfig,
+) -> (oci_sandbox::ExitStatus, String) {
+    let out = sandbox
+        .exec(exec)
+        .await
+        .unwrap()
+        .wait_with_output()
+        .await
+        .unwrap();
+    (
+        out.status,
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+async fn state_persists_across_execs(kind: OciRuntime) {
+    let t = TestSandbox::new(kind).await;
+    let sandbox = start(&t).await;
+    let (status, _) = output(&sandbox, &sh("echo remembered > /tmp/state")).await;
+    assert!(status.success(), "{status}");
+    let (status, out) = output(&sandbox, &ExecConfig::new("cat", vec!["/tmp/state".into()])).await;
+    assert!(status.success(), "{status}");
+    assert_eq!(out, "remembered\n");
+    let id = sandbox.id().to_owned();
+    sandbox.close().await;
+    t.assert_nothing_left(&[&id], None).await;
+}
+
+async fn env_cwd_exit_codes_and_stdin_are_per_exec(kind: OciRuntime) {
+    let t = TestSandbox::new(kind).await;
+    let sandbox = start(&t).await;
+    let mut exec = sh("pwd; echo \"$GREETING\"; exit 3");
+    exec.env.push(("GREETING".into(), "hello".into()));
+    exec.cwd = Some("/usr".into());
+    let (status, out) = output(&sandbox, &exec).await;
+    assert_eq!(status.code(), Some(3));
+    assert_eq!(out, "/usr\nhello\n");
+    // The environment added for one exec is not the next one's.
+    let (_, out) = output(&sandbox, &sh("echo \"[$GREETING]\"")).await;
+    assert_eq!(out, "[]\n");
+    let mut cat = sandbox.exec(&ExecConfig::new("cat", vec![])).await.unwrap();
+    cat.stdin
+        .take()
+        .unwrap()
+        .write_all(b"through stdin")
+        .await
+        .unwrap();
+    let out = cat.wait_with_output().await.unwrap();
+    assert_eq!(out.stdout, b"through stdin");
+    sandbox.close().await;
+}
+
+async fn bad_execs_are_typed_errors_and_the_sandbox_lives_on(kind: OciRuntime) {
+    let t = TestSandbox::new(kind).await;
+    let sandbox = start(&t).await;
+    match sandbox
+        .exec(&ExecConfig::new("no-such-command-xyz", vec![]))
+        .await
+    {
+        Err(SandboxError::CommandNotFound { command, .. }) => {
+            assert_eq!(command, "no-such-command-xyz")
+        }
+        other => panic!("expected CommandNotFound, got {other:?}"),
+    }
+    let mut bad_cwd = sh("true");
+    bad_cwd.cwd = Some("/no/such/dir".into());
+    assert!(matches!(
+        sandbox.exec(&bad_cwd).await,
+        Err(SandboxError::InvalidConfig { field, .. }) if field == "cwd"
+    ));
+    let mut bad_env = sh("true");
+    bad_env.env.push(("A=B".into(), "c".into()));
+    assert!(matches!(
+        sandbox.exec(&bad_env).await,
+        Err(SandboxError::InvalidConfig { field, .. }) if field == "env"
+    ));
+    assert!(matches!(
+        sandbox.exec(&ExecConfig::new("", vec![])).await,
+        Err(SandboxError::InvalidConfig { .. })
+    ));
+    let (status, out) = output(&sandbox, &sh("echo still here")).await;
+    assert!(status.success());
+    assert_eq!(out, "still here\n");
+    sandbox.close().await;
+}
+
+async fn concurrent_execs_all_complete(kind: OciRuntime) {
+    let t = TestSandbox::new(kind).await;
+    let sandbox = start(&t).await;
+    let started = Instant::now();
+    let runs = (0..10).map(|i| {
+        let sandbox = sandbox.clone();
+        async move {
+            let mut exec = sh("sleep 0.5; echo $N");
+            exec.env.push(("N".into(), i.to_string()));
+            output(&sandbox, &exec).await
+        }
+    });
+    let results = futures::future::join_all(runs).await;
+    for (i, (status, out)) in results.into_iter().enumerate() {
+        assert!(status.success(), "{i}: {status}");
+        assert_eq!(out, format!("{i}\n"));
+    }
+    // Concurrent: ten half-second sleeps in well under five seconds.
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "{:?}",
+        started.elapsed()
+    );
+    sandbox.close().await;
+}
+
+async fn an_exec_timeout_kills_only_that_exec(kind: OciRuntime) {
+    let t = TestSandbox::new(kind).await;
+    let sandbox = start(&t).await;
+    let marker = "100.4242";
+    let mut slow = ExecConfig::new("sleep", vec![marker.into()]);
+    slow.timeout = Some(Duration::from_millis(400));
+    let neighbour = sandbox
+        .exec(&ExecConfig::new("sleep", vec!["1.5".into()]))
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let status = sandbox.exec(&slow).await.unwrap().wait().await.unwrap();
+    assert!(status.timed_out(), "{status}");
+    assert!(started.elapsed() < Duration::from_secs(5));
+    // The sandbox and the other exec live on.
+    let mut neighbour = neighbour;
+    assert!(neighbour.wait().await.unwrap().success());
+    let (status, _) = output(&sandbox, &sh("true")).await;
+    assert!(status.success());
+    assert!(common::processes_mentioning(marker).is_empty());
+    sandbox.close().await;
+}
+
+async fn captured_and_interactive_execs_work(kind: OciRuntime) {
+    let t = TestSandbox::new(kind).await;
+    let sandbox = start(&t).await;
+    let capture = sandbox
+        .exec_captured(&sh("echo out; echo err >&2; exit 4"), OutputMode::Separate)
+        .await
+        .unwrap();
+    assert_eq!(capture.wait().await.unwrap().code(), Some(4));
+    assert_eq!(&capture.output.read_stdout().await.unwrap()[..], b"out\n");
+    assert_eq!(&capture.output.read_stderr().await.unwrap()[..], b"err\n");
+
+    let mut pty = sandbox
+        .exec_interactive(&ExecConfig::new("sh", vec![]))
+        .await
+        .unwrap();
+    pty.resize(100, 30).unwrap();
+    pty.write_all(b"stty size; echo $((6*7)); exit 5\n")
+        .await
+        .unwrap();
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !String::from_utf8_lossy(&seen).contains("42") {
+        let n = tokio::time::timeout(Duration::from_secs(10), pty.read(&mut buf))
+            .await
+            .expect("PTY output")
+            .unwrap();
+        assert!(n > 0, "EOF: {}", String::from_utf8_lossy(&seen));
+        seen.extend_from_slice(&buf[..n]);
+    }
+    assert!(String::from_utf8_lossy(&seen).contains("30 100"));
+    assert_eq!(pty.wait().await.unwrap().code(), Some(5));
+    sandbox.close().await;
+}
+
+async fn a_sandbox_killed_from_outside_is_reported(kind: OciRuntime) {
+    let t = TestSandbox::new(kind).await;
+    let sandbox = start(&t).await;
+    let running = sandbox
+        .exec(&ExecConfig::new("sleep", vec!["30".into()]))
+        .await
+        .unwrap();
+    let pid: i32 = std::fs::read_to_string(t.bundles_dir().join(sandbox.id()).join("pid"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let mut running = running;
+    let waited = tokio::time::timeout(Duration::from_secs(10), running.wait())
+        .await
+        .expect("the running exec learns of the sandbox's death");
+    assert!(
+        matches!(waited, Err(SandboxError::SandboxEnded { .. }))
+            || waited.as_ref().is_ok_and(|s| !s.success()),
+        "{waited:?}"
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while sandbox.ended().is_none() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(sandbox.ended().is_some());
+    match sandbox.exec(&sh("true")).await {
+        Err(SandboxError::SandboxEnded { id, status }) => {
+            assert_eq!(id, sandbox.id());
+            assert!(status.is_some());
+        }
+        other => panic!("expected SandboxEnded, got {other:?}"),
+    }
+    let id = sandbox.id().to_owned();
+    drop((sandbox, running));
+    t.assert_nothing_left(&[&id], None).await;
+}
+
+async fn drop_and_cancellation_leave_nothing(kind: OciRuntime) {
+    let t = TestSandbox::new(kind).await;
+    let marker = "100.5151";
+    // A dropped sandbox with a command running in it.
+    let sandbox = start(&t).await;
+    let id = sandbox.id().to_owned();
+    let running = sandbox
+        .exec(&ExecConfig::new("sleep", vec![marker.into()]))
+        .await
+        .unwrap();
+    drop(sandbox);
+    drop(running);
+    // Cancelled starts, at several points.
+    for delay_ms in [0u64, 5, 20, 60] {
+        let config = t.config("true", &[]);
+        let _ =
+            tokio::time::timeout(Duration::from_millis(delay_ms), t.sandbox.start(&config)).await;
+    }
+    // A cancelled exec and a dropped exec handle in a live sandbox.
+    let sandbox = start(&t).await;
+    let id2 = sandbox.id().to_owned();
+    for delay_ms in [0u64, 1, 3] {
+        let exec = ExecConfig::new("sleep", vec![marker.into()]);
+        let _ = tokio::time::timeout(Duration::from_millis(delay_ms), sandbox.exec(&exec)).await;
+    }
+    let handle = sandbox
+        .exec(&ExecConfig::new("sleep", vec![marker.into()]))
+        .await
+        .unwrap();
+    drop(handle);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !common::processes_mentioning(marker).is_empty() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        common::processes_mentioning(marker).is_empty() || kind == OciRuntime::Gvisor,
+        "a dropped exec still runs"
+    );
+    let (status, _) = output(&sandbox, &sh("true")).await;
+    assert!(status.success());
+    drop(sandbox);
+    t.assert_nothing_left(&[&id, &id2], Some(marker)).await;
+    let sockets = t.state.path().join(kind.binary_name()).join("sandboxes");
+    let left: Vec<_> = std::fs::read_dir(&sockets)
+        .map(|d| d.filter_map(Result::ok).map(|e| e.path()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "socket dirs left: {left:?}");
+}
+
+on_every_runtime!(
+    state_persists_across_execs,
+    env_cwd_exit_codes_and_stdin_are_per_exec,
+    bad_execs_are_typed_errors_and_the_sandbox_lives_on,
+    concurrent_execs_all_complete,
+    an_exec_timeout_kills_only_that_exec,
+    captured_and_interactive_execs_work,
+    a_sandbox_killed_from_outside_is_reported,
+    drop_and_cancellation_leave_nothing,
+);
