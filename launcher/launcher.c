@@ -10,11 +10,15 @@
  * Protocol, one connection per command (all messages are single SEQPACKET records):
  *   host -> launcher  request:  "R" mode '\0' cwd '\0' argc '\0' argv... envc '\0' envp...
  *                     mode 'p' (pipes): three fds (stdin, stdout, stderr) by SCM_RIGHTS;
- *                     mode 't' (terminal): no fds; the launcher makes a PTY.
- *   launcher -> host  "S <pid>"    started (mode 't': the PTY controller by SCM_RIGHTS)
+ *                     mode 't' (terminal): one fd, a PTY's terminal end (the host keeps
+ *                     the controller): the command's controlling terminal and stdio. If
+ *                     it is no terminal in this kernel (gVisor), the launcher makes a PTY
+ *                     and a child relays between it and the fd, a stream socket.
+ *   launcher -> host  "S <pid>"    started
  *                     "E <errno>"  could not start: exec failed (chdir: "E -<errno>"); ends
  *                     "X <wstatus>" the command ended (waitpid status); connection ends
  *   host -> launcher  "K <signal>" signal the command's process group
+ *                     "W <cols> <rows>" resize a relayed terminal (see below)
  *   host closes       the command's process group is killed with SIGKILL
  *
  * As PID 1 of the container it also reaps every orphan. It prints "ready" on stdout once it
@@ -42,34 +46,52 @@
 
 struct conn {
     int fd;
-    pid_t pid; /* 0 until started */
+    pid_t pid;      /* 0 until started */
+    int controller; /* a relayed terminal's controller (for resizes), or -1 */
 };
 
 static struct conn conns[MAX_CONNS];
 static int nconns;
 static char request[MAX_REQUEST + 1];
 
-static void reply(int fd, const char *text, int pass_fd) {
-    struct iovec iov = {.iov_base = (void *)text, .iov_len = strlen(text)};
-    struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1};
-    char control[CMSG_SPACE(sizeof(int))];
-    if (pass_fd >= 0) {
-        memset(control, 0, sizeof control);
-        msg.msg_control = control;
-        msg.msg_controllen = sizeof control;
-        struct cmsghdr *c = CMSG_FIRSTHDR(&msg);
-        c->cmsg_level = SOL_SOCKET;
-        c->cmsg_type = SCM_RIGHTS;
-        c->cmsg_len = CMSG_LEN(sizeof(int));
-        memcpy(CMSG_DATA(c), &pass_fd, sizeof(int));
-    }
-    while (sendmsg(fd, &msg, MSG_NOSIGNAL) < 0 && errno == EINTR) {
+static void reply(int fd, const char *text) {
+    while (send(fd, text, strlen(text), MSG_NOSIGNAL) < 0 && errno == EINTR) {
     }
 }
 
 static void drop_conn(int i) {
     close(conns[i].fd);
+    if (conns[i].controller >= 0) close(conns[i].controller);
     conns[i] = conns[--nconns];
+}
+
+static int write_all(int fd, const char *buf, ssize_t len) {
+    while (len > 0) {
+        ssize_t n = write(fd, buf, len);
+        if (n < 0 && errno == EINTR) continue;
+        if (n <= 0) return -1;
+        buf += n;
+        len -= n;
+    }
+    return 0;
+}
+
+/* Copies between the host's stream and a terminal controller until either side ends (the
+   controller reads EIO once the command and everything it started have let go of it). */
+static void relay(int host, int controller) {
+    static char buf[65536];
+    struct pollfd p[2] = {{.fd = host, .events = POLLIN}, {.fd = controller, .events = POLLIN}};
+    for (;;) {
+        if (poll(p, 2, -1) < 0) {
+            if (errno == EINTR) continue;
+            _exit(0);
+        }
+        for (int k = 0; k < 2; k++) {
+            if (!p[k].revents) continue;
+            ssize_t n = read(p[k].fd, buf, sizeof buf);
+            if (n <= 0 || write_all(p[1 - k].fd, buf, n) < 0) _exit(0);
+        }
+    }
 }
 
 /* Splits the request's NUL-separated fields; returns the count or -1. */
@@ -114,14 +136,46 @@ static void start(int i) {
     int ok = (msg.msg_flags & MSG_TRUNC) == 0 && n >= 4 && items[0][0] == 'R';
     char mode = ok ? items[0][1] : 0;
     int argc = ok ? atoi(items[2]) : 0;
-    ok = ok && (mode == 'p' ? nfds == 3 : mode == 't') && argc > 0 && 3 + argc < n;
+    ok = ok && (mode == 'p' ? nfds == 3 : mode == 't' && nfds == 1) && argc > 0 && 3 + argc < n;
     int envc = ok ? atoi(items[3 + argc]) : 0;
     ok = ok && 4 + argc + envc == n;
     if (!ok) {
-        reply(fd, "E 22", -1);
+        reply(fd, "E 22");
         for (int k = 0; k < nfds; k++) close(fds[k]);
         drop_conn(i);
         return;
+    }
+    /* A terminal end that is no terminal here (gVisor cannot treat a host PTY as one): make
+       a PTY of this kernel's and relay between it and the stream the host gave. */
+    int controller = -1;
+    if (mode == 't' && !isatty(fds[0])) {
+        int terminal = -1;
+        controller = posix_openpt(O_RDWR | O_NOCTTY | O_CLOEXEC);
+        if (controller >= 0 && grantpt(controller) == 0 && unlockpt(controller) == 0)
+            terminal = open(ptsname(controller), O_RDWR | O_NOCTTY | O_CLOEXEC);
+        if (terminal < 0) {
+            char text[32];
+            snprintf(text, sizeof text, "E %d", errno);
+            reply(fd, text);
+            if (controller >= 0) close(controller);
+            close(fds[0]);
+            drop_conn(i);
+            return;
+        }
+        struct winsize ws = {.ws_row = 24, .ws_col = 80};
+        ioctl(controller, TIOCSWINSZ, &ws);
+        pid_t relayer = fork();
+        if (relayer == 0) {
+            /* Only the two ends stay open here, so that closing them elsewhere is seen. */
+            for (int k = 0; k < nconns; k++) {
+                close(conns[k].fd);
+                if (conns[k].controller >= 0) close(conns[k].controller);
+            }
+            close(terminal);
+            relay(fds[0], controller);
+        }
+        close(fds[0]);
+        fds[0] = terminal;
     }
     char *cwd = items[1];
     char **argv = &items[3];
@@ -130,25 +184,9 @@ static void start(int i) {
     /* envp ends at items[n], which is past the last field: make it NULL. */
     items[n] = NULL;
 
-    int controller = -1, terminal = -1;
-    if (mode == 't') {
-        controller = posix_openpt(O_RDWR | O_NOCTTY | O_CLOEXEC);
-        if (controller < 0 || grantpt(controller) < 0 || unlockpt(controller) < 0) {
-            char text[32];
-            snprintf(text, sizeof text, "E %d", errno);
-            reply(fd, text, -1);
-            if (controller >= 0) close(controller);
-            drop_conn(i);
-            return;
-        }
-        struct winsize ws = {.ws_row = 24, .ws_col = 80};
-        ioctl(controller, TIOCSWINSZ, &ws);
-        terminal = open(ptsname(controller), O_RDWR | O_NOCTTY | O_CLOEXEC);
-    }
-
     int status_pipe[2];
     if (pipe2(status_pipe, O_CLOEXEC) < 0) {
-        reply(fd, "E 24", -1);
+        reply(fd, "E 24");
         drop_conn(i);
         return;
     }
@@ -159,11 +197,13 @@ static void start(int i) {
         sigprocmask(SIG_SETMASK, &none, NULL);
         setsid();
         if (mode == 't') {
-            ioctl(terminal, TIOCSCTTY, 0);
-            fds[0] = fds[1] = fds[2] = terminal;
+            /* The terminal becomes the new session's controlling terminal and its stdio. */
+            ioctl(fds[0], TIOCSCTTY, 0);
+            fds[1] = fds[2] = fds[0];
         }
         for (int k = 0; k < 3; k++) {
-            /* dup2 clears O_CLOEXEC on the copy; a same-number fd needs it cleared by hand. */
+            /* dup2 clears O_CLOEXEC on the copy; a same-number fd needs it cleared by hand.
+               (The host's fds arrive above 2: 0-2 are /dev/null in the launcher.) */
             if (fds[k] == k) {
                 fcntl(k, F_SETFD, 0);
             } else if (dup2(fds[k], k) < 0) {
@@ -186,7 +226,7 @@ static void start(int i) {
     }
     close(status_pipe[1]);
     for (int k = 0; k < nfds; k++) close(fds[k]);
-    if (terminal >= 0) close(terminal);
+    conns[i].controller = controller;
     int err = 0;
     ssize_t got;
     if (pid < 0) {
@@ -201,15 +241,13 @@ static void start(int i) {
     if (got == (ssize_t)sizeof err) {
         /* The child has exited (127) and is reaped by the SIGCHLD loop. */
         snprintf(text, sizeof text, "E %d", err);
-        reply(fd, text, -1);
-        if (controller >= 0) close(controller);
+        reply(fd, text);
         drop_conn(i);
         return;
     }
     conns[i].pid = pid;
     snprintf(text, sizeof text, "S %d", (int)pid);
-    reply(fd, text, controller);
-    if (controller >= 0) close(controller);
+    reply(fd, text);
 }
 
 static void reap(void) {
@@ -220,7 +258,7 @@ static void reap(void) {
             if (conns[i].pid == pid) {
                 char text[32];
                 snprintf(text, sizeof text, "X %d", status);
-                reply(conns[i].fd, text, -1);
+                reply(conns[i].fd, text);
                 drop_conn(i);
                 break;
             }
@@ -244,6 +282,10 @@ static void control(int i) {
     if (buf[0] == 'K') {
         int sig = atoi(buf + 1);
         if (kill(-conns[i].pid, sig) < 0) kill(conns[i].pid, sig);
+    } else if (buf[0] == 'W' && conns[i].controller >= 0) {
+        struct winsize ws = {0};
+        if (sscanf(buf + 1, "%hu %hu", &ws.ws_col, &ws.ws_row) == 2)
+            ioctl(conns[i].controller, TIOCSWINSZ, &ws);
     }
 }
 
@@ -299,7 +341,7 @@ int main(int argc, char **argv) {
         }
         if (pfds[0].revents & POLLIN && nconns < MAX_CONNS) {
             int c = accept4(lfd, NULL, NULL, SOCK_CLOEXEC);
-            if (c >= 0) conns[nconns++] = (struct conn){.fd = c, .pid = 0};
+            if (c >= 0) conns[nconns++] = (struct conn){.fd = c, .pid = 0, .controller = -1};
         }
     }
 }

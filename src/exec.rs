@@ -12,7 +12,9 @@ use tokio::time::Instant;
 use crate::capture::CaptureWatch;
 use crate::error::SandboxError;
 use crate::launcher::{Connection, exit_status};
-use crate::process::{Control, EndedBy, Outcome, sleep_until, status_for, watch_capture};
+use crate::process::{
+    Control, EndedBy, ExecRequest, Outcome, sleep_until, status_for, watch_capture,
+};
 
 /// Watches the command to its end: enforces the timeout and the output limit, obeys kill and
 /// signal requests; dropping the handle drops the connection, and the launcher kills the
@@ -23,7 +25,7 @@ pub(crate) async fn supervise(
     sandbox_id: String,
     timeout: Option<Duration>,
     mut control: mpsc::UnboundedReceiver<Control>,
-    mut signals: mpsc::UnboundedReceiver<i32>,
+    mut requests: mpsc::UnboundedReceiver<ExecRequest>,
     outcome: watch::Sender<Outcome>,
     mut capture: Option<CaptureWatch>,
     oom_before: u64,
@@ -43,8 +45,11 @@ pub(crate) async fn supervise(
                 // The handle is gone: closing the connection makes the launcher kill it.
                 None => return,
             },
-            Some(signal) = signals.recv() => {
-                conn.signal(signal);
+            Some(request) = requests.recv() => {
+                match request {
+                    ExecRequest::Signal(signal) => conn.signal(signal),
+                    ExecRequest::Resize(cols, rows) => conn.resize(cols, rows),
+                }
                 continue;
             }
             over = watch_capture(&mut capture), if ended_by.is_none() => {

@@ -49,14 +49,14 @@ pub(crate) fn install_blocking(rootfs: &Path) -> io::Result<()> {
 pub(crate) enum Stdio {
     /// These three fds become its stdin, stdout and stderr.
     Fds([RawFd; 3]),
-    /// A new PTY, whose controller comes back with the start reply.
-    Terminal,
+    /// A PTY's terminal end: the command's controlling terminal and stdio.
+    Terminal(RawFd),
 }
 
 /// What the launcher answered to a request.
 pub(crate) enum Started {
-    /// Running as `pid` (in the container's pid namespace), with the PTY controller if asked.
-    Running { pty: Option<OwnedFd> },
+    /// Running.
+    Running,
     /// Could not start: `chdir` or `exec` failed with this errno.
     Failed(i32),
 }
@@ -111,7 +111,7 @@ impl Connection {
         let mut msg = Vec::new();
         msg.extend_from_slice(match stdio {
             Stdio::Fds(_) => b"Rp\0",
-            Stdio::Terminal => b"Rt\0",
+            Stdio::Terminal(_) => b"Rt\0",
         });
         msg.extend_from_slice(cwd.as_os_str().as_encoded_bytes());
         msg.push(0);
@@ -135,13 +135,13 @@ impl Connection {
         }
         let fds = match stdio {
             Stdio::Fds(fds) => fds.to_vec(),
-            Stdio::Terminal => Vec::new(),
+            Stdio::Terminal(fd) => vec![fd],
         };
         loop {
             let mut guard = self.fd.writable().await?;
             let iov = [io::IoSlice::new(&msg)];
             let rights = [ControlMessage::ScmRights(&fds)];
-            let cmsgs: &[ControlMessage] = if fds.is_empty() { &[] } else { &rights };
+            let cmsgs: &[ControlMessage] = &rights;
             match guard.try_io(|fd| {
                 sendmsg::<()>(fd.as_raw_fd(), &iov, cmsgs, MsgFlags::MSG_NOSIGNAL, None)
                     .map_err(io::Error::from)
@@ -166,7 +166,7 @@ impl Connection {
     /// Waits for the start reply.
     pub async fn started(&self) -> io::Result<Started> {
         match self.receive().await? {
-            Some((text, fd)) if text.starts_with("S ") => Ok(Started::Running { pty: fd }),
+            Some((text, _)) if text.starts_with("S ") => Ok(Started::Running),
             Some((text, _)) if text.starts_with("E ") => Ok(Started::Failed(
                 text[2..].trim().parse().unwrap_or(libc::EINVAL),
             )),
@@ -182,7 +182,15 @@ impl Connection {
 
     /// Asks the launcher to signal the command's process group (fire and forget).
     pub fn signal(&self, signal: i32) {
-        let text = format!("K {signal}");
+        self.send_text(&format!("K {signal}"));
+    }
+
+    /// Asks the launcher to resize the terminal it relays.
+    pub fn resize(&self, cols: u16, rows: u16) {
+        self.send_text(&format!("W {cols} {rows}"));
+    }
+
+    fn send_text(&self, text: &str) {
         let _ = nix::sys::socket::send(
             self.fd.get_ref().as_raw_fd(),
             text.as_bytes(),

@@ -673,9 +673,17 @@ pub(crate) struct Supervised {
     outcome: watch::Receiver<Outcome>,
     pub cli: RuntimeCli,
     pub network: Network,
-    /// For a command exec'd in a sandbox: signals go to its supervisor (the launcher
-    /// delivers them), not to the runtime.
-    signals: Option<mpsc::UnboundedSender<i32>>,
+    /// For a command exec'd in a sandbox: signals and resizes go to its supervisor (the
+    /// launcher delivers them), not to the runtime.
+    signals: Option<mpsc::UnboundedSender<ExecRequest>>,
+}
+
+/// What a handle asks of an exec's supervisor besides a kill.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum ExecRequest {
+    Signal(i32),
+    /// A relayed terminal's new size (columns, rows).
+    Resize(u16, u16),
 }
 
 impl Supervised {
@@ -746,7 +754,7 @@ impl Supervised {
         network: Network,
         control: mpsc::UnboundedSender<Control>,
         outcome: watch::Receiver<Outcome>,
-        signals: mpsc::UnboundedSender<i32>,
+        signals: mpsc::UnboundedSender<ExecRequest>,
     ) -> Self {
         Supervised {
             id,
@@ -758,6 +766,17 @@ impl Supervised {
         }
     }
 
+    /// Resizes a terminal the launcher relays (gVisor), where the host cannot.
+    pub fn resize_relayed(&self, cols: u16, rows: u16) -> std::io::Result<()> {
+        match &self.signals {
+            Some(requests) => {
+                let _ = requests.send(ExecRequest::Resize(cols, rows));
+                Ok(())
+            }
+            None => Err(std::io::Error::from_raw_os_error(libc::ENOTTY)),
+        }
+    }
+
     pub async fn signal(&self, signal: nix::sys::signal::Signal) -> Result<(), SandboxError> {
         if let Some(signals) = &self.signals {
             if self.try_wait()?.is_some() {
@@ -766,7 +785,7 @@ impl Supervised {
                     source: std::io::Error::from_raw_os_error(libc::ESRCH),
                 });
             }
-            let _ = signals.send(signal as i32);
+            let _ = signals.send(ExecRequest::Signal(signal as i32));
             return Ok(());
         }
         let name = signal.as_str();

@@ -126,6 +126,15 @@ fn register_pty(fd: OwnedFd) -> io::Result<Pty> {
     Ok(Arc::new(fd))
 }
 
+/// Sets the terminal's size: on the controller (`TIOCSWINSZ`), or, for a terminal a sandbox's
+/// launcher relays over a socket (gVisor), through the launcher.
+fn resize(pty: &Pty, inner: &Supervised, cols: u16, rows: u16) -> io::Result<()> {
+    match set_size(pty.get_ref().as_raw_fd(), cols, rows) {
+        Err(e) if e.raw_os_error() == Some(libc::ENOTTY) => inner.resize_relayed(cols, rows),
+        other => other,
+    }
+}
+
 /// Sets the terminal's size (`TIOCSWINSZ`); the process in it gets `SIGWINCH`.
 fn set_size(fd: RawFd, cols: u16, rows: u16) -> io::Result<()> {
     let ws = libc::winsize {
@@ -248,11 +257,9 @@ impl PtySession {
         (cols, rows): (u16, u16),
     ) -> io::Result<Self> {
         let pty = register_pty(fd)?;
-        set_size(pty.get_ref().as_raw_fd(), cols, rows)?;
-        Ok(PtySession {
-            pty,
-            inner: Arc::new(inner),
-        })
+        let inner = Arc::new(inner);
+        resize(&pty, &inner, cols, rows)?;
+        Ok(PtySession { pty, inner })
     }
 
     /// The container's id.
@@ -262,7 +269,7 @@ impl PtySession {
 
     /// Sets the terminal's size in columns and rows; the process gets `SIGWINCH`.
     pub fn resize(&self, cols: u16, rows: u16) -> io::Result<()> {
-        set_size(self.pty.get_ref().as_raw_fd(), cols, rows)
+        resize(&self.pty, &self.inner, cols, rows)
     }
 
     /// A reader and a writer for use from two tasks. They keep the process alive like the
@@ -275,7 +282,7 @@ impl PtySession {
             },
             PtyWriter {
                 pty: self.pty.clone(),
-                _inner: self.inner.clone(),
+                inner: self.inner.clone(),
             },
         )
     }
@@ -300,13 +307,13 @@ impl_pty_io!(AsyncRead for PtyReader);
 #[derive(Debug)]
 pub struct PtyWriter {
     pty: Pty,
-    _inner: Arc<Supervised>,
+    inner: Arc<Supervised>,
 }
 
 impl PtyWriter {
     /// Sets the terminal's size (see [`PtySession::resize`]).
     pub fn resize(&self, cols: u16, rows: u16) -> io::Result<()> {
-        set_size(self.pty.get_ref().as_raw_fd(), cols, rows)
+        resize(&self.pty, &self.inner, cols, rows)
     }
 }
 

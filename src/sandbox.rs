@@ -20,6 +20,9 @@ use crate::pty::PtySession;
 /// How long a new sandbox's launcher may take to listen.
 const READY_DEADLINE: Duration = Duration::from_secs(30);
 
+/// How long the launcher may take to fork and exec a command.
+const START_DEADLINE: Duration = Duration::from_secs(10);
+
 /// One command to run in a [`Sandbox`]: like a [`ContainerConfig`]'s command, with its own
 /// environment additions, working directory, timeout and stdio.
 ///
@@ -240,7 +243,7 @@ impl Sandbox {
             theirs[1].as_raw_fd(),
             theirs[2].as_raw_fd(),
         ];
-        let (supervised, _) = self
+        let supervised = self
             .run(exec, launcher::Stdio::Fds(fds), None, theirs)
             .await?;
         let [stdin, stdout, stderr] = ours;
@@ -301,7 +304,7 @@ impl Sandbox {
             output,
             watch,
         } = files;
-        let (supervised, _) = self
+        let supervised = self
             .run(
                 exec,
                 launcher::Stdio::Fds(fds),
@@ -319,14 +322,45 @@ impl Sandbox {
     ///
     /// Those of [`exec`](Self::exec).
     pub async fn exec_interactive(&self, exec: &ExecConfig) -> Result<PtySession, SandboxError> {
-        let (supervised, pty) = self.run(exec, launcher::Stdio::Terminal, None, []).await?;
-        let Some(pty) = pty else {
-            return Err(SandboxError::Process {
-                context: "starting the command on a terminal",
-                source: std::io::Error::other("the launcher sent no terminal"),
-            });
+        const SIZE: (u16, u16) = (80, 24);
+        let (controller, terminal) = if self.inner.container.cli.kind == crate::OciRuntime::Gvisor {
+            // gVisor cannot make a host PTY its own terminal: the launcher makes one in the
+            // sandbox and relays it over a stream socket, which stands in for the controller.
+            nix::sys::socket::socketpair(
+                nix::sys::socket::AddressFamily::Unix,
+                nix::sys::socket::SockType::Stream,
+                None,
+                nix::sys::socket::SockFlag::SOCK_CLOEXEC,
+            )
+            .map_err(|e| SandboxError::Process {
+                context: "opening the terminal's socket pair",
+                source: e.into(),
+            })?
+        } else {
+            // The host's PTY: its terminal end becomes the command's controlling terminal.
+            let size = nix::pty::Winsize {
+                ws_col: SIZE.0,
+                ws_row: SIZE.1,
+                ws_xpixel: 0,
+                ws_ypixel: 0,
+            };
+            let pty = nix::pty::openpty(Some(&size), None).map_err(|e| SandboxError::Process {
+                context: "opening a PTY",
+                source: e.into(),
+            })?;
+            for fd in [&pty.master, &pty.slave] {
+                let _ = nix::fcntl::fcntl(
+                    fd,
+                    nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+                );
+            }
+            (pty.master, pty.slave)
         };
-        PtySession::from_controller(pty, supervised, (80, 24)).map_err(|source| {
+        let raw = terminal.as_raw_fd();
+        let supervised = self
+            .run(exec, launcher::Stdio::Terminal(raw), None, [terminal])
+            .await?;
+        PtySession::from_controller(controller, supervised, SIZE).map_err(|source| {
             SandboxError::Process {
                 context: "setting up the PTY",
                 source,
@@ -342,7 +376,7 @@ impl Sandbox {
         stdio: launcher::Stdio,
         capture: Option<crate::capture::CaptureWatch>,
         keep: [OwnedFd; N],
-    ) -> Result<(Supervised, Option<OwnedFd>), SandboxError> {
+    ) -> Result<Supervised, SandboxError> {
         let (argv, env, cwd) = self.resolve(exec)?;
         self.check_alive()?;
         let id = self.id().to_owned();
@@ -369,19 +403,28 @@ impl Sandbox {
                     source: e,
                 }),
             })?;
+        // The launcher answers within a fork and an exec; a deadline keeps a wedged sandbox
+        // from hanging the caller.
+        let started = tokio::time::timeout(START_DEADLINE, conn.started()).await;
         drop(keep);
-        let pty = match conn.started().await {
-            Ok(Started::Running { pty }) => pty,
-            Ok(Started::Failed(errno)) => {
+        match started {
+            Err(_) => {
+                return Err(SandboxError::Timeout {
+                    what: format!("starting a command in sandbox {id}"),
+                    after: START_DEADLINE,
+                });
+            }
+            Ok(Ok(Started::Running)) => {}
+            Ok(Ok(Started::Failed(errno))) => {
                 return Err(crate::exec::start_failure(&exec.command, &cwd, errno));
             }
-            Err(e) => {
+            Ok(Err(e)) => {
                 return Err(self.ended_error().unwrap_or(SandboxError::Process {
                     context: "starting the command in the sandbox",
                     source: e,
                 }));
             }
-        };
+        }
         let (control_tx, control_rx) = mpsc::unbounded_channel();
         let (signals_tx, signals_rx) = mpsc::unbounded_channel();
         let (outcome_tx, outcome_rx) = watch::channel(None);
@@ -397,16 +440,13 @@ impl Sandbox {
             oom_before,
         ));
         let container = &self.inner.container;
-        Ok((
-            Supervised::exec(
-                id,
-                container.cli.clone(),
-                container.network,
-                control_tx,
-                outcome_rx,
-                signals_tx,
-            ),
-            pty,
+        Ok(Supervised::exec(
+            id,
+            container.cli.clone(),
+            container.network,
+            control_tx,
+            outcome_rx,
+            signals_tx,
         ))
     }
 

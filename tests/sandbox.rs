@@ -185,7 +185,11 @@ async fn captured_and_interactive_execs_work(kind: OciRuntime) {
         assert!(n > 0, "EOF: {}", String::from_utf8_lossy(&seen));
         seen.extend_from_slice(&buf[..n]);
     }
-    assert!(String::from_utf8_lossy(&seen).contains("30 100"));
+    assert!(
+        String::from_utf8_lossy(&seen).contains("30 100"),
+        "{}",
+        String::from_utf8_lossy(&seen)
+    );
     assert_eq!(pty.wait().await.unwrap().code(), Some(5));
     sandbox.close().await;
 }
