@@ -676,6 +676,8 @@ pub(crate) struct Supervised {
     /// For a command exec'd in a sandbox: signals and resizes go to its supervisor (the
     /// launcher delivers them), not to the runtime.
     signals: Option<mpsc::UnboundedSender<ExecRequest>>,
+    /// The supervisor task, for waiting until everything is removed.
+    task: tokio::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 /// What a handle asks of an exec's supervisor besides a kill.
@@ -703,7 +705,7 @@ impl Supervised {
         let id = teardown.id.clone();
         let cli = teardown.cli.clone();
         let network = teardown.network;
-        tracker.spawn(supervise_detached(
+        let task = tracker.spawn(supervise_detached(
             runtime, teardown, pid_file, timeout, control_rx, outcome_tx, capture, started_tx,
         ));
         let supervised = Supervised {
@@ -713,6 +715,7 @@ impl Supervised {
             cli,
             network,
             signals: None,
+            task: tokio::sync::Mutex::new(Some(task)),
         };
         (supervised, started_rx)
     }
@@ -763,7 +766,20 @@ impl Supervised {
             cli,
             network,
             signals: Some(signals),
+            task: tokio::sync::Mutex::new(None),
         }
+    }
+
+    /// Waits until the supervisor has finished: the process has ended and, for a container,
+    /// everything of it is removed. Cancel safe (a concurrent caller waits for the first).
+    pub async fn finished(&self) {
+        let mut task = self.task.lock().await;
+        if let Some(handle) = task.as_mut() {
+            let _ = handle.await;
+            *task = None;
+        }
+        drop(task);
+        let _ = self.wait().await;
     }
 
     /// Resizes a terminal the launcher relays (gVisor), where the host cannot.

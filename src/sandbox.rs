@@ -218,8 +218,7 @@ impl Sandbox {
     /// container is removed. Clones then report [`SandboxError::SandboxEnded`].
     pub async fn close(&self) {
         self.inner.container.start_kill();
-        let _ = self.inner.container.wait().await;
-        self.inner.owner.close().await;
+        self.inner.container.finished().await;
     }
 
     /// Runs `exec` in the sandbox with piped (or null, or inherited) stdio, like

@@ -5,8 +5,18 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::TestSandbox;
-use oci_sandbox::{ExecConfig, OciRuntime, OutputMode, SandboxError};
+use oci_sandbox::{ExecConfig, OciRuntime, OutputMode, SandboxError, SandboxPool};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// A `sleep` argument unique to the test and runtime (tests run in parallel).
+fn marker(test: u32, kind: OciRuntime) -> String {
+    let k = match kind {
+        OciRuntime::Runc => 1,
+        OciRuntime::Crun => 2,
+        _ => 3,
+    };
+    format!("100.{test}{k}")
+}
 
 fn sh(script: &str) -> ExecConfig {
     ExecConfig::new("sh", vec!["-c".into(), script.into()])
@@ -136,7 +146,7 @@ async fn concurrent_execs_all_complete(kind: OciRuntime) {
 async fn an_exec_timeout_kills_only_that_exec(kind: OciRuntime) {
     let t = TestSandbox::new(kind).await;
     let sandbox = start(&t).await;
-    let marker = "100.4242";
+    let marker = &marker(42, kind);
     let mut slow = ExecConfig::new("sleep", vec![marker.into()]);
     slow.timeout = Some(Duration::from_millis(400));
     let neighbour = sandbox
@@ -239,7 +249,7 @@ async fn a_sandbox_killed_from_outside_is_reported(kind: OciRuntime) {
 
 async fn drop_and_cancellation_leave_nothing(kind: OciRuntime) {
     let t = TestSandbox::new(kind).await;
-    let marker = "100.5151";
+    let marker = &marker(51, kind);
     // A dropped sandbox with a command running in it.
     let sandbox = start(&t).await;
     let id = sandbox.id().to_owned();
@@ -286,7 +296,61 @@ async fn drop_and_cancellation_leave_nothing(kind: OciRuntime) {
     assert!(left.is_empty(), "socket dirs left: {left:?}");
 }
 
+async fn until(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn a_pool_hands_out_fresh_sandboxes_and_refills(kind: OciRuntime) {
+    let t = TestSandbox::new(kind).await;
+    let pool = SandboxPool::new(&t.sandbox, &t.config("true", &[]), 2)
+        .await
+        .unwrap();
+    assert_eq!(pool.ready(), 2);
+    let a = pool.get().await.unwrap();
+    let (status, _) = output(&a, &sh("echo mine > /tmp/mine")).await;
+    assert!(status.success());
+    until("the refill", || pool.ready() == 2).await;
+    let b = pool.get().await.unwrap();
+    assert_ne!(a.id(), b.id());
+    // Never shared: b does not see a's file.
+    let (status, _) = output(&b, &sh("test -e /tmp/mine")).await;
+    assert!(!status.success());
+    // A dropped sandbox is destroyed, not returned.
+    let a_id = a.id().to_owned();
+    drop(a);
+    let mut gone = false;
+    for _ in 0..250 {
+        if !t.sandbox.list().await.unwrap().contains(&a_id) {
+            gone = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(gone, "{a_id} still listed after its drop");
+    until("the refill", || pool.ready() == 2).await;
+    // Handed back on purpose, it is reused; a full pool destroys what it is handed.
+    let b_id = b.id().to_owned();
+    pool.recycle(b);
+    assert_eq!(pool.ready(), 2);
+    let c = pool.get().await.unwrap();
+    pool.recycle(c.clone());
+    let again = pool.get().await.unwrap();
+    assert_eq!(again.id(), c.id());
+    let (_, out) = output(&again, &sh("echo reused")).await;
+    assert_eq!(out, "reused\n");
+    let ids: Vec<String> = [a_id, b_id, c.id().to_owned()].into();
+    drop((c, again));
+    pool.close().await;
+    let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+    t.assert_nothing_left(&ids, None).await;
+}
+
 on_every_runtime!(
+    a_pool_hands_out_fresh_sandboxes_and_refills,
     state_persists_across_execs,
     env_cwd_exit_codes_and_stdin_are_per_exec,
     bad_execs_are_typed_errors_and_the_sandbox_lives_on,
