@@ -220,7 +220,32 @@ pub(crate) async fn sweep(cli: &RuntimeCli, dirs: &StateDirs) -> Result<Vec<Stri
         tracing::info!(runtime = %cli.kind, id, "sweeping a container left by a dead process");
         remove_container(cli, dirs, id, ContainerFlags::default(), true).await;
     }
+    let sandboxes = dirs.root.parent().map(|p| p.join("sandboxes"));
+    if let Some(sandboxes) = sandboxes {
+        let _ = tokio::task::spawn_blocking(move || sweep_socket_dirs_blocking(&sandboxes)).await;
+    }
     Ok(doomed)
+}
+
+/// Removes the launcher socket dirs (`<id>-XXXXXX`) of sandboxes whose owner is dead.
+fn sweep_socket_dirs_blocking(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.filter_map(Result::ok) {
+        let name = e.file_name().to_string_lossy().into_owned();
+        // `osb-<pid>-<start time>-<seq>-<random>`
+        let Some(rest) = name.strip_prefix(ID_PREFIX) else {
+            continue;
+        };
+        let mut parts = rest.splitn(3, '-');
+        let (Some(pid), Some(start)) = (parts.next(), parts.next()) else {
+            continue;
+        };
+        if !owner_alive(&format!("{pid}-{start}")) {
+            let _ = std::fs::remove_dir_all(e.path());
+        }
+    }
 }
 
 /// Ends container `id` and removes everything of it: the runtime's state, leftover processes

@@ -36,7 +36,8 @@ fn builder(state: &std::path::Path) -> oci_sandbox::NamespaceContainerBuilder {
 }
 
 /// The process that gets killed: spawns sleeping containers in every mode (a piped one, a
-/// detached one writing captured output, an interactive one) and reports their ids.
+/// detached one writing captured output, an interactive one, a long-lived sandbox running an
+/// exec) and reports their ids.
 async fn crash_child(state: &str) {
     let state = std::path::Path::new(state);
     std::fs::create_dir_all(state.join("captures")).unwrap();
@@ -49,10 +50,17 @@ async fn crash_child(state: &str) {
         .await
         .unwrap();
     let interactive = sandbox.spawn_interactive(&config).await.unwrap();
+    let long_lived = sandbox.start(&config).await.unwrap();
+    let exec = long_lived
+        .exec(&oci_sandbox::ExecConfig::new("sleep", vec![MARKER.into()]))
+        .await
+        .unwrap();
+    std::mem::forget(exec);
     let ids = [
         piped.id().to_owned(),
         captured.id().to_owned(),
         interactive.id().to_owned(),
+        long_lived.id().to_owned(),
     ];
     for id in &ids {
         println!("{id}");
@@ -93,7 +101,7 @@ async fn sweep_removes_what_a_killed_process_left() {
         panic!("the child ended before it was ready");
     });
     ready.await.expect("child ready within 30 s");
-    assert_eq!(ids.len(), 3);
+    assert_eq!(ids.len(), 4);
 
     child.start_kill().unwrap();
     child.wait().await.unwrap();
@@ -135,12 +143,27 @@ async fn sweep_removes_what_a_killed_process_left() {
         );
         assert!(state.path().join("runc/bundles").join(id).exists());
     }
-    assert!(count_processes(MARKER) >= 3);
+    assert!(count_processes(MARKER) >= 4);
+    let socket_dirs = || {
+        std::fs::read_dir(state.path().join("runc/sandboxes"))
+            .map(|d| d.count())
+            .unwrap_or(0)
+    };
+    assert_eq!(
+        socket_dirs(),
+        1,
+        "the sandbox's socket dir survived the crash"
+    );
 
     let sandbox = builder(state.path()).build().await.unwrap();
     assert!(sandbox.list().await.unwrap().is_empty());
     assert_eq!(captures(), 0, "capture dirs of the dead process are swept");
     assert!(runc_list(&root).is_empty());
+    assert_eq!(
+        socket_dirs(),
+        0,
+        "socket dirs of the dead process are swept"
+    );
     assert_eq!(
         std::fs::read_dir(state.path().join("runc/bundles"))
             .unwrap()

@@ -19,7 +19,13 @@ pub fn command(kind: OciRuntime, root: &std::path::Path) -> tokio::process::Comm
     };
     cmd.arg("--root").arg(root);
     if kind == OciRuntime::Gvisor {
-        cmd.args(["--network=none", "--platform=ptrace"]);
+        // The library's flags: the same spec needs them (seccomp inside, host sockets).
+        cmd.args([
+            "--network=none",
+            "--platform=ptrace",
+            "--oci-seccomp",
+            "--host-uds=create",
+        ]);
     }
     cmd
 }

@@ -1,0 +1,117 @@
+//! Exec in a long-lived sandbox against a cold spawn of the same runtime, in the same run.
+//!
+//! Per runtime, alternated round by round: a cold `spawn` of `/bin/true` to its exit; an
+//! `exec` of `/bin/true` in a started sandbox to its exit (through the in-container launcher);
+//! the runtime's own `exec` CLI into the same sandbox (the alternative the launcher replaces);
+//! and a pooled sandbox's first exec (`SandboxPool::get` + exec). Prints medians and ratios
+//! to the cold spawn.
+//!
+//! `OSB_BENCH_RUNTIMES=runc,crun,runsc` picks the runtimes (default runc).
+
+use std::process::Stdio;
+
+use criterion::{Criterion, criterion_group, criterion_main};
+
+#[path = "support/raw_cli.rs"]
+mod raw_cli;
+use oci_sandbox::{ExecConfig, NamespaceContainer, OciRuntime, SandboxPool};
+
+async fn timed(f: impl std::future::Future<Output = ()>) -> f64 {
+    let t = std::time::Instant::now();
+    f.await;
+    t.elapsed().as_secs_f64() * 1e3
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// `<runtime> exec <id> /bin/true` through the CLI, with the same global flags as the library.
+async fn cli_exec(kind: OciRuntime, root: &std::path::Path, id: &str) {
+    let status = raw_cli::command(kind, root)
+        .args(["exec", id, "/bin/true"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .await
+        .unwrap();
+    assert!(status.success());
+}
+
+fn exec_vs_cold_spawn(_c: &mut Criterion) {
+    let rounds = raw_cli::rounds(100);
+    let rt = raw_cli::tokio_runtime();
+    for kind in raw_cli::runtimes() {
+        rt.block_on(async {
+            let runtime = NamespaceContainer::with_runtime(kind).await.unwrap();
+            let cold = raw_cli::quiet_true();
+            let sandbox = runtime.start(&cold).await.unwrap();
+            let mut exec = ExecConfig::new("/bin/true", vec![]);
+            exec.stdin = oci_sandbox::Stdio::Null;
+            exec.stdout = oci_sandbox::Stdio::Null;
+            exec.stderr = oci_sandbox::Stdio::Null;
+            let pool = SandboxPool::new(&runtime, &cold, 2).await.unwrap();
+            let root = runtime.state_root().to_path_buf();
+            let (mut cold_ms, mut exec_ms, mut cli_ms, mut pooled_ms) =
+                (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+            for i in 0..rounds {
+                let cold_run = timed(async {
+                    let status = runtime.spawn(&cold).await.unwrap().wait().await.unwrap();
+                    assert!(status.success());
+                });
+                let exec_run = timed(async {
+                    let status = sandbox.exec(&exec).await.unwrap().wait().await.unwrap();
+                    assert!(status.success());
+                });
+                let cli_run = timed(cli_exec(kind, &root, sandbox.id()));
+                let pooled_run = async {
+                    // Let the pool refill first: a warm pool is what this measures.
+                    while pool.ready() < 2 {
+                        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+                    }
+                    timed(async {
+                        let s = pool.get().await.unwrap();
+                        let status = s.exec(&exec).await.unwrap().wait().await.unwrap();
+                        assert!(status.success());
+                    })
+                    .await
+                };
+                if i % 2 == 0 {
+                    cold_ms.push(cold_run.await);
+                    exec_ms.push(exec_run.await);
+                    cli_ms.push(cli_run.await);
+                    pooled_ms.push(pooled_run.await);
+                } else {
+                    pooled_ms.push(pooled_run.await);
+                    cli_ms.push(cli_run.await);
+                    exec_ms.push(exec_run.await);
+                    cold_ms.push(cold_run.await);
+                }
+            }
+            pool.close().await;
+            sandbox.close().await;
+            runtime.close().await;
+            let c = median(&mut cold_ms);
+            for (what, v) in [
+                ("sandbox exec (launcher)", &mut exec_ms),
+                ("runtime exec CLI", &mut cli_ms),
+                ("pooled first exec", &mut pooled_ms),
+            ] {
+                let m = median(v);
+                println!(
+                    "exec {kind} {what}: /bin/true to exit, {rounds} rounds: cold spawn {c:.2} ms, {what} {m:.2} ms, ratio {:.3}",
+                    m / c
+                );
+            }
+        });
+    }
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default();
+    targets = exec_vs_cold_spawn
+}
+criterion_main!(benches);
