@@ -454,6 +454,11 @@ impl NamespaceContainer {
             .join("sandboxes")
     }
 
+    /// The shared root filesystem.
+    pub(crate) fn rootfs(&self) -> &std::path::Path {
+        &self.inner.dirs.rootfs
+    }
+
     /// Where captures make their temp dirs.
     pub(crate) fn capture_parent(&self) -> &std::path::Path {
         &self.inner.capture_dir

@@ -138,7 +138,11 @@ impl NamespaceContainer {
         let id = config.id.clone().unwrap_or_else(crate::state::new_id);
         let parent = self.sandboxes_dir();
         let prefix = format!("{id}-");
+        let rootfs = self.rootfs().to_path_buf();
         let socket_dir = tokio::task::spawn_blocking(move || {
+            // Installed on the first start only: spawns never need it.
+            launcher::install_blocking(&rootfs)
+                .map_err(|e| SandboxError::io("installing the sandbox launcher", &rootfs, e))?;
             std::fs::create_dir_all(&parent)
                 .and_then(|()| tempfile::Builder::new().prefix(&prefix).tempdir_in(&parent))
                 .map_err(|e| SandboxError::io("creating the sandbox's socket dir", &parent, e))

@@ -72,8 +72,6 @@ impl StateDirs {
                 .map_err(|e| SandboxError::io("creating the state directory", dir, e))?;
         }
         crate::bundle::prepare_rootfs(&self.rootfs)?;
-        crate::launcher::install_blocking(&self.rootfs)
-            .map_err(|e| SandboxError::io("installing the sandbox launcher", &self.rootfs, e))?;
         if let Some((uid, gid)) = self.rootfs_owner {
             crate::userns::chown_tree(&self.rootfs, uid, gid).map_err(|e| {
                 SandboxError::io("handing the rootfs to the user namespace", &self.rootfs, e)

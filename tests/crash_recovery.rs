@@ -143,7 +143,9 @@ async fn sweep_removes_what_a_killed_process_left() {
         );
         assert!(state.path().join("runc/bundles").join(id).exists());
     }
-    assert!(count_processes(MARKER) >= 4);
+    // The exec'd sleep is gone already: its connection closed with the crashed process, and
+    // the sandbox's launcher kills a command whose connection closes. The launcher lives on.
+    assert!(count_processes(MARKER) >= 3);
     let socket_dirs = || {
         std::fs::read_dir(state.path().join("runc/sandboxes"))
             .map(|d| d.count())
