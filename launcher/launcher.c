@@ -76,6 +76,25 @@ static int write_all(int fd, const char *buf, ssize_t len) {
     return 0;
 }
 
+/* Writes input to the terminal, doing the line discipline's ISIG part itself: gVisor's PTY
+   (20221219) turns no ^C, ^\ or ^Z into a signal for a session made inside the sandbox, so
+   the relay sends them to the terminal's foreground process group, as a terminal would. */
+static int to_terminal(int controller, const char *buf, ssize_t len) {
+    struct termios t;
+    int isig = tcgetattr(controller, &t) < 0 || (t.c_lflag & ISIG);
+    ssize_t from = 0;
+    for (ssize_t k = 0; isig && k < len; k++) {
+        int sig = buf[k] == 3 ? SIGINT : buf[k] == 28 ? SIGQUIT : buf[k] == 26 ? SIGTSTP : 0;
+        pid_t fg = sig ? tcgetpgrp(controller) : -1;
+        /* Where the foreground group is unknown, the byte goes through as it is. */
+        if (fg <= 0) continue;
+        if (write_all(controller, buf + from, k - from) < 0) return -1;
+        from = k + 1;
+        kill(-fg, sig);
+    }
+    return write_all(controller, buf + from, len - from);
+}
+
 /* Copies between the host's stream and a terminal controller until either side ends (the
    controller reads EIO once the command and everything it started have let go of it). */
 static void relay(int host, int controller) {
@@ -89,7 +108,12 @@ static void relay(int host, int controller) {
         for (int k = 0; k < 2; k++) {
             if (!p[k].revents) continue;
             ssize_t n = read(p[k].fd, buf, sizeof buf);
-            if (n <= 0 || write_all(p[1 - k].fd, buf, n) < 0) _exit(0);
+            if (n <= 0) _exit(0);
+            if (k == 0) {
+                if (to_terminal(controller, buf, n) < 0) _exit(0);
+            } else if (write_all(host, buf, n) < 0) {
+                _exit(0);
+            }
         }
     }
 }
@@ -148,12 +172,12 @@ static void start(int i) {
     /* A terminal end that is no terminal here (gVisor cannot treat a host PTY as one): make
        a PTY of this kernel's and relay between it and the stream the host gave. */
     int controller = -1;
+    char pts_path[64] = "";
     if (mode == 't' && !isatty(fds[0])) {
-        int terminal = -1;
+        /* The replica is opened only by the command, after setsid(): opened here (a session
+           leader) it could become the launcher's controlling terminal under gVisor. */
         controller = posix_openpt(O_RDWR | O_NOCTTY | O_CLOEXEC);
-        if (controller >= 0 && grantpt(controller) == 0 && unlockpt(controller) == 0)
-            terminal = open(ptsname(controller), O_RDWR | O_NOCTTY | O_CLOEXEC);
-        if (terminal < 0) {
+        if (controller < 0 || grantpt(controller) < 0 || unlockpt(controller) < 0) {
             char text[32];
             snprintf(text, sizeof text, "E %d", errno);
             reply(fd, text);
@@ -162,6 +186,7 @@ static void start(int i) {
             drop_conn(i);
             return;
         }
+        snprintf(pts_path, sizeof pts_path, "%s", ptsname(controller));
         struct winsize ws = {.ws_row = 24, .ws_col = 80};
         ioctl(controller, TIOCSWINSZ, &ws);
         pid_t relayer = fork();
@@ -171,11 +196,10 @@ static void start(int i) {
                 close(conns[k].fd);
                 if (conns[k].controller >= 0) close(conns[k].controller);
             }
-            close(terminal);
             relay(fds[0], controller);
         }
         close(fds[0]);
-        fds[0] = terminal;
+        fds[0] = -1;
     }
     char *cwd = items[1];
     char **argv = &items[3];
@@ -197,7 +221,21 @@ static void start(int i) {
         sigprocmask(SIG_SETMASK, &none, NULL);
         setsid();
         if (mode == 't') {
-            /* The terminal becomes the new session's controlling terminal and its stdio. */
+            /* The terminal becomes the new session's controlling terminal and its stdio.
+               gVisor ignores TIOCSCTTY here; a session leader's open without O_NOCTTY
+               makes it the controlling terminal there too. */
+            if (pts_path[0]) {
+                fds[0] = open(pts_path, O_RDWR);
+                if (fds[0] < 0) goto fail;
+                /* A cooked terminal, as a login's: ^C, ^Z and ^\ signal the foreground job. */
+                struct termios t;
+                if (tcgetattr(fds[0], &t) == 0) {
+                    t.c_iflag |= ICRNL | IXON;
+                    t.c_oflag |= OPOST | ONLCR;
+                    t.c_lflag |= ISIG | ICANON | ECHO | ECHOE | ECHOK | ECHOCTL | ECHOKE | IEXTEN;
+                    tcsetattr(fds[0], TCSANOW, &t);
+                }
+            }
             ioctl(fds[0], TIOCSCTTY, 0);
             fds[1] = fds[2] = fds[0];
         }

@@ -586,6 +586,35 @@ async fn a_memory_hog_is_oom_killed_and_reported(kind: OciRuntime) {
     assert_still_works(&t, &policy).await;
 }
 
+async fn a_cpu_hog_gets_its_quota_only(kind: OciRuntime) {
+    let t = TestSandbox::new(kind).await;
+    // Spin for 1.5 s of wall-clock time counting loop turns: the work done, whatever the
+    // kernel's (or gVisor's) own CPU-time accounting says.
+    let spin =
+        "import time\nt = time.time()\nn = 0\nwhile time.time() - t < 1.5:\n    n += 1\nprint(n)";
+    let work = |out: &Outcome| -> f64 {
+        assert!(out.status.success(), "{} / {}", out.status, out.stderr);
+        out.stdout.trim().parse().unwrap()
+    };
+    let quarter = SandboxConfig {
+        cpu_millicores: Some(250),
+        ..SandboxConfig::default()
+    };
+    let unlimited = SandboxConfig {
+        cpu_millicores: None,
+        ..SandboxConfig::default()
+    };
+    let free = work(&attempt(&t, &unlimited, &["python3", "-c", spin]).await);
+    let throttled = work(&attempt(&t, &quarter, &["python3", "-c", spin]).await);
+    // A quarter of a core: about a quarter of the work (allow for noise and for start-up).
+    let ratio = throttled / free;
+    assert!(
+        ratio < 0.6,
+        "a 250 millicore quota did {ratio:.2} of the unlimited work"
+    );
+    assert_still_works(&t, &quarter).await;
+}
+
 async fn a_yes_flood_is_capped(kind: OciRuntime) {
     let t = TestSandbox::new(kind).await;
     let policy = SandboxConfig {
@@ -703,6 +732,7 @@ on_every_runtime!(
     a_fork_bomb_is_contained_and_the_host_stays_responsive,
     a_memory_hog_is_oom_killed_and_reported,
     a_yes_flood_is_capped,
+    a_cpu_hog_gets_its_quota_only,
     host_environment_secrets_do_not_leak,
     container_root_is_not_host_root,
 );

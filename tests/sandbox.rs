@@ -204,6 +204,45 @@ async fn captured_and_interactive_execs_work(kind: OciRuntime) {
     sandbox.close().await;
 }
 
+async fn ctrl_c_reaches_an_interactive_exec(kind: OciRuntime) {
+    let t = TestSandbox::new(kind).await;
+    let sandbox = start(&t).await;
+    let mut pty = sandbox
+        .exec_interactive(&ExecConfig::new("sh", vec![]))
+        .await
+        .unwrap();
+    pty.write_all(b"sleep 100\n").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The terminal turns ^C into SIGINT for the foreground job; the shell lives on.
+    pty.write_all(b"\x03").await.unwrap();
+    if kind == OciRuntime::Gvisor {
+        // Known gap: gVisor 20221219's PTY delivers no ^C to a job of a session made in the
+        // sandbox, and does not tell the relay its foreground group (tcgetpgrp fails): the
+        // byte reaches the job as input. What must hold: the session can still be ended.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(pty.try_wait().unwrap().is_none());
+        pty.kill().await.unwrap();
+        assert!(pty.wait().await.unwrap().signal().is_some());
+        sandbox.close().await;
+        return;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    pty.write_all(b"echo status=$?\n").await.unwrap();
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !String::from_utf8_lossy(&seen).contains("status=130") {
+        let n = tokio::time::timeout(Duration::from_secs(10), pty.read(&mut buf))
+            .await
+            .unwrap_or_else(|_| panic!("no status: {:?}", String::from_utf8_lossy(&seen)))
+            .unwrap();
+        assert!(n > 0, "EOF: {}", String::from_utf8_lossy(&seen));
+        seen.extend_from_slice(&buf[..n]);
+    }
+    pty.write_all(b"exit 0\n").await.unwrap();
+    assert!(pty.wait().await.unwrap().success());
+    sandbox.close().await;
+}
+
 async fn a_sandbox_killed_from_outside_is_reported(kind: OciRuntime) {
     let t = TestSandbox::new(kind).await;
     let sandbox = start(&t).await;
@@ -357,6 +396,7 @@ on_every_runtime!(
     concurrent_execs_all_complete,
     an_exec_timeout_kills_only_that_exec,
     captured_and_interactive_execs_work,
+    ctrl_c_reaches_an_interactive_exec,
     a_sandbox_killed_from_outside_is_reported,
     drop_and_cancellation_leave_nothing,
 );
