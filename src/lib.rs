@@ -19,6 +19,17 @@
 //! # Ok(()) }
 //! ```
 //!
+//! # Three modes, and long-lived sandboxes
+//!
+//! [`NamespaceContainer::spawn`] (piped stdio, like `tokio::process::Child`),
+//! [`spawn_captured`](NamespaceContainer::spawn_captured) (files tailed as streams) and
+//! [`spawn_interactive`](NamespaceContainer::spawn_interactive) (a PTY) each run one command in
+//! a fresh container. For many commands in one workspace, [`NamespaceContainer::start`] starts
+//! a [`Sandbox`] whose [`exec`](Sandbox::exec), [`exec_captured`](Sandbox::exec_captured) and
+//! [`exec_interactive`](Sandbox::exec_interactive) return the same handles in about a
+//! millisecond (an in-container launcher forks them); [`SandboxPool`] keeps sandboxes started
+//! ahead of need.
+//!
 //! # Lifecycle
 //!
 //! Every handle owns its container. Dropping it, cancelling the future that holds it, a

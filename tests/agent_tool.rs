@@ -1,29 +1,14 @@
 //! Drives `examples/agent_tool.rs` like an agent would: JSON tool calls in, JSON results out,
 //! concurrent calls in one sandbox, on runc and runsc.
 
+mod common;
+
 use std::collections::HashMap;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
-
-/// The example binary, built by `cargo build --examples` (as `make test` does).
-fn example_binary() -> std::path::PathBuf {
-    let deps = std::env::current_exe().unwrap();
-    let path = deps
-        .parent()
-        .unwrap()
-        .parent()
-        .unwrap()
-        .join("examples/agent_tool");
-    assert!(
-        path.exists(),
-        "{} missing: build the examples first (`cargo build --examples`, as `make test` does)",
-        path.display()
-    );
-    path
-}
 
 struct Agent {
     child: tokio::process::Child,
@@ -33,7 +18,7 @@ struct Agent {
 
 impl Agent {
     fn start(runtime: &str) -> Self {
-        let mut child = tokio::process::Command::new(example_binary())
+        let mut child = tokio::process::Command::new(common::example_binary("agent_tool"))
             .args(["--runtime", runtime])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())

@@ -5,35 +5,10 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::TestSandbox;
-use oci_sandbox::{OciRuntime, PtySession, SandboxConfig, SandboxError};
+use oci_sandbox::{OciRuntime, SandboxConfig, SandboxError};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-/// Reads until `needle` appears (returns everything read), failing after 10 s.
-async fn read_until(pty: &mut PtySession, needle: &str) -> String {
-    let mut seen = Vec::new();
-    let mut buf = [0u8; 4096];
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let n = tokio::time::timeout_at(deadline.into(), pty.read(&mut buf))
-            .await
-            .unwrap_or_else(|_| {
-                panic!(
-                    "no {needle:?} within 10 s; got {:?}",
-                    String::from_utf8_lossy(&seen)
-                )
-            })
-            .unwrap();
-        assert!(
-            n > 0,
-            "EOF before {needle:?}; got {:?}",
-            String::from_utf8_lossy(&seen)
-        );
-        seen.extend_from_slice(&buf[..n]);
-        if String::from_utf8_lossy(&seen).contains(needle) {
-            return String::from_utf8_lossy(&seen).into_owned();
-        }
-    }
-}
+use common::read_until;
 
 async fn a_shell_computes_and_exits_with_its_code(kind: OciRuntime) {
     let t = TestSandbox::new(kind).await;

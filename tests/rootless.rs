@@ -15,7 +15,7 @@ use common::TestSandbox;
 use oci_sandbox::{
     NamespaceContainer, OciRuntime, OutputMode, SandboxConfig, SandboxError, UnenforcedLimits,
 };
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 
 const USER: &str = "osb-rootless";
 
@@ -175,16 +175,7 @@ async fn the_three_modes_run_and_the_container_root_is_the_user(kind: OciRuntime
         .await
         .unwrap();
     pty.write_all(b"echo $((6*7)); exit 4\n").await.unwrap();
-    let mut seen = Vec::new();
-    let mut buf = [0u8; 1024];
-    while !String::from_utf8_lossy(&seen).contains("42") {
-        let n = tokio::time::timeout(Duration::from_secs(10), pty.read(&mut buf))
-            .await
-            .expect("PTY output")
-            .unwrap();
-        assert!(n > 0, "EOF before 42: {}", String::from_utf8_lossy(&seen));
-        seen.extend_from_slice(&buf[..n]);
-    }
+    common::read_until(&mut pty, "42").await;
     assert_eq!(pty.wait().await.unwrap().code(), Some(4));
     drop((capture, pty));
     t.assert_nothing_left(&[], None).await;

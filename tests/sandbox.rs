@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use common::TestSandbox;
 use oci_sandbox::{ExecConfig, OciRuntime, OutputMode, SandboxError, SandboxPool};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 
 /// A `sleep` argument unique to the test and runtime (tests run in parallel).
 fn marker(test: u32, kind: OciRuntime) -> String {
@@ -185,21 +185,8 @@ async fn captured_and_interactive_execs_work(kind: OciRuntime) {
     pty.write_all(b"stty size; echo $((6*7)); exit 5\n")
         .await
         .unwrap();
-    let mut seen = Vec::new();
-    let mut buf = [0u8; 1024];
-    while !String::from_utf8_lossy(&seen).contains("42") {
-        let n = tokio::time::timeout(Duration::from_secs(10), pty.read(&mut buf))
-            .await
-            .expect("PTY output")
-            .unwrap();
-        assert!(n > 0, "EOF: {}", String::from_utf8_lossy(&seen));
-        seen.extend_from_slice(&buf[..n]);
-    }
-    assert!(
-        String::from_utf8_lossy(&seen).contains("30 100"),
-        "{}",
-        String::from_utf8_lossy(&seen)
-    );
+    let seen = common::read_until(&mut pty, "42").await;
+    assert!(seen.contains("30 100"), "{seen}");
     assert_eq!(pty.wait().await.unwrap().code(), Some(5));
     sandbox.close().await;
 }
@@ -228,16 +215,7 @@ async fn ctrl_c_reaches_an_interactive_exec(kind: OciRuntime) {
     }
     tokio::time::sleep(Duration::from_millis(200)).await;
     pty.write_all(b"echo status=$?\n").await.unwrap();
-    let mut seen = Vec::new();
-    let mut buf = [0u8; 1024];
-    while !String::from_utf8_lossy(&seen).contains("status=130") {
-        let n = tokio::time::timeout(Duration::from_secs(10), pty.read(&mut buf))
-            .await
-            .unwrap_or_else(|_| panic!("no status: {:?}", String::from_utf8_lossy(&seen)))
-            .unwrap();
-        assert!(n > 0, "EOF: {}", String::from_utf8_lossy(&seen));
-        seen.extend_from_slice(&buf[..n]);
-    }
+    common::read_until(&mut pty, "status=130").await;
     pty.write_all(b"exit 0\n").await.unwrap();
     assert!(pty.wait().await.unwrap().success());
     sandbox.close().await;

@@ -1,29 +1,14 @@
 //! Drives `examples/ws_logs.rs` with real websocket clients: two clients, one joining late,
 //! both receive the complete output in order and the exit status.
 
+mod common;
+
 use std::process::Stdio;
 use std::time::Duration;
 
 use futures::StreamExt;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
 use tokio_tungstenite::tungstenite::Message;
-
-/// The example binary, built by `cargo test` next to the test binaries.
-fn example_binary() -> std::path::PathBuf {
-    let deps = std::env::current_exe().unwrap();
-    let path = deps
-        .parent()
-        .unwrap()
-        .parent()
-        .unwrap()
-        .join("examples/ws_logs");
-    assert!(
-        path.exists(),
-        "{} missing: build the examples first (`cargo build --examples`, as `make test` does)",
-        path.display()
-    );
-    path
-}
 
 async fn post_run(addr: &str, body: &str) -> String {
     let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
@@ -61,7 +46,7 @@ async fn client(addr: String, id: String) -> (Vec<u8>, serde_json::Value) {
 
 #[tokio::test]
 async fn two_clients_one_late_both_get_everything_in_order_and_the_status() {
-    let mut server = tokio::process::Command::new(example_binary())
+    let mut server = tokio::process::Command::new(common::example_binary("ws_logs"))
         .env("PORT", "0")
         .stdout(Stdio::piped())
         .kill_on_drop(true)

@@ -7,6 +7,54 @@ use std::time::Duration;
 
 use oci_sandbox::{ContainerConfig, NamespaceContainer, OciRuntime, SandboxConfig};
 
+/// Reads `reader` (a PTY) until `needle` appears and returns everything read; fails after
+/// 10 s or at end of stream.
+pub async fn read_until(reader: &mut (impl tokio::io::AsyncRead + Unpin), needle: &str) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let n = tokio::time::timeout_at(deadline.into(), reader.read(&mut buf))
+            .await
+            .unwrap_or_else(|_| {
+                panic!(
+                    "no {needle:?} within 10 s; got {:?}",
+                    String::from_utf8_lossy(&seen)
+                )
+            })
+            .unwrap();
+        assert!(
+            n > 0,
+            "EOF before {needle:?}; got {:?}",
+            String::from_utf8_lossy(&seen)
+        );
+        seen.extend_from_slice(&buf[..n]);
+        if String::from_utf8_lossy(&seen).contains(needle) {
+            return String::from_utf8_lossy(&seen).into_owned();
+        }
+    }
+}
+
+/// An example binary, built by `cargo build --examples` (as `make test` does) next to the
+/// test binaries.
+pub fn example_binary(name: &str) -> PathBuf {
+    let deps = std::env::current_exe().unwrap();
+    let path = deps
+        .parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .join("examples")
+        .join(name);
+    assert!(
+        path.exists(),
+        "{} missing: build the examples first (`cargo build --examples`, as `make test` does)",
+        path.display()
+    );
+    path
+}
+
 /// A runtime on a state root of its own, removed at the end of the test.
 pub struct TestSandbox {
     pub sandbox: NamespaceContainer,
