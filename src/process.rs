@@ -225,7 +225,7 @@ impl Teardown {
         let gvisor = self.cli.kind == crate::OciRuntime::Gvisor;
         let _ = tokio::task::spawn_blocking(move || {
             if aborted && gvisor {
-                crate::reaper::reap_failed_runsc_start_blocking();
+                crate::reaper::reap_runsc_helpers_blocking();
             } else if aborted {
                 // Inits that died before they could exec, and the runtime's helpers.
                 crate::reaper::reap_unstarted_inits();
@@ -562,10 +562,10 @@ async fn kill_container(teardown: &Teardown) -> bool {
         .is_ok()
 }
 
-/// Reaps the runtime's helpers and inits orphaned by killing its CLI (blocking scan, off the
+/// Reaps a gVisor sandbox's gofer and helpers once it has ended (blocking scans, off the
 /// workers).
 async fn reap_orphans() {
-    let _ = tokio::task::spawn_blocking(crate::reaper::reap_unstarted_inits).await;
+    let _ = tokio::task::spawn_blocking(crate::reaper::reap_runsc_helpers_blocking).await;
 }
 
 /// The status of a container the library ended.

@@ -64,24 +64,53 @@ impl AsRawFd for PidFd {
 /// Pids that a `PidWaiter` waits on: the name-based sweep never takes them.
 static CLAIMED: std::sync::Mutex<Vec<i32>> = std::sync::Mutex::new(Vec::new());
 
-/// Detached starts between the runtime's exit and the claim of their init's pid: while any is,
-/// the sweep leaves runsc's sandbox processes alone (one may be such an unclaimed init).
-static STARTING: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+/// Detached starts between their beginning and the claim of their init's pid, by when they
+/// began (clock ticks since boot, as /proc/<pid>/stat counts a process's start): the sweep
+/// leaves alone any runsc process ("exe") that started after the earliest of them (it may be
+/// such an unclaimed init); older ones cannot be.
+static STARTING: std::sync::Mutex<Vec<u64>> = std::sync::Mutex::new(Vec::new());
 
 /// Marks a detached start in progress until dropped (see `STARTING`).
-pub(crate) struct StartGuard(());
+pub(crate) struct StartGuard(u64);
 
 impl StartGuard {
     pub fn new() -> Self {
-        STARTING.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        StartGuard(())
+        let now = boot_ticks_now();
+        STARTING.lock().unwrap_or_else(|e| e.into_inner()).push(now);
+        StartGuard(now)
     }
 }
 
 impl Drop for StartGuard {
     fn drop(&mut self) {
-        STARTING.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+        let mut starting = STARTING.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(i) = starting.iter().position(|t| *t == self.0) {
+            starting.swap_remove(i);
+        }
     }
+}
+
+/// Clock ticks since boot, the unit of a process's start time in /proc/<pid>/stat.
+fn boot_ticks_now() -> u64 {
+    let since_boot = nix::time::clock_gettime(nix::time::ClockId::CLOCK_BOOTTIME)
+        .map(|t| std::time::Duration::new(t.tv_sec() as u64, t.tv_nsec() as u32))
+        .unwrap_or_default();
+    // SAFETY: sysconf has no memory-safety preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    // Rounded down: a process started in the same tick counts as no older (kept).
+    since_boot.as_secs() * hz + u64::from(since_boot.subsec_nanos()) * hz / 1_000_000_000
+}
+
+/// When `pid` started, in clock ticks since boot.
+fn start_ticks(pid: i32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The fields after the parenthesised name; starttime is field 22, the 20th of these.
+    stat.rsplit_once(')')?
+        .1
+        .split_whitespace()
+        .nth(19)?
+        .parse()
+        .ok()
 }
 
 /// A child process to wait for without blocking, and without touching any other child.
@@ -183,19 +212,15 @@ pub(crate) fn reap_unstarted_inits() {
     reap_pass();
 }
 
-/// After runsc failed to start a container: its sandbox, gofer and helpers (all "exe") were
-/// re-parented to us and die over the next moments, and a pass is skipped while another start
-/// is in flight (its sandbox must not be reaped before it is claimed). Passes until a quiet
-/// ~200 ms follows the last reap, at most 2 s (blocking).
-pub(crate) fn reap_failed_runsc_start_blocking() {
+/// After a runsc container ended (or failed to start): its sandbox, gofer and helpers (all
+/// "exe") were re-parented to us and die over the next moments. Passes until a quiet ~200 ms
+/// follows the last reap, at most 2 s (blocking).
+pub(crate) fn reap_runsc_helpers_blocking() {
     let start = std::time::Instant::now();
     let mut last_change = start;
     let mut zombies_before = usize::MAX;
     while start.elapsed() < std::time::Duration::from_secs(2) {
         std::thread::sleep(std::time::Duration::from_millis(25));
-        if STARTING.load(std::sync::atomic::Ordering::SeqCst) != 0 {
-            continue;
-        }
         let zombies = reap_pass();
         if zombies != zombies_before {
             last_change = std::time::Instant::now();
@@ -210,6 +235,12 @@ pub(crate) fn reap_failed_runsc_start_blocking() {
 /// One scan of /proc reaping unstarted inits and runtime helpers that are our zombies;
 /// returns how many it reaped.
 fn reap_pass() -> usize {
+    let earliest_start = STARTING
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .iter()
+        .min()
+        .copied();
     let mut reaped = 0;
     let Ok(entries) = std::fs::read_dir("/proc") else {
         return 0;
@@ -232,8 +263,8 @@ fn reap_pass() -> usize {
         // "runc:[2:INIT]", and runsc's sandbox, gofer and helpers run as "exe" (it re-executes
         // /proc/self/exe): no process tokio spawned has such a name. crun's keep the binary's
         // name, so only those in a nested pid namespace are its.
-        let runsc_helper =
-            name == "exe" && (nested || STARTING.load(std::sync::atomic::Ordering::SeqCst) == 0);
+        let runsc_helper = name == "exe"
+            && (nested || earliest_start.is_none_or(|e| start_ticks(pid).is_some_and(|s| s < e)));
         let unstarted = name.starts_with("runc:[") || runsc_helper || (nested && name == "crun");
         let claimed = CLAIMED
             .lock()
