@@ -154,6 +154,8 @@ impl TestSandbox {
         assert!(left.is_empty(), "processes left: {left:?}");
         // Container inits are re-parented to this process (a subreaper): none may stay a
         // zombie. (Runtime CLI processes of concurrent tests are reaped by tokio; skip them.)
+        // gVisor helpers of concurrent tests' sandboxes die a while after their container;
+        // the library's close() reaps what has died by then, so call it again while waiting.
         let mut zombies = Vec::new();
         for _ in 0..100 {
             zombies = zombie_children()
@@ -166,6 +168,7 @@ impl TestSandbox {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
+            self.sandbox.close().await;
         }
         assert!(zombies.is_empty(), "zombie children: {zombies:?}");
         let ids: Vec<String> = ids.iter().map(|s| s.to_string()).collect();
