@@ -8,36 +8,18 @@
 //!
 //! `OSB_BENCH_RUNTIMES=runc,crun,runsc` picks the runtimes (default runc).
 
-use std::process::Stdio;
-
 use criterion::{Criterion, criterion_group, criterion_main};
 
 #[path = "support/raw_cli.rs"]
 mod raw_cli;
 use oci_sandbox::{ExecConfig, NamespaceContainer, OciRuntime, SandboxPool};
-
-async fn timed(f: impl std::future::Future<Output = ()>) -> f64 {
-    let t = std::time::Instant::now();
-    f.await;
-    t.elapsed().as_secs_f64() * 1e3
-}
-
-fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
+use raw_cli::{median, timed};
 
 /// `<runtime> exec <id> /bin/true` through the CLI, with the same global flags as the library.
 async fn cli_exec(kind: OciRuntime, root: &std::path::Path, id: &str) {
-    let status = raw_cli::command(kind, root)
-        .args(["exec", id, "/bin/true"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .await
-        .unwrap();
-    assert!(status.success());
+    let mut cmd = raw_cli::command(kind, root);
+    cmd.args(["exec", id, "/bin/true"]);
+    raw_cli::run_quietly(cmd).await;
 }
 
 fn exec_vs_cold_spawn(_c: &mut Criterion) {

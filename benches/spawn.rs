@@ -7,11 +7,10 @@
 //! `make bench` runs this; `OSB_BENCH_RUNTIMES=runc,crun` picks the runtimes.
 
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use raw_cli::runtimes;
+use raw_cli::{median, runtimes, timed};
 
 #[path = "support/raw_cli.rs"]
 mod raw_cli;
@@ -46,17 +45,9 @@ impl RawBundle {
     }
 
     async fn run_once(&self, id: &str) {
-        let status = raw_cli::command(self.kind, &self.root)
-            .args(["run", "--bundle"])
-            .arg(self.dir.path())
-            .arg(id)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .await
-            .unwrap();
-        assert!(status.success());
+        let mut cmd = raw_cli::command(self.kind, &self.root);
+        cmd.args(["run", "--bundle"]).arg(self.dir.path()).arg(id);
+        raw_cli::run_quietly(cmd).await;
     }
 
     fn bundle(&self) -> &Path {
@@ -152,10 +143,6 @@ fn paired_ratio(_c: &mut Criterion) {
                 }
             }
             sandbox.close().await;
-            let median = |v: &mut Vec<f64>| {
-                v.sort_by(f64::total_cmp);
-                v[v.len() / 2]
-            };
             let r = median(&mut raw_ms);
             for (mode, v) in [("spawn", &mut spawn_ms), ("spawn_captured", &mut captured_ms)] {
                 let l = median(v);
@@ -199,10 +186,6 @@ fn hardening_cost(_c: &mut Criterion) {
                 }
             }
             sandbox.close().await;
-            let median = |v: &mut Vec<f64>| {
-                v.sort_by(f64::total_cmp);
-                v[v.len() / 2]
-            };
             let (h, b) = (median(&mut hard_ms), median(&mut bare_ms));
             println!(
                 "hardening {kind}: /bin/true spawn->exit, {rounds} rounds: without seccomp and userns {b:.2} ms, with {h:.2} ms, ratio {:.3}",
@@ -210,13 +193,6 @@ fn hardening_cost(_c: &mut Criterion) {
             );
         });
     }
-}
-
-/// How long `f` takes, in milliseconds.
-async fn timed(f: impl std::future::Future<Output = ()>) -> f64 {
-    let t = std::time::Instant::now();
-    f.await;
-    t.elapsed().as_secs_f64() * 1e3
 }
 
 /// 1 to 50 concurrent spawns of `/bin/true`: total wall time and failures.

@@ -5,7 +5,6 @@ use std::sync::Arc;
 
 use tokio_util::task::TaskTracker;
 
-use tokio::process::Child;
 use tokio::sync::oneshot;
 
 use crate::bundle::Bundle;
@@ -348,42 +347,8 @@ impl NamespaceContainer {
         })
     }
 
-    /// Spawns `<runtime> run` (foreground or `--detach`) for a prepared bundle, with the
-    /// runtime's log and pid file in the bundle.
-    fn start_run(
-        &self,
-        config: &ContainerConfig,
-        id: &str,
-        bundle: &Bundle,
-        detach: bool,
-        console_socket: Option<&std::path::Path>,
-        (stdin, stdout, stderr): (
-            std::process::Stdio,
-            std::process::Stdio,
-            std::process::Stdio,
-        ),
-    ) -> Result<Child, SandboxError> {
-        let (log, pid_path) = (bundle.log_path(), bundle.pid_path());
-        let flags = ContainerFlags {
-            log: Some(&log),
-            network: config.network,
-        };
-        let mut cmd = self.inner.cli.command(
-            flags,
-            Sub::Run {
-                id,
-                bundle: bundle.path(),
-                detach,
-                console_socket,
-                pid_file: Some(&pid_path),
-            },
-        );
-        cmd.stdin(stdin).stdout(stdout).stderr(stderr);
-        cmd.spawn().map_err(|e| self.inner.cli.spawn_error(e))
-    }
-
-    /// Starts `<runtime> run --detach` for a prepared bundle under a detached supervisor; gives
-    /// back the pipes of piped stdio.
+    /// Starts `<runtime> run --detach` for a prepared bundle (the runtime's log and pid file in
+    /// the bundle) under a detached supervisor; gives back the pipes of piped stdio.
     #[allow(clippy::type_complexity)]
     fn run_detached(
         &self,
@@ -410,15 +375,23 @@ impl NamespaceContainer {
         SandboxError,
     > {
         let inner = &self.inner;
-        let pid_path = bundle.pid_path();
-        let mut child = self.start_run(
-            config,
-            &id,
-            &bundle,
-            true,
-            console_socket,
-            (stdin, stdout, stderr),
-        )?;
+        let (log, pid_path) = (bundle.log_path(), bundle.pid_path());
+        let flags = ContainerFlags {
+            log: Some(&log),
+            network: config.network,
+        };
+        let mut cmd = inner.cli.command(
+            flags,
+            Sub::Run {
+                id: &id,
+                bundle: bundle.path(),
+                detach: true,
+                console_socket,
+                pid_file: Some(&pid_path),
+            },
+        );
+        cmd.stdin(stdin).stdout(stdout).stderr(stderr);
+        let mut child = cmd.spawn().map_err(|e| inner.cli.spawn_error(e))?;
         let pipes = (child.stdin.take(), child.stdout.take(), child.stderr.take());
         let teardown = Teardown::new(&inner.cli, &inner.dirs, id, config, bundle);
         let (supervised, started) = Supervised::detached(

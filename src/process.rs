@@ -675,7 +675,7 @@ pub(crate) struct Supervised {
     pub network: Network,
     /// For a command exec'd in a sandbox: signals and resizes go to its supervisor (the
     /// launcher delivers them), not to the runtime.
-    signals: Option<mpsc::UnboundedSender<ExecRequest>>,
+    exec_requests: Option<mpsc::UnboundedSender<ExecRequest>>,
     /// The supervisor task, for waiting until everything is removed.
     task: tokio::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
@@ -714,7 +714,7 @@ impl Supervised {
             outcome: outcome_rx,
             cli,
             network,
-            signals: None,
+            exec_requests: None,
             task: tokio::sync::Mutex::new(Some(task)),
         };
         (supervised, started_rx)
@@ -757,7 +757,7 @@ impl Supervised {
         network: Network,
         control: mpsc::UnboundedSender<Control>,
         outcome: watch::Receiver<Outcome>,
-        signals: mpsc::UnboundedSender<ExecRequest>,
+        requests: mpsc::UnboundedSender<ExecRequest>,
     ) -> Self {
         Supervised {
             id,
@@ -765,7 +765,7 @@ impl Supervised {
             outcome,
             cli,
             network,
-            signals: Some(signals),
+            exec_requests: Some(requests),
             task: tokio::sync::Mutex::new(None),
         }
     }
@@ -784,7 +784,7 @@ impl Supervised {
 
     /// Resizes a terminal the launcher relays (gVisor), where the host cannot.
     pub fn resize_relayed(&self, cols: u16, rows: u16) -> std::io::Result<()> {
-        match &self.signals {
+        match &self.exec_requests {
             Some(requests) => {
                 let _ = requests.send(ExecRequest::Resize(cols, rows));
                 Ok(())
@@ -794,14 +794,14 @@ impl Supervised {
     }
 
     pub async fn signal(&self, signal: nix::sys::signal::Signal) -> Result<(), SandboxError> {
-        if let Some(signals) = &self.signals {
+        if let Some(requests) = &self.exec_requests {
             if self.try_wait()?.is_some() {
                 return Err(SandboxError::Process {
                     context: "signalling the command",
                     source: std::io::Error::from_raw_os_error(libc::ESRCH),
                 });
             }
-            let _ = signals.send(ExecRequest::Signal(signal as i32));
+            let _ = requests.send(ExecRequest::Signal(signal as i32));
             return Ok(());
         }
         let name = signal.as_str();

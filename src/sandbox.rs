@@ -383,11 +383,15 @@ impl Sandbox {
         let (argv, env, cwd) = self.resolve(exec)?;
         self.check_alive()?;
         let id = self.id().to_owned();
-        let oom_id = id.clone();
-        let oom_before =
+        // Rootless there is no cgroup to count OOM kills in: no read on the exec's path.
+        let oom_before = if self.inner.owner.is_rootless() {
+            0
+        } else {
+            let oom_id = id.clone();
             tokio::task::spawn_blocking(move || crate::cgroup::oom_kills_blocking(&oom_id))
                 .await
-                .unwrap_or(0);
+                .unwrap_or(0)
+        };
         let conn = match Connection::open(&self.inner.socket).await {
             Ok(c) => c,
             Err(e) => {
@@ -429,7 +433,7 @@ impl Sandbox {
             }
         }
         let (control_tx, control_rx) = mpsc::unbounded_channel();
-        let (signals_tx, signals_rx) = mpsc::unbounded_channel();
+        let (requests_tx, requests_rx) = mpsc::unbounded_channel();
         let (outcome_tx, outcome_rx) = watch::channel(None);
         let timeout = exec.timeout.or(self.inner.config.timeout);
         self.inner.owner.tracker().spawn(crate::exec::supervise(
@@ -437,7 +441,7 @@ impl Sandbox {
             id.clone(),
             timeout,
             control_rx,
-            signals_rx,
+            requests_rx,
             outcome_tx,
             capture,
             oom_before,
@@ -449,7 +453,7 @@ impl Sandbox {
             container.network,
             control_tx,
             outcome_rx,
-            signals_tx,
+            requests_tx,
         ))
     }
 

@@ -19,14 +19,7 @@ struct Outcome {
 }
 
 async fn attempt(t: &TestSandbox, policy: &SandboxConfig, args: &[&str]) -> Outcome {
-    let out = t
-        .sandbox
-        .spawn(&t.config_with(policy, args[0], &args[1..]))
-        .await
-        .unwrap()
-        .wait_with_output()
-        .await
-        .unwrap();
+    let out = t.output(policy, args).await;
     Outcome {
         status: out.status,
         stdout: String::from_utf8_lossy(&out.stdout).into_owned(),

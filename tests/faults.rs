@@ -143,7 +143,7 @@ async fn running(t: &TestSandbox, id: &str) {
 async fn an_init_killed_from_outside_is_reported_and_leaves_nothing(kind: OciRuntime) {
     let t = TestSandbox::new(kind).await;
     let marker = "100.3131";
-    // Piped (foreground runtime)...
+    // Piped...
     let mut p = t
         .sandbox
         .spawn(&t.config("sleep", &[marker]))
@@ -161,7 +161,7 @@ async fn an_init_killed_from_outside_is_reported_and_leaves_nothing(kind: OciRun
         .unwrap()
         .unwrap();
     assert_eq!(status.signal(), Some(9), "{status}");
-    // ...and detached.
+    // ...and captured.
     let c = t
         .sandbox
         .spawn_captured(&t.config("sleep", &[marker]), OutputMode::Separate)

@@ -6,14 +6,7 @@ use common::TestSandbox;
 use oci_sandbox::{Bind, Network, OciRuntime, SandboxConfig, Spec, SpecHook};
 
 async fn run(t: &TestSandbox, policy: &SandboxConfig, script: &str) -> String {
-    let out = t
-        .sandbox
-        .spawn(&t.config_with(policy, "sh", &["-c", script]))
-        .await
-        .unwrap()
-        .wait_with_output()
-        .await
-        .unwrap();
+    let out = t.output(policy, &["sh", "-c", script]).await;
     assert!(
         out.status.success(),
         "{script}: {} / {}",

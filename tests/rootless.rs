@@ -115,14 +115,7 @@ async fn run_sh(
     policy: &SandboxConfig,
     script: &str,
 ) -> (oci_sandbox::ExitStatus, String) {
-    let out = t
-        .sandbox
-        .spawn(&t.config_with(policy, "sh", &["-c", script]))
-        .await
-        .unwrap()
-        .wait_with_output()
-        .await
-        .unwrap();
+    let out = t.output(policy, &["sh", "-c", script]).await;
     (
         out.status,
         String::from_utf8_lossy(&out.stdout).into_owned(),

@@ -78,3 +78,28 @@ pub fn quiet_true() -> ContainerConfig {
     config.stderr = Stdio::Null;
     config
 }
+
+/// Runs a runtime command with null stdio and asserts it succeeded.
+pub async fn run_quietly(mut cmd: tokio::process::Command) {
+    let status = cmd
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .await
+        .unwrap();
+    assert!(status.success());
+}
+
+/// How long `f` takes, in milliseconds.
+pub async fn timed(f: impl std::future::Future<Output = ()>) -> f64 {
+    let t = std::time::Instant::now();
+    f.await;
+    t.elapsed().as_secs_f64() * 1e3
+}
+
+/// The median of `v` (sorts it).
+pub fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}

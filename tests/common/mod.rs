@@ -108,6 +108,17 @@ impl TestSandbox {
         )
     }
 
+    /// Spawns `args` under `policy` and waits for its output.
+    pub async fn output(&self, policy: &SandboxConfig, args: &[&str]) -> oci_sandbox::Output {
+        self.sandbox
+            .spawn(&self.config_with(policy, args[0], &args[1..]))
+            .await
+            .unwrap()
+            .wait_with_output()
+            .await
+            .unwrap()
+    }
+
     pub fn sh(&self, script: &str) -> ContainerConfig {
         self.config("sh", &["-c", script])
     }
