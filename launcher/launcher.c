@@ -1,28 +1,38 @@
 /*
- * oci-sandbox's in-container launcher: the init of a long-lived sandbox (runc, crun).
+ * oci-sandbox's in-container launcher: the init of a long-lived sandbox.
  *
- * It listens on a SOCK_SEQPACKET unix socket in a directory the host bind-mounts in, and for
- * each connection forks and execs one command: an exec then costs a fork + exec inside the
+ * It forks and execs one command per request: an exec then costs a fork + exec inside the
  * running container instead of a `runc exec` (which re-enters every namespace, cgroup and the
  * seccomp filter from outside). The command inherits everything the launcher has: the
  * container's namespaces, cgroups, capabilities (none), no_new_privs and seccomp filter.
  *
- * Protocol, one connection per command (all messages are single SEQPACKET records):
- *   host -> launcher  request:  "R" mode '\0' cwd '\0' argc '\0' argv... envc '\0' envp...
- *                     mode 'p' (pipes): three fds (stdin, stdout, stderr) by SCM_RIGHTS;
+ * The channel is never a path. The container's stdin, as the runtime hands it over, is one
+ * end of a SOCK_SEQPACKET socket pair whose other end the host holds: the *control* socket.
+ * The launcher moves it to a close-on-exec fd and makes itself non-dumpable, so no command
+ * it starts can hold, steal (pidfd_getfd, ptrace, /proc/1/fd) or replace it. Each command gets
+ * a channel of its own: a socket pair the host makes per exec and passes over the control
+ * socket; the launcher keeps its end close-on-exec, so replies about a command can only come
+ * from the launcher, and a reply on a channel is about that channel's command.
+ *
+ * Protocol (every message one SEQPACKET record):
+ *   launcher -> host, control: "ready" once, before anything else.
+ *   host -> launcher, control: "R" mode '\0' cwd '\0' argc '\0' argv... envc '\0' envp...
+ *                     with fds by SCM_RIGHTS: the command's channel first, then
+ *                     mode 'p' (pipes): three fds (stdin, stdout, stderr);
  *                     mode 't' (terminal): one fd, a PTY's terminal end (the host keeps
  *                     the controller): the command's controlling terminal and stdio. If
  *                     it is no terminal in this kernel (gVisor), the launcher makes a PTY
  *                     and a child relays between it and the fd, a stream socket.
- *   launcher -> host  "S <pid>"    started
+ *   launcher -> host, channel: "S <pid>"    started
  *                     "E <errno>"  could not start: exec failed (chdir: "E -<errno>"); ends
- *                     "X <wstatus>" the command ended (waitpid status); connection ends
- *   host -> launcher  "K <signal>" signal the command's process group
- *                     "W <cols> <rows>" resize a relayed terminal (see below)
- *   host closes       the command's process group is killed with SIGKILL
+ *                     "X <wstatus>" the command ended (waitpid status); channel ends
+ *   host -> launcher, channel: "K <signal>" signal the command's process group
+ *                     "W <cols> <rows>" resize a relayed terminal
+ *   host closes a channel: the command's process group is killed with SIGKILL.
+ *   host closes the control socket (it ended, or died): every command is killed and the
+ *                     launcher exits, so the container dies with its owner.
  *
- * As PID 1 of the container it also reaps every orphan. It prints "ready" on stdout once it
- * listens, then closes stdout.
+ * As PID 1 of the container it also reaps every orphan.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -34,7 +44,9 @@
 #include <string.h>
 #include <sys/ioctl.h>
 #include <sys/signalfd.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/un.h>
 #include <sys/wait.h>
 #include <termios.h>
@@ -132,32 +144,56 @@ static int split(char *buf, size_t len, char **items, int max) {
     return start == len ? n : -1;
 }
 
-/* Reads one request on a new connection, forks and execs the command. */
-static void start(int i) {
-    int fd = conns[i].fd;
-    int fds[3] = {-1, -1, -1};
-    int nfds = 0;
+/* Closes the fds of a request that cannot go on. */
+static void close_fds(int *fds, int n) {
+    for (int k = 0; k < n; k++) close(fds[k]);
+}
+
+static int control_fd = -1;
+
+/* Reads one request from the control socket, forks and execs the command. Returns -1 when the
+   control socket has ended (the host is gone). */
+static int start(void) {
+    int passed[4] = {-1, -1, -1, -1};
+    int ngot = 0;
     struct iovec iov = {.iov_base = request, .iov_len = MAX_REQUEST};
-    char control[CMSG_SPACE(3 * sizeof(int))];
+    char control[CMSG_SPACE(4 * sizeof(int))];
     struct msghdr msg = {.msg_iov = &iov,
                          .msg_iovlen = 1,
                          .msg_control = control,
                          .msg_controllen = sizeof control};
-    ssize_t len = recvmsg(fd, &msg, MSG_CMSG_CLOEXEC);
-    if (len <= 0) {
-        drop_conn(i);
-        return;
-    }
+    ssize_t len = recvmsg(control_fd, &msg, MSG_CMSG_CLOEXEC | MSG_DONTWAIT);
+    if (len < 0) return errno == EAGAIN || errno == EINTR ? 0 : -1;
+    if (len == 0) return -1;
     for (struct cmsghdr *c = CMSG_FIRSTHDR(&msg); c; c = CMSG_NXTHDR(&msg, c)) {
         if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_RIGHTS) {
-            nfds = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
-            if (nfds > 3) nfds = 3;
-            memcpy(fds, CMSG_DATA(c), nfds * sizeof(int));
+            int n = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+            for (int k = 0; k < n; k++) {
+                int fd;
+                memcpy(&fd, CMSG_DATA(c) + k * sizeof(int), sizeof fd);
+                if (ngot < 4) {
+                    passed[ngot++] = fd;
+                } else {
+                    close(fd);
+                }
+            }
         }
     }
+    /* Without a channel there is no one to answer. */
+    if (ngot == 0) return 0;
+    int fd = passed[0];
+    int *fds = &passed[1];
+    int nfds = ngot - 1;
+    if (nconns == MAX_CONNS) {
+        reply(fd, "E 24");
+        close_fds(passed, ngot);
+        return 0;
+    }
+    int i = nconns++;
+    conns[i] = (struct conn){.fd = fd, .pid = 0, .controller = -1};
     static char *items[MAX_ITEMS + 1];
     int n = split(request, (size_t)len, items, MAX_ITEMS);
-    int ok = (msg.msg_flags & MSG_TRUNC) == 0 && n >= 4 && items[0][0] == 'R';
+    int ok = (msg.msg_flags & (MSG_TRUNC | MSG_CTRUNC)) == 0 && n >= 4 && items[0][0] == 'R';
     char mode = ok ? items[0][1] : 0;
     int argc = ok ? atoi(items[2]) : 0;
     ok = ok && (mode == 'p' ? nfds == 3 : mode == 't' && nfds == 1) && argc > 0 && 3 + argc < n;
@@ -165,9 +201,9 @@ static void start(int i) {
     ok = ok && 4 + argc + envc == n;
     if (!ok) {
         reply(fd, "E 22");
-        for (int k = 0; k < nfds; k++) close(fds[k]);
+        close_fds(fds, nfds);
         drop_conn(i);
-        return;
+        return 0;
     }
     /* A terminal end that is no terminal here (gVisor cannot treat a host PTY as one): make
        a PTY of this kernel's and relay between it and the stream the host gave. */
@@ -184,7 +220,7 @@ static void start(int i) {
             if (controller >= 0) close(controller);
             close(fds[0]);
             drop_conn(i);
-            return;
+            return 0;
         }
         snprintf(pts_path, sizeof pts_path, "%s", ptsname(controller));
         struct winsize ws = {.ws_row = 24, .ws_col = 80};
@@ -192,6 +228,7 @@ static void start(int i) {
         pid_t relayer = fork();
         if (relayer == 0) {
             /* Only the two ends stay open here, so that closing them elsewhere is seen. */
+            close(control_fd);
             for (int k = 0; k < nconns; k++) {
                 close(conns[k].fd);
                 if (conns[k].controller >= 0) close(conns[k].controller);
@@ -212,7 +249,7 @@ static void start(int i) {
     if (pipe2(status_pipe, O_CLOEXEC) < 0) {
         reply(fd, "E 24");
         drop_conn(i);
-        return;
+        return 0;
     }
     pid_t pid = fork();
     if (pid == 0) {
@@ -281,11 +318,12 @@ static void start(int i) {
         snprintf(text, sizeof text, "E %d", err);
         reply(fd, text);
         drop_conn(i);
-        return;
+        return 0;
     }
     conns[i].pid = pid;
     snprintf(text, sizeof text, "S %d", (int)pid);
     reply(fd, text);
+    return 0;
 }
 
 static void reap(void) {
@@ -311,12 +349,15 @@ static void control(int i) {
     if (len < 0 && (errno == EAGAIN || errno == EINTR)) return;
     if (len <= 0) {
         /* Reaped by the SIGCHLD loop without a report. */
-        kill(-conns[i].pid, SIGKILL);
-        kill(conns[i].pid, SIGKILL);
+        if (conns[i].pid > 0) {
+            kill(-conns[i].pid, SIGKILL);
+            kill(conns[i].pid, SIGKILL);
+        }
         drop_conn(i);
         return;
     }
     buf[len] = '\0';
+    if (conns[i].pid <= 0) return;
     if (buf[0] == 'K') {
         int sig = atoi(buf + 1);
         if (kill(-conns[i].pid, sig) < 0) kill(conns[i].pid, sig);
@@ -327,37 +368,41 @@ static void control(int i) {
     }
 }
 
-int main(int argc, char **argv) {
-    if (argc != 2) {
-        fprintf(stderr, "usage: %s SOCKET\n", argv[0]);
+/* Kills every command and ends the container: the host has gone. */
+static void end_all(void) {
+    for (int i = 0; i < nconns; i++) {
+        if (conns[i].pid > 0) kill(-conns[i].pid, SIGKILL);
+    }
+    kill(-1, SIGKILL);
+    _exit(0);
+}
+
+int main(void) {
+    /* Nothing this process holds may be reachable from the commands it starts: not its
+       memory (/proc/1/mem), not its fds (pidfd_getfd, /proc/1/fd), not by ptrace. */
+    prctl(PR_SET_DUMPABLE, 0);
+    struct stat st;
+    if (fstat(0, &st) < 0 || !S_ISSOCK(st.st_mode)) {
+        fprintf(stderr, "launcher: stdin must be the host's control socket\n");
         return 2;
     }
+    control_fd = fcntl(0, F_DUPFD_CLOEXEC, 3);
     sigset_t chld;
     sigemptyset(&chld);
     sigaddset(&chld, SIGCHLD);
     sigprocmask(SIG_BLOCK, &chld, NULL);
     int sfd = signalfd(-1, &chld, SFD_CLOEXEC | SFD_NONBLOCK);
-    int lfd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
-    struct sockaddr_un addr = {.sun_family = AF_UNIX};
-    if (strlen(argv[1]) >= sizeof addr.sun_path) return 2;
-    strcpy(addr.sun_path, argv[1]);
-    unlink(argv[1]);
-    if (sfd < 0 || lfd < 0 || bind(lfd, (struct sockaddr *)&addr, sizeof addr) < 0 ||
-        listen(lfd, 128) < 0) {
+    int devnull = open("/dev/null", O_RDWR);
+    if (control_fd < 0 || sfd < 0 || devnull < 0) {
         perror("launcher");
         return 1;
     }
-    int devnull = open("/dev/null", O_RDWR);
-    printf("ready\n");
-    fflush(stdout);
-    if (devnull >= 0) {
-        dup2(devnull, 0);
-        dup2(devnull, 1);
-        close(devnull);
-    }
+    for (int k = 0; k < 3; k++) dup2(devnull, k);
+    close(devnull);
+    reply(control_fd, "ready");
     static struct pollfd pfds[MAX_CONNS + 2];
     for (;;) {
-        pfds[0] = (struct pollfd){.fd = lfd, .events = POLLIN};
+        pfds[0] = (struct pollfd){.fd = control_fd, .events = POLLIN};
         pfds[1] = (struct pollfd){.fd = sfd, .events = POLLIN};
         for (int i = 0; i < nconns; i++)
             pfds[2 + i] = (struct pollfd){.fd = conns[i].fd, .events = POLLIN};
@@ -368,18 +413,11 @@ int main(int argc, char **argv) {
             }
             reap();
         }
-        /* Connections first, from the end (drop_conn moves the last one into the slot). */
+        /* Channels first, from the end (drop_conn moves the last one into the slot). */
         for (int i = nconns - 1; i >= 0; i--) {
             if (i >= nconns || !pfds[2 + i].revents || pfds[2 + i].fd != conns[i].fd) continue;
-            if (conns[i].pid == 0) {
-                start(i);
-            } else {
-                control(i);
-            }
+            control(i);
         }
-        if (pfds[0].revents & POLLIN && nconns < MAX_CONNS) {
-            int c = accept4(lfd, NULL, NULL, SOCK_CLOEXEC);
-            if (c >= 0) conns[nconns++] = (struct conn){.fd = c, .pid = 0, .controller = -1};
-        }
+        if (pfds[0].revents && start() < 0) end_all();
     }
 }

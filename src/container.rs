@@ -181,12 +181,25 @@ impl NamespaceContainer {
     ///
     /// Cancel safe: a dropped `spawn` future leaves no container, bundle or process.
     pub async fn spawn(&self, config: &ContainerConfig) -> Result<ContainerProcess, SandboxError> {
-        let (id, bundle) = self.prepare(config, None).await?;
         let stdio = (
             std_stdio(config.stdin),
             std_stdio(config.stdout),
             std_stdio(config.stderr),
         );
+        self.spawn_with_stdio(config, stdio).await
+    }
+
+    /// [`spawn`](Self::spawn) with these fds as the runtime's (and so the container's) stdio.
+    pub(crate) async fn spawn_with_stdio(
+        &self,
+        config: &ContainerConfig,
+        stdio: (
+            std::process::Stdio,
+            std::process::Stdio,
+            std::process::Stdio,
+        ),
+    ) -> Result<ContainerProcess, SandboxError> {
+        let (id, bundle) = self.prepare(config, None).await?;
         crate::reaper::become_subreaper().map_err(|source| SandboxError::Process {
             context: "becoming a child subreaper",
             source,
@@ -415,16 +428,6 @@ impl NamespaceContainer {
         config.validate()?;
         let id = config.id.clone().unwrap_or_else(new_id);
         crate::spec::build(config, &self.inner.dirs.rootfs, &id, None, self.target())
-    }
-
-    /// Where long-lived sandboxes keep their launcher sockets.
-    pub(crate) fn sandboxes_dir(&self) -> PathBuf {
-        self.inner
-            .dirs
-            .root
-            .parent()
-            .expect("state root has a parent")
-            .join("sandboxes")
     }
 
     /// The shared root filesystem.

@@ -141,6 +141,16 @@ pub enum SandboxError {
         status: Option<crate::ExitStatus>,
     },
 
+    /// A long-lived [`Sandbox`](crate::Sandbox) already runs as many commands as it may at
+    /// once; retry when one has ended.
+    #[error("sandbox {id} already runs {limit} commands at once")]
+    TooManyExecs {
+        /// The sandbox's container id.
+        id: String,
+        /// The most commands it runs at once.
+        limit: usize,
+    },
+
     /// No gVisor platform could run a container here; each one's failure is listed.
     #[error("no gVisor platform works here: {}", failures.iter().map(|(p, why)| format!("{p}: {why}")).collect::<Vec<_>>().join("; "))]
     NoGvisorPlatform {
@@ -183,6 +193,10 @@ impl SandboxError {
                 reason: reason.clone(),
             },
             SandboxError::DuplicateId { id } => SandboxError::DuplicateId { id: id.clone() },
+            SandboxError::TooManyExecs { id, limit } => SandboxError::TooManyExecs {
+                id: id.clone(),
+                limit: *limit,
+            },
             SandboxError::SandboxEnded { id, status } => SandboxError::SandboxEnded {
                 id: id.clone(),
                 status: *status,

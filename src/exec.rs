@@ -16,6 +16,9 @@ use crate::process::{
     Control, EndedBy, ExecRequest, Outcome, sleep_until, status_for, watch_capture,
 };
 
+/// How long the launcher has to report a command's end after it was told to kill it.
+const KILL_REPORT_DEADLINE: Duration = Duration::from_secs(5);
+
 /// Watches the command to its end: enforces the timeout and the output limit, obeys kill and
 /// signal requests; dropping the handle drops the connection, and the launcher kills the
 /// command's process group. `oom_before` is the sandbox's OOM-kill count at the start.
@@ -29,16 +32,27 @@ pub(crate) async fn supervise(
     outcome: watch::Sender<Outcome>,
     mut capture: Option<CaptureWatch>,
     oom_before: u64,
+    _slot: tokio::sync::OwnedSemaphorePermit,
 ) {
-    let deadline = timeout.map(|t| Instant::now() + t);
+    // A timeout too far out to be an instant is no timeout.
+    let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
     let mut ended_by: Option<EndedBy> = None;
+    // Once the command is to be killed, the launcher has this long to report its end.
+    let mut report_deadline = None;
     if capture.as_ref().is_some_and(CaptureWatch::over_limit) {
         ended_by = Some(EndedBy::OutputLimit);
         conn.signal(libc::SIGKILL);
+        report_deadline = Some(Instant::now() + KILL_REPORT_DEADLINE);
     }
     let reply = loop {
         tokio::select! {
             reply = conn.receive() => break reply,
+            _ = sleep_until(report_deadline), if report_deadline.is_some() => {
+                break Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "the sandbox's launcher did not report the killed command's end",
+                ));
+            }
             _ = sleep_until(deadline), if ended_by.is_none() => ended_by = Some(EndedBy::Timeout),
             msg = control.recv(), if ended_by.is_none() => match msg {
                 Some(Control::Kill) => ended_by = Some(EndedBy::Kill),
@@ -60,10 +74,13 @@ pub(crate) async fn supervise(
             }
         }
         conn.signal(libc::SIGKILL);
+        report_deadline = Some(Instant::now() + KILL_REPORT_DEADLINE);
     };
     let result = match (ended_by, reply) {
         (Some(e), Ok(Some(_))) => Ok(status_for(Some(e))),
-        (None, Ok(Some((text, _)))) => match exit_status(&text) {
+        // Killed on our side, and the launcher fell silent: the status is ours to give.
+        (Some(e), Err(_)) => Ok(status_for(Some(e))),
+        (None, Ok(Some(text))) => match exit_status(&text) {
             Some(status) => {
                 let oom = if status.signal() == Some(libc::SIGKILL) || !status.success() {
                     let id = sandbox_id.clone();

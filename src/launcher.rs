@@ -1,13 +1,18 @@
 //! The host side of the in-container launcher (`launcher/launcher.c`), the init of a
-//! long-lived [`Sandbox`](crate::Sandbox): one `SOCK_SEQPACKET` connection per command.
+//! long-lived [`Sandbox`](crate::Sandbox).
+//!
+//! The channel is never a path the sandbox could replace: the container's stdin is one end of
+//! a `SOCK_SEQPACKET` socket pair ([`ControlSocket`]); each command gets a socket pair of its
+//! own ([`Connection`]) whose other end only the launcher holds. Everything read from the
+//! launcher is bounded (one short record, no fds accepted) and every wait has a deadline or
+//! is the caller's own (the command's run time).
 
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::path::Path;
 
 use nix::sys::socket::{
-    AddressFamily, ControlMessage, ControlMessageOwned, MsgFlags, SockFlag, SockType, UnixAddr,
-    connect, recvmsg, sendmsg, socket,
+    AddressFamily, ControlMessage, MsgFlags, SockFlag, SockType, recvmsg, sendmsg, socketpair,
 };
 use tokio::io::unix::AsyncFd;
 
@@ -18,12 +23,6 @@ pub(crate) const BINARY: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/osb-l
 
 /// Where the launcher sits in the shared root filesystem, and so in every container.
 pub(crate) const PATH_IN_ROOTFS: &str = ".oci-sandbox-launcher";
-
-/// Where a sandbox's socket directory is mounted in its container.
-pub(crate) const SOCKET_DIR: &str = "/.oci-sandbox";
-
-/// The socket's name in that directory.
-pub(crate) const SOCKET_NAME: &str = "launcher.sock";
 
 /// The most a request may hold (the launcher's buffer; a SEQPACKET record is one message).
 pub(crate) const MAX_REQUEST: usize = 192 * 1024;
@@ -61,116 +60,152 @@ pub(crate) enum Started {
     Failed(i32),
 }
 
-/// One connection: one command.
+/// The most a reply may hold ("X <wstatus>" and the like); a longer one is a protocol error.
+const MAX_REPLY: usize = 64;
+
+fn seqpacket_pair() -> io::Result<(OwnedFd, OwnedFd)> {
+    let (ours, theirs) = socketpair(
+        AddressFamily::Unix,
+        SockType::SeqPacket,
+        None,
+        SockFlag::SOCK_CLOEXEC,
+    )?;
+    nix::fcntl::fcntl(
+        &ours,
+        nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
+    )?;
+    Ok((ours, theirs))
+}
+
+fn register(fd: OwnedFd) -> io::Result<AsyncFd<OwnedFd>> {
+    // SAFETY: an `OwnedFd` returns the same fd until the AsyncFd drops it.
+    unsafe {
+        AsyncFd::register_with_interest(
+            fd,
+            tokio::io::Interest::READABLE | tokio::io::Interest::WRITABLE,
+        )
+    }
+    .map_err(io::Error::from)
+}
+
+/// The host's end of a sandbox's control socket: requests go out on it, one per command.
 #[derive(Debug)]
-pub(crate) struct Connection {
+pub(crate) struct ControlSocket {
     fd: AsyncFd<OwnedFd>,
 }
 
-impl Connection {
-    /// Connects to the launcher's socket (non-blocking; the backlog is 128).
-    pub async fn open(socket_path: &Path) -> io::Result<Self> {
-        let fd = socket(
-            AddressFamily::Unix,
-            SockType::SeqPacket,
-            SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
-            None,
-        )?;
-        let addr = UnixAddr::new(socket_path)?;
-        let mut pause = std::time::Duration::from_micros(200);
-        loop {
-            match connect(fd.as_raw_fd(), &addr) {
-                Ok(()) => break,
-                // A full backlog: the launcher is accepting, come back shortly.
-                Err(nix::errno::Errno::EAGAIN) => {
-                    tokio::time::sleep(pause).await;
-                    pause = (pause * 2).min(std::time::Duration::from_millis(20));
-                }
-                Err(e) => return Err(e.into()),
-            }
-        }
-        // SAFETY: an `OwnedFd` returns the same fd until the AsyncFd drops it.
-        let fd = unsafe {
-            AsyncFd::register_with_interest(
-                fd,
-                tokio::io::Interest::READABLE | tokio::io::Interest::WRITABLE,
-            )
-        }
-        .map_err(io::Error::from)?;
-        Ok(Connection { fd })
+impl ControlSocket {
+    /// A new control socket and the end that becomes the container's stdin.
+    pub fn pair() -> io::Result<(Self, OwnedFd)> {
+        let (ours, theirs) = seqpacket_pair()?;
+        Ok((ControlSocket { fd: register(ours)? }, theirs))
     }
 
-    /// Sends the start request.
+    /// Waits for the launcher's "ready" (the caller puts a deadline on it).
+    pub async fn ready(&self) -> io::Result<()> {
+        match receive(&self.fd).await? {
+            Some(text) if text == "ready" => Ok(()),
+            Some(text) => Err(io::Error::other(format!(
+                "unexpected first message from the launcher: {text:?}"
+            ))),
+            None => Err(io::Error::new(
+                io::ErrorKind::ConnectionAborted,
+                "the sandbox's launcher ended before it was ready",
+            )),
+        }
+    }
+
+    /// Sends a start request with the command's own channel and stdio, and returns the
+    /// channel (the caller puts a deadline on the wait for the reply).
     pub async fn request(
         &self,
         cwd: &Path,
         argv: &[String],
         env: &[(String, String)],
         stdio: Stdio,
-    ) -> io::Result<()> {
-        let mut msg = Vec::new();
-        msg.extend_from_slice(match stdio {
-            Stdio::Fds(_) => b"Rp\0",
-            Stdio::Terminal(_) => b"Rt\0",
-        });
-        msg.extend_from_slice(cwd.as_os_str().as_encoded_bytes());
-        msg.push(0);
-        msg.extend_from_slice(format!("{}\0", argv.len()).as_bytes());
-        for a in argv {
-            msg.extend_from_slice(a.as_bytes());
-            msg.push(0);
+    ) -> io::Result<Connection> {
+        let msg = encode_request(cwd, argv, env, &stdio)?;
+        let (ours, theirs) = seqpacket_pair()?;
+        let mut fds = vec![theirs.as_raw_fd()];
+        match stdio {
+            Stdio::Fds(stdio) => fds.extend_from_slice(&stdio),
+            Stdio::Terminal(fd) => fds.push(fd),
         }
-        msg.extend_from_slice(format!("{}\0", env.len()).as_bytes());
-        for (k, v) in env {
-            msg.extend_from_slice(format!("{k}={v}\0").as_bytes());
-        }
-        if msg.len() > MAX_REQUEST {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!(
-                    "arguments and environment take {} bytes; at most {MAX_REQUEST}",
-                    msg.len()
-                ),
-            ));
-        }
-        let fds = match stdio {
-            Stdio::Fds(fds) => fds.to_vec(),
-            Stdio::Terminal(fd) => vec![fd],
-        };
         loop {
             let mut guard = self.fd.writable().await?;
             let iov = [io::IoSlice::new(&msg)];
             let rights = [ControlMessage::ScmRights(&fds)];
-            let cmsgs: &[ControlMessage] = &rights;
             match guard.try_io(|fd| {
-                sendmsg::<()>(fd.as_raw_fd(), &iov, cmsgs, MsgFlags::MSG_NOSIGNAL, None)
+                sendmsg::<()>(fd.as_raw_fd(), &iov, &rights, MsgFlags::MSG_NOSIGNAL, None)
                     .map_err(io::Error::from)
             }) {
-                Ok(r) => return r.map(drop),
+                Ok(r) => {
+                    r?;
+                    break;
+                }
                 Err(_would_block) => continue,
             }
         }
+        // The launcher's end is in flight now: ours must not keep it open.
+        drop(theirs);
+        Ok(Connection { fd: register(ours)? })
     }
+}
 
-    /// Receives one record (with an fd, if one came); `None` when the launcher closed.
-    pub async fn receive(&self) -> io::Result<Option<(String, Option<OwnedFd>)>> {
-        loop {
-            let mut guard = self.fd.readable().await?;
-            match guard.try_io(|fd| receive_now(fd.get_ref().as_fd().as_raw_fd())) {
-                Ok(r) => return r,
-                Err(_would_block) => continue,
-            }
-        }
+fn encode_request(
+    cwd: &Path,
+    argv: &[String],
+    env: &[(String, String)],
+    stdio: &Stdio,
+) -> io::Result<Vec<u8>> {
+    let mut msg = Vec::new();
+    msg.extend_from_slice(match stdio {
+        Stdio::Fds(_) => b"Rp\0",
+        Stdio::Terminal(_) => b"Rt\0",
+    });
+    msg.extend_from_slice(cwd.as_os_str().as_encoded_bytes());
+    msg.push(0);
+    msg.extend_from_slice(format!("{}\0", argv.len()).as_bytes());
+    for a in argv {
+        msg.extend_from_slice(a.as_bytes());
+        msg.push(0);
+    }
+    msg.extend_from_slice(format!("{}\0", env.len()).as_bytes());
+    for (k, v) in env {
+        msg.extend_from_slice(format!("{k}={v}\0").as_bytes());
+    }
+    if msg.len() > MAX_REQUEST {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!(
+                "arguments and environment take {} bytes; at most {MAX_REQUEST}",
+                msg.len()
+            ),
+        ));
+    }
+    Ok(msg)
+}
+
+/// One command's own channel to the launcher.
+#[derive(Debug)]
+pub(crate) struct Connection {
+    fd: AsyncFd<OwnedFd>,
+}
+
+impl Connection {
+    /// Receives one reply; `None` when the launcher closed the channel.
+    pub async fn receive(&self) -> io::Result<Option<String>> {
+        receive(&self.fd).await
     }
 
     /// Waits for the start reply.
     pub async fn started(&self) -> io::Result<Started> {
         match self.receive().await? {
-            Some((text, _)) if text.starts_with("S ") => Ok(Started::Running),
-            Some((text, _)) if text.starts_with("E ") => Ok(Started::Failed(
+            Some(text) if text.starts_with("S ") => Ok(Started::Running),
+            Some(text) if text.starts_with("E ") => Ok(Started::Failed(
                 text[2..].trim().parse().unwrap_or(libc::EINVAL),
             )),
-            Some((text, _)) => Err(io::Error::other(format!(
+            Some(text) => Err(io::Error::other(format!(
                 "unexpected reply from the launcher: {text:?}"
             ))),
             None => Err(io::Error::new(
@@ -199,30 +234,36 @@ impl Connection {
     }
 }
 
-fn receive_now(fd: RawFd) -> io::Result<Option<(String, Option<OwnedFd>)>> {
-    let mut buf = [0u8; 256];
-    let mut space = nix::cmsg_space!(RawFd);
-    let mut iov = [io::IoSliceMut::new(&mut buf)];
-    let msg = recvmsg::<()>(fd, &mut iov, Some(&mut space), MsgFlags::MSG_CMSG_CLOEXEC)
-        .map_err(io::Error::from)?;
-    let mut passed = None;
-    for c in msg.cmsgs().map_err(io::Error::from)? {
-        if let ControlMessageOwned::ScmRights(fds) = c {
-            for (i, raw) in fds.into_iter().enumerate() {
-                // SAFETY: the kernel just gave us this fd; we own it now.
-                let owned = unsafe { OwnedFd::from_raw_fd(raw) };
-                if i == 0 {
-                    passed = Some(owned);
-                }
-            }
+/// Receives one record of at most [`MAX_REPLY`] bytes; `None` at the end of the channel.
+async fn receive(fd: &AsyncFd<OwnedFd>) -> io::Result<Option<String>> {
+    loop {
+        let mut guard = fd.readable().await?;
+        match guard.try_io(|fd| receive_now(fd.get_ref().as_raw_fd())) {
+            Ok(r) => return r,
+            Err(_would_block) => continue,
         }
     }
-    let len = msg.bytes;
-    if len == 0 && passed.is_none() {
+}
+
+/// One record, without a control buffer: fds sent along are never installed in this process
+/// (the kernel drops them and flags `MSG_CTRUNC`), so a hostile sender cannot fill our fd table.
+fn receive_now(fd: RawFd) -> io::Result<Option<String>> {
+    let mut buf = [0u8; MAX_REPLY];
+    let mut iov = [io::IoSliceMut::new(&mut buf)];
+    let msg = recvmsg::<()>(fd, &mut iov, None, MsgFlags::MSG_CMSG_CLOEXEC)?;
+    let (len, flags) = (msg.bytes, msg.flags);
+    if flags.contains(MsgFlags::MSG_TRUNC) {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("a reply from the launcher longer than {MAX_REPLY} bytes"),
+        ));
+    }
+    if len == 0 {
         return Ok(None);
     }
-    let text = String::from_utf8_lossy(&buf[..len]).into_owned();
-    Ok(Some((text, passed)))
+    std::str::from_utf8(&buf[..len])
+        .map(|text| Some(text.to_owned()))
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "a reply that is not text"))
 }
 
 /// A `waitpid` status as the launcher reports it (`X <wstatus>`).

@@ -75,7 +75,6 @@ mod flag {
     pub const PLATFORM: &str = "--platform";
     pub const ROOTLESS: &str = "--rootless";
     pub const OCI_SECCOMP: &str = "--oci-seccomp";
-    pub const HOST_UDS_CREATE: &str = "--host-uds=create";
 }
 
 /// One runtime subcommand and its own options.
@@ -264,9 +263,6 @@ impl RuntimeCli {
             }
             // Apply the spec's seccomp profile inside the sandbox too (off by default).
             argv.push(flag::OCI_SECCOMP.into());
-            // Sockets a container binds in a bind mount are host sockets: a sandbox's
-            // launcher listens on one. (Connecting to existing host sockets stays refused.)
-            argv.push(flag::HOST_UDS_CREATE.into());
             // As root, `--rootless` hangs (with host networking); without root it is required.
             if !nix::unistd::geteuid().is_root() {
                 argv.push(flag::ROOTLESS.into());

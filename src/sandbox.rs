@@ -6,14 +6,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use tokio::io::AsyncBufReadExt;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{Semaphore, mpsc, watch};
 
 use crate::capture::{CaptureFiles, OutputMode, ProcessCapture};
-use crate::config::{ContainerConfig, Mount, MountKind, Stdio};
+use crate::config::{ContainerConfig, Stdio};
 use crate::container::NamespaceContainer;
 use crate::error::SandboxError;
-use crate::launcher::{self, Connection, Started};
+use crate::launcher::{self, ControlSocket, Started};
 use crate::process::{ContainerProcess, ExitStatus, Supervised};
 use crate::pty::PtySession;
 
@@ -22,6 +21,9 @@ const READY_DEADLINE: Duration = Duration::from_secs(30);
 
 /// How long the launcher may take to fork and exec a command.
 const START_DEADLINE: Duration = Duration::from_secs(10);
+
+/// Commands that may run at once in one sandbox (the launcher's table holds 1024).
+pub const MAX_CONCURRENT_EXECS: usize = 1000;
 
 /// One command to run in a [`Sandbox`]: like a [`ContainerConfig`]'s command, with its own
 /// environment additions, working directory, timeout and stdio.
@@ -94,9 +96,10 @@ struct Inner {
     owner: NamespaceContainer,
     container: Supervised,
     config: ContainerConfig,
-    socket: PathBuf,
-    /// The directory holding the socket (bind-mounted into the container), removed last.
-    _socket_dir: tempfile::TempDir,
+    /// Requests go to the launcher on it; every command gets a channel of its own.
+    control: ControlSocket,
+    /// Commands that may run at once (the launcher's table has room for a few more).
+    slots: Arc<Semaphore>,
     execs: AtomicU64,
 }
 
@@ -136,53 +139,35 @@ impl NamespaceContainer {
     /// Cancel safe: a dropped future leaves no container, bundle or socket directory.
     pub async fn start(&self, config: &ContainerConfig) -> Result<Sandbox, SandboxError> {
         let id = config.id.clone().unwrap_or_else(crate::state::new_id);
-        let parent = self.sandboxes_dir();
-        let prefix = format!("{id}-");
         let rootfs = self.rootfs().to_path_buf();
-        let socket_dir = tokio::task::spawn_blocking(move || {
+        tokio::task::spawn_blocking(move || {
             // Installed on the first start only: spawns never need it.
             launcher::install_blocking(&rootfs)
-                .map_err(|e| SandboxError::io("installing the sandbox launcher", &rootfs, e))?;
-            std::fs::create_dir_all(&parent)
-                .and_then(|()| tempfile::Builder::new().prefix(&prefix).tempdir_in(&parent))
-                .map_err(|e| SandboxError::io("creating the sandbox's socket dir", &parent, e))
+                .map_err(|e| SandboxError::io("installing the sandbox launcher", &rootfs, e))
         })
         .await
         .map_err(|e| SandboxError::Process {
-            context: "creating the sandbox's socket dir",
+            context: "installing the sandbox launcher",
             source: std::io::Error::other(e),
         })??;
+        let (control, launcher_end) =
+            ControlSocket::pair().map_err(|source| SandboxError::Process {
+                context: "opening the sandbox's control socket",
+                source,
+            })?;
         let mut init = config.clone();
         init.id = Some(id.clone());
         init.command = format!("/{}", launcher::PATH_IN_ROOTFS);
-        init.args = vec![format!(
-            "{}/{}",
-            launcher::SOCKET_DIR,
-            launcher::SOCKET_NAME
-        )];
-        init.mounts.push(Mount {
-            destination: PathBuf::from(launcher::SOCKET_DIR),
-            kind: MountKind::Bind {
-                source: socket_dir.path().to_path_buf(),
-                writable: true,
-            },
-        });
-        init.stdin = Stdio::Null;
-        init.stdout = Stdio::Piped;
-        init.stderr = Stdio::Null;
+        init.args = Vec::new();
         init.timeout = None;
-        let mut process = self.spawn(&init).await?;
-        let stdout = process.stdout.take().expect("piped stdout");
-        let ready = async {
-            let mut line = String::new();
-            tokio::io::BufReader::new(stdout)
-                .read_line(&mut line)
-                .await
-                .map(|_| line)
-        };
-        match tokio::time::timeout(READY_DEADLINE, ready).await {
-            Ok(Ok(line)) if line == "ready\n" => {}
-            Ok(Ok(_)) | Ok(Err(_)) => {
+        // The launcher's end of the control socket is the container's stdin: no path.
+        let null = std::process::Stdio::null;
+        let mut process = self
+            .spawn_with_stdio(&init, (launcher_end.into(), null(), null()))
+            .await?;
+        match tokio::time::timeout(READY_DEADLINE, control.ready()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => {
                 let status = process.wait().await.ok();
                 return Err(SandboxError::SandboxEnded { id, status });
             }
@@ -193,14 +178,13 @@ impl NamespaceContainer {
                 });
             }
         }
-        let socket = socket_dir.path().join(launcher::SOCKET_NAME);
         Ok(Sandbox {
             inner: Arc::new(Inner {
                 owner: self.clone(),
                 container: process.into_supervised(),
                 config: config.clone(),
-                socket,
-                _socket_dir: socket_dir,
+                control,
+                slots: Arc::new(Semaphore::new(MAX_CONCURRENT_EXECS)),
                 execs: AtomicU64::new(0),
             }),
         })
@@ -392,24 +376,31 @@ impl Sandbox {
                 .await
                 .unwrap_or(0)
         };
-        let conn = match Connection::open(&self.inner.socket).await {
-            Ok(c) => c,
-            Err(e) => {
+        let slot = Arc::clone(&self.inner.slots).try_acquire_owned().map_err(|_| {
+            SandboxError::TooManyExecs {
+                id: id.clone(),
+                limit: MAX_CONCURRENT_EXECS,
+            }
+        })?;
+        let request = self.inner.control.request(&cwd, &argv, &env, stdio);
+        let conn = match tokio::time::timeout(START_DEADLINE, request).await {
+            Ok(Ok(conn)) => conn,
+            Ok(Err(e)) if e.kind() == std::io::ErrorKind::InvalidInput => {
+                return Err(SandboxError::invalid("args", e.to_string()));
+            }
+            Ok(Err(e)) => {
                 return Err(self.ended_error().unwrap_or(SandboxError::Process {
-                    context: "connecting to the sandbox's launcher",
+                    context: "sending the command to the sandbox's launcher",
                     source: e,
                 }));
             }
+            Err(_) => {
+                return Err(SandboxError::Timeout {
+                    what: format!("sending a command to sandbox {id}"),
+                    after: START_DEADLINE,
+                });
+            }
         };
-        conn.request(&cwd, &argv, &env, stdio)
-            .await
-            .map_err(|e| match e.kind() {
-                std::io::ErrorKind::InvalidInput => SandboxError::invalid("args", e.to_string()),
-                _ => self.ended_error().unwrap_or(SandboxError::Process {
-                    context: "sending the command to the sandbox's launcher",
-                    source: e,
-                }),
-            })?;
         // The launcher answers within a fork and an exec; a deadline keeps a wedged sandbox
         // from hanging the caller.
         let started = tokio::time::timeout(START_DEADLINE, conn.started()).await;
@@ -445,6 +436,7 @@ impl Sandbox {
             outcome_tx,
             capture,
             oom_before,
+            slot,
         ));
         let container = &self.inner.container;
         Ok(Supervised::exec(
