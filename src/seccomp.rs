@@ -81,7 +81,26 @@ pub(crate) const DENIED: &[&str] = &[
     "vm86old",
     "uselib",
     "_sysctl",
+    // another process's fds (the launcher's are not dumpable anyway)
+    "pidfd_getfd",
+    // charged to the user namespace's owner, beyond the sandbox's own quotas
+    "fanotify_init",
 ];
+
+/// System calls that fail as unsupported (`ENOSYS`), so that programs take their fallback:
+/// POSIX message queues, whose bytes are charged to the user namespace's owner.
+const UNSUPPORTED: &[&str] = &[
+    "mq_open",
+    "mq_unlink",
+    "mq_timedsend",
+    "mq_timedreceive",
+    "mq_notify",
+    "mq_getsetattr",
+];
+
+/// Socket families that a network namespace does not isolate: `AF_VSOCK` reaches the
+/// hypervisor and binds ports shared with the whole machine.
+const UNISOLATED_SOCKET_FAMILIES: &[u64] = &[libc::AF_VSOCK as u64];
 
 /// `clone` flags that make namespaces; `clone` with any of them is refused.
 const CLONE_NAMESPACE_FLAGS: &[u64] = &[
@@ -122,7 +141,24 @@ pub(crate) fn default_profile() -> Result<LinuxSeccomp, SandboxError> {
         errno_rule(DENIED, libc::EPERM)?,
         // Its flags sit behind a pointer that a filter cannot read.
         errno_rule(&["clone3"], libc::ENOSYS)?,
+        errno_rule(UNSUPPORTED, libc::ENOSYS)?,
+        // Preallocation could hold host disk past a file's size (and the output limit):
+        // `EOPNOTSUPP` makes libc's posix_fallocate write the bytes instead.
+        errno_rule(&["fallocate"], libc::EOPNOTSUPP)?,
     ];
+    for &family in UNISOLATED_SOCKET_FAMILIES {
+        for call in ["socket", "socketpair"] {
+            let mut rule = errno_rule(&[call], libc::EAFNOSUPPORT)?;
+            rule.set_args(Some(vec![
+                LinuxSeccompArgBuilder::default()
+                    .index(0usize)
+                    .value(family)
+                    .op(LinuxSeccompOperator::ScmpCmpEq)
+                    .build()?,
+            ]));
+            syscalls.push(rule);
+        }
+    }
     // The flags are clone's first argument on x86_64 and aarch64. One rule per flag: a filter
     // can test "all bits of a mask set", not "any bit set".
     for &flag in CLONE_NAMESPACE_FLAGS {
@@ -174,6 +210,8 @@ mod tests {
             "syslog",
             "acct",
             "pivot_root",
+            "pidfd_getfd",
+            "fanotify_init",
         ] {
             assert!(DENIED.contains(&name), "{name}");
         }

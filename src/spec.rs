@@ -237,7 +237,7 @@ pub(crate) fn build(
     }
     let linux = linux
         .namespaces(namespaces)
-        .masked_paths(get_default_maskedpaths())
+        .masked_paths(masked_paths())
         .readonly_paths(get_default_readonly_paths())
         .build()?;
 
@@ -261,6 +261,17 @@ pub(crate) fn build(
     }
     Ok(spec)
 }
+
+/// The runtime's default masked paths, and what identifies the host: its kernel command line
+/// and its boot id.
+fn masked_paths() -> Vec<String> {
+    let mut paths = get_default_maskedpaths();
+    paths.extend(HOST_IDENTIFYING_PATHS.iter().map(|p| (*p).to_owned()));
+    paths
+}
+
+/// Files that tell the host apart from any other machine, masked in every container.
+const HOST_IDENTIFYING_PATHS: &[&str] = &["/proc/cmdline", "/proc/sys/kernel/random/boot_id"];
 
 #[cfg(test)]
 mod tests {
@@ -309,6 +320,9 @@ mod tests {
                 .iter()
                 .any(|p| p == "/proc/kcore")
         );
+        for host in HOST_IDENTIFYING_PATHS {
+            assert!(linux.masked_paths().as_ref().unwrap().iter().any(|p| p == host));
+        }
         let res = linux.resources().as_ref().unwrap();
         assert_eq!(res.pids().as_ref().unwrap().limit(), 256);
         assert_eq!(
