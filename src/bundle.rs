@@ -18,6 +18,8 @@ pub(crate) const PID_FILE: &str = "pid";
 #[derive(Debug)]
 pub(crate) struct Bundle {
     dir: Option<PathBuf>,
+    /// The container's own user namespace and id range, released with the bundle.
+    pub userns: Option<crate::userns::UserNamespace>,
 }
 
 impl Bundle {
@@ -32,7 +34,10 @@ impl Bundle {
             Err(e) => return Err(SandboxError::io("creating the bundle directory", dir, e)),
         }
         // From here on, dropping `bundle` removes the directory again.
-        let bundle = Bundle { dir: Some(dir) };
+        let bundle = Bundle {
+            dir: Some(dir),
+            userns: None,
+        };
         let mut annotations = spec.annotations().clone().unwrap_or_default();
         annotations.insert(OWNER_ANNOTATION.to_owned(), self_owner().to_owned());
         spec.set_annotations(Some(annotations));

@@ -291,8 +291,12 @@ impl CaptureFiles {
                 .map(|f| (path.clone(), f))
                 .map_err(|e| SandboxError::io("creating a capture file", path, e))
         };
+        // Without an inotify instance (the user's quota is spent), streams poll the sizes.
         let inotify = Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC)
-            .map_err(|e| SandboxError::io("watching the capture files", dir.path(), e.into()))?;
+            .inspect_err(|e| {
+                tracing::warn!(%e, "no inotify instance for a capture; its streams poll instead");
+            })
+            .ok();
         let (stdout_path, stdout, stderr_path, stderr) = match mode {
             OutputMode::Separate => {
                 let (op, of) = open("stdout")?;
@@ -309,13 +313,12 @@ impl CaptureFiles {
         };
         let watch_err =
             |p: &Path, e: nix::Error| SandboxError::io("watching the capture files", p, e.into());
-        inotify
-            .add_watch(&stdout_path, AddWatchFlags::IN_MODIFY)
-            .map_err(|e| watch_err(&stdout_path, e))?;
-        if let Some(p) = &stderr_path {
-            inotify
-                .add_watch(p, AddWatchFlags::IN_MODIFY)
-                .map_err(|e| watch_err(p, e))?;
+        if let Some(inotify) = &inotify {
+            for p in std::iter::once(&stdout_path).chain(stderr_path.as_ref()) {
+                inotify
+                    .add_watch(p, AddWatchFlags::IN_MODIFY)
+                    .map_err(|e| watch_err(p, e))?;
+            }
         }
         let sizes = vec![
             stdout
@@ -351,8 +354,10 @@ impl CaptureFiles {
                 shared: shared.clone(),
             },
             watch: CaptureWatch {
-                inotify: Some(inotify),
+                polling: inotify.is_none(),
+                inotify,
                 fd: None,
+                polled_usage: 0,
                 files: sizes,
                 limit,
                 state: tx,
@@ -360,6 +365,17 @@ impl CaptureFiles {
             },
         })
     }
+}
+
+/// How often streams look at the files when there is no inotify instance.
+const POLL_INTERVAL: std::time::Duration = std::time::Duration::from_millis(20);
+
+/// What a file holds against the output limit: its size, or its allocated blocks past a
+/// margin for the file system's own rounding and preallocation (1 MiB).
+fn disk_usage(m: &std::fs::Metadata) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    const MARGIN: u64 = 1 << 20;
+    m.len().max((m.blocks() * 512).saturating_sub(MARGIN))
 }
 
 struct InotifyFd(Inotify);
@@ -381,6 +397,10 @@ impl AsRawFd for InotifyFd {
 pub(crate) struct CaptureWatch {
     inotify: Option<Inotify>,
     fd: Option<AsyncFd<InotifyFd>>,
+    /// No inotify instance could be had: the sizes are polled.
+    polling: bool,
+    /// The files' usage at the last poll.
+    polled_usage: u64,
     files: Vec<File>,
     limit: Option<u64>,
     state: watch::Sender<CaptureState>,
@@ -390,6 +410,9 @@ pub(crate) struct CaptureWatch {
 impl CaptureWatch {
     /// Waits for the next change; returns true when the output limit has been passed.
     pub async fn next(&mut self) -> bool {
+        if self.polling {
+            return self.poll().await;
+        }
         if self.fd.is_none() {
             let Some(inotify) = self.inotify.take() else {
                 return std::future::pending().await;
@@ -437,13 +460,35 @@ impl CaptureWatch {
         }
     }
 
+    /// Without inotify: wakes when the files' usage has changed since the last poll.
+    async fn poll(&mut self) -> bool {
+        loop {
+            tokio::time::sleep(POLL_INTERVAL).await;
+            let usage = self
+                .files
+                .iter()
+                .filter_map(|f| f.metadata().ok())
+                .map(|m| disk_usage(&m))
+                .sum();
+            if usage != self.polled_usage {
+                self.polled_usage = usage;
+                self.state.send_modify(|s| s.generation += 1);
+                return self.over_limit();
+            }
+        }
+    }
+
+    /// Whether a file holds more than the limit: in bytes, or in disk blocks (a file's
+    /// blocks can outgrow its size, e.g. preallocated past its end).
     pub fn over_limit(&self) -> bool {
         let Some(limit) = self.limit else {
             return false;
         };
-        self.files
-            .iter()
-            .any(|f| f.metadata().map(|m| m.len() > limit).unwrap_or(false))
+        self.files.iter().any(|f| {
+            f.metadata()
+                .map(|m| disk_usage(&m) > limit)
+                .unwrap_or(false)
+        })
     }
 
     /// Makes the files final (cut at the limit), then wakes every stream for the last time.
@@ -454,9 +499,11 @@ impl CaptureWatch {
         let _ = tokio::task::spawn_blocking(move || {
             for f in &files {
                 if let Some(limit) = limit
-                    && f.metadata().map(|m| m.len() > limit).unwrap_or(false)
+                    && let Ok(m) = f.metadata()
+                    && disk_usage(&m) > limit
                 {
-                    let _ = f.set_len(limit);
+                    // Cutting a file also frees the blocks past its new end.
+                    let _ = f.set_len(m.len().min(limit));
                 }
             }
         })

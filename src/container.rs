@@ -49,6 +49,9 @@ struct Inner {
     identity: HostIdentity,
     unenforced_limits: UnenforcedLimits,
     warned_limits: std::sync::atomic::AtomicBool,
+    /// Set once the launcher is in the shared rootfs (long-lived sandboxes' init, and the
+    /// maker of user namespaces).
+    launcher_installed: tokio::sync::OnceCell<()>,
 }
 
 /// What to do with cgroup limits (memory, pids, CPU) that cannot be enforced: rootless, the
@@ -427,7 +430,7 @@ impl NamespaceContainer {
     pub fn render_spec(&self, config: &ContainerConfig) -> Result<crate::Spec, SandboxError> {
         config.validate()?;
         let id = config.id.clone().unwrap_or_else(new_id);
-        crate::spec::build(config, &self.inner.dirs.rootfs, &id, None, self.target())
+        crate::spec::build(config, &self.inner.dirs.rootfs, &id, None, &self.target())
     }
 
     /// The shared root filesystem.
@@ -449,7 +452,61 @@ impl NamespaceContainer {
         crate::spec::Target {
             runtime: self.inner.cli.kind,
             identity: self.inner.identity,
+            userns_path: None,
         }
+    }
+
+    /// Installs the launcher in the shared rootfs, once, and returns its path on the host.
+    pub(crate) async fn launcher(&self) -> Result<PathBuf, SandboxError> {
+        let rootfs = self.rootfs().to_path_buf();
+        let path = rootfs.join(crate::launcher::PATH_IN_ROOTFS);
+        self.inner
+            .launcher_installed
+            .get_or_try_init(|| async move {
+                tokio::task::spawn_blocking(move || {
+                    crate::launcher::install_blocking(&rootfs).map_err(|e| {
+                        SandboxError::io("installing the sandbox launcher", &rootfs, e)
+                    })
+                })
+                .await
+                .map_err(|e| SandboxError::Process {
+                    context: "installing the sandbox launcher",
+                    source: std::io::Error::other(e),
+                })?
+            })
+            .await?;
+        Ok(path)
+    }
+
+    /// As root, a user namespace of its own for a container that gets one (runc, crun): its
+    /// own id range, owned by the range's root.
+    async fn own_user_namespace(
+        &self,
+        config: &ContainerConfig,
+    ) -> Result<Option<crate::userns::UserNamespace>, SandboxError> {
+        let HostIdentity::Root { userns_base } = self.inner.identity else {
+            return Ok(None);
+        };
+        if self
+            .inner
+            .identity
+            .mapped_root(config, self.inner.cli.kind)
+            .is_none()
+        {
+            return Ok(None);
+        }
+        let launcher = self.launcher().await?;
+        let lease = tokio::task::spawn_blocking(move || {
+            crate::userns::IdRangeLease::acquire_blocking(userns_base)
+        })
+        .await
+        .map_err(|e| SandboxError::Process {
+            context: "leasing an id range",
+            source: std::io::Error::other(e),
+        })??;
+        crate::userns::UserNamespace::create(&launcher, lease)
+            .await
+            .map(Some)
     }
 
     /// True when this process is not root: the runtimes run rootless, the container's root is
@@ -510,19 +567,27 @@ impl NamespaceContainer {
     ) -> Result<(String, Bundle), SandboxError> {
         let id = config.id.clone().unwrap_or_else(new_id);
         self.check_limits(config)?;
+        config.validate()?;
+        let userns = self.own_user_namespace(config).await?;
         let config = config.clone();
         let dirs = self.inner.dirs.clone();
-        let target = self.target();
+        let mut target = self.target();
+        if let Some(ns) = &userns {
+            target.identity = HostIdentity::Root {
+                userns_base: ns.base(),
+            };
+            target.userns_path = Some(ns.path());
+        }
         // If this future is dropped while the closure runs, the closure still finishes and its
         // result (the bundle) is dropped, which removes the directory again.
         tokio::task::spawn_blocking(move || {
-            config.validate()?;
-            let spec = crate::spec::build(&config, &dirs.rootfs, &id, terminal, target)?;
+            let spec = crate::spec::build(&config, &dirs.rootfs, &id, terminal, &target)?;
             crate::bundle::ensure_mount_points(&dirs.rootfs, &config)?;
             target
                 .identity
                 .hand_over_writable_binds_blocking(&config, target.runtime)?;
-            let bundle = Bundle::create_blocking(dirs.bundle(&id), &id, spec)?;
+            let mut bundle = Bundle::create_blocking(dirs.bundle(&id), &id, spec)?;
+            bundle.userns = userns;
             Ok((id, bundle))
         })
         .await
@@ -835,6 +900,7 @@ impl NamespaceContainerBuilder {
                 identity,
                 unenforced_limits: self.unenforced_limits,
                 warned_limits: Default::default(),
+                launcher_installed: tokio::sync::OnceCell::new(),
             }),
         })
     }

@@ -139,17 +139,8 @@ impl NamespaceContainer {
     /// Cancel safe: a dropped future leaves no container, bundle or socket directory.
     pub async fn start(&self, config: &ContainerConfig) -> Result<Sandbox, SandboxError> {
         let id = config.id.clone().unwrap_or_else(crate::state::new_id);
-        let rootfs = self.rootfs().to_path_buf();
-        tokio::task::spawn_blocking(move || {
-            // Installed on the first start only: spawns never need it.
-            launcher::install_blocking(&rootfs)
-                .map_err(|e| SandboxError::io("installing the sandbox launcher", &rootfs, e))
-        })
-        .await
-        .map_err(|e| SandboxError::Process {
-            context: "installing the sandbox launcher",
-            source: std::io::Error::other(e),
-        })??;
+        // Installed on the first start only: spawns never need it.
+        self.launcher().await?;
         let (control, launcher_end) =
             ControlSocket::pair().map_err(|source| SandboxError::Process {
                 context: "opening the sandbox's control socket",

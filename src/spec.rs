@@ -26,10 +26,12 @@ const CPU_PERIOD_US: u64 = 100_000;
 pub(crate) const CGROUP_PARENT: &str = "/oci-sandbox";
 
 /// Where a spec is to run: which runtime, as whom.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub(crate) struct Target {
     pub runtime: OciRuntime,
     pub identity: HostIdentity,
+    /// A user namespace made beforehand for this container, joined instead of a new one.
+    pub userns_path: Option<std::path::PathBuf>,
 }
 
 /// Builds the spec for `config`, with `rootfs` as the root filesystem and `id` naming its
@@ -40,7 +42,7 @@ pub(crate) fn build(
     rootfs: &Path,
     id: &str,
     terminal: Option<(u16, u16)>,
-    target: Target,
+    target: &Target,
 ) -> Result<Spec, SandboxError> {
     let runtime = target.runtime;
     let mut args = Vec::with_capacity(config.args.len() + 1);
@@ -94,15 +96,25 @@ pub(crate) fn build(
         .env(env)
         .cwd(config.cwd.clone())
         .capabilities(capabilities)
-        .no_new_privileges(config.security.no_new_privileges)
-        .rlimits(vec![
+        .no_new_privileges(config.security.no_new_privileges);
+    // runc sets rlimits from outside (prlimit on the init), which needs CAP_SYS_RESOURCE over
+    // the init's user namespace: host root has it over namespaces it owns, not over one owned
+    // by the container's own range when it lacks the capability itself (as on the machines
+    // here). The init then keeps the runtime's limits.
+    let own_userns_on_runc = target.userns_path.is_some() && runtime == OciRuntime::Runc;
+    let process = if own_userns_on_runc {
+        // (The builder's default has an RLIMIT_NOFILE of its own.)
+        process.rlimits(Vec::new())
+    } else {
+        process.rlimits(vec![
             PosixRlimitBuilder::default()
                 .typ(PosixRlimitType::RlimitNofile)
                 .hard(1024u64)
                 .soft(1024u64)
                 .build()?,
         ])
-        .build()?;
+    }
+    .build()?;
 
     let mut mounts = get_default_mounts();
     if config.network == Network::Host {
@@ -181,7 +193,15 @@ pub(crate) fn build(
     }
     let namespaces = namespaces
         .into_iter()
-        .map(|typ| LinuxNamespaceBuilder::default().typ(typ).build())
+        .map(|typ| {
+            let mut ns = LinuxNamespaceBuilder::default().typ(typ);
+            if typ == LinuxNamespaceType::User
+                && let Some(path) = &target.userns_path
+            {
+                ns = ns.path(path.clone());
+            }
+            ns.build()
+        })
         .collect::<Result<Vec<_>, _>>()?;
 
     let mut resources = LinuxResourcesBuilder::default();
@@ -284,12 +304,13 @@ mod tests {
             identity: HostIdentity::Root {
                 userns_base: crate::userns::DEFAULT_USERNS_BASE,
             },
+            userns_path: None,
         }
     }
 
     fn spec_for(s: &SandboxConfig) -> Spec {
         let c = crate::config::from_policy(s, "echo".into(), vec!["hi".into()]);
-        build(&c, Path::new("/rootfs"), "c1", None, root(OciRuntime::Runc)).unwrap()
+        build(&c, Path::new("/rootfs"), "c1", None, &root(OciRuntime::Runc)).unwrap()
     }
 
     #[test]
@@ -365,7 +386,7 @@ mod tests {
     #[test]
     fn gvisor_gets_an_allowance_on_top_of_the_pids_limit() {
         let c = ContainerConfig::new("true", vec![]);
-        let spec = build(&c, Path::new("/r"), "c", None, root(OciRuntime::Gvisor)).unwrap();
+        let spec = build(&c, Path::new("/r"), "c", None, &root(OciRuntime::Gvisor)).unwrap();
         let limit = spec
             .linux()
             .as_ref()
@@ -386,7 +407,7 @@ mod tests {
         c.spec_hook = Some(crate::config::SpecHook::new(|s: &mut Spec| {
             s.set_hostname(Some("edited".into()));
         }));
-        let spec = build(&c, Path::new("/r"), "c", None, root(OciRuntime::Runc)).unwrap();
+        let spec = build(&c, Path::new("/r"), "c", None, &root(OciRuntime::Runc)).unwrap();
         assert_eq!(spec.hostname().as_deref(), Some("edited"));
     }
 
@@ -395,7 +416,7 @@ mod tests {
         let mut c = ContainerConfig::new("true", vec![]);
         c.security.capabilities = vec!["CAP_NOPE".into()];
         assert!(matches!(
-            build(&c, Path::new("/r"), "c", None, root(OciRuntime::Runc)),
+            build(&c, Path::new("/r"), "c", None, &root(OciRuntime::Runc)),
             Err(SandboxError::InvalidConfig { .. })
         ));
     }

@@ -72,6 +72,24 @@ impl StateDirs {
                 .map_err(|e| SandboxError::io("creating the state directory", dir, e))?;
         }
         crate::bundle::prepare_rootfs(&self.rootfs)?;
+        // Every container's root opens it, whatever its id range: readable by all (it holds
+        // links and a generated /etc, nothing secret), and the base dir traversable.
+        if let Some(base) = self.rootfs.parent() {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(base)
+                .map_err(|e| SandboxError::io("reading the state directory", base, e))?
+                .permissions()
+                .mode();
+            if mode & 0o011 != 0o011 {
+                std::fs::set_permissions(base, std::fs::Permissions::from_mode(mode | 0o011))
+                    .map_err(|e| SandboxError::io("opening the state directory", base, e))?;
+            }
+        }
+        std::fs::set_permissions(
+            &self.rootfs,
+            std::os::unix::fs::PermissionsExt::from_mode(0o755),
+        )
+        .map_err(|e| SandboxError::io("opening the rootfs to every id range", &self.rootfs, e))?;
         if let Some((uid, gid)) = self.rootfs_owner {
             crate::userns::chown_tree(&self.rootfs, uid, gid).map_err(|e| {
                 SandboxError::io("handing the rootfs to the user namespace", &self.rootfs, e)
@@ -151,7 +169,7 @@ fn start_time(pid: u32) -> Option<u64> {
 }
 
 /// Whether the process named by an owner string (`<pid>-<start time>`) is still running.
-fn owner_alive(owner: &str) -> bool {
+pub(crate) fn owner_alive(owner: &str) -> bool {
     let Some((pid, start)) = owner.split_once('-') else {
         return false;
     };
@@ -218,32 +236,9 @@ pub(crate) async fn sweep(cli: &RuntimeCli, dirs: &StateDirs) -> Result<Vec<Stri
         tracing::info!(runtime = %cli.kind, id, "sweeping a container left by a dead process");
         remove_container(cli, dirs, id, ContainerFlags::default(), true).await;
     }
-    let sandboxes = dirs.root.parent().map(|p| p.join("sandboxes"));
-    if let Some(sandboxes) = sandboxes {
-        let _ = tokio::task::spawn_blocking(move || sweep_socket_dirs_blocking(&sandboxes)).await;
-    }
+    // Their containers are gone: the dead owners' id ranges are free again.
+    let _ = tokio::task::spawn_blocking(crate::userns::sweep_leases_blocking).await;
     Ok(doomed)
-}
-
-/// Removes the launcher socket dirs (`<id>-XXXXXX`) of sandboxes whose owner is dead.
-fn sweep_socket_dirs_blocking(dir: &Path) {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return;
-    };
-    for e in entries.filter_map(Result::ok) {
-        let name = e.file_name().to_string_lossy().into_owned();
-        // `osb-<pid>-<start time>-<seq>-<random>`
-        let Some(rest) = name.strip_prefix(ID_PREFIX) else {
-            continue;
-        };
-        let mut parts = rest.splitn(3, '-');
-        let (Some(pid), Some(start)) = (parts.next(), parts.next()) else {
-            continue;
-        };
-        if !owner_alive(&format!("{pid}-{start}")) {
-            let _ = std::fs::remove_dir_all(e.path());
-        }
-    }
 }
 
 /// Ends container `id` and removes everything of it: the runtime's state, leftover processes

@@ -143,3 +143,154 @@ pub(crate) fn chown_tree(path: &Path, uid: u32, gid: u32) -> std::io::Result<()>
     }
     Ok(())
 }
+
+/// Where leases of host id ranges live: one file per range in use, machine-wide (every state
+/// root of every process draws from the same ranges), naming its owner for the crash sweep.
+const LEASE_DIR: &str = "/run/oci-sandbox-id-ranges";
+
+/// How many ranges are tried before giving up.
+const MAX_RANGES: u32 = 40_000;
+
+/// One container's own range of host ids (`base..base + USERNS_SIZE`), held until dropped.
+///
+/// Each container mapping to its own ids is what keeps per-user kernel limits per container:
+/// the 200 kernel keys of a uid, pipe buffers, fds in flight over unix sockets.
+#[derive(Debug)]
+pub(crate) struct IdRangeLease {
+    base: u32,
+    file: std::path::PathBuf,
+}
+
+impl IdRangeLease {
+    /// Leases the first free range at or above `first` (blocking: small files on a tmpfs).
+    pub fn acquire_blocking(first: u32) -> Result<Self, SandboxError> {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        /// Where this process looks first: just past its last lease.
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        let dir = Path::new(LEASE_DIR);
+        std::fs::create_dir_all(dir)
+            .map_err(|e| SandboxError::io("creating the id-range lease dir", dir, e))?;
+        let ranges = ((u32::MAX - first) / USERNS_SIZE).min(MAX_RANGES);
+        let start = NEXT.load(Ordering::Relaxed);
+        for k in (0..ranges).map(|i| (start + i) % ranges) {
+            let file = dir.join(k.to_string());
+            match std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&file)
+            {
+                Ok(mut f) => {
+                    use std::io::Write;
+                    NEXT.store((k + 1) % ranges, Ordering::Relaxed);
+                    let lease = IdRangeLease {
+                        base: first + k * USERNS_SIZE,
+                        file,
+                    };
+                    f.write_all(crate::state::self_owner().as_bytes())
+                        .map_err(|e| SandboxError::io("writing an id-range lease", dir, e))?;
+                    return Ok(lease);
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+                Err(e) => return Err(SandboxError::io("leasing an id range", file, e)),
+            }
+        }
+        Err(SandboxError::io(
+            "leasing an id range",
+            dir,
+            std::io::Error::other(format!("all {ranges} ranges are in use")),
+        ))
+    }
+
+    /// The first host id of the range: the container's root.
+    pub fn base(&self) -> u32 {
+        self.base
+    }
+}
+
+impl Drop for IdRangeLease {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.file);
+    }
+}
+
+/// Removes the leases of owners that are no longer alive (blocking). Called by the sweep after
+/// it has removed their containers.
+pub(crate) fn sweep_leases_blocking() {
+    let Ok(entries) = std::fs::read_dir(LEASE_DIR) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let owner = std::fs::read_to_string(entry.path()).unwrap_or_default();
+        // An empty lease is one being written: only a named owner can be dead.
+        if !owner.is_empty() && !crate::state::owner_alive(owner.trim()) {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
+}
+
+/// A user namespace made for one container and owned by its range's root, not by host root:
+/// the kernel charges per-user counts made inside (inotify instances, fanotify groups, POSIX
+/// message queue bytes) to the namespace's owner too, so with host root as the owner one
+/// container could exhaust host root's. runc and crun join it by path.
+#[derive(Debug)]
+pub(crate) struct UserNamespace {
+    fd: std::os::fd::OwnedFd,
+    lease: IdRangeLease,
+}
+
+impl UserNamespace {
+    /// Makes the namespace with the launcher's `userns` mode (a process of the range's root
+    /// that unshares and waits), maps the range into it and keeps it by an fd.
+    pub async fn create(launcher: &Path, lease: IdRangeLease) -> Result<Self, SandboxError> {
+        use tokio::io::{AsyncBufReadExt, BufReader};
+        const DEADLINE: std::time::Duration = std::time::Duration::from_secs(10);
+        let err = |source| SandboxError::Process {
+            context: "making the container's user namespace",
+            source,
+        };
+        let id = lease.base.to_string();
+        let mut holder = tokio::process::Command::new(launcher)
+            .args(["userns", &id, &id])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(err)?;
+        let pid = holder.id().ok_or_else(|| err(std::io::Error::other("no pid")))?;
+        let mut stdout = BufReader::new(holder.stdout.take().expect("piped"));
+        let mut line = String::new();
+        let ready = tokio::time::timeout(DEADLINE, stdout.read_line(&mut line)).await;
+        if !matches!(ready, Ok(Ok(_)) if line == "ready\n") {
+            let _ = holder.kill().await;
+            return Err(err(std::io::Error::other(
+                "the namespace holder did not come up",
+            )));
+        }
+        let base = lease.base;
+        let opened = tokio::task::spawn_blocking(move || {
+            let map = format!("0 {base} {USERNS_SIZE}\n");
+            std::fs::write(format!("/proc/{pid}/uid_map"), &map)?;
+            std::fs::write(format!("/proc/{pid}/gid_map"), &map)?;
+            std::fs::File::open(format!("/proc/{pid}/ns/user")).map(std::os::fd::OwnedFd::from)
+        })
+        .await
+        .map_err(|e| err(std::io::Error::other(e)))
+        .and_then(|r| r.map_err(err));
+        // Its job is done: the fd keeps the namespace.
+        drop(holder.stdin.take());
+        let _ = tokio::time::timeout(DEADLINE, holder.wait()).await;
+        Ok(UserNamespace { fd: opened?, lease })
+    }
+
+    /// A path to the namespace that the runtime (a child of this process, as root) can open.
+    pub fn path(&self) -> std::path::PathBuf {
+        use std::os::fd::AsRawFd;
+        format!("/proc/{}/fd/{}", std::process::id(), self.fd.as_raw_fd()).into()
+    }
+
+    /// The first host id of its range.
+    pub fn base(&self) -> u32 {
+        self.lease.base()
+    }
+}
