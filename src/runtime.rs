@@ -75,6 +75,7 @@ mod flag {
     pub const PLATFORM: &str = "--platform";
     pub const ROOTLESS: &str = "--rootless";
     pub const OCI_SECCOMP: &str = "--oci-seccomp";
+    pub const NO_NEW_KEYRING: &str = "--no-new-keyring";
 }
 
 /// One runtime subcommand and its own options.
@@ -134,7 +135,8 @@ impl Sub<'_> {
         }
     }
 
-    fn push_args(&self, argv: &mut Vec<OsString>) {
+    /// `no_new_keyring`: `run` and `create` keep the runtime's keyring (runc, crun).
+    fn push_args(&self, argv: &mut Vec<OsString>, no_new_keyring: bool) {
         fn opt(argv: &mut Vec<OsString>, name: &str, value: Option<&Path>) {
             if let Some(v) = value {
                 argv.push(name.into());
@@ -155,6 +157,9 @@ impl Sub<'_> {
                 }
                 opt(argv, flag::CONSOLE_SOCKET, console_socket);
                 opt(argv, flag::PID_FILE, pid_file);
+                if no_new_keyring {
+                    argv.push(flag::NO_NEW_KEYRING.into());
+                }
                 argv.push(id.into());
             }
             Sub::Create {
@@ -166,6 +171,9 @@ impl Sub<'_> {
                 argv.extend(["create".into(), flag::BUNDLE.into(), bundle.into()]);
                 opt(argv, flag::CONSOLE_SOCKET, console_socket);
                 opt(argv, flag::PID_FILE, pid_file);
+                if no_new_keyring {
+                    argv.push(flag::NO_NEW_KEYRING.into());
+                }
                 argv.push(id.into());
             }
             Sub::Start { id } => argv.extend(["start".into(), id.into()]),
@@ -268,7 +276,9 @@ impl RuntimeCli {
                 argv.push(flag::ROOTLESS.into());
             }
         }
-        sub.push_args(&mut argv);
+        // runc and crun would make each container a session keyring, charged against the
+        // 200 keys of its root's uid; the container has no use for one (keyctl is refused).
+        sub.push_args(&mut argv, self.kind != OciRuntime::Gvisor);
         argv
     }
 
@@ -576,6 +586,7 @@ mod tests {
                 "run",
                 "--bundle",
                 "/b",
+                "--no-new-keyring",
                 "c1"
             ]
         );
@@ -655,6 +666,7 @@ mod tests {
                 "/s",
                 "--pid-file",
                 "/p",
+                "--no-new-keyring",
                 "c"
             ]
         );
