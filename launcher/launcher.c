@@ -47,6 +47,7 @@
 #include <sys/ioctl.h>
 #include <sys/signalfd.h>
 #include <sys/prctl.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -55,6 +56,7 @@
 #include <unistd.h>
 
 #define MAX_CONNS 1024
+#define COMMAND_NOFILE 1024
 #define MAX_REQUEST (192 * 1024)
 #define MAX_ITEMS 8192
 
@@ -259,6 +261,9 @@ static int start(void) {
         sigemptyset(&none);
         sigprocmask(SIG_SETMASK, &none, NULL);
         setsid();
+        /* Every command gets the same fd limit, whatever the runtime left the launcher. */
+        struct rlimit fd_limit = {.rlim_cur = COMMAND_NOFILE, .rlim_max = COMMAND_NOFILE};
+        setrlimit(RLIMIT_NOFILE, &fd_limit);
         if (mode == 't') {
             /* The terminal becomes the new session's controlling terminal and its stdio.
                gVisor ignores TIOCSCTTY here; a session leader's open without O_NOCTTY

@@ -22,8 +22,9 @@ const READY_DEADLINE: Duration = Duration::from_secs(30);
 /// How long the launcher may take to fork and exec a command.
 const START_DEADLINE: Duration = Duration::from_secs(10);
 
-/// Commands that may run at once in one sandbox (the launcher's table holds 1024).
-pub const MAX_CONCURRENT_EXECS: usize = 1000;
+/// Commands that may run at once in one sandbox: the launcher holds an fd or two for each,
+/// within its own limit of 1024 (the default pids limit, 256, is lower still).
+pub const MAX_CONCURRENT_EXECS: usize = 480;
 
 /// One command to run in a [`Sandbox`]: like a [`ContainerConfig`]'s command, with its own
 /// environment additions, working directory, timeout and stdio.
