@@ -98,6 +98,27 @@ const UNSUPPORTED: &[&str] = &[
     "mq_getsetattr",
 ];
 
+/// System calls that take a file mode, and the index of the mode argument: a mode with the
+/// setuid or setgid bit is refused, so that no file a container writes into a host directory
+/// (a writable bind) is a set-id program for host users. (`openat2` carries its mode in a
+/// struct a filter cannot read: it fails with `ENOSYS` and libc falls back to `openat`.)
+const MODE_ARGUMENT: &[(&str, usize)] = &[
+    ("chmod", 1),
+    ("fchmod", 1),
+    ("fchmodat", 2),
+    ("fchmodat2", 2),
+    ("open", 2),
+    ("openat", 3),
+    ("creat", 1),
+    ("mkdir", 1),
+    ("mkdirat", 2),
+    ("mknod", 1),
+    ("mknodat", 2),
+];
+
+/// The set-id mode bits.
+const SET_ID_BITS: &[u64] = &[libc::S_ISUID as u64, libc::S_ISGID as u64];
+
 /// Socket families that a network namespace does not isolate: `AF_VSOCK` reaches the
 /// hypervisor and binds ports shared with the whole machine.
 const UNISOLATED_SOCKET_FAMILIES: &[u64] = &[libc::AF_VSOCK as u64];
@@ -146,6 +167,21 @@ pub(crate) fn default_profile() -> Result<LinuxSeccomp, SandboxError> {
         // `EOPNOTSUPP` makes libc's posix_fallocate write the bytes instead.
         errno_rule(&["fallocate"], libc::EOPNOTSUPP)?,
     ];
+    syscalls.push(errno_rule(&["openat2"], libc::ENOSYS)?);
+    for &(call, index) in MODE_ARGUMENT {
+        for &bit in SET_ID_BITS {
+            let mut rule = errno_rule(&[call], libc::EPERM)?;
+            rule.set_args(Some(vec![
+                LinuxSeccompArgBuilder::default()
+                    .index(index)
+                    .value(bit)
+                    .value_two(bit)
+                    .op(LinuxSeccompOperator::ScmpCmpMaskedEq)
+                    .build()?,
+            ]));
+            syscalls.push(rule);
+        }
+    }
     for &family in UNISOLATED_SOCKET_FAMILIES {
         for call in ["socket", "socketpair"] {
             let mut rule = errno_rule(&[call], libc::EAFNOSUPPORT)?;
@@ -222,6 +258,13 @@ mod tests {
             .filter(|r| r.names() == &["clone".to_owned()])
             .count();
         assert_eq!(clone_rules, CLONE_NAMESPACE_FLAGS.len());
+        for (call, _) in MODE_ARGUMENT {
+            let set_id_rules = rules
+                .iter()
+                .filter(|r| r.names() == &[(*call).to_owned()])
+                .count();
+            assert_eq!(set_id_rules, SET_ID_BITS.len(), "{call}");
+        }
         assert_eq!(profile.default_action(), LinuxSeccompAction::ScmpActAllow);
     }
 }
