@@ -73,7 +73,7 @@ impl Bundle {
 impl Drop for Bundle {
     fn drop(&mut self) {
         if let Some(dir) = self.dir.take() {
-            let _ = std::fs::remove_dir_all(dir);
+            let _ = crate::fs_tree::remove_tree_blocking(&dir);
         }
     }
 }

@@ -678,6 +678,8 @@ async fn check_platform_inner(
             ..SandboxConfig::default()
         };
         let mut config = NamespaceContainer::build_config(&policy, "/bin/true", vec![]);
+        // A name of its own (it runs no untrusted code), so that its leftovers can be found.
+        config.id = Some(format!("osb-probe-{}-{platform}", std::process::id()));
         config.stdin = Stdio::Null;
         config.stdout = Stdio::Null;
         config.stderr = Stdio::Null;
@@ -694,7 +696,8 @@ async fn check_platform_inner(
         }
     }
     .await;
-    let _ = tokio::fs::remove_dir_all(&probe_dir).await;
+    let _ =
+        tokio::task::spawn_blocking(move || crate::fs_tree::remove_tree_blocking(&probe_dir)).await;
     result
 }
 

@@ -1,20 +1,31 @@
 //! The library's own state on disk: one directory per runtime holding the runtime's `--root`
-//! and our bundles, container ids that name their owning process, and the sweep that removes
-//! what crashed processes left behind.
+//! and our bundles, random container ids, and the sweep that removes what crashed processes
+//! left behind.
+//!
+//! A container can read its own id (cgroup paths, mountinfo) and the host paths of its
+//! capture files (`readlink /proc/self/fd/1`), so neither names anything of the host: the
+//! owner of a container is recorded in its bundle, which stays on the host, and capture dirs
+//! carry a random per-process token whose liveness an abstract socket tells.
 
 use crate::userns::HostIdentity;
+use std::os::linux::net::SocketAddrExt;
+use std::os::unix::net::{SocketAddr, UnixDatagram};
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::error::SandboxError;
+use crate::fs_tree::remove_tree_blocking;
 use crate::runtime::{ContainerFlags, OciRuntime, RuntimeCli};
 
-/// The annotation in each bundle's `config.json` naming the process that owns the container.
+/// The annotation in each bundle's `config.json` naming the process that owns the container
+/// (`<pid>-<start time>`, see [`self_owner`]).
 pub(crate) const OWNER_ANNOTATION: &str = "dev.oci-sandbox.owner";
 
-/// Prefix of generated container ids: `osb-<pid>-<start time>-<sequence>`.
+/// Prefix of generated container ids: `osb-<16 random hex digits>`.
 const ID_PREFIX: &str = "osb-";
+
+/// Length of the random tokens in ids and capture dir names: 16 hex digits (64 bits).
+const TOKEN_LEN: usize = 16;
 
 /// The directories of one runtime under the library's base directory.
 #[derive(Debug, Clone)]
@@ -98,12 +109,13 @@ impl StateDirs {
         Ok(())
     }
 
+    /// The bundle directory of container `id`.
     pub fn bundle(&self, id: &str) -> PathBuf {
         self.bundles.join(id)
     }
 }
 
-/// This process's identity as written into ids and bundles: `<pid>-<start time>`.
+/// This process's identity as written into bundles: `<pid>-<start time>`.
 pub(crate) fn self_owner() -> &'static str {
     static OWNER: OnceLock<String> = OnceLock::new();
     OWNER.get_or_init(|| {
@@ -112,22 +124,73 @@ pub(crate) fn self_owner() -> &'static str {
     })
 }
 
-/// A new container id, unique on this machine: the owner and a per-process sequence number.
+/// A new container id, `osb-` and 16 random hex digits (64 bits: unique on this machine, and a
+/// collision in one state dir would be refused as a duplicate bundle), telling nothing about
+/// the host.
 pub(crate) fn new_id() -> String {
-    static SEQ: AtomicU64 = AtomicU64::new(0);
-    format!(
-        "{ID_PREFIX}{}-{}",
-        self_owner(),
-        SEQ.fetch_add(1, Ordering::Relaxed)
-    )
+    format!("{ID_PREFIX}{}", random_token())
 }
 
-/// Capture dirs are named `osb-capture-<owner>-<id>-<random>`, so that a sweep can tell
-/// whose they are without opening them.
+/// 16 random lowercase hex digits, from the kernel's CSPRNG.
+fn random_token() -> String {
+    let mut bytes = [0u8; TOKEN_LEN / 2];
+    // Up to 256 bytes come whole; only a signal while the kernel's pool is not yet initialised
+    // can interrupt the call.
+    // SAFETY: the pointer and length describe `bytes`.
+    while unsafe { libc::getrandom(bytes.as_mut_ptr().cast(), bytes.len(), 0) }
+        != bytes.len() as libc::ssize_t
+    {
+        let err = std::io::Error::last_os_error();
+        assert_eq!(
+            err.kind(),
+            std::io::ErrorKind::Interrupted,
+            "getrandom: {err}"
+        );
+    }
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Capture dirs are named `osb-capture-<token>-<id>-<random>`, with this process's
+/// [`capture_token`], so that a sweep can tell whose they are without opening them.
 const CAPTURE_PREFIX: &str = "osb-capture-";
 
+/// The name prefix of a capture dir of container `id`.
 pub(crate) fn capture_dir_prefix(id: &str) -> String {
-    format!("{CAPTURE_PREFIX}{}-{id}-", self_owner())
+    format!("{CAPTURE_PREFIX}{}-{id}-", capture_token())
+}
+
+/// This process's capture token: 16 random hex digits, and the abstract Unix socket named
+/// after it that the process holds while it lives, by which [`capture_token_alive`] tells.
+/// If no socket can be bound, a token that sweeps never take for a dead one.
+fn capture_token() -> &'static str {
+    static TOKEN: OnceLock<(String, Option<UnixDatagram>)> = OnceLock::new();
+    let (token, _socket) = TOKEN.get_or_init(|| {
+        let token = random_token();
+        let bound = SocketAddr::from_abstract_name(capture_socket_name(&token))
+            .and_then(|addr| UnixDatagram::bind_addr(&addr));
+        match bound {
+            Ok(socket) => (token, Some(socket)),
+            Err(err) => {
+                tracing::warn!(%err, "no capture owner socket: a crash would leave capture dirs");
+                ("unswept".to_owned(), None)
+            }
+        }
+    });
+    token
+}
+
+/// The abstract socket name of capture token `token`.
+fn capture_socket_name(token: &str) -> String {
+    format!("oci-sandbox/capture-owner/{token}")
+}
+
+/// Whether the process of capture token `token` may be alive: false only when nothing holds
+/// its socket. Abstract sockets belong to the network namespace: processes sharing a capture
+/// dir must share one.
+fn capture_token_alive(token: &str) -> bool {
+    let connected = SocketAddr::from_abstract_name(capture_socket_name(token))
+        .and_then(|addr| UnixDatagram::unbound()?.connect_addr(&addr));
+    !matches!(connected, Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused)
 }
 
 /// Removes the capture dirs in `dir` whose owner process is dead. Blocking.
@@ -138,26 +201,20 @@ pub(crate) fn sweep_capture_dirs_blocking(dir: &Path) -> usize {
     let mut removed = 0;
     for e in entries.filter_map(Result::ok) {
         let name = e.file_name().to_string_lossy().into_owned();
-        let Some(rest) = name.strip_prefix(CAPTURE_PREFIX) else {
+        // `osb-capture-<token>-...`
+        let Some(token) = name
+            .strip_prefix(CAPTURE_PREFIX)
+            .and_then(|rest| rest.split_once('-'))
+            .map(|(token, _)| token)
+            .filter(|t| t.len() == TOKEN_LEN && t.bytes().all(|b| b.is_ascii_hexdigit()))
+        else {
             continue;
         };
-        // `<pid>-<start time>-...`
-        let mut parts = rest.splitn(3, '-');
-        let (Some(pid), Some(start)) = (parts.next(), parts.next()) else {
-            continue;
-        };
-        if !owner_alive(&format!("{pid}-{start}")) && std::fs::remove_dir_all(e.path()).is_ok() {
+        if !capture_token_alive(token) && remove_tree_blocking(&e.path()).is_ok() {
             removed += 1;
         }
     }
     removed
-}
-
-/// The owner encoded in a generated id, if it is one.
-fn owner_of_generated_id(id: &str) -> Option<&str> {
-    let rest = id.strip_prefix(ID_PREFIX)?;
-    let (owner, _seq) = rest.rsplit_once('-')?;
-    Some(owner)
 }
 
 /// The start time (field 22 of `/proc/<pid>/stat`, clock ticks since boot) of a process.
@@ -169,6 +226,7 @@ fn start_time(pid: u32) -> Option<u64> {
 }
 
 /// Whether the process named by an owner string (`<pid>-<start time>`) is still running.
+/// Pids belong to the pid namespace: processes sharing a state dir must share one.
 pub(crate) fn owner_alive(owner: &str) -> bool {
     let Some((pid, start)) = owner.split_once('-') else {
         return false;
@@ -192,6 +250,9 @@ fn bundle_owner(bundle: &Path) -> Option<String> {
 /// Removes everything that containers of dead owners left in this runtime's state: the
 /// containers themselves, their bundles and their cgroups. Containers of live processes
 /// (this one included) are not touched. Returns the ids that were removed.
+///
+/// The owner of a container is the one its bundle names: containers, made after their
+/// bundle and removed before it, are doomed with a dead owner's bundle or without one.
 pub(crate) async fn sweep(cli: &RuntimeCli, dirs: &StateDirs) -> Result<Vec<String>, SandboxError> {
     let bundles = dirs.bundles.clone();
     let dead_bundles: Vec<String> = tokio::task::spawn_blocking(move || {
@@ -202,15 +263,10 @@ pub(crate) async fn sweep(cli: &RuntimeCli, dirs: &StateDirs) -> Result<Vec<Stri
             .filter_map(Result::ok)
             .filter_map(|e| {
                 let id = e.file_name().into_string().ok()?;
-                let owner = bundle_owner(&e.path())
-                    .or_else(|| owner_of_generated_id(&id).map(str::to_owned));
-                match owner {
-                    Some(o) if owner_alive(&o) => None,
-                    // A bundle without a readable owner may be one being written right now by
-                    // a live process; leave it unless its id names a dead owner.
-                    None => None,
-                    Some(_) => Some(id),
-                }
+                // A bundle without a readable owner may be one being written right now by a
+                // live process: leave it.
+                let owner = bundle_owner(&e.path())?;
+                (!owner_alive(&owner)).then_some(id)
             })
             .collect()
     })
@@ -227,8 +283,7 @@ pub(crate) async fn sweep(cli: &RuntimeCli, dirs: &StateDirs) -> Result<Vec<Stri
         let bundle_missing = !tokio::fs::try_exists(dirs.bundle(&id))
             .await
             .unwrap_or(true);
-        let dead_generated = owner_of_generated_id(&id).is_some_and(|o| !owner_alive(o));
-        if bundle_missing || dead_generated {
+        if bundle_missing {
             doomed.push(id);
         }
     }
@@ -284,7 +339,7 @@ pub(crate) fn remove_leftovers_blocking(root: &Path, id: &str, bundle: &Path) {
     crate::reaper::reap_container_init_blocking(&bundle.join(crate::bundle::PID_FILE));
     crate::cgroup::reap_blocking(id);
     remove_runtime_state_blocking(root, id);
-    let _ = std::fs::remove_dir_all(bundle);
+    let _ = remove_tree_blocking(bundle);
 }
 
 /// Removes what a runtime keeps of container `id` in its root, once the container is gone:
@@ -292,7 +347,7 @@ pub(crate) fn remove_leftovers_blocking(root: &Path, id: &str, bundle: &Path) {
 /// (which an interrupted runsc leaves behind; a root container's sandbox has its id). Blocking;
 /// a few syscalls whatever the number of containers in the root.
 pub(crate) fn remove_runtime_state_blocking(root: &Path, id: &str) {
-    let _ = std::fs::remove_dir_all(root.join(id));
+    let _ = remove_tree_blocking(&root.join(id));
     for suffix in ["state", "lock"] {
         let _ = std::fs::remove_file(root.join(format!("{id}_sandbox:{id}.{suffix}")));
     }
@@ -303,13 +358,19 @@ mod tests {
     use super::*;
 
     #[test]
-    fn generated_ids_name_a_live_owner() {
+    fn generated_ids_are_random_and_name_nothing_of_the_host() {
         let id = new_id();
-        let owner = owner_of_generated_id(&id).unwrap();
-        assert_eq!(owner, self_owner());
-        assert!(owner_alive(owner));
+        let token = id.strip_prefix(ID_PREFIX).unwrap();
+        assert_eq!(token.len(), TOKEN_LEN);
+        assert!(
+            token
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        );
+        assert!(!id.contains(&std::process::id().to_string()));
         assert!(crate::config::validate_id(&id).is_ok());
         assert_ne!(new_id(), new_id());
+        assert!(owner_alive(self_owner()));
     }
 
     #[test]
@@ -318,6 +379,27 @@ mod tests {
         assert!(!owner_alive("garbage"));
         let pid = std::process::id();
         assert!(!owner_alive(&format!("{pid}-1")));
-        assert_eq!(owner_of_generated_id("user-given"), None);
+    }
+
+    #[test]
+    fn capture_dirs_of_live_tokens_stay_and_of_dead_ones_go() {
+        let prefix = capture_dir_prefix("osb-0123456789abcdef");
+        assert!(!prefix.contains(&std::process::id().to_string()));
+        assert!(capture_token_alive(capture_token()));
+        let dead = random_token();
+        assert!(!capture_token_alive(&dead));
+
+        let tmp = tempfile::tempdir().unwrap();
+        let mine = tmp.path().join(format!("{prefix}abc"));
+        let theirs = tmp
+            .path()
+            .join(format!("{CAPTURE_PREFIX}{dead}-user-id-abc"));
+        let other = tmp.path().join("osb-capture-garbage-id-abc");
+        for d in [&mine, &theirs, &other] {
+            std::fs::create_dir(d).unwrap();
+            std::fs::write(d.join("stdout"), b"x").unwrap();
+        }
+        assert_eq!(sweep_capture_dirs_blocking(tmp.path()), 1);
+        assert!(mine.exists() && other.exists() && !theirs.exists());
     }
 }

@@ -109,7 +109,8 @@ async fn an_explicit_kvm_fails_within_its_deadline_and_leaves_nothing() {
             .all(|e| !e.to_string_lossy().starts_with("probe-")),
         "{entries:?}"
     );
-    let prefix = format!("osb-{}-", std::process::id());
+    // The probe's container is named after this process and the platform.
+    let prefix = format!("osb-probe-{}-", std::process::id());
     for h in std::fs::read_dir("/sys/fs/cgroup")
         .unwrap()
         .filter_map(Result::ok)
