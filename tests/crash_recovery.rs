@@ -143,8 +143,28 @@ async fn sweep_removes_what_a_killed_process_left() {
         );
         assert!(state.path().join("runc/bundles").join(id).exists());
     }
-    // The exec'd sleep is gone already: its connection closed with the crashed process, and
-    // the sandbox's launcher kills a command whose connection closes. The launcher lives on.
+    // The long-lived sandbox died with its owner, within a second: its launcher read the end
+    // of its control socket and killed everything in the container, the exec'd sleep with it.
+    let long_lived = &ids[3];
+    let deadline = Instant::now() + Duration::from_secs(1);
+    loop {
+        let state = std::process::Command::new("runc")
+            .arg("--root")
+            .arg(&root)
+            .args(["state", long_lived])
+            .output()
+            .unwrap();
+        let state = String::from_utf8_lossy(&state.stdout).into_owned();
+        if state.contains("\"status\": \"stopped\"") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the sandbox outlived its owner by a second: {state}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // The three spawned containers have no launcher yet: they wait for the sweep.
     assert!(count_processes(MARKER) >= 3);
 
     let sandbox = builder(state.path()).build().await.unwrap();
