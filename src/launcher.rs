@@ -98,7 +98,12 @@ impl ControlSocket {
     /// A new control socket and the end that becomes the container's stdin.
     pub fn pair() -> io::Result<(Self, OwnedFd)> {
         let (ours, theirs) = seqpacket_pair()?;
-        Ok((ControlSocket { fd: register(ours)? }, theirs))
+        Ok((
+            ControlSocket {
+                fd: register(ours)?,
+            },
+            theirs,
+        ))
     }
 
     /// Waits for the launcher's "ready" (the caller puts a deadline on it).
@@ -148,7 +153,9 @@ impl ControlSocket {
         }
         // The launcher's end is in flight now: ours must not keep it open.
         drop(theirs);
-        Ok(Connection { fd: register(ours)? })
+        Ok(Connection {
+            fd: register(ours)?,
+        })
     }
 }
 

@@ -368,12 +368,12 @@ impl Sandbox {
                 .await
                 .unwrap_or(0)
         };
-        let slot = Arc::clone(&self.inner.slots).try_acquire_owned().map_err(|_| {
-            SandboxError::TooManyExecs {
+        let slot = Arc::clone(&self.inner.slots)
+            .try_acquire_owned()
+            .map_err(|_| SandboxError::TooManyExecs {
                 id: id.clone(),
                 limit: MAX_CONCURRENT_EXECS,
-            }
-        })?;
+            })?;
         let request = self.inner.control.request(&cwd, &argv, &env, stdio);
         let conn = match tokio::time::timeout(START_DEADLINE, request).await {
             Ok(Ok(conn)) => conn,

@@ -310,7 +310,14 @@ mod tests {
 
     fn spec_for(s: &SandboxConfig) -> Spec {
         let c = crate::config::from_policy(s, "echo".into(), vec!["hi".into()]);
-        build(&c, Path::new("/rootfs"), "c1", None, &root(OciRuntime::Runc)).unwrap()
+        build(
+            &c,
+            Path::new("/rootfs"),
+            "c1",
+            None,
+            &root(OciRuntime::Runc),
+        )
+        .unwrap()
     }
 
     #[test]
@@ -342,7 +349,14 @@ mod tests {
                 .any(|p| p == "/proc/kcore")
         );
         for host in HOST_IDENTIFYING_PATHS {
-            assert!(linux.masked_paths().as_ref().unwrap().iter().any(|p| p == host));
+            assert!(
+                linux
+                    .masked_paths()
+                    .as_ref()
+                    .unwrap()
+                    .iter()
+                    .any(|p| p == host)
+            );
         }
         let res = linux.resources().as_ref().unwrap();
         assert_eq!(res.pids().as_ref().unwrap().limit(), 256);

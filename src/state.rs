@@ -102,7 +102,7 @@ impl StateDirs {
         )
         .map_err(|e| SandboxError::io("opening the rootfs to every id range", &self.rootfs, e))?;
         if let Some((uid, gid)) = self.rootfs_owner {
-            crate::userns::chown_tree(&self.rootfs, uid, gid).map_err(|e| {
+            crate::fs_tree::chown_tree_blocking(&self.rootfs, uid, gid).map_err(|e| {
                 SandboxError::io("handing the rootfs to the user namespace", &self.rootfs, e)
             })?;
         }

@@ -1,7 +1,6 @@
 //! Who the containers are on the host: with root, a user namespace maps the container's ids
 //! to an unprivileged range; without root (rootless), the container's root is the caller.
 
-use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
 use oci_spec::runtime::{LinuxIdMapping, LinuxIdMappingBuilder};
@@ -117,7 +116,7 @@ impl HostIdentity {
                 writable: true,
             } = &m.kind
             {
-                chown_tree(source, uid, gid).map_err(|e| {
+                crate::fs_tree::chown_tree_blocking(source, uid, gid).map_err(|e| {
                     SandboxError::io(
                         "handing a writable bind to the container's user namespace",
                         source,
@@ -128,20 +127,6 @@ impl HostIdentity {
         }
         Ok(())
     }
-}
-
-/// `lchown -R` that skips what is already owned right and never follows a link.
-pub(crate) fn chown_tree(path: &Path, uid: u32, gid: u32) -> std::io::Result<()> {
-    let meta = path.symlink_metadata()?;
-    if meta.uid() != uid || meta.gid() != gid {
-        std::os::unix::fs::lchown(path, Some(uid), Some(gid))?;
-    }
-    if meta.is_dir() {
-        for entry in std::fs::read_dir(path)? {
-            chown_tree(&entry?.path(), uid, gid)?;
-        }
-    }
-    Ok(())
 }
 
 /// Where leases of host id ranges live: one file per range in use, machine-wide (every state
@@ -257,7 +242,9 @@ impl UserNamespace {
             .kill_on_drop(true)
             .spawn()
             .map_err(err)?;
-        let pid = holder.id().ok_or_else(|| err(std::io::Error::other("no pid")))?;
+        let pid = holder
+            .id()
+            .ok_or_else(|| err(std::io::Error::other("no pid")))?;
         let mut stdout = BufReader::new(holder.stdout.take().expect("piped"));
         let mut line = String::new();
         let ready = tokio::time::timeout(DEADLINE, stdout.read_line(&mut line)).await;

@@ -690,7 +690,10 @@ async fn container_root_is_not_host_root(kind: OciRuntime) {
     assert_eq!(map[0], 0);
     assert_eq!(map[2], u64::from(USERNS_SIZE));
     assert!(base >= u64::from(DEFAULT_USERNS_BASE), "{map:?}");
-    assert_eq!((base - u64::from(DEFAULT_USERNS_BASE)) % u64::from(USERNS_SIZE), 0);
+    assert_eq!(
+        (base - u64::from(DEFAULT_USERNS_BASE)) % u64::from(USERNS_SIZE),
+        0
+    );
     assert!(out.stdout.contains("Seccomp:\t2"), "{}", out.stdout);
     assert!(
         out.stdout.contains("CapEff:\t0000000000000000"),
