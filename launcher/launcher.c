@@ -64,6 +64,7 @@ struct conn {
     int fd;
     pid_t pid;      /* 0 until started */
     int controller; /* a relayed terminal's controller (for resizes), or -1 */
+    pid_t relayer;  /* the relay of that terminal, or 0 */
 };
 
 static struct conn conns[MAX_CONNS];
@@ -111,13 +112,38 @@ static int to_terminal(int controller, const char *buf, ssize_t len) {
     return write_all(controller, buf + from, len - from);
 }
 
-/* Copies between the host's stream and a terminal controller until either side ends (the
-   controller reads EIO once the command and everything it started have let go of it). */
+static volatile sig_atomic_t relay_ending;
+
+static void end_relay(int sig) {
+    (void)sig;
+    relay_ending = 1;
+}
+
+/* Copies between the host's stream and a terminal controller until either side ends, or
+   until the launcher says the command has exited (SIGTERM): then what the terminal still
+   holds is copied and the relay ends, so the host reads end of file. (gVisor's PTY does not
+   report a hang-up when the last replica closes.) */
 static void relay(int host, int controller) {
     static char buf[65536];
+    struct sigaction sa = {.sa_handler = end_relay};
+    sigaction(SIGTERM, &sa, NULL);
+    sigset_t term, waiting;
+    sigemptyset(&term);
+    sigaddset(&term, SIGTERM);
+    sigprocmask(SIG_BLOCK, &term, &waiting);
+    sigdelset(&waiting, SIGTERM);
     struct pollfd p[2] = {{.fd = host, .events = POLLIN}, {.fd = controller, .events = POLLIN}};
     for (;;) {
-        if (poll(p, 2, -1) < 0) {
+        if (relay_ending) {
+            fcntl(controller, F_SETFL, fcntl(controller, F_GETFL) | O_NONBLOCK);
+            ssize_t n;
+            while ((n = read(controller, buf, sizeof buf)) > 0) {
+                if (write_all(host, buf, n) < 0) break;
+            }
+            _exit(0);
+        }
+        /* SIGTERM is let in only while waiting: it cannot slip between the check and here. */
+        if (ppoll(p, 2, NULL, &waiting) < 0) {
             if (errno == EINTR) continue;
             _exit(0);
         }
@@ -194,13 +220,14 @@ static int start(void) {
         return 0;
     }
     int i = nconns++;
-    conns[i] = (struct conn){.fd = fd, .pid = 0, .controller = -1};
+    conns[i] = (struct conn){.fd = fd, .pid = 0, .controller = -1, .relayer = 0};
     static char *items[MAX_ITEMS + 1];
     int n = split(request, (size_t)len, items, MAX_ITEMS);
     int ok = (msg.msg_flags & (MSG_TRUNC | MSG_CTRUNC)) == 0 && n >= 4 && items[0][0] == 'R';
     char mode = ok ? items[0][1] : 0;
     int argc = ok ? atoi(items[2]) : 0;
-    ok = ok && (mode == 'p' ? nfds == 3 : mode == 't' && nfds == 1) && argc > 0 && 3 + argc < n;
+    int want = mode == 'p' ? 3 : mode == 't' ? 1 : mode == 'T' ? 0 : -1;
+    ok = ok && nfds == want && argc > 0 && 3 + argc < n;
     int envc = ok ? atoi(items[3 + argc]) : 0;
     ok = ok && 4 + argc + envc == n;
     if (!ok) {
@@ -213,7 +240,7 @@ static int start(void) {
        a PTY of this kernel's and relay between it and the stream the host gave. */
     int controller = -1;
     char pts_path[64] = "";
-    if (mode == 't' && !isatty(fds[0])) {
+    if ((mode == 't' && !isatty(fds[0])) || mode == 'T') {
         /* The replica is opened only by the command, after setsid(): opened here (a session
            leader) it could become the launcher's controlling terminal under gVisor. */
         controller = posix_openpt(O_RDWR | O_NOCTTY | O_CLOEXEC);
@@ -222,13 +249,37 @@ static int start(void) {
             snprintf(text, sizeof text, "E %d", errno);
             reply(fd, text);
             if (controller >= 0) close(controller);
-            close(fds[0]);
+            close_fds(fds, nfds);
             drop_conn(i);
             return 0;
         }
         snprintf(pts_path, sizeof pts_path, "%s", ptsname(controller));
         struct winsize ws = {.ws_row = 24, .ws_col = 80};
         ioctl(controller, TIOCSWINSZ, &ws);
+    }
+    if (mode == 'T') {
+        /* A PTY of the container's own devpts (so that `tty` names it): the host gets the
+           controller and keeps it; the launcher lets go of it. */
+        struct iovec piov = {.iov_base = "P", .iov_len = 1};
+        char pcontrol[CMSG_SPACE(sizeof(int))];
+        memset(pcontrol, 0, sizeof pcontrol);
+        struct msghdr pmsg = {.msg_iov = &piov,
+                              .msg_iovlen = 1,
+                              .msg_control = pcontrol,
+                              .msg_controllen = sizeof pcontrol};
+        struct cmsghdr *c = CMSG_FIRSTHDR(&pmsg);
+        c->cmsg_level = SOL_SOCKET;
+        c->cmsg_type = SCM_RIGHTS;
+        c->cmsg_len = CMSG_LEN(sizeof(int));
+        memcpy(CMSG_DATA(c), &controller, sizeof(int));
+        int sent = sendmsg(fd, &pmsg, MSG_NOSIGNAL);
+        close(controller);
+        controller = -1;
+        if (sent < 0) {
+            drop_conn(i);
+            return 0;
+        }
+    } else if (controller >= 0) {
         pid_t relayer = fork();
         if (relayer == 0) {
             /* Only the two ends stay open here, so that closing them elsewhere is seen. */
@@ -239,6 +290,7 @@ static int start(void) {
             }
             relay(fds[0], controller);
         }
+        conns[i].relayer = relayer;
         close(fds[0]);
         fds[0] = -1;
     }
@@ -264,7 +316,7 @@ static int start(void) {
         /* Every command gets the same fd limit, whatever the runtime left the launcher. */
         struct rlimit fd_limit = {.rlim_cur = COMMAND_NOFILE, .rlim_max = COMMAND_NOFILE};
         setrlimit(RLIMIT_NOFILE, &fd_limit);
-        if (mode == 't') {
+        if (mode == 't' || mode == 'T') {
             /* The terminal becomes the new session's controlling terminal and its stdio.
                gVisor ignores TIOCSCTTY here; a session leader's open without O_NOCTTY
                makes it the controlling terminal there too. */
@@ -340,6 +392,8 @@ static void reap(void) {
         for (int i = 0; i < nconns; i++) {
             if (conns[i].pid == pid) {
                 char text[32];
+                /* The relay copies what the terminal still holds, then ends the stream. */
+                if (conns[i].relayer > 0) kill(conns[i].relayer, SIGTERM);
                 snprintf(text, sizeof text, "X %d", status);
                 reply(conns[i].fd, text);
                 drop_conn(i);

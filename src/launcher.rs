@@ -8,11 +8,12 @@
 //! is the caller's own (the command's run time).
 
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::path::Path;
 
 use nix::sys::socket::{
-    AddressFamily, ControlMessage, MsgFlags, SockFlag, SockType, recvmsg, sendmsg, socketpair,
+    AddressFamily, ControlMessage, ControlMessageOwned, MsgFlags, SockFlag, SockType, recvmsg,
+    sendmsg, socketpair,
 };
 use tokio::io::unix::AsyncFd;
 
@@ -50,6 +51,9 @@ pub(crate) enum Stdio {
     Fds([RawFd; 3]),
     /// A PTY's terminal end: the command's controlling terminal and stdio.
     Terminal(RawFd),
+    /// A PTY the launcher makes in the container's own devpts (so that `tty` names it); its
+    /// controller comes back with [`Connection::terminal`].
+    OwnTerminal,
 }
 
 /// What the launcher answered to a request.
@@ -135,6 +139,7 @@ impl ControlSocket {
         match stdio {
             Stdio::Fds(stdio) => fds.extend_from_slice(&stdio),
             Stdio::Terminal(fd) => fds.push(fd),
+            Stdio::OwnTerminal => {}
         }
         loop {
             let mut guard = self.fd.writable().await?;
@@ -169,6 +174,7 @@ fn encode_request(
     msg.extend_from_slice(match stdio {
         Stdio::Fds(_) => b"Rp\0",
         Stdio::Terminal(_) => b"Rt\0",
+        Stdio::OwnTerminal => b"RT\0",
     });
     msg.extend_from_slice(cwd.as_os_str().as_encoded_bytes());
     msg.push(0);
@@ -203,6 +209,19 @@ impl Connection {
     /// Receives one reply; `None` when the launcher closed the channel.
     pub async fn receive(&self) -> io::Result<Option<String>> {
         receive(&self.fd).await
+    }
+
+    /// Receives the controller of the PTY the launcher made (after an [`Stdio::OwnTerminal`]
+    /// request): a "P" record with exactly one fd, which must be a terminal. An "E" record
+    /// instead is the start failure, for [`started`](Self::started) to report.
+    pub async fn terminal(&self) -> io::Result<Result<OwnedFd, Started>> {
+        loop {
+            let mut guard = self.fd.readable().await?;
+            match guard.try_io(|fd| receive_terminal_now(fd.get_ref().as_raw_fd())) {
+                Ok(r) => return r,
+                Err(_would_block) => continue,
+            }
+        }
     }
 
     /// Waits for the start reply.
@@ -271,6 +290,40 @@ fn receive_now(fd: RawFd) -> io::Result<Option<String>> {
     std::str::from_utf8(&buf[..len])
         .map(|text| Some(text.to_owned()))
         .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "a reply that is not text"))
+}
+
+/// One "P" record carrying one terminal fd. Whatever else arrives is closed (a control buffer
+/// for one fd: more are dropped by the kernel and flagged `MSG_CTRUNC`).
+fn receive_terminal_now(fd: RawFd) -> io::Result<Result<OwnedFd, Started>> {
+    let mut buf = [0u8; MAX_REPLY];
+    let mut space = nix::cmsg_space!(RawFd);
+    let mut iov = [io::IoSliceMut::new(&mut buf)];
+    let msg = recvmsg::<()>(fd, &mut iov, Some(&mut space), MsgFlags::MSG_CMSG_CLOEXEC)?;
+    let (len, flags) = (msg.bytes, msg.flags);
+    let mut passed = Vec::new();
+    // Collected before anything can return early, so that every fd that arrived is closed.
+    if let Ok(cmsgs) = msg.cmsgs() {
+        for c in cmsgs {
+            if let ControlMessageOwned::ScmRights(fds) = c {
+                // SAFETY: the kernel just installed these fds in this process; we own them.
+                passed.extend(fds.into_iter().map(|raw| unsafe { OwnedFd::from_raw_fd(raw) }));
+            }
+        }
+    }
+    let text = std::str::from_utf8(&buf[..len]).unwrap_or("");
+    if let Some(errno) = text.strip_prefix("E ") {
+        return Ok(Err(Started::Failed(errno.trim().parse().unwrap_or(libc::EINVAL))));
+    }
+    let bad = |why: &str| io::Error::new(io::ErrorKind::InvalidData, why.to_owned());
+    if flags.intersects(MsgFlags::MSG_TRUNC | MsgFlags::MSG_CTRUNC) || text != "P" {
+        return Err(bad("the launcher's terminal reply is malformed"));
+    }
+    match passed.pop() {
+        Some(controller) if passed.is_empty() && nix::unistd::isatty(&controller).unwrap_or(false) => {
+            Ok(Ok(controller))
+        }
+        _ => Err(bad("the launcher's terminal reply carries no terminal")),
+    }
 }
 
 /// A `waitpid` status as the launcher reports it (`X <wstatus>`).

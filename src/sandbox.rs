@@ -222,7 +222,7 @@ impl Sandbox {
             theirs[1].as_raw_fd(),
             theirs[2].as_raw_fd(),
         ];
-        let supervised = self
+        let (supervised, _) = self
             .run(exec, launcher::Stdio::Fds(fds), None, theirs)
             .await?;
         let [stdin, stdout, stderr] = ours;
@@ -283,7 +283,7 @@ impl Sandbox {
             output,
             watch,
         } = files;
-        let supervised = self
+        let (supervised, _) = self
             .run(
                 exec,
                 launcher::Stdio::Fds(fds),
@@ -302,49 +302,43 @@ impl Sandbox {
     /// Those of [`exec`](Self::exec).
     pub async fn exec_interactive(&self, exec: &ExecConfig) -> Result<PtySession, SandboxError> {
         const SIZE: (u16, u16) = (80, 24);
-        let (controller, terminal) = if self.inner.container.cli.kind == crate::OciRuntime::Gvisor {
-            // gVisor cannot make a host PTY its own terminal: the launcher makes one in the
-            // sandbox and relays it over a stream socket, which stands in for the controller.
-            nix::sys::socket::socketpair(
-                nix::sys::socket::AddressFamily::Unix,
-                nix::sys::socket::SockType::Stream,
-                None,
-                nix::sys::socket::SockFlag::SOCK_CLOEXEC,
-            )
-            .map_err(|e| SandboxError::Process {
-                context: "opening the terminal's socket pair",
-                source: e.into(),
-            })?
-        } else {
-            // The host's PTY: its terminal end becomes the command's controlling terminal.
-            let size = nix::pty::Winsize {
-                ws_col: SIZE.0,
-                ws_row: SIZE.1,
-                ws_xpixel: 0,
-                ws_ypixel: 0,
-            };
-            let pty = nix::pty::openpty(Some(&size), None).map_err(|e| SandboxError::Process {
-                context: "opening a PTY",
-                source: e.into(),
-            })?;
-            for fd in [&pty.master, &pty.slave] {
-                let _ = nix::fcntl::fcntl(
-                    fd,
-                    nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
-                );
-            }
-            (pty.master, pty.slave)
+        // A terminal's programs expect TERM.
+        let mut exec = exec.clone();
+        if !exec.env.iter().any(|(k, _)| k == "TERM")
+            && !self.inner.config.env.iter().any(|(k, _)| k == "TERM")
+        {
+            exec.env.push(("TERM".into(), "xterm".into()));
+        }
+        let setup_err = |source| SandboxError::Process {
+            context: "setting up the PTY",
+            source,
         };
+        if self.inner.container.cli.kind != crate::OciRuntime::Gvisor {
+            // The launcher makes the PTY in the container's own devpts (so that `tty` names
+            // it) and hands the controller over.
+            let (supervised, controller) = self
+                .run(&exec, launcher::Stdio::OwnTerminal, None, [])
+                .await?;
+            let controller = controller.expect("an own-terminal start returns its controller");
+            return PtySession::from_controller(controller, supervised, SIZE).map_err(setup_err);
+        }
+        // gVisor cannot hand a PTY of its kernel to the host: the launcher makes one and
+        // relays it over a stream socket, which stands in for the controller.
+        let (controller, terminal) = nix::sys::socket::socketpair(
+            nix::sys::socket::AddressFamily::Unix,
+            nix::sys::socket::SockType::Stream,
+            None,
+            nix::sys::socket::SockFlag::SOCK_CLOEXEC,
+        )
+        .map_err(|e| SandboxError::Process {
+            context: "opening the terminal's socket pair",
+            source: e.into(),
+        })?;
         let raw = terminal.as_raw_fd();
-        let supervised = self
-            .run(exec, launcher::Stdio::Terminal(raw), None, [terminal])
+        let (supervised, _) = self
+            .run(&exec, launcher::Stdio::Terminal(raw), None, [terminal])
             .await?;
-        PtySession::from_controller(controller, supervised, SIZE).map_err(|source| {
-            SandboxError::Process {
-                context: "setting up the PTY",
-                source,
-            }
-        })
+        PtySession::from_controller(controller, supervised, SIZE).map_err(setup_err)
     }
 
     /// Sends the request, waits for the start, and hands the command to its supervisor.
@@ -355,7 +349,8 @@ impl Sandbox {
         stdio: launcher::Stdio,
         capture: Option<crate::capture::CaptureWatch>,
         keep: [OwnedFd; N],
-    ) -> Result<Supervised, SandboxError> {
+    ) -> Result<(Supervised, Option<OwnedFd>), SandboxError> {
+        let own_terminal = matches!(stdio, launcher::Stdio::OwnTerminal);
         let (argv, env, cwd) = self.resolve(exec)?;
         self.check_alive()?;
         let id = self.id().to_owned();
@@ -395,17 +390,29 @@ impl Sandbox {
         };
         // The launcher answers within a fork and an exec; a deadline keeps a wedged sandbox
         // from hanging the caller.
-        let started = tokio::time::timeout(START_DEADLINE, conn.started()).await;
+        let start = async {
+            // A PTY the launcher made: its controller comes first (or the start failure).
+            let terminal = if own_terminal {
+                match conn.terminal().await? {
+                    Ok(controller) => Some(controller),
+                    Err(failed) => return Ok((failed, None)),
+                }
+            } else {
+                None
+            };
+            conn.started().await.map(|s| (s, terminal))
+        };
+        let started = tokio::time::timeout(START_DEADLINE, start).await;
         drop(keep);
-        match started {
+        let terminal = match started {
             Err(_) => {
                 return Err(SandboxError::Timeout {
                     what: format!("starting a command in sandbox {id}"),
                     after: START_DEADLINE,
                 });
             }
-            Ok(Ok(Started::Running)) => {}
-            Ok(Ok(Started::Failed(errno))) => {
+            Ok(Ok((Started::Running, terminal))) => terminal,
+            Ok(Ok((Started::Failed(errno), _))) => {
                 return Err(crate::exec::start_failure(&exec.command, &cwd, errno));
             }
             Ok(Err(e)) => {
@@ -414,7 +421,7 @@ impl Sandbox {
                     source: e,
                 }));
             }
-        }
+        };
         let (control_tx, control_rx) = mpsc::unbounded_channel();
         let (requests_tx, requests_rx) = mpsc::unbounded_channel();
         let (outcome_tx, outcome_rx) = watch::channel(None);
@@ -431,14 +438,15 @@ impl Sandbox {
             slot,
         ));
         let container = &self.inner.container;
-        Ok(Supervised::exec(
+        let supervised = Supervised::exec(
             id,
             container.cli.clone(),
             container.network,
             control_tx,
             outcome_rx,
             requests_tx,
-        ))
+        );
+        Ok((supervised, terminal))
     }
 
     /// argv, the whole environment and the working directory of `exec`, checked.
