@@ -35,6 +35,7 @@
  * As PID 1 of the container it also reaps every orphan.
  */
 #define _GNU_SOURCE
+#include <dirent.h>
 #include <errno.h>
 #include <grp.h>
 #include <sched.h>
@@ -96,18 +97,39 @@ static int write_all(int fd, const char *buf, ssize_t len) {
 /* Writes input to the terminal, doing the line discipline's ISIG part itself: gVisor's PTY
    (20221219) turns no ^C, ^\ or ^Z into a signal for a session made inside the sandbox, so
    the relay sends them to the terminal's foreground process group, as a terminal would. */
-static int to_terminal(int controller, const char *buf, ssize_t len) {
+/* gVisor (20221219) does not know the foreground group of a session made in the sandbox.
+   Then the signal goes to every process group of the command's session but the leader's own
+   (the jobs an interactive shell started; an approximation: background jobs get it too), or
+   to the leader's group when it has started none. */
+static void signal_session_jobs(pid_t leader, int sig) {
+    DIR *proc = opendir("/proc");
+    int sent = 0;
+    struct dirent *e;
+    while (proc && (e = readdir(proc))) {
+        pid_t pid = (pid_t)atoi(e->d_name);
+        if (pid <= 0) continue;
+        pid_t sid = getsid(pid), pgid = getpgid(pid);
+        if (sid == leader && pgid > 0 && pgid != leader && kill(-pgid, sig) == 0) sent = 1;
+    }
+    if (proc) closedir(proc);
+    if (!sent) kill(-leader, sig);
+}
+
+static int to_terminal(int controller, const char *buf, ssize_t len, pid_t leader) {
     struct termios t;
     int isig = tcgetattr(controller, &t) < 0 || (t.c_lflag & ISIG);
     ssize_t from = 0;
     for (ssize_t k = 0; isig && k < len; k++) {
         int sig = buf[k] == 3 ? SIGINT : buf[k] == 28 ? SIGQUIT : buf[k] == 26 ? SIGTSTP : 0;
-        pid_t fg = sig ? tcgetpgrp(controller) : -1;
-        /* Where the foreground group is unknown, the byte goes through as it is. */
-        if (fg <= 0) continue;
+        if (!sig) continue;
+        pid_t fg = tcgetpgrp(controller);
         if (write_all(controller, buf + from, k - from) < 0) return -1;
         from = k + 1;
-        kill(-fg, sig);
+        if (fg > 0) {
+            kill(-fg, sig);
+        } else {
+            signal_session_jobs(leader, sig);
+        }
     }
     return write_all(controller, buf + from, len - from);
 }
@@ -123,7 +145,7 @@ static void end_relay(int sig) {
    until the launcher says the command has exited (SIGTERM): then what the terminal still
    holds is copied and the relay ends, so the host reads end of file. (gVisor's PTY does not
    report a hang-up when the last replica closes.) */
-static void relay(int host, int controller) {
+static void relay(int host, int controller, pid_t leader) {
     static char buf[65536];
     struct sigaction sa = {.sa_handler = end_relay};
     sigaction(SIGTERM, &sa, NULL);
@@ -152,7 +174,7 @@ static void relay(int host, int controller) {
             ssize_t n = read(p[k].fd, buf, sizeof buf);
             if (n <= 0) _exit(0);
             if (k == 0) {
-                if (to_terminal(controller, buf, n) < 0) _exit(0);
+                if (to_terminal(controller, buf, n, leader) < 0) _exit(0);
             } else if (write_all(host, buf, n) < 0) {
                 _exit(0);
             }
@@ -279,21 +301,10 @@ static int start(void) {
             drop_conn(i);
             return 0;
         }
-    } else if (controller >= 0) {
-        pid_t relayer = fork();
-        if (relayer == 0) {
-            /* Only the two ends stay open here, so that closing them elsewhere is seen. */
-            close(control_fd);
-            for (int k = 0; k < nconns; k++) {
-                close(conns[k].fd);
-                if (conns[k].controller >= 0) close(conns[k].controller);
-            }
-            relay(fds[0], controller);
-        }
-        conns[i].relayer = relayer;
-        close(fds[0]);
-        fds[0] = -1;
     }
+    /* A terminal of this kernel's relayed to the host's stream: the relay starts once the
+       command runs (it signals the command's group). */
+    int relayed = controller >= 0 && mode == 't';
     char *cwd = items[1];
     char **argv = &items[3];
     char **envp = &items[4 + argc];
@@ -359,7 +370,6 @@ static int start(void) {
         _exit(127);
     }
     close(status_pipe[1]);
-    for (int k = 0; k < nfds; k++) close(fds[k]);
     conns[i].controller = controller;
     int err = 0;
     ssize_t got;
@@ -374,11 +384,26 @@ static int start(void) {
     char text[32];
     if (got == (ssize_t)sizeof err) {
         /* The child has exited (127) and is reaped by the SIGCHLD loop. */
+        close_fds(fds, nfds);
         snprintf(text, sizeof text, "E %d", err);
         reply(fd, text);
         drop_conn(i);
         return 0;
     }
+    if (relayed) {
+        pid_t relayer = fork();
+        if (relayer == 0) {
+            /* Only the two ends stay open here, so that closing them elsewhere is seen. */
+            close(control_fd);
+            for (int k = 0; k < nconns; k++) {
+                close(conns[k].fd);
+                if (k != i && conns[k].controller >= 0) close(conns[k].controller);
+            }
+            relay(fds[0], controller, pid);
+        }
+        conns[i].relayer = relayer > 0 ? relayer : 0;
+    }
+    close_fds(fds, nfds);
     conns[i].pid = pid;
     snprintf(text, sizeof text, "S %d", (int)pid);
     reply(fd, text);

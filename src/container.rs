@@ -5,15 +5,13 @@ use std::sync::Arc;
 
 use tokio_util::task::TaskTracker;
 
-use tokio::sync::oneshot;
-
 use crate::bundle::Bundle;
-use crate::capture::{CaptureFiles, CaptureWatch, OutputMode, ProcessCapture};
+use crate::capture::{OutputMode, ProcessCapture};
 use crate::config::{ContainerConfig, SandboxConfig, Stdio};
 use crate::error::SandboxError;
 use crate::gvisor::{GvisorPlatform, PlatformChoice};
 use crate::process::{ContainerProcess, Supervised, Teardown};
-use crate::pty::{ConsoleSocket, PtySession, receive_pty};
+use crate::pty::PtySession;
 use crate::runtime::{ContainerFlags, OciRuntime, RuntimeCli, Sub, locate};
 use crate::state::{StateDirs, new_id, sweep};
 use crate::userns::{DEFAULT_USERNS_BASE, HostIdentity, USERNS_SIZE};
@@ -68,9 +66,6 @@ pub enum UnenforcedLimits {
     /// sets none.
     Refuse,
 }
-
-/// How long the runtime may take to send the PTY of an interactive container.
-const HANDSHAKE_DEADLINE: std::time::Duration = std::time::Duration::from_secs(30);
 
 impl NamespaceContainer {
     /// gVisor's runsc from `$PATH`, with the default state root, on the platform chosen by the
@@ -162,68 +157,41 @@ impl NamespaceContainer {
         self.inner.tracker.close();
         self.inner.tracker.wait().await;
         self.inner.tracker.reopen();
-        let _ = tokio::task::spawn_blocking(crate::reaper::reap_unstarted_inits).await;
     }
 
     /// Spawns `config`'s command with piped (or inherited, or null) stdio.
     ///
-    /// Returns once the process runs: the container is started detached, with the pipes
-    /// passed to it as they are (no copying through the runtime), and its exit status comes
-    /// straight from its init (`exit(137)` is a code, death by `SIGKILL` a signal).
+    /// Returns once the process runs. The container's init is the library's launcher
+    /// (`launcher/launcher.c`), which runs the command with the caller's pipes as its stdio
+    /// (passed as they are, no copying) and reports its exact status: `exit(137)` is a code,
+    /// death by `SIGKILL` a signal, on every runtime. When the command ends, the container
+    /// ends with it.
     ///
     /// # Errors
     ///
     /// [`SandboxError::InvalidConfig`] for an invalid field and [`SandboxError::CommandNotFound`]
     /// for a command absent from the container's `PATH`, both before anything is created;
-    /// [`SandboxError::CommandNotFound`] with the runtime's message when the runtime cannot
-    /// find it either, [`SandboxError::Runtime`] when it fails otherwise;
-    /// [`SandboxError::DuplicateId`]; [`SandboxError::RuntimeNotFound`] when the runtime binary
-    /// has gone.
+    /// [`SandboxError::CommandNotFound`] also when the launcher cannot execute it;
+    /// [`SandboxError::Runtime`] when the runtime fails; [`SandboxError::DuplicateId`];
+    /// [`SandboxError::RuntimeNotFound`] when the runtime binary has gone.
     ///
     /// # Cancel safety
     ///
     /// Cancel safe: a dropped `spawn` future leaves no container, bundle or process.
     pub async fn spawn(&self, config: &ContainerConfig) -> Result<ContainerProcess, SandboxError> {
-        let stdio = (
-            std_stdio(config.stdin),
-            std_stdio(config.stdout),
-            std_stdio(config.stderr),
-        );
-        self.spawn_with_stdio(config, stdio).await
-    }
-
-    /// [`spawn`](Self::spawn) with these fds as the runtime's (and so the container's) stdio.
-    pub(crate) async fn spawn_with_stdio(
-        &self,
-        config: &ContainerConfig,
-        stdio: (
-            std::process::Stdio,
-            std::process::Stdio,
-            std::process::Stdio,
-        ),
-    ) -> Result<ContainerProcess, SandboxError> {
-        let (id, bundle) = self.prepare(config, None).await?;
-        crate::reaper::become_subreaper().map_err(|source| SandboxError::Process {
-            context: "becoming a child subreaper",
-            source,
-        })?;
-        let (supervised, started, (stdin, stdout, stderr)) =
-            self.run_detached(config, id, bundle, stdio, None, None)?;
-        let process = ContainerProcess::new(supervised, stdin, stdout, stderr);
-        // If this future is dropped here, `process` goes with it and the supervisor tears the
-        // container down. The runtime's own messages on a failed start went to the pipes, which
-        // are dropped with the process: the error carries them from the runtime's log.
-        flatten_start(started.await).map(|()| process)
+        let sandbox = self.launch(config, true).await?;
+        sandbox.exec(&command_of(config)).await
     }
 
     /// Spawns `config`'s command with stdout and stderr going straight to files in a temp dir
     /// (stdin is `/dev/null`), readable whole or tailed as streams through
     /// [`ProcessCapture::output`].
     ///
-    /// The container writes the files itself: a slow or absent reader never stalls it, and the
+    /// The command writes the files itself: a slow or absent reader never stalls it, and the
     /// output outlives the process. The runtime's own messages never land in them. Past
     /// [`ContainerConfig::output_limit`] bytes in a file, the process is killed, the file is
-    /// cut at the limit and the status says so.
+    /// cut at the limit and the status says so. The files are final once every process of the
+    /// container is gone: nothing it left in the background writes on.
     ///
     /// ```no_run
     /// # async fn demo() -> Result<(), oci_sandbox::SandboxError> {
@@ -253,52 +221,20 @@ impl NamespaceContainer {
         config: &ContainerConfig,
         mode: OutputMode,
     ) -> Result<ProcessCapture, SandboxError> {
-        let (id, bundle) = self.prepare(config, None).await?;
-        let (capture_parent, limit) = (self.inner.capture_dir.clone(), config.output_limit);
-        let id_c = id.clone();
-        // The bundle moves into the closure and back, so that a cancelled future still
-        // removes it (and the capture dir) when the closure's result is dropped.
-        let (bundle, files) = tokio::task::spawn_blocking(move || {
-            let files = CaptureFiles::create_blocking(&capture_parent, &id_c, mode, limit);
-            (bundle, files)
-        })
-        .await
-        .map_err(|e| SandboxError::Process {
-            context: "creating the capture files",
-            source: std::io::Error::other(e),
-        })?;
-        let files = files?;
-        crate::reaper::become_subreaper().map_err(|source| SandboxError::Process {
-            context: "becoming a child subreaper",
-            source,
-        })?;
-        // Detached, the runtime hands its own stdio to the container as they are: the
-        // container writes the files itself. (Foreground, runc would copy them through two
-        // goroutines and lose the interleaving of Combined mode.)
-        let stdio = (
-            std::process::Stdio::null(),
-            std::process::Stdio::from(files.stdout),
-            std::process::Stdio::from(files.stderr),
-        );
-        let (supervised, started, _) =
-            self.run_detached(config, id, bundle, stdio, Some(files.watch), None)?;
-        let capture = ProcessCapture::new(files.output, supervised);
-        // If this future is dropped here, `capture` goes with it and the supervisor tears the
-        // container down.
-        flatten_start(started.await).map(|()| capture)
+        let sandbox = self.launch(config, true).await?;
+        sandbox.exec_captured(&command_of(config), mode).await
     }
 
     /// Spawns `config`'s command on a new pseudo-terminal (80x24 until resized).
     ///
-    /// The runtime sends the terminal's controller to a unix socket of the library's by
-    /// `SCM_RIGHTS`; the returned [`PtySession`] reads and writes it without blocking. Waiting
-    /// for that handshake races the runtime's exit and a deadline, so it never hangs: if the
-    /// runtime fails first, the error carries its message.
+    /// The launcher makes the terminal in the container (so that `tty` names it) and hands
+    /// its controller over (runc, crun), or relays a terminal of gVisor's kernel over a
+    /// socket; the returned [`PtySession`] reads and writes it without blocking. `TERM` is
+    /// `xterm` unless the config sets it.
     ///
     /// # Errors
     ///
-    /// Those of [`spawn`](Self::spawn); [`SandboxError::Timeout`] if the runtime neither sends
-    /// the terminal nor fails within 30 s.
+    /// Those of [`spawn`](Self::spawn).
     ///
     /// # Cancel safety
     ///
@@ -307,89 +243,19 @@ impl NamespaceContainer {
         &self,
         config: &ContainerConfig,
     ) -> Result<PtySession, SandboxError> {
-        const SIZE: (u16, u16) = (80, 24);
-        let (id, bundle) = self.prepare(config, Some(SIZE)).await?;
-        let socket = ConsoleSocket::bind(bundle.path())?;
-        crate::reaper::become_subreaper().map_err(|source| SandboxError::Process {
-            context: "becoming a child subreaper",
-            source,
-        })?;
-        let null = std::process::Stdio::null;
-        let (supervised, mut started, _) = self.run_detached(
-            config,
-            id,
-            bundle,
-            (null(), null(), null()),
-            None,
-            Some(&socket.path),
-        )?;
-        // From here, returning early drops `supervised`, and its supervisor removes everything.
-        let deadline = tokio::time::Instant::now() + HANDSHAKE_DEADLINE;
-        let timeout_error = || SandboxError::Timeout {
-            what: format!("the console handshake with {}", self.inner.cli.kind),
-            after: HANDSHAKE_DEADLINE,
-        };
-        let mut start_result = None;
-        let stream = tokio::select! {
-            accepted = socket.listener.accept() => accepted.map(|(s, _)| s),
-            start = &mut started => {
-                start_result = Some(flatten_start(start)?);
-                // The runtime exited after connecting: the connection waits in the backlog.
-                match tokio::time::timeout_at(deadline, socket.listener.accept()).await {
-                    Ok(accepted) => accepted.map(|(s, _)| s),
-                    Err(_) => return Err(timeout_error()),
-                }
-            }
-            _ = tokio::time::sleep_until(deadline) => return Err(timeout_error()),
-        }
-        .map_err(|e| SandboxError::io("accepting on the console socket", &socket.path, e))?;
-        let received = tokio::time::timeout_at(deadline, receive_pty(&stream))
-            .await
-            .map_err(|_| timeout_error())?;
-        // The runtime sends the PTY before it checks and starts the command: wait for its
-        // verdict too, so that a failed start is this call's error (with the runtime's
-        // message), not a session that reads EOF at once.
-        if start_result.is_none() {
-            match tokio::time::timeout_at(deadline, &mut started).await {
-                Ok(start) => flatten_start(start)?,
-                Err(_) => return Err(timeout_error()),
-            }
-        }
-        let fd = received
-            .map_err(|e| SandboxError::io("receiving the PTY from the runtime", &socket.path, e))?;
-        PtySession::from_controller(fd, supervised, SIZE).map_err(|source| SandboxError::Process {
-            context: "setting up the PTY",
-            source,
-        })
+        let sandbox = self.launch(config, true).await?;
+        sandbox.exec_interactive(&command_of(config)).await
     }
 
-    /// Starts `<runtime> run --detach` for a prepared bundle (the runtime's log and pid file in
-    /// the bundle) under a detached supervisor; gives back the pipes of piped stdio.
-    #[allow(clippy::type_complexity)]
-    fn run_detached(
+    /// Starts `<runtime> run --detach` of `config` (whose command is the launcher) with
+    /// `stdin` as the container's stdin (its control socket) and `/dev/null` as its stdout and
+    /// stderr, under a container supervisor; returns once the runtime has started it.
+    pub(crate) async fn run_launcher(
         &self,
         config: &ContainerConfig,
-        id: String,
-        bundle: Bundle,
-        (stdin, stdout, stderr): (
-            std::process::Stdio,
-            std::process::Stdio,
-            std::process::Stdio,
-        ),
-        capture: Option<CaptureWatch>,
-        console_socket: Option<&std::path::Path>,
-    ) -> Result<
-        (
-            Supervised,
-            oneshot::Receiver<Result<(), SandboxError>>,
-            (
-                Option<tokio::process::ChildStdin>,
-                Option<tokio::process::ChildStdout>,
-                Option<tokio::process::ChildStderr>,
-            ),
-        ),
-        SandboxError,
-    > {
+        stdin: std::os::fd::OwnedFd,
+    ) -> Result<Supervised, SandboxError> {
+        let (id, bundle) = self.prepare(config).await?;
         let inner = &self.inner;
         let (log, pid_path) = (bundle.log_path(), bundle.pid_path());
         let flags = ContainerFlags {
@@ -402,23 +268,24 @@ impl NamespaceContainer {
                 id: &id,
                 bundle: bundle.path(),
                 detach: true,
-                console_socket,
+                console_socket: None,
                 pid_file: Some(&pid_path),
             },
         );
-        cmd.stdin(stdin).stdout(stdout).stderr(stderr);
-        let mut child = cmd.spawn().map_err(|e| inner.cli.spawn_error(e))?;
-        let pipes = (child.stdin.take(), child.stdout.take(), child.stderr.take());
+        let null = std::process::Stdio::null;
+        cmd.stdin(stdin).stdout(null()).stderr(null());
+        let child = cmd.spawn().map_err(|e| inner.cli.spawn_error(e))?;
+        // The runtime's end of the control socket goes with `cmd`: only the container holds it.
+        drop(cmd);
         let teardown = Teardown::new(&inner.cli, &inner.dirs, id, config, bundle);
-        let (supervised, started) = Supervised::detached(
-            &inner.tracker,
-            child,
-            teardown,
-            pid_path,
-            config.timeout,
-            capture,
-        );
-        Ok((supervised, started, pipes))
+        let (supervised, started) =
+            Supervised::container(&inner.tracker, child, teardown, pid_path);
+        // If this future is dropped here, `supervised` goes with it and its supervisor
+        // removes the container.
+        started
+            .await
+            .unwrap_or_else(|_| Err(supervisor_gone()))
+            .map(|()| supervised)
     }
 
     /// The OCI spec the library would write for `config` (for inspection, debugging, or
@@ -560,14 +427,10 @@ impl NamespaceContainer {
     }
 
     /// Validates `config`, picks its id and writes its bundle, off the async workers.
-    async fn prepare(
-        &self,
-        config: &ContainerConfig,
-        terminal: Option<(u16, u16)>,
-    ) -> Result<(String, Bundle), SandboxError> {
+    async fn prepare(&self, config: &ContainerConfig) -> Result<(String, Bundle), SandboxError> {
         let id = config.id.clone().unwrap_or_else(new_id);
         self.check_limits(config)?;
-        config.validate()?;
+        validate(config).await?;
         let userns = self.own_user_namespace(config).await?;
         let config = config.clone();
         let dirs = self.inner.dirs.clone();
@@ -581,7 +444,7 @@ impl NamespaceContainer {
         // If this future is dropped while the closure runs, the closure still finishes and its
         // result (the bundle) is dropped, which removes the directory again.
         tokio::task::spawn_blocking(move || {
-            let spec = crate::spec::build(&config, &dirs.rootfs, &id, terminal, &target)?;
+            let spec = crate::spec::build(&config, &dirs.rootfs, &id, None, &target)?;
             crate::bundle::ensure_mount_points(&dirs.rootfs, &config)?;
             target
                 .identity
@@ -598,11 +461,14 @@ impl NamespaceContainer {
     }
 }
 
-/// The supervisor's report on the start of a detached container.
-fn flatten_start(
-    report: Result<Result<(), SandboxError>, oneshot::error::RecvError>,
-) -> Result<(), SandboxError> {
-    report.unwrap_or_else(|_| Err(supervisor_gone()))
+/// `config`'s command as an exec: its stdio; environment, directory and timeout are the
+/// container's own.
+fn command_of(config: &ContainerConfig) -> crate::ExecConfig {
+    let mut exec = crate::ExecConfig::new(config.command.clone(), config.args.clone());
+    exec.stdin = config.stdin;
+    exec.stdout = config.stdout;
+    exec.stderr = config.stderr;
+    exec
 }
 
 /// The platform for a gVisor runtime: the explicit one (checked unless told not to), or the
@@ -708,12 +574,15 @@ fn supervisor_gone() -> SandboxError {
     }
 }
 
-fn std_stdio(s: Stdio) -> std::process::Stdio {
-    match s {
-        Stdio::Piped => std::process::Stdio::piped(),
-        Stdio::Inherit => std::process::Stdio::inherit(),
-        Stdio::Null => std::process::Stdio::null(),
-    }
+/// Checks `config` (which looks up host paths: the command along `PATH`) off the workers.
+pub(crate) async fn validate(config: &ContainerConfig) -> Result<(), SandboxError> {
+    let config = config.clone();
+    tokio::task::spawn_blocking(move || config.validate())
+        .await
+        .map_err(|e| SandboxError::Process {
+            context: "checking the config",
+            source: std::io::Error::other(e),
+        })?
 }
 
 /// Builds a [`NamespaceContainer`]: which runtime, where its binary is, where its state lives.

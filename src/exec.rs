@@ -13,7 +13,7 @@ use crate::capture::CaptureWatch;
 use crate::error::SandboxError;
 use crate::launcher::{Connection, exit_status};
 use crate::process::{
-    Control, EndedBy, ExecRequest, Outcome, sleep_until, status_for, watch_capture,
+    Control, EndedBy, ExecRequest, ExitStatus, Outcome, sleep_until, status_for, watch_capture,
 };
 
 /// How long the launcher has to report a command's end after it was told to kill it.
@@ -33,6 +33,7 @@ pub(crate) async fn supervise(
     mut capture: Option<CaptureWatch>,
     oom_before: u64,
     _slot: tokio::sync::OwnedSemaphorePermit,
+    one_shot: Option<crate::Sandbox>,
 ) {
     // A timeout too far out to be an instant is no timeout.
     let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
@@ -98,7 +99,16 @@ pub(crate) async fn supervise(
                 source: std::io::Error::other(format!("unexpected reply {text:?}")),
             }),
         },
-        // The launcher closed the connection without a status: it died with the sandbox.
+        // The launcher closed the connection without a status: it died with the sandbox
+        // (killed from outside, or by the OOM killer). A spawn's command died with it.
+        (_, Ok(None)) if one_shot.is_some() => {
+            let id = sandbox_id.clone();
+            let oom = tokio::task::spawn_blocking(move || crate::cgroup::oom_kills_blocking(&id))
+                .await
+                .unwrap_or(0)
+                > oom_before;
+            Ok(ExitStatus::signaled(libc::SIGKILL).with_oom_killed(oom))
+        }
         (_, Ok(None)) => Err(SandboxError::SandboxEnded {
             id: sandbox_id,
             status: None,
@@ -108,6 +118,11 @@ pub(crate) async fn supervise(
             source: e,
         }),
     };
+    // A spawn's container ends with its command: once its init is gone, so is every process
+    // that could still write to the capture files.
+    if let Some(sandbox) = &one_shot {
+        sandbox.end().await;
+    }
     if let Some(capture) = capture {
         capture
             .finish(matches!(ended_by, Some(EndedBy::OutputLimit)))
@@ -129,7 +144,7 @@ pub(crate) fn start_failure(command: &str, cwd: &std::path::Path, errno: i32) ->
             ),
         );
     }
-    let message = std::io::Error::from_raw_os_error(errno).to_string();
+    let message = format!("{command}: {}", std::io::Error::from_raw_os_error(errno));
     if errno == libc::ENOENT || errno == libc::EACCES || errno == libc::ENOTDIR {
         SandboxError::CommandNotFound {
             command: command.to_owned(),

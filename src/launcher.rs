@@ -124,6 +124,15 @@ impl ControlSocket {
         }
     }
 
+    /// Closes the socket both ways: the launcher reads its end, kills every process of the
+    /// container and exits.
+    pub fn shutdown(&self) {
+        let _ = nix::sys::socket::shutdown(
+            self.fd.get_ref().as_raw_fd(),
+            nix::sys::socket::Shutdown::Both,
+        );
+    }
+
     /// Sends a start request with the command's own channel and stdio, and returns the
     /// channel (the caller puts a deadline on the wait for the reply).
     pub async fn request(
@@ -306,20 +315,27 @@ fn receive_terminal_now(fd: RawFd) -> io::Result<Result<OwnedFd, Started>> {
         for c in cmsgs {
             if let ControlMessageOwned::ScmRights(fds) = c {
                 // SAFETY: the kernel just installed these fds in this process; we own them.
-                passed.extend(fds.into_iter().map(|raw| unsafe { OwnedFd::from_raw_fd(raw) }));
+                passed.extend(
+                    fds.into_iter()
+                        .map(|raw| unsafe { OwnedFd::from_raw_fd(raw) }),
+                );
             }
         }
     }
     let text = std::str::from_utf8(&buf[..len]).unwrap_or("");
     if let Some(errno) = text.strip_prefix("E ") {
-        return Ok(Err(Started::Failed(errno.trim().parse().unwrap_or(libc::EINVAL))));
+        return Ok(Err(Started::Failed(
+            errno.trim().parse().unwrap_or(libc::EINVAL),
+        )));
     }
     let bad = |why: &str| io::Error::new(io::ErrorKind::InvalidData, why.to_owned());
     if flags.intersects(MsgFlags::MSG_TRUNC | MsgFlags::MSG_CTRUNC) || text != "P" {
         return Err(bad("the launcher's terminal reply is malformed"));
     }
     match passed.pop() {
-        Some(controller) if passed.is_empty() && nix::unistd::isatty(&controller).unwrap_or(false) => {
+        Some(controller)
+            if passed.is_empty() && nix::unistd::isatty(&controller).unwrap_or(false) =>
+        {
             Ok(Ok(controller))
         }
         _ => Err(bad("the launcher's terminal reply carries no terminal")),

@@ -15,6 +15,7 @@ use crate::bundle::Bundle;
 use crate::capture::CaptureWatch;
 use crate::config::Network;
 use crate::error::SandboxError;
+use crate::pidfd::ProcessWatch;
 use crate::runtime::{ContainerFlags, RuntimeCli, SHORT_CALL_DEADLINE, Sub, runtime_message};
 use crate::state::{StateDirs, remove_from_runtime, remove_leftovers_blocking};
 
@@ -64,16 +65,6 @@ impl ExitStatus {
         ExitStatus {
             output_limit_exceeded: true,
             ..Self::signaled(libc::SIGKILL)
-        }
-    }
-
-    /// Reads a runtime's exit code the way runc, crun and runsc pass the container's status
-    /// through: `128 + n` for death by signal `n`.
-    pub(crate) fn from_runtime_code(code: i32) -> Self {
-        if (129..=128 + 64).contains(&code) {
-            Self::signaled(code - 128)
-        } else {
-            Self::exited(code)
         }
     }
 
@@ -163,15 +154,6 @@ pub(crate) struct Teardown {
     pub id: String,
     pub network: Network,
     pub bundle: Option<Bundle>,
-    /// The command as configured, to name it in a command-not-found error.
-    pub command: String,
-    /// A detached container's init, once known (for the synchronous cleanup).
-    pub init_pid: Option<i32>,
-    /// An init orphaned by a cut-short start, to reap once the container is killed (before
-    /// its cgroups can go: cgroup v2 keeps a cgroup busy while a zombie of it is unreaped).
-    pub orphan: Option<crate::reaper::PidWaiter>,
-    /// The runtime CLI was killed mid-way: its helpers may be our zombies too.
-    pub aborted: bool,
 }
 
 impl Teardown {
@@ -188,10 +170,6 @@ impl Teardown {
             id,
             network: config.network,
             bundle: Some(bundle),
-            command: config.command.clone(),
-            init_pid: None,
-            orphan: None,
-            aborted: false,
         }
     }
 
@@ -202,34 +180,21 @@ impl Teardown {
         }
     }
 
-    /// Removes the container (if the runtime left it), its cgroups and the bundle.
+    /// Removes the container, its cgroups and the bundle. `init_exited`: its init is known
+    /// to be gone (so is every process of the container).
     ///
-    /// The host-side part runs every time, in one blocking hop: a runtime that removed the
-    /// container itself may still have left a cgroup that its dying processes kept busy.
-    async fn finish(&mut self, container: Leftover) {
-        match container {
-            Leftover::Running => {
-                remove_from_runtime(&self.cli, &self.id, self.flags(None), true).await
-            }
-            Leftover::Stopped => {
-                remove_from_runtime(&self.cli, &self.id, self.flags(None), false).await
-            }
-        }
-        if let Some(orphan) = self.orphan.take() {
-            let _ = tokio::time::timeout(KILL_DEADLINE, orphan.wait()).await;
+    /// gVisor's container is then removed without `runsc delete`, which waits for the
+    /// sandbox process to be reaped (5 s here, where orphans are adopted by a PID 1 that
+    /// reaps them late, and exits 128): its state files and cgroups are all there is.
+    async fn finish(&mut self, init_exited: bool) {
+        let gvisor = self.cli.kind == crate::OciRuntime::Gvisor;
+        if !(gvisor && init_exited) {
+            remove_from_runtime(&self.cli, &self.id, self.flags(None), !init_exited).await;
         }
         let root = self.dirs.root.clone();
         let id = self.id.clone();
         let bundle = self.bundle.take().map(Bundle::into_path);
-        let aborted = self.aborted;
-        let gvisor = self.cli.kind == crate::OciRuntime::Gvisor;
         let _ = tokio::task::spawn_blocking(move || {
-            if aborted && gvisor {
-                crate::reaper::reap_runsc_helpers_blocking();
-            } else if aborted {
-                // Inits that died before they could exec, and the runtime's helpers.
-                crate::reaper::reap_unstarted_inits();
-            }
             if let Some(bundle) = bundle {
                 remove_leftovers_blocking(&root, &id, &bundle);
             }
@@ -262,11 +227,6 @@ impl Drop for Teardown {
         }
         crate::cgroup::reap_blocking(&self.id);
         crate::state::remove_runtime_state_blocking(&self.dirs.root, &self.id);
-        // A detached container's init is our child (we are its subreaper): reap it.
-        if let Some(pid) = self.init_pid {
-            crate::reaper::reap_blocking(pid, SHORT_CALL_DEADLINE);
-        }
-        crate::reaper::reap_unstarted_inits();
         // Dropping the bundle removes its directory.
     }
 }
@@ -303,226 +263,98 @@ pub(crate) async fn watch_capture(capture: &mut Option<CaptureWatch>) -> bool {
     }
 }
 
-/// What of a container may be left for cleanup.
-#[derive(Debug, Clone, Copy)]
-enum Leftover {
-    Stopped,
-    Running,
-}
-
 /// How long `<runtime> run --detach` may take to create and start a container.
 const START_DEADLINE: Duration = Duration::from_secs(30);
 
 /// How long a killed container's init may take to die before its cgroups are emptied by force.
 const KILL_DEADLINE: Duration = Duration::from_secs(5);
 
-/// Watches a detached container: the runtime's `run --detach` until it has started the
-/// container (reporting that on `started`), then the container's init through a pidfd (this
-/// process is its subreaper). Enforces the timeout and the output limit, obeys kill requests
-/// and the handle's drop, then publishes the outcome and removes the container.
-#[allow(clippy::too_many_arguments)]
-async fn supervise_detached(
+/// How the runtime's `run --detach` ended.
+enum StartEnd {
+    Exited(std::io::Result<std::process::ExitStatus>),
+    TimedOut,
+    /// The handle asked for a kill, or went away, before the container had started.
+    Stopped,
+}
+
+/// Watches a container whose init is the library's launcher: the runtime's `run --detach`
+/// until it has started the container (reported on `started`), then the init through a pidfd
+/// (it is not this process's child, and nothing reaps it here). A kill request or the handle's
+/// drop kills the init, which takes the container with it; the outcome is published once the
+/// init has exited, then the container is removed. The runtime CLI is always awaited to its
+/// end.
+async fn supervise_container(
     mut runtime: Child,
     mut teardown: Teardown,
     pid_file: std::path::PathBuf,
-    timeout: Option<Duration>,
     mut control: mpsc::UnboundedReceiver<Control>,
     outcome: watch::Sender<Outcome>,
-    mut capture: Option<CaptureWatch>,
     started: oneshot::Sender<Result<(), SandboxError>>,
 ) {
-    // Until the init's pid is claimed below, the orphan sweep must not take it.
-    let start_guard = crate::reaper::StartGuard::new();
-    let deadline = timeout.map(|t| Instant::now() + t);
-    let start_deadline = Some(Instant::now() + START_DEADLINE);
-    let mut ended_by: Option<EndedBy> = None;
-    let mut start_timed_out = false;
-
-    // Phase 1: the runtime creates and starts the container, then exits.
-    let runtime_status = loop {
-        tokio::select! {
-            status = runtime.wait() => break Some(status),
-            _ = sleep_until(deadline) => ended_by = Some(EndedBy::Timeout),
-            _ = sleep_until(start_deadline) => start_timed_out = true,
-            msg = control.recv() => ended_by = Some(match msg {
-                Some(Control::Kill) => EndedBy::Kill,
-                None => EndedBy::HandleDropped,
-            }),
-            over = watch_capture(&mut capture) => {
-                if !over {
-                    continue;
-                }
-                ended_by = Some(EndedBy::OutputLimit);
-            }
-        }
-        break None;
+    let end = tokio::select! {
+        status = runtime.wait() => StartEnd::Exited(status),
+        _ = tokio::time::sleep(START_DEADLINE) => StartEnd::TimedOut,
+        _ = control.recv() => StartEnd::Stopped,
     };
-    let runtime_succeeded = matches!(&runtime_status, Some(Ok(s)) if s.success());
-    let failure = match runtime_status {
-        None => {
-            // Stopped while starting: kill the runtime CLI first so that it cannot go on.
+    let start = match end {
+        StartEnd::Exited(Ok(status)) if status.success() => Ok(()),
+        StartEnd::Exited(Ok(status)) => Err(runtime_failure(&teardown, status).await),
+        StartEnd::Exited(Err(e)) => Err(SandboxError::Process {
+            context: "waiting for the runtime",
+            source: e,
+        }),
+        StartEnd::TimedOut | StartEnd::Stopped => {
+            // Stop the runtime CLI first, so that it cannot go on creating the container.
             let _ = runtime.start_kill();
             let _ = runtime.wait().await;
-            start_timed_out.then(|| SandboxError::Timeout {
+            Err(SandboxError::Timeout {
                 what: format!("{} run --detach", teardown.cli.kind),
                 after: START_DEADLINE,
             })
         }
-        Some(Err(e)) => Some(SandboxError::Process {
-            context: "waiting for the runtime",
-            source: e,
-        }),
-        Some(Ok(status)) if !status.success() => {
-            Some(match interpret_exit(&teardown, status).await {
-                Err(e) => e,
-                Ok(_) => SandboxError::Runtime {
-                    runtime: teardown.cli.kind,
-                    op: crate::error::RuntimeOp::Run,
-                    code: status.code(),
-                    message: "the runtime failed without a message".to_owned(),
-                },
-            })
-        }
-        Some(Ok(_)) => None,
     };
-    // The container is running (or made); find its init.
-    let waiter = if runtime_succeeded {
-        match open_init(&pid_file).await {
-            Ok((pid, w)) => {
-                teardown.init_pid = Some(pid);
-                Some(w)
-            }
-            Err(e) => {
-                let _ = started.send(Err(e.duplicate()));
-                return end_detached(teardown, capture, outcome, Err(e), Leftover::Running, None)
-                    .await;
-            }
-        }
-    } else {
-        None
+    let init = match start {
+        Ok(()) => open_init(&pid_file).await,
+        Err(e) => Err(e),
     };
-    drop(start_guard);
-    let Some(waiter) = waiter else {
-        // The runtime may have made the init before it was stopped or failed; once it is
-        // killed it is our zombie (we are its subreaper): find it now to reap it at the end.
-        teardown.orphan = find_init(&pid_file, &teardown.dirs.root.join(&teardown.id)).await;
-        teardown.aborted = true;
-        let result = match failure {
-            Some(e) => {
-                let _ = started.send(Err(e.duplicate()));
-                Err(e)
-            }
-            None => {
-                let _ = started.send(Ok(()));
-                Ok(status_for(ended_by))
-            }
-        };
-        return end_detached(
-            teardown,
-            capture,
-            outcome,
-            result,
-            Leftover::Running,
-            ended_by,
-        )
-        .await;
+    let init = match init {
+        Ok(init) => init,
+        Err(e) => {
+            let _ = started.send(Err(e.duplicate()));
+            let _ = outcome.send(Some(Err(Arc::new(e))));
+            teardown.finish(false).await;
+            return;
+        }
     };
     let _ = started.send(Ok(()));
 
-    // Phase 2: wait for the init to exit.
     let mut kill_deadline = None;
-    if ended_by.is_some() || capture.as_ref().is_some_and(CaptureWatch::over_limit) {
-        ended_by.get_or_insert(EndedBy::OutputLimit);
-        if !kill_container(&teardown).await {
-            waiter.kill();
-        }
-        kill_deadline = Some(Instant::now() + KILL_DEADLINE);
-    }
-    // gVisor's pid file names the sandbox process, which exits with the container's status
-    // passed through as a code (128 + n for signal n); runc and crun's names the init itself.
-    let through_sandbox = teardown.cli.kind == crate::OciRuntime::Gvisor;
-    let waited = loop {
+    loop {
         tokio::select! {
-            status = waiter.wait() => break status,
-            _ = sleep_until(deadline), if ended_by.is_none() => ended_by = Some(EndedBy::Timeout),
-            msg = control.recv(), if ended_by.is_none() => ended_by = Some(match msg {
-                Some(Control::Kill) => EndedBy::Kill,
-                None => EndedBy::HandleDropped,
-            }),
-            over = watch_capture(&mut capture), if ended_by.is_none() => {
-                if !over {
-                    continue;
-                }
-                ended_by = Some(EndedBy::OutputLimit);
+            () = init.exited() => break,
+            _ = control.recv(), if kill_deadline.is_none() => {
+                init.kill();
+                kill_deadline = Some(Instant::now() + KILL_DEADLINE);
             }
-            _ = sleep_until(kill_deadline) => {
+            () = sleep_until(kill_deadline) => {
                 tracing::warn!(id = teardown.id, "the container outlived its kill; emptying its cgroups");
                 let id = teardown.id.clone();
                 let _ = tokio::task::spawn_blocking(move || crate::cgroup::reap_blocking(&id)).await;
-                waiter.kill();
                 kill_deadline = Some(Instant::now() + KILL_DEADLINE);
-                continue;
             }
         }
-        if !kill_container(&teardown).await {
-            waiter.kill();
-        }
-        kill_deadline = Some(Instant::now() + KILL_DEADLINE);
-    };
-    let oom_killed = || async {
-        let id = teardown.id.clone();
-        tokio::task::spawn_blocking(move || crate::cgroup::oom_kills_blocking(&id) > 0)
-            .await
-            .unwrap_or(false)
-    };
-    let result = match (ended_by, waited) {
-        (Some(e), _) => Ok(status_for(Some(e))),
-        (None, Ok(status)) if through_sandbox => Ok(status
-            .code()
-            .map(ExitStatus::from_runtime_code)
-            .unwrap_or(status)
-            .with_oom_killed(oom_killed().await)),
-        (None, Ok(status)) => Ok(status.with_oom_killed(oom_killed().await)),
-        (None, Err(e)) => Err(SandboxError::Process {
-            context: "waiting for the container's init",
-            source: e,
-        }),
-    };
-    end_detached(
-        teardown,
-        capture,
-        outcome,
-        result,
-        Leftover::Stopped,
-        ended_by,
-    )
-    .await;
-    if through_sandbox {
-        // The gofer and the Sentry's helpers were re-parented to us when `run --detach`
-        // exited; they are gone with the sandbox.
-        reap_orphans().await;
     }
+    let id = teardown.id.clone();
+    let oom = tokio::task::spawn_blocking(move || crate::cgroup::oom_kills_blocking(&id) > 0)
+        .await
+        .unwrap_or(false);
+    let status = ExitStatus::signaled(libc::SIGKILL).with_oom_killed(oom);
+    let _ = outcome.send(Some(Ok(status)));
+    teardown.finish(true).await;
 }
 
-/// The init of a container whose start was cut short, from the pid file or the runtime's
-/// state (runc and crun record `init_process_pid`), opened for reaping.
-async fn find_init(
-    pid_file: &std::path::Path,
-    state_dir: &std::path::Path,
-) -> Option<crate::reaper::PidWaiter> {
-    if let Ok((_, w)) = open_init(pid_file).await {
-        return Some(w);
-    }
-    let state = tokio::fs::read(state_dir.join("state.json")).await.ok()?;
-    let v: serde_json::Value = serde_json::from_slice(&state).ok()?;
-    let pid = i32::try_from(v.get("init_process_pid")?.as_i64()?).ok()?;
-    crate::reaper::PidWaiter::open(pid).ok()
-}
-
-/// Reads the runtime's pid file and opens the init for waiting.
-async fn open_init(
-    pid_file: &std::path::Path,
-) -> Result<(i32, crate::reaper::PidWaiter), SandboxError> {
+/// Reads the runtime's pid file and opens the init for watching.
+async fn open_init(pid_file: &std::path::Path) -> Result<ProcessWatch, SandboxError> {
     let text = tokio::fs::read_to_string(pid_file)
         .await
         .map_err(|e| SandboxError::io("reading the runtime's pid file", pid_file, e))?;
@@ -536,39 +368,13 @@ async fn open_init(
             ),
         )
     })?;
-    crate::reaper::PidWaiter::open(pid)
-        .map(|w| (pid, w))
-        .map_err(|source| SandboxError::Process {
-            context: "opening a pidfd for the container's init",
-            source,
-        })
+    ProcessWatch::open(pid).map_err(|source| SandboxError::Process {
+        context: "opening a pidfd for the container's init",
+        source,
+    })
 }
 
-/// `kill --all KILL`; the init's exit then ends the wait. False when the runtime refused
-/// (the container does not exist yet, or any more).
-async fn kill_container(teardown: &Teardown) -> bool {
-    teardown
-        .cli
-        .call(
-            teardown.flags(None),
-            Sub::Kill {
-                id: &teardown.id,
-                signal: "KILL",
-                all: true,
-            },
-            SHORT_CALL_DEADLINE,
-        )
-        .await
-        .is_ok()
-}
-
-/// Reaps a gVisor sandbox's gofer and helpers once it has ended (blocking scans, off the
-/// workers).
-async fn reap_orphans() {
-    let _ = tokio::task::spawn_blocking(crate::reaper::reap_runsc_helpers_blocking).await;
-}
-
-/// The status of a container the library ended.
+/// The status of a process the library ended.
 pub(crate) fn status_for(ended_by: Option<EndedBy>) -> ExitStatus {
     match ended_by {
         Some(EndedBy::Timeout) => ExitStatus::killed_by_timeout(),
@@ -577,38 +383,11 @@ pub(crate) fn status_for(ended_by: Option<EndedBy>) -> ExitStatus {
     }
 }
 
-/// Ends a detached container: a container that may still run is removed before the files are
-/// made final (else it would write on); a stopped one after the outcome is published, so that
-/// waiters need not wait for the runtime's `delete`.
-async fn end_detached(
-    mut teardown: Teardown,
-    capture: Option<CaptureWatch>,
-    outcome: watch::Sender<Outcome>,
-    result: Result<ExitStatus, SandboxError>,
-    leftover: Leftover,
-    ended_by: Option<EndedBy>,
-) {
-    let still_running = matches!(leftover, Leftover::Running);
-    if still_running {
-        teardown.finish(leftover).await;
-    }
-    if let Some(capture) = capture {
-        capture
-            .finish(matches!(ended_by, Some(EndedBy::OutputLimit)))
-            .await;
-    }
-    let _ = outcome.send(Some(result.map_err(Arc::new)));
-    if !still_running {
-        teardown.finish(leftover).await;
-    }
-}
-
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum EndedBy {
     Timeout,
     OutputLimit,
     Kill,
-    HandleDropped,
 }
 
 pub(crate) async fn sleep_until(deadline: Option<Instant>) {
@@ -618,50 +397,17 @@ pub(crate) async fn sleep_until(deadline: Option<Instant>) {
     }
 }
 
-/// Turns the runtime's exit into the container's status, or the runtime's own error.
-async fn interpret_exit(
-    teardown: &Teardown,
-    status: std::process::ExitStatus,
-) -> Result<ExitStatus, SandboxError> {
-    use std::os::unix::process::ExitStatusExt;
-    let Some(code) = status.code() else {
-        return Ok(ExitStatus::signaled(
-            status.signal().unwrap_or(libc::SIGKILL),
-        ));
+/// The runtime's own error for a failed `run --detach`, with its message from the log.
+async fn runtime_failure(teardown: &Teardown, status: std::process::ExitStatus) -> SandboxError {
+    let log = match &teardown.bundle {
+        Some(bundle) => tokio::fs::read(bundle.log_path()).await.unwrap_or_default(),
+        None => Vec::new(),
     };
-    if code == teardown.cli.kind.failure_code()
-        && let Some(bundle) = &teardown.bundle
-    {
-        // The runtime's own failures are in its log; the container's exit code 1 leaves none.
-        let log = tokio::fs::read(bundle.log_path()).await.unwrap_or_default();
-        if !log.is_empty() {
-            let message = runtime_message(&log);
-            if message != "no message" {
-                return Err(runtime_failure(teardown, code, message));
-            }
-        }
-    }
-    Ok(ExitStatus::from_runtime_code(code))
-}
-
-fn runtime_failure(teardown: &Teardown, code: i32, message: String) -> SandboxError {
-    let lower = message.to_ascii_lowercase();
-    // runc/crun: `exec: "x": executable file not found in $PATH` or `exec: ...: no such file
-    // or directory`; runsc: `creating process: failed to load /x: no such file or directory`.
-    let missing = lower.contains("no such file or directory")
-        && (lower.contains("exec") || lower.contains("failed to load"));
-    if lower.contains("executable file not found") || missing {
-        SandboxError::CommandNotFound {
-            command: teardown.command.clone(),
-            message: Some(message),
-        }
-    } else {
-        SandboxError::Runtime {
-            runtime: teardown.cli.kind,
-            op: crate::error::RuntimeOp::Run,
-            code: Some(code),
-            message,
-        }
+    SandboxError::Runtime {
+        runtime: teardown.cli.kind,
+        op: crate::error::RuntimeOp::Run,
+        code: status.code(),
+        message: runtime_message(&log),
     }
 }
 
@@ -689,15 +435,13 @@ pub(crate) enum ExecRequest {
 }
 
 impl Supervised {
-    /// Starts the supervisor of a detached runtime process (`run --detach --pid-file`); the
+    /// Starts the supervisor of a launcher container's `run --detach --pid-file`; the
     /// receiver says when the container has started, or why it could not.
-    pub fn detached(
+    pub fn container(
         tracker: &tokio_util::task::TaskTracker,
         runtime: Child,
         teardown: Teardown,
         pid_file: std::path::PathBuf,
-        timeout: Option<Duration>,
-        capture: Option<CaptureWatch>,
     ) -> (Self, oneshot::Receiver<Result<(), SandboxError>>) {
         let (control_tx, control_rx) = mpsc::unbounded_channel();
         let (outcome_tx, outcome_rx) = watch::channel(None);
@@ -705,8 +449,8 @@ impl Supervised {
         let id = teardown.id.clone();
         let cli = teardown.cli.clone();
         let network = teardown.network;
-        let task = tracker.spawn(supervise_detached(
-            runtime, teardown, pid_file, timeout, control_rx, outcome_tx, capture, started_tx,
+        let task = tracker.spawn(supervise_container(
+            runtime, teardown, pid_file, control_rx, outcome_tx, started_tx,
         ));
         let supervised = Supervised {
             id,
@@ -915,11 +659,6 @@ impl ContainerProcess {
     /// The container's id (unique on this machine).
     pub fn id(&self) -> &str {
         &self.inner.id
-    }
-
-    /// The supervisor's handle side, for the sandbox that owns this container's init.
-    pub(crate) fn into_supervised(self) -> Supervised {
-        self.inner
     }
 
     /// Waits for the process to end, and for its container to be removed.

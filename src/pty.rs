@@ -1,106 +1,17 @@
-//! [`spawn_interactive`]: the runtime connects to a unix socket of ours and sends the PTY's
-//! controller fd by `SCM_RIGHTS`; [`PtySession`] drives it through `AsyncFd`.
-//!
-//! [`spawn_interactive`]: crate::NamespaceContainer::spawn_interactive
+//! [`PtySession`]: a terminal's controller (from the launcher, or a socket its relay serves
+//! on gVisor) driven through `AsyncFd`.
 
-use std::io::{self, IoSliceMut};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::path::{Path, PathBuf};
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 
-use nix::sys::socket::{ControlMessageOwned, MsgFlags, UnixAddr, recvmsg};
 use tokio::io::unix::AsyncFd;
 use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
-use tokio::net::{UnixListener, UnixStream};
 
 use crate::error::SandboxError;
 use crate::process::{ExitStatus, Supervised};
-
-/// Longest socket path that fits `sockaddr_un.sun_path` (108 bytes with the NUL).
-const SUN_PATH_MAX: usize = 107;
-
-/// The console socket the runtime connects to, in a directory of its own when the bundle's
-/// path would not fit `sun_path`.
-pub(crate) struct ConsoleSocket {
-    pub listener: UnixListener,
-    pub path: PathBuf,
-    // A short-path temp dir holding the socket, when one was needed.
-    _dir: Option<tempfile::TempDir>,
-}
-
-impl ConsoleSocket {
-    /// Binds a listening socket in `bundle`, or in a short temp dir if that path is too long.
-    pub fn bind(bundle: &Path) -> Result<Self, SandboxError> {
-        let in_bundle = bundle.join("console.sock");
-        let (path, dir) = if in_bundle.as_os_str().len() <= SUN_PATH_MAX {
-            (in_bundle, None)
-        } else {
-            let dir = tempfile::Builder::new()
-                .prefix("osb-")
-                .tempdir_in("/tmp")
-                .map_err(|e| SandboxError::io("creating the console socket dir", "/tmp", e))?;
-            (dir.path().join("s"), Some(dir))
-        };
-        let listener = UnixListener::bind(&path)
-            .map_err(|e| SandboxError::io("binding the console socket", &path, e))?;
-        Ok(ConsoleSocket {
-            listener,
-            path,
-            _dir: dir,
-        })
-    }
-}
-
-/// Receives the PTY controller fd that the runtime sends on `stream`.
-pub(crate) async fn receive_pty(stream: &UnixStream) -> io::Result<OwnedFd> {
-    loop {
-        stream.readable().await?;
-        match stream.try_io(Interest::READABLE, || recv_fd(stream.as_raw_fd())) {
-            Ok(fd) => return Ok(fd),
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-            Err(e) => return Err(e),
-        }
-    }
-}
-
-/// One `recvmsg` carrying an `SCM_RIGHTS` message (the runtime's payload, "/dev/ptmx" or
-/// "pty-master", is ignored).
-fn recv_fd(socket: RawFd) -> io::Result<OwnedFd> {
-    let mut payload = [0u8; 256];
-    let mut iov = [IoSliceMut::new(&mut payload)];
-    let mut cmsg = nix::cmsg_space!([RawFd; 1]);
-    let msg = recvmsg::<UnixAddr>(
-        socket,
-        &mut iov,
-        Some(&mut cmsg),
-        MsgFlags::MSG_CMSG_CLOEXEC,
-    )
-    .map_err(io::Error::from)?;
-    let mut received = None;
-    for c in msg.cmsgs().map_err(io::Error::from)? {
-        if let ControlMessageOwned::ScmRights(fds) = c {
-            for fd in fds {
-                // SAFETY: the kernel just installed `fd` in this process for us; nothing else
-                // owns it. Extra fds (never sent by the runtimes) are closed here.
-                let owned = unsafe { OwnedFd::from_raw_fd(fd) };
-                received.get_or_insert(owned);
-            }
-        }
-    }
-    match received {
-        Some(fd) => Ok(fd),
-        None if msg.bytes == 0 => Err(io::Error::new(
-            io::ErrorKind::UnexpectedEof,
-            "the runtime closed the console socket without sending a PTY",
-        )),
-        None => Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            "the console socket message carried no file descriptor",
-        )),
-    }
-}
 
 /// The PTY controller fd, non-blocking, registered with the reactor.
 #[derive(Debug)]

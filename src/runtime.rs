@@ -38,15 +38,6 @@ impl OciRuntime {
             OciRuntime::Gvisor => "runsc",
         }
     }
-
-    /// The exit code with which the runtime reports its own failures (as opposed to the
-    /// container's exit code, which it passes through).
-    pub(crate) fn failure_code(self) -> i32 {
-        match self {
-            OciRuntime::Runc | OciRuntime::Crun => 1,
-            OciRuntime::Gvisor => 128,
-        }
-    }
 }
 
 impl fmt::Display for OciRuntime {

@@ -19,6 +19,9 @@ use crate::pty::PtySession;
 /// How long a new sandbox's launcher may take to listen.
 const READY_DEADLINE: Duration = Duration::from_secs(30);
 
+/// How long a launcher may take to end its container once its control socket has closed.
+const END_DEADLINE: Duration = Duration::from_secs(2);
+
 /// How long the launcher may take to fork and exec a command.
 const START_DEADLINE: Duration = Duration::from_secs(10);
 
@@ -102,6 +105,8 @@ struct Inner {
     /// Commands that may run at once (the launcher's table has room for a few more).
     slots: Arc<Semaphore>,
     execs: AtomicU64,
+    /// A spawn's container: its one command's end is the container's end.
+    one_shot: bool,
 }
 
 impl NamespaceContainer {
@@ -139,8 +144,22 @@ impl NamespaceContainer {
     ///
     /// Cancel safe: a dropped future leaves no container, bundle or socket directory.
     pub async fn start(&self, config: &ContainerConfig) -> Result<Sandbox, SandboxError> {
+        self.launch(config, false).await
+    }
+
+    /// Starts a container whose init is the launcher, with `config`'s policy. `one_shot`: it
+    /// runs `config`'s command once (the spawn modes), which is checked first, and ends with
+    /// it.
+    pub(crate) async fn launch(
+        &self,
+        config: &ContainerConfig,
+        one_shot: bool,
+    ) -> Result<Sandbox, SandboxError> {
+        if one_shot {
+            // Invalid configs and commands absent from PATH fail before anything exists.
+            crate::container::validate(config).await?;
+        }
         let id = config.id.clone().unwrap_or_else(crate::state::new_id);
-        // Installed on the first start only: spawns never need it.
         self.launcher().await?;
         let (control, launcher_end) =
             ControlSocket::pair().map_err(|source| SandboxError::Process {
@@ -153,14 +172,11 @@ impl NamespaceContainer {
         init.args = Vec::new();
         init.timeout = None;
         // The launcher's end of the control socket is the container's stdin: no path.
-        let null = std::process::Stdio::null;
-        let mut process = self
-            .spawn_with_stdio(&init, (launcher_end.into(), null(), null()))
-            .await?;
+        let container = self.run_launcher(&init, launcher_end).await?;
         match tokio::time::timeout(READY_DEADLINE, control.ready()).await {
             Ok(Ok(())) => {}
             Ok(Err(_)) => {
-                let status = process.wait().await.ok();
+                let status = container.wait().await.ok();
                 return Err(SandboxError::SandboxEnded { id, status });
             }
             Err(_) => {
@@ -173,11 +189,12 @@ impl NamespaceContainer {
         Ok(Sandbox {
             inner: Arc::new(Inner {
                 owner: self.clone(),
-                container: process.into_supervised(),
+                container,
                 config: config.clone(),
                 control,
                 slots: Arc::new(Semaphore::new(MAX_CONCURRENT_EXECS)),
                 execs: AtomicU64::new(0),
+                one_shot,
             }),
         })
     }
@@ -199,6 +216,19 @@ impl Sandbox {
     pub async fn close(&self) {
         self.inner.container.start_kill();
         self.inner.container.finished().await;
+    }
+
+    /// Ends the container from within and waits until its init has exited, which means every
+    /// process of it is gone: the launcher reads the end of its control socket, kills
+    /// everything and exits (no runtime call). A launcher that does not is killed. The
+    /// container's removal goes on in its supervisor.
+    pub(crate) async fn end(&self) {
+        self.inner.control.shutdown();
+        let exited = self.inner.container.wait();
+        if tokio::time::timeout(END_DEADLINE, exited).await.is_err() {
+            self.inner.container.start_kill();
+            let _ = self.inner.container.wait().await;
+        }
     }
 
     /// Runs `exec` in the sandbox with piped (or null, or inherited) stdio, like
@@ -436,6 +466,7 @@ impl Sandbox {
             capture,
             oom_before,
             slot,
+            self.inner.one_shot.then(|| self.clone()),
         ));
         let container = &self.inner.container;
         let supervised = Supervised::exec(

@@ -330,13 +330,10 @@ pub(crate) async fn remove_from_runtime(
     }
 }
 
-/// Everything of container `id` on the host, once the runtime is done with it: its init if it
-/// is our zombie (a runtime that exits without waiting for it, killed or failing, leaves it to
-/// us, its subreaper; cgroup v2 keeps the cgroup busy until it is reaped), processes left in
+/// Everything of container `id` on the host, once the runtime is done with it: processes left in
 /// its cgroups and the cgroups (a runtime's own `rmdir` fails while dying processes are still
 /// in them), its state in the runtime's root, its bundle. Blocking.
 pub(crate) fn remove_leftovers_blocking(root: &Path, id: &str, bundle: &Path) {
-    crate::reaper::reap_container_init_blocking(&bundle.join(crate::bundle::PID_FILE));
     crate::cgroup::reap_blocking(id);
     remove_runtime_state_blocking(root, id);
     let _ = remove_tree_blocking(bundle);

@@ -82,6 +82,14 @@ async fn split_halves_work_from_two_tasks(kind: OciRuntime) {
         .await
         .unwrap()
         .unwrap();
+    if kind == OciRuntime::Gvisor {
+        // Known gap of gVisor 20221219's terminal (the relayed one of a session made in the
+        // sandbox): ^D on an empty line gives the reader no end of file (on a non-empty line
+        // it flushes, as it should). The writer still ends the command through its line.
+        writer.write_all(b"\x1c").await.unwrap(); // Ctrl-\: SIGQUIT to the job
+        assert_eq!(pty.wait().await.unwrap().signal(), Some(libc::SIGQUIT));
+        return;
+    }
     writer.write_all(&[0x04]).await.unwrap(); // Ctrl-D: cat sees end of file
     assert!(pty.wait().await.unwrap().success());
 }
