@@ -254,6 +254,7 @@ impl NamespaceContainer {
         &self,
         config: &ContainerConfig,
         stdin: std::os::fd::OwnedFd,
+        start_deadline: std::time::Duration,
     ) -> Result<Supervised, SandboxError> {
         let (id, bundle) = self.prepare(config).await?;
         let inner = &self.inner;
@@ -279,7 +280,7 @@ impl NamespaceContainer {
         drop(cmd);
         let teardown = Teardown::new(&inner.cli, &inner.dirs, id, config, bundle);
         let (supervised, started) =
-            Supervised::container(&inner.tracker, child, teardown, pid_path);
+            Supervised::container(&inner.tracker, child, teardown, pid_path, start_deadline);
         // If this future is dropped here, `supervised` goes with it and its supervisor
         // removes the container.
         started

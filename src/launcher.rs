@@ -32,17 +32,30 @@ pub(crate) const MAX_REQUEST: usize = 192 * 1024;
 /// (blocking). Written aside then renamed: running containers keep the file they started.
 pub(crate) fn install_blocking(rootfs: &Path) -> io::Result<()> {
     use std::io::Write;
-    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::fs::OpenOptionsExt;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static SEQ: AtomicU64 = AtomicU64::new(0);
     let path = rootfs.join(PATH_IN_ROOTFS);
     if std::fs::read(&path).is_ok_and(|current| current == BINARY) {
         return Ok(());
     }
-    let mut tmp = tempfile::NamedTempFile::new_in(rootfs)?;
-    tmp.write_all(BINARY)?;
-    tmp.as_file()
-        .set_permissions(std::fs::Permissions::from_mode(0o755))?;
-    tmp.persist(&path).map_err(|e| e.error)?;
-    Ok(())
+    // A name of this process's and call's own, so that concurrent installers do not meet.
+    let tmp = rootfs.join(format!(
+        ".launcher-{}-{}.tmp",
+        std::process::id(),
+        SEQ.fetch_add(1, Ordering::Relaxed)
+    ));
+    let written = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o755)
+        .open(&tmp)
+        .and_then(|mut f| f.write_all(BINARY))
+        .and_then(|()| std::fs::rename(&tmp, &path));
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written
 }
 
 /// How the command's stdio is made.

@@ -263,8 +263,8 @@ pub(crate) async fn watch_capture(capture: &mut Option<CaptureWatch>) -> bool {
     }
 }
 
-/// How long `<runtime> run --detach` may take to create and start a container.
-const START_DEADLINE: Duration = Duration::from_secs(30);
+/// How long `<runtime> run --detach` may take to create and start a container, at most.
+pub(crate) const START_DEADLINE: Duration = Duration::from_secs(30);
 
 /// How long a killed container's init may take to die before its cgroups are emptied by force.
 const KILL_DEADLINE: Duration = Duration::from_secs(5);
@@ -287,13 +287,14 @@ async fn supervise_container(
     mut runtime: Child,
     mut teardown: Teardown,
     pid_file: std::path::PathBuf,
+    start_deadline: Duration,
     mut control: mpsc::UnboundedReceiver<Control>,
     outcome: watch::Sender<Outcome>,
     started: oneshot::Sender<Result<(), SandboxError>>,
 ) {
     let end = tokio::select! {
         status = runtime.wait() => StartEnd::Exited(status),
-        _ = tokio::time::sleep(START_DEADLINE) => StartEnd::TimedOut,
+        _ = tokio::time::sleep(start_deadline) => StartEnd::TimedOut,
         _ = control.recv() => StartEnd::Stopped,
     };
     let start = match end {
@@ -309,7 +310,7 @@ async fn supervise_container(
             let _ = runtime.wait().await;
             Err(SandboxError::Timeout {
                 what: format!("{} run --detach", teardown.cli.kind),
-                after: START_DEADLINE,
+                after: start_deadline,
             })
         }
     };
@@ -442,6 +443,7 @@ impl Supervised {
         runtime: Child,
         teardown: Teardown,
         pid_file: std::path::PathBuf,
+        start_deadline: Duration,
     ) -> (Self, oneshot::Receiver<Result<(), SandboxError>>) {
         let (control_tx, control_rx) = mpsc::unbounded_channel();
         let (outcome_tx, outcome_rx) = watch::channel(None);
@@ -450,7 +452,13 @@ impl Supervised {
         let cli = teardown.cli.clone();
         let network = teardown.network;
         let task = tracker.spawn(supervise_container(
-            runtime, teardown, pid_file, control_rx, outcome_tx, started_tx,
+            runtime,
+            teardown,
+            pid_file,
+            start_deadline,
+            control_rx,
+            outcome_tx,
+            started_tx,
         ));
         let supervised = Supervised {
             id,

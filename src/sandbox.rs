@@ -166,13 +166,20 @@ impl NamespaceContainer {
                 context: "opening the sandbox's control socket",
                 source,
             })?;
+        // A spawn's timeout covers its container's start too.
+        let start_deadline = match config.timeout {
+            Some(t) if one_shot => t.min(crate::process::START_DEADLINE),
+            _ => crate::process::START_DEADLINE,
+        };
         let mut init = config.clone();
         init.id = Some(id.clone());
         init.command = format!("/{}", launcher::PATH_IN_ROOTFS);
         init.args = Vec::new();
         init.timeout = None;
         // The launcher's end of the control socket is the container's stdin: no path.
-        let container = self.run_launcher(&init, launcher_end).await?;
+        let container = self
+            .run_launcher(&init, launcher_end, start_deadline)
+            .await?;
         match tokio::time::timeout(READY_DEADLINE, control.ready()).await {
             Ok(Ok(())) => {}
             Ok(Err(_)) => {

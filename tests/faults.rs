@@ -65,7 +65,8 @@ async fn a_read_only_state_root_is_an_io_error() {
 
 #[tokio::test]
 async fn a_full_state_root_is_an_io_error_at_spawn_and_leaves_no_bundle() {
-    let small = Tmpfs::mount("size=256k");
+    // Room for the shared rootfs and the launcher binary (under 1 MiB), no more.
+    let small = Tmpfs::mount("size=2m");
     let sandbox = NamespaceContainer::builder()
         .state_dir(small.path())
         .build()
@@ -73,7 +74,7 @@ async fn a_full_state_root_is_an_io_error_at_spawn_and_leaves_no_bundle() {
         .unwrap();
     // Fill the disk.
     let filler = small.path().join("filler");
-    let _ = std::fs::write(&filler, vec![0u8; 1 << 20]);
+    let _ = std::fs::write(&filler, vec![0u8; 4 << 20]);
     let config = NamespaceContainer::build_config(&SandboxConfig::default(), "true", vec![]);
     let err = sandbox.spawn(&config).await.unwrap_err();
     match &err {
