@@ -231,6 +231,40 @@ const NSENTER: &str = "/usr/bin/nsenter";
 /// How long a short runtime call (kill, delete, state, list, version) may take.
 pub(crate) const SHORT_CALL_DEADLINE: Duration = Duration::from_secs(10);
 
+/// Waits for `child` with its stdout and stderr read to the end; `None` past `deadline`,
+/// when it is killed and reaped.
+async fn run_to_end(
+    mut child: tokio::process::Child,
+    deadline: Duration,
+) -> Option<std::io::Result<std::process::Output>> {
+    use tokio::io::AsyncReadExt;
+    async fn read_all(pipe: Option<impl tokio::io::AsyncRead + Unpin>) -> Vec<u8> {
+        let mut buf = Vec::new();
+        if let Some(mut pipe) = pipe {
+            let _ = pipe.read_to_end(&mut buf).await;
+        }
+        buf
+    }
+    let (stdout, stderr) = (child.stdout.take(), child.stderr.take());
+    let all = async {
+        let (status, stdout, stderr) =
+            tokio::join!(child.wait(), read_all(stdout), read_all(stderr));
+        status.map(|status| std::process::Output {
+            status,
+            stdout,
+            stderr,
+        })
+    };
+    match tokio::time::timeout(deadline, all).await {
+        Ok(out) => Some(out),
+        Err(_) => {
+            let _ = child.start_kill();
+            let _ = child.wait().await;
+            None
+        }
+    }
+}
+
 impl RuntimeCli {
     /// The full argv (without the binary) for `sub`.
     pub fn argv(&self, flags: ContainerFlags<'_>, sub: Sub<'_>) -> Vec<OsString> {
@@ -325,10 +359,13 @@ impl RuntimeCli {
         deadline: Duration,
     ) -> Result<Vec<u8>, SandboxError> {
         cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
-        let out = match tokio::time::timeout(deadline, cmd.output()).await {
-            Ok(Ok(out)) => out,
-            Ok(Err(e)) => return Err(self.spawn_error(e)),
-            Err(_) => {
+        let child = cmd.spawn().map_err(|e| self.spawn_error(e))?;
+        // Awaited to its end in a task of its own, killed past the deadline: a caller that
+        // goes away leaves neither a running runtime call nor a zombie.
+        let out = match tokio::spawn(run_to_end(child, deadline)).await {
+            Ok(Some(Ok(out))) => out,
+            Ok(Some(Err(e))) => return Err(self.spawn_error(e)),
+            Ok(None) | Err(_) => {
                 return Err(SandboxError::Timeout {
                     what: format!("{} {op}", self.kind),
                     after: deadline,

@@ -227,6 +227,17 @@ impl UserNamespace {
     /// Makes the namespace with the launcher's `userns` mode (a process of the range's root
     /// that unshares and waits), maps the range into it and keeps it by an fd.
     pub async fn create(launcher: &Path, lease: IdRangeLease) -> Result<Self, SandboxError> {
+        // In a task of its own: the helper is awaited to its end even if the caller goes away.
+        let launcher = launcher.to_path_buf();
+        tokio::spawn(async move { Self::create_now(&launcher, lease).await })
+            .await
+            .map_err(|e| SandboxError::Process {
+                context: "making the container's user namespace",
+                source: std::io::Error::other(e),
+            })?
+    }
+
+    async fn create_now(launcher: &Path, lease: IdRangeLease) -> Result<Self, SandboxError> {
         use tokio::io::{AsyncBufReadExt, BufReader};
         const DEADLINE: std::time::Duration = std::time::Duration::from_secs(10);
         let err = |source| SandboxError::Process {

@@ -133,7 +133,7 @@ async fn five_hundred_spawns_cancelled_at_random_leave_nothing() {
     let started = Instant::now();
     let t = TestSandbox::new(OciRuntime::Runc).await;
     // Warm up every mode once, so that lazily opened fds (tokio's signal pipe, the reactor,
-    // the subreaper's state) are in the baseline.
+    // the launcher's installation) are in the baseline.
     for mode in [Mode::Piped, Mode::Captured, Mode::Interactive] {
         spawn(&t.sandbox, mode, &t.config("true", &[]))
             .await
