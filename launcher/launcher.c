@@ -66,6 +66,8 @@ struct conn {
     pid_t pid;      /* 0 until started */
     int controller; /* a relayed terminal's controller (for resizes), or -1 */
     pid_t relayer;  /* the relay of that terminal, or 0 */
+    pid_t cmd;      /* the command (its keeper is `pid`), or 0 */
+    int report;     /* the keeper's report: the command's pid, then its wait status; or -1 */
 };
 
 static struct conn conns[MAX_CONNS];
@@ -78,8 +80,14 @@ static void reply(int fd, const char *text) {
 }
 
 static void drop_conn(int i) {
+    /* What the host sent and the launcher did not read is read first: gVisor resets a
+       connection closed with unread data, and the host would lose the last reply. */
+    char unread[64];
+    while (recv(conns[i].fd, unread, sizeof unread, MSG_DONTWAIT) > 0) {
+    }
     close(conns[i].fd);
     if (conns[i].controller >= 0) close(conns[i].controller);
+    if (conns[i].report >= 0) close(conns[i].report);
     conns[i] = conns[--nconns];
 }
 
@@ -196,12 +204,122 @@ static int split(char *buf, size_t len, char **items, int max) {
     return start == len ? n : -1;
 }
 
+/* Kills every descendant of this process (a subreaper: what they orphan comes here) and
+   reaps them, round after round until none is left: processes an exec started in the
+   background, setsid()'d or double-forked, end with it. */
+static void kill_descendants(void) {
+    enum { MAX_PROCS = 65536 };
+    static pid_t pids[MAX_PROCS], parents[MAX_PROCS];
+    static char mine[MAX_PROCS];
+    pid_t self = getpid();
+    for (int round = 0; round < 5000; round++) {
+        int n = 0;
+        DIR *proc = opendir("/proc");
+        struct dirent *e;
+        while (proc && n < MAX_PROCS && (e = readdir(proc))) {
+            pid_t pid = (pid_t)atoi(e->d_name);
+            if (pid <= 0) continue;
+            char path[64], stat[512];
+            snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
+            int f = open(path, O_RDONLY | O_CLOEXEC);
+            if (f < 0) continue;
+            ssize_t len = read(f, stat, sizeof stat - 1);
+            close(f);
+            if (len <= 0) continue;
+            stat[len] = '\0';
+            /* "pid (comm) state ppid ...": the name may hold anything but its last ')'. */
+            char *close_paren = strrchr(stat, ')');
+            char state;
+            int ppid;
+            if (!close_paren || sscanf(close_paren + 1, " %c %d", &state, &ppid) != 2) continue;
+            pids[n] = pid;
+            parents[n] = (pid_t)ppid;
+            mine[n] = 0;
+            n++;
+        }
+        if (proc) closedir(proc);
+        /* Descendants: children of this process, then of those, until nothing changes. */
+        int killed = 0, grew = 1;
+        while (grew) {
+            grew = 0;
+            for (int k = 0; k < n; k++) {
+                if (mine[k]) continue;
+                int ours = parents[k] == self;
+                for (int j = 0; !ours && j < n; j++) ours = mine[j] && pids[j] == parents[k];
+                if (ours) {
+                    mine[k] = 1;
+                    grew = 1;
+                    kill(pids[k], SIGKILL);
+                    killed++;
+                }
+            }
+        }
+        while (waitpid(-1, NULL, WNOHANG) > 0) {
+        }
+        if (!killed && waitpid(-1, NULL, WNOHANG) < 0 && errno == ECHILD) return;
+        usleep(1000);
+    }
+}
+
+/* Kills the processes adopted by the launcher itself (PID 1) that are neither a keeper nor a
+   relay: what an exec left behind where its keeper could not adopt it (gVisor has no child
+   subreapers). Called when no exec runs any more. */
+static void kill_orphans(void) {
+    DIR *proc = opendir("/proc");
+    struct dirent *e;
+    pid_t self = getpid();
+    while (proc && (e = readdir(proc))) {
+        pid_t pid = (pid_t)atoi(e->d_name);
+        if (pid <= 0 || pid == self) continue;
+        char path[64], stat[512];
+        snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
+        int f = open(path, O_RDONLY | O_CLOEXEC);
+        if (f < 0) continue;
+        ssize_t len = read(f, stat, sizeof stat - 1);
+        close(f);
+        if (len <= 0) continue;
+        stat[len] = '\0';
+        char *close_paren = strrchr(stat, ')');
+        char state;
+        int ppid;
+        if (!close_paren || sscanf(close_paren + 1, " %c %d", &state, &ppid) != 2) continue;
+        if (ppid != self) continue;
+        int ours = 0;
+        for (int i = 0; i < nconns && !ours; i++) ours = conns[i].pid == pid || conns[i].relayer == pid;
+        if (!ours) kill(pid, SIGKILL);
+    }
+    if (proc) closedir(proc);
+}
+
+/* The keeper of one exec: a subreaper between the launcher and the command. It reports the
+   command's pid, waits for it, then ends everything the command left behind, and reports
+   the command's wait status. Never returns. */
+static void keep(pid_t cmd, int report) {
+    (void)!write(report, &cmd, sizeof cmd);
+    int status = 0;
+    for (;;) {
+        int s;
+        pid_t w = waitpid(-1, &s, 0);
+        if (w == cmd) {
+            status = s;
+            break;
+        }
+        if (w < 0 && errno != EINTR) break;
+    }
+    kill_descendants();
+    (void)!write(report, &status, sizeof status);
+    _exit(0);
+}
+
 /* Closes the fds of a request that cannot go on. */
 static void close_fds(int *fds, int n) {
     for (int k = 0; k < n; k++) close(fds[k]);
 }
 
 static int control_fd = -1;
+
+/* Whether this kernel has child subreapers (gVisor 20221219 has not). */
+static int subreapers;
 
 /* Reads one request from the control socket, forks and execs the command. Returns -1 when the
    control socket has ended (the host is gone). */
@@ -215,8 +333,11 @@ static int start(void) {
                          .msg_control = control,
                          .msg_controllen = sizeof control};
     ssize_t len = recvmsg(control_fd, &msg, MSG_CMSG_CLOEXEC | MSG_DONTWAIT);
-    if (len < 0) return errno == EAGAIN || errno == EINTR ? 0 : -1;
-    if (len == 0) return -1;
+    /* Only the end of the socket ends the container; a failed receive (no fd left for what
+       came along, say) loses that one request, whose channel the host then sees closed. */
+    if (len == 0 || (len < 0 && (errno == ECONNRESET || errno == ENOTCONN || errno == EBADF)))
+        return -1;
+    if (len < 0) return 0;
     for (struct cmsghdr *c = CMSG_FIRSTHDR(&msg); c; c = CMSG_NXTHDR(&msg, c)) {
         if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_RIGHTS) {
             int n = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
@@ -242,7 +363,7 @@ static int start(void) {
         return 0;
     }
     int i = nconns++;
-    conns[i] = (struct conn){.fd = fd, .pid = 0, .controller = -1, .relayer = 0};
+    conns[i] = (struct conn){.fd = fd, .pid = 0, .controller = -1, .relayer = 0, .cmd = 0, .report = -1};
     static char *items[MAX_ITEMS + 1];
     int n = split(request, (size_t)len, items, MAX_ITEMS);
     int ok = (msg.msg_flags & (MSG_TRUNC | MSG_CTRUNC)) == 0 && n >= 4 && items[0][0] == 'R';
@@ -312,13 +433,55 @@ static int start(void) {
     /* envp ends at items[n], which is past the last field: make it NULL. */
     items[n] = NULL;
 
+    /* Socket pairs, not pipes: a pipe of the launcher's can be opened through /proc/1/fd
+       where the kernel does not check dumpability there (gVisor); a socket cannot. */
     int status_pipe[2];
-    if (pipe2(status_pipe, O_CLOEXEC) < 0) {
+    if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, status_pipe) < 0) {
         reply(fd, "E 24");
         drop_conn(i);
         return 0;
     }
-    pid_t pid = fork();
+    int report[2];
+    if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, report) < 0) {
+        close(status_pipe[0]);
+        close(status_pipe[1]);
+        close_fds(fds, nfds);
+        reply(fd, "E 24");
+        drop_conn(i);
+        return 0;
+    }
+    /* With child subreapers (not in gVisor 20221219) a keeper stands between the launcher and
+       the command; without, the command is forked directly (and is its own "keeper"). */
+    pid_t keeper, pid;
+    if (subreapers) {
+        keeper = fork();
+        /* A subreaper before the command exists: whatever it orphans comes to the keeper. */
+        if (keeper == 0) prctl(PR_SET_CHILD_SUBREAPER, 1);
+        pid = keeper == 0 ? fork() : -1;
+    } else {
+        pid = fork();
+        keeper = pid == 0 ? -2 : pid;
+    }
+    if (subreapers && keeper == 0 && pid != 0) {
+        /* The keeper: holds nothing of the launcher's but its report pipe. */
+        close(control_fd);
+        for (int k = 0; k < nconns; k++) {
+            close(conns[k].fd);
+            if (conns[k].controller >= 0) close(conns[k].controller);
+            if (conns[k].report >= 0) close(conns[k].report);
+        }
+        if (controller >= 0) close(controller);
+        close(status_pipe[0]);
+        close(report[0]);
+        if (pid < 0) {
+            int err = errno;
+            (void)!write(status_pipe[1], &err, sizeof err);
+            _exit(127);
+        }
+        close(status_pipe[1]);
+        close_fds(fds, nfds);
+        keep(pid, report[1]);
+    }
     if (pid == 0) {
         sigset_t none;
         sigemptyset(&none);
@@ -370,10 +533,12 @@ static int start(void) {
         _exit(127);
     }
     close(status_pipe[1]);
+    close(report[1]);
     conns[i].controller = controller;
+    conns[i].report = report[0];
     int err = 0;
     ssize_t got;
-    if (pid < 0) {
+    if (keeper < 0) {
         err = errno;
         got = sizeof err;
     } else {
@@ -381,6 +546,10 @@ static int start(void) {
         }
     }
     close(status_pipe[0]);
+    /* The keeper reports the command's pid first (it is running, or failed to exec). */
+    pid = keeper;
+    if (subreapers && keeper > 0 && read(report[0], &pid, sizeof pid) != (ssize_t)sizeof pid)
+        pid = 0;
     char text[32];
     if (got == (ssize_t)sizeof err) {
         /* The child has exited (127) and is reaped by the SIGCHLD loop. */
@@ -404,7 +573,8 @@ static int start(void) {
         conns[i].relayer = relayer > 0 ? relayer : 0;
     }
     close_fds(fds, nfds);
-    conns[i].pid = pid;
+    conns[i].pid = keeper;
+    conns[i].cmd = pid;
     snprintf(text, sizeof text, "S %d", (int)pid);
     reply(fd, text);
     return 0;
@@ -419,6 +589,16 @@ static void reap(void) {
                 char text[32];
                 /* The relay copies what the terminal still holds, then ends the stream. */
                 if (conns[i].relayer > 0) kill(conns[i].relayer, SIGTERM);
+                /* The command's status, from its keeper (which has ended all it left). */
+                int command_status;
+                if (read(conns[i].report, &command_status, sizeof command_status) ==
+                    (ssize_t)sizeof command_status)
+                    status = command_status;
+                /* The last exec has ended: nothing it left may run on (gVisor, where the
+                   keeper could not adopt it). */
+                int running = 0;
+                for (int k = 0; k < nconns; k++) running |= k != i && conns[k].pid > 0;
+                if (!running) kill_orphans();
                 snprintf(text, sizeof text, "X %d", status);
                 reply(conns[i].fd, text);
                 drop_conn(i);
@@ -434,19 +614,20 @@ static void control(int i) {
     ssize_t len = recv(conns[i].fd, buf, sizeof buf - 1, MSG_DONTWAIT);
     if (len < 0 && (errno == EAGAIN || errno == EINTR)) return;
     if (len <= 0) {
-        /* Reaped by the SIGCHLD loop without a report. */
-        if (conns[i].pid > 0) {
-            kill(-conns[i].pid, SIGKILL);
-            kill(conns[i].pid, SIGKILL);
+        /* The keeper, once the command is dead, ends what it left and is reaped by the
+           SIGCHLD loop without a report. */
+        if (conns[i].cmd > 0) {
+            kill(-conns[i].cmd, SIGKILL);
+            kill(conns[i].cmd, SIGKILL);
         }
         drop_conn(i);
         return;
     }
     buf[len] = '\0';
-    if (conns[i].pid <= 0) return;
+    if (conns[i].cmd <= 0) return;
     if (buf[0] == 'K') {
         int sig = atoi(buf + 1);
-        if (kill(-conns[i].pid, sig) < 0) kill(conns[i].pid, sig);
+        if (kill(-conns[i].cmd, sig) < 0) kill(conns[i].cmd, sig);
     } else if (buf[0] == 'W' && conns[i].controller >= 0) {
         struct winsize ws = {0};
         if (sscanf(buf + 1, "%hu %hu", &ws.ws_col, &ws.ws_row) == 2)
@@ -457,7 +638,7 @@ static void control(int i) {
 /* Kills every command and ends the container: the host has gone. */
 static void end_all(void) {
     for (int i = 0; i < nconns; i++) {
-        if (conns[i].pid > 0) kill(-conns[i].pid, SIGKILL);
+        if (conns[i].cmd > 0) kill(-conns[i].cmd, SIGKILL);
     }
     kill(-1, SIGKILL);
     _exit(0);
@@ -506,6 +687,8 @@ int main(int argc, char **argv) {
     }
     for (int k = 0; k < 3; k++) dup2(devnull, k);
     close(devnull);
+    /* Harmless for PID 1, which adopts its namespace's orphans anyway. */
+    subreapers = prctl(PR_SET_CHILD_SUBREAPER, 1) == 0;
     reply(control_fd, "ready");
     static struct pollfd pfds[MAX_CONNS + 2];
     for (;;) {

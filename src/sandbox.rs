@@ -19,6 +19,9 @@ use crate::pty::PtySession;
 /// How long a new sandbox's launcher may take to listen.
 const READY_DEADLINE: Duration = Duration::from_secs(30);
 
+/// The least time a spawn's container gets to start, whatever its command's timeout.
+const MIN_START_DEADLINE: Duration = Duration::from_secs(10);
+
 /// How long a launcher may take to end its container once its control socket has closed.
 const END_DEADLINE: Duration = Duration::from_secs(2);
 
@@ -166,9 +169,10 @@ impl NamespaceContainer {
                 context: "opening the sandbox's control socket",
                 source,
             })?;
-        // A spawn's timeout covers its container's start too.
+        // A spawn's container gets as long to start as its command's timeout, within
+        // 10..30 s (a runtime that hangs, as runsc on kvm does, fails that soon).
         let start_deadline = match config.timeout {
-            Some(t) if one_shot => t.min(crate::process::START_DEADLINE),
+            Some(t) if one_shot => t.clamp(MIN_START_DEADLINE, crate::process::START_DEADLINE),
             _ => crate::process::START_DEADLINE,
         };
         let mut init = config.clone();

@@ -34,10 +34,9 @@ pub(crate) struct StateDirs {
     pub root: PathBuf,
     /// Parent of the bundle directories, one per container id.
     pub bundles: PathBuf,
-    /// The shared, read-only root filesystem (links and a minimal /etc).
+    /// The shared, read-only root filesystem (links and a minimal /etc), owned by this
+    /// process's user (no container's uid may own anything every container reads).
     pub rootfs: PathBuf,
-    /// Who owns the rootfs, when not this process's user.
-    pub rootfs_owner: Option<(u32, u32)>,
 }
 
 impl StateDirs {
@@ -54,22 +53,17 @@ impl StateDirs {
         }
     }
 
-    /// As root, the shared rootfs belongs to the containers' user namespace range (whose root
-    /// makes the mount points in it), one per range.
+    /// As root, one shared rootfs per id-range base (its name says which).
     pub fn new(base: &Path, runtime: OciRuntime, identity: HostIdentity) -> Self {
         let runtime_dir = base.join(runtime.binary_name());
-        let (rootfs, rootfs_owner) = match identity {
-            HostIdentity::Root { userns_base } => (
-                base.join(format!("rootfs-{userns_base}")),
-                Some((userns_base, userns_base)),
-            ),
-            HostIdentity::Rootless { .. } => (base.join("rootfs"), None),
+        let rootfs = match identity {
+            HostIdentity::Root { userns_base } => base.join(format!("rootfs-{userns_base}")),
+            HostIdentity::Rootless { .. } => base.join("rootfs"),
         };
         StateDirs {
             root: runtime_dir.join("state"),
             bundles: runtime_dir.join("bundles"),
             rootfs,
-            rootfs_owner,
         }
     }
 
@@ -83,6 +77,18 @@ impl StateDirs {
                 .map_err(|e| SandboxError::io("creating the state directory", dir, e))?;
         }
         crate::bundle::prepare_rootfs(&self.rootfs)?;
+        // Earlier versions handed it to the first id range: take it back.
+        let (uid, gid) = (
+            nix::unistd::geteuid().as_raw(),
+            nix::unistd::getegid().as_raw(),
+        );
+        if std::fs::metadata(&self.rootfs).is_ok_and(|m| {
+            use std::os::unix::fs::MetadataExt;
+            m.uid() != uid || m.gid() != gid
+        }) {
+            crate::fs_tree::chown_tree_blocking(&self.rootfs, uid, gid)
+                .map_err(|e| SandboxError::io("taking the rootfs back", &self.rootfs, e))?;
+        }
         // Every container's root opens it, whatever its id range: readable by all (it holds
         // links and a generated /etc, nothing secret), and the base dir traversable.
         if let Some(base) = self.rootfs.parent() {
@@ -101,11 +107,6 @@ impl StateDirs {
             std::os::unix::fs::PermissionsExt::from_mode(0o755),
         )
         .map_err(|e| SandboxError::io("opening the rootfs to every id range", &self.rootfs, e))?;
-        if let Some((uid, gid)) = self.rootfs_owner {
-            crate::fs_tree::chown_tree_blocking(&self.rootfs, uid, gid).map_err(|e| {
-                SandboxError::io("handing the rootfs to the user namespace", &self.rootfs, e)
-            })?;
-        }
         Ok(())
     }
 

@@ -507,7 +507,7 @@ async fn a_fork_bomb_is_contained_and_the_host_stays_responsive(kind: OciRuntime
     );
     let mut bomb = t.sandbox.spawn(&config).await.unwrap();
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    // The pids cgroup holds it at its limit (gVisor: the limit plus the Sentry's allowance).
+    // The pids cgroup holds it at its limit (gVisor: the limit plus the Sentry's allowance, 512).
     let pids = std::path::Path::new("/sys/fs/cgroup/pids/oci-sandbox")
         .join(bomb.id())
         .join("pids.current");
@@ -515,7 +515,7 @@ async fn a_fork_bomb_is_contained_and_the_host_stays_responsive(kind: OciRuntime
         Ok(current) => {
             let current: u32 = current.trim().parse().unwrap();
             let allowed = if kind == OciRuntime::Gvisor {
-                64 + 128
+                64 + 512
             } else {
                 64
             };
@@ -589,8 +589,11 @@ async fn a_cpu_hog_gets_its_quota_only(kind: OciRuntime) {
         assert!(out.status.success(), "{} / {}", out.status, out.stderr);
         out.stdout.trim().parse().unwrap()
     };
-    let quarter = SandboxConfig {
-        cpu_millicores: Some(250),
+    // A tenth of a core: far enough below what the unlimited run gets even when the other
+    // tests of this binary load both cores (it got 0.35 of a core then; a quarter-core quota
+    // measured 0.73 of it).
+    let tenth = SandboxConfig {
+        cpu_millicores: Some(100),
         ..SandboxConfig::default()
     };
     let unlimited = SandboxConfig {
@@ -600,15 +603,15 @@ async fn a_cpu_hog_gets_its_quota_only(kind: OciRuntime) {
     // Side by side, so that whatever else loads the machine weighs on both alike.
     let args = ["python3", "-c", spin];
     let (free, throttled) =
-        tokio::join!(attempt(&t, &unlimited, &args), attempt(&t, &quarter, &args));
+        tokio::join!(attempt(&t, &unlimited, &args), attempt(&t, &tenth, &args));
     let (free, throttled) = (work(&free), work(&throttled));
-    // A quarter of a core: about a quarter of the work (allow for noise and for start-up).
+    // A tenth of a core: a small part of the work (allow for load, noise and start-up).
     let ratio = throttled / free;
     assert!(
         ratio < 0.6,
-        "a 250 millicore quota did {ratio:.2} of the unlimited work"
+        "a 100 millicore quota did {ratio:.2} of the unlimited work"
     );
-    assert_still_works(&t, &quarter).await;
+    assert_still_works(&t, &tenth).await;
 }
 
 async fn a_yes_flood_is_capped(kind: OciRuntime) {
