@@ -74,17 +74,6 @@ async fn raw_first_byte(
     assert_eq!(pty.read(&mut byte).await.unwrap(), 1);
     let elapsed = started.elapsed();
     assert!(runtime.wait().await.unwrap().success());
-    // Once the library has made this process a child subreaper, the init is ours to reap (else
-    // zombies pile up and slow everything after); before that, ECHILD.
-    let pid: i32 = std::fs::read_to_string(&pid_file)
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
-    let _ = tokio::task::spawn_blocking(move || {
-        nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid), None)
-    })
-    .await;
     let _ = std::fs::remove_file(&pid_file);
     let _ = raw_cli::command(kind, root)
         .args(["delete", "--force", id])

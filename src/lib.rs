@@ -35,18 +35,19 @@
 //! Every handle owns its container. Dropping it, cancelling the future that holds it, a
 //! timeout or a panic kills the container, deletes it from the runtime and removes its bundle,
 //! in a background task with a deadline; [`NamespaceContainer::close`] waits for those tasks.
+//! Whatever a command started in the background ends with it.
 //! Containers left by a process that crashed are removed by the next [`NamespaceContainer`]
 //! built on the same state root.
 //!
 //! # Caveats
 //!
-//! - Containers run detached, and the library gets an exit status by being the init's parent:
-//!   on the first spawn the process makes itself a child subreaper
-//!   (`PR_SET_CHILD_SUBREAPER`). Orphaned descendants of your own child processes are then
-//!   re-parented to your process instead of to init; the library reaps only container
-//!   processes and the runtimes' own helpers.
-//! - On gVisor the status passes through the sandbox process as a code, so a process that
-//!   calls `exit(128 + n)` reads as killed by signal `n` there.
+//! - The library has no process-wide side effects: it never becomes a child subreaper and
+//!   never reaps a process it did not spawn. Exit statuses come from its own init in every
+//!   container (the launcher), exact on every runtime (`exit(137)` is a code, not a signal).
+//! - A container dies with its owner: when the process that started it exits (even by
+//!   `SIGKILL`), the container's init sees its control socket close and ends it.
+//! - Each runc/crun container runs as root with a host id range of its own (leased under
+//!   `/run/oci-sandbox-id-ranges`) in a user namespace owned by that range.
 //! - As root, a config's writable binds are handed (`chown -R`) to the user namespace's
 //!   unprivileged range unless [`Security::user_namespace`] is off.
 //! - Without root (rootless: runc and runsc; crun needs root on hybrid cgroups), memory, pids
@@ -58,7 +59,8 @@
 //! profile (no mounts, namespaces, `ptrace`, modules, kexec, BPF, keyring...), masks `/proc`
 //! paths, mounts the root read-only, hides `/home`, `/root`, `/etc/shadow` and the host's
 //! environment, gives the container no network, and as root maps its root to an unprivileged
-//! host uid. `tests/escape.rs` attacks each of these on every runtime.
+//! host uid of its own. `tests/escape.rs` and `tests/escape_sandbox.rs` attack each of these
+//! on every runtime; `docs/SECURITY.md` states what the boundary promises.
 
 #![warn(missing_docs)]
 

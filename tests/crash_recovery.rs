@@ -1,5 +1,6 @@
-//! A process using the library is SIGKILLed with containers running; the next
-//! `NamespaceContainer` built on the same state root removes everything it left.
+//! A process using the library is SIGKILLed with containers running on every runtime: the
+//! containers die with it within a second, and the next `NamespaceContainer` built on the same
+//! state root removes everything it left on disk.
 //!
 //! This file has its own `main` (harness = false) so that it can re-run itself as the process
 //! that crashes.
@@ -7,7 +8,7 @@
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use oci_sandbox::{NamespaceContainer, SandboxConfig};
+use oci_sandbox::{NamespaceContainer, OciRuntime, SandboxConfig};
 use tokio::io::AsyncBufReadExt;
 
 const MARKER: &str = "100.6161";
@@ -35,47 +36,51 @@ fn builder(state: &std::path::Path) -> oci_sandbox::NamespaceContainerBuilder {
         .capture_dir(state.join("captures"))
 }
 
-/// The process that gets killed: spawns sleeping containers in every mode (a piped one, a
-/// detached one writing captured output, an interactive one, a long-lived sandbox running an
-/// exec) and reports their ids.
+/// The process that gets killed: on every runtime, spawns sleeping containers in every mode (a
+/// piped one, one writing captured output, an interactive one, a long-lived sandbox running
+/// an exec) and reports their ids.
 async fn crash_child(state: &str) {
     let state = std::path::Path::new(state);
     std::fs::create_dir_all(state.join("captures")).unwrap();
-    let sandbox = builder(state).build().await.unwrap();
     let config =
         NamespaceContainer::build_config(&SandboxConfig::default(), "sleep", vec![MARKER.into()]);
-    let piped = sandbox.spawn(&config).await.unwrap();
-    let captured = sandbox
-        .spawn_captured(&config, oci_sandbox::OutputMode::Separate)
-        .await
-        .unwrap();
-    let interactive = sandbox.spawn_interactive(&config).await.unwrap();
-    let long_lived = sandbox.start(&config).await.unwrap();
-    let exec = long_lived
-        .exec(&oci_sandbox::ExecConfig::new("sleep", vec![MARKER.into()]))
-        .await
-        .unwrap();
-    std::mem::forget(exec);
-    let ids = [
-        piped.id().to_owned(),
-        captured.id().to_owned(),
-        interactive.id().to_owned(),
-        long_lived.id().to_owned(),
-    ];
-    for id in &ids {
-        println!("{id}");
-    }
-    // Wait until all three are running before saying so.
-    loop {
-        let listed = sandbox.list().await.unwrap();
-        if ids.iter().all(|id| listed.contains(id)) {
-            break;
+    let mut handles: Vec<Box<dyn std::any::Any>> = Vec::new();
+    for kind in RUNTIMES {
+        let sandbox = builder(state).runtime(kind).build().await.unwrap();
+        let piped = sandbox.spawn(&config).await.unwrap();
+        let captured = sandbox
+            .spawn_captured(&config, oci_sandbox::OutputMode::Separate)
+            .await
+            .unwrap();
+        let interactive = sandbox.spawn_interactive(&config).await.unwrap();
+        let long_lived = sandbox.start(&config).await.unwrap();
+        let exec = long_lived
+            .exec(&oci_sandbox::ExecConfig::new("sleep", vec![MARKER.into()]))
+            .await
+            .unwrap();
+        for id in [piped.id(), captured.id(), interactive.id(), long_lived.id()] {
+            println!("{kind} {id}");
         }
+        handles.push(Box::new((
+            piped,
+            captured,
+            interactive,
+            long_lived,
+            exec,
+            sandbox,
+        )));
+    }
+    // Every container runs its sleep before this says so.
+    // (gVisor's commands live in its Sentry: only runc's and crun's are host processes.)
+    while count_processes(MARKER) < 8 {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     println!("ready");
     std::future::pending::<()>().await;
 }
+
+/// The runtimes the crashing process uses.
+const RUNTIMES: [OciRuntime; 3] = [OciRuntime::Runc, OciRuntime::Crun, OciRuntime::Gvisor];
 
 async fn sweep_removes_what_a_killed_process_left() {
     let state = tempfile::Builder::new()
@@ -101,82 +106,54 @@ async fn sweep_removes_what_a_killed_process_left() {
         panic!("the child ended before it was ready");
     });
     ready.await.expect("child ready within 30 s");
-    assert_eq!(ids.len(), 4);
+    assert_eq!(ids.len(), 4 * RUNTIMES.len(), "{ids:?}");
+    let ids: Vec<String> = ids
+        .iter()
+        .map(|l| l.split_once(' ').unwrap().1.to_owned())
+        .collect();
 
+    let killed = Instant::now();
     child.start_kill().unwrap();
     child.wait().await.unwrap();
-
-    // The crash left containers, bundles, capture dirs, cgroups and container processes.
-    let captures = || {
-        std::fs::read_dir(state.path().join("captures"))
-            .unwrap_or_else(|e| {
-                panic!(
-                    "{e}: {:?}",
-                    std::fs::read_dir(state.path()).map(|d| d
-                        .filter_map(Result::ok)
-                        .map(|e| e.file_name())
-                        .collect::<Vec<_>>())
-                )
-            })
-            .count()
-    };
-    assert_eq!(captures(), 1, "the captured run's dir survived the crash");
-    let runc_list = |root: &std::path::Path| {
-        let out = std::process::Command::new("runc")
-            .arg("--root")
-            .arg(root)
-            .args(["list", "-q"])
-            .output()
-            .unwrap();
-        String::from_utf8(out.stdout)
-            .unwrap()
-            .lines()
-            .map(str::to_owned)
-            .collect::<Vec<_>>()
-    };
-    let root = state.path().join("runc/state");
-    let left = runc_list(&root);
-    for id in &ids {
+    // Every container died with its owner within a second, in every mode and on every
+    // runtime: each launcher read the end of its control socket and killed everything.
+    // (gVisor's sandbox and gofer processes name their bundle, under the state dir.)
+    let state_path = state.path().to_string_lossy().into_owned();
+    while count_processes(MARKER) + count_processes(&state_path) > 0 {
         assert!(
-            left.contains(id),
-            "{id} should have survived the crash: {left:?}"
-        );
-        assert!(state.path().join("runc/bundles").join(id).exists());
-    }
-    // The long-lived sandbox died with its owner, within a second: its launcher read the end
-    // of its control socket and killed everything in the container, the exec'd sleep with it.
-    let long_lived = &ids[3];
-    let deadline = Instant::now() + Duration::from_secs(1);
-    loop {
-        let state = std::process::Command::new("runc")
-            .arg("--root")
-            .arg(&root)
-            .args(["state", long_lived])
-            .output()
-            .unwrap();
-        let state = String::from_utf8_lossy(&state.stdout).into_owned();
-        if state.contains("\"status\": \"stopped\"") {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the sandbox outlived its owner by a second: {state}"
+            killed.elapsed() < Duration::from_secs(1),
+            "container processes outlived their owner by a second: {:?} {:?}",
+            processes_mentioning(MARKER),
+            processes_mentioning(&state_path)
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    // The three spawned containers have no launcher yet: they wait for the sweep.
-    assert!(count_processes(MARKER) >= 3);
+    println!("containers gone {:?} after their owner", killed.elapsed());
 
-    let sandbox = builder(state.path()).build().await.unwrap();
-    assert!(sandbox.list().await.unwrap().is_empty());
+    // What stays on disk: bundles, runtime state, capture dirs, cgroups.
+    let captures = || {
+        std::fs::read_dir(state.path().join("captures"))
+            .map(|d| d.count())
+            .unwrap_or(0)
+    };
+    assert_eq!(captures(), 3, "the captured runs' dirs survived the crash");
+    let bundles = |kind: OciRuntime| {
+        std::fs::read_dir(state.path().join(kind.to_string()).join("bundles"))
+            .map(|d| d.count())
+            .unwrap_or(0)
+    };
+    for kind in RUNTIMES {
+        assert_eq!(bundles(kind), 4, "{kind}'s bundles survived the crash");
+    }
+    // The next process sweeps them, runtime by runtime.
+    for kind in RUNTIMES {
+        let sandbox = builder(state.path()).runtime(kind).build().await.unwrap();
+        assert!(sandbox.list().await.unwrap().is_empty(), "{kind}");
+        assert_eq!(bundles(kind), 0, "{kind}'s bundles are swept");
+        // A second sweep finds nothing more.
+        assert!(sandbox.sweep().await.unwrap().is_empty(), "{kind}");
+    }
     assert_eq!(captures(), 0, "capture dirs of the dead process are swept");
-    assert!(runc_list(&root).is_empty());
-    assert_eq!(
-        std::fs::read_dir(state.path().join("runc/bundles"))
-            .unwrap()
-            .count(),
-        0
-    );
     for id in &ids {
         for h in std::fs::read_dir("/sys/fs/cgroup")
             .unwrap()
@@ -186,29 +163,26 @@ async fn sweep_removes_what_a_killed_process_left() {
             assert!(!cg.exists(), "cgroup left: {}", cg.display());
         }
     }
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while count_processes(MARKER) > 0 {
-        assert!(
-            Instant::now() < deadline,
-            "container processes survived the sweep: {:?}",
-            std::fs::read_dir("/proc")
-                .unwrap()
-                .filter_map(Result::ok)
-                .filter(|e| std::fs::read(e.path().join("cmdline"))
-                    .map(|c| String::from_utf8_lossy(&c).contains(MARKER))
-                    .unwrap_or(false))
-                .map(|e| std::fs::read_to_string(e.path().join("status"))
-                    .unwrap_or_default()
-                    .lines()
-                    .take(8)
-                    .collect::<Vec<_>>()
-                    .join(" | "))
+}
+
+fn processes_mentioning(needle: &str) -> Vec<String> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(Result::ok)
+        .filter(|e| {
+            std::fs::read(e.path().join("cmdline"))
+                .map(|c| String::from_utf8_lossy(&c).contains(needle))
+                .unwrap_or(false)
+        })
+        .map(|e| {
+            std::fs::read_to_string(e.path().join("status"))
+                .unwrap_or_default()
+                .lines()
+                .take(8)
                 .collect::<Vec<_>>()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    // A second sweep finds nothing more.
-    assert!(sandbox.sweep().await.unwrap().is_empty());
+                .join(" | ")
+        })
+        .collect()
 }
 
 fn count_processes(needle: &str) -> usize {
