@@ -327,6 +327,9 @@ async fn supervise_container(
             return;
         }
     };
+    if let Some(userns) = teardown.bundle.as_mut().and_then(|b| b.userns.as_mut()) {
+        userns.joined();
+    }
     let _ = started.send(Ok(()));
 
     let mut kill_deadline = None;

@@ -219,7 +219,8 @@ pub(crate) fn sweep_leases_blocking() {
 /// container could exhaust host root's. runc and crun join it by path.
 #[derive(Debug)]
 pub(crate) struct UserNamespace {
-    fd: std::os::fd::OwnedFd,
+    /// Held until the container has joined it (its processes keep it then).
+    fd: Option<std::os::fd::OwnedFd>,
     lease: IdRangeLease,
 }
 
@@ -278,13 +279,23 @@ impl UserNamespace {
         // Its job is done: the fd keeps the namespace.
         drop(holder.stdin.take());
         let _ = tokio::time::timeout(DEADLINE, holder.wait()).await;
-        Ok(UserNamespace { fd: opened?, lease })
+        Ok(UserNamespace {
+            fd: Some(opened?),
+            lease,
+        })
     }
 
     /// A path to the namespace that the runtime (a child of this process, as root) can open.
     pub fn path(&self) -> std::path::PathBuf {
         use std::os::fd::AsRawFd;
-        format!("/proc/{}/fd/{}", std::process::id(), self.fd.as_raw_fd()).into()
+        let fd = self.fd.as_ref().map_or(-1, |fd| fd.as_raw_fd());
+        format!("/proc/{}/fd/{fd}", std::process::id()).into()
+    }
+
+    /// The container runs in it: its processes keep it alive, and the fd goes (one fewer per
+    /// live container). The lease stays until the container is removed.
+    pub fn joined(&mut self) {
+        self.fd = None;
     }
 
     /// The first host id of its range.

@@ -19,13 +19,8 @@ pub fn command(kind: OciRuntime, root: &std::path::Path) -> tokio::process::Comm
     };
     cmd.arg("--root").arg(root);
     if kind == OciRuntime::Gvisor {
-        // The library's flags: the same spec needs them (seccomp inside, host sockets).
-        cmd.args([
-            "--network=none",
-            "--platform=ptrace",
-            "--oci-seccomp",
-            "--host-uds=create",
-        ]);
+        // The library's flags: the same spec needs them (seccomp inside).
+        cmd.args(["--network=none", "--platform=ptrace", "--oci-seccomp"]);
     }
     cmd
 }
