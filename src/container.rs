@@ -680,6 +680,7 @@ impl NamespaceContainerBuilder {
     /// [`SandboxError::InvalidConfig`] for a relative state dir; [`SandboxError::RuntimeNotFound`];
     /// [`SandboxError::Io`] when the state root cannot be created.
     pub async fn build(self) -> Result<NamespaceContainer, SandboxError> {
+        raise_fd_limit();
         let base = self.state_base.unwrap_or_else(StateDirs::default_base);
         if !base.is_absolute() {
             return Err(SandboxError::invalid(
@@ -777,4 +778,20 @@ impl NamespaceContainerBuilder {
             }),
         })
     }
+}
+
+/// Raises this process's soft `RLIMIT_NOFILE` to its hard limit, once: a live sandbox holds
+/// two fds (its control socket and its init's pidfd), a running command up to four more, and
+/// the common soft default of 1024 would cap a process at a few hundred sandboxes. The one
+/// process-wide change the library makes; the crate docs say so.
+fn raise_fd_limit() {
+    static RAISED: std::sync::Once = std::sync::Once::new();
+    RAISED.call_once(|| {
+        use nix::sys::resource::{Resource, getrlimit, setrlimit};
+        if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE)
+            && soft < hard
+        {
+            let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
+        }
+    });
 }

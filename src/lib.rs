@@ -46,6 +46,9 @@
 //!   container (the launcher), exact on every runtime (`exit(137)` is a code, not a signal).
 //! - A container dies with its owner: when the process that started it exits (even by
 //!   `SIGKILL`), the container's init sees its control socket close and ends it.
+//! - Building a [`NamespaceContainer`] raises the process's soft `RLIMIT_NOFILE` to its hard
+//!   limit (once): each live sandbox holds two fds, so the common soft default of 1024 would cap
+//!   a process at a few hundred sandboxes. This is the only process-wide setting it changes.
 //! - Each runc/crun container runs as root with a host id range of its own (leased under
 //!   `/run/oci-sandbox-id-ranges`) in a user namespace owned by that range.
 //! - As root, a config's writable binds are handed (`chown -R`) to the user namespace's
