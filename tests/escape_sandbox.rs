@@ -1673,6 +1673,122 @@ async fn the_host_roots_quotas_are_not_spent(kind: OciRuntime) {
     f.assert_none(&format!("the hog said:\n{said}"));
 }
 
+/// Takes what the kernel counts per user: pipe buffer pages (`pipe-user-pages-soft`, 64 MiB a
+/// user) and fds in flight over unix sockets (the sender's `RLIMIT_NOFILE`), then holds them.
+const PER_USER_HOG: &str = r#"
+import fcntl
+F_SETPIPE_SZ = 1031
+pipes = []
+while len(pipes) < 400:
+    r, w = os.pipe()
+    try:
+        fcntl.fcntl(w, F_SETPIPE_SZ, 1 << 20)
+    except OSError as e:
+        say('PIPES-FULL', len(pipes), e.errno)
+        os.close(r); os.close(w)
+        break
+    pipes.append((r, w))
+held = []
+sent = 0
+try:
+    while sent < 100000:
+        a, b = socket.socketpair()
+        held.append((a, b))
+        for _ in range(4):
+            socket.send_fds(a, [b'x'], [0] * 250)
+            sent += 250
+except OSError as e:
+    say('INFLIGHT-FULL', sent, e.errno)
+say('HOLDING')
+# Held until the host closes stdin (it has probed by then).
+sys.stdin.read()
+"#;
+
+/// What another user of the kernel must still be able to do: a 1 MiB pipe buffer, and 100 fds
+/// in flight over a unix socket.
+const PER_USER_PROBE: &str = r#"
+import fcntl
+r, w = os.pipe()
+try:
+    fcntl.fcntl(w, 1031, 1 << 20)
+    say('PIPE ok')
+except OSError as e:
+    say('PIPE failed', e.errno)
+a, b = socket.socketpair()
+try:
+    socket.send_fds(a, [b'x'], [0] * 100)
+    say('INFLIGHT ok')
+except OSError as e:
+    say('INFLIGHT failed', e.errno)
+"#;
+
+/// The host's side of [`PER_USER_PROBE`]: `None` when both work for this process (root).
+fn host_per_user_probe() -> Option<String> {
+    use std::os::fd::AsRawFd;
+    let (r, w) = nix::unistd::pipe().unwrap();
+    // SAFETY: fcntl on a pipe this function owns.
+    let sized = unsafe { libc::fcntl(w.as_raw_fd(), libc::F_SETPIPE_SZ, 1 << 20) };
+    let pipe = (sized < 0).then(|| format!("host pipe: {}", std::io::Error::last_os_error()));
+    drop((r, w));
+    let (a, _b) = nix::sys::socket::socketpair(
+        nix::sys::socket::AddressFamily::Unix,
+        nix::sys::socket::SockType::Stream,
+        None,
+        nix::sys::socket::SockFlag::SOCK_CLOEXEC,
+    )
+    .unwrap();
+    let fds = [0; 100];
+    let sent = nix::sys::socket::sendmsg::<()>(
+        a.as_raw_fd(),
+        &[std::io::IoSlice::new(b"x")],
+        &[nix::sys::socket::ControlMessage::ScmRights(&fds)],
+        nix::sys::socket::MsgFlags::empty(),
+        None,
+    );
+    let inflight = sent.err().map(|e| format!("host fds in flight: {e}"));
+    match (pipe, inflight) {
+        (None, None) => None,
+        (p, i) => Some(format!("{p:?} {i:?}")),
+    }
+}
+
+/// The lifecycle issue's density attack: one sandbox takes every per-user kernel resource it
+/// can (pipe buffers, fds in flight); another sandbox and the host's root still have theirs,
+/// because every sandbox has host ids of its own (runc, crun) or a kernel of its own (gVisor).
+async fn one_sandboxs_per_user_limits_are_its_own(kind: OciRuntime) {
+    let _exclusive = EXCLUSIVE.write().await;
+    let t = TestSandbox::new(kind).await;
+    let hogging = start(&t, &SandboxConfig::default()).await;
+    let other = start(&t, &SandboxConfig::default()).await;
+    let mut hog = Background::start(&hogging, python(PER_USER_HOG)).await;
+    let holding = hog.until("HOLDING", Duration::from_secs(30)).await;
+    let probe = run(&other, &python(PER_USER_PROBE), "the other sandbox's probe").await;
+    let host = host_per_user_probe();
+    let (_, said) = hog.finish(Duration::from_secs(20)).await;
+    hogging.close().await;
+    other.close().await;
+    t.sandbox.close().await;
+    eprintln!(
+        "[{kind}] the hog said:\n{said}other: {}host: {host:?}",
+        probe.stdout
+    );
+    assert!(holding, "the hog never held its resources:\n{said}");
+    let mut f = Findings::default();
+    f.check(
+        probe.stdout.contains("PIPE ok") && probe.stdout.contains("INFLIGHT ok"),
+        || {
+            format!(
+                "the other sandbox lost its per-user resources: {}",
+                probe.stdout
+            )
+        },
+    );
+    f.check(host.is_none(), || {
+        format!("the host's root lost its per-user resources: {host:?}")
+    });
+    f.assert_none(&format!("the hog said:\n{said}"));
+}
+
 // ---------------------------------------------------------------------------------------------
 // 10. AF_VSOCK: the machine's hypervisor channels are not the sandbox's.
 
@@ -1849,6 +1965,7 @@ on_every_runtime!(
     an_escaped_process_cannot_grow_a_finished_capture,
     an_escaped_process_cannot_outlive_its_exec,
     the_host_roots_quotas_are_not_spent,
+    one_sandboxs_per_user_limits_are_its_own,
     vsock_sockets_are_refused,
     host_information_does_not_leak,
     a_concurrent_exec_cannot_inject_output,
