@@ -246,14 +246,26 @@ impl UserNamespace {
             source,
         };
         let id = lease.base.to_string();
-        let mut holder = tokio::process::Command::new(launcher)
-            .args(["userns", &id, &id])
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .map_err(err)?;
+        let mut attempts = 0;
+        let mut holder = loop {
+            let spawned = tokio::process::Command::new(launcher)
+                .args(["userns", &id, &id])
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::null())
+                .kill_on_drop(true)
+                .spawn();
+            match spawned {
+                // Just installed, the launcher may still be open for writing in a child that
+                // another thread forked meanwhile and that has not exec'd yet (its copy of our
+                // close-on-exec fd goes at its exec): a matter of milliseconds.
+                Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) && attempts < 50 => {
+                    attempts += 1;
+                    tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+                }
+                other => break other.map_err(err)?,
+            }
+        };
         let pid = holder
             .id()
             .ok_or_else(|| err(std::io::Error::other("no pid")))?;
