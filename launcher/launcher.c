@@ -204,6 +204,24 @@ static int split(char *buf, size_t len, char **items, int max) {
     return start == len ? n : -1;
 }
 
+/* The parent of process `pid`, from /proc; -1 when it is gone or unreadable. */
+static pid_t parent_of(pid_t pid) {
+    char path[64], stat[512];
+    snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
+    int f = open(path, O_RDONLY | O_CLOEXEC);
+    if (f < 0) return -1;
+    ssize_t len = read(f, stat, sizeof stat - 1);
+    close(f);
+    if (len <= 0) return -1;
+    stat[len] = '\0';
+    /* "pid (comm) state ppid ...": the name may hold anything but its last ')'. */
+    char *close_paren = strrchr(stat, ')');
+    char state;
+    int ppid;
+    if (!close_paren || sscanf(close_paren + 1, " %c %d", &state, &ppid) != 2) return -1;
+    return (pid_t)ppid;
+}
+
 /* Kills every descendant of this process (a subreaper: what they orphan comes here) and
    reaps them, round after round until none is left: processes an exec started in the
    background, setsid()'d or double-forked, end with it. */
@@ -218,20 +236,8 @@ static void kill_descendants(void) {
         struct dirent *e;
         while (proc && n < MAX_PROCS && (e = readdir(proc))) {
             pid_t pid = (pid_t)atoi(e->d_name);
-            if (pid <= 0) continue;
-            char path[64], stat[512];
-            snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
-            int f = open(path, O_RDONLY | O_CLOEXEC);
-            if (f < 0) continue;
-            ssize_t len = read(f, stat, sizeof stat - 1);
-            close(f);
-            if (len <= 0) continue;
-            stat[len] = '\0';
-            /* "pid (comm) state ppid ...": the name may hold anything but its last ')'. */
-            char *close_paren = strrchr(stat, ')');
-            char state;
-            int ppid;
-            if (!close_paren || sscanf(close_paren + 1, " %c %d", &state, &ppid) != 2) continue;
+            pid_t ppid = pid > 0 ? parent_of(pid) : -1;
+            if (ppid < 0) continue;
             pids[n] = pid;
             parents[n] = (pid_t)ppid;
             mine[n] = 0;
@@ -270,20 +276,7 @@ static void kill_orphans(void) {
     pid_t self = getpid();
     while (proc && (e = readdir(proc))) {
         pid_t pid = (pid_t)atoi(e->d_name);
-        if (pid <= 0 || pid == self) continue;
-        char path[64], stat[512];
-        snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
-        int f = open(path, O_RDONLY | O_CLOEXEC);
-        if (f < 0) continue;
-        ssize_t len = read(f, stat, sizeof stat - 1);
-        close(f);
-        if (len <= 0) continue;
-        stat[len] = '\0';
-        char *close_paren = strrchr(stat, ')');
-        char state;
-        int ppid;
-        if (!close_paren || sscanf(close_paren + 1, " %c %d", &state, &ppid) != 2) continue;
-        if (ppid != self) continue;
+        if (pid <= 0 || pid == self || parent_of(pid) != self) continue;
         int ours = 0;
         for (int i = 0; i < nconns && !ours; i++) ours = conns[i].pid == pid || conns[i].relayer == pid;
         if (!ours) kill(pid, SIGKILL);
