@@ -176,6 +176,36 @@ async fn timeout_kills_a_long_sleep_and_says_so(kind: OciRuntime) {
     t.assert_nothing_left(&[&id], Some(marker)).await;
 }
 
+/// A timeout too far out to be an instant (a caller's way of saying "no limit") is no limit:
+/// the command runs to its end, nothing panics.
+async fn a_timeout_of_duration_max_means_no_limit(kind: OciRuntime) {
+    let t = TestSandbox::new(kind).await;
+    let policy = SandboxConfig {
+        timeout: Some(Duration::MAX),
+        ..Default::default()
+    };
+    let out = t
+        .sandbox
+        .spawn(&t.config_with(&policy, "sh", &["-c", "sleep 0.2; echo done"]))
+        .await
+        .unwrap()
+        .wait_with_output()
+        .await
+        .unwrap();
+    assert!(out.status.success(), "{}", out.status);
+    assert_eq!(out.stdout, b"done\n");
+    let sandbox = t
+        .sandbox
+        .start(&t.config_with(&policy, "true", &[]))
+        .await
+        .unwrap();
+    let mut exec = oci_sandbox::ExecConfig::new("true", vec![]);
+    exec.timeout = Some(Duration::MAX);
+    let status = sandbox.exec(&exec).await.unwrap().wait().await.unwrap();
+    assert!(status.success(), "{status}");
+    sandbox.close().await;
+}
+
 async fn kill_ends_the_process(kind: OciRuntime) {
     let t = TestSandbox::new(kind).await;
     let marker = "100.4343";
@@ -252,6 +282,7 @@ fn libc_sigkill() -> i32 {
 }
 
 on_every_runtime!(
+    a_timeout_of_duration_max_means_no_limit,
     env_is_set_and_the_host_env_is_not_inherited,
     echo_output_and_success,
     exit_code_and_stderr_are_reported,
