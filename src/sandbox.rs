@@ -145,7 +145,7 @@ impl NamespaceContainer {
     ///
     /// # Cancel safety
     ///
-    /// Cancel safe: a dropped future leaves no container, bundle or socket directory.
+    /// Cancel safe: a dropped future leaves no container, bundle or process.
     pub async fn start(&self, config: &ContainerConfig) -> Result<Sandbox, SandboxError> {
         self.launch(config, false).await
     }
