@@ -71,6 +71,10 @@ struct conn {
 };
 
 static struct conn conns[MAX_CONNS];
+
+/* Relays of ended execs still copying the last of their terminal's output, until reaped. */
+static pid_t draining[MAX_CONNS];
+static int ndraining;
 static int nconns;
 static char request[MAX_REQUEST + 1];
 
@@ -80,6 +84,7 @@ static void reply(int fd, const char *text) {
 }
 
 static void drop_conn(int i) {
+    if (conns[i].relayer > 0 && ndraining < MAX_CONNS) draining[ndraining++] = conns[i].relayer;
     /* What the host sent and the launcher did not read is read first: gVisor resets a
        connection closed with unread data, and the host would lose the last reply. */
     char unread[64];
@@ -267,21 +272,28 @@ static void kill_descendants(void) {
     }
 }
 
-/* Kills the processes adopted by the launcher itself (PID 1) that are neither a keeper nor a
-   relay: what an exec left behind where its keeper could not adopt it (gVisor has no child
-   subreapers). Called when no exec runs any more. */
-static void kill_orphans(void) {
-    DIR *proc = opendir("/proc");
-    struct dirent *e;
+/* Kills every process of the container but the launcher and the relays: called when no exec
+   runs any more, so whatever is left is something an exec left behind where its keeper could
+   not adopt it (gVisor has no child subreapers), an orphan or a process about to become one.
+   A few rounds, for what forked meanwhile. */
+static void kill_leftovers(void) {
     pid_t self = getpid();
-    while (proc && (e = readdir(proc))) {
-        pid_t pid = (pid_t)atoi(e->d_name);
-        if (pid <= 0 || pid == self || parent_of(pid) != self) continue;
-        int ours = 0;
-        for (int i = 0; i < nconns && !ours; i++) ours = conns[i].pid == pid || conns[i].relayer == pid;
-        if (!ours) kill(pid, SIGKILL);
+    for (int round = 0; round < 3; round++) {
+        int killed = 0;
+        DIR *proc = opendir("/proc");
+        struct dirent *e;
+        while (proc && (e = readdir(proc))) {
+            pid_t pid = (pid_t)atoi(e->d_name);
+            if (pid <= 0 || pid == self) continue;
+            int keep = 0;
+            for (int i = 0; i < nconns && !keep; i++)
+                keep = conns[i].pid == pid || conns[i].relayer == pid;
+            for (int i = 0; i < ndraining && !keep; i++) keep = draining[i] == pid;
+            if (!keep && kill(pid, SIGKILL) == 0) killed++;
+        }
+        if (proc) closedir(proc);
+        if (!killed) break;
     }
-    if (proc) closedir(proc);
 }
 
 /* The keeper of one exec: a subreaper between the launcher and the command. It reports the
@@ -577,6 +589,12 @@ static void reap(void) {
     int status;
     pid_t pid;
     while ((pid = waitpid(-1, &status, WNOHANG)) > 0) {
+        for (int k = 0; k < ndraining; k++) {
+            if (draining[k] == pid) {
+                draining[k] = draining[--ndraining];
+                break;
+            }
+        }
         for (int i = 0; i < nconns; i++) {
             if (conns[i].pid == pid) {
                 char text[32];
@@ -587,11 +605,11 @@ static void reap(void) {
                 if (read(conns[i].report, &command_status, sizeof command_status) ==
                     (ssize_t)sizeof command_status)
                     status = command_status;
-                /* The last exec has ended: nothing it left may run on (gVisor, where the
-                   keeper could not adopt it). */
+                /* The last exec has ended: nothing it left may run on (gVisor, where no
+                   keeper could adopt it). */
                 int running = 0;
                 for (int k = 0; k < nconns; k++) running |= k != i && conns[k].pid > 0;
-                if (!running) kill_orphans();
+                if (!running) kill_leftovers();
                 snprintf(text, sizeof text, "X %d", status);
                 reply(conns[i].fd, text);
                 drop_conn(i);
