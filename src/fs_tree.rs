@@ -299,14 +299,7 @@ impl Visitor for Chown {
     }
 
     fn visit_entries(&mut self, dir: &mut Dir, dev: u64) -> io::Result<Vec<CString>> {
-        let mut entries = Vec::new();
-        for entry in dir.iter() {
-            let entry = entry?;
-            let name = entry.file_name();
-            if name != c"." && name != c".." {
-                entries.push((name.to_owned(), entry.file_type()));
-            }
-        }
+        let entries = list_entries(dir)?;
         let mut subdirs = Vec::new();
         for (name, kind) in entries {
             // Directories are handed over once opened; an unknown type is looked at first.
@@ -391,8 +384,9 @@ fn file_id(fd: impl std::os::fd::AsFd) -> io::Result<(u64, u64)> {
     Ok((st.st_dev, st.st_ino))
 }
 
-/// Unlinks every entry of `dir` but its subdirectories, whose names it returns.
-fn remove_non_dirs(dir: &mut Dir) -> io::Result<Vec<CString>> {
+/// The names of `dir`'s entries (without `.` and `..`) and their types where the file system
+/// tells them, read whole before anything changes the directory.
+fn list_entries(dir: &mut Dir) -> io::Result<Vec<(CString, Option<Type>)>> {
     let mut entries = Vec::new();
     for entry in dir.iter() {
         let entry = entry?;
@@ -401,6 +395,12 @@ fn remove_non_dirs(dir: &mut Dir) -> io::Result<Vec<CString>> {
             entries.push((name.to_owned(), entry.file_type()));
         }
     }
+    Ok(entries)
+}
+
+/// Unlinks every entry of `dir` but its subdirectories, whose names it returns.
+fn remove_non_dirs(dir: &mut Dir) -> io::Result<Vec<CString>> {
+    let entries = list_entries(dir)?;
     let mut subdirs = Vec::new();
     for (name, kind) in entries {
         if kind == Some(Type::Directory) {
