@@ -23,6 +23,14 @@ fn dirs(id: &str) -> Vec<PathBuf> {
     dirs
 }
 
+/// [`oom_kills_blocking`] off the async workers; 0 when the read cannot be made.
+pub(crate) async fn oom_kills(id: &str) -> u64 {
+    let id = id.to_owned();
+    tokio::task::spawn_blocking(move || oom_kills_blocking(&id))
+        .await
+        .unwrap_or(0)
+}
+
 /// How many processes of container `id` the kernel's OOM killer has killed, from its memory
 /// cgroup (`memory.oom_control` on v1, `memory.events` on v2); 0 when it has none. Read before
 /// the cgroup is removed. Blocking (a file read).

@@ -247,7 +247,7 @@ impl NamespaceContainer {
         sandbox.exec_interactive(&command_of(config)).await
     }
 
-    /// Starts `<runtime> run --detach` of `config` (whose command is the launcher) with
+    /// Starts `<runtime> run --detach` of `config` (validated; its command is the launcher) with
     /// `stdin` as the container's stdin (its control socket) and `/dev/null` as its stdout and
     /// stderr, under a container supervisor; returns once the runtime has started it.
     pub(crate) async fn run_launcher(
@@ -427,11 +427,11 @@ impl NamespaceContainer {
         }
     }
 
-    /// Validates `config`, picks its id and writes its bundle, off the async workers.
+    /// Picks `config`'s id and writes its bundle (with its own user namespace, as root), off
+    /// the async workers. The caller has validated `config`.
     async fn prepare(&self, config: &ContainerConfig) -> Result<(String, Bundle), SandboxError> {
         let id = config.id.clone().unwrap_or_else(new_id);
         self.check_limits(config)?;
-        validate(config).await?;
         let userns = self.own_user_namespace(config).await?;
         let config = config.clone();
         let dirs = self.inner.dirs.clone();

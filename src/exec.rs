@@ -84,11 +84,7 @@ pub(crate) async fn supervise(
         (None, Ok(Some(text))) => match exit_status(&text) {
             Some(status) => {
                 let oom = if status.signal() == Some(libc::SIGKILL) || !status.success() {
-                    let id = sandbox_id.clone();
-                    tokio::task::spawn_blocking(move || crate::cgroup::oom_kills_blocking(&id))
-                        .await
-                        .unwrap_or(0)
-                        > oom_before
+                    crate::cgroup::oom_kills(&sandbox_id).await > oom_before
                 } else {
                     false
                 };
@@ -102,11 +98,7 @@ pub(crate) async fn supervise(
         // The launcher closed the connection without a status: it died with the sandbox
         // (killed from outside, or by the OOM killer). A spawn's command died with it.
         (_, Ok(None)) if one_shot.is_some() => {
-            let id = sandbox_id.clone();
-            let oom = tokio::task::spawn_blocking(move || crate::cgroup::oom_kills_blocking(&id))
-                .await
-                .unwrap_or(0)
-                > oom_before;
+            let oom = crate::cgroup::oom_kills(&sandbox_id).await > oom_before;
             Ok(ExitStatus::signaled(libc::SIGKILL).with_oom_killed(oom))
         }
         (_, Ok(None)) => Err(SandboxError::SandboxEnded {

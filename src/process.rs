@@ -348,10 +348,7 @@ async fn supervise_container(
             }
         }
     }
-    let id = teardown.id.clone();
-    let oom = tokio::task::spawn_blocking(move || crate::cgroup::oom_kills_blocking(&id) > 0)
-        .await
-        .unwrap_or(false);
+    let oom = crate::cgroup::oom_kills(&teardown.id).await > 0;
     let status = ExitStatus::signaled(libc::SIGKILL).with_oom_killed(oom);
     let _ = outcome.send(Some(Ok(status)));
     teardown.finish(true).await;

@@ -158,10 +158,6 @@ impl NamespaceContainer {
         config: &ContainerConfig,
         one_shot: bool,
     ) -> Result<Sandbox, SandboxError> {
-        if one_shot {
-            // Invalid configs and commands absent from PATH fail before anything exists.
-            crate::container::validate(config).await?;
-        }
         let id = config.id.clone().unwrap_or_else(crate::state::new_id);
         self.launcher().await?;
         let (control, launcher_end) =
@@ -180,6 +176,9 @@ impl NamespaceContainer {
         init.command = format!("/{}", launcher::PATH_IN_ROOTFS);
         init.args = Vec::new();
         init.timeout = None;
+        // Checked once, before anything exists: a spawn's config with its own command (which
+        // must be on PATH), a long-lived sandbox's as its launcher's.
+        crate::container::validate(if one_shot { config } else { &init }).await?;
         // The launcher's end of the control socket is the container's stdin: no path.
         let container = self
             .run_launcher(&init, launcher_end, start_deadline)
@@ -395,14 +394,12 @@ impl Sandbox {
         let (argv, env, cwd) = self.resolve(exec)?;
         self.check_alive()?;
         let id = self.id().to_owned();
-        // Rootless there is no cgroup to count OOM kills in: no read on the exec's path.
-        let oom_before = if self.inner.owner.is_rootless() {
+        // Rootless there is no cgroup to count OOM kills in, and a spawn's container is new
+        // (none yet): no read on their exec path.
+        let oom_before = if self.inner.owner.is_rootless() || self.inner.one_shot {
             0
         } else {
-            let oom_id = id.clone();
-            tokio::task::spawn_blocking(move || crate::cgroup::oom_kills_blocking(&oom_id))
-                .await
-                .unwrap_or(0)
+            crate::cgroup::oom_kills(&id).await
         };
         let slot = Arc::clone(&self.inner.slots)
             .try_acquire_owned()

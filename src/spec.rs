@@ -342,23 +342,9 @@ mod tests {
             .collect();
         assert!(ns.contains(&LinuxNamespaceType::Network));
         assert!(ns.contains(&LinuxNamespaceType::Pid));
-        assert!(
-            linux
-                .masked_paths()
-                .as_ref()
-                .unwrap()
-                .iter()
-                .any(|p| p == "/proc/kcore")
-        );
-        for host in HOST_IDENTIFYING_PATHS {
-            assert!(
-                linux
-                    .masked_paths()
-                    .as_ref()
-                    .unwrap()
-                    .iter()
-                    .any(|p| p == host)
-            );
+        let masked = linux.masked_paths().as_ref().unwrap();
+        for path in std::iter::once(&"/proc/kcore").chain(HOST_IDENTIFYING_PATHS) {
+            assert!(masked.iter().any(|p| p == path), "{path}");
         }
         let res = linux.resources().as_ref().unwrap();
         assert_eq!(res.pids().as_ref().unwrap().limit(), 256);

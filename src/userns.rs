@@ -153,17 +153,26 @@ impl IdRangeLease {
         /// Where this process looks first: just past its last lease.
         static NEXT: AtomicU32 = AtomicU32::new(0);
         let dir = Path::new(LEASE_DIR);
-        std::fs::create_dir_all(dir)
-            .map_err(|e| SandboxError::io("creating the id-range lease dir", dir, e))?;
         let ranges = ((u32::MAX - first) / USERNS_SIZE).min(MAX_RANGES);
         let start = NEXT.load(Ordering::Relaxed);
         for k in (0..ranges).map(|i| (start + i) % ranges) {
             let file = dir.join(k.to_string());
-            match std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .open(&file)
-            {
+            let create = || {
+                std::fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .open(&file)
+            };
+            // The dir is made on the first lease only, not on every one.
+            let created = match create() {
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    std::fs::create_dir_all(dir)
+                        .map_err(|e| SandboxError::io("creating the id-range lease dir", dir, e))?;
+                    create()
+                }
+                other => other,
+            };
+            match created {
                 Ok(mut f) => {
                     use std::io::Write;
                     NEXT.store((k + 1) % ranges, Ordering::Relaxed);
