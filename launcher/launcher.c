@@ -655,28 +655,7 @@ static void end_all(void) {
     _exit(0);
 }
 
-/* `userns UID GID`: becomes UID/GID, makes a user namespace (which UID then owns, so that the
-   kernel charges its per-user counts, such as inotify instances, to UID and not to root),
-   says "ready" on stdout and waits for stdin to close. The host writes its id maps and keeps
-   the namespace by an fd; runc and crun then join it. */
-static int hold_user_namespace(const char *uid_text, const char *gid_text) {
-    uid_t uid = (uid_t)strtoul(uid_text, NULL, 10);
-    gid_t gid = (gid_t)strtoul(gid_text, NULL, 10);
-    if (setgroups(0, NULL) < 0 || setresgid(gid, gid, gid) < 0 || setresuid(uid, uid, uid) < 0 ||
-        unshare(CLONE_NEWUSER) < 0) {
-        perror("launcher: userns");
-        return 1;
-    }
-    if (write(1, "ready\n", 6) != 6) return 1;
-    char c;
-    for (;;) {
-        ssize_t n = read(0, &c, 1);
-        if (n == 0 || (n < 0 && errno != EINTR)) return 0;
-    }
-}
-
-int main(int argc, char **argv) {
-    if (argc == 4 && strcmp(argv[1], "userns") == 0) return hold_user_namespace(argv[2], argv[3]);
+int main(void) {
     /* Nothing this process holds may be reachable from the commands it starts: not its
        memory (/proc/1/mem), not its fds (pidfd_getfd, /proc/1/fd), not by ptrace. */
     prctl(PR_SET_DUMPABLE, 0);

@@ -10,7 +10,7 @@ use crate::capture::{OutputMode, ProcessCapture};
 use crate::config::{ContainerConfig, SandboxConfig, Stdio};
 use crate::error::SandboxError;
 use crate::gvisor::{GvisorPlatform, PlatformChoice};
-use crate::process::{ContainerProcess, Supervised, Teardown};
+use crate::process::{ContainerProcess, StartMode, Supervised, Teardown};
 use crate::pty::PtySession;
 use crate::runtime::{ContainerFlags, OciRuntime, RuntimeCli, Sub, locate};
 use crate::state::{StateDirs, new_id, sweep};
@@ -247,16 +247,23 @@ impl NamespaceContainer {
         sandbox.exec_interactive(&command_of(config)).await
     }
 
-    /// Starts `<runtime> run --detach` of `config` (validated; its command is the launcher) with
-    /// `stdin` as the container's stdin (its control socket) and `/dev/null` as its stdout and
-    /// stderr, under a container supervisor; returns once the runtime has started it.
+    /// Starts `<runtime> run` of `config` (its command is the launcher; `checked`, the config
+    /// the caller asked for, is validated first) with
+    /// `control` as the container's stdin (its control socket) and `/dev/null` as its stdout
+    /// and stderr, under a container supervisor: `run --detach --pid-file`, or `attached`
+    /// (crun only: runc in the foreground puts pipes of its own on the container's stdio) in
+    /// the foreground, when the caller sends the init's pid (from the launcher's "ready") on
+    /// the returned sender. The receiver says when the container has
+    /// started. If the returned values are dropped, the supervisor removes the container.
     pub(crate) async fn run_launcher(
         &self,
         config: &ContainerConfig,
-        stdin: std::os::fd::OwnedFd,
+        checked: &ContainerConfig,
+        control: std::os::fd::OwnedFd,
         start_deadline: std::time::Duration,
-    ) -> Result<Supervised, SandboxError> {
-        let (id, bundle) = self.prepare(config).await?;
+        attached: bool,
+    ) -> Result<LauncherStart, SandboxError> {
+        let (id, bundle) = self.prepare(config, checked).await?;
         let inner = &self.inner;
         let (log, pid_path) = (bundle.log_path(), bundle.pid_path());
         let flags = ContainerFlags {
@@ -268,25 +275,29 @@ impl NamespaceContainer {
             Sub::Run {
                 id: &id,
                 bundle: bundle.path(),
-                detach: true,
-                console_socket: None,
-                pid_file: Some(&pid_path),
+                detach: !attached,
+                pid_file: (!attached).then_some(pid_path.as_path()),
             },
         );
         let null = std::process::Stdio::null;
-        cmd.stdin(stdin).stdout(null()).stderr(null());
+        cmd.stdin(control).stdout(null()).stderr(null());
         let child = cmd.spawn().map_err(|e| inner.cli.spawn_error(e))?;
         // The runtime's end of the control socket goes with `cmd`: only the container holds it.
         drop(cmd);
         let teardown = Teardown::new(&inner.cli, &inner.dirs, id, config, bundle);
-        let (supervised, started) =
-            Supervised::container(&inner.tracker, child, teardown, pid_path, start_deadline);
-        // If this future is dropped here, `supervised` goes with it and its supervisor
-        // removes the container.
-        started
-            .await
-            .unwrap_or_else(|_| Err(supervisor_gone()))
-            .map(|()| supervised)
+        let (init_pid, mode) = if attached {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            (Some(tx), StartMode::Attached { init_pid: rx })
+        } else {
+            (None, StartMode::Detached { pid_file: pid_path })
+        };
+        let (container, started) =
+            Supervised::container(&inner.tracker, child, teardown, mode, start_deadline);
+        Ok(LauncherStart {
+            container,
+            started,
+            init_pid,
+        })
     }
 
     /// The OCI spec the library would write for `config` (for inspection, debugging, or
@@ -346,37 +357,6 @@ impl NamespaceContainer {
         Ok(path)
     }
 
-    /// As root, a user namespace of its own for a container that gets one (runc, crun): its
-    /// own id range, owned by the range's root.
-    async fn own_user_namespace(
-        &self,
-        config: &ContainerConfig,
-    ) -> Result<Option<crate::userns::UserNamespace>, SandboxError> {
-        let HostIdentity::Root { userns_base } = self.inner.identity else {
-            return Ok(None);
-        };
-        if self
-            .inner
-            .identity
-            .mapped_root(config, self.inner.cli.kind)
-            .is_none()
-        {
-            return Ok(None);
-        }
-        let launcher = self.launcher().await?;
-        let lease = tokio::task::spawn_blocking(move || {
-            crate::userns::IdRangeLease::acquire_blocking(userns_base)
-        })
-        .await
-        .map_err(|e| SandboxError::Process {
-            context: "leasing an id range",
-            source: std::io::Error::other(e),
-        })??;
-        crate::userns::UserNamespace::create(&launcher, lease)
-            .await
-            .map(Some)
-    }
-
     /// True when this process is not root: the runtimes run rootless, the container's root is
     /// the calling user, and cgroup limits (memory, pids, CPU) cannot be set (see
     /// [`UnenforcedLimits`]).
@@ -427,24 +407,30 @@ impl NamespaceContainer {
         }
     }
 
-    /// Picks `config`'s id and writes its bundle (with its own user namespace, as root), off
-    /// the async workers. The caller has validated `config`.
-    async fn prepare(&self, config: &ContainerConfig) -> Result<(String, Bundle), SandboxError> {
+    /// Validates `checked` (which looks up host paths: the command along `PATH`), picks
+    /// `config`'s id and writes its bundle (with its own user namespace, as root), in one trip
+    /// off the async workers.
+    async fn prepare(
+        &self,
+        config: &ContainerConfig,
+        checked: &ContainerConfig,
+    ) -> Result<(String, Bundle), SandboxError> {
         let id = config.id.clone().unwrap_or_else(new_id);
         self.check_limits(config)?;
-        let userns = self.own_user_namespace(config).await?;
-        let config = config.clone();
+        let (config, checked) = (config.clone(), checked.clone());
         let dirs = self.inner.dirs.clone();
         let mut target = self.target();
-        if let Some(ns) = &userns {
-            target.identity = HostIdentity::Root {
-                userns_base: ns.base(),
-            };
-            target.userns_path = Some(ns.path());
-        }
         // If this future is dropped while the closure runs, the closure still finishes and its
         // result (the bundle) is dropped, which removes the directory again.
         tokio::task::spawn_blocking(move || {
+            checked.validate()?;
+            let userns = own_user_namespace_blocking(&target, &config)?;
+            if let Some(ns) = &userns {
+                target.identity = HostIdentity::Root {
+                    userns_base: ns.base(),
+                };
+                target.userns_path = Some(ns.path());
+            }
             let spec = crate::spec::build(&config, &dirs.rootfs, &id, None, &target)?;
             crate::bundle::ensure_mount_points(&dirs.rootfs, &config)?;
             target
@@ -460,6 +446,33 @@ impl NamespaceContainer {
             source: std::io::Error::other(e),
         })?
     }
+}
+
+/// As root, a user namespace of its own for a container that gets one (runc, crun): its own
+/// id range, owned by the range's root. Blocking.
+fn own_user_namespace_blocking(
+    target: &crate::spec::Target,
+    config: &ContainerConfig,
+) -> Result<Option<crate::userns::UserNamespace>, SandboxError> {
+    let HostIdentity::Root { userns_base } = target.identity else {
+        return Ok(None);
+    };
+    if target
+        .identity
+        .mapped_root(config, target.runtime)
+        .is_none()
+    {
+        return Ok(None);
+    }
+    let lease = crate::userns::IdRangeLease::acquire_blocking(userns_base)?;
+    crate::userns::UserNamespace::create_blocking(lease).map(Some)
+}
+
+/// A launcher container the runtime is starting: see [`NamespaceContainer::run_launcher`].
+pub(crate) struct LauncherStart {
+    pub container: Supervised,
+    pub started: tokio::sync::oneshot::Receiver<Result<(), SandboxError>>,
+    pub init_pid: Option<tokio::sync::oneshot::Sender<i32>>,
 }
 
 /// `config`'s command as an exec: its stdio; environment, directory and timeout are the
@@ -566,24 +579,6 @@ async fn check_platform_inner(
     let _ =
         tokio::task::spawn_blocking(move || crate::fs_tree::remove_tree_blocking(&probe_dir)).await;
     result
-}
-
-fn supervisor_gone() -> SandboxError {
-    SandboxError::Process {
-        context: "starting the container",
-        source: std::io::Error::other("the supervisor ended without reporting"),
-    }
-}
-
-/// Checks `config` (which looks up host paths: the command along `PATH`) off the workers.
-pub(crate) async fn validate(config: &ContainerConfig) -> Result<(), SandboxError> {
-    let config = config.clone();
-    tokio::task::spawn_blocking(move || config.validate())
-        .await
-        .map_err(|e| SandboxError::Process {
-            context: "checking the config",
-            source: std::io::Error::other(e),
-        })?
 }
 
 /// Builds a [`NamespaceContainer`]: which runtime, where its binary is, where its state lives.

@@ -115,6 +115,9 @@ impl ControlSocket {
     /// A new control socket and the end that becomes the container's stdin.
     pub fn pair() -> io::Result<(Self, OwnedFd)> {
         let (ours, theirs) = seqpacket_pair()?;
+        // The kernel attaches the sender's credentials to what we receive, its pid translated
+        // into our pid namespace: the "ready" names the launcher's host pid.
+        nix::sys::socket::setsockopt(&ours, nix::sys::socket::sockopt::PassCred, &true)?;
         Ok((
             ControlSocket {
                 fd: register(ours)?,
@@ -123,14 +126,25 @@ impl ControlSocket {
         ))
     }
 
-    /// Waits for the launcher's "ready" (the caller puts a deadline on it).
-    pub async fn ready(&self) -> io::Result<()> {
-        match receive(&self.fd).await? {
-            Some(text) if text == "ready" => Ok(()),
-            Some(text) => Err(io::Error::other(format!(
+    /// Waits for the launcher's "ready" (the caller puts a deadline on it) and returns the
+    /// pid of its sender as the kernel gives it in this process's pid namespace: the
+    /// container's init on runc and crun, the sandbox process on gVisor (whose kernel sends
+    /// for its guests). The launcher sends it before any command runs, so no command can
+    /// forge it.
+    pub async fn ready(&self) -> io::Result<i32> {
+        let (text, pid) = loop {
+            let mut guard = self.fd.readable().await?;
+            match guard.try_io(|fd| receive_with_sender_now(fd.get_ref().as_raw_fd())) {
+                Ok(r) => break r?,
+                Err(_would_block) => continue,
+            }
+        };
+        match (text, pid) {
+            (Some(text), Some(pid)) if text == "ready" => Ok(pid),
+            (Some(text), _) => Err(io::Error::other(format!(
                 "unexpected first message from the launcher: {text:?}"
             ))),
-            None => Err(io::Error::new(
+            (None, _) => Err(io::Error::new(
                 io::ErrorKind::ConnectionAborted,
                 "the sandbox's launcher ended before it was ready",
             )),
@@ -312,6 +326,43 @@ fn receive_now(fd: RawFd) -> io::Result<Option<String>> {
     std::str::from_utf8(&buf[..len])
         .map(|text| Some(text.to_owned()))
         .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "a reply that is not text"))
+}
+
+/// One record and its sender's pid (from the credentials the kernel attaches). The control
+/// buffer has room for the credentials only: fds sent along are dropped (`MSG_CTRUNC`).
+fn receive_with_sender_now(fd: RawFd) -> io::Result<(Option<String>, Option<i32>)> {
+    let mut buf = [0u8; MAX_REPLY];
+    let mut space = nix::cmsg_space!(nix::sys::socket::UnixCredentials);
+    let mut iov = [io::IoSliceMut::new(&mut buf)];
+    let msg = recvmsg::<()>(fd, &mut iov, Some(&mut space), MsgFlags::MSG_CMSG_CLOEXEC)?;
+    let (len, flags) = (msg.bytes, msg.flags);
+    let mut pid = None;
+    if let Ok(cmsgs) = msg.cmsgs() {
+        for c in cmsgs {
+            match c {
+                ControlMessageOwned::ScmCredentials(creds) => pid = Some(creds.pid()),
+                ControlMessageOwned::ScmRights(fds) => {
+                    for raw in fds {
+                        // SAFETY: the kernel just installed this fd in this process; we own it.
+                        drop(unsafe { OwnedFd::from_raw_fd(raw) });
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+    if flags.contains(MsgFlags::MSG_TRUNC) {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("a message from the launcher longer than {MAX_REPLY} bytes"),
+        ));
+    }
+    if len == 0 {
+        return Ok((None, pid));
+    }
+    let text = std::str::from_utf8(&buf[..len])
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "a message that is not text"))?;
+    Ok((Some(text.to_owned()), pid))
 }
 
 /// One "P" record carrying one terminal fd. Whatever else arrives is closed (a control buffer

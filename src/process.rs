@@ -183,13 +183,14 @@ impl Teardown {
     /// Removes the container, its cgroups and the bundle. `init_exited`: its init is known
     /// to be gone (so is every process of the container).
     ///
-    /// gVisor's container is then removed without `runsc delete`, which waits for the
-    /// sandbox process to be reaped (5 s here, where orphans are adopted by a PID 1 that
-    /// reaps them late, and exits 128): its state files and cgroups are all there is.
+    /// A container whose init is gone is removed without a runtime call: its state in the
+    /// runtime's root and its cgroups are all there is (on runc and crun a `delete` is a
+    /// second runtime process, 10 ms of CPU for runc; on gVisor `runsc delete` waits for the
+    /// sandbox process to be reaped, 5 s here, where orphans are adopted by a PID 1 that reaps
+    /// them late, and exits 128).
     async fn finish(&mut self, init_exited: bool) {
-        let gvisor = self.cli.kind == crate::OciRuntime::Gvisor;
-        if !(gvisor && init_exited) {
-            remove_from_runtime(&self.cli, &self.id, self.flags(None), !init_exited).await;
+        if !init_exited {
+            remove_from_runtime(&self.cli, &self.id, self.flags(None)).await;
         }
         let root = self.dirs.root.clone();
         let id = self.id.clone();
@@ -269,58 +270,113 @@ pub(crate) const START_DEADLINE: Duration = Duration::from_secs(30);
 /// How long a killed container's init may take to die before its cgroups are emptied by force.
 const KILL_DEADLINE: Duration = Duration::from_secs(5);
 
-/// How the runtime's `run --detach` ended.
+/// How the runtime CLI runs a launcher container, and so how the supervisor learns that it
+/// has started.
+pub(crate) enum StartMode {
+    /// `run --detach --pid-file`: started once the runtime has exited; the init's pid is in
+    /// the pid file. For long-lived sandboxes (no runtime process stays) and gVisor (whose
+    /// pid file names the sandbox process).
+    Detached { pid_file: std::path::PathBuf },
+    /// `run` in the foreground, as a user would type it: the runtime waits for the container
+    /// and removes it itself when its init ends, in the same process (no second runtime call).
+    /// Started once the init's pid arrives, from the launcher's "ready". For spawns on crun,
+    /// whose `--detach` costs a fork and a handshake (6 ms here); runc in the foreground
+    /// would put pipes of its own on the container's stdio, and costs the same detached.
+    Attached { init_pid: oneshot::Receiver<i32> },
+}
+
+/// A container supervisor's side of its handle's channels.
+struct ContainerChannels {
+    control: mpsc::UnboundedReceiver<Control>,
+    outcome: watch::Sender<Outcome>,
+    started: oneshot::Sender<Result<(), SandboxError>>,
+    init_gone: watch::Sender<bool>,
+}
+
+/// How the start phase ended.
 enum StartEnd {
+    /// The runtime exited (detached: it has started the container, or failed to).
     Exited(std::io::Result<std::process::ExitStatus>),
+    /// Attached: the init's pid, or `None` when the launch gave up.
+    Init(Option<i32>),
     TimedOut,
     /// The handle asked for a kill, or went away, before the container had started.
     Stopped,
 }
 
-/// Watches a container whose init is the library's launcher: the runtime's `run --detach`
-/// until it has started the container (reported on `started`), then the init through a pidfd
-/// (it is not this process's child, and nothing reaps it here). A kill request or the handle's
-/// drop kills the init, which takes the container with it; the outcome is published once the
-/// init has exited, then the container is removed. The runtime CLI is always awaited to its
-/// end.
+/// How long a foreground runtime has to remove its container and exit once the init is gone.
+const RUNTIME_END_DEADLINE: Duration = Duration::from_secs(10);
+
+/// Watches a container whose init is the library's launcher: the runtime until the container
+/// has started (reported on `started`), then the init through a pidfd (it is not this
+/// process's child, and nothing reaps it here). A kill request or the handle's drop kills the
+/// init, which takes the container with it; the outcome is published once the init has
+/// exited, then the container is removed (by the foreground runtime itself, or here without a
+/// runtime call). The runtime CLI is always awaited to its end.
 async fn supervise_container(
     mut runtime: Child,
     mut teardown: Teardown,
-    pid_file: std::path::PathBuf,
+    start_mode: StartMode,
     start_deadline: Duration,
-    mut control: mpsc::UnboundedReceiver<Control>,
-    outcome: watch::Sender<Outcome>,
-    started: oneshot::Sender<Result<(), SandboxError>>,
+    channels: ContainerChannels,
 ) {
+    let ContainerChannels {
+        mut control,
+        outcome,
+        started,
+        init_gone,
+    } = channels;
+    let attached = matches!(start_mode, StartMode::Attached { .. });
+    let (pid_file, init_pid) = match start_mode {
+        StartMode::Detached { pid_file } => (Some(pid_file), None),
+        StartMode::Attached { init_pid } => (None, Some(init_pid)),
+    };
     let end = tokio::select! {
         status = runtime.wait() => StartEnd::Exited(status),
+        pid = async { init_pid.expect("checked by the guard").await.ok() }, if init_pid.is_some() => {
+            StartEnd::Init(pid)
+        }
         _ = tokio::time::sleep(start_deadline) => StartEnd::TimedOut,
         _ = control.recv() => StartEnd::Stopped,
     };
-    let start = match end {
-        StartEnd::Exited(Ok(status)) if status.success() => Ok(()),
-        StartEnd::Exited(Ok(status)) => Err(runtime_failure(&teardown, status).await),
-        StartEnd::Exited(Err(e)) => Err(SandboxError::Process {
-            context: "waiting for the runtime",
-            source: e,
-        }),
-        StartEnd::TimedOut | StartEnd::Stopped => {
-            // Stop the runtime CLI first, so that it cannot go on creating the container.
-            let _ = runtime.start_kill();
-            let _ = runtime.wait().await;
+    let mut runtime_running = attached;
+    let init = match end {
+        StartEnd::Exited(Ok(status)) if status.success() && !attached => {
+            runtime_running = false;
+            open_init(pid_file.as_deref().expect("detached")).await
+        }
+        StartEnd::Exited(Ok(status)) => {
+            runtime_running = false;
+            Err(runtime_failure(&teardown, status).await)
+        }
+        StartEnd::Exited(Err(e)) => {
+            runtime_running = false;
+            Err(SandboxError::Process {
+                context: "waiting for the runtime",
+                source: e,
+            })
+        }
+        StartEnd::Init(Some(pid)) => {
+            ProcessWatch::open(pid).map_err(|source| SandboxError::Process {
+                context: "opening a pidfd for the container's init",
+                source,
+            })
+        }
+        StartEnd::Init(None) | StartEnd::TimedOut | StartEnd::Stopped => {
             Err(SandboxError::Timeout {
-                what: format!("{} run --detach", teardown.cli.kind),
+                what: format!("{} run", teardown.cli.kind),
                 after: start_deadline,
             })
         }
     };
-    let init = match start {
-        Ok(()) => open_init(&pid_file).await,
-        Err(e) => Err(e),
-    };
     let init = match init {
         Ok(init) => init,
         Err(e) => {
+            if runtime_running {
+                // Stop the runtime CLI first, so that it cannot go on creating the container.
+                let _ = runtime.start_kill();
+                let _ = runtime.wait().await;
+            }
             let _ = started.send(Err(e.duplicate()));
             let _ = outcome.send(Some(Err(Arc::new(e))));
             teardown.finish(false).await;
@@ -348,9 +404,25 @@ async fn supervise_container(
             }
         }
     }
+    init_gone.send_replace(true);
     let oom = crate::cgroup::oom_kills(&teardown.id).await > 0;
     let status = ExitStatus::signaled(libc::SIGKILL).with_oom_killed(oom);
     let _ = outcome.send(Some(Ok(status)));
+    if runtime_running {
+        // The foreground runtime removes the container now; past its deadline, it is killed
+        // and what it left is removed here.
+        if tokio::time::timeout(RUNTIME_END_DEADLINE, runtime.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                id = teardown.id,
+                "the runtime did not exit after its container; killing it"
+            );
+            let _ = runtime.start_kill();
+            let _ = runtime.wait().await;
+        }
+    }
     teardown.finish(true).await;
 }
 
@@ -423,6 +495,9 @@ pub(crate) struct Supervised {
     /// For a command exec'd in a sandbox: signals and resizes go to its supervisor (the
     /// launcher delivers them), not to the runtime.
     exec_requests: Option<mpsc::UnboundedSender<ExecRequest>>,
+    /// For a container: set once its init has exited (so has every process of it), before
+    /// the outcome (which reads the OOM count first).
+    init_gone: Option<watch::Receiver<bool>>,
     /// The supervisor task, for waiting until everything is removed.
     task: tokio::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
@@ -436,29 +511,33 @@ pub(crate) enum ExecRequest {
 }
 
 impl Supervised {
-    /// Starts the supervisor of a launcher container's `run --detach --pid-file`; the
-    /// receiver says when the container has started, or why it could not.
+    /// Starts the supervisor of a launcher container run by `runtime` as `start_mode` says;
+    /// the receiver says when the container has started, or why it could not.
     pub fn container(
         tracker: &tokio_util::task::TaskTracker,
         runtime: Child,
         teardown: Teardown,
-        pid_file: std::path::PathBuf,
+        start_mode: StartMode,
         start_deadline: Duration,
     ) -> (Self, oneshot::Receiver<Result<(), SandboxError>>) {
         let (control_tx, control_rx) = mpsc::unbounded_channel();
         let (outcome_tx, outcome_rx) = watch::channel(None);
         let (started_tx, started_rx) = oneshot::channel();
+        let (init_gone_tx, init_gone_rx) = watch::channel(false);
         let id = teardown.id.clone();
         let cli = teardown.cli.clone();
         let network = teardown.network;
         let task = tracker.spawn(supervise_container(
             runtime,
             teardown,
-            pid_file,
+            start_mode,
             start_deadline,
-            control_rx,
-            outcome_tx,
-            started_tx,
+            ContainerChannels {
+                control: control_rx,
+                outcome: outcome_tx,
+                started: started_tx,
+                init_gone: init_gone_tx,
+            },
         ));
         let supervised = Supervised {
             id,
@@ -467,6 +546,7 @@ impl Supervised {
             cli,
             network,
             exec_requests: None,
+            init_gone: Some(init_gone_rx),
             task: tokio::sync::Mutex::new(Some(task)),
         };
         (supervised, started_rx)
@@ -486,6 +566,19 @@ impl Supervised {
         match done.as_ref().expect("checked by wait_for") {
             Ok(status) => Ok(*status),
             Err(e) => Err(e.duplicate()),
+        }
+    }
+
+    /// Waits until the container's init has exited (every process of it is gone then), or
+    /// the supervisor has ended; for an exec, until its outcome.
+    pub async fn gone(&self) {
+        match &self.init_gone {
+            Some(gone) => {
+                let _ = gone.clone().wait_for(|gone| *gone).await;
+            }
+            None => {
+                let _ = self.wait().await;
+            }
         }
     }
 
@@ -518,6 +611,7 @@ impl Supervised {
             cli,
             network,
             exec_requests: Some(requests),
+            init_gone: None,
             task: tokio::sync::Mutex::new(None),
         }
     }

@@ -78,7 +78,6 @@ pub(crate) enum Sub<'a> {
         id: &'a str,
         bundle: &'a Path,
         detach: bool,
-        console_socket: Option<&'a Path>,
         pid_file: Option<&'a Path>,
     },
     Create {
@@ -139,14 +138,12 @@ impl Sub<'_> {
                 id,
                 bundle,
                 detach,
-                console_socket,
                 pid_file,
             } => {
                 argv.extend(["run".into(), flag::BUNDLE.into(), bundle.into()]);
                 if detach {
                     argv.push(flag::DETACH.into());
                 }
-                opt(argv, flag::CONSOLE_SOCKET, console_socket);
                 opt(argv, flag::PID_FILE, pid_file);
                 if no_new_keyring {
                     argv.push(flag::NO_NEW_KEYRING.into());
@@ -598,7 +595,6 @@ mod tests {
                 id: "c1",
                 bundle: Path::new("/b"),
                 detach: false,
-                console_socket: None,
                 pid_file: None,
             },
         );

@@ -176,23 +176,64 @@ impl NamespaceContainer {
         init.command = format!("/{}", launcher::PATH_IN_ROOTFS);
         init.args = Vec::new();
         init.timeout = None;
-        // Checked once, before anything exists: a spawn's config with its own command (which
-        // must be on PATH), a long-lived sandbox's as its launcher's.
-        crate::container::validate(if one_shot { config } else { &init }).await?;
-        // The launcher's end of the control socket is the container's stdin: no path.
-        let container = self
-            .run_launcher(&init, launcher_end, start_deadline)
+        // The launcher's end of the control socket is the container's stdin: no path. A
+        // spawn on crun runs its runtime in the foreground (see `StartMode`).
+        let attached = one_shot && self.runtime() == crate::OciRuntime::Crun;
+        let start = self
+            // Checked once, before the bundle is written: a spawn's config with its own
+            // command (which must be on PATH), a long-lived sandbox's as its launcher's.
+            .run_launcher(
+                &init,
+                if one_shot { config } else { &init },
+                launcher_end,
+                start_deadline,
+                attached,
+            )
             .await?;
-        match tokio::time::timeout(READY_DEADLINE, control.ready()).await {
-            Ok(Ok(())) => {}
+        let container = start.container;
+        let mut started = std::pin::pin!(async {
+            start
+                .started
+                .await
+                .unwrap_or_else(|_| Err(supervisor_gone()))
+        });
+        // The runtime's start and the launcher's "ready" race: a detached runtime usually
+        // exits first, a foreground one waits for the pid that "ready" brings.
+        let mut is_started = false;
+        let ready = {
+            let ready = tokio::time::timeout(start_deadline + READY_DEADLINE, control.ready());
+            let mut ready = std::pin::pin!(ready);
+            loop {
+                tokio::select! {
+                    result = &mut started, if !is_started => {
+                        result?;
+                        is_started = true;
+                    }
+                    ready = &mut ready => break ready,
+                }
+            }
+        };
+        match ready {
+            Ok(Ok(pid)) => {
+                if let Some(init_pid) = start.init_pid {
+                    let _ = init_pid.send(pid);
+                }
+                if !is_started {
+                    started.await?;
+                }
+            }
             Ok(Err(_)) => {
+                // The runtime's own error, when it failed.
+                if !is_started {
+                    started.await?;
+                }
                 let status = container.wait().await.ok();
                 return Err(SandboxError::SandboxEnded { id, status });
             }
             Err(_) => {
                 return Err(SandboxError::Timeout {
                     what: format!("the launcher of sandbox {id}"),
-                    after: READY_DEADLINE,
+                    after: start_deadline + READY_DEADLINE,
                 });
             }
         }
@@ -234,10 +275,10 @@ impl Sandbox {
     /// container's removal goes on in its supervisor.
     pub(crate) async fn end(&self) {
         self.inner.control.shutdown();
-        let exited = self.inner.container.wait();
+        let exited = self.inner.container.gone();
         if tokio::time::timeout(END_DEADLINE, exited).await.is_err() {
             self.inner.container.start_kill();
-            let _ = self.inner.container.wait().await;
+            self.inner.container.gone().await;
         }
     }
 
@@ -584,4 +625,11 @@ fn exec_stdio(exec: &ExecConfig) -> Result<([Option<OwnedFd>; 3], [OwnedFd; 3]),
     }
     let theirs: [OwnedFd; 3] = theirs.try_into().expect("three fds");
     Ok((ours, theirs))
+}
+
+fn supervisor_gone() -> SandboxError {
+    SandboxError::Process {
+        context: "starting the container",
+        source: std::io::Error::other("the supervisor ended without reporting"),
+    }
 }

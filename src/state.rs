@@ -290,7 +290,7 @@ pub(crate) async fn sweep(cli: &RuntimeCli, dirs: &StateDirs) -> Result<Vec<Stri
     }
     for id in &doomed {
         tracing::info!(runtime = %cli.kind, id, "sweeping a container left by a dead process");
-        remove_container(cli, dirs, id, ContainerFlags::default(), true).await;
+        remove_container(cli, dirs, id, ContainerFlags::default()).await;
     }
     // Their containers are gone: the dead owners' id ranges are free again.
     let _ = tokio::task::spawn_blocking(crate::userns::sweep_leases_blocking).await;
@@ -298,35 +298,23 @@ pub(crate) async fn sweep(cli: &RuntimeCli, dirs: &StateDirs) -> Result<Vec<Stri
 }
 
 /// Ends container `id` and removes everything of it: the runtime's state, leftover processes
-/// in its cgroups, the cgroups and the bundle. `running: false` skips the kill for a container
-/// known to have stopped. Best effort, logged.
+/// in its cgroups, the cgroups and the bundle. Best effort, logged.
 pub(crate) async fn remove_container(
     cli: &RuntimeCli,
     dirs: &StateDirs,
     id: &str,
     flags: ContainerFlags<'_>,
-    running: bool,
 ) {
-    remove_from_runtime(cli, id, flags, running).await;
+    remove_from_runtime(cli, id, flags).await;
     let (root, bundle, id) = (dirs.root.clone(), dirs.bundle(id), id.to_owned());
     let _ =
         tokio::task::spawn_blocking(move || remove_leftovers_blocking(&root, &id, &bundle)).await;
 }
 
-/// `destroy` (kill and delete) or, for a stopped container, `delete`. Logged, not returned:
-/// what the runtime leaves, `remove_leftovers_blocking` removes.
-pub(crate) async fn remove_from_runtime(
-    cli: &RuntimeCli,
-    id: &str,
-    flags: ContainerFlags<'_>,
-    running: bool,
-) {
-    let removed = if running {
-        cli.destroy(flags, id).await
-    } else {
-        cli.delete(flags, id).await
-    };
-    if let Err(err) = removed {
+/// `destroy` (kill and delete). Logged, not returned: what the runtime leaves,
+/// `remove_leftovers_blocking` removes.
+pub(crate) async fn remove_from_runtime(cli: &RuntimeCli, id: &str, flags: ContainerFlags<'_>) {
+    if let Err(err) = cli.destroy(flags, id).await {
         tracing::warn!(runtime = %cli.kind, id, %err, "destroying the container failed");
     }
 }
