@@ -326,6 +326,92 @@ static int control_fd = -1;
 /* Whether this kernel has child subreapers (gVisor 20221219 has not). */
 static int subreapers;
 
+/* What a command's process needs between its start and its exec. */
+struct command {
+    int fds[3];
+    char mode;
+    const char *pts_path;
+    const char *cwd;
+    char **argv;
+    char **envp;
+    int status; /* gets the errno of a failed chdir (negated) or exec */
+};
+
+/* A command's process before its exec: its session, fd limit, stdio (a terminal made its
+   controlling one), directory; then the exec. It runs as a vfork child, on its own stack and
+   in the memory of its parent, which waits: only system calls and writes to the locals of
+   this frame. */
+static int run_command(void *arg) {
+    struct command *c = arg;
+    int fds[3] = {c->fds[0], c->fds[1], c->fds[2]};
+    sigset_t none;
+    sigemptyset(&none);
+    sigprocmask(SIG_SETMASK, &none, NULL);
+    setsid();
+    /* Every command gets the same fd limit, whatever the runtime left the launcher. */
+    struct rlimit fd_limit = {.rlim_cur = COMMAND_NOFILE, .rlim_max = COMMAND_NOFILE};
+    setrlimit(RLIMIT_NOFILE, &fd_limit);
+    int err;
+    if (c->mode == 't' || c->mode == 'T') {
+        /* The terminal becomes the new session's controlling terminal and its stdio.
+           gVisor ignores TIOCSCTTY here; a session leader's open without O_NOCTTY
+           makes it the controlling terminal there too. */
+        if (c->pts_path[0]) {
+            fds[0] = open(c->pts_path, O_RDWR);
+            if (fds[0] < 0) goto fail;
+            /* A cooked terminal, as a login's: ^C, ^Z and ^\ signal the foreground job. */
+            struct termios t;
+            if (tcgetattr(fds[0], &t) == 0) {
+                t.c_iflag |= ICRNL | IXON;
+                t.c_oflag |= OPOST | ONLCR;
+                t.c_lflag |= ISIG | ICANON | ECHO | ECHOE | ECHOK | ECHOCTL | ECHOKE | IEXTEN;
+                tcsetattr(fds[0], TCSANOW, &t);
+            }
+        }
+        ioctl(fds[0], TIOCSCTTY, 0);
+        fds[1] = fds[2] = fds[0];
+    }
+    for (int k = 0; k < 3; k++) {
+        /* dup2 clears O_CLOEXEC on the copy; a same-number fd needs it cleared by hand.
+           (The host's fds arrive above 2: 0-2 are /dev/null in the launcher.) */
+        if (fds[k] == k) {
+            fcntl(k, F_SETFD, 0);
+        } else if (dup2(fds[k], k) < 0) {
+            goto fail;
+        }
+    }
+    if (chdir(c->cwd) < 0) {
+        /* Negative: the working directory, not the command. */
+        err = -errno;
+        (void)!write(c->status, &err, sizeof err);
+        _exit(127);
+    }
+    /* execvp searches the PATH of `environ`: the command's own (the parent restores its). */
+    environ = c->envp;
+    execvp(c->argv[0], c->argv);
+fail:
+    err = errno;
+    (void)!write(c->status, &err, sizeof err);
+    _exit(127);
+}
+
+/* The stack of a command's process until its exec (one at a time: its parent waits). */
+static char command_stack[256 * 1024] __attribute__((aligned(16)));
+
+/* Starts a command's process as posix_spawn does (CLONE_VM | CLONE_VFORK): no copy of the
+   launcher's memory, and under gVisor no new address space until the exec (a fork there
+   makes one, and the ptrace platform a stub process for it). Returns when the command has
+   exec'd or failed, with its pid, or -1 and errno. */
+static pid_t start_command(struct command *command) {
+    char **own = environ;
+    pid_t pid = clone(run_command, command_stack + sizeof command_stack,
+                      CLONE_VM | CLONE_VFORK | SIGCHLD, command);
+    int err = errno;
+    environ = own;
+    errno = err;
+    return pid;
+}
+
 /* Reads one request from the control socket, forks and execs the command. Returns -1 when the
    control socket has ended (the host is gone). */
 static int start(void) {
@@ -457,15 +543,27 @@ static int start(void) {
     }
     /* With child subreapers (not in gVisor 20221219) a keeper stands between the launcher and
        the command; without, the command is forked directly (and is its own "keeper"). */
+    struct command command = {
+        .fds = {fds[0], fds[1], fds[2]},
+        .mode = mode,
+        .pts_path = pts_path,
+        .cwd = cwd,
+        .argv = argv,
+        .envp = envp,
+        .status = status_pipe[1],
+    };
     pid_t keeper, pid;
     if (subreapers) {
         keeper = fork();
-        /* A subreaper before the command exists: whatever it orphans comes to the keeper. */
-        if (keeper == 0) prctl(PR_SET_CHILD_SUBREAPER, 1);
-        pid = keeper == 0 ? fork() : -1;
+        pid = -1;
+        if (keeper == 0) {
+            /* A subreaper before the command exists: whatever it orphans comes to the keeper. */
+            prctl(PR_SET_CHILD_SUBREAPER, 1);
+            pid = start_command(&command);
+        }
     } else {
-        pid = fork();
-        keeper = pid == 0 ? -2 : pid;
+        pid = start_command(&command);
+        keeper = pid;
     }
     if (subreapers && keeper == 0 && pid != 0) {
         /* The keeper: holds nothing of the launcher's but its report pipe. */
@@ -486,56 +584,6 @@ static int start(void) {
         close(status_pipe[1]);
         close_fds(fds, nfds);
         keep(pid, report[1]);
-    }
-    if (pid == 0) {
-        sigset_t none;
-        sigemptyset(&none);
-        sigprocmask(SIG_SETMASK, &none, NULL);
-        setsid();
-        /* Every command gets the same fd limit, whatever the runtime left the launcher. */
-        struct rlimit fd_limit = {.rlim_cur = COMMAND_NOFILE, .rlim_max = COMMAND_NOFILE};
-        setrlimit(RLIMIT_NOFILE, &fd_limit);
-        if (mode == 't' || mode == 'T') {
-            /* The terminal becomes the new session's controlling terminal and its stdio.
-               gVisor ignores TIOCSCTTY here; a session leader's open without O_NOCTTY
-               makes it the controlling terminal there too. */
-            if (pts_path[0]) {
-                fds[0] = open(pts_path, O_RDWR);
-                if (fds[0] < 0) goto fail;
-                /* A cooked terminal, as a login's: ^C, ^Z and ^\ signal the foreground job. */
-                struct termios t;
-                if (tcgetattr(fds[0], &t) == 0) {
-                    t.c_iflag |= ICRNL | IXON;
-                    t.c_oflag |= OPOST | ONLCR;
-                    t.c_lflag |= ISIG | ICANON | ECHO | ECHOE | ECHOK | ECHOCTL | ECHOKE | IEXTEN;
-                    tcsetattr(fds[0], TCSANOW, &t);
-                }
-            }
-            ioctl(fds[0], TIOCSCTTY, 0);
-            fds[1] = fds[2] = fds[0];
-        }
-        for (int k = 0; k < 3; k++) {
-            /* dup2 clears O_CLOEXEC on the copy; a same-number fd needs it cleared by hand.
-               (The host's fds arrive above 2: 0-2 are /dev/null in the launcher.) */
-            if (fds[k] == k) {
-                fcntl(k, F_SETFD, 0);
-            } else if (dup2(fds[k], k) < 0) {
-                goto fail;
-            }
-        }
-        if (chdir(cwd) < 0) {
-            /* Negative: the working directory, not the command. */
-            int err = -errno;
-            (void)!write(status_pipe[1], &err, sizeof err);
-            _exit(127);
-        }
-        /* execvp searches the PATH of `environ`: the command's own. */
-        environ = envp;
-        execvp(argv[0], argv);
-    fail:;
-        int err = errno;
-        (void)!write(status_pipe[1], &err, sizeof err);
-        _exit(127);
     }
     close(status_pipe[1]);
     close(report[1]);
@@ -652,6 +700,11 @@ static void end_all(void) {
         if (conns[i].cmd > 0) kill(-conns[i].cmd, SIGKILL);
     }
     kill(-1, SIGKILL);
+    /* Every process of the container is this one's descendant, and an orphan its child: once
+       none is left to reap, none runs. The host may read our exit (the end of the control
+       socket) as the end of every command, before the container's own teardown. */
+    while (wait(NULL) > 0 || errno == EINTR) {
+    }
     _exit(0);
 }
 

@@ -151,13 +151,19 @@ impl ControlSocket {
         }
     }
 
-    /// Closes the socket both ways: the launcher reads its end, kills every process of the
-    /// container and exits.
+    /// Closes our sending side: the launcher reads its end, kills every process of the
+    /// container, reaps them all and exits (see [`closed`](Self::closed)).
     pub fn shutdown(&self) {
         let _ = nix::sys::socket::shutdown(
             self.fd.get_ref().as_raw_fd(),
-            nix::sys::socket::Shutdown::Both,
+            nix::sys::socket::Shutdown::Write,
         );
+    }
+
+    /// Waits until the launcher's end is closed: it has exited (or the socket failed).
+    /// Whatever it still sends is read and dropped.
+    pub async fn closed(&self) {
+        while let Ok(Some(_)) = receive(&self.fd).await {}
     }
 
     /// Sends a start request with the command's own channel and stdio, and returns the
