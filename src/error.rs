@@ -4,7 +4,7 @@ use std::io;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::runtime::OciRuntime;
+use crate::runtimes::OciRuntime;
 
 /// The runtime subcommand that failed, carried by [`SandboxError::Runtime`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

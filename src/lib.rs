@@ -67,41 +67,47 @@
 
 #![warn(missing_docs)]
 
-mod bundle;
-mod capture;
-mod cgroup;
-mod config;
-mod container;
-mod crun_ns;
+// The layers, lowest first; a module imports only from its own layer's modules and the
+// layers below (tests/layers.rs checks it; docs/ARCHITECTURE.md has one line per module).
+// 0. leaves
 mod error;
-mod exec;
-mod fs_tree;
-mod gvisor;
-mod launcher;
-mod pidfd;
-mod pool;
-mod process;
-mod pty;
-mod runtime;
-mod sandbox;
-mod seccomp;
+mod runtimes;
+mod status;
+// 1. system calls, fds, processes
+mod sys;
+// 2. what the user configures
+mod config;
+// 3. config to OCI spec (pure)
 mod spec;
-mod state;
-mod userns;
+// 4. the host: state dirs, bundles, cgroups, id ranges, capture files
+mod host;
+// 5. the runtime CLI, and the launcher's channel
+mod launcher;
+mod oci;
+// 6. one task per container and per exec
+mod supervisor;
+// 7. the handles
+mod handle;
+// 8. the public API
+mod backend;
+mod container;
+mod pool;
+mod sandbox;
 
-pub use capture::{CapturedOutput, OutputMode, ProcessCapture};
 pub use config::{
-    Bind, ContainerConfig, Limits, Mount, MountKind, Network, SandboxConfig, Security, SpecHook,
-    Stdio,
+    Bind, ContainerConfig, ExecConfig, Limits, Mount, MountKind, Network, OutputMode,
+    SandboxConfig, Security, SpecHook, Stdio,
 };
 pub use container::{NamespaceContainer, NamespaceContainerBuilder, UnenforcedLimits};
 pub use error::{RuntimeOp, SandboxError};
-pub use gvisor::{GvisorPlatform, PlatformChoice};
+pub use handle::capture::ProcessCapture;
+pub use handle::process::ContainerProcess;
+pub use handle::pty::{PtyReader, PtySession, PtyWriter};
+pub use host::capture::CapturedOutput;
 pub use nix::sys::signal::Signal;
 pub use oci_spec::runtime::Spec;
 pub use pool::SandboxPool;
-pub use process::{ContainerProcess, ExitStatus, Output};
-pub use pty::{PtyReader, PtySession, PtyWriter};
-pub use runtime::OciRuntime;
-pub use sandbox::{ExecConfig, MAX_CONCURRENT_EXECS, Sandbox};
-pub use userns::{DEFAULT_USERNS_BASE, USERNS_SIZE};
+pub use runtimes::{GvisorPlatform, OciRuntime, PlatformChoice};
+pub use sandbox::{MAX_CONCURRENT_EXECS, Sandbox};
+pub use spec::identity::{DEFAULT_USERNS_BASE, USERNS_SIZE};
+pub use status::{ExitStatus, Output};

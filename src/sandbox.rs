@@ -1,5 +1,7 @@
 //! Long-lived sandboxes: start a container once, exec many commands in it.
 
+use crate::config::ExecConfig;
+
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -8,19 +10,17 @@ use std::time::Duration;
 
 use tokio::sync::{Semaphore, mpsc, watch};
 
-use crate::capture::{CaptureFiles, OutputMode, ProcessCapture};
+use crate::config::OutputMode;
 use crate::config::{ContainerConfig, Stdio};
 use crate::container::NamespaceContainer;
 use crate::error::SandboxError;
+use crate::handle::capture::ProcessCapture;
+use crate::handle::process::ContainerProcess;
+use crate::handle::pty::PtySession;
+use crate::host::capture::CaptureFiles;
 use crate::launcher::{self, ControlSocket, Started};
-use crate::process::{ContainerProcess, ExitStatus, Supervised};
-use crate::pty::PtySession;
-
-/// How long a new sandbox's launcher may take to listen.
-const READY_DEADLINE: Duration = Duration::from_secs(30);
-
-/// The least time a spawn's container gets to start, whatever its command's timeout.
-const MIN_START_DEADLINE: Duration = Duration::from_secs(10);
+use crate::status::ExitStatus;
+use crate::supervisor::Supervised;
 
 /// How long a launcher may take to end its container once its control socket has closed.
 const END_DEADLINE: Duration = Duration::from_secs(2);
@@ -31,54 +31,6 @@ const START_DEADLINE: Duration = Duration::from_secs(10);
 /// Commands that may run at once in one sandbox: the launcher holds an fd or two for each,
 /// within its own limit of 1024 (the default pids limit, 256, is lower still).
 pub const MAX_CONCURRENT_EXECS: usize = 480;
-
-/// One command to run in a [`Sandbox`]: like a [`ContainerConfig`]'s command, with its own
-/// environment additions, working directory, timeout and stdio.
-///
-/// ```
-/// use std::time::Duration;
-/// use oci_sandbox::ExecConfig;
-///
-/// let mut exec = ExecConfig::new("python3", vec!["-c".into(), "print(6*7)".into()]);
-/// exec.env.push(("DEBUG".into(), "1".into()));
-/// exec.timeout = Some(Duration::from_secs(5));
-/// ```
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ExecConfig {
-    /// The program, resolved against the `PATH` of the command's environment.
-    pub command: String,
-    /// Its arguments (without the program itself).
-    pub args: Vec<String>,
-    /// Added to the sandbox's environment (later entries win).
-    pub env: Vec<(String, String)>,
-    /// The working directory; the sandbox's when `None`.
-    pub cwd: Option<PathBuf>,
-    /// Wall-clock limit; the sandbox config's `timeout` when `None`. Past it, the command's
-    /// process group is killed (the sandbox lives on) and the status says timed out.
-    pub timeout: Option<Duration>,
-    /// Standard input ([`exec`](Sandbox::exec) only).
-    pub stdin: Stdio,
-    /// Standard output ([`exec`](Sandbox::exec) only).
-    pub stdout: Stdio,
-    /// Standard error ([`exec`](Sandbox::exec) only).
-    pub stderr: Stdio,
-}
-
-impl ExecConfig {
-    /// `command` with `args`, piped stdio, the sandbox's environment, directory and timeout.
-    pub fn new(command: impl Into<String>, args: Vec<String>) -> Self {
-        ExecConfig {
-            command: command.into(),
-            args,
-            env: Vec::new(),
-            cwd: None,
-            timeout: None,
-            stdin: Stdio::Piped,
-            stdout: Stdio::Piped,
-            stderr: Stdio::Piped,
-        }
-    }
-}
 
 /// A long-lived container from [`NamespaceContainer::start`]: commands exec'd in it share
 /// its filesystem (what one writes, the next sees), namespaces and limits.
@@ -112,146 +64,28 @@ struct Inner {
     one_shot: bool,
 }
 
-impl NamespaceContainer {
-    /// Starts a long-lived sandbox with `config`'s filesystem, network, limits and security;
-    /// commands then run in it with [`Sandbox::exec`], [`Sandbox::exec_captured`] and
-    /// [`Sandbox::exec_interactive`].
-    ///
-    /// `config`'s command is not run (the sandbox's init is the library's launcher); its
-    /// environment and working directory are every exec's defaults, and its `timeout` is
-    /// every exec's default timeout, not the sandbox's lifetime: a sandbox lives until it is
-    /// closed or dropped.
-    ///
-    /// ```no_run
-    /// # async fn demo() -> Result<(), oci_sandbox::SandboxError> {
-    /// use oci_sandbox::{ExecConfig, NamespaceContainer, SandboxConfig};
-    ///
-    /// let runtime = NamespaceContainer::new().await?;
-    /// let config = NamespaceContainer::build_config(&SandboxConfig::default(), "true", vec![]);
-    /// let sandbox = runtime.start(&config).await?;
-    /// let write = ExecConfig::new("sh", vec!["-c".into(), "echo state > /tmp/f".into()]);
-    /// sandbox.exec(&write).await?.wait().await?;
-    /// let read = ExecConfig::new("cat", vec!["/tmp/f".into()]);
-    /// let out = sandbox.exec(&read).await?.wait_with_output().await?;
-    /// assert_eq!(out.stdout, b"state\n");
-    /// sandbox.close().await;
-    /// # Ok(()) }
-    /// ```
-    ///
-    /// # Errors
-    ///
-    /// Those of [`spawn`](Self::spawn) that concern the config or the runtime;
-    /// [`SandboxError::Timeout`] if the launcher does not come up within 30 s.
-    ///
-    /// # Cancel safety
-    ///
-    /// Cancel safe: a dropped future leaves no container, bundle or process.
-    pub async fn start(&self, config: &ContainerConfig) -> Result<Sandbox, SandboxError> {
-        self.launch(config, false).await
-    }
-
-    /// Starts a container whose init is the launcher, with `config`'s policy. `one_shot`: it
-    /// runs `config`'s command once (the spawn modes), which is checked first, and ends with
-    /// it.
-    pub(crate) async fn launch(
-        &self,
-        config: &ContainerConfig,
+impl Sandbox {
+    /// A sandbox on a started launcher `container` with its `control` socket.
+    pub(crate) fn new(
+        owner: NamespaceContainer,
+        container: Supervised,
+        config: ContainerConfig,
+        control: ControlSocket,
         one_shot: bool,
-    ) -> Result<Sandbox, SandboxError> {
-        let id = config.id.clone().unwrap_or_else(crate::state::new_id);
-        self.launcher().await?;
-        let (control, launcher_end) =
-            ControlSocket::pair().map_err(|source| SandboxError::Process {
-                context: "opening the sandbox's control socket",
-                source,
-            })?;
-        // A spawn's container gets as long to start as its command's timeout, within
-        // 10..30 s (a runtime that hangs, as runsc on kvm does, fails that soon).
-        let start_deadline = match config.timeout {
-            Some(t) if one_shot => t.clamp(MIN_START_DEADLINE, crate::process::START_DEADLINE),
-            _ => crate::process::START_DEADLINE,
-        };
-        let mut init = config.clone();
-        init.id = Some(id.clone());
-        init.command = format!("/{}", launcher::PATH_IN_ROOTFS);
-        init.args = Vec::new();
-        init.timeout = None;
-        // The launcher's end of the control socket is the container's stdin: no path. A
-        // spawn on crun runs its runtime in the foreground (see `StartMode`).
-        let attached = one_shot && self.runtime() == crate::OciRuntime::Crun;
-        let start = self
-            // Checked once, before the bundle is written: a spawn's config with its own
-            // command (which must be on PATH), a long-lived sandbox's as its launcher's.
-            .run_launcher(
-                &init,
-                if one_shot { config } else { &init },
-                launcher_end,
-                start_deadline,
-                attached,
-            )
-            .await?;
-        let container = start.container;
-        let mut started = std::pin::pin!(async {
-            start
-                .started
-                .await
-                .unwrap_or_else(|_| Err(supervisor_gone()))
-        });
-        // The runtime's start and the launcher's "ready" race: a detached runtime usually
-        // exits first, a foreground one waits for the pid that "ready" brings.
-        let mut is_started = false;
-        let ready = {
-            let ready = tokio::time::timeout(start_deadline + READY_DEADLINE, control.ready());
-            let mut ready = std::pin::pin!(ready);
-            loop {
-                tokio::select! {
-                    result = &mut started, if !is_started => {
-                        result?;
-                        is_started = true;
-                    }
-                    ready = &mut ready => break ready,
-                }
-            }
-        };
-        match ready {
-            Ok(Ok(pid)) => {
-                if let Some(init_pid) = start.init_pid {
-                    let _ = init_pid.send(pid);
-                }
-                if !is_started {
-                    started.await?;
-                }
-            }
-            Ok(Err(_)) => {
-                // The runtime's own error, when it failed.
-                if !is_started {
-                    started.await?;
-                }
-                let status = container.wait().await.ok();
-                return Err(SandboxError::SandboxEnded { id, status });
-            }
-            Err(_) => {
-                return Err(SandboxError::Timeout {
-                    what: format!("the launcher of sandbox {id}"),
-                    after: start_deadline + READY_DEADLINE,
-                });
-            }
-        }
-        Ok(Sandbox {
+    ) -> Self {
+        Sandbox {
             inner: Arc::new(Inner {
-                owner: self.clone(),
+                owner,
                 container,
-                config: config.clone(),
+                config,
                 control,
                 slots: Arc::new(Semaphore::new(MAX_CONCURRENT_EXECS)),
                 execs: AtomicU64::new(0),
                 one_shot,
             }),
-        })
+        }
     }
-}
 
-impl Sandbox {
     /// The sandbox's container id.
     pub fn id(&self) -> &str {
         &self.inner.container.id
@@ -436,7 +270,7 @@ impl Sandbox {
         &self,
         exec: &ExecConfig,
         stdio: launcher::Stdio,
-        capture: Option<crate::capture::CaptureWatch>,
+        capture: Option<crate::host::capture::CaptureWatch>,
         keep: [OwnedFd; N],
     ) -> Result<(Supervised, Option<OwnedFd>), SandboxError> {
         let own_terminal = matches!(stdio, launcher::Stdio::OwnTerminal);
@@ -452,7 +286,7 @@ impl Sandbox {
             if skip_oom {
                 0
             } else {
-                crate::cgroup::oom_kills(&id).await
+                crate::host::cgroup::oom_kills(&id).await
             }
         };
         let slot = Arc::clone(&self.inner.slots)
@@ -506,7 +340,11 @@ impl Sandbox {
             }
             Ok(Ok((Started::Running, terminal))) => terminal,
             Ok(Ok((Started::Failed(errno), _))) => {
-                return Err(crate::exec::start_failure(&exec.command, &cwd, errno));
+                return Err(crate::supervisor::exec::start_failure(
+                    &exec.command,
+                    &cwd,
+                    errno,
+                ));
             }
             Ok(Err(e)) => {
                 return Err(self.ended_error().unwrap_or(SandboxError::Process {
@@ -519,18 +357,21 @@ impl Sandbox {
         let (requests_tx, requests_rx) = mpsc::unbounded_channel();
         let (outcome_tx, outcome_rx) = watch::channel(None);
         let timeout = exec.timeout.or(self.inner.config.timeout);
-        self.inner.owner.tracker().spawn(crate::exec::supervise(
-            conn,
-            id.clone(),
-            timeout,
-            control_rx,
-            requests_rx,
-            outcome_tx,
-            capture,
-            oom_before,
-            slot,
-            self.inner.one_shot.then(|| self.clone()),
-        ));
+        self.inner
+            .owner
+            .tracker()
+            .spawn(crate::supervisor::exec::supervise(
+                conn,
+                id.clone(),
+                timeout,
+                control_rx,
+                requests_rx,
+                outcome_tx,
+                capture,
+                oom_before,
+                slot,
+                self.inner.one_shot.then(|| self.clone()),
+            ));
         let container = &self.inner.container;
         let supervised = Supervised::exec(
             id,
@@ -639,11 +480,4 @@ fn exec_stdio(exec: &ExecConfig) -> Result<([Option<OwnedFd>; 3], [OwnedFd; 3]),
     }
     let theirs: [OwnedFd; 3] = theirs.try_into().expect("three fds");
     Ok((ours, theirs))
-}
-
-fn supervisor_gone() -> SandboxError {
-    SandboxError::Process {
-        context: "starting the container",
-        source: std::io::Error::other("the supervisor ended without reporting"),
-    }
 }

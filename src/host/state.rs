@@ -7,15 +7,15 @@
 //! owner of a container is recorded in its bundle, which stays on the host, and capture dirs
 //! carry a random per-process token whose liveness an abstract socket tells.
 
-use crate::userns::HostIdentity;
+use crate::spec::identity::HostIdentity;
 use std::os::linux::net::SocketAddrExt;
 use std::os::unix::net::{SocketAddr, UnixDatagram};
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 use crate::error::SandboxError;
-use crate::fs_tree::remove_tree_blocking;
-use crate::runtime::{ContainerFlags, OciRuntime, RuntimeCli};
+use crate::runtimes::OciRuntime;
+use crate::sys::fs_tree::remove_tree_blocking;
 
 /// The annotation in each bundle's `config.json` naming the process that owns the container
 /// (`<pid>-<start time>`, see [`self_owner`]).
@@ -76,7 +76,7 @@ impl StateDirs {
             b.create(dir)
                 .map_err(|e| SandboxError::io("creating the state directory", dir, e))?;
         }
-        crate::bundle::prepare_rootfs(&self.rootfs)?;
+        crate::host::bundle::prepare_rootfs(&self.rootfs)?;
         // Earlier versions handed it to the first id range: take it back.
         let (uid, gid) = (
             nix::unistd::geteuid().as_raw(),
@@ -86,7 +86,7 @@ impl StateDirs {
             use std::os::unix::fs::MetadataExt;
             m.uid() != uid || m.gid() != gid
         }) {
-            crate::fs_tree::chown_tree_blocking(&self.rootfs, uid, gid)
+            crate::sys::fs_tree::chown_tree_blocking(&self.rootfs, uid, gid)
                 .map_err(|e| SandboxError::io("taking the rootfs back", &self.rootfs, e))?;
         }
         // Every container's root opens it, whatever its id range: readable by all (it holds
@@ -239,7 +239,7 @@ pub(crate) fn owner_alive(owner: &str) -> bool {
 }
 
 /// The owner recorded in a bundle's config.json, if readable.
-fn bundle_owner(bundle: &Path) -> Option<String> {
+pub(crate) fn bundle_owner(bundle: &Path) -> Option<String> {
     let raw = std::fs::read(bundle.join("config.json")).ok()?;
     let v: serde_json::Value = serde_json::from_slice(&raw).ok()?;
     v.get("annotations")?
@@ -254,76 +254,11 @@ fn bundle_owner(bundle: &Path) -> Option<String> {
 ///
 /// The owner of a container is the one its bundle names: containers, made after their
 /// bundle and removed before it, are doomed with a dead owner's bundle or without one.
-pub(crate) async fn sweep(cli: &RuntimeCli, dirs: &StateDirs) -> Result<Vec<String>, SandboxError> {
-    let bundles = dirs.bundles.clone();
-    let dead_bundles: Vec<String> = tokio::task::spawn_blocking(move || {
-        let Ok(entries) = std::fs::read_dir(&bundles) else {
-            return Vec::new();
-        };
-        entries
-            .filter_map(Result::ok)
-            .filter_map(|e| {
-                let id = e.file_name().into_string().ok()?;
-                // A bundle without a readable owner may be one being written right now by a
-                // live process: leave it.
-                let owner = bundle_owner(&e.path())?;
-                (!owner_alive(&owner)).then_some(id)
-            })
-            .collect()
-    })
-    .await
-    .unwrap_or_default();
-
-    let mut doomed = dead_bundles;
-    for id in cli.list().await? {
-        if doomed.contains(&id) {
-            continue;
-        }
-        // Bundles are made before their container and removed after it: a container without
-        // one was left by a crash mid-cleanup.
-        let bundle_missing = !tokio::fs::try_exists(dirs.bundle(&id))
-            .await
-            .unwrap_or(true);
-        if bundle_missing {
-            doomed.push(id);
-        }
-    }
-    for id in &doomed {
-        tracing::info!(runtime = %cli.kind, id, "sweeping a container left by a dead process");
-        remove_container(cli, dirs, id, ContainerFlags::default()).await;
-    }
-    // Their containers are gone: the dead owners' id ranges are free again.
-    let _ = tokio::task::spawn_blocking(crate::userns::sweep_leases_blocking).await;
-    Ok(doomed)
-}
-
-/// Ends container `id` and removes everything of it: the runtime's state, leftover processes
-/// in its cgroups, the cgroups and the bundle. Best effort, logged.
-pub(crate) async fn remove_container(
-    cli: &RuntimeCli,
-    dirs: &StateDirs,
-    id: &str,
-    flags: ContainerFlags<'_>,
-) {
-    remove_from_runtime(cli, id, flags).await;
-    let (root, bundle, id) = (dirs.root.clone(), dirs.bundle(id), id.to_owned());
-    let _ =
-        tokio::task::spawn_blocking(move || remove_leftovers_blocking(&root, &id, &bundle)).await;
-}
-
-/// `destroy` (kill and delete). Logged, not returned: what the runtime leaves,
-/// `remove_leftovers_blocking` removes.
-pub(crate) async fn remove_from_runtime(cli: &RuntimeCli, id: &str, flags: ContainerFlags<'_>) {
-    if let Err(err) = cli.destroy(flags, id).await {
-        tracing::warn!(runtime = %cli.kind, id, %err, "destroying the container failed");
-    }
-}
-
 /// Everything of container `id` on the host, once the runtime is done with it: processes left in
 /// its cgroups and the cgroups (a runtime's own `rmdir` fails while dying processes are still
 /// in them), its state in the runtime's root, its bundle. Blocking.
 pub(crate) fn remove_leftovers_blocking(root: &Path, id: &str, bundle: &Path) {
-    crate::cgroup::reap_blocking(id);
+    crate::host::cgroup::reap_blocking(id);
     remove_runtime_state_blocking(root, id);
     let _ = remove_tree_blocking(bundle);
 }

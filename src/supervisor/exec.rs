@@ -9,11 +9,12 @@ use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
-use crate::capture::CaptureWatch;
 use crate::error::SandboxError;
+use crate::host::capture::CaptureWatch;
 use crate::launcher::{Connection, exit_status};
-use crate::process::{
-    Control, EndedBy, ExecRequest, ExitStatus, Outcome, sleep_until, status_for, watch_capture,
+use crate::status::ExitStatus;
+use crate::supervisor::{
+    Control, EndedBy, ExecRequest, Outcome, sleep_until, status_for, watch_capture,
 };
 
 /// How long the launcher has to report a command's end after it was told to kill it.
@@ -84,7 +85,7 @@ pub(crate) async fn supervise(
         (None, Ok(Some(text))) => match exit_status(&text) {
             Some(status) => {
                 let oom = if status.signal() == Some(libc::SIGKILL) || !status.success() {
-                    crate::cgroup::oom_kills(&sandbox_id).await > oom_before
+                    crate::host::cgroup::oom_kills(&sandbox_id).await > oom_before
                 } else {
                     false
                 };
@@ -98,7 +99,7 @@ pub(crate) async fn supervise(
         // The launcher closed the connection without a status: it died with the sandbox
         // (killed from outside, or by the OOM killer). A spawn's command died with it.
         (_, Ok(None)) if one_shot.is_some() => {
-            let oom = crate::cgroup::oom_kills(&sandbox_id).await > oom_before;
+            let oom = crate::host::cgroup::oom_kills(&sandbox_id).await > oom_before;
             Ok(ExitStatus::signaled(libc::SIGKILL).with_oom_killed(oom))
         }
         (_, Ok(None)) => Err(SandboxError::SandboxEnded {

@@ -8,7 +8,7 @@ use oci_spec::runtime::Spec;
 
 use crate::config::ROOTFS_LINKS;
 use crate::error::SandboxError;
-use crate::state::{OWNER_ANNOTATION, self_owner};
+use crate::host::state::{OWNER_ANNOTATION, self_owner};
 
 /// The name of the runtime's pid file in a bundle.
 pub(crate) const PID_FILE: &str = "pid";
@@ -19,7 +19,7 @@ pub(crate) const PID_FILE: &str = "pid";
 pub(crate) struct Bundle {
     dir: Option<PathBuf>,
     /// The container's own user namespace and id range, released with the bundle.
-    pub userns: Option<crate::userns::UserNamespace>,
+    pub userns: Option<crate::host::id_range::UserNamespace>,
 }
 
 impl Bundle {
@@ -73,7 +73,7 @@ impl Bundle {
 impl Drop for Bundle {
     fn drop(&mut self) {
         if let Some(dir) = self.dir.take() {
-            let _ = crate::fs_tree::remove_tree_blocking(&dir);
+            let _ = crate::sys::fs_tree::remove_tree_blocking(&dir);
         }
     }
 }

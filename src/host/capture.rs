@@ -3,6 +3,8 @@
 //!
 //! [`spawn_captured`]: crate::NamespaceContainer::spawn_captured
 
+use crate::config::OutputMode;
+
 use std::fs::File;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, RawFd};
@@ -18,21 +20,6 @@ use tokio::io::unix::AsyncFd;
 use tokio::sync::watch;
 
 use crate::error::SandboxError;
-use crate::process::{ExitStatus, Supervised};
-
-/// How stdout and stderr are captured.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Serialize, serde::Deserialize,
-)]
-#[non_exhaustive]
-pub enum OutputMode {
-    /// Two files: stdout and stderr apart.
-    #[default]
-    Separate,
-    /// One file with both, in the order they were written (like `2>&1`). It is opened with
-    /// `O_APPEND`, so that no write overwrites another (gVisor loses output otherwise).
-    Combined,
-}
 
 /// Size of the chunks a stream reads (not part of the semver contract).
 const CHUNK: usize = 256 * 1024;
@@ -232,35 +219,6 @@ fn tail(
     Box::pin(futures::StreamExt::fuse(stream))
 }
 
-/// The process and its captured output, from [`NamespaceContainer::spawn_captured`].
-///
-/// Dropping it kills the process (like every handle), but the files stay as long as
-/// `output` or a stream of it is alive.
-///
-/// [`NamespaceContainer::spawn_captured`]: crate::NamespaceContainer::spawn_captured
-#[derive(Debug)]
-pub struct ProcessCapture {
-    /// The output files and their streams.
-    pub output: Arc<CapturedOutput>,
-    inner: Supervised,
-}
-
-impl ProcessCapture {
-    pub(crate) fn new(output: CapturedOutput, inner: Supervised) -> Self {
-        ProcessCapture {
-            output: Arc::new(output),
-            inner,
-        }
-    }
-
-    /// The container's id.
-    pub fn id(&self) -> &str {
-        &self.inner.id
-    }
-
-    crate::process::supervised_handle_methods!();
-}
-
 /// The capture files, opened for the runtime, plus what the supervisor needs to watch them.
 pub(crate) struct CaptureFiles {
     pub stdout: File,
@@ -278,7 +236,7 @@ impl CaptureFiles {
         limit: Option<u64>,
     ) -> Result<CaptureFiles, SandboxError> {
         let dir = tempfile::Builder::new()
-            .prefix(&crate::state::capture_dir_prefix(id))
+            .prefix(&crate::host::state::capture_dir_prefix(id))
             .tempdir_in(parent)
             .map_err(|e| SandboxError::io("creating the capture directory", parent, e))?;
         let open = |name: &str| {

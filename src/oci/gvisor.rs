@@ -1,48 +1,7 @@
 //! gVisor's platforms (how the Sentry intercepts system calls).
 
-use serde::{Deserialize, Serialize};
-
-/// The mechanism gVisor's Sentry uses to intercept the sandboxed program's system calls.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[non_exhaustive]
-pub enum GvisorPlatform {
-    /// seccomp-based trapping (gVisor releases from mid-2023 on); the fastest without KVM.
-    Systrap,
-    /// `PTRACE_SYSEMU`: works everywhere, slowest.
-    Ptrace,
-    /// Hardware virtualisation through `/dev/kvm`.
-    Kvm,
-}
-
-impl GvisorPlatform {
-    /// The value of runsc's `--platform` flag.
-    pub fn as_flag(self) -> &'static str {
-        match self {
-            GvisorPlatform::Systrap => "systrap",
-            GvisorPlatform::Ptrace => "ptrace",
-            GvisorPlatform::Kvm => "kvm",
-        }
-    }
-}
-
-impl std::fmt::Display for GvisorPlatform {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_flag())
-    }
-}
-
-/// Which gVisor platform a [`NamespaceContainer`](crate::NamespaceContainer) uses, and why.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PlatformChoice {
-    /// The platform every container of this runtime runs on.
-    pub platform: GvisorPlatform,
-    /// The platforms tried before it, each with the reason it was rejected.
-    pub rejected: Vec<(GvisorPlatform, String)>,
-    /// True when it was chosen by the probe, false when given to the builder.
-    pub probed: bool,
-    /// How long choosing it took (the probe, or the check of an explicit platform).
-    pub took: std::time::Duration,
-}
+use crate::runtimes::GvisorPlatform;
+use crate::runtimes::PlatformChoice;
 
 /// The order of the probe. KVM is tried only when asked for explicitly: where it does not
 /// work it can hang instead of failing.

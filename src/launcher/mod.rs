@@ -17,7 +17,7 @@ use nix::sys::socket::{
 };
 use tokio::io::unix::AsyncFd;
 
-use crate::process::ExitStatus;
+use crate::status::ExitStatus;
 
 /// The launcher binary, built from `launcher/launcher.c` by the build script.
 pub(crate) const BINARY: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/osb-launcher"));

@@ -1,5 +1,8 @@
 //! [`ContainerConfig`] to [`oci_spec::runtime::Spec`]: the only place that knows OCI JSON.
 
+pub(crate) mod identity;
+pub(crate) mod seccomp;
+
 use std::collections::HashSet;
 use std::path::Path;
 
@@ -13,8 +16,8 @@ use oci_spec::runtime::{
 
 use crate::config::{ContainerConfig, MountKind, Network};
 use crate::error::SandboxError;
-use crate::runtime::OciRuntime;
-use crate::userns::HostIdentity;
+use crate::runtimes::OciRuntime;
+use crate::spec::identity::HostIdentity;
 
 /// Processes and threads added to a gVisor sandbox's pids limit for gVisor's own. The ptrace
 /// platform keeps stub processes and Sentry threads it has made: 200 execs, ten at a time,
@@ -255,7 +258,7 @@ pub(crate) fn build(
             .cgroups_path(format!("{CGROUP_PARENT}/{id}"));
     }
     if config.security.seccomp {
-        linux = linux.seccomp(crate::seccomp::default_profile()?);
+        linux = linux.seccomp(crate::spec::seccomp::default_profile()?);
     }
     let linux = linux
         .namespaces(namespaces)
@@ -304,7 +307,7 @@ mod tests {
         Target {
             runtime,
             identity: HostIdentity::Root {
-                userns_base: crate::userns::DEFAULT_USERNS_BASE,
+                userns_base: crate::spec::identity::DEFAULT_USERNS_BASE,
             },
             userns_path: None,
         }

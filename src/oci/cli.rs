@@ -4,47 +4,19 @@
 //! Everything the library asks of runc, crun or runsc goes through [`RuntimeCli`]; the spawn
 //! modes, streams and PTY never build an argv themselves.
 
+use crate::runtimes::OciRuntime;
+
 use std::ffi::{OsStr, OsString};
-use std::fmt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use tokio::process::Command;
 
 use crate::config::Network;
 use crate::error::{RuntimeOp, SandboxError};
-use crate::gvisor::GvisorPlatform;
-
-/// An OCI runtime the library can drive through its command line.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[non_exhaustive]
-pub enum OciRuntime {
-    /// runc: namespaces and cgroups, the reference runtime.
-    Runc,
-    /// crun: the same isolation as runc, written in C and faster to start.
-    Crun,
-    /// gVisor's runsc: the command runs on a user-space kernel.
-    Gvisor,
-}
-
-impl OciRuntime {
-    /// The binary's usual name, looked up on `$PATH`.
-    pub fn binary_name(self) -> &'static str {
-        match self {
-            OciRuntime::Runc => "runc",
-            OciRuntime::Crun => "crun",
-            OciRuntime::Gvisor => "runsc",
-        }
-    }
-}
-
-impl fmt::Display for OciRuntime {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.binary_name())
-    }
-}
+use crate::runtimes::GvisorPlatform;
 
 /// Named flags, so that each string is spelled once.
 mod flag {

@@ -11,7 +11,8 @@ use tokio::io::unix::AsyncFd;
 use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
 
 use crate::error::SandboxError;
-use crate::process::{ExitStatus, Supervised};
+use crate::status::ExitStatus;
+use crate::supervisor::Supervised;
 
 /// The PTY controller fd, non-blocking, registered with the reactor.
 #[derive(Debug)]
@@ -198,7 +199,7 @@ impl PtySession {
         )
     }
 
-    crate::process::supervised_handle_methods!();
+    crate::handle::process::supervised_handle_methods!();
 }
 
 impl_pty_io!(AsyncRead for PtySession);

@@ -1,6 +1,9 @@
 //! [`SandboxConfig`] (the policy a caller states) and [`ContainerConfig`] (the concrete request
 //! that becomes an OCI spec).
 
+mod exec;
+pub use exec::ExecConfig;
+
 use std::collections::HashSet;
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -11,6 +14,20 @@ use oci_spec::runtime::Spec;
 use serde::{Deserialize, Serialize};
 
 use crate::error::SandboxError;
+
+/// How stdout and stderr are captured.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Serialize, serde::Deserialize,
+)]
+#[non_exhaustive]
+pub enum OutputMode {
+    /// Two files: stdout and stderr apart.
+    #[default]
+    Separate,
+    /// One file with both, in the order they were written (like `2>&1`). It is opened with
+    /// `O_APPEND`, so that no write overwrites another (gVisor loses output otherwise).
+    Combined,
+}
 
 /// Where the container's network comes from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]

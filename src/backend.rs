@@ -1,0 +1,1 @@
+//! The backend seam: see [`Backend`].

@@ -1,0 +1,54 @@
+//! [`ExecConfig`]: one command to run in a long-lived sandbox.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use super::Stdio;
+
+/// One command to run in a [`Sandbox`]: like a [`ContainerConfig`]'s command, with its own
+/// environment additions, working directory, timeout and stdio.
+///
+/// ```
+/// use std::time::Duration;
+/// use oci_sandbox::ExecConfig;
+///
+/// let mut exec = ExecConfig::new("python3", vec!["-c".into(), "print(6*7)".into()]);
+/// exec.env.push(("DEBUG".into(), "1".into()));
+/// exec.timeout = Some(Duration::from_secs(5));
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExecConfig {
+    /// The program, resolved against the `PATH` of the command's environment.
+    pub command: String,
+    /// Its arguments (without the program itself).
+    pub args: Vec<String>,
+    /// Added to the sandbox's environment (later entries win).
+    pub env: Vec<(String, String)>,
+    /// The working directory; the sandbox's when `None`.
+    pub cwd: Option<PathBuf>,
+    /// Wall-clock limit; the sandbox config's `timeout` when `None`. Past it, the command's
+    /// process group is killed (the sandbox lives on) and the status says timed out.
+    pub timeout: Option<Duration>,
+    /// Standard input ([`exec`](Sandbox::exec) only).
+    pub stdin: Stdio,
+    /// Standard output ([`exec`](Sandbox::exec) only).
+    pub stdout: Stdio,
+    /// Standard error ([`exec`](Sandbox::exec) only).
+    pub stderr: Stdio,
+}
+
+impl ExecConfig {
+    /// `command` with `args`, piped stdio, the sandbox's environment, directory and timeout.
+    pub fn new(command: impl Into<String>, args: Vec<String>) -> Self {
+        ExecConfig {
+            command: command.into(),
+            args,
+            env: Vec::new(),
+            cwd: None,
+            timeout: None,
+            stdin: Stdio::Piped,
+            stdout: Stdio::Piped,
+            stderr: Stdio::Piped,
+        }
+    }
+}

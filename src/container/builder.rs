@@ -1,0 +1,331 @@
+//! [`NamespaceContainerBuilder`]: the runtime, its binary, the state root and the gVisor
+//! platform, checked once when a [`NamespaceContainer`] is built.
+
+use super::Inner;
+use crate::config::SandboxConfig;
+use crate::config::Stdio;
+use crate::container::NamespaceContainer;
+use crate::container::UnenforcedLimits;
+use crate::error::SandboxError;
+use crate::host::state::StateDirs;
+use crate::oci::cli::RuntimeCli;
+use crate::oci::cli::locate;
+use crate::oci::sweep::sweep;
+use crate::runtimes::GvisorPlatform;
+use crate::runtimes::OciRuntime;
+use crate::runtimes::PlatformChoice;
+use crate::spec::identity::DEFAULT_USERNS_BASE;
+use crate::spec::identity::HostIdentity;
+use crate::spec::identity::USERNS_SIZE;
+use std::path::PathBuf;
+use std::sync::Arc;
+use tokio_util::task::TaskTracker;
+
+/// The platform for a gVisor runtime: the explicit one (checked unless told not to), or the
+/// process-wide probe's choice.
+async fn choose_gvisor_platform(
+    binary: &std::path::Path,
+    base: &std::path::Path,
+    explicit: Option<GvisorPlatform>,
+    check: bool,
+) -> Result<PlatformChoice, SandboxError> {
+    let started = std::time::Instant::now();
+    let run = |platform| check_platform(binary.to_owned(), base.to_owned(), platform);
+    match explicit {
+        Some(platform) => {
+            if check {
+                run(platform)
+                    .await
+                    .map_err(|why| SandboxError::NoGvisorPlatform {
+                        failures: vec![(platform, why)],
+                    })?;
+            }
+            Ok(PlatformChoice {
+                platform,
+                rejected: Vec::new(),
+                probed: false,
+                took: started.elapsed(),
+            })
+        }
+        None => crate::oci::gvisor::probe_once(run).await.cloned(),
+    }
+}
+
+/// Whether runsc runs `/bin/true` on `platform`, within a deadline, leaving nothing behind.
+/// First the cheap question (`list` with the platform flag, which rejects an unknown platform
+/// without starting anything), then a real container.
+///
+/// Boxed: `build` calls this, which calls `build` (without a check this time).
+fn check_platform(
+    binary: std::path::PathBuf,
+    base: std::path::PathBuf,
+    platform: GvisorPlatform,
+) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send>> {
+    Box::pin(check_platform_inner(binary, base, platform))
+}
+
+async fn check_platform_inner(
+    binary: std::path::PathBuf,
+    base: std::path::PathBuf,
+    platform: GvisorPlatform,
+) -> Result<(), String> {
+    let probe_dir = base.join(format!("probe-{}-{platform}", std::process::id()));
+    let cli = RuntimeCli {
+        kind: OciRuntime::Gvisor,
+        binary: binary.clone(),
+        root: probe_dir.join("runsc/state"),
+        gvisor_platform: Some(platform),
+        mount_ns: None,
+    };
+    let _ = tokio::fs::create_dir_all(&cli.root).await;
+    let result = async {
+        cli.list().await.map_err(|e| e.to_string())?;
+        let sandbox = NamespaceContainer::builder()
+            .runtime(OciRuntime::Gvisor)
+            .binary(&binary)
+            .state_dir(&probe_dir)
+            .gvisor_platform(platform)
+            .skip_platform_check()
+            .build()
+            .await
+            .map_err(|e| e.to_string())?;
+        let policy = SandboxConfig {
+            timeout: Some(crate::oci::gvisor::PLATFORM_DEADLINE),
+            ..SandboxConfig::default()
+        };
+        let mut config = NamespaceContainer::build_config(&policy, "/bin/true", vec![]);
+        // A name of its own (it runs no untrusted code), so that its leftovers can be found.
+        config.id = Some(format!("osb-probe-{}-{platform}", std::process::id()));
+        config.stdin = Stdio::Null;
+        config.stdout = Stdio::Null;
+        config.stderr = Stdio::Null;
+        let status = async { sandbox.spawn(&config).await?.wait().await }.await;
+        sandbox.close().await;
+        match status {
+            Ok(s) if s.success() => Ok(()),
+            Ok(s) if s.timed_out() => Err(format!(
+                "did not run /bin/true within {:?}",
+                crate::oci::gvisor::PLATFORM_DEADLINE
+            )),
+            Ok(s) => Err(format!("/bin/true ended with {s}")),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+    .await;
+    let _ =
+        tokio::task::spawn_blocking(move || crate::sys::fs_tree::remove_tree_blocking(&probe_dir))
+            .await;
+    result
+}
+
+/// Builds a [`NamespaceContainer`]: which runtime, where its binary is, where its state lives.
+#[derive(Debug, Clone)]
+#[must_use]
+pub struct NamespaceContainerBuilder {
+    runtime: OciRuntime,
+    binary: Option<PathBuf>,
+    state_base: Option<PathBuf>,
+    capture_dir: Option<PathBuf>,
+    gvisor_platform: Option<GvisorPlatform>,
+    check_platform: bool,
+    userns_base: u32,
+    unenforced_limits: UnenforcedLimits,
+}
+
+impl Default for NamespaceContainerBuilder {
+    fn default() -> Self {
+        NamespaceContainerBuilder {
+            runtime: OciRuntime::Runc,
+            binary: None,
+            state_base: None,
+            capture_dir: None,
+            gvisor_platform: None,
+            check_platform: true,
+            userns_base: DEFAULT_USERNS_BASE,
+            unenforced_limits: UnenforcedLimits::default(),
+        }
+    }
+}
+
+impl NamespaceContainerBuilder {
+    /// The runtime (runc by default).
+    pub fn runtime(mut self, kind: OciRuntime) -> Self {
+        self.runtime = kind;
+        self
+    }
+
+    /// An explicit path to the runtime binary instead of a `$PATH` lookup.
+    pub fn binary(mut self, path: impl Into<PathBuf>) -> Self {
+        self.binary = Some(path.into());
+        self
+    }
+
+    /// The directory the library owns for its state (default `/run/oci-sandbox` as root). The
+    /// runtime's `--root` and the bundles live under `<dir>/<runtime>/`.
+    pub fn state_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.state_base = Some(dir.into());
+        self
+    }
+
+    /// Where [`spawn_captured`](NamespaceContainer::spawn_captured) makes its temp dirs
+    /// (default: [`std::env::temp_dir`]).
+    pub fn capture_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.capture_dir = Some(dir.into());
+        self
+    }
+
+    /// gVisor's platform, instead of the probe's choice. `build()` still checks, within a
+    /// deadline, that it runs a container (so that a platform that hangs here, like KVM
+    /// without working virtualisation, is an error at construction rather than at every
+    /// spawn), unless [`skip_platform_check`](Self::skip_platform_check).
+    pub fn gvisor_platform(mut self, platform: GvisorPlatform) -> Self {
+        self.gvisor_platform = Some(platform);
+        self
+    }
+
+    /// Trusts an explicit [`gvisor_platform`](Self::gvisor_platform) without running a
+    /// container on it first.
+    pub fn skip_platform_check(mut self) -> Self {
+        self.check_platform = false;
+        self
+    }
+
+    /// As root, the first host uid and gid that containers' user namespaces map to (ids
+    /// `0..65536` inside become `base..base+65536` on the host); default 1 000 000 000. Give
+    /// a range no host user owns (see `/etc/subuid`).
+    pub fn user_namespace_base(mut self, base: u32) -> Self {
+        self.userns_base = base;
+        self
+    }
+
+    /// What to do, rootless, with cgroup limits the runtime cannot enforce
+    /// ([`UnenforcedLimits::Warn`] by default).
+    pub fn unenforced_limits(mut self, policy: UnenforcedLimits) -> Self {
+        self.unenforced_limits = policy;
+        self
+    }
+
+    /// Finds the binary, prepares the state root, and sweeps what dead processes left in it.
+    ///
+    /// # Errors
+    ///
+    /// [`SandboxError::InvalidConfig`] for a relative state dir; [`SandboxError::RuntimeNotFound`];
+    /// [`SandboxError::Io`] when the state root cannot be created.
+    pub async fn build(self) -> Result<NamespaceContainer, SandboxError> {
+        raise_fd_limit();
+        let base = self.state_base.unwrap_or_else(StateDirs::default_base);
+        if !base.is_absolute() {
+            return Err(SandboxError::invalid(
+                "state_dir",
+                format!(
+                    "{} is not absolute (runtimes store paths as given)",
+                    base.display()
+                ),
+            ));
+        }
+        if self.userns_base == 0 || self.userns_base.checked_add(USERNS_SIZE).is_none() {
+            return Err(SandboxError::invalid(
+                "user_namespace_base",
+                format!("{} leaves no room for 65536 ids above 0", self.userns_base),
+            ));
+        }
+        let identity = HostIdentity::current(self.userns_base);
+        if identity.is_rootless() && self.runtime == OciRuntime::Crun {
+            return Err(SandboxError::invalid(
+                "runtime",
+                "crun needs root here: it refuses hybrid cgroups, and the mount namespace that \
+                 hides them needs CAP_SYS_ADMIN; use runc or runsc rootless",
+            ));
+        }
+        let binary = locate(self.runtime, self.binary).await?;
+        let dirs = StateDirs::new(&base, self.runtime, identity);
+        let prepared = dirs.clone();
+        tokio::task::spawn_blocking(move || prepared.prepare_blocking())
+            .await
+            .map_err(|e| SandboxError::Process {
+                context: "preparing the state root",
+                source: std::io::Error::other(e),
+            })??;
+        let platform_choice = match self.runtime {
+            OciRuntime::Gvisor => Some(
+                choose_gvisor_platform(&binary, &base, self.gvisor_platform, self.check_platform)
+                    .await?,
+            ),
+            _ => None,
+        };
+        let gvisor_platform = platform_choice.as_ref().map(|c| c.platform);
+        let mount_ns = match self.runtime {
+            OciRuntime::Crun if crate::oci::crun_ns::needs_namespace() => {
+                let dir = dirs
+                    .root
+                    .parent()
+                    .expect("state root has a parent")
+                    .join("ns");
+                Some(
+                    tokio::task::spawn_blocking(move || {
+                        crate::oci::crun_ns::prepare_blocking(&dir)
+                    })
+                    .await
+                    .map_err(|e| SandboxError::Process {
+                        context: "preparing crun's mount namespace",
+                        source: std::io::Error::other(e),
+                    })??,
+                )
+            }
+            _ => None,
+        };
+        let cli = RuntimeCli {
+            kind: self.runtime,
+            binary,
+            root: dirs.root.clone(),
+            gvisor_platform,
+            mount_ns,
+        };
+        let swept = sweep(&cli, &dirs).await?;
+        if !swept.is_empty() {
+            tracing::info!(runtime = %cli.kind, count = swept.len(), "swept leftover containers");
+        }
+        let capture_dir = self.capture_dir.unwrap_or_else(std::env::temp_dir);
+        let captures = capture_dir.clone();
+        let swept_captures = tokio::task::spawn_blocking(move || {
+            crate::host::state::sweep_capture_dirs_blocking(&captures)
+        })
+        .await
+        .unwrap_or(0);
+        if swept_captures > 0 {
+            tracing::info!(
+                count = swept_captures,
+                "swept capture dirs left by dead processes"
+            );
+        }
+        Ok(NamespaceContainer {
+            inner: Arc::new(Inner {
+                cli,
+                dirs,
+                platform_choice,
+                tracker: TaskTracker::new(),
+                capture_dir,
+                identity,
+                unenforced_limits: self.unenforced_limits,
+                warned_limits: Default::default(),
+                launcher_installed: tokio::sync::OnceCell::new(),
+            }),
+        })
+    }
+}
+
+/// Raises this process's soft `RLIMIT_NOFILE` to its hard limit, once: a live sandbox holds
+/// two fds (its control socket and its init's pidfd), a running command up to four more, and
+/// the common soft default of 1024 would cap a process at a few hundred sandboxes. The one
+/// process-wide change the library makes; the crate docs say so.
+fn raise_fd_limit() {
+    static RAISED: std::sync::Once = std::sync::Once::new();
+    RAISED.call_once(|| {
+        use nix::sys::resource::{Resource, getrlimit, setrlimit};
+        if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE)
+            && soft < hard
+        {
+            let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
+        }
+    });
+}

@@ -1,0 +1,299 @@
+//! How a container is launched: its bundle (validated config, user namespace, spec), the
+//! runtime CLI under a supervisor, and the launcher's handshake.
+
+use std::time::Duration;
+
+use crate::config::ContainerConfig;
+use crate::container::NamespaceContainer;
+use crate::error::SandboxError;
+use crate::host::bundle::Bundle;
+use crate::host::state::new_id;
+use crate::launcher;
+use crate::launcher::ControlSocket;
+use crate::oci::cli::ContainerFlags;
+use crate::oci::cli::Sub;
+use crate::sandbox::Sandbox;
+use crate::spec::identity::HostIdentity;
+use crate::supervisor::Supervised;
+use crate::supervisor::container::StartMode;
+use crate::supervisor::container::Teardown;
+
+/// How long a new sandbox's launcher may take to listen.
+const READY_DEADLINE: Duration = Duration::from_secs(30);
+/// The least time a spawn's container gets to start, whatever its command's timeout.
+const MIN_START_DEADLINE: Duration = Duration::from_secs(10);
+
+impl NamespaceContainer {
+    /// Starts a long-lived sandbox with `config`'s filesystem, network, limits and security;
+    /// commands then run in it with [`Sandbox::exec`], [`Sandbox::exec_captured`] and
+    /// [`Sandbox::exec_interactive`].
+    ///
+    /// `config`'s command is not run (the sandbox's init is the library's launcher); its
+    /// environment and working directory are every exec's defaults, and its `timeout` is
+    /// every exec's default timeout, not the sandbox's lifetime: a sandbox lives until it is
+    /// closed or dropped.
+    ///
+    /// ```no_run
+    /// # async fn demo() -> Result<(), oci_sandbox::SandboxError> {
+    /// use oci_sandbox::{ExecConfig, NamespaceContainer, SandboxConfig};
+    ///
+    /// let runtime = NamespaceContainer::new().await?;
+    /// let config = NamespaceContainer::build_config(&SandboxConfig::default(), "true", vec![]);
+    /// let sandbox = runtime.start(&config).await?;
+    /// let write = ExecConfig::new("sh", vec!["-c".into(), "echo state > /tmp/f".into()]);
+    /// sandbox.exec(&write).await?.wait().await?;
+    /// let read = ExecConfig::new("cat", vec!["/tmp/f".into()]);
+    /// let out = sandbox.exec(&read).await?.wait_with_output().await?;
+    /// assert_eq!(out.stdout, b"state\n");
+    /// sandbox.close().await;
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// Those of [`spawn`](Self::spawn) that concern the config or the runtime;
+    /// [`SandboxError::Timeout`] if the launcher does not come up within 30 s.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: a dropped future leaves no container, bundle or process.
+    pub async fn start(&self, config: &ContainerConfig) -> Result<Sandbox, SandboxError> {
+        self.launch(config, false).await
+    }
+
+    /// Starts a container whose init is the launcher, with `config`'s policy. `one_shot`: it
+    /// runs `config`'s command once (the spawn modes), which is checked first, and ends with
+    /// it.
+    pub(crate) async fn launch(
+        &self,
+        config: &ContainerConfig,
+        one_shot: bool,
+    ) -> Result<Sandbox, SandboxError> {
+        let id = config.id.clone().unwrap_or_else(crate::host::state::new_id);
+        self.launcher().await?;
+        let (control, launcher_end) =
+            ControlSocket::pair().map_err(|source| SandboxError::Process {
+                context: "opening the sandbox's control socket",
+                source,
+            })?;
+        // A spawn's container gets as long to start as its command's timeout, within
+        // 10..30 s (a runtime that hangs, as runsc on kvm does, fails that soon).
+        let start_deadline = match config.timeout {
+            Some(t) if one_shot => t.clamp(
+                MIN_START_DEADLINE,
+                crate::supervisor::container::START_DEADLINE,
+            ),
+            _ => crate::supervisor::container::START_DEADLINE,
+        };
+        let mut init = config.clone();
+        init.id = Some(id.clone());
+        init.command = format!("/{}", launcher::PATH_IN_ROOTFS);
+        init.args = Vec::new();
+        init.timeout = None;
+        // The launcher's end of the control socket is the container's stdin: no path. A
+        // spawn on crun runs its runtime in the foreground (see `StartMode`).
+        let attached = one_shot && self.runtime() == crate::OciRuntime::Crun;
+        let start = self
+            // Checked once, before the bundle is written: a spawn's config with its own
+            // command (which must be on PATH), a long-lived sandbox's as its launcher's.
+            .run_launcher(
+                &init,
+                if one_shot { config } else { &init },
+                launcher_end,
+                start_deadline,
+                attached,
+            )
+            .await?;
+        let container = start.container;
+        let mut started = std::pin::pin!(async {
+            start
+                .started
+                .await
+                .unwrap_or_else(|_| Err(supervisor_gone()))
+        });
+        // The runtime's start and the launcher's "ready" race: a detached runtime usually
+        // exits first, a foreground one waits for the pid that "ready" brings.
+        let mut is_started = false;
+        let ready = {
+            let ready = tokio::time::timeout(start_deadline + READY_DEADLINE, control.ready());
+            let mut ready = std::pin::pin!(ready);
+            loop {
+                tokio::select! {
+                    result = &mut started, if !is_started => {
+                        result?;
+                        is_started = true;
+                    }
+                    ready = &mut ready => break ready,
+                }
+            }
+        };
+        match ready {
+            Ok(Ok(pid)) => {
+                if let Some(init_pid) = start.init_pid {
+                    let _ = init_pid.send(pid);
+                }
+                if !is_started {
+                    started.await?;
+                }
+            }
+            Ok(Err(_)) => {
+                // The runtime's own error, when it failed.
+                if !is_started {
+                    started.await?;
+                }
+                let status = container.wait().await.ok();
+                return Err(SandboxError::SandboxEnded { id, status });
+            }
+            Err(_) => {
+                return Err(SandboxError::Timeout {
+                    what: format!("the launcher of sandbox {id}"),
+                    after: start_deadline + READY_DEADLINE,
+                });
+            }
+        }
+        Ok(Sandbox::new(
+            self.clone(),
+            container,
+            config.clone(),
+            control,
+            one_shot,
+        ))
+    }
+
+    /// Starts `<runtime> run` of `config` (its command is the launcher; `checked`, the config
+    /// the caller asked for, is validated first) with
+    /// `control` as the container's stdin (its control socket) and `/dev/null` as its stdout
+    /// and stderr, under a container supervisor: `run --detach --pid-file`, or `attached`
+    /// (crun only: runc in the foreground puts pipes of its own on the container's stdio) in
+    /// the foreground, when the caller sends the init's pid (from the launcher's "ready") on
+    /// the returned sender. The receiver says when the container has
+    /// started. If the returned values are dropped, the supervisor removes the container.
+    pub(crate) async fn run_launcher(
+        &self,
+        config: &ContainerConfig,
+        checked: &ContainerConfig,
+        control: std::os::fd::OwnedFd,
+        start_deadline: std::time::Duration,
+        attached: bool,
+    ) -> Result<LauncherStart, SandboxError> {
+        let (id, bundle) = self.prepare(config, checked).await?;
+        let inner = &self.inner;
+        let (log, pid_path) = (bundle.log_path(), bundle.pid_path());
+        let flags = ContainerFlags {
+            log: Some(&log),
+            network: config.network,
+        };
+        let mut cmd = inner.cli.command(
+            flags,
+            Sub::Run {
+                id: &id,
+                bundle: bundle.path(),
+                detach: !attached,
+                pid_file: (!attached).then_some(pid_path.as_path()),
+            },
+        );
+        let null = std::process::Stdio::null;
+        cmd.stdin(control).stdout(null()).stderr(null());
+        let child = cmd.spawn().map_err(|e| inner.cli.spawn_error(e))?;
+        // The runtime's end of the control socket goes with `cmd`: only the container holds it.
+        drop(cmd);
+        let teardown = Teardown::new(&inner.cli, &inner.dirs, id, config, bundle);
+        let (init_pid, mode) = if attached {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            (Some(tx), StartMode::Attached { init_pid: rx })
+        } else {
+            (None, StartMode::Detached { pid_file: pid_path })
+        };
+        let (container, started) =
+            Supervised::container(&inner.tracker, child, teardown, mode, start_deadline);
+        Ok(LauncherStart {
+            container,
+            started,
+            init_pid,
+        })
+    }
+
+    /// Validates `checked` (which looks up host paths: the command along `PATH`), picks
+    /// `config`'s id and writes its bundle (with its own user namespace, as root), in one trip
+    /// off the async workers.
+    async fn prepare(
+        &self,
+        config: &ContainerConfig,
+        checked: &ContainerConfig,
+    ) -> Result<(String, Bundle), SandboxError> {
+        let id = config.id.clone().unwrap_or_else(new_id);
+        self.check_limits(config)?;
+        let (config, checked) = (config.clone(), checked.clone());
+        let dirs = self.inner.dirs.clone();
+        let mut target = self.target();
+        // If this future is dropped while the closure runs, the closure still finishes and its
+        // result (the bundle) is dropped, which removes the directory again.
+        tokio::task::spawn_blocking(move || {
+            checked.validate()?;
+            let userns = own_user_namespace_blocking(&target, &config)?;
+            if let Some(ns) = &userns {
+                target.identity = HostIdentity::Root {
+                    userns_base: ns.base(),
+                };
+                target.userns_path = Some(ns.path());
+            }
+            let spec = crate::spec::build(&config, &dirs.rootfs, &id, None, &target)?;
+            crate::host::bundle::ensure_mount_points(&dirs.rootfs, &config)?;
+            target
+                .identity
+                .hand_over_writable_binds_blocking(&config, target.runtime)?;
+            let mut bundle = Bundle::create_blocking(dirs.bundle(&id), &id, spec)?;
+            bundle.userns = userns;
+            Ok((id, bundle))
+        })
+        .await
+        .map_err(|e| SandboxError::Process {
+            context: "preparing the bundle",
+            source: std::io::Error::other(e),
+        })?
+    }
+}
+
+/// As root, a user namespace of its own for a container that gets one (runc, crun): its own
+/// id range, owned by the range's root. Blocking.
+fn own_user_namespace_blocking(
+    target: &crate::spec::Target,
+    config: &ContainerConfig,
+) -> Result<Option<crate::host::id_range::UserNamespace>, SandboxError> {
+    let HostIdentity::Root { userns_base } = target.identity else {
+        return Ok(None);
+    };
+    if target
+        .identity
+        .mapped_root(config, target.runtime)
+        .is_none()
+    {
+        return Ok(None);
+    }
+    let lease = crate::host::id_range::IdRangeLease::acquire_blocking(userns_base)?;
+    crate::host::id_range::UserNamespace::create_blocking(lease).map(Some)
+}
+
+/// A launcher container the runtime is starting: see [`NamespaceContainer::run_launcher`].
+pub(crate) struct LauncherStart {
+    pub container: Supervised,
+    pub started: tokio::sync::oneshot::Receiver<Result<(), SandboxError>>,
+    pub init_pid: Option<tokio::sync::oneshot::Sender<i32>>,
+}
+
+/// `config`'s command as an exec: its stdio; environment, directory and timeout are the
+/// container's own.
+pub(super) fn command_of(config: &ContainerConfig) -> crate::ExecConfig {
+    let mut exec = crate::ExecConfig::new(config.command.clone(), config.args.clone());
+    exec.stdin = config.stdin;
+    exec.stdout = config.stdout;
+    exec.stderr = config.stderr;
+    exec
+}
+
+fn supervisor_gone() -> SandboxError {
+    SandboxError::Process {
+        context: "starting the container",
+        source: std::io::Error::other("the supervisor ended without reporting"),
+    }
+}

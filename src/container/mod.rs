@@ -1,0 +1,364 @@
+//! [`NamespaceContainer`]: a configured runtime, and the spawn modes.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use tokio_util::task::TaskTracker;
+
+use crate::config::OutputMode;
+use crate::config::{ContainerConfig, SandboxConfig};
+use crate::error::SandboxError;
+use crate::handle::capture::ProcessCapture;
+use crate::handle::process::ContainerProcess;
+use crate::handle::pty::PtySession;
+use crate::host::state::{StateDirs, new_id};
+use crate::oci::cli::RuntimeCli;
+use crate::oci::sweep::sweep;
+use crate::runtimes::OciRuntime;
+use crate::runtimes::PlatformChoice;
+use crate::spec::identity::HostIdentity;
+
+/// A configured OCI runtime that spawns sandboxed processes.
+///
+/// Cheap to clone (an `Arc` inside); clones share the runtime, its state root and the
+/// background cleanup tasks.
+///
+/// ```no_run
+/// # async fn demo() -> Result<(), oci_sandbox::SandboxError> {
+/// use oci_sandbox::{NamespaceContainer, SandboxConfig};
+///
+/// let sandbox = NamespaceContainer::new().await?;
+/// let config = NamespaceContainer::build_config(&SandboxConfig::default(), "echo", vec!["hi".into()]);
+/// let output = sandbox.spawn(&config).await?.wait_with_output().await?;
+/// assert_eq!(output.stdout, b"hi\n");
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone)]
+pub struct NamespaceContainer {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    cli: RuntimeCli,
+    dirs: StateDirs,
+    platform_choice: Option<PlatformChoice>,
+    tracker: TaskTracker,
+    /// Where `spawn_captured` makes its temp dirs.
+    capture_dir: PathBuf,
+    identity: HostIdentity,
+    unenforced_limits: UnenforcedLimits,
+    warned_limits: std::sync::atomic::AtomicBool,
+    /// Set once the launcher is in the shared rootfs (long-lived sandboxes' init, and the
+    /// maker of user namespaces).
+    launcher_installed: tokio::sync::OnceCell<()>,
+}
+
+/// What to do with cgroup limits (memory, pids, CPU) that cannot be enforced: rootless, the
+/// runtimes cannot create cgroups on cgroup v1 (or v2 without delegation). The timeout and the
+/// output limit are the library's own and always hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum UnenforcedLimits {
+    /// Run without them and log a warning (`tracing`) naming them, once per
+    /// [`NamespaceContainer`].
+    #[default]
+    Warn,
+    /// Refuse the spawn with [`SandboxError::InvalidConfig`] on `limits` unless the config
+    /// sets none.
+    Refuse,
+}
+
+impl NamespaceContainer {
+    /// gVisor's runsc from `$PATH`, with the default state root, on the platform chosen by the
+    /// probe: systrap, else ptrace (KVM only when asked for with
+    /// [`NamespaceContainerBuilder::gvisor_platform`]). The probe runs once per process:
+    /// concurrent first callers share it, later ones reuse its result.
+    ///
+    /// # Errors
+    ///
+    /// [`SandboxError::NoGvisorPlatform`] listing each platform's failure when none works.
+    pub async fn with_gvisor() -> Result<Self, SandboxError> {
+        Self::builder().runtime(OciRuntime::Gvisor).build().await
+    }
+
+    /// The gVisor platform in use and why the others were rejected (`None` for other
+    /// runtimes).
+    pub fn gvisor_platform(&self) -> Option<&PlatformChoice> {
+        self.inner.platform_choice.as_ref()
+    }
+
+    /// runc from `$PATH`, with the default state root.
+    ///
+    /// # Errors
+    ///
+    /// [`SandboxError::RuntimeNotFound`] when runc is not on `$PATH`; I/O errors when the state
+    /// root cannot be created.
+    pub async fn new() -> Result<Self, SandboxError> {
+        Self::builder().build().await
+    }
+
+    /// `kind`'s binary from `$PATH`, with the default state root.
+    pub async fn with_runtime(kind: OciRuntime) -> Result<Self, SandboxError> {
+        Self::builder().runtime(kind).build().await
+    }
+
+    /// A builder for the runtime binary, the state root and runtime-specific options.
+    pub fn builder() -> NamespaceContainerBuilder {
+        NamespaceContainerBuilder::default()
+    }
+
+    /// Turns a policy into a concrete request to run `command` with `args`.
+    ///
+    /// ```
+    /// use oci_sandbox::{NamespaceContainer, SandboxConfig};
+    ///
+    /// let c = NamespaceContainer::build_config(&SandboxConfig::default(), "sh", vec!["-c".into(), "id".into()]);
+    /// assert_eq!(c.command, "sh");
+    /// assert!(c.env.iter().any(|(k, _)| k == "PATH"));
+    /// ```
+    pub fn build_config(
+        s: &SandboxConfig,
+        command: impl Into<String>,
+        args: Vec<String>,
+    ) -> ContainerConfig {
+        crate::config::from_policy(s, command.into(), args)
+    }
+
+    /// Which runtime this is.
+    pub fn runtime(&self) -> OciRuntime {
+        self.inner.cli.kind
+    }
+
+    /// The runtime's version line, e.g. `runc version 1.1.5+ds1`.
+    pub async fn version(&self) -> Result<String, SandboxError> {
+        self.inner.cli.version().await
+    }
+
+    /// The runtime's state root, owned by the library (`--root`).
+    pub fn state_root(&self) -> &std::path::Path {
+        &self.inner.dirs.root
+    }
+
+    /// The ids of the containers that currently exist in the library's state root.
+    pub async fn list(&self) -> Result<Vec<String>, SandboxError> {
+        self.inner.cli.list().await
+    }
+
+    /// Removes containers, bundles and cgroups left by processes that no longer exist (done
+    /// once on construction). Returns the ids removed.
+    pub async fn sweep(&self) -> Result<Vec<String>, SandboxError> {
+        sweep(&self.inner.cli, &self.inner.dirs).await
+    }
+
+    /// Waits until the background cleanup of every handle dropped so far has finished.
+    ///
+    /// Handles clean up after themselves when dropped, in background tasks; call this before
+    /// the program exits (or the Tokio runtime shuts down) to be sure they are done.
+    pub async fn close(&self) {
+        self.inner.tracker.close();
+        self.inner.tracker.wait().await;
+        self.inner.tracker.reopen();
+    }
+
+    /// Spawns `config`'s command with piped (or inherited, or null) stdio.
+    ///
+    /// Returns once the process runs. The container's init is the library's launcher
+    /// (`launcher/launcher.c`), which runs the command with the caller's pipes as its stdio
+    /// (passed as they are, no copying) and reports its exact status: `exit(137)` is a code,
+    /// death by `SIGKILL` a signal, on every runtime. When the command ends, the container
+    /// ends with it.
+    ///
+    /// # Errors
+    ///
+    /// [`SandboxError::InvalidConfig`] for an invalid field and [`SandboxError::CommandNotFound`]
+    /// for a command absent from the container's `PATH`, both before anything is created;
+    /// [`SandboxError::CommandNotFound`] also when the launcher cannot execute it;
+    /// [`SandboxError::Runtime`] when the runtime fails; [`SandboxError::DuplicateId`];
+    /// [`SandboxError::RuntimeNotFound`] when the runtime binary has gone.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: a dropped `spawn` future leaves no container, bundle or process.
+    pub async fn spawn(&self, config: &ContainerConfig) -> Result<ContainerProcess, SandboxError> {
+        let sandbox = self.launch(config, true).await?;
+        sandbox.exec(&command_of(config)).await
+    }
+
+    /// Spawns `config`'s command with stdout and stderr going straight to files in a temp dir
+    /// (stdin is `/dev/null`), readable whole or tailed as streams through
+    /// [`ProcessCapture::output`].
+    ///
+    /// The command writes the files itself: a slow or absent reader never stalls it, and the
+    /// output outlives the process. The runtime's own messages never land in them. Past
+    /// [`ContainerConfig::output_limit`] bytes in a file, the process is killed, the file is
+    /// cut at the limit and the status says so. The files are final once every process of the
+    /// container is gone: nothing it left in the background writes on.
+    ///
+    /// ```no_run
+    /// # async fn demo() -> Result<(), oci_sandbox::SandboxError> {
+    /// use futures::StreamExt;
+    /// use oci_sandbox::{NamespaceContainer, OutputMode, SandboxConfig};
+    ///
+    /// let sandbox = NamespaceContainer::new().await?;
+    /// let config = NamespaceContainer::build_config(&SandboxConfig::default(), "sh", vec!["-c".into(), "echo out; echo err >&2".into()]);
+    /// let capture = sandbox.spawn_captured(&config, OutputMode::Combined).await?;
+    /// let mut stream = capture.output.stdout_stream();
+    /// while let Some(chunk) = stream.next().await {
+    ///     print!("{}", String::from_utf8_lossy(&chunk.expect("read")));
+    /// }
+    /// println!("{}", capture.wait().await?);
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// Those of [`spawn`](Self::spawn), and I/O errors creating the capture files.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: a dropped future leaves no container, bundle, process or capture dir.
+    pub async fn spawn_captured(
+        &self,
+        config: &ContainerConfig,
+        mode: OutputMode,
+    ) -> Result<ProcessCapture, SandboxError> {
+        let sandbox = self.launch(config, true).await?;
+        sandbox.exec_captured(&command_of(config), mode).await
+    }
+
+    /// Spawns `config`'s command on a new pseudo-terminal (80x24 until resized).
+    ///
+    /// The launcher makes the terminal in the container (so that `tty` names it) and hands
+    /// its controller over (runc, crun), or relays a terminal of gVisor's kernel over a
+    /// socket; the returned [`PtySession`] reads and writes it without blocking. `TERM` is
+    /// `xterm` unless the config sets it.
+    ///
+    /// # Errors
+    ///
+    /// Those of [`spawn`](Self::spawn).
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: a dropped future leaves no container, bundle, socket or fd.
+    pub async fn spawn_interactive(
+        &self,
+        config: &ContainerConfig,
+    ) -> Result<PtySession, SandboxError> {
+        let sandbox = self.launch(config, true).await?;
+        sandbox.exec_interactive(&command_of(config)).await
+    }
+
+    /// The OCI spec the library would write for `config` (for inspection, debugging, or
+    /// running the same container with the runtime directly).
+    ///
+    /// # Errors
+    ///
+    /// Those of [`spawn`](Self::spawn) that concern the config. Looks up host paths: blocking.
+    pub fn render_spec(&self, config: &ContainerConfig) -> Result<crate::Spec, SandboxError> {
+        config.validate()?;
+        let id = config.id.clone().unwrap_or_else(new_id);
+        crate::spec::build(config, &self.inner.dirs.rootfs, &id, None, &self.target())
+    }
+
+    /// The shared root filesystem.
+    pub(crate) fn rootfs(&self) -> &std::path::Path {
+        &self.inner.dirs.rootfs
+    }
+
+    /// Where captures make their temp dirs.
+    pub(crate) fn capture_parent(&self) -> &std::path::Path {
+        &self.inner.capture_dir
+    }
+
+    /// The tracker of background work that [`close`](Self::close) waits for.
+    pub(crate) fn tracker(&self) -> &TaskTracker {
+        &self.inner.tracker
+    }
+
+    fn target(&self) -> crate::spec::Target {
+        crate::spec::Target {
+            runtime: self.inner.cli.kind,
+            identity: self.inner.identity,
+            userns_path: None,
+        }
+    }
+
+    /// Installs the launcher in the shared rootfs, once, and returns its path on the host.
+    pub(crate) async fn launcher(&self) -> Result<PathBuf, SandboxError> {
+        let rootfs = self.rootfs().to_path_buf();
+        let path = rootfs.join(crate::launcher::PATH_IN_ROOTFS);
+        self.inner
+            .launcher_installed
+            .get_or_try_init(|| async move {
+                tokio::task::spawn_blocking(move || {
+                    crate::launcher::install_blocking(&rootfs).map_err(|e| {
+                        SandboxError::io("installing the sandbox launcher", &rootfs, e)
+                    })
+                })
+                .await
+                .map_err(|e| SandboxError::Process {
+                    context: "installing the sandbox launcher",
+                    source: std::io::Error::other(e),
+                })?
+            })
+            .await?;
+        Ok(path)
+    }
+
+    /// True when this process is not root: the runtimes run rootless, the container's root is
+    /// the calling user, and cgroup limits (memory, pids, CPU) cannot be set (see
+    /// [`UnenforcedLimits`]).
+    pub fn is_rootless(&self) -> bool {
+        self.inner.identity.is_rootless()
+    }
+
+    /// Rootless, applies the [`UnenforcedLimits`] policy to `config`'s cgroup limits.
+    fn check_limits(&self, config: &ContainerConfig) -> Result<(), SandboxError> {
+        if !self.is_rootless() {
+            return Ok(());
+        }
+        let limits = &config.limits;
+        let unenforced: Vec<&str> = [
+            limits.memory.map(|_| "memory"),
+            limits.pids.map(|_| "pids"),
+            limits.cpu_millicores.map(|_| "cpu"),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        if unenforced.is_empty() {
+            return Ok(());
+        }
+        match self.inner.unenforced_limits {
+            UnenforcedLimits::Refuse => Err(SandboxError::invalid(
+                "limits",
+                format!(
+                    "{} cannot be enforced rootless (the runtime cannot create cgroups); set \
+                     them to None, or run as root",
+                    unenforced.join(", ")
+                ),
+            )),
+            UnenforcedLimits::Warn => {
+                if !self
+                    .inner
+                    .warned_limits
+                    .swap(true, std::sync::atomic::Ordering::Relaxed)
+                {
+                    tracing::warn!(
+                        limits = unenforced.join(", "),
+                        "rootless: these limits are NOT enforced (the runtime cannot create \
+                         cgroups); the timeout and the output limit are"
+                    );
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+mod builder;
+mod launch;
+
+pub use builder::NamespaceContainerBuilder;
+use launch::command_of;

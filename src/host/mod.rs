@@ -1,0 +1,8 @@
+//! Layer 4: what the library keeps on the host: state dirs and ids, bundles, cgroups, id
+//! ranges with their user namespaces, capture files.
+
+pub(crate) mod bundle;
+pub(crate) mod capture;
+pub(crate) mod cgroup;
+pub(crate) mod id_range;
+pub(crate) mod state;

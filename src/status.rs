@@ -1,0 +1,123 @@
+//! How a sandboxed process ended: [`ExitStatus`] and [`Output`].
+
+use std::fmt;
+
+/// How a sandboxed process ended.
+///
+/// Tells a normal exit, death by a signal, a timeout, the output limit and the OOM killer
+/// apart. On gVisor the status passes through the sandbox process as a code, so a process
+/// that called `exit(128 + n)` reads as killed by signal `n` there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ExitStatus {
+    code: Option<i32>,
+    signal: Option<i32>,
+    timed_out: bool,
+    output_limit_exceeded: bool,
+    oom_killed: bool,
+}
+
+impl ExitStatus {
+    pub(crate) fn exited(code: i32) -> Self {
+        ExitStatus {
+            code: Some(code),
+            signal: None,
+            timed_out: false,
+            output_limit_exceeded: false,
+            oom_killed: false,
+        }
+    }
+
+    pub(crate) fn signaled(signal: i32) -> Self {
+        ExitStatus {
+            code: None,
+            signal: Some(signal),
+            timed_out: false,
+            output_limit_exceeded: false,
+            oom_killed: false,
+        }
+    }
+
+    pub(crate) fn killed_by_timeout() -> Self {
+        ExitStatus {
+            timed_out: true,
+            ..Self::signaled(libc::SIGKILL)
+        }
+    }
+
+    pub(crate) fn killed_by_output_limit() -> Self {
+        ExitStatus {
+            output_limit_exceeded: true,
+            ..Self::signaled(libc::SIGKILL)
+        }
+    }
+
+    /// True when the process exited with code 0.
+    pub fn success(&self) -> bool {
+        self.code == Some(0)
+    }
+
+    /// The exit code, when the process exited by itself.
+    pub fn code(&self) -> Option<i32> {
+        self.code
+    }
+
+    /// The signal that ended the process, when one did (a timeout kills with `SIGKILL`).
+    pub fn signal(&self) -> Option<i32> {
+        self.signal
+    }
+
+    /// True when the library killed the process because its timeout passed.
+    pub fn timed_out(&self) -> bool {
+        self.timed_out
+    }
+
+    /// True when the library killed the process because its captured output passed the
+    /// output limit ([`spawn_captured`](crate::NamespaceContainer::spawn_captured) only).
+    pub fn output_limit_exceeded(&self) -> bool {
+        self.output_limit_exceeded
+    }
+
+    /// True when the kernel's OOM killer killed a process of the container because it passed
+    /// its memory limit: the process itself (then [`signal`](Self::signal) is `SIGKILL`, or on
+    /// gVisor the whole sandbox was) or one of its children (then the code is whatever the
+    /// process made of that). Read from the container's memory cgroup, so always false where
+    /// the library cannot set limits (rootless on cgroup v1).
+    pub fn oom_killed(&self) -> bool {
+        self.oom_killed
+    }
+
+    pub(crate) fn with_oom_killed(self, oom_killed: bool) -> Self {
+        ExitStatus { oom_killed, ..self }
+    }
+}
+
+impl fmt::Display for ExitStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.output_limit_exceeded {
+            return f.write_str("output limit exceeded (killed)");
+        }
+        if self.oom_killed && self.signal == Some(libc::SIGKILL) {
+            return f.write_str("out of memory (killed)");
+        }
+        match (self.timed_out, self.code, self.signal) {
+            (true, _, _) => f.write_str("timed out (killed)"),
+            (_, Some(c), _) => write!(f, "exit code {c}"),
+            (_, _, Some(s)) => match nix::sys::signal::Signal::try_from(s) {
+                Ok(sig) => write!(f, "killed by {sig}"),
+                Err(_) => write!(f, "killed by signal {s}"),
+            },
+            _ => f.write_str("unknown"),
+        }
+    }
+}
+
+/// The output of a finished process, from [`ContainerProcess::wait_with_output`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Output {
+    /// How it ended.
+    pub status: ExitStatus,
+    /// Everything it wrote to stdout (empty unless stdout was piped).
+    pub stdout: Vec<u8>,
+    /// Everything it wrote to stderr (empty unless stderr was piped).
+    pub stderr: Vec<u8>,
+}

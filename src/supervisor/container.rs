@@ -1,0 +1,377 @@
+//! The supervisor of one container: its start (the runtime CLI, detached or in the
+//! foreground), the watch on its init, its kill, and its removal however its handle goes away.
+
+use crate::config::Network;
+use crate::error::SandboxError;
+use crate::host::bundle::Bundle;
+use crate::host::state::StateDirs;
+use crate::host::state::remove_leftovers_blocking;
+use crate::oci::cli::ContainerFlags;
+use crate::oci::cli::RuntimeCli;
+use crate::oci::cli::SHORT_CALL_DEADLINE;
+use crate::oci::cli::Sub;
+use crate::oci::cli::runtime_message;
+use crate::oci::sweep::remove_from_runtime;
+use crate::status::ExitStatus;
+use crate::supervisor::Control;
+use crate::supervisor::Outcome;
+use crate::supervisor::Supervised;
+use crate::supervisor::sleep_until;
+use crate::sys::pidfd::ProcessWatch;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::process::Child;
+use tokio::sync::mpsc;
+use tokio::sync::oneshot;
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+/// What a supervisor needs to end and clean up one container.
+pub(crate) struct Teardown {
+    pub cli: RuntimeCli,
+    pub dirs: StateDirs,
+    pub id: String,
+    pub network: Network,
+    pub bundle: Option<Bundle>,
+}
+
+impl Teardown {
+    pub fn new(
+        cli: &RuntimeCli,
+        dirs: &StateDirs,
+        id: String,
+        config: &crate::ContainerConfig,
+        bundle: Bundle,
+    ) -> Self {
+        Teardown {
+            cli: cli.clone(),
+            dirs: dirs.clone(),
+            id,
+            network: config.network,
+            bundle: Some(bundle),
+        }
+    }
+
+    fn flags<'a>(&self, log: Option<&'a std::path::Path>) -> ContainerFlags<'a> {
+        ContainerFlags {
+            log,
+            network: self.network,
+        }
+    }
+
+    /// Removes the container, its cgroups and the bundle. `init_exited`: its init is known
+    /// to be gone (so is every process of the container).
+    ///
+    /// A container whose init is gone is removed without a runtime call: its state in the
+    /// runtime's root and its cgroups are all there is (on runc and crun a `delete` is a
+    /// second runtime process, 10 ms of CPU for runc; on gVisor `runsc delete` waits for the
+    /// sandbox process to be reaped, 5 s here, where orphans are adopted by a PID 1 that reaps
+    /// them late, and exits 128).
+    async fn finish(&mut self, init_exited: bool) {
+        if !init_exited {
+            remove_from_runtime(&self.cli, &self.id, self.flags(None)).await;
+        }
+        let root = self.dirs.root.clone();
+        let id = self.id.clone();
+        let bundle = self.bundle.take().map(Bundle::into_path);
+        let _ = tokio::task::spawn_blocking(move || {
+            if let Some(bundle) = bundle {
+                remove_leftovers_blocking(&root, &id, &bundle);
+            }
+        })
+        .await;
+    }
+}
+
+impl Drop for Teardown {
+    /// Reached with the bundle still present only when the supervisor task was dropped before
+    /// it finished: the Tokio runtime is shutting down. Clean up synchronously then, since no
+    /// task can run any more.
+    fn drop(&mut self) {
+        if self.bundle.is_none() {
+            return;
+        }
+        let program = |sub| self.cli.program(self.flags(None), sub);
+        for (binary, args) in [
+            program(Sub::Kill {
+                id: &self.id,
+                signal: "KILL",
+                all: true,
+            }),
+            program(Sub::Delete {
+                id: &self.id,
+                force: true,
+            }),
+        ] {
+            run_blocking_with_deadline(&binary, &args, SHORT_CALL_DEADLINE);
+        }
+        crate::host::cgroup::reap_blocking(&self.id);
+        crate::host::state::remove_runtime_state_blocking(&self.dirs.root, &self.id);
+        // Dropping the bundle removes its directory.
+    }
+}
+
+fn run_blocking_with_deadline(
+    binary: &std::path::Path,
+    args: &[std::ffi::OsString],
+    deadline: Duration,
+) {
+    let Ok(mut child) = std::process::Command::new(binary)
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+    else {
+        return;
+    };
+    let end = std::time::Instant::now() + deadline;
+    while std::time::Instant::now() < end {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// How long `<runtime> run --detach` may take to create and start a container, at most.
+pub(crate) const START_DEADLINE: Duration = Duration::from_secs(30);
+
+/// How long a killed container's init may take to die before its cgroups are emptied by force.
+const KILL_DEADLINE: Duration = Duration::from_secs(5);
+
+/// How the runtime CLI runs a launcher container, and so how the supervisor learns that it
+/// has started.
+pub(crate) enum StartMode {
+    /// `run --detach --pid-file`: started once the runtime has exited; the init's pid is in
+    /// the pid file. For long-lived sandboxes (no runtime process stays) and gVisor (whose
+    /// pid file names the sandbox process).
+    Detached { pid_file: std::path::PathBuf },
+    /// `run` in the foreground, as a user would type it: the runtime waits for the container
+    /// and removes it itself when its init ends, in the same process (no second runtime call).
+    /// Started once the init's pid arrives, from the launcher's "ready". For spawns on crun,
+    /// whose `--detach` costs a fork and a handshake (6 ms here); runc in the foreground
+    /// would put pipes of its own on the container's stdio, and costs the same detached.
+    Attached { init_pid: oneshot::Receiver<i32> },
+}
+
+/// A container supervisor's side of its handle's channels.
+struct ContainerChannels {
+    control: mpsc::UnboundedReceiver<Control>,
+    outcome: watch::Sender<Outcome>,
+    started: oneshot::Sender<Result<(), SandboxError>>,
+    init_gone: watch::Sender<bool>,
+}
+
+/// How the start phase ended.
+enum StartEnd {
+    /// The runtime exited (detached: it has started the container, or failed to).
+    Exited(std::io::Result<std::process::ExitStatus>),
+    /// Attached: the init's pid, or `None` when the launch gave up.
+    Init(Option<i32>),
+    TimedOut,
+    /// The handle asked for a kill, or went away, before the container had started.
+    Stopped,
+}
+
+/// How long a foreground runtime has to remove its container and exit once the init is gone.
+const RUNTIME_END_DEADLINE: Duration = Duration::from_secs(10);
+
+/// Watches a container whose init is the library's launcher: the runtime until the container
+/// has started (reported on `started`), then the init through a pidfd (it is not this
+/// process's child, and nothing reaps it here). A kill request or the handle's drop kills the
+/// init, which takes the container with it; the outcome is published once the init has
+/// exited, then the container is removed (by the foreground runtime itself, or here without a
+/// runtime call). The runtime CLI is always awaited to its end.
+async fn supervise_container(
+    mut runtime: Child,
+    mut teardown: Teardown,
+    start_mode: StartMode,
+    start_deadline: Duration,
+    channels: ContainerChannels,
+) {
+    let ContainerChannels {
+        mut control,
+        outcome,
+        started,
+        init_gone,
+    } = channels;
+    let attached = matches!(start_mode, StartMode::Attached { .. });
+    let (pid_file, init_pid) = match start_mode {
+        StartMode::Detached { pid_file } => (Some(pid_file), None),
+        StartMode::Attached { init_pid } => (None, Some(init_pid)),
+    };
+    let end = tokio::select! {
+        status = runtime.wait() => StartEnd::Exited(status),
+        pid = async { init_pid.expect("checked by the guard").await.ok() }, if init_pid.is_some() => {
+            StartEnd::Init(pid)
+        }
+        _ = tokio::time::sleep(start_deadline) => StartEnd::TimedOut,
+        _ = control.recv() => StartEnd::Stopped,
+    };
+    let mut runtime_running = attached;
+    let init = match end {
+        StartEnd::Exited(Ok(status)) if status.success() && !attached => {
+            runtime_running = false;
+            open_init(pid_file.as_deref().expect("detached")).await
+        }
+        StartEnd::Exited(Ok(status)) => {
+            runtime_running = false;
+            Err(runtime_failure(&teardown, status).await)
+        }
+        StartEnd::Exited(Err(e)) => {
+            runtime_running = false;
+            Err(SandboxError::Process {
+                context: "waiting for the runtime",
+                source: e,
+            })
+        }
+        StartEnd::Init(Some(pid)) => {
+            ProcessWatch::open(pid).map_err(|source| SandboxError::Process {
+                context: "opening a pidfd for the container's init",
+                source,
+            })
+        }
+        StartEnd::Init(None) | StartEnd::TimedOut | StartEnd::Stopped => {
+            Err(SandboxError::Timeout {
+                what: format!("{} run", teardown.cli.kind),
+                after: start_deadline,
+            })
+        }
+    };
+    let init = match init {
+        Ok(init) => init,
+        Err(e) => {
+            if runtime_running {
+                // Stop the runtime CLI first, so that it cannot go on creating the container.
+                let _ = runtime.start_kill();
+                let _ = runtime.wait().await;
+            }
+            let _ = started.send(Err(e.duplicate()));
+            let _ = outcome.send(Some(Err(Arc::new(e))));
+            teardown.finish(false).await;
+            return;
+        }
+    };
+    if let Some(userns) = teardown.bundle.as_mut().and_then(|b| b.userns.as_mut()) {
+        userns.joined();
+    }
+    let _ = started.send(Ok(()));
+
+    let mut kill_deadline = None;
+    loop {
+        tokio::select! {
+            () = init.exited() => break,
+            _ = control.recv(), if kill_deadline.is_none() => {
+                init.kill();
+                kill_deadline = Some(Instant::now() + KILL_DEADLINE);
+            }
+            () = sleep_until(kill_deadline) => {
+                tracing::warn!(id = teardown.id, "the container outlived its kill; emptying its cgroups");
+                let id = teardown.id.clone();
+                let _ = tokio::task::spawn_blocking(move || crate::host::cgroup::reap_blocking(&id)).await;
+                kill_deadline = Some(Instant::now() + KILL_DEADLINE);
+            }
+        }
+    }
+    init_gone.send_replace(true);
+    let oom = crate::host::cgroup::oom_kills(&teardown.id).await > 0;
+    let status = ExitStatus::signaled(libc::SIGKILL).with_oom_killed(oom);
+    let _ = outcome.send(Some(Ok(status)));
+    if runtime_running {
+        // The foreground runtime removes the container now; past its deadline, it is killed
+        // and what it left is removed here.
+        if tokio::time::timeout(RUNTIME_END_DEADLINE, runtime.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                id = teardown.id,
+                "the runtime did not exit after its container; killing it"
+            );
+            let _ = runtime.start_kill();
+            let _ = runtime.wait().await;
+        }
+    }
+    teardown.finish(true).await;
+}
+
+/// Reads the runtime's pid file and opens the init for watching.
+async fn open_init(pid_file: &std::path::Path) -> Result<ProcessWatch, SandboxError> {
+    let text = tokio::fs::read_to_string(pid_file)
+        .await
+        .map_err(|e| SandboxError::io("reading the runtime's pid file", pid_file, e))?;
+    let pid: i32 = text.trim().parse().map_err(|_| {
+        SandboxError::io(
+            "reading the runtime's pid file",
+            pid_file,
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("not a pid: {text:?}"),
+            ),
+        )
+    })?;
+    ProcessWatch::open(pid).map_err(|source| SandboxError::Process {
+        context: "opening a pidfd for the container's init",
+        source,
+    })
+}
+
+/// The runtime's own error for a failed `run --detach`, with its message from the log.
+async fn runtime_failure(teardown: &Teardown, status: std::process::ExitStatus) -> SandboxError {
+    let log = match &teardown.bundle {
+        Some(bundle) => tokio::fs::read(bundle.log_path()).await.unwrap_or_default(),
+        None => Vec::new(),
+    };
+    SandboxError::Runtime {
+        runtime: teardown.cli.kind,
+        op: crate::error::RuntimeOp::Run,
+        code: status.code(),
+        message: runtime_message(&log),
+    }
+}
+
+impl Supervised {
+    /// Starts the supervisor of a launcher container run by `runtime` as `start_mode` says;
+    /// the receiver says when the container has started, or why it could not.
+    pub fn container(
+        tracker: &tokio_util::task::TaskTracker,
+        runtime: Child,
+        teardown: Teardown,
+        start_mode: StartMode,
+        start_deadline: Duration,
+    ) -> (Self, oneshot::Receiver<Result<(), SandboxError>>) {
+        let (control_tx, control_rx) = mpsc::unbounded_channel();
+        let (outcome_tx, outcome_rx) = watch::channel(None);
+        let (started_tx, started_rx) = oneshot::channel();
+        let (init_gone_tx, init_gone_rx) = watch::channel(false);
+        let id = teardown.id.clone();
+        let cli = teardown.cli.clone();
+        let network = teardown.network;
+        let task = tracker.spawn(supervise_container(
+            runtime,
+            teardown,
+            start_mode,
+            start_deadline,
+            ContainerChannels {
+                control: control_rx,
+                outcome: outcome_tx,
+                started: started_tx,
+                init_gone: init_gone_tx,
+            },
+        ));
+        let supervised = Supervised {
+            id,
+            control: control_tx,
+            outcome: outcome_rx,
+            cli,
+            network,
+            exec_requests: None,
+            init_gone: Some(init_gone_rx),
+            task: tokio::sync::Mutex::new(Some(task)),
+        };
+        (supervised, started_rx)
+    }
+}
