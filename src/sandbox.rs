@@ -370,7 +370,11 @@ impl Sandbox {
                 capture,
                 oom_before,
                 slot,
-                self.inner.one_shot.then(|| self.clone()),
+                self.inner.one_shot.then(|| {
+                    let sandbox = self.clone();
+                    Box::pin(async move { sandbox.end().await })
+                        as futures::future::BoxFuture<'static, ()>
+                }),
             ));
         let container = &self.inner.container;
         let supervised = Supervised::exec(

@@ -8,7 +8,7 @@ use oci_spec::runtime::Spec;
 
 use crate::config::ROOTFS_LINKS;
 use crate::error::SandboxError;
-use crate::host::state::{OWNER_ANNOTATION, self_owner};
+use crate::host::owner::{OWNER_ANNOTATION, self_owner};
 
 /// The name of the runtime's pid file in a bundle.
 pub(crate) const PID_FILE: &str = "pid";

@@ -57,7 +57,7 @@ impl IdRangeLease {
                         base: first + k * USERNS_SIZE,
                         file,
                     };
-                    f.write_all(crate::host::state::self_owner().as_bytes())
+                    f.write_all(crate::host::owner::self_owner().as_bytes())
                         .map_err(|e| SandboxError::io("writing an id-range lease", dir, e))?;
                     return Ok(lease);
                 }
@@ -93,7 +93,7 @@ pub(crate) fn sweep_leases_blocking() {
     for entry in entries.flatten() {
         let owner = std::fs::read_to_string(entry.path()).unwrap_or_default();
         // An empty lease is one being written: only a named owner can be dead.
-        if !owner.is_empty() && !crate::host::state::owner_alive(owner.trim()) {
+        if !owner.is_empty() && !crate::host::owner::owner_alive(owner.trim()) {
             let _ = std::fs::remove_file(entry.path());
         }
     }

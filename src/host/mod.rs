@@ -5,4 +5,5 @@ pub(crate) mod bundle;
 pub(crate) mod capture;
 pub(crate) mod cgroup;
 pub(crate) mod id_range;
+pub(crate) mod owner;
 pub(crate) mod state;

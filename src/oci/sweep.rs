@@ -2,9 +2,9 @@
 //! and the forced removal of one that did not end by itself.
 
 use crate::error::SandboxError;
+use crate::host::owner::bundle_owner;
+use crate::host::owner::owner_alive;
 use crate::host::state::StateDirs;
-use crate::host::state::bundle_owner;
-use crate::host::state::owner_alive;
 use crate::host::state::remove_leftovers_blocking;
 use crate::oci::cli::ContainerFlags;
 use crate::oci::cli::RuntimeCli;

@@ -23,6 +23,8 @@ const KILL_REPORT_DEADLINE: Duration = Duration::from_secs(5);
 /// Watches the command to its end: enforces the timeout and the output limit, obeys kill and
 /// signal requests; dropping the handle drops the connection, and the launcher kills the
 /// command's process group. `oom_before` is the sandbox's OOM-kill count at the start.
+/// `container_end`, for a spawn's command: ends its container (the command's end is the
+/// container's), awaited before the capture is finished and the outcome published.
 #[allow(clippy::too_many_arguments)]
 pub(crate) async fn supervise(
     conn: Connection,
@@ -34,7 +36,7 @@ pub(crate) async fn supervise(
     mut capture: Option<CaptureWatch>,
     oom_before: u64,
     _slot: tokio::sync::OwnedSemaphorePermit,
-    one_shot: Option<crate::Sandbox>,
+    container_end: Option<futures::future::BoxFuture<'static, ()>>,
 ) {
     // A timeout too far out to be an instant is no timeout.
     let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
@@ -98,7 +100,7 @@ pub(crate) async fn supervise(
         },
         // The launcher closed the connection without a status: it died with the sandbox
         // (killed from outside, or by the OOM killer). A spawn's command died with it.
-        (_, Ok(None)) if one_shot.is_some() => {
+        (_, Ok(None)) if container_end.is_some() => {
             let oom = crate::host::cgroup::oom_kills(&sandbox_id).await > oom_before;
             Ok(ExitStatus::signaled(libc::SIGKILL).with_oom_killed(oom))
         }
@@ -113,8 +115,8 @@ pub(crate) async fn supervise(
     };
     // A spawn's container ends with its command: once its init is gone, so is every process
     // that could still write to the capture files.
-    if let Some(sandbox) = &one_shot {
-        sandbox.end().await;
+    if let Some(end) = container_end {
+        end.await;
     }
     if let Some(capture) = capture {
         capture
