@@ -14,23 +14,59 @@
  * socket; the launcher keeps its end close-on-exec, so replies about a command can only come
  * from the launcher, and a reply on a channel is about that channel's command.
  *
- * Protocol (every message one SEQPACKET record):
- *   launcher -> host, control: "ready" once, before anything else.
- *   host -> launcher, control: "R" mode '\0' cwd '\0' argc '\0' argv... envc '\0' envp...
- *                     with fds by SCM_RIGHTS: the command's channel first, then
- *                     mode 'p' (pipes): three fds (stdin, stdout, stderr);
- *                     mode 't' (terminal): one fd, a PTY's terminal end (the host keeps
- *                     the controller): the command's controlling terminal and stdio. If
- *                     it is no terminal in this kernel (gVisor), the launcher makes a PTY
- *                     and a child relays between it and the fd, a stream socket.
- *   launcher -> host, channel: "S <pid>"    started
- *                     "E <errno>"  could not start: exec failed (chdir: "E -<errno>"); ends
- *                     "X <wstatus>" the command ended (waitpid status); channel ends
- *   host -> launcher, channel: "K <signal>" signal the command's process group
- *                     "W <cols> <rows>" resize a relayed terminal
- *   host closes a channel: the command's process group is killed with SIGKILL.
- *   host closes the control socket (it ended, or died): every command is killed and the
- *                     launcher exits, so the container dies with its owner.
+ * Protocol. This is the launcher's half of the contract; the host's half, with typed
+ * messages and tests that pin these exact bytes, is src/launcher/protocol.rs (the module docs
+ * of src/launcher/mod.rs say the same in prose). Every message is one SEQPACKET record;
+ * numbers are decimal as printf's %d writes them; replies carry no NUL and no newline.
+ *
+ *   launcher -> host, control socket:
+ *     "ready"        once, at start, before any request is read. The host takes the
+ *                    launcher's pid from the credentials the kernel attaches (SO_PASSCRED).
+ *
+ *   host -> launcher, control socket: a start request, at most MAX_REQUEST bytes,
+ *     "R" mode '\0' cwd '\0' argc '\0' argv[0] '\0' ... argv[argc-1] '\0' envc '\0'
+ *     "KEY=VALUE" '\0' ... (every field NUL-terminated, the last one too; argc > 0; at most
+ *     MAX_ITEMS fields, 4 + argc + envc exactly), with fds by SCM_RIGHTS: the command's
+ *     channel first, then as the mode says
+ *       'p' (pipes): three fds, the command's stdin, stdout, stderr;
+ *       't' (terminal): one fd, a PTY's terminal end (the host keeps the controller): the
+ *           command's controlling terminal and stdio. If it is no terminal in this kernel
+ *           (gVisor: a stream socket), the launcher makes a PTY and a child relays between
+ *           it and the fd;
+ *       'T' (own terminal): no fd; the launcher makes a PTY in the container's devpts and
+ *           sends its controller back ("P" below).
+ *     A request that arrives cut short (longer than MAX_REQUEST, or more than four fds:
+ *     MSG_TRUNC, MSG_CTRUNC) is malformed. A request without a channel is dropped
+ *     unanswered. At MAX_CONNS running commands a request is answered "E 24" and its fds
+ *     closed (it is read all the same: the control socket never stays readable in the poll
+ *     set, which holds no listening fd, only the control socket, the signalfd and channels).
+ *
+ *   launcher -> host, the command's channel, in this order:
+ *     "P"            mode 'T' only, with exactly one fd by SCM_RIGHTS: the PTY's controller
+ *                    (the launcher closes its own copy). If the PTY cannot be made, "E" is
+ *                    sent instead; if "P" cannot be sent, the channel is closed unanswered.
+ *     "S <pid>"      started: the command's pid in the container (0 if its keeper could
+ *                    not report it).
+ *     "E <errno>"    could not start; the channel is closed. exec's (or fork's) errno;
+ *                    "E -<errno>" when chdir failed; "E 22" (EINVAL) for a malformed request
+ *                    or one with the wrong number of fds for its mode; "E 24" (EMFILE) at
+ *                    MAX_CONNS or when the socket pairs a command needs cannot be made; the
+ *                    errno of posix_openpt/grantpt/unlockpt when a PTY cannot be made (mode
+ *                    'T', or 't' relayed).
+ *     "X <wstatus>"  after "S": the command ended, with this waitpid status (its keeper's
+ *                    report: an exit or a signal; the keeper's own status if it could not
+ *                    report); the channel is closed.
+ *
+ *   host -> launcher, the command's channel (a record is read into 63 bytes, the rest of a
+ *   longer one is lost; orders are read once the command has started, and ignored when its
+ *   pid is unknown ("S 0"), when they do not apply, or when the letter is unknown):
+ *     "K <signal>"   signal the command's process group (the command alone if that fails).
+ *     "W <cols> <rows>"  resize the PTY the launcher relays (mode 't' relayed only; the host
+ *                    resizes a controller it holds itself).
+ *
+ *   The host closes a channel: the command's process group is killed with SIGKILL.
+ *   The host closes the control socket (it ended, or died): every command is killed and the
+ *   launcher exits, so the container dies with its owner.
  *
  * As PID 1 of the container it also reaps every orphan.
  */
@@ -528,6 +564,8 @@ static int start(void) {
        where the kernel does not check dumpability there (gVisor); a socket cannot. */
     int status_pipe[2];
     if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, status_pipe) < 0) {
+        if (controller >= 0) close(controller);
+        close_fds(fds, nfds);
         reply(fd, "E 24");
         drop_conn(i);
         return 0;
@@ -536,6 +574,7 @@ static int start(void) {
     if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, report) < 0) {
         close(status_pipe[0]);
         close(status_pipe[1]);
+        if (controller >= 0) close(controller);
         close_fds(fds, nfds);
         reply(fd, "E 24");
         drop_conn(i);

@@ -14,18 +14,10 @@ pub enum RuntimeOp {
     Version,
     /// `<runtime> run` (create, start and wait in one call).
     Run,
-    /// `<runtime> create`.
-    Create,
-    /// `<runtime> start`.
-    Start,
-    /// `<runtime> exec`.
-    Exec,
     /// `<runtime> kill`.
     Kill,
     /// `<runtime> delete`.
     Delete,
-    /// `<runtime> state`.
-    State,
     /// `<runtime> list`.
     List,
 }
@@ -35,12 +27,8 @@ impl std::fmt::Display for RuntimeOp {
         f.write_str(match self {
             RuntimeOp::Version => "version",
             RuntimeOp::Run => "run",
-            RuntimeOp::Create => "create",
-            RuntimeOp::Start => "start",
-            RuntimeOp::Exec => "exec",
             RuntimeOp::Kill => "kill",
             RuntimeOp::Delete => "delete",
-            RuntimeOp::State => "state",
             RuntimeOp::List => "list",
         })
     }

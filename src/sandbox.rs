@@ -186,14 +186,10 @@ impl Sandbox {
         let name = format!("{}-{n}", self.id());
         let parent = self.inner.owner.capture_parent().to_path_buf();
         let limit = self.inner.config.output_limit;
-        let files = tokio::task::spawn_blocking(move || {
+        let files = crate::sys::blocking("creating the capture files", move || {
             CaptureFiles::create_blocking(&parent, &name, mode, limit)
         })
-        .await
-        .map_err(|e| SandboxError::Process {
-            context: "creating the capture files",
-            source: std::io::Error::other(e),
-        })??;
+        .await?;
         let null = open_null()?;
         let fds = [
             null.as_raw_fd(),
@@ -267,6 +263,35 @@ impl Sandbox {
     /// Sends the request, waits for the start, and hands the command to its supervisor.
     /// `keep` holds the container-side fds until the launcher has them.
     async fn run<const N: usize>(
+        &self,
+        exec: &ExecConfig,
+        stdio: launcher::Stdio,
+        capture: Option<crate::host::capture::CaptureWatch>,
+        keep: [OwnedFd; N],
+    ) -> Result<(Supervised, Option<OwnedFd>), SandboxError> {
+        use tracing::Instrument;
+        // Its events (the start here, the end in its supervisor) are in it, with the
+        // sandbox's id (a spawn's container has its own span, with the same id).
+        let mode = match stdio {
+            launcher::Stdio::Fds(_) if capture.is_some() => "captured",
+            launcher::Stdio::Fds(_) => "piped",
+            _ => "terminal",
+        };
+        let span =
+            tracing::debug_span!("exec", sandbox = %self.id(), command = %exec.command, mode);
+        let begun = std::time::Instant::now();
+        let ran = self
+            .run_in_span(exec, stdio, capture, keep)
+            .instrument(span.clone())
+            .await;
+        span.in_scope(|| match &ran {
+            Ok(_) => tracing::debug!(elapsed_ms = crate::sys::ms_since(begun), "started"),
+            Err(err) => tracing::debug!(%err, "could not start"),
+        });
+        ran
+    }
+
+    async fn run_in_span<const N: usize>(
         &self,
         exec: &ExecConfig,
         stdio: launcher::Stdio,
@@ -357,24 +382,28 @@ impl Sandbox {
         let (requests_tx, requests_rx) = mpsc::unbounded_channel();
         let (outcome_tx, outcome_rx) = watch::channel(None);
         let timeout = exec.timeout.or(self.inner.config.timeout);
+        let supervision = crate::supervisor::exec::ExecSupervision {
+            channel: Box::new(conn),
+            sandbox_id: id.clone(),
+            timeout,
+            control: control_rx,
+            requests: requests_rx,
+            outcome: outcome_tx,
+            capture,
+            oom_before,
+            slot,
+            container_end: self.inner.one_shot.then(|| {
+                let sandbox = self.clone();
+                Box::pin(async move { sandbox.end().await })
+                    as futures::future::BoxFuture<'static, ()>
+            }),
+        };
+        // In the exec's span.
         self.inner
             .owner
             .tracker()
-            .spawn(crate::supervisor::exec::supervise(
-                conn,
-                id.clone(),
-                timeout,
-                control_rx,
-                requests_rx,
-                outcome_tx,
-                capture,
-                oom_before,
-                slot,
-                self.inner.one_shot.then(|| {
-                    let sandbox = self.clone();
-                    Box::pin(async move { sandbox.end().await })
-                        as futures::future::BoxFuture<'static, ()>
-                }),
+            .spawn(tracing::Instrument::in_current_span(
+                crate::supervisor::exec::supervise(supervision),
             ));
         let container = &self.inner.container;
         let supervised = Supervised::exec(
@@ -397,10 +426,7 @@ impl Sandbox {
         let mut check = self.inner.config.clone();
         check.command = exec.command.clone();
         check.args = exec.args.clone();
-        for (k, v) in &exec.env {
-            check.env.retain(|(key, _)| key != k);
-            check.env.push((k.clone(), v.clone()));
-        }
+        crate::config::merge_env(&mut check.env, &exec.env);
         if let Some(cwd) = &exec.cwd {
             check.cwd = cwd.clone();
         }

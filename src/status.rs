@@ -111,7 +111,8 @@ impl fmt::Display for ExitStatus {
     }
 }
 
-/// The output of a finished process, from [`ContainerProcess::wait_with_output`].
+/// The output of a finished process, from
+/// [`ContainerProcess::wait_with_output`](crate::ContainerProcess::wait_with_output).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Output {
     /// How it ended.

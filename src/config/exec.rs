@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use super::Stdio;
 
-/// One command to run in a [`Sandbox`]: like a [`ContainerConfig`]'s command, with its own
+/// One command to run in a [`Sandbox`](crate::Sandbox): like a [`ContainerConfig`](crate::ContainerConfig)'s command, with its own
 /// environment additions, working directory, timeout and stdio.
 ///
 /// ```
@@ -29,11 +29,11 @@ pub struct ExecConfig {
     /// Wall-clock limit; the sandbox config's `timeout` when `None`. Past it, the command's
     /// process group is killed (the sandbox lives on) and the status says timed out.
     pub timeout: Option<Duration>,
-    /// Standard input ([`exec`](Sandbox::exec) only).
+    /// Standard input ([`exec`](crate::Sandbox::exec) only).
     pub stdin: Stdio,
-    /// Standard output ([`exec`](Sandbox::exec) only).
+    /// Standard output ([`exec`](crate::Sandbox::exec) only).
     pub stdout: Stdio,
-    /// Standard error ([`exec`](Sandbox::exec) only).
+    /// Standard error ([`exec`](crate::Sandbox::exec) only).
     pub stderr: Stdio,
 }
 

@@ -240,12 +240,10 @@ impl NamespaceContainerBuilder {
         let binary = locate(self.runtime, self.binary).await?;
         let dirs = StateDirs::new(&base, self.runtime, identity);
         let prepared = dirs.clone();
-        tokio::task::spawn_blocking(move || prepared.prepare_blocking())
-            .await
-            .map_err(|e| SandboxError::Process {
-                context: "preparing the state root",
-                source: std::io::Error::other(e),
-            })??;
+        crate::sys::blocking("preparing the state root", move || {
+            prepared.prepare_blocking()
+        })
+        .await?;
         let platform_choice = match self.runtime {
             OciRuntime::Gvisor => Some(
                 choose_gvisor_platform(&binary, &base, self.gvisor_platform, self.check_platform)
@@ -262,14 +260,10 @@ impl NamespaceContainerBuilder {
                     .expect("state root has a parent")
                     .join("ns");
                 Some(
-                    tokio::task::spawn_blocking(move || {
+                    crate::sys::blocking("preparing crun's mount namespace", move || {
                         crate::oci::crun_ns::prepare_blocking(&dir)
                     })
-                    .await
-                    .map_err(|e| SandboxError::Process {
-                        context: "preparing crun's mount namespace",
-                        source: std::io::Error::other(e),
-                    })??,
+                    .await?,
                 )
             }
             _ => None,

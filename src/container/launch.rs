@@ -69,7 +69,32 @@ impl NamespaceContainer {
         config: &ContainerConfig,
         one_shot: bool,
     ) -> Result<Sandbox, SandboxError> {
+        use tracing::Instrument;
         let id = config.id.clone().unwrap_or_else(crate::host::state::new_id);
+        // Every event of the container (its start here, its supervisor's later) is in it.
+        let span = tracing::debug_span!(
+            "container",
+            %id,
+            runtime = %self.runtime(),
+            mode = if one_shot { "spawn" } else { "sandbox" },
+        );
+        let launched = self
+            .launch_in_span(config, one_shot, id)
+            .instrument(span.clone())
+            .await;
+        if let Err(err) = &launched {
+            span.in_scope(|| tracing::debug!(%err, "the container could not start"));
+        }
+        launched
+    }
+
+    async fn launch_in_span(
+        &self,
+        config: &ContainerConfig,
+        one_shot: bool,
+        id: String,
+    ) -> Result<Sandbox, SandboxError> {
+        let begun = std::time::Instant::now();
         self.launcher().await?;
         let (control, launcher_end) =
             ControlSocket::pair().map_err(|source| SandboxError::Process {
@@ -104,53 +129,13 @@ impl NamespaceContainer {
                 attached,
             )
             .await?;
-        let container = start.container;
-        let mut started = std::pin::pin!(async {
-            start
-                .started
-                .await
-                .unwrap_or_else(|_| Err(supervisor_gone()))
-        });
-        // The runtime's start and the launcher's "ready" race: a detached runtime usually
-        // exits first, a foreground one waits for the pid that "ready" brings.
-        let mut is_started = false;
-        let ready = {
-            let ready = tokio::time::timeout(start_deadline + READY_DEADLINE, control.ready());
-            let mut ready = std::pin::pin!(ready);
-            loop {
-                tokio::select! {
-                    result = &mut started, if !is_started => {
-                        result?;
-                        is_started = true;
-                    }
-                    ready = &mut ready => break ready,
-                }
-            }
-        };
-        match ready {
-            Ok(Ok(pid)) => {
-                if let Some(init_pid) = start.init_pid {
-                    let _ = init_pid.send(pid);
-                }
-                if !is_started {
-                    started.await?;
-                }
-            }
-            Ok(Err(_)) => {
-                // The runtime's own error, when it failed.
-                if !is_started {
-                    started.await?;
-                }
-                let status = container.wait().await.ok();
-                return Err(SandboxError::SandboxEnded { id, status });
-            }
-            Err(_) => {
-                return Err(SandboxError::Timeout {
-                    what: format!("the launcher of sandbox {id}"),
-                    after: start_deadline + READY_DEADLINE,
-                });
-            }
-        }
+        tracing::debug!(
+            elapsed_ms = crate::sys::ms_since(begun),
+            attached,
+            "bundle written, runtime started"
+        );
+        let container = await_ready(start, &control, &id, start_deadline, begun).await?;
+        tracing::debug!(elapsed_ms = crate::sys::ms_since(begun), "started");
         Ok(Sandbox::new(
             self.clone(),
             container,
@@ -228,7 +213,7 @@ impl NamespaceContainer {
         let mut target = self.target();
         // If this future is dropped while the closure runs, the closure still finishes and its
         // result (the bundle) is dropped, which removes the directory again.
-        tokio::task::spawn_blocking(move || {
+        crate::sys::blocking("preparing the bundle", move || {
             checked.validate()?;
             let userns = own_user_namespace_blocking(&target, &config)?;
             if let Some(ns) = &userns {
@@ -247,10 +232,6 @@ impl NamespaceContainer {
             Ok((id, bundle))
         })
         .await
-        .map_err(|e| SandboxError::Process {
-            context: "preparing the bundle",
-            source: std::io::Error::other(e),
-        })?
     }
 }
 
@@ -295,5 +276,69 @@ fn supervisor_gone() -> SandboxError {
     SandboxError::Process {
         context: "starting the container",
         source: std::io::Error::other("the supervisor ended without reporting"),
+    }
+}
+
+/// Waits until the runtime has started the container and its launcher is ready, and returns
+/// the container. The runtime's start and the launcher's "ready" race: a detached runtime
+/// usually exits first; a foreground one waits for the init's pid, which "ready" brings.
+async fn await_ready(
+    start: LauncherStart,
+    control: &ControlSocket,
+    id: &str,
+    start_deadline: Duration,
+    begun: std::time::Instant,
+) -> Result<Supervised, SandboxError> {
+    let LauncherStart {
+        container,
+        started,
+        init_pid,
+    } = start;
+    let mut started =
+        std::pin::pin!(async { started.await.unwrap_or_else(|_| Err(supervisor_gone())) });
+    let mut is_started = false;
+    let ready = {
+        let ready = tokio::time::timeout(start_deadline + READY_DEADLINE, control.ready());
+        let mut ready = std::pin::pin!(ready);
+        loop {
+            tokio::select! {
+                result = &mut started, if !is_started => {
+                    result?;
+                    is_started = true;
+                }
+                ready = &mut ready => break ready,
+            }
+        }
+    };
+    match ready {
+        Ok(Ok(pid)) => {
+            tracing::debug!(
+                elapsed_ms = crate::sys::ms_since(begun),
+                pid,
+                "launcher ready"
+            );
+            if let Some(init_pid) = init_pid {
+                let _ = init_pid.send(pid);
+            }
+            if !is_started {
+                started.await?;
+            }
+            Ok(container)
+        }
+        Ok(Err(_)) => {
+            // The runtime's own error, when it failed.
+            if !is_started {
+                started.await?;
+            }
+            let status = container.wait().await.ok();
+            Err(SandboxError::SandboxEnded {
+                id: id.to_owned(),
+                status,
+            })
+        }
+        Err(_) => Err(SandboxError::Timeout {
+            what: format!("the launcher of sandbox {id}"),
+            after: start_deadline + READY_DEADLINE,
+        }),
     }
 }

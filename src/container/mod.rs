@@ -291,16 +291,12 @@ impl NamespaceContainer {
         self.inner
             .launcher_installed
             .get_or_try_init(|| async move {
-                tokio::task::spawn_blocking(move || {
+                crate::sys::blocking("installing the sandbox launcher", move || {
                     crate::launcher::install_blocking(&rootfs).map_err(|e| {
                         SandboxError::io("installing the sandbox launcher", &rootfs, e)
                     })
                 })
                 .await
-                .map_err(|e| SandboxError::Process {
-                    context: "installing the sandbox launcher",
-                    source: std::io::Error::other(e),
-                })?
             })
             .await?;
         Ok(path)

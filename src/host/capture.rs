@@ -24,11 +24,11 @@ use crate::error::SandboxError;
 /// Size of the chunks a stream reads (not part of the semver contract).
 const CHUNK: usize = 256 * 1024;
 
-/// Shared by the watcher (in the supervisor), the [`CapturedOutput`] and every stream.
+/// Shared by the watcher (in the supervisor), the [`CapturedOutput`] and every stream. The
+/// watcher wakes the streams whenever the files may have grown by marking it changed
+/// (`send_modify` notifies even when nothing in it changes).
 #[derive(Debug, Clone, Copy, Default)]
 pub(crate) struct CaptureState {
-    /// Bumped whenever the files may have grown.
-    generation: u64,
     /// The process is gone and the files are final.
     ended: bool,
 }
@@ -397,7 +397,7 @@ impl CaptureWatch {
                 Ok(Err(_)) => return std::future::pending().await,
                 Err(_would_block) => continue,
             }
-            self.state.send_modify(|s| s.generation += 1);
+            self.state.send_modify(|_| {});
             return self.over_limit();
         }
     }
@@ -430,7 +430,7 @@ impl CaptureWatch {
                 .sum();
             if usage != self.polled_usage {
                 self.polled_usage = usage;
-                self.state.send_modify(|s| s.generation += 1);
+                self.state.send_modify(|_| {});
                 return self.over_limit();
             }
         }
@@ -471,9 +471,6 @@ impl CaptureWatch {
                 .truncated
                 .store(true, std::sync::atomic::Ordering::Release);
         }
-        self.state.send_modify(|s| {
-            s.generation += 1;
-            s.ended = true;
-        });
+        self.state.send_modify(|s| s.ended = true);
     }
 }

@@ -26,9 +26,7 @@ mod flag {
     pub const JSON: &str = "json";
     pub const BUNDLE: &str = "--bundle";
     pub const DETACH: &str = "--detach";
-    pub const CONSOLE_SOCKET: &str = "--console-socket";
     pub const PID_FILE: &str = "--pid-file";
-    pub const PROCESS: &str = "--process";
     pub const ALL: &str = "--all";
     pub const FORCE: &str = "--force";
     pub const FORMAT_JSON: &str = "--format=json";
@@ -41,31 +39,13 @@ mod flag {
     pub const NO_NEW_KEYRING: &str = "--no-new-keyring";
 }
 
-/// One runtime subcommand and its own options.
-// create/start/exec/state serve the detached modes (PTY, long-lived sandboxes) as they land.
-#[allow(dead_code)]
+/// One runtime subcommand and its own options: those the library calls.
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum Sub<'a> {
     Run {
         id: &'a str,
         bundle: &'a Path,
         detach: bool,
-        pid_file: Option<&'a Path>,
-    },
-    Create {
-        id: &'a str,
-        bundle: &'a Path,
-        console_socket: Option<&'a Path>,
-        pid_file: Option<&'a Path>,
-    },
-    Start {
-        id: &'a str,
-    },
-    Exec {
-        id: &'a str,
-        process: &'a Path,
-        detach: bool,
-        console_socket: Option<&'a Path>,
         pid_file: Option<&'a Path>,
     },
     Kill {
@@ -77,9 +57,6 @@ pub(crate) enum Sub<'a> {
         id: &'a str,
         force: bool,
     },
-    State {
-        id: &'a str,
-    },
     List,
 }
 
@@ -87,12 +64,8 @@ impl Sub<'_> {
     fn op(&self) -> RuntimeOp {
         match self {
             Sub::Run { .. } => RuntimeOp::Run,
-            Sub::Create { .. } => RuntimeOp::Create,
-            Sub::Start { .. } => RuntimeOp::Start,
-            Sub::Exec { .. } => RuntimeOp::Exec,
             Sub::Kill { .. } => RuntimeOp::Kill,
             Sub::Delete { .. } => RuntimeOp::Delete,
-            Sub::State { .. } => RuntimeOp::State,
             Sub::List => RuntimeOp::List,
         }
     }
@@ -122,36 +95,6 @@ impl Sub<'_> {
                 }
                 argv.push(id.into());
             }
-            Sub::Create {
-                id,
-                bundle,
-                console_socket,
-                pid_file,
-            } => {
-                argv.extend(["create".into(), flag::BUNDLE.into(), bundle.into()]);
-                opt(argv, flag::CONSOLE_SOCKET, console_socket);
-                opt(argv, flag::PID_FILE, pid_file);
-                if no_new_keyring {
-                    argv.push(flag::NO_NEW_KEYRING.into());
-                }
-                argv.push(id.into());
-            }
-            Sub::Start { id } => argv.extend(["start".into(), id.into()]),
-            Sub::Exec {
-                id,
-                process,
-                detach,
-                console_socket,
-                pid_file,
-            } => {
-                argv.extend(["exec".into(), flag::PROCESS.into(), process.into()]);
-                if detach {
-                    argv.push(flag::DETACH.into());
-                }
-                opt(argv, flag::CONSOLE_SOCKET, console_socket);
-                opt(argv, flag::PID_FILE, pid_file);
-                argv.push(id.into());
-            }
             Sub::Kill { id, signal, all } => {
                 argv.push("kill".into());
                 if all {
@@ -166,7 +109,6 @@ impl Sub<'_> {
                 }
                 argv.push(id.into());
             }
-            Sub::State { id } => argv.extend(["state".into(), id.into()]),
             Sub::List => argv.extend(["list".into(), flag::FORMAT_JSON.into()]),
         }
     }
@@ -451,12 +393,10 @@ pub(crate) async fn locate(
     explicit: Option<PathBuf>,
 ) -> Result<PathBuf, SandboxError> {
     let path_var = std::env::var_os("PATH").unwrap_or_default();
-    tokio::task::spawn_blocking(move || locate_blocking(kind, explicit, &path_var))
-        .await
-        .map_err(|e| SandboxError::Process {
-            context: "looking up the runtime binary",
-            source: std::io::Error::other(e),
-        })?
+    crate::sys::blocking("looking up the runtime binary", move || {
+        locate_blocking(kind, explicit, &path_var)
+    })
+    .await
 }
 
 fn locate_blocking(
@@ -464,12 +404,7 @@ fn locate_blocking(
     explicit: Option<PathBuf>,
     path_var: &OsStr,
 ) -> Result<PathBuf, SandboxError> {
-    use std::os::unix::fs::PermissionsExt;
-    let executable = |p: &Path| {
-        std::fs::metadata(p)
-            .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-            .unwrap_or(false)
-    };
+    let executable = crate::sys::is_executable;
     if let Some(p) = explicit {
         return if executable(&p) {
             Ok(p)
@@ -518,191 +453,5 @@ pub(crate) fn runtime_message(raw: &[u8]) -> String {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn cli(kind: OciRuntime) -> RuntimeCli {
-        RuntimeCli {
-            kind,
-            binary: PathBuf::from(kind.binary_name()),
-            root: PathBuf::from("/run/oci-sandbox/r"),
-            gvisor_platform: (kind == OciRuntime::Gvisor).then_some(GvisorPlatform::Ptrace),
-            mount_ns: None,
-        }
-    }
-
-    #[test]
-    fn a_mount_namespace_runs_the_runtime_through_nsenter() {
-        let mut c = cli(OciRuntime::Crun);
-        c.mount_ns = Some(PathBuf::from("/run/oci-sandbox/crun/ns/mnt"));
-        let (program, args) = c.program(ContainerFlags::default(), Sub::State { id: "c" });
-        assert_eq!(program, Path::new("/usr/bin/nsenter"));
-        assert_eq!(
-            strs(args),
-            [
-                "--mount=/run/oci-sandbox/crun/ns/mnt",
-                "--",
-                "crun",
-                "--root",
-                "/run/oci-sandbox/r",
-                "state",
-                "c"
-            ]
-        );
-    }
-
-    fn strs(v: Vec<OsString>) -> Vec<String> {
-        v.into_iter().map(|s| s.into_string().unwrap()).collect()
-    }
-
-    #[test]
-    fn runc_run_has_root_log_and_bundle() {
-        let log = Path::new("/b/runtime.log");
-        let argv = cli(OciRuntime::Runc).argv(
-            ContainerFlags {
-                log: Some(log),
-                network: Network::None,
-            },
-            Sub::Run {
-                id: "c1",
-                bundle: Path::new("/b"),
-                detach: false,
-                pid_file: None,
-            },
-        );
-        assert_eq!(
-            strs(argv),
-            [
-                "--root",
-                "/run/oci-sandbox/r",
-                "--log",
-                "/b/runtime.log",
-                "--log-format",
-                "json",
-                "run",
-                "--bundle",
-                "/b",
-                "--no-new-keyring",
-                "c1"
-            ]
-        );
-    }
-
-    #[test]
-    fn crun_log_uses_its_own_syntax() {
-        let argv = cli(OciRuntime::Crun).argv(
-            ContainerFlags {
-                log: Some(Path::new("/b/l")),
-                network: Network::None,
-            },
-            Sub::Delete {
-                id: "c1",
-                force: true,
-            },
-        );
-        assert_eq!(
-            strs(argv),
-            [
-                "--root",
-                "/run/oci-sandbox/r",
-                "--log=file:/b/l",
-                "--log-format=json",
-                "delete",
-                "--force",
-                "c1"
-            ]
-        );
-    }
-
-    #[test]
-    fn runsc_gets_network_and_platform_on_every_subcommand() {
-        for network in [Network::None, Network::Host] {
-            let flags = ContainerFlags { log: None, network };
-            let want = match network {
-                Network::None => "--network=none",
-                Network::Host => "--network=host",
-            };
-            for sub in [
-                Sub::Kill {
-                    id: "c",
-                    signal: "KILL",
-                    all: true,
-                },
-                Sub::State { id: "c" },
-                Sub::Start { id: "c" },
-            ] {
-                let argv = strs(cli(OciRuntime::Gvisor).argv(flags, sub));
-                assert_eq!(
-                    &argv[..5],
-                    ["--root", "/run/oci-sandbox/r", want, "--platform", "ptrace"]
-                );
-            }
-        }
-    }
-
-    #[test]
-    fn create_and_exec_carry_socket_and_pid_file() {
-        let c = cli(OciRuntime::Runc);
-        let f = ContainerFlags::default();
-        assert_eq!(
-            strs(c.argv(
-                f,
-                Sub::Create {
-                    id: "c",
-                    bundle: Path::new("/b"),
-                    console_socket: Some(Path::new("/s")),
-                    pid_file: Some(Path::new("/p")),
-                }
-            ))[2..],
-            [
-                "create",
-                "--bundle",
-                "/b",
-                "--console-socket",
-                "/s",
-                "--pid-file",
-                "/p",
-                "--no-new-keyring",
-                "c"
-            ]
-        );
-        assert_eq!(
-            strs(c.argv(
-                f,
-                Sub::Exec {
-                    id: "c",
-                    process: Path::new("/p.json"),
-                    detach: true,
-                    console_socket: None,
-                    pid_file: None,
-                }
-            ))[2..],
-            ["exec", "--process", "/p.json", "--detach", "c"]
-        );
-        assert_eq!(
-            strs(c.argv(
-                f,
-                Sub::Kill {
-                    id: "c",
-                    signal: "TERM",
-                    all: false
-                }
-            ))[2..],
-            ["kill", "c", "TERM"]
-        );
-        assert_eq!(strs(c.argv(f, Sub::List))[2..], ["list", "--format=json"]);
-    }
-
-    #[test]
-    fn runtime_message_prefers_error_lines() {
-        let raw = br#"{"level":"warning","msg":"w","time":"t"}
-{"level":"error","msg":"exec: \"x\": executable file not found in $PATH","time":"t"}
-"#;
-        assert_eq!(
-            runtime_message(raw),
-            "exec: \"x\": executable file not found in $PATH"
-        );
-        assert_eq!(runtime_message(b"plain failure\n"), "plain failure");
-        assert_eq!(runtime_message(b""), "no message");
-    }
-}
+#[path = "cli_tests.rs"]
+mod tests;

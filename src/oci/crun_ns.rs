@@ -77,14 +77,13 @@ pub(crate) fn prepare_blocking(dir: &Path) -> Result<PathBuf, SandboxError> {
         .output()
         .map_err(|e| io("running unshare for crun's namespace", &file, e))?;
     if !out.status.success() {
-        return Err(SandboxError::Runtime {
-            runtime: crate::OciRuntime::Crun,
-            op: crate::RuntimeOp::Create,
-            code: out.status.code(),
-            message: format!(
-                "preparing a mount namespace without the cgroup v2 mount: {}",
+        return Err(SandboxError::Process {
+            context: "preparing crun's mount namespace without the cgroup v2 mount (unshare)",
+            source: std::io::Error::other(format!(
+                "unshare exited with {}: {}",
+                out.status,
                 String::from_utf8_lossy(&out.stderr).trim()
-            ),
+            )),
         });
     }
     Ok(file)

@@ -50,6 +50,59 @@ pub(crate) fn build(
     target: &Target,
 ) -> Result<Spec, SandboxError> {
     let runtime = target.runtime;
+    let process = process(config, terminal, target)?;
+    let mounts = mounts(config, target)?;
+    let mappings = target.identity.mappings(config, runtime)?;
+    let namespaces = namespaces(config, target, mappings.is_some())?;
+    let resources = resources(config, runtime)?;
+    let mut linux = LinuxBuilder::default();
+    if let Some((uids, gids)) = mappings {
+        linux = linux.uid_mappings(uids).gid_mappings(gids);
+    }
+    if !target.identity.is_rootless() {
+        // Rootless runc fails to create even an empty cgroup on v1 ("permission denied"):
+        // neither limits nor a cgroup path then.
+        linux = linux
+            .resources(resources.build()?)
+            .cgroups_path(format!("{CGROUP_PARENT}/{id}"));
+    }
+    if config.security.seccomp {
+        linux = linux.seccomp(crate::spec::seccomp::default_profile()?);
+    }
+    let linux = linux
+        .namespaces(namespaces)
+        .masked_paths(masked_paths())
+        .readonly_paths(get_default_readonly_paths())
+        .build()?;
+
+    let mut spec = SpecBuilder::default()
+        .version("1.0.2")
+        .root(
+            RootBuilder::default()
+                .path(rootfs)
+                .readonly(config.security.readonly_rootfs)
+                .build()?,
+        )
+        .process(process)
+        .mounts(mounts)
+        .linux(linux)
+        .build()?;
+    if let Some(h) = &config.hostname {
+        spec.set_hostname(Some(h.clone()));
+    }
+    if let Some(hook) = &config.spec_hook {
+        hook.apply(&mut spec);
+    }
+    Ok(spec)
+}
+
+/// The process: command, user, environment, capabilities, rlimits, terminal.
+fn process(
+    config: &ContainerConfig,
+    terminal: Option<(u16, u16)>,
+    target: &Target,
+) -> Result<oci_spec::runtime::Process, SandboxError> {
+    let runtime = target.runtime;
     let mut args = Vec::with_capacity(config.args.len() + 1);
     args.push(config.command.clone());
     args.extend(config.args.iter().cloned());
@@ -120,7 +173,14 @@ pub(crate) fn build(
         ])
     }
     .build()?;
+    Ok(process)
+}
 
+/// The runtime's default mounts (adapted to a host network or rootless), then `config`'s.
+fn mounts(
+    config: &ContainerConfig,
+    target: &Target,
+) -> Result<Vec<oci_spec::runtime::Mount>, SandboxError> {
     let mut mounts = get_default_mounts();
     if config.network == Network::Host {
         // A fresh sysfs needs a network namespace of the container's own; share the host's.
@@ -182,7 +242,16 @@ pub(crate) fn build(
         };
         mounts.push(mount);
     }
+    Ok(mounts)
+}
 
+/// The namespaces of its own: pid, ipc, uts, mount, network (unless the host's), user (when
+/// mapped; joined by path when the library made it).
+fn namespaces(
+    config: &ContainerConfig,
+    target: &Target,
+    user: bool,
+) -> Result<Vec<oci_spec::runtime::LinuxNamespace>, SandboxError> {
     let mut namespaces = vec![
         LinuxNamespaceType::Pid,
         LinuxNamespaceType::Ipc,
@@ -192,11 +261,10 @@ pub(crate) fn build(
     if config.network == Network::None {
         namespaces.push(LinuxNamespaceType::Network);
     }
-    let mappings = target.identity.mappings(config, runtime)?;
-    if mappings.is_some() {
+    if user {
         namespaces.push(LinuxNamespaceType::User);
     }
-    let namespaces = namespaces
+    namespaces
         .into_iter()
         .map(|typ| {
             let mut ns = LinuxNamespaceBuilder::default().typ(typ);
@@ -207,8 +275,15 @@ pub(crate) fn build(
             }
             ns.build()
         })
-        .collect::<Result<Vec<_>, _>>()?;
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(Into::into)
+}
 
+/// The cgroup limits: memory (swap included), CPU quota, pids (plus gVisor's allowance).
+fn resources(
+    config: &ContainerConfig,
+    runtime: OciRuntime,
+) -> Result<LinuxResourcesBuilder, SandboxError> {
     let mut resources = LinuxResourcesBuilder::default();
     if let Some(bytes) = config.limits.memory {
         let bytes = i64::try_from(bytes)
@@ -245,46 +320,7 @@ pub(crate) fn build(
         };
         resources = resources.pids(LinuxPidsBuilder::default().limit(limit).build()?);
     }
-
-    let mut linux = LinuxBuilder::default();
-    if let Some((uids, gids)) = mappings {
-        linux = linux.uid_mappings(uids).gid_mappings(gids);
-    }
-    if !target.identity.is_rootless() {
-        // Rootless runc fails to create even an empty cgroup on v1 ("permission denied"):
-        // neither limits nor a cgroup path then.
-        linux = linux
-            .resources(resources.build()?)
-            .cgroups_path(format!("{CGROUP_PARENT}/{id}"));
-    }
-    if config.security.seccomp {
-        linux = linux.seccomp(crate::spec::seccomp::default_profile()?);
-    }
-    let linux = linux
-        .namespaces(namespaces)
-        .masked_paths(masked_paths())
-        .readonly_paths(get_default_readonly_paths())
-        .build()?;
-
-    let mut spec = SpecBuilder::default()
-        .version("1.0.2")
-        .root(
-            RootBuilder::default()
-                .path(rootfs)
-                .readonly(config.security.readonly_rootfs)
-                .build()?,
-        )
-        .process(process)
-        .mounts(mounts)
-        .linux(linux)
-        .build()?;
-    if let Some(h) = &config.hostname {
-        spec.set_hostname(Some(h.clone()));
-    }
-    if let Some(hook) = &config.spec_hook {
-        hook.apply(&mut spec);
-    }
-    Ok(spec)
+    Ok(resources)
 }
 
 /// The runtime's default masked paths, and what identifies the host: its kernel command line

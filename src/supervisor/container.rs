@@ -167,8 +167,12 @@ struct ContainerChannels {
 
 /// How the start phase ended.
 enum StartEnd {
-    /// The runtime exited (detached: it has started the container, or failed to).
-    Exited(std::io::Result<std::process::ExitStatus>),
+    /// The runtime exited (detached: it has started the container, or failed to; the pid
+    /// file names the init).
+    Exited(
+        std::io::Result<std::process::ExitStatus>,
+        Option<std::path::PathBuf>,
+    ),
     /// Attached: the init's pid, or `None` when the launch gave up.
     Init(Option<i32>),
     TimedOut,
@@ -199,49 +203,10 @@ async fn supervise_container(
         init_gone,
     } = channels;
     let attached = matches!(start_mode, StartMode::Attached { .. });
-    let (pid_file, init_pid) = match start_mode {
-        StartMode::Detached { pid_file } => (Some(pid_file), None),
-        StartMode::Attached { init_pid } => (None, Some(init_pid)),
-    };
-    let end = tokio::select! {
-        status = runtime.wait() => StartEnd::Exited(status),
-        pid = async { init_pid.expect("checked by the guard").await.ok() }, if init_pid.is_some() => {
-            StartEnd::Init(pid)
-        }
-        _ = tokio::time::sleep(start_deadline) => StartEnd::TimedOut,
-        _ = control.recv() => StartEnd::Stopped,
-    };
-    let mut runtime_running = attached;
-    let init = match end {
-        StartEnd::Exited(Ok(status)) if status.success() && !attached => {
-            runtime_running = false;
-            open_init(pid_file.as_deref().expect("detached")).await
-        }
-        StartEnd::Exited(Ok(status)) => {
-            runtime_running = false;
-            Err(runtime_failure(&teardown, status).await)
-        }
-        StartEnd::Exited(Err(e)) => {
-            runtime_running = false;
-            Err(SandboxError::Process {
-                context: "waiting for the runtime",
-                source: e,
-            })
-        }
-        StartEnd::Init(Some(pid)) => {
-            ProcessWatch::open(pid).map_err(|source| SandboxError::Process {
-                context: "opening a pidfd for the container's init",
-                source,
-            })
-        }
-        StartEnd::Init(None) | StartEnd::TimedOut | StartEnd::Stopped => {
-            Err(SandboxError::Timeout {
-                what: format!("{} run", teardown.cli.kind),
-                after: start_deadline,
-            })
-        }
-    };
-    let init = match init {
+    let end = start_phase(&mut runtime, start_mode, start_deadline, &mut control).await;
+    // A foreground runtime runs as long as its container; a detached one has exited.
+    let runtime_running = attached && !matches!(end, StartEnd::Exited(..));
+    let init = match open_started(end, attached, &teardown, start_deadline).await {
         Ok(init) => init,
         Err(e) => {
             if runtime_running {
@@ -249,6 +214,7 @@ async fn supervise_container(
                 let _ = runtime.start_kill();
                 let _ = runtime.wait().await;
             }
+            tracing::debug!(err = %e, "the runtime did not start the container");
             let _ = started.send(Err(e.duplicate()));
             let _ = outcome.send(Some(Err(Arc::new(e))));
             teardown.finish(false).await;
@@ -258,24 +224,16 @@ async fn supervise_container(
     if let Some(userns) = teardown.bundle.as_mut().and_then(|b| b.userns.as_mut()) {
         userns.joined();
     }
+    let running_since = std::time::Instant::now();
+    tracing::debug!(init = init.pid(), "the init runs");
     let _ = started.send(Ok(()));
 
-    let mut kill_deadline = None;
-    loop {
-        tokio::select! {
-            () = init.exited() => break,
-            _ = control.recv(), if kill_deadline.is_none() => {
-                init.kill();
-                kill_deadline = Some(Instant::now() + KILL_DEADLINE);
-            }
-            () = sleep_until(kill_deadline) => {
-                tracing::warn!(id = teardown.id, "the container outlived its kill; emptying its cgroups");
-                let id = teardown.id.clone();
-                let _ = tokio::task::spawn_blocking(move || crate::host::cgroup::reap_blocking(&id)).await;
-                kill_deadline = Some(Instant::now() + KILL_DEADLINE);
-            }
-        }
-    }
+    let killed = watch_phase(&init, &mut control, &teardown.id).await;
+    tracing::debug!(
+        ran_ms = crate::sys::ms_since(running_since),
+        killed,
+        "the init has exited"
+    );
     init_gone.send_replace(true);
     let oom = crate::host::cgroup::oom_kills(&teardown.id).await > 0;
     let status = ExitStatus::signaled(libc::SIGKILL).with_oom_killed(oom);
@@ -296,6 +254,94 @@ async fn supervise_container(
         }
     }
     teardown.finish(true).await;
+    tracing::debug!("removed");
+}
+
+/// The start phase: until the runtime has exited (detached), the init's pid has come
+/// (attached), the deadline has passed or the handle has asked for a kill or gone.
+async fn start_phase(
+    runtime: &mut Child,
+    start_mode: StartMode,
+    start_deadline: Duration,
+    control: &mut mpsc::UnboundedReceiver<Control>,
+) -> StartEnd {
+    let init_pid = match start_mode {
+        StartMode::Detached { pid_file } => {
+            return tokio::select! {
+                status = runtime.wait() => StartEnd::Exited(status, Some(pid_file)),
+                _ = tokio::time::sleep(start_deadline) => StartEnd::TimedOut,
+                _ = control.recv() => StartEnd::Stopped,
+            };
+        }
+        StartMode::Attached { init_pid } => init_pid,
+    };
+    tokio::select! {
+        status = runtime.wait() => StartEnd::Exited(status, None),
+        pid = init_pid => StartEnd::Init(pid.ok()),
+        _ = tokio::time::sleep(start_deadline) => StartEnd::TimedOut,
+        _ = control.recv() => StartEnd::Stopped,
+    }
+}
+
+/// The started container's init, watched, or why there is none.
+async fn open_started(
+    end: StartEnd,
+    attached: bool,
+    teardown: &Teardown,
+    start_deadline: Duration,
+) -> Result<ProcessWatch, SandboxError> {
+    match end {
+        StartEnd::Exited(Ok(status), Some(pid_file)) if status.success() => {
+            open_init(&pid_file).await
+        }
+        // A foreground runtime that exits before its init's pid came: the container is gone.
+        StartEnd::Exited(Ok(status), _) => {
+            debug_assert!(attached || !status.success());
+            Err(runtime_failure(teardown, status).await)
+        }
+        StartEnd::Exited(Err(e), _) => Err(SandboxError::Process {
+            context: "waiting for the runtime",
+            source: e,
+        }),
+        StartEnd::Init(Some(pid)) => {
+            ProcessWatch::open(pid).map_err(|source| SandboxError::Process {
+                context: "opening a pidfd for the container's init",
+                source,
+            })
+        }
+        StartEnd::Init(None) | StartEnd::TimedOut | StartEnd::Stopped => {
+            Err(SandboxError::Timeout {
+                what: format!("{} run", teardown.cli.kind),
+                after: start_deadline,
+            })
+        }
+    }
+}
+
+/// The run phase: until the init has exited. A kill request (or the handle's drop) kills it
+/// through its pidfd; one that outlives the kill has its cgroups emptied. Returns whether it
+/// was killed.
+async fn watch_phase(
+    init: &ProcessWatch,
+    control: &mut mpsc::UnboundedReceiver<Control>,
+    id: &str,
+) -> bool {
+    let mut kill_deadline = None;
+    loop {
+        tokio::select! {
+            () = init.exited() => return kill_deadline.is_some(),
+            _ = control.recv(), if kill_deadline.is_none() => {
+                init.kill();
+                kill_deadline = Some(Instant::now() + KILL_DEADLINE);
+            }
+            () = sleep_until(kill_deadline) => {
+                tracing::warn!(id, "the container outlived its kill; emptying its cgroups");
+                let id = id.to_owned();
+                let _ = tokio::task::spawn_blocking(move || crate::host::cgroup::reap_blocking(&id)).await;
+                kill_deadline = Some(Instant::now() + KILL_DEADLINE);
+            }
+        }
+    }
 }
 
 /// Reads the runtime's pid file and opens the init for watching.
@@ -350,7 +396,8 @@ impl Supervised {
         let id = teardown.id.clone();
         let cli = teardown.cli.clone();
         let network = teardown.network;
-        let task = tracker.spawn(supervise_container(
+        // In the span of its caller: the container's.
+        let task = tracker.spawn(tracing::Instrument::in_current_span(supervise_container(
             runtime,
             teardown,
             start_mode,
@@ -361,7 +408,7 @@ impl Supervised {
                 started: started_tx,
                 init_gone: init_gone_tx,
             },
-        ));
+        )));
         let supervised = Supervised {
             id,
             control: control_tx,

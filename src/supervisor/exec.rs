@@ -6,12 +6,13 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::future::BoxFuture;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
 use crate::error::SandboxError;
 use crate::host::capture::CaptureWatch;
-use crate::launcher::{Connection, exit_status};
+use crate::launcher::{Connection, Reply};
 use crate::status::ExitStatus;
 use crate::supervisor::{
     Control, EndedBy, ExecRequest, Outcome, sleep_until, status_for, watch_capture,
@@ -20,110 +21,178 @@ use crate::supervisor::{
 /// How long the launcher has to report a command's end after it was told to kill it.
 const KILL_REPORT_DEADLINE: Duration = Duration::from_secs(5);
 
+/// What an exec's supervisor needs of its command's channel: its end, and a way to signal
+/// and resize it. The launcher's [`Connection`] is the local one; a remote backend's exec
+/// (a `pods/exec` websocket, say) would be another (see `src/backend.rs`).
+pub(crate) trait CommandChannel: Send + Sync + 'static {
+    /// Waits for the command's end: its status, `None` when the channel closed without one
+    /// (the sandbox died), or an error. Cancel safe.
+    fn ended(&self) -> BoxFuture<'_, std::io::Result<Option<ExitStatus>>>;
+    /// Sends `signal` to the command's process group (fire and forget).
+    fn signal(&self, signal: i32);
+    /// Resizes the command's terminal (fire and forget).
+    fn resize(&self, cols: u16, rows: u16);
+}
+
+impl CommandChannel for Connection {
+    fn ended(&self) -> BoxFuture<'_, std::io::Result<Option<ExitStatus>>> {
+        Box::pin(async move {
+            match self.receive().await? {
+                None => Ok(None),
+                Some(Reply::Exited { status }) => Ok(Some(status)),
+                Some(reply) => Err(std::io::Error::other(format!(
+                    "unexpected reply {reply:?} where the command's status belongs"
+                ))),
+            }
+        })
+    }
+
+    fn signal(&self, signal: i32) {
+        Connection::signal(self, signal);
+    }
+
+    fn resize(&self, cols: u16, rows: u16) {
+        Connection::resize(self, cols, rows);
+    }
+}
+
+/// One exec's supervision: its channel, limits and the handle's channels.
+pub(crate) struct ExecSupervision {
+    pub channel: Box<dyn CommandChannel>,
+    pub sandbox_id: String,
+    pub timeout: Option<Duration>,
+    pub control: mpsc::UnboundedReceiver<Control>,
+    pub requests: mpsc::UnboundedReceiver<ExecRequest>,
+    pub outcome: watch::Sender<Outcome>,
+    pub capture: Option<CaptureWatch>,
+    /// The sandbox's OOM-kill count at the start.
+    pub oom_before: u64,
+    /// Held while the command runs: one of the sandbox's exec slots.
+    pub slot: tokio::sync::OwnedSemaphorePermit,
+    /// For a spawn's command: ends its container (the command's end is the container's),
+    /// awaited before the capture is finished and the outcome published.
+    pub container_end: Option<BoxFuture<'static, ()>>,
+}
+
 /// Watches the command to its end: enforces the timeout and the output limit, obeys kill and
-/// signal requests; dropping the handle drops the connection, and the launcher kills the
-/// command's process group. `oom_before` is the sandbox's OOM-kill count at the start.
-/// `container_end`, for a spawn's command: ends its container (the command's end is the
-/// container's), awaited before the capture is finished and the outcome published.
-#[allow(clippy::too_many_arguments)]
-pub(crate) async fn supervise(
-    conn: Connection,
-    sandbox_id: String,
-    timeout: Option<Duration>,
-    mut control: mpsc::UnboundedReceiver<Control>,
-    mut requests: mpsc::UnboundedReceiver<ExecRequest>,
-    outcome: watch::Sender<Outcome>,
-    mut capture: Option<CaptureWatch>,
-    oom_before: u64,
-    _slot: tokio::sync::OwnedSemaphorePermit,
-    container_end: Option<futures::future::BoxFuture<'static, ()>>,
-) {
+/// signal requests; dropping the handle drops the channel, and the launcher kills the
+/// command's process group.
+pub(crate) async fn supervise(mut s: ExecSupervision) {
+    let begun = std::time::Instant::now();
+    let Some((ended_by, end)) = watch_command(&mut s).await else {
+        tracing::debug!("the handle went away: the command is killed");
+        return;
+    };
+    let result = status_of(
+        ended_by,
+        end,
+        &s.sandbox_id,
+        s.oom_before,
+        s.container_end.is_some(),
+    )
+    .await;
+    match &result {
+        Ok(status) => tracing::debug!(%status, ran_ms = crate::sys::ms_since(begun), "ended"),
+        Err(err) => tracing::debug!(%err, "ended without a status"),
+    }
+    // A spawn's container ends with its command: once its init is gone, so is every process
+    // that could still write to the capture files.
+    if let Some(end) = s.container_end.take() {
+        end.await;
+    }
+    if let Some(capture) = s.capture.take() {
+        capture
+            .finish(matches!(ended_by, Some(EndedBy::OutputLimit)))
+            .await;
+    }
+    let _ = s.outcome.send(Some(result.map_err(Arc::new)));
+    drop(s.slot);
+}
+
+/// The command's end as its channel tells it, and what ended it on our side if anything did;
+/// `None` when the handle went away (dropping the channel then kills the command).
+async fn watch_command(
+    s: &mut ExecSupervision,
+) -> Option<(Option<EndedBy>, std::io::Result<Option<ExitStatus>>)> {
     // A timeout too far out to be an instant is no timeout.
-    let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
+    let deadline = s.timeout.and_then(|t| Instant::now().checked_add(t));
     let mut ended_by: Option<EndedBy> = None;
     // Once the command is to be killed, the launcher has this long to report its end.
     let mut report_deadline = None;
-    if capture.as_ref().is_some_and(CaptureWatch::over_limit) {
+    if s.capture.as_ref().is_some_and(CaptureWatch::over_limit) {
         ended_by = Some(EndedBy::OutputLimit);
-        conn.signal(libc::SIGKILL);
+        s.channel.signal(libc::SIGKILL);
         report_deadline = Some(Instant::now() + KILL_REPORT_DEADLINE);
     }
-    let reply = loop {
+    loop {
         tokio::select! {
-            reply = conn.receive() => break reply,
+            end = s.channel.ended() => return Some((ended_by, end)),
             _ = sleep_until(report_deadline), if report_deadline.is_some() => {
-                break Err(std::io::Error::new(
+                let silent = std::io::Error::new(
                     std::io::ErrorKind::TimedOut,
                     "the sandbox's launcher did not report the killed command's end",
-                ));
+                );
+                return Some((ended_by, Err(silent)));
             }
             _ = sleep_until(deadline), if ended_by.is_none() => ended_by = Some(EndedBy::Timeout),
-            msg = control.recv(), if ended_by.is_none() => match msg {
+            msg = s.control.recv(), if ended_by.is_none() => match msg {
                 Some(Control::Kill) => ended_by = Some(EndedBy::Kill),
-                // The handle is gone: closing the connection makes the launcher kill it.
-                None => return,
+                None => return None,
             },
-            Some(request) = requests.recv() => {
+            Some(request) = s.requests.recv() => {
                 match request {
-                    ExecRequest::Signal(signal) => conn.signal(signal),
-                    ExecRequest::Resize(cols, rows) => conn.resize(cols, rows),
+                    ExecRequest::Signal(signal) => s.channel.signal(signal),
+                    ExecRequest::Resize(cols, rows) => s.channel.resize(cols, rows),
                 }
                 continue;
             }
-            over = watch_capture(&mut capture), if ended_by.is_none() => {
+            over = watch_capture(&mut s.capture), if ended_by.is_none() => {
                 if !over {
                     continue;
                 }
                 ended_by = Some(EndedBy::OutputLimit);
             }
         }
-        conn.signal(libc::SIGKILL);
+        s.channel.signal(libc::SIGKILL);
         report_deadline = Some(Instant::now() + KILL_REPORT_DEADLINE);
-    };
-    let result = match (ended_by, reply) {
-        (Some(e), Ok(Some(_))) => Ok(status_for(Some(e))),
-        // Killed on our side, and the launcher fell silent: the status is ours to give.
-        (Some(e), Err(_)) => Ok(status_for(Some(e))),
-        (None, Ok(Some(text))) => match exit_status(&text) {
-            Some(status) => {
-                let oom = if status.signal() == Some(libc::SIGKILL) || !status.success() {
-                    crate::host::cgroup::oom_kills(&sandbox_id).await > oom_before
-                } else {
-                    false
-                };
-                Ok(status.with_oom_killed(oom))
-            }
-            None => Err(SandboxError::Process {
-                context: "reading the command's status from the launcher",
-                source: std::io::Error::other(format!("unexpected reply {text:?}")),
-            }),
-        },
-        // The launcher closed the connection without a status: it died with the sandbox
+    }
+}
+
+/// The command's status from how it ended. `one_shot`: a spawn's command, which dies with its
+/// container.
+async fn status_of(
+    ended_by: Option<EndedBy>,
+    end: std::io::Result<Option<ExitStatus>>,
+    sandbox_id: &str,
+    oom_before: u64,
+    one_shot: bool,
+) -> Result<ExitStatus, SandboxError> {
+    let oom_since_start = async { crate::host::cgroup::oom_kills(sandbox_id).await > oom_before };
+    match (ended_by, end) {
+        // Killed on our side: the status is ours to give, whether or not the launcher said.
+        (Some(e), Ok(Some(_)) | Err(_)) => Ok(status_for(Some(e))),
+        (None, Ok(Some(status))) => {
+            let oom = if status.signal() == Some(libc::SIGKILL) || !status.success() {
+                oom_since_start.await
+            } else {
+                false
+            };
+            Ok(status.with_oom_killed(oom))
+        }
+        // The launcher closed the channel without a status: it died with the sandbox
         // (killed from outside, or by the OOM killer). A spawn's command died with it.
-        (_, Ok(None)) if container_end.is_some() => {
-            let oom = crate::host::cgroup::oom_kills(&sandbox_id).await > oom_before;
-            Ok(ExitStatus::signaled(libc::SIGKILL).with_oom_killed(oom))
+        (_, Ok(None)) if one_shot => {
+            Ok(ExitStatus::signaled(libc::SIGKILL).with_oom_killed(oom_since_start.await))
         }
         (_, Ok(None)) => Err(SandboxError::SandboxEnded {
-            id: sandbox_id,
+            id: sandbox_id.to_owned(),
             status: None,
         }),
-        (_, Err(e)) => Err(SandboxError::Process {
+        (None, Err(e)) => Err(SandboxError::Process {
             context: "waiting for the command's status from the launcher",
             source: e,
         }),
-    };
-    // A spawn's container ends with its command: once its init is gone, so is every process
-    // that could still write to the capture files.
-    if let Some(end) = container_end {
-        end.await;
     }
-    if let Some(capture) = capture {
-        capture
-            .finish(matches!(ended_by, Some(EndedBy::OutputLimit)))
-            .await;
-    }
-    let _ = outcome.send(Some(result.map_err(Arc::new)));
 }
 
 /// The error of an exec that could not start: `exec` failed with `errno`, or `chdir` with

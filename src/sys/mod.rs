@@ -3,3 +3,36 @@
 pub(crate) mod fs_tree;
 pub(crate) mod pidfd;
 pub(crate) mod userns;
+
+/// Milliseconds since `since`, for the lifecycle events' `elapsed_ms` fields.
+pub(crate) fn ms_since(since: std::time::Instant) -> f64 {
+    since.elapsed().as_secs_f64() * 1000.0
+}
+
+/// Runs `f` on the blocking pool and returns its result; a panic in it (the only way the
+/// join fails: the pool never cancels a started task) becomes [`SandboxError::Process`]
+/// with `context`. If the caller goes away, `f` still runs to its end (what it made is then
+/// dropped).
+///
+/// [`SandboxError::Process`]: crate::SandboxError::Process
+pub(crate) async fn blocking<T, F>(
+    context: &'static str,
+    f: F,
+) -> Result<T, crate::error::SandboxError>
+where
+    T: Send + 'static,
+    F: FnOnce() -> Result<T, crate::error::SandboxError> + Send + 'static,
+{
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| crate::error::SandboxError::Process {
+            context,
+            source: std::io::Error::other(e),
+        })?
+}
+
+/// Whether `path` is a regular file with an execute bit (following symlinks). Blocking.
+pub(crate) fn is_executable(path: &std::path::Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+}

@@ -14,6 +14,7 @@ use tokio::io::unix::AsyncFd;
 #[derive(Debug)]
 pub(crate) struct ProcessWatch {
     fd: AsyncFd<PidFd>,
+    pid: i32,
 }
 
 #[derive(Debug)]
@@ -38,7 +39,12 @@ impl ProcessWatch {
         // SAFETY: `PidFd` owns the fd and returns it unchanged until the AsyncFd drops it.
         let fd = unsafe { AsyncFd::register_with_interest(PidFd(owned), Interest::READABLE) }
             .map_err(io::Error::from)?;
-        Ok(ProcessWatch { fd })
+        Ok(ProcessWatch { fd, pid })
+    }
+
+    /// The pid it was opened for (in this process's pid namespace).
+    pub fn pid(&self) -> i32 {
+        self.pid
     }
 
     /// Waits until the process has exited.
