@@ -422,3 +422,7 @@ impl Supervised {
         (supervised, started_rx)
     }
 }
+
+#[cfg(test)]
+#[path = "container_tests.rs"]
+mod tests;
