@@ -11,7 +11,7 @@ use oci_sandbox::{NamespaceContainer, OciRuntime, SandboxConfig, SandboxError};
 
 #[tokio::main]
 async fn main() -> Result<(), SandboxError> {
-    let runtime = match std::env::args().nth(1).as_deref() {
+    let kind = match std::env::args().nth(1).as_deref() {
         None | Some("runc") => OciRuntime::Runc,
         Some("crun") => OciRuntime::Crun,
         Some("runsc" | "gvisor") => OciRuntime::Gvisor,
@@ -20,11 +20,11 @@ async fn main() -> Result<(), SandboxError> {
             std::process::exit(2);
         }
     };
-    let sandbox = NamespaceContainer::with_runtime(runtime).await?;
+    let runtime = NamespaceContainer::with_runtime(kind).await?;
     println!(
         "{} ({})\n",
-        sandbox.version().await?,
-        sandbox.state_root().display()
+        runtime.version().await?,
+        runtime.state_root().display()
     );
 
     let policy = SandboxConfig {
@@ -58,7 +58,7 @@ async fn main() -> Result<(), SandboxError> {
         );
         println!("$ {command} {}", args.join(" "));
         let started = Instant::now();
-        let child = match sandbox.spawn(&config).await {
+        let child = match runtime.spawn(&config).await {
             Ok(child) => child,
             Err(e) => {
                 println!("  error: {e}\n");
@@ -84,6 +84,6 @@ async fn main() -> Result<(), SandboxError> {
             Err(e) => println!("  error: {e}\n"),
         }
     }
-    sandbox.close().await;
+    runtime.close().await;
     Ok(())
 }

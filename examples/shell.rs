@@ -57,19 +57,19 @@ fn terminal_size() -> Option<(u16, u16)> {
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);
-    let runtime = match args.next().as_deref() {
+    let kind = match args.next().as_deref() {
         None | Some("runc") => OciRuntime::Runc,
         Some("crun") => OciRuntime::Crun,
         Some("runsc" | "gvisor") => OciRuntime::Gvisor,
         Some(other) => return Err(format!("unknown runtime {other:?}").into()),
     };
     let program = args.next().unwrap_or_else(|| "sh".into());
-    let sandbox = NamespaceContainer::with_runtime(runtime).await?;
+    let runtime = NamespaceContainer::with_runtime(kind).await?;
     let policy = SandboxConfig {
         timeout: None,
         ..SandboxConfig::default()
     };
-    let session = sandbox
+    let session = runtime
         .spawn_interactive(&NamespaceContainer::build_config(&policy, program, vec![]))
         .await?;
     if let Some((cols, rows)) = terminal_size() {
@@ -78,7 +78,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     eprintln!(
         "[sandbox {} on {}; exit the shell to leave]\r",
         session.id(),
-        runtime
+        kind
     );
 
     let status = {
@@ -120,7 +120,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
     eprintln!("[{status}]");
     drop(session);
-    sandbox.close().await;
+    runtime.close().await;
     // tokio's stdin thread may still be blocked in read(2): leave without waiting for it.
     std::process::exit(status.code().unwrap_or(1));
 }

@@ -8,16 +8,25 @@
 //! use oci_sandbox::{NamespaceContainer, SandboxConfig};
 //!
 //! # #[tokio::main] async fn main() -> Result<(), oci_sandbox::SandboxError> {
-//! let sandbox = NamespaceContainer::new().await?; // runc from $PATH
+//! let runtime = NamespaceContainer::new().await?; // runc from $PATH
 //! let policy = SandboxConfig { timeout: Some(Duration::from_secs(5)), ..SandboxConfig::default() };
 //! let config = NamespaceContainer::build_config(&policy, "python3", vec!["-c".into(), "print(6*7)".into()]);
 //!
-//! let output = sandbox.spawn(&config).await?.wait_with_output().await?;
+//! let output = runtime.spawn(&config).await?.wait_with_output().await?;
 //! assert!(output.status.success());
 //! assert_eq!(output.stdout, b"42\n");
-//! sandbox.close().await; // wait for background cleanup before exiting
+//! runtime.close().await; // wait for background cleanup before exiting
 //! # Ok(()) }
 //! ```
+//!
+//! # What is what
+//!
+//! A [`NamespaceContainer`] is a configured OCI runtime (which runtime, its binary, a state
+//! root, for gVisor its platform) that makes containers: build one per process and runtime,
+//! clone it freely (it is an `Arc`). A [`SandboxConfig`] is a policy (filesystem, network,
+//! limits, security); [`NamespaceContainer::build_config`] turns it and a command into a
+//! [`ContainerConfig`], the concrete request. Each spawn makes one container for one
+//! command; a [`Sandbox`] is one long-lived container for many commands.
 //!
 //! # Three modes, and long-lived sandboxes
 //!

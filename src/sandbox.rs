@@ -320,25 +320,7 @@ impl Sandbox {
                 id: id.clone(),
                 limit: MAX_CONCURRENT_EXECS,
             })?;
-        let request = self.inner.control.request(&cwd, &argv, &env, stdio);
-        let conn = match tokio::time::timeout(START_DEADLINE, request).await {
-            Ok(Ok(conn)) => conn,
-            Ok(Err(e)) if e.kind() == std::io::ErrorKind::InvalidInput => {
-                return Err(SandboxError::invalid("args", e.to_string()));
-            }
-            Ok(Err(e)) => {
-                return Err(self.ended_error().unwrap_or(SandboxError::Process {
-                    context: "sending the command to the sandbox's launcher",
-                    source: e,
-                }));
-            }
-            Err(_) => {
-                return Err(SandboxError::Timeout {
-                    what: format!("sending a command to sandbox {id}"),
-                    after: START_DEADLINE,
-                });
-            }
-        };
+        let conn = self.send(&cwd, &argv, &env, stdio).await?;
         // The launcher answers within a fork and an exec; a deadline keeps a wedged sandbox
         // from hanging the caller.
         let start = async {
@@ -378,12 +360,27 @@ impl Sandbox {
                 }));
             }
         };
+        let timeout = exec.timeout.or(self.inner.config.timeout);
+        let supervised = self.supervise(Box::new(conn), timeout, capture, oom_before, slot);
+        Ok((supervised, terminal))
+    }
+
+    /// Hands a started command to an exec supervisor (in the current span) and returns the
+    /// handle side.
+    fn supervise(
+        &self,
+        channel: Box<dyn crate::supervisor::exec::CommandChannel>,
+        timeout: Option<Duration>,
+        capture: Option<crate::host::capture::CaptureWatch>,
+        oom_before: u64,
+        slot: tokio::sync::OwnedSemaphorePermit,
+    ) -> Supervised {
+        let id = self.id().to_owned();
         let (control_tx, control_rx) = mpsc::unbounded_channel();
         let (requests_tx, requests_rx) = mpsc::unbounded_channel();
         let (outcome_tx, outcome_rx) = watch::channel(None);
-        let timeout = exec.timeout.or(self.inner.config.timeout);
         let supervision = crate::supervisor::exec::ExecSupervision {
-            channel: Box::new(conn),
+            channel,
             sandbox_id: id.clone(),
             timeout,
             control: control_rx,
@@ -398,7 +395,6 @@ impl Sandbox {
                     as futures::future::BoxFuture<'static, ()>
             }),
         };
-        // In the exec's span.
         self.inner
             .owner
             .tracker()
@@ -406,15 +402,39 @@ impl Sandbox {
                 crate::supervisor::exec::supervise(supervision),
             ));
         let container = &self.inner.container;
-        let supervised = Supervised::exec(
+        Supervised::exec(
             id,
             container.cli.clone(),
             container.network,
             control_tx,
             outcome_rx,
             requests_tx,
-        );
-        Ok((supervised, terminal))
+        )
+    }
+
+    /// Sends a start request to the launcher, within [`START_DEADLINE`].
+    async fn send(
+        &self,
+        cwd: &std::path::Path,
+        argv: &[String],
+        env: &[(String, String)],
+        stdio: launcher::Stdio,
+    ) -> Result<launcher::Connection, SandboxError> {
+        let request = self.inner.control.request(cwd, argv, env, stdio);
+        match tokio::time::timeout(START_DEADLINE, request).await {
+            Ok(Ok(conn)) => Ok(conn),
+            Ok(Err(e)) if e.kind() == std::io::ErrorKind::InvalidInput => {
+                Err(SandboxError::invalid("args", e.to_string()))
+            }
+            Ok(Err(e)) => Err(self.ended_error().unwrap_or(SandboxError::Process {
+                context: "sending the command to the sandbox's launcher",
+                source: e,
+            })),
+            Err(_) => Err(SandboxError::Timeout {
+                what: format!("sending a command to sandbox {}", self.id()),
+                after: START_DEADLINE,
+            }),
+        }
     }
 
     /// argv, the whole environment and the working directory of `exec`, checked.

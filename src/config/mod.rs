@@ -220,6 +220,49 @@ pub struct Security {
     pub user_namespace: bool,
 }
 
+impl Security {
+    /// The capabilities kept, parsed; an unknown name is an `InvalidConfig` error.
+    pub(crate) fn capability_set(
+        &self,
+    ) -> Result<std::collections::HashSet<oci_spec::runtime::Capability>, SandboxError> {
+        self.capabilities
+            .iter()
+            .map(|c| {
+                c.parse::<oci_spec::runtime::Capability>().map_err(|_| {
+                    SandboxError::invalid(
+                        "security.capabilities",
+                        format!("unknown capability {c:?}"),
+                    )
+                })
+            })
+            .collect()
+    }
+}
+
+impl Limits {
+    /// The memory limit as the OCI spec takes it (bytes, signed).
+    pub(crate) fn memory_bytes(&self) -> Result<Option<i64>, SandboxError> {
+        self.memory
+            .map(|bytes| {
+                i64::try_from(bytes)
+                    .map_err(|_| SandboxError::invalid("limits.memory", "too large"))
+            })
+            .transpose()
+    }
+
+    /// The limits' own checks (cgroup-free: whether they can be enforced is the runtime's).
+    fn validate(&self) -> Result<(), SandboxError> {
+        self.memory_bytes()?;
+        if self.cpu_millicores == Some(0) {
+            return Err(SandboxError::invalid(
+                "limits.cpu_millicores",
+                "must be more than 0",
+            ));
+        }
+        Ok(())
+    }
+}
+
 impl Default for Security {
     fn default() -> Self {
         Security {
@@ -359,6 +402,8 @@ impl ContainerConfig {
                 }
             }
         }
+        self.security.capability_set()?;
+        self.limits.validate()?;
         absolute_clean("cwd", &self.cwd)?;
         if let HostPath::Host(p) = self.host_path(&self.cwd)
             && !p.is_dir()

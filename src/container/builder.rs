@@ -213,30 +213,11 @@ impl NamespaceContainerBuilder {
     /// [`SandboxError::Io`] when the state root cannot be created.
     pub async fn build(self) -> Result<NamespaceContainer, SandboxError> {
         raise_fd_limit();
-        let base = self.state_base.unwrap_or_else(StateDirs::default_base);
-        if !base.is_absolute() {
-            return Err(SandboxError::invalid(
-                "state_dir",
-                format!(
-                    "{} is not absolute (runtimes store paths as given)",
-                    base.display()
-                ),
-            ));
-        }
-        if self.userns_base == 0 || self.userns_base.checked_add(USERNS_SIZE).is_none() {
-            return Err(SandboxError::invalid(
-                "user_namespace_base",
-                format!("{} leaves no room for 65536 ids above 0", self.userns_base),
-            ));
-        }
-        let identity = HostIdentity::current(self.userns_base);
-        if identity.is_rootless() && self.runtime == OciRuntime::Crun {
-            return Err(SandboxError::invalid(
-                "runtime",
-                "crun needs root here: it refuses hybrid cgroups, and the mount namespace that \
-                 hides them needs CAP_SYS_ADMIN; use runc or runsc rootless",
-            ));
-        }
+        let base = self
+            .state_base
+            .clone()
+            .unwrap_or_else(StateDirs::default_base);
+        let identity = self.checked_identity(&base)?;
         let binary = locate(self.runtime, self.binary).await?;
         let dirs = StateDirs::new(&base, self.runtime, identity);
         let prepared = dirs.clone();
@@ -275,23 +256,8 @@ impl NamespaceContainerBuilder {
             gvisor_platform,
             mount_ns,
         };
-        let swept = sweep(&cli, &dirs).await?;
-        if !swept.is_empty() {
-            tracing::info!(runtime = %cli.kind, count = swept.len(), "swept leftover containers");
-        }
         let capture_dir = self.capture_dir.unwrap_or_else(std::env::temp_dir);
-        let captures = capture_dir.clone();
-        let swept_captures = tokio::task::spawn_blocking(move || {
-            crate::host::state::sweep_capture_dirs_blocking(&captures)
-        })
-        .await
-        .unwrap_or(0);
-        if swept_captures > 0 {
-            tracing::info!(
-                count = swept_captures,
-                "swept capture dirs left by dead processes"
-            );
-        }
+        sweep_leftovers(&cli, &dirs, &capture_dir).await?;
         Ok(NamespaceContainer {
             inner: Arc::new(Inner {
                 cli,
@@ -305,6 +271,34 @@ impl NamespaceContainerBuilder {
                 launcher_installed: tokio::sync::OnceCell::new(),
             }),
         })
+    }
+
+    /// The identity the containers get, once the settings are checked.
+    fn checked_identity(&self, base: &std::path::Path) -> Result<HostIdentity, SandboxError> {
+        if !base.is_absolute() {
+            return Err(SandboxError::invalid(
+                "state_dir",
+                format!(
+                    "{} is not absolute (runtimes store paths as given)",
+                    base.display()
+                ),
+            ));
+        }
+        if self.userns_base == 0 || self.userns_base.checked_add(USERNS_SIZE).is_none() {
+            return Err(SandboxError::invalid(
+                "user_namespace_base",
+                format!("{} leaves no room for 65536 ids above 0", self.userns_base),
+            ));
+        }
+        let identity = HostIdentity::current(self.userns_base);
+        if identity.is_rootless() && self.runtime == OciRuntime::Crun {
+            return Err(SandboxError::invalid(
+                "runtime",
+                "crun needs root here: it refuses hybrid cgroups, and the mount namespace that \
+                 hides them needs CAP_SYS_ADMIN; use runc or runsc rootless",
+            ));
+        }
+        Ok(identity)
     }
 }
 
@@ -322,4 +316,30 @@ fn raise_fd_limit() {
             let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
         }
     });
+}
+
+/// Removes what dead processes left: their containers (through the runtime CLI) and their
+/// capture dirs.
+async fn sweep_leftovers(
+    cli: &RuntimeCli,
+    dirs: &StateDirs,
+    capture_dir: &std::path::Path,
+) -> Result<(), SandboxError> {
+    let swept = sweep(cli, dirs).await?;
+    if !swept.is_empty() {
+        tracing::info!(runtime = %cli.kind, count = swept.len(), "swept leftover containers");
+    }
+    let captures = capture_dir.to_path_buf();
+    let swept_captures = tokio::task::spawn_blocking(move || {
+        crate::host::state::sweep_capture_dirs_blocking(&captures)
+    })
+    .await
+    .unwrap_or(0);
+    if swept_captures > 0 {
+        tracing::info!(
+            count = swept_captures,
+            "swept capture dirs left by dead processes"
+        );
+    }
+    Ok(())
 }

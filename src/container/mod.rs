@@ -27,9 +27,9 @@ use crate::spec::identity::HostIdentity;
 /// # async fn demo() -> Result<(), oci_sandbox::SandboxError> {
 /// use oci_sandbox::{NamespaceContainer, SandboxConfig};
 ///
-/// let sandbox = NamespaceContainer::new().await?;
+/// let runtime = NamespaceContainer::new().await?;
 /// let config = NamespaceContainer::build_config(&SandboxConfig::default(), "echo", vec!["hi".into()]);
-/// let output = sandbox.spawn(&config).await?.wait_with_output().await?;
+/// let output = runtime.spawn(&config).await?.wait_with_output().await?;
 /// assert_eq!(output.stdout, b"hi\n");
 /// # Ok(()) }
 /// ```
@@ -200,9 +200,9 @@ impl NamespaceContainer {
     /// use futures::StreamExt;
     /// use oci_sandbox::{NamespaceContainer, OutputMode, SandboxConfig};
     ///
-    /// let sandbox = NamespaceContainer::new().await?;
+    /// let runtime = NamespaceContainer::new().await?;
     /// let config = NamespaceContainer::build_config(&SandboxConfig::default(), "sh", vec!["-c".into(), "echo out; echo err >&2".into()]);
-    /// let capture = sandbox.spawn_captured(&config, OutputMode::Combined).await?;
+    /// let capture = runtime.spawn_captured(&config, OutputMode::Combined).await?;
     /// let mut stream = capture.output.stdout_stream();
     /// while let Some(chunk) = stream.next().await {
     ///     print!("{}", String::from_utf8_lossy(&chunk.expect("read")));

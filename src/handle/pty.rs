@@ -144,8 +144,8 @@ macro_rules! impl_pty_io {
 /// use tokio::io::{AsyncReadExt, AsyncWriteExt};
 /// use oci_sandbox::{NamespaceContainer, SandboxConfig};
 ///
-/// let sandbox = NamespaceContainer::new().await?;
-/// let mut pty = sandbox.spawn_interactive(&NamespaceContainer::build_config(&SandboxConfig::default(), "sh", vec![])).await?;
+/// let runtime = NamespaceContainer::new().await?;
+/// let mut pty = runtime.spawn_interactive(&NamespaceContainer::build_config(&SandboxConfig::default(), "sh", vec![])).await?;
 /// pty.resize(120, 40)?;
 /// pty.write_all(b"echo $((6*7)); exit 3\n").await?;
 /// let mut screen = Vec::new();

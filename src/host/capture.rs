@@ -135,13 +135,6 @@ fn tail(
     shared: Arc<Shared>,
     path: Option<PathBuf>,
 ) -> impl Stream<Item = io::Result<Bytes>> + Send + Unpin + 'static {
-    struct Tail {
-        shared: Arc<Shared>,
-        path: Option<PathBuf>,
-        file: Option<Arc<File>>,
-        offset: u64,
-        state: watch::Receiver<CaptureState>,
-    }
     let state = shared.state.clone();
     let init = Tail {
         shared,
@@ -151,64 +144,26 @@ fn tail(
         state,
     };
     let stream = futures::stream::unfold(init, |mut t| async move {
-        let path = t.path.clone()?;
+        t.path.as_ref()?;
         loop {
             let seen = *t.state.borrow_and_update();
-            {
-                let file = match &t.file {
-                    Some(f) => f.clone(),
-                    None => match tokio::fs::File::open(&path).await {
-                        Ok(f) => {
-                            let f = Arc::new(f.into_std().await);
-                            t.file = Some(f.clone());
-                            f
-                        }
-                        Err(e) => {
-                            t.path = None; // an error ends the stream
-                            return Some((Err(e), t));
-                        }
-                    },
-                };
-                let max = match t.shared.limit {
-                    Some(limit) if t.offset >= limit => 0,
-                    Some(limit) => usize::try_from(limit - t.offset)
-                        .unwrap_or(CHUNK)
-                        .min(CHUNK),
-                    None => CHUNK,
-                };
-                if max > 0 {
-                    let offset = t.offset;
-                    let read = tokio::task::spawn_blocking(move || {
-                        let mut buf = vec![0u8; max];
-                        let n = file.read_at(&mut buf, offset)?;
-                        buf.truncate(n);
-                        Ok::<_, io::Error>(buf)
-                    })
-                    .await
-                    .unwrap_or_else(|e| Err(io::Error::other(e)));
-                    match read {
-                        Ok(buf) if !buf.is_empty() => {
-                            t.offset += buf.len() as u64;
-                            return Some((Ok(Bytes::from(buf)), t));
-                        }
-                        Ok(_) => {}
-                        Err(e) => {
-                            t.path = None;
-                            return Some((Err(e), t));
-                        }
-                    }
+            match t.read_chunk().await {
+                Some(Ok(bytes)) => return Some((Ok(bytes), t)),
+                Some(Err(e)) => {
+                    t.path = None; // an error ends the stream
+                    return Some((Err(e), t));
                 }
-                // Drained. `seen` was read before the read: if the process had ended by then,
-                // nothing more can come.
-                if seen.ended {
-                    return None;
-                }
+                None => {}
+            }
+            // Drained. `seen` was read before the read: if the process had ended by then,
+            // nothing more can come.
+            if seen.ended {
+                return None;
             }
             if t.state.changed().await.is_err() {
                 // The supervisor is gone without saying "ended" (runtime shut down): drain
                 // what is there and stop.
-                let last = *t.state.borrow();
-                if last.ended {
+                if t.state.borrow().ended {
                     continue;
                 }
                 return None;
@@ -217,6 +172,60 @@ fn tail(
     });
     // Boxed so that the stream is `Unpin`: callers can use `.next()` on it directly.
     Box::pin(futures::StreamExt::fuse(stream))
+}
+
+/// One stream's position in one capture file.
+struct Tail {
+    shared: Arc<Shared>,
+    path: Option<PathBuf>,
+    file: Option<Arc<File>>,
+    offset: u64,
+    state: watch::Receiver<CaptureState>,
+}
+
+impl Tail {
+    /// The next chunk past `offset` (within the output limit), `None` when there is none
+    /// yet. The file is opened on the first call.
+    async fn read_chunk(&mut self) -> Option<io::Result<Bytes>> {
+        let file = match &self.file {
+            Some(f) => f.clone(),
+            None => {
+                let path = self.path.as_ref()?;
+                match tokio::fs::File::open(path).await {
+                    Ok(f) => {
+                        let f = Arc::new(f.into_std().await);
+                        self.file = Some(f.clone());
+                        f
+                    }
+                    Err(e) => return Some(Err(e)),
+                }
+            }
+        };
+        let max = match self.shared.limit {
+            Some(limit) if self.offset >= limit => return None,
+            Some(limit) => usize::try_from(limit - self.offset)
+                .unwrap_or(CHUNK)
+                .min(CHUNK),
+            None => CHUNK,
+        };
+        let offset = self.offset;
+        let read = tokio::task::spawn_blocking(move || {
+            let mut buf = vec![0u8; max];
+            let n = file.read_at(&mut buf, offset)?;
+            buf.truncate(n);
+            Ok::<_, io::Error>(buf)
+        })
+        .await
+        .unwrap_or_else(|e| Err(io::Error::other(e)));
+        match read {
+            Ok(buf) if buf.is_empty() => None,
+            Ok(buf) => {
+                self.offset += buf.len() as u64;
+                Some(Ok(Bytes::from(buf)))
+            }
+            Err(e) => Some(Err(e)),
+        }
+    }
 }
 
 /// The capture files, opened for the runtime, plus what the supervisor needs to watch them.
@@ -239,36 +248,13 @@ impl CaptureFiles {
             .prefix(&crate::host::state::capture_dir_prefix(id))
             .tempdir_in(parent)
             .map_err(|e| SandboxError::io("creating the capture directory", parent, e))?;
-        let open = |name: &str| {
-            let path = dir.path().join(name);
-            std::fs::OpenOptions::new()
-                .create_new(true)
-                .append(true)
-                .read(true)
-                .open(&path)
-                .map(|f| (path.clone(), f))
-                .map_err(|e| SandboxError::io("creating a capture file", path, e))
-        };
+        let (stdout_path, stdout, stderr_path, stderr) = open_files(dir.path(), mode)?;
         // Without an inotify instance (the user's quota is spent), streams poll the sizes.
         let inotify = Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC)
             .inspect_err(|e| {
                 tracing::warn!(%e, "no inotify instance for a capture; its streams poll instead");
             })
             .ok();
-        let (stdout_path, stdout, stderr_path, stderr) = match mode {
-            OutputMode::Separate => {
-                let (op, of) = open("stdout")?;
-                let (ep, ef) = open("stderr")?;
-                (op, of, Some(ep), ef)
-            }
-            OutputMode::Combined => {
-                let (p, f) = open("output")?;
-                let dup = f
-                    .try_clone()
-                    .map_err(|e| SandboxError::io("duplicating the capture file", &p, e))?;
-                (p, f, None, dup)
-            }
-        };
         let watch_err =
             |p: &Path, e: nix::Error| SandboxError::io("watching the capture files", p, e.into());
         if let Some(inotify) = &inotify {
@@ -323,6 +309,38 @@ impl CaptureFiles {
             },
         })
     }
+}
+
+/// Creates the capture files in `dir`: `stdout` and `stderr`, or one `output` file (with a
+/// second fd for stderr) when combined. Returns their paths and write ends. Blocking.
+fn open_files(
+    dir: &Path,
+    mode: OutputMode,
+) -> Result<(PathBuf, File, Option<PathBuf>, File), SandboxError> {
+    let open = |name: &str| {
+        let path = dir.join(name);
+        std::fs::OpenOptions::new()
+            .create_new(true)
+            .append(true)
+            .read(true)
+            .open(&path)
+            .map(|f| (path.clone(), f))
+            .map_err(|e| SandboxError::io("creating a capture file", path, e))
+    };
+    Ok(match mode {
+        OutputMode::Separate => {
+            let (op, of) = open("stdout")?;
+            let (ep, ef) = open("stderr")?;
+            (op, of, Some(ep), ef)
+        }
+        OutputMode::Combined => {
+            let (p, f) = open("output")?;
+            let dup = f
+                .try_clone()
+                .map_err(|e| SandboxError::io("duplicating the capture file", &p, e))?;
+            (p, f, None, dup)
+        }
+    })
 }
 
 /// How often streams look at the files when there is no inotify instance.

@@ -107,16 +107,7 @@ fn process(
     args.push(config.command.clone());
     args.extend(config.args.iter().cloned());
 
-    let caps: HashSet<Capability> = config
-        .security
-        .capabilities
-        .iter()
-        .map(|c| {
-            c.parse::<Capability>().map_err(|_| {
-                SandboxError::invalid("security.capabilities", format!("unknown capability {c:?}"))
-            })
-        })
-        .collect::<Result<_, _>>()?;
+    let caps: HashSet<Capability> = config.security.capability_set()?;
     let capabilities = LinuxCapabilitiesBuilder::default()
         .bounding(caps.clone())
         .effective(caps.clone())
@@ -285,9 +276,7 @@ fn resources(
     runtime: OciRuntime,
 ) -> Result<LinuxResourcesBuilder, SandboxError> {
     let mut resources = LinuxResourcesBuilder::default();
-    if let Some(bytes) = config.limits.memory {
-        let bytes = i64::try_from(bytes)
-            .map_err(|_| SandboxError::invalid("limits.memory", "too large"))?;
+    if let Some(bytes) = config.limits.memory_bytes()? {
         resources = resources.memory(
             LinuxMemoryBuilder::default()
                 .limit(bytes)
@@ -295,13 +284,8 @@ fn resources(
                 .build()?,
         );
     }
-    if let Some(millicores) = config.limits.cpu_millicores {
-        if millicores == 0 {
-            return Err(SandboxError::invalid(
-                "limits.cpu_millicores",
-                "must be more than 0",
-            ));
-        }
+    // Checked by the config's validation: more than 0.
+    if let Some(millicores) = config.limits.cpu_millicores.filter(|m| *m > 0) {
         resources = resources.cpu(
             LinuxCpuBuilder::default()
                 .period(CPU_PERIOD_US)
