@@ -221,3 +221,7 @@ pub(crate) fn start_failure(command: &str, cwd: &std::path::Path, errno: i32) ->
         }
     }
 }
+
+#[cfg(test)]
+#[path = "exec_tests.rs"]
+mod tests;
