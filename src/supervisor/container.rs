@@ -205,7 +205,9 @@ async fn supervise_container(
     let attached = matches!(start_mode, StartMode::Attached { .. });
     let end = start_phase(&mut runtime, start_mode, start_deadline, &mut control).await;
     // A foreground runtime runs as long as its container; a detached one has exited.
-    let runtime_running = attached && !matches!(end, StartEnd::Exited(..));
+    // (Detached, a runtime that has not exited hangs or was stopped: it is killed below
+    // before the teardown, so that it cannot go on creating the container after it.)
+    let runtime_running = !matches!(end, StartEnd::Exited(..));
     let init = match open_started(end, attached, &teardown, start_deadline).await {
         Ok(init) => init,
         Err(e) => {
@@ -309,12 +311,17 @@ async fn open_started(
                 source,
             })
         }
-        StartEnd::Init(None) | StartEnd::TimedOut | StartEnd::Stopped => {
-            Err(SandboxError::Timeout {
-                what: format!("{} run", teardown.cli.kind),
-                after: start_deadline,
-            })
-        }
+        StartEnd::TimedOut => Err(SandboxError::Timeout {
+            what: format!("{} run", teardown.cli.kind),
+            after: start_deadline,
+        }),
+        StartEnd::Init(None) | StartEnd::Stopped => Err(SandboxError::Process {
+            context: "starting the container",
+            source: std::io::Error::new(
+                std::io::ErrorKind::Interrupted,
+                "stopped before it had started (killed, or its launch abandoned)",
+            ),
+        }),
     }
 }
 
