@@ -122,3 +122,38 @@ pub struct Output {
     /// Everything it wrote to stderr (empty unless stderr was piped).
     pub stderr: Vec<u8>,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses_say_how_the_process_ended() {
+        assert_eq!(ExitStatus::exited(0).to_string(), "exit code 0");
+        assert!(ExitStatus::exited(0).success());
+        assert!(!ExitStatus::exited(137).success());
+        assert_eq!(ExitStatus::exited(137).code(), Some(137));
+        assert_eq!(ExitStatus::exited(137).signal(), None);
+        assert_eq!(ExitStatus::signaled(9).to_string(), "killed by SIGKILL");
+        assert_eq!(
+            ExitStatus::signaled(200).to_string(),
+            "killed by signal 200"
+        );
+        assert_eq!(
+            ExitStatus::killed_by_timeout().to_string(),
+            "timed out (killed)"
+        );
+        assert_eq!(
+            ExitStatus::killed_by_output_limit().to_string(),
+            "output limit exceeded (killed)"
+        );
+        let oom = ExitStatus::signaled(9).with_oom_killed(true);
+        assert!(oom.oom_killed());
+        assert_eq!(oom.to_string(), "out of memory (killed)");
+        // A code with an OOM kill of a child reads as the code.
+        assert_eq!(
+            ExitStatus::exited(1).with_oom_killed(true).to_string(),
+            "exit code 1"
+        );
+    }
+}

@@ -36,3 +36,34 @@ pub(crate) fn is_executable(path: &std::path::Path) -> bool {
     use std::os::unix::fs::PermissionsExt;
     std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn blocking_returns_the_result_and_a_panic_becomes_a_typed_error() {
+        assert_eq!(blocking("adding", || Ok(2 + 2)).await.unwrap(), 4);
+        let err = blocking::<(), _>("panicking", || panic!("boom"))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                crate::error::SandboxError::Process {
+                    context: "panicking",
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+    }
+
+    #[test]
+    fn only_executable_regular_files_are_executable() {
+        assert!(is_executable(std::path::Path::new("/bin/sh")));
+        assert!(!is_executable(std::path::Path::new("/etc/passwd")));
+        assert!(!is_executable(std::path::Path::new("/usr/bin")));
+        assert!(!is_executable(std::path::Path::new("/no/such/file")));
+    }
+}
