@@ -391,8 +391,18 @@ impl Sandbox {
             slot,
             container_end: self.inner.one_shot.then(|| {
                 let sandbox = self.clone();
-                Box::pin(async move { sandbox.end().await })
-                    as futures::future::BoxFuture<'static, ()>
+                Box::new(move |want_oom: bool| {
+                    Box::pin(async move {
+                        sandbox.end().await;
+                        want_oom
+                            && sandbox
+                                .inner
+                                .container
+                                .wait()
+                                .await
+                                .is_ok_and(|s| s.oom_killed())
+                    }) as futures::future::BoxFuture<'static, bool>
+                }) as crate::supervisor::exec::ContainerEnd
             }),
         };
         self.inner

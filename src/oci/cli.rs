@@ -332,9 +332,24 @@ impl RuntimeCli {
         struct Entry {
             id: String,
         }
-        let out = self
-            .call(ContainerFlags::default(), Sub::List, SHORT_CALL_DEADLINE)
-            .await?;
+        // `runc list` reads the state dir's entries, then stats each: a container removed in
+        // between (the library removes a finished container's state itself, and so do other
+        // processes sharing the root) fails the whole call with ENOENT. Such a list is
+        // retried: the next one no longer sees that container.
+        let mut attempts = 0;
+        let out = loop {
+            match self
+                .call(ContainerFlags::default(), Sub::List, SHORT_CALL_DEADLINE)
+                .await
+            {
+                Err(SandboxError::Runtime { message, .. })
+                    if attempts < 5 && is_not_found(&message) =>
+                {
+                    attempts += 1;
+                }
+                other => break other?,
+            }
+        };
         let text = String::from_utf8_lossy(&out);
         let text = text.trim();
         if text.is_empty() || text == "null" {

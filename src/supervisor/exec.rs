@@ -71,8 +71,13 @@ pub(crate) struct ExecSupervision {
     pub slot: tokio::sync::OwnedSemaphorePermit,
     /// For a spawn's command: ends its container (the command's end is the container's),
     /// awaited before the capture is finished and the outcome published.
-    pub container_end: Option<BoxFuture<'static, ()>>,
+    pub container_end: Option<ContainerEnd>,
 }
+
+/// Ends a spawn's container; asked (`true`), it also says whether the OOM killer killed
+/// anything in it, as the container's supervisor read it before removing the cgroups (when
+/// the sandbox died first, a read of the exec's own can come after that removal).
+pub(crate) type ContainerEnd = Box<dyn FnOnce(bool) -> BoxFuture<'static, bool> + Send>;
 
 /// Watches the command to its end: enforces the timeout and the output limit, obeys kill and
 /// signal requests; dropping the handle drops the channel, and the launcher kills the
@@ -83,22 +88,21 @@ pub(crate) async fn supervise(mut s: ExecSupervision) {
         tracing::debug!("the handle went away: the command is killed");
         return;
     };
-    let result = status_of(
-        ended_by,
-        end,
-        &s.sandbox_id,
-        s.oom_before,
-        s.container_end.is_some(),
-    )
-    .await;
+    // The OOM count is read while the container still runs (crun in the foreground removes
+    // its cgroups as soon as its init exits); a spawn's container, when it died first, says
+    // what its supervisor read before removing them.
+    let maybe_oom = could_be_oom(ended_by, &end);
+    let mut oom = maybe_oom && crate::host::cgroup::oom_kills(&s.sandbox_id).await > s.oom_before;
+    let one_shot = s.container_end.is_some();
+    // A spawn's container ends with its command: once its init is gone, so is every process
+    // that could still write to the capture files.
+    if let Some(end_container) = s.container_end.take() {
+        oom |= end_container(maybe_oom && !oom).await;
+    }
+    let result = status_of(ended_by, end, &s.sandbox_id, oom, one_shot);
     match &result {
         Ok(status) => tracing::debug!(%status, ran_ms = crate::sys::ms_since(begun), "ended"),
         Err(err) => tracing::debug!(%err, "ended without a status"),
-    }
-    // A spawn's container ends with its command: once its init is gone, so is every process
-    // that could still write to the capture files.
-    if let Some(end) = s.container_end.take() {
-        end.await;
     }
     if let Some(capture) = s.capture.take() {
         capture
@@ -158,32 +162,33 @@ async fn watch_command(
     }
 }
 
-/// The command's status from how it ended. `one_shot`: a spawn's command, which dies with its
-/// container.
-async fn status_of(
+/// Whether an end could be the OOM killer's: a SIGKILL, a failure, or no status at all (the
+/// sandbox died), and nothing of ours ended it.
+fn could_be_oom(ended_by: Option<EndedBy>, end: &std::io::Result<Option<ExitStatus>>) -> bool {
+    ended_by.is_none()
+        && match end {
+            Ok(Some(status)) => status.signal() == Some(libc::SIGKILL) || !status.success(),
+            Ok(None) => true,
+            Err(_) => false,
+        }
+}
+
+/// The command's status from how it ended; `oom`: the OOM killer struck since it started;
+/// `one_shot`: a spawn's command, which dies with its container.
+fn status_of(
     ended_by: Option<EndedBy>,
     end: std::io::Result<Option<ExitStatus>>,
     sandbox_id: &str,
-    oom_before: u64,
+    oom: bool,
     one_shot: bool,
 ) -> Result<ExitStatus, SandboxError> {
-    let oom_since_start = async { crate::host::cgroup::oom_kills(sandbox_id).await > oom_before };
     match (ended_by, end) {
         // Killed on our side: the status is ours to give, whether or not the launcher said.
         (Some(e), Ok(Some(_)) | Err(_)) => Ok(status_for(Some(e))),
-        (None, Ok(Some(status))) => {
-            let oom = if status.signal() == Some(libc::SIGKILL) || !status.success() {
-                oom_since_start.await
-            } else {
-                false
-            };
-            Ok(status.with_oom_killed(oom))
-        }
+        (None, Ok(Some(status))) => Ok(status.with_oom_killed(oom)),
         // The launcher closed the channel without a status: it died with the sandbox
         // (killed from outside, or by the OOM killer). A spawn's command died with it.
-        (_, Ok(None)) if one_shot => {
-            Ok(ExitStatus::signaled(libc::SIGKILL).with_oom_killed(oom_since_start.await))
-        }
+        (_, Ok(None)) if one_shot => Ok(ExitStatus::signaled(libc::SIGKILL).with_oom_killed(oom)),
         (_, Ok(None)) => Err(SandboxError::SandboxEnded {
             id: sandbox_id.to_owned(),
             status: None,

@@ -58,6 +58,21 @@ struct Harness {
 }
 
 fn start(timeout: Option<Duration>, obeys_kill: bool, one_shot: bool) -> Harness {
+    start_with(
+        timeout,
+        obeys_kill,
+        one_shot.then(|| {
+            Box::new(|_want_oom: bool| Box::pin(async { false }) as BoxFuture<'static, bool>)
+                as ContainerEnd
+        }),
+    )
+}
+
+fn start_with(
+    timeout: Option<Duration>,
+    obeys_kill: bool,
+    container_end: Option<ContainerEnd>,
+) -> Harness {
     let (end_tx, end_rx) = oneshot::channel();
     let signals = Arc::new(Mutex::new(Vec::new()));
     let resizes = Arc::new(Mutex::new(Vec::new()));
@@ -83,7 +98,7 @@ fn start(timeout: Option<Duration>, obeys_kill: bool, one_shot: bool) -> Harness
         capture: None,
         oom_before: 0,
         slot,
-        container_end: one_shot.then(|| Box::pin(async {}) as BoxFuture<'static, ()>),
+        container_end,
     };
     Harness {
         end: Some(end_tx),
@@ -210,4 +225,35 @@ async fn a_channel_closed_without_a_status_is_the_sandbox_s_end_or_a_spawn_s_kil
     let mut h = start(None, true, true);
     h.end.take().unwrap().send(None).unwrap();
     assert_eq!(h.outcome().await.unwrap().signal(), Some(libc::SIGKILL));
+}
+
+/// A spawn's container that was OOM-killed, and records whether it was asked.
+fn oom_killed_container(asked: Arc<Mutex<Option<bool>>>) -> Option<ContainerEnd> {
+    Some(Box::new(move |want_oom: bool| {
+        *asked.lock().unwrap() = Some(want_oom);
+        Box::pin(async move { want_oom }) as BoxFuture<'static, bool>
+    }))
+}
+
+#[tokio::test]
+async fn a_spawn_s_oom_kill_comes_from_its_container_s_supervisor() {
+    // The sandbox died (no status): asked, the container says the OOM killer struck.
+    let asked = Arc::new(Mutex::new(None));
+    let mut h = start_with(None, true, oom_killed_container(asked.clone()));
+    h.end.take().unwrap().send(None).unwrap();
+    let status = h.outcome().await.unwrap();
+    assert!(status.oom_killed(), "{status}");
+    assert_eq!(status.signal(), Some(libc::SIGKILL));
+    assert_eq!(*asked.lock().unwrap(), Some(true));
+
+    // A success is nobody's OOM kill: the container is not asked.
+    let asked = Arc::new(Mutex::new(None));
+    let mut h = start_with(None, true, oom_killed_container(asked.clone()));
+    h.end
+        .take()
+        .unwrap()
+        .send(Some(ExitStatus::exited(0)))
+        .unwrap();
+    assert!(!h.outcome().await.unwrap().oom_killed());
+    assert_eq!(*asked.lock().unwrap(), Some(false));
 }
