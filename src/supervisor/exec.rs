@@ -97,7 +97,10 @@ pub(crate) async fn supervise(mut s: ExecSupervision) {
     // A spawn's container ends with its command: once its init is gone, so is every process
     // that could still write to the capture files.
     if let Some(end_container) = s.container_end.take() {
-        oom |= end_container(maybe_oom && !oom).await;
+        // Only a launcher that died without a status can have taken the container (and its
+        // cgroups) with it before the read above; a reported status means it still ran.
+        let ask = maybe_oom && !oom && matches!(end, Ok(None));
+        oom |= end_container(ask).await;
     }
     let result = status_of(ended_by, end, &s.sandbox_id, oom, one_shot);
     match &result {

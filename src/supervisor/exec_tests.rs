@@ -257,3 +257,17 @@ async fn a_spawn_s_oom_kill_comes_from_its_container_s_supervisor() {
     assert!(!h.outcome().await.unwrap().oom_killed());
     assert_eq!(*asked.lock().unwrap(), Some(false));
 }
+
+#[tokio::test]
+async fn a_spawn_s_container_is_asked_only_when_its_launcher_died() {
+    // A reported failure: the container still ran when the count was read.
+    let asked = Arc::new(Mutex::new(None));
+    let mut h = start_with(None, true, oom_killed_container(asked.clone()));
+    h.end
+        .take()
+        .unwrap()
+        .send(Some(ExitStatus::signaled(libc::SIGKILL)))
+        .unwrap();
+    assert!(!h.outcome().await.unwrap().oom_killed());
+    assert_eq!(*asked.lock().unwrap(), Some(false));
+}
