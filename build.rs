@@ -20,10 +20,20 @@ fn main() {
     };
     // Static, so that it runs whatever the container's /usr holds; dynamic if this toolchain
     // has no static libc.
-    if !compile(&["-static"]) && !compile(&[]) {
-        panic!(
-            "compiling the in-container launcher (launcher/launcher.c) failed: a C compiler \
-             is needed (Debian: apt-get install gcc libc6-dev)"
-        );
+    if compile(&["-static"]) {
+        return;
     }
+    if compile(&[]) {
+        // It then needs the container's /usr to hold a libc like the host's: a custom root
+        // without one fails every command with only "exit code 1".
+        println!(
+            "cargo::warning=the in-container launcher is linked dynamically (no static libc: \
+             Debian's libc6-dev has one); containers whose /usr lacks the host's libc cannot run it"
+        );
+        return;
+    }
+    panic!(
+        "compiling the in-container launcher (launcher/launcher.c) failed: a C compiler is \
+         needed (Debian: apt-get install gcc libc6-dev)"
+    );
 }

@@ -129,6 +129,16 @@ pub enum SandboxError {
         status: Option<crate::ExitStatus>,
     },
 
+    /// A long-lived [`Sandbox`](crate::Sandbox) was closed ([`Sandbox::close`]), by this
+    /// handle or a clone of it.
+    ///
+    /// [`Sandbox::close`]: crate::Sandbox::close
+    #[error("sandbox {id} is closed")]
+    SandboxClosed {
+        /// The sandbox's container id.
+        id: String,
+    },
+
     /// A long-lived [`Sandbox`](crate::Sandbox) already runs as many commands as it may at
     /// once; retry when one has ended.
     #[error("sandbox {id} already runs {limit} commands at once")]
@@ -185,6 +195,7 @@ impl SandboxError {
                 id: id.clone(),
                 limit: *limit,
             },
+            SandboxError::SandboxClosed { id } => SandboxError::SandboxClosed { id: id.clone() },
             SandboxError::SandboxEnded { id, status } => SandboxError::SandboxEnded {
                 id: id.clone(),
                 status: *status,

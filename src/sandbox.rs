@@ -62,6 +62,8 @@ struct Inner {
     execs: AtomicU64,
     /// A spawn's container: its one command's end is the container's end.
     one_shot: bool,
+    /// [`Sandbox::close`] was called.
+    closed: std::sync::atomic::AtomicBool,
 }
 
 impl Sandbox {
@@ -82,6 +84,7 @@ impl Sandbox {
                 slots: Arc::new(Semaphore::new(MAX_CONCURRENT_EXECS)),
                 execs: AtomicU64::new(0),
                 one_shot,
+                closed: Default::default(),
             }),
         }
     }
@@ -97,8 +100,9 @@ impl Sandbox {
     }
 
     /// Kills every command in the sandbox and the sandbox itself, and waits until its
-    /// container is removed. Clones then report [`SandboxError::SandboxEnded`].
+    /// container is removed. Clones then report [`SandboxError::SandboxClosed`].
     pub async fn close(&self) {
+        self.inner.closed.store(true, Ordering::Release);
         self.inner.container.start_kill();
         self.inner.container.finished().await;
     }
@@ -376,6 +380,12 @@ impl Sandbox {
         slot: tokio::sync::OwnedSemaphorePermit,
     ) -> Supervised {
         let id = self.id().to_owned();
+        // An exec's own id; a spawn's command is its container's only one, and keeps its id.
+        let exec_id = if self.inner.one_shot {
+            id.clone()
+        } else {
+            format!("{id}-{}", self.inner.execs.fetch_add(1, Ordering::Relaxed))
+        };
         let (control_tx, control_rx) = mpsc::unbounded_channel();
         let (requests_tx, requests_rx) = mpsc::unbounded_channel();
         let (outcome_tx, outcome_rx) = watch::channel(None);
@@ -413,6 +423,7 @@ impl Sandbox {
             ));
         let container = &self.inner.container;
         Supervised::exec(
+            exec_id,
             id,
             container.cli.clone(),
             container.network,
@@ -475,6 +486,11 @@ impl Sandbox {
     }
 
     fn ended_error(&self) -> Option<SandboxError> {
+        if self.inner.closed.load(Ordering::Acquire) {
+            return Some(SandboxError::SandboxClosed {
+                id: self.id().to_owned(),
+            });
+        }
         let status = self.inner.container.try_wait();
         match status {
             Ok(None) => None,

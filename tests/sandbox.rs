@@ -55,7 +55,15 @@ async fn state_persists_across_execs(kind: OciRuntime) {
     assert!(status.success(), "{status}");
     assert_eq!(out, "remembered\n");
     let id = sandbox.id().to_owned();
+    let clone = sandbox.clone();
     sandbox.close().await;
+    // Closed, not "no longer running": for this handle and its clones.
+    for s in [&sandbox, &clone] {
+        match s.exec(&ExecConfig::shell("true")).await {
+            Err(SandboxError::SandboxClosed { id: closed }) => assert_eq!(closed, id),
+            other => panic!("expected SandboxClosed, got {other:?}"),
+        }
+    }
     t.assert_nothing_left(&[&id], None).await;
 }
 
@@ -357,7 +365,34 @@ async fn a_pool_hands_out_fresh_sandboxes_and_refills(kind: OciRuntime) {
     t.assert_nothing_left(&ids, None).await;
 }
 
+async fn each_exec_has_its_own_id(kind: OciRuntime) {
+    let t = TestSandbox::new(kind).await;
+    let sandbox = start(&t).await;
+    let a = sandbox
+        .exec_captured(&ExecConfig::shell("true"), OutputMode::Combined)
+        .await
+        .unwrap();
+    let mut b = sandbox.exec(&ExecConfig::shell("true")).await.unwrap();
+    assert_ne!(a.id(), b.id());
+    assert_ne!(a.id(), sandbox.id());
+    for (id, in_sandbox) in [(a.id(), a.sandbox_id()), (b.id(), b.sandbox_id())] {
+        assert_eq!(in_sandbox, sandbox.id());
+        assert!(id.starts_with(sandbox.id()), "{id}");
+    }
+    assert!(a.wait().await.unwrap().success());
+    assert!(b.wait().await.unwrap().success());
+    // A spawn's command keeps its container's id.
+    let mut p = t.sandbox.spawn(&t.config("true", &[])).await.unwrap();
+    assert_eq!(p.id(), p.sandbox_id());
+    p.wait().await.unwrap();
+    drop((a, b, p));
+    let id = sandbox.id().to_owned();
+    sandbox.close().await;
+    t.assert_nothing_left(&[&id], None).await;
+}
+
 on_every_runtime!(
+    each_exec_has_its_own_id,
     a_pool_hands_out_fresh_sandboxes_and_refills,
     state_persists_across_execs,
     env_cwd_exit_codes_and_stdin_are_per_exec,

@@ -15,6 +15,10 @@ use super::Stdio;
 /// let mut exec = ExecConfig::new("python3", vec!["-c".into(), "print(6*7)".into()]);
 /// exec.env.push(("DEBUG".into(), "1".into()));
 /// exec.timeout = Some(Duration::from_secs(5));
+///
+/// // A shell line, and the rest by default:
+/// let ls = ExecConfig { cwd: Some("/tmp".into()), ..ExecConfig::shell("ls -la | head -3") };
+/// assert_eq!(ls.args, ["-c", "ls -la | head -3"]);
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ExecConfig {
@@ -37,7 +41,20 @@ pub struct ExecConfig {
     pub stderr: Stdio,
 }
 
+impl Default for ExecConfig {
+    /// No command yet (an exec of it fails with `InvalidConfig`), piped stdio, the sandbox's
+    /// environment, directory and timeout.
+    fn default() -> Self {
+        ExecConfig::new("", Vec::new())
+    }
+}
+
 impl ExecConfig {
+    /// `sh -c <script>`: a shell line, with pipes, redirections and `&&`.
+    pub fn shell(script: impl Into<String>) -> Self {
+        ExecConfig::new("sh", vec!["-c".into(), script.into()])
+    }
+
     /// `command` with `args`, piped stdio, the sandbox's environment, directory and timeout.
     pub fn new(command: impl Into<String>, args: Vec<String>) -> Self {
         ExecConfig {

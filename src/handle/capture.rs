@@ -28,9 +28,15 @@ impl ProcessCapture {
         }
     }
 
-    /// The container's id.
+    /// This process's id, unique on this machine: a spawn's is its container's; a command
+    /// exec'd in a [`Sandbox`](crate::Sandbox) has its own (`<sandbox id>-<n>`).
     pub fn id(&self) -> &str {
         &self.inner.id
+    }
+
+    /// The id of the container it runs in: a spawn's own, or the sandbox's.
+    pub fn sandbox_id(&self) -> &str {
+        &self.inner.sandbox_id
     }
 
     crate::handle::process::supervised_handle_methods!();

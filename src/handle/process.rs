@@ -83,9 +83,15 @@ impl ContainerProcess {
         }
     }
 
-    /// The container's id (unique on this machine).
+    /// This process's id, unique on this machine: a spawn's is its container's; a command
+    /// exec'd in a [`Sandbox`](crate::Sandbox) has its own (`<sandbox id>-<n>`).
     pub fn id(&self) -> &str {
         &self.inner.id
+    }
+
+    /// The id of the container it runs in: a spawn's own, or the sandbox's.
+    pub fn sandbox_id(&self) -> &str {
+        &self.inner.sandbox_id
     }
 
     /// Waits for the process to end, and for its container to be removed.

@@ -174,9 +174,15 @@ impl PtySession {
         Ok(PtySession { pty, inner })
     }
 
-    /// The container's id.
+    /// This process's id, unique on this machine: a spawn's is its container's; a command
+    /// exec'd in a [`Sandbox`](crate::Sandbox) has its own (`<sandbox id>-<n>`).
     pub fn id(&self) -> &str {
         &self.inner.id
+    }
+
+    /// The id of the container it runs in: a spawn's own, or the sandbox's.
+    pub fn sandbox_id(&self) -> &str {
+        &self.inner.sandbox_id
     }
 
     /// Sets the terminal's size in columns and rows; the process gets `SIGWINCH`.

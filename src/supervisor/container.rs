@@ -417,6 +417,7 @@ impl Supervised {
             },
         )));
         let supervised = Supervised {
+            sandbox_id: id.clone(),
             id,
             control: control_tx,
             outcome: outcome_rx,

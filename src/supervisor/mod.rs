@@ -61,6 +61,8 @@ pub(crate) async fn sleep_until(deadline: Option<Instant>) {
 #[derive(Debug)]
 pub(crate) struct Supervised {
     pub id: String,
+    /// The container it runs in (the same as `id` for a container, or a spawn's command).
+    pub sandbox_id: String,
     control: mpsc::UnboundedSender<Control>,
     outcome: watch::Receiver<Outcome>,
     pub cli: RuntimeCli,
@@ -130,6 +132,7 @@ impl Supervised {
     /// container `id` (a sandbox).
     pub fn exec(
         id: String,
+        sandbox_id: String,
         cli: RuntimeCli,
         network: Network,
         control: mpsc::UnboundedSender<Control>,
@@ -138,6 +141,7 @@ impl Supervised {
     ) -> Self {
         Supervised {
             id,
+            sandbox_id,
             control,
             outcome,
             cli,
