@@ -30,8 +30,10 @@ pub struct ExecConfig {
     pub env: Vec<(String, String)>,
     /// The working directory; the sandbox's when `None`.
     pub cwd: Option<PathBuf>,
-    /// Wall-clock limit; the sandbox config's `timeout` when `None`. Past it, the command's
-    /// process group is killed (the sandbox lives on) and the status says timed out.
+    /// Wall-clock limit; the sandbox config's `timeout` when `None`, and no limit at all for
+    /// `Some(Duration::MAX)` (any duration is accepted: one too far out to be an instant is
+    /// none). Past it, the command and everything it started are killed (the sandbox lives
+    /// on) and the status says timed out.
     pub timeout: Option<Duration>,
     /// Standard input ([`exec`](crate::Sandbox::exec) only).
     pub stdin: Stdio,
