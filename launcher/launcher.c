@@ -652,7 +652,15 @@ static int start(void) {
         return 0;
     }
     if (relayed) {
+        /* SIGTERM (the command's end) can come before the relay has its handler: a short
+           command exits while a fork (slow under gVisor) is still under way. Blocked across
+           the fork, it stays pending until the relay waits for it, and the relay drains. */
+        sigset_t term, before;
+        sigemptyset(&term);
+        sigaddset(&term, SIGTERM);
+        sigprocmask(SIG_BLOCK, &term, &before);
         pid_t relayer = fork();
+        if (relayer != 0) sigprocmask(SIG_SETMASK, &before, NULL);
         if (relayer == 0) {
             /* Only the two ends stay open here, so that closing them elsewhere is seen. */
             close(control_fd);

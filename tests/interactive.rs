@@ -197,7 +197,31 @@ async fn ten_concurrent_sessions(kind: OciRuntime) {
     t.assert_nothing_left(&[], None).await;
 }
 
+/// A command that exits at once: its output still reaches the reader before end of file
+/// (under gVisor, the relay once died of its end signal before it could drain the terminal).
+async fn a_quick_command_s_output_comes_before_end_of_file(kind: OciRuntime) {
+    let t = TestSandbox::new(kind).await;
+    for round in 0..10 {
+        let marker = format!("quick-{round}");
+        let mut pty = t
+            .sandbox
+            .spawn_interactive(&t.config("echo", &[&marker]))
+            .await
+            .unwrap();
+        let mut screen = Vec::new();
+        tokio::time::timeout(Duration::from_secs(10), pty.read_to_end(&mut screen))
+            .await
+            .expect("no end of file within 10 s")
+            .unwrap();
+        let screen = String::from_utf8_lossy(&screen);
+        assert!(screen.contains(&marker), "round {round}: {screen:?}");
+        assert!(pty.wait().await.unwrap().success());
+    }
+    t.assert_nothing_left(&[], None).await;
+}
+
 on_every_runtime!(
+    a_quick_command_s_output_comes_before_end_of_file,
     a_shell_computes_and_exits_with_its_code,
     stty_size_reports_the_size_given_to_resize,
     ctrl_c_interrupts_a_sleep_in_the_shell,
