@@ -245,15 +245,22 @@ mod tests {
                 .bytes()
                 .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
         );
-        assert!(!id.contains(&std::process::id().to_string()));
         assert!(crate::config::validate_id(&id).is_ok());
         assert_ne!(new_id(), new_id());
     }
 
     #[test]
     fn capture_dirs_of_live_tokens_stay_and_of_dead_ones_go() {
+        // Named by a random token, not the pid (a pid's digits can occur in random hex: the
+        // name is checked by its structure).
         let prefix = capture_dir_prefix("osb-0123456789abcdef");
-        assert!(!prefix.contains(&std::process::id().to_string()));
+        let token = capture_token();
+        assert_eq!(
+            prefix,
+            format!("{CAPTURE_PREFIX}{token}-osb-0123456789abcdef-")
+        );
+        assert_eq!(token.len(), TOKEN_LEN);
+        assert!(token.bytes().all(|b| b.is_ascii_hexdigit()));
         assert!(capture_token_alive(capture_token()));
         let dead = random_token();
         assert!(!capture_token_alive(&dead));
