@@ -39,8 +39,37 @@ async fn stty_size_reports_the_size_given_to_resize(kind: OciRuntime) {
     pty.write_all(b"stty size\n").await.unwrap();
     read_until(&mut pty, "24 80").await;
     pty.resize(132, 43).unwrap();
-    pty.write_all(b"stty size\n").await.unwrap();
-    read_until(&mut pty, "43 132").await;
+    if kind != OciRuntime::Gvisor {
+        // Set before resize returns.
+        pty.write_all(b"stty size\n").await.unwrap();
+        read_until(&mut pty, "43 132").await;
+        return;
+    }
+    // Relayed (gVisor): the launcher sets it shortly after, unordered with the keystrokes
+    // (documented on `resize`); it must arrive within a second.
+    let deadline = Instant::now() + Duration::from_secs(1);
+    loop {
+        pty.write_all(b"stty size\n").await.unwrap();
+        let mut seen = Vec::new();
+        let mut buf = [0u8; 256];
+        let shown = loop {
+            let n = tokio::time::timeout(Duration::from_millis(200), pty.read(&mut buf)).await;
+            match n {
+                Ok(Ok(n)) if n > 0 => seen.extend_from_slice(&buf[..n]),
+                _ => break String::from_utf8_lossy(&seen).into_owned(),
+            }
+            if String::from_utf8_lossy(&seen).contains("# ") {
+                break String::from_utf8_lossy(&seen).into_owned();
+            }
+        };
+        if shown.contains("43 132") {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the size never arrived: {shown:?}"
+        );
+    }
 }
 
 async fn ctrl_c_interrupts_a_sleep_in_the_shell(kind: OciRuntime) {

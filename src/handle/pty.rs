@@ -186,6 +186,11 @@ impl PtySession {
     }
 
     /// Sets the terminal's size in columns and rows; the process gets `SIGWINCH`.
+    ///
+    /// On runc and crun the size is set before this returns. On gVisor the terminal is
+    /// relayed and the launcher sets it shortly after: not ordered with what is written
+    /// next (as an SSH window change is not), so a command typed at once may still see the
+    /// old size.
     pub fn resize(&self, cols: u16, rows: u16) -> io::Result<()> {
         resize(&self.pty, &self.inner, cols, rows)
     }
