@@ -202,13 +202,12 @@ async fn supervise_container(
         started,
         init_gone,
     } = channels;
-    let attached = matches!(start_mode, StartMode::Attached { .. });
     let end = start_phase(&mut runtime, start_mode, start_deadline, &mut control).await;
     // A foreground runtime runs as long as its container; a detached one has exited.
     // (Detached, a runtime that has not exited hangs or was stopped: it is killed below
     // before the teardown, so that it cannot go on creating the container after it.)
     let runtime_running = !matches!(end, StartEnd::Exited(..));
-    let init = match open_started(end, attached, &teardown, start_deadline).await {
+    let init = match open_started(end, &teardown, start_deadline).await {
         Ok(init) => init,
         Err(e) => {
             if runtime_running {
@@ -288,7 +287,6 @@ async fn start_phase(
 /// The started container's init, watched, or why there is none.
 async fn open_started(
     end: StartEnd,
-    attached: bool,
     teardown: &Teardown,
     start_deadline: Duration,
 ) -> Result<ProcessWatch, SandboxError> {
@@ -297,20 +295,12 @@ async fn open_started(
             open_init(&pid_file).await
         }
         // A foreground runtime that exits before its init's pid came: the container is gone.
-        StartEnd::Exited(Ok(status), _) => {
-            debug_assert!(attached || !status.success());
-            Err(runtime_failure(teardown, status).await)
-        }
+        StartEnd::Exited(Ok(status), _) => Err(runtime_failure(teardown, status).await),
         StartEnd::Exited(Err(e), _) => Err(SandboxError::Process {
             context: "waiting for the runtime",
             source: e,
         }),
-        StartEnd::Init(Some(pid)) => {
-            ProcessWatch::open(pid).map_err(|source| SandboxError::Process {
-                context: "opening a pidfd for the container's init",
-                source,
-            })
-        }
+        StartEnd::Init(Some(pid)) => watch_init(pid),
         StartEnd::TimedOut => Err(SandboxError::Timeout {
             what: format!("{} run", teardown.cli.kind),
             after: start_deadline,
@@ -366,6 +356,11 @@ async fn open_init(pid_file: &std::path::Path) -> Result<ProcessWatch, SandboxEr
             ),
         )
     })?;
+    watch_init(pid)
+}
+
+/// Opens the container's init (`pid`) for watching.
+fn watch_init(pid: i32) -> Result<ProcessWatch, SandboxError> {
     ProcessWatch::open(pid).map_err(|source| SandboxError::Process {
         context: "opening a pidfd for the container's init",
         source,
