@@ -6,6 +6,12 @@
 //! and a pooled sandbox's first exec (`SandboxPool::get` + exec). Prints medians and ratios
 //! to the cold spawn.
 //!
+//! A second group alternates an exec with the host's own spawn of `/bin/true` (tokio's
+//! `Command`), with nothing else running: the exec's cost on its own, as a ratio to the
+//! floor any process start pays on this machine. (Alternated with cold spawns, an exec also
+//! pays for the teardown the spawn before it left running: its runtime's state dir and
+//! cgroups are removed after its `wait()` returns.)
+//!
 //! `OSB_BENCH_RUNTIMES=runc,crun,runsc` picks the runtimes (default runc).
 
 use criterion::{Criterion, criterion_group, criterion_main};
@@ -91,9 +97,57 @@ fn exec_vs_cold_spawn(_c: &mut Criterion) {
     }
 }
 
+/// `/bin/true` spawned on the host with null stdio, to its exit: the floor.
+async fn host_true() {
+    let status = tokio::process::Command::new("/bin/true")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .await
+        .unwrap();
+    assert!(status.success());
+}
+
+fn exec_vs_host_spawn(_c: &mut Criterion) {
+    let rounds = raw_cli::rounds(300);
+    let rt = raw_cli::tokio_runtime();
+    for kind in raw_cli::runtimes() {
+        rt.block_on(async {
+            let runtime = NamespaceContainer::with_runtime(kind).await.unwrap();
+            let sandbox = runtime.start(&raw_cli::quiet_true()).await.unwrap();
+            let mut exec = ExecConfig::new("/bin/true", vec![]);
+            exec.stdin = oci_sandbox::Stdio::Null;
+            exec.stdout = oci_sandbox::Stdio::Null;
+            exec.stderr = oci_sandbox::Stdio::Null;
+            let (mut host_ms, mut exec_ms) = (Vec::new(), Vec::new());
+            for i in 0..rounds {
+                let exec_run = timed(async {
+                    let status = sandbox.exec(&exec).await.unwrap().wait().await.unwrap();
+                    assert!(status.success());
+                });
+                if i % 2 == 0 {
+                    host_ms.push(timed(host_true()).await);
+                    exec_ms.push(exec_run.await);
+                } else {
+                    exec_ms.push(exec_run.await);
+                    host_ms.push(timed(host_true()).await);
+                }
+            }
+            sandbox.close().await;
+            runtime.close().await;
+            let (h, e) = (median(&mut host_ms), median(&mut exec_ms));
+            println!(
+                "exec {kind} alone: /bin/true to exit, {rounds} rounds: host spawn {h:.3} ms, sandbox exec {e:.3} ms, ratio {:.3}",
+                e / h
+            );
+        });
+    }
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default();
-    targets = exec_vs_cold_spawn
+    targets = exec_vs_cold_spawn, exec_vs_host_spawn
 }
 criterion_main!(benches);

@@ -347,7 +347,10 @@ static void keep(pid_t cmd, int report) {
         }
         if (w < 0 && errno != EINTR) break;
     }
-    kill_descendants();
+    /* The command's orphans were made this keeper's children before its status could be
+       collected: no child left means nothing it started runs on, and /proc need not be read. */
+    pid_t left = waitpid(-1, NULL, WNOHANG);
+    if (!(left < 0 && errno == ECHILD)) kill_descendants();
     (void)!write(report, &status, sizeof status);
     _exit(0);
 }
