@@ -1,5 +1,6 @@
 //! What each part of the library's default spec costs a cold `run` of `/bin/true`: the raw
-//! runtime CLI runs the spec the library renders, whole and with one part removed at a time,
+//! runtime CLI runs the spec the library renders, whole, with one part removed at a time, or with
+//! one opt-in or former part added,
 //! and a minimal spec (the runtime's default mounts and `/usr`, no user namespace, seccomp,
 //! limits or masks) as the floor. Variants are run in rotation, so each round pays the same machine weather; the
 //! table is each variant's median over the whole spec's.
@@ -30,9 +31,33 @@ fn drop_mounts(spec: &mut Value, drop: impl Fn(&str, &Value) -> bool) {
     }
 }
 
-fn is_single_file_etc_bind(dest: &str, m: &Value) -> bool {
-    dest.starts_with("/etc/") && m["type"] == "bind"
+/// Appends `extra` to the spec's mounts.
+fn add_mounts(spec: &mut Value, extra: &[Value]) {
+    if let Some(mounts) = spec["mounts"].as_array_mut() {
+        mounts.extend(extra.iter().cloned());
+    }
 }
+
+/// The cgroupfs mount of `SandboxConfig::cgroup_view` (the OCI default mount).
+fn cgroup_mount() -> Value {
+    serde_json::json!({
+        "destination": "/sys/fs/cgroup", "type": "cgroup", "source": "cgroup",
+        "options": ["nosuid", "noexec", "nodev", "relatime", "ro"],
+    })
+}
+
+/// The host `/etc` entries that were bind-mounted into every container before they were
+/// copied into the shared rootfs.
+const OLD_ETC_BINDS: &[&str] = &[
+    "/etc/alternatives",
+    "/etc/ld.so.cache",
+    "/etc/localtime",
+    "/etc/ssl/certs",
+    "/etc/ca-certificates",
+    "/etc/mime.types",
+    "/etc/protocols",
+    "/etc/services",
+];
 
 const VARIANTS: &[Variant] = &[
     Variant {
@@ -40,12 +65,24 @@ const VARIANTS: &[Variant] = &[
         change: |_| {},
     },
     Variant {
-        name: "without the /sys/fs/cgroup mount",
-        change: |s| drop_mounts(s, |d, _| d == "/sys/fs/cgroup"),
+        name: "with the /sys/fs/cgroup mount (cgroup_view: true)",
+        change: |s| add_mounts(s, &[cgroup_mount()]),
     },
     Variant {
-        name: "without the /etc binds",
-        change: |s| drop_mounts(s, is_single_file_etc_bind),
+        name: "with the host /etc entries bound per container (before: copied once)",
+        change: |s| {
+            let binds: Vec<Value> = OLD_ETC_BINDS
+                .iter()
+                .filter(|p| Path::new(p).exists())
+                .map(|p| {
+                    serde_json::json!({
+                        "destination": p, "type": "bind", "source": p,
+                        "options": ["rbind", "ro", "nosuid", "nodev"],
+                    })
+                })
+                .collect();
+            add_mounts(s, &binds)
+        },
     },
     Variant {
         name: "without masked and read-only paths",

@@ -114,7 +114,60 @@ async fn capabilities_are_dropped_and_no_new_privileges_is_set(kind: OciRuntime)
     assert_eq!(out, want);
 }
 
+async fn host_etc_entries_are_copies_that_cannot_be_changed(kind: OciRuntime) {
+    let t = TestSandbox::new(kind).await;
+    let bundle = "/etc/ssl/certs/ca-certificates.crt";
+    let host = std::fs::read(bundle).expect("the host's CA bundle (ca-certificates)");
+    let out = t.output(&SandboxConfig::default(), &["cat", bundle]).await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.stdout == host,
+        "the container's CA bundle differs from the host's"
+    );
+    let script = "[ -e /etc/ld.so.cache ] && echo cache; \
+                  [ -e /etc/localtime ] && echo zone; \
+                  echo x > /etc/ssl/certs/planted 2>/dev/null || echo refused; \
+                  rm -f /etc/ld.so.cache 2>/dev/null || echo kept";
+    assert_eq!(
+        run(&t, &SandboxConfig::default(), script).await,
+        "cache\nzone\nrefused\nkept\n"
+    );
+}
+
+async fn cgroups_are_visible_only_when_asked_for(kind: OciRuntime) {
+    let t = TestSandbox::new(kind).await;
+    let list = "ls -A /sys/fs/cgroup 2>/dev/null | wc -l";
+    assert_eq!(run(&t, &SandboxConfig::default(), list).await, "0\n");
+    let viewing = SandboxConfig {
+        cgroup_view: true,
+        ..Default::default()
+    };
+    if kind == OciRuntime::Gvisor {
+        let config = oci_sandbox::NamespaceContainer::build_config(&viewing, "true", vec![]);
+        let refused = t.sandbox.spawn(&config).await;
+        match refused {
+            Err(oci_sandbox::SandboxError::InvalidConfig { field, .. }) => {
+                assert_eq!(field, "cgroup_view")
+            }
+            other => panic!("{:?}", other.map(|_| ())),
+        }
+        return;
+    }
+    let limit = "cat /sys/fs/cgroup/memory.max 2>/dev/null || cat /sys/fs/cgroup/memory/memory.limit_in_bytes; \
+                 echo 1 > /sys/fs/cgroup/memory/memory.limit_in_bytes 2>/dev/null || echo refused";
+    assert_eq!(
+        run(&t, &viewing, limit).await,
+        format!("{}\nrefused\n", viewing.memory_limit.unwrap())
+    );
+}
+
 on_every_runtime!(
+    host_etc_entries_are_copies_that_cannot_be_changed,
+    cgroups_are_visible_only_when_asked_for,
     default_policy_hides_host_secrets_and_homes,
     hostname_uid_and_gid_are_applied,
     network_none_has_only_loopback_and_host_sees_the_host,

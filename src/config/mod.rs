@@ -132,6 +132,13 @@ pub struct SandboxConfig {
     /// ([`spawn_captured`](crate::NamespaceContainer::spawn_captured)); past it the process is
     /// killed and the output cut.
     pub output_limit: Option<u64>,
+    /// Mount the container's own cgroups read-only at `/sys/fs/cgroup`, so that programs
+    /// that size themselves from their limits (JVMs, Node.js, Go's `automaxprocs`) can read
+    /// them. Off by default: on hosts with v1 or hybrid cgroups the runtime mounts every
+    /// hierarchy, about a tenth of a cold spawn (BENCHMARKS.md, spec cost), and without it
+    /// the limits hold all the same. Not on gVisor nor rootless: there it is
+    /// [`SandboxError::InvalidConfig`].
+    pub cgroup_view: bool,
 }
 
 impl SandboxConfig {
@@ -156,6 +163,7 @@ impl Default for SandboxConfig {
             cpu_millicores: Some(1000),
             tmp_size: 256 * 1024 * 1024,
             output_limit: Some(64 * 1024 * 1024),
+            cgroup_view: false,
         }
     }
 }
@@ -205,7 +213,10 @@ pub struct Security {
     pub capabilities: Vec<String>,
     /// Set `no_new_privileges` (setuid binaries and file capabilities grant nothing).
     pub no_new_privileges: bool,
-    /// Mount the root filesystem read-only.
+    /// Mount the root filesystem read-only. It must stay `true`: the root filesystem is
+    /// shared by every container of a state root, so `false` is refused as invalid
+    /// ([`SandboxError::InvalidConfig`]). Writable places are `/tmp`, tmpfs mounts and
+    /// writable binds.
     pub readonly_rootfs: bool,
     /// Apply the library's seccomp profile: system calls that reach past the container
     /// (mounts, namespaces, `ptrace`, modules, kexec, BPF, the keyring, ...) fail with
@@ -318,6 +329,10 @@ pub struct ContainerConfig {
     pub cwd: PathBuf,
     /// Mounts besides `/proc`, `/dev` and `/sys`, in order.
     pub mounts: Vec<Mount>,
+    /// Mount the container's own cgroups read-only at `/sys/fs/cgroup` (see
+    /// [`SandboxConfig::cgroup_view`]).
+    #[serde(default)]
+    pub cgroup_view: bool,
     /// Network access.
     pub network: Network,
     /// The container's hostname.
@@ -403,6 +418,15 @@ impl ContainerConfig {
             }
         }
         self.security.capability_set()?;
+        if !self.security.readonly_rootfs {
+            // Every container of a state root starts from the same root filesystem: a
+            // writable one would let one container change what the others run.
+            return Err(SandboxError::invalid(
+                "security.readonly_rootfs",
+                "the root filesystem is shared by every container and stays read-only; \
+                 write to /tmp, a tmpfs mount or a writable bind",
+            ));
+        }
         self.limits.validate()?;
         absolute_clean("cwd", &self.cwd)?;
         if let HostPath::Host(p) = self.host_path(&self.cwd)

@@ -30,24 +30,11 @@ pub(crate) const ROOTFS_LINKS: &[(&str, &str)] = &[
     ("/libx32", "/usr/libx32"),
 ];
 
-/// Host files of `/etc` that programs need and that hold no secrets.
-const HOST_ETC: &[&str] = &[
-    "/etc/alternatives",
-    "/etc/ld.so.cache",
-    "/etc/localtime",
-    "/etc/ssl/certs",
-    "/etc/ca-certificates",
-    "/etc/mime.types",
-    "/etc/protocols",
-    "/etc/services",
-];
-
 /// The read-only host tool mounts that exist on this host (looked up once per process).
 fn host_tool_mounts() -> &'static [Mount] {
     static MOUNTS: OnceLock<Vec<Mount>> = OnceLock::new();
     MOUNTS.get_or_init(|| {
         std::iter::once("/usr")
-            .chain(HOST_ETC.iter().copied())
             .filter(|p| Path::new(p).exists())
             .map(|p| Mount {
                 destination: PathBuf::from(p),
@@ -100,6 +87,7 @@ pub(crate) fn from_policy(
         env,
         cwd,
         mounts,
+        cgroup_view: s.cgroup_view,
         network: s.network,
         hostname: Some(s.hostname.clone()),
         uid: s.uid,

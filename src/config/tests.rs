@@ -65,3 +65,15 @@ fn ids_follow_runc_rules() {
         assert!(validate_id(bad).is_err(), "{bad:?}");
     }
 }
+
+#[test]
+fn a_writable_shared_root_is_refused() {
+    let mut c = ContainerConfig::new("true", vec![]);
+    c.security.readonly_rootfs = false;
+    match c.validate() {
+        Err(SandboxError::InvalidConfig { field, .. }) => {
+            assert_eq!(field, "security.readonly_rootfs")
+        }
+        other => panic!("{other:?}"),
+    }
+}

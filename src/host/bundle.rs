@@ -1,12 +1,10 @@
-//! The on-disk bundle of one container (`config.json` in a directory named after its id) and
-//! the shared root filesystem every container of the library starts from.
+//! The on-disk bundle of one container (`config.json` in a directory named after its id),
+//! and the mount points its config needs in the shared root filesystem.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use oci_spec::runtime::Spec;
 
-use crate::config::ROOTFS_LINKS;
 use crate::error::SandboxError;
 use crate::host::owner::{OWNER_ANNOTATION, self_owner};
 
@@ -78,27 +76,6 @@ impl Drop for Bundle {
     }
 }
 
-/// Files of the shared root filesystem's `/etc`: users and name lookup without the host's.
-const ETC_FILES: &[(&str, &str)] = &[
-    (
-        "passwd",
-        "root:x:0:0:root:/tmp:/bin/sh\nsandbox:x:1000:1000:sandbox:/tmp:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n",
-    ),
-    (
-        "group",
-        "root:x:0:\ntty:x:5:\nsandbox:x:1000:\nnogroup:x:65534:\n",
-    ),
-    (
-        "hosts",
-        "127.0.0.1\tlocalhost sandbox\n::1\tlocalhost ip6-localhost ip6-loopback\n",
-    ),
-    (
-        "nsswitch.conf",
-        "passwd: files\ngroup: files\nhosts: files dns\n",
-    ),
-    ("resolv.conf", ""),
-];
-
 /// Makes the mount points of `config` in the shared root filesystem beforehand (blocking,
 /// idempotent, safe against concurrent callers). Runtimes create missing ones themselves, but
 /// crun fails ("cannot mkdir: File exists") when two containers race to make the same one.
@@ -152,47 +129,6 @@ pub(crate) fn ensure_mount_points(
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
             Err(e) => return Err(err(e)),
         }
-    }
-    Ok(())
-}
-
-/// Makes the shared root filesystem (idempotent, blocking): `/bin`, `/lib*`... as links into
-/// `/usr` (which is bind-mounted from the host), and a minimal `/etc`.
-pub(crate) fn prepare_rootfs(rootfs: &Path) -> Result<(), SandboxError> {
-    let err = |what, p: &Path, e| SandboxError::io(what, p, e);
-    for (link, target) in ROOTFS_LINKS {
-        let host_link = Path::new(link);
-        // Mirror the host: a link where it has one (merged /usr), nothing where it has none.
-        if !host_link.is_symlink() {
-            continue;
-        }
-        let at = rootfs.join(link.trim_start_matches('/'));
-        if at.symlink_metadata().is_err() {
-            let rel = target.trim_start_matches('/');
-            match std::os::unix::fs::symlink(rel, &at) {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-                Err(e) => return Err(err("creating a rootfs link", &at, e)),
-            }
-        }
-    }
-    let etc = rootfs.join("etc");
-    std::fs::create_dir_all(&etc).map_err(|e| err("creating the rootfs /etc", &etc, e))?;
-    for (name, content) in ETC_FILES {
-        let path = etc.join(name);
-        if path.exists() {
-            continue;
-        }
-        // Write then rename, so that a concurrent container never sees a half-written file.
-        let mut tmp = tempfile::NamedTempFile::new_in(&etc)
-            .map_err(|e| err("writing the rootfs /etc", &etc, e))?;
-        tmp.write_all(content.as_bytes())
-            .map_err(|e| err("writing the rootfs /etc", &path, e))?;
-        let _ = tmp
-            .as_file()
-            .set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o644));
-        tmp.persist(&path)
-            .map_err(|e| err("writing the rootfs /etc", &path, e.error))?;
     }
     Ok(())
 }

@@ -6,4 +6,5 @@ pub(crate) mod capture;
 pub(crate) mod cgroup;
 pub(crate) mod id_range;
 pub(crate) mod owner;
+pub(crate) mod rootfs;
 pub(crate) mod state;

@@ -72,7 +72,7 @@ impl StateDirs {
             b.create(dir)
                 .map_err(|e| SandboxError::io("creating the state directory", dir, e))?;
         }
-        crate::host::bundle::prepare_rootfs(&self.rootfs)?;
+        crate::host::rootfs::prepare_rootfs(&self.rootfs)?;
         // Earlier versions handed it to the first id range: take it back.
         let (uid, gid) = (
             nix::unistd::geteuid().as_raw(),

@@ -167,12 +167,29 @@ fn process(
     Ok(process)
 }
 
-/// The runtime's default mounts (adapted to a host network or rootless), then `config`'s.
+/// The runtime's default mounts (adapted to a host network or rootless; `/sys/fs/cgroup` only
+/// when asked for), then `config`'s.
 fn mounts(
     config: &ContainerConfig,
     target: &Target,
 ) -> Result<Vec<oci_spec::runtime::Mount>, SandboxError> {
     let mut mounts = get_default_mounts();
+    if config.cgroup_view && (target.runtime == OciRuntime::Gvisor || target.identity.is_rootless())
+    {
+        // runsc 20221219 answers EINVAL on a cgroupfs mount's every path; rootless, the
+        // container has no cgroup of its own to show.
+        return Err(SandboxError::invalid(
+            "cgroup_view",
+            if target.identity.is_rootless() {
+                "a rootless container has no cgroups of its own to show"
+            } else {
+                "gVisor (runsc) cannot show a container its cgroups"
+            },
+        ));
+    }
+    if !config.cgroup_view {
+        mounts.retain(|m| m.destination() != Path::new("/sys/fs/cgroup"));
+    }
     if config.network == Network::Host {
         // A fresh sysfs needs a network namespace of the container's own; share the host's.
         for m in &mut mounts {
@@ -444,5 +461,36 @@ mod tests {
             build(&c, Path::new("/r"), "c", None, &root(OciRuntime::Runc)),
             Err(SandboxError::InvalidConfig { .. })
         ));
+    }
+
+    #[test]
+    fn cgroups_are_mounted_only_when_asked_for() {
+        let has_cgroupfs = |s: &Spec| {
+            s.mounts()
+                .as_ref()
+                .unwrap()
+                .iter()
+                .any(|m| m.destination() == Path::new("/sys/fs/cgroup"))
+        };
+        assert!(!has_cgroupfs(&spec_for(&SandboxConfig::default())));
+        let viewing = SandboxConfig {
+            cgroup_view: true,
+            ..SandboxConfig::default()
+        };
+        assert!(has_cgroupfs(&spec_for(&viewing)));
+    }
+
+    #[test]
+    fn host_etc_is_not_bind_mounted() {
+        let spec = spec_for(&SandboxConfig::default());
+        let etc: Vec<_> = spec
+            .mounts()
+            .as_ref()
+            .unwrap()
+            .iter()
+            .filter(|m| m.destination().starts_with("/etc"))
+            .map(|m| m.destination().clone())
+            .collect();
+        assert!(etc.is_empty(), "{etc:?}");
     }
 }
