@@ -53,9 +53,12 @@
  *                    MAX_CONNS or when the socket pairs a command needs cannot be made; the
  *                    errno of posix_openpt/grantpt/unlockpt when a PTY cannot be made (mode
  *                    'T', or 't' relayed).
- *     "X <wstatus>"  after "S": the command ended, with this waitpid status (its keeper's
+ *     "X <wstatus> <user_us> <system_us> <maxrss_kib>"
+ *                    after "S": the command ended, with this waitpid status (its keeper's
  *                    report: an exit or a signal; the keeper's own status if it could not
- *                    report); the channel is closed.
+ *                    report) and the command's wait4 usage: CPU time in user and system mode
+ *                    (microseconds) and peak resident set (KiB), its waited-for children
+ *                    included; the channel is closed.
  *
  *   host -> launcher, the command's channel (a record is read into 63 bytes, the rest of a
  *   longer one is lost; orders are read once the command has started, and ignored when its
@@ -103,8 +106,23 @@ struct conn {
     int controller; /* a relayed terminal's controller (for resizes), or -1 */
     pid_t relayer;  /* the relay of that terminal, or 0 */
     pid_t cmd;      /* the command (its keeper is `pid`), or 0 */
-    int report;     /* the keeper's report: the command's pid, then its wait status; or -1 */
+    int report;     /* the keeper's report: the command's pid, then its end; or -1 */
 };
+
+/* How a command ended: its wait status and wait4 usage. */
+struct ending {
+    int status;
+    long long user_us, system_us, maxrss_kib;
+};
+
+static struct ending ending_of(int status, const struct rusage *ru) {
+    return (struct ending){
+        .status = status,
+        .user_us = (long long)ru->ru_utime.tv_sec * 1000000 + ru->ru_utime.tv_usec,
+        .system_us = (long long)ru->ru_stime.tv_sec * 1000000 + ru->ru_stime.tv_usec,
+        .maxrss_kib = ru->ru_maxrss,
+    };
+}
 
 static struct conn conns[MAX_CONNS];
 
@@ -337,12 +355,13 @@ static void kill_leftovers(void) {
    the command's wait status. Never returns. */
 static void keep(pid_t cmd, int report) {
     (void)!write(report, &cmd, sizeof cmd);
-    int status = 0;
+    struct ending end = {0};
     for (;;) {
         int s;
-        pid_t w = waitpid(-1, &s, 0);
+        struct rusage ru;
+        pid_t w = wait4(-1, &s, 0, &ru);
         if (w == cmd) {
-            status = s;
+            end = ending_of(s, &ru);
             break;
         }
         if (w < 0 && errno != EINTR) break;
@@ -351,7 +370,7 @@ static void keep(pid_t cmd, int report) {
        collected: no child left means nothing it started runs on, and /proc need not be read. */
     pid_t left = waitpid(-1, NULL, WNOHANG);
     if (!(left < 0 && errno == ECHILD)) kill_descendants();
-    (void)!write(report, &status, sizeof status);
+    (void)!write(report, &end, sizeof end);
     _exit(0);
 }
 
@@ -686,7 +705,8 @@ static int start(void) {
 static void reap(void) {
     int status;
     pid_t pid;
-    while ((pid = waitpid(-1, &status, WNOHANG)) > 0) {
+    struct rusage ru;
+    while ((pid = wait4(-1, &status, WNOHANG, &ru)) > 0) {
         for (int k = 0; k < ndraining; k++) {
             if (draining[k] == pid) {
                 draining[k] = draining[--ndraining];
@@ -695,20 +715,22 @@ static void reap(void) {
         }
         for (int i = 0; i < nconns; i++) {
             if (conns[i].pid == pid) {
-                char text[32];
+                char text[96];
                 /* The relay copies what the terminal still holds, then ends the stream. */
                 if (conns[i].relayer > 0) kill(conns[i].relayer, SIGTERM);
-                /* The command's status, from its keeper (which has ended all it left). */
-                int command_status;
-                if (read(conns[i].report, &command_status, sizeof command_status) ==
-                    (ssize_t)sizeof command_status)
-                    status = command_status;
+                /* The command's end, from its keeper (which has ended all it left); without
+                   a keeper the process reaped is the command. */
+                struct ending end = ending_of(status, &ru);
+                struct ending reported;
+                if (read(conns[i].report, &reported, sizeof reported) == (ssize_t)sizeof reported)
+                    end = reported;
                 /* The last exec has ended: nothing it left may run on (gVisor, where no
                    keeper could adopt it). */
                 int running = 0;
                 for (int k = 0; k < nconns; k++) running |= k != i && conns[k].pid > 0;
                 if (!running) kill_leftovers();
-                snprintf(text, sizeof text, "X %d", status);
+                snprintf(text, sizeof text, "X %d %lld %lld %lld", end.status, end.user_us,
+                         end.system_us, end.maxrss_kib);
                 reply(conns[i].fd, text);
                 drop_conn(i);
                 break;

@@ -1,6 +1,7 @@
 //! How a sandboxed process ended: [`ExitStatus`] and [`Output`].
 
 use std::fmt;
+use std::time::Duration;
 
 /// How a sandboxed process ended.
 ///
@@ -14,6 +15,34 @@ pub struct ExitStatus {
     timed_out: bool,
     output_limit_exceeded: bool,
     oom_killed: bool,
+    usage: Option<Usage>,
+}
+
+/// What a command used, measured by the sandbox's init when it collected the command
+/// (`wait4`): CPU time and peak memory of the command and of the children it waited for, and
+/// the wall time from its start to its end as the host saw it.
+///
+/// ```no_run
+/// # async fn demo(sandbox: &oci_sandbox::Sandbox) -> Result<(), oci_sandbox::SandboxError> {
+/// let status = sandbox.exec(&oci_sandbox::ExecConfig::shell("sort -R /etc/services")).await?
+///     .wait().await?;
+/// if let Some(usage) = status.usage() {
+///     println!("{:?} CPU, {} KiB peak", usage.user_cpu + usage.system_cpu, usage.peak_rss_bytes / 1024);
+/// }
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[non_exhaustive]
+pub struct Usage {
+    /// CPU time spent in user mode.
+    pub user_cpu: Duration,
+    /// CPU time spent in the kernel on the command's behalf (under gVisor: in the Sentry's
+    /// emulated kernel, as it accounts it).
+    pub system_cpu: Duration,
+    /// The largest resident set of the command or of one child it waited for, in bytes.
+    pub peak_rss_bytes: u64,
+    /// Wall-clock time from the command's start to its end.
+    pub wall: Duration,
 }
 
 impl ExitStatus {
@@ -24,6 +53,7 @@ impl ExitStatus {
             timed_out: false,
             output_limit_exceeded: false,
             oom_killed: false,
+            usage: None,
         }
     }
 
@@ -34,6 +64,7 @@ impl ExitStatus {
             timed_out: false,
             output_limit_exceeded: false,
             oom_killed: false,
+            usage: None,
         }
     }
 
@@ -88,6 +119,26 @@ impl ExitStatus {
 
     pub(crate) fn with_oom_killed(self, oom_killed: bool) -> Self {
         ExitStatus { oom_killed, ..self }
+    }
+
+    /// What the command used, when its init reported it: every command of a sandbox or a
+    /// spawn has one, on every runtime. `None` when the sandbox died before it could say
+    /// (killed from outside, or by the OOM killer), and on a status made without a command
+    /// (a container's end).
+    pub fn usage(&self) -> Option<Usage> {
+        self.usage
+    }
+
+    pub(crate) fn with_usage(self, usage: Option<Usage>) -> Self {
+        ExitStatus { usage, ..self }
+    }
+
+    /// The same status with the wall time of its usage set.
+    pub(crate) fn with_wall_time(self, wall: Duration) -> Self {
+        ExitStatus {
+            usage: self.usage.map(|u| Usage { wall, ..u }),
+            ..self
+        }
     }
 }
 

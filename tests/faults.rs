@@ -72,9 +72,17 @@ async fn a_full_state_root_is_an_io_error_at_spawn_and_leaves_no_bundle() {
         .build()
         .await
         .unwrap();
-    // Fill the disk.
+    // Fill the disk, from a process of its own: a file this process opened would be inherited
+    // by whatever the tests running next to this one fork meanwhile, and its space would stay
+    // taken after the removal below until that child's exec closed it.
     let filler = small.path().join("filler");
-    let _ = std::fs::write(&filler, vec![0u8; 4 << 20]);
+    let filled = std::process::Command::new("dd")
+        .args(["if=/dev/zero", "bs=1M", "count=4", "status=none"])
+        .arg(format!("of={}", filler.display()))
+        .stderr(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert!(!filled.success(), "4 MiB fit in a 2 MiB tmpfs");
     let config = NamespaceContainer::build_config(&SandboxConfig::default(), "true", vec![]);
     let err = sandbox.spawn(&config).await.unwrap_err();
     match &err {

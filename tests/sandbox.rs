@@ -391,7 +391,54 @@ async fn each_exec_has_its_own_id(kind: OciRuntime) {
     t.assert_nothing_left(&[&id], None).await;
 }
 
+/// Busy for 0.3 s of CPU with 64 MiB written, as a Python script.
+const BUSY_AND_BIG: &str = "import time\nb = b'x' * (64 << 20)\nt = time.process_time()\nwhile time.process_time() - t < 0.3: pass\n";
+
+async fn every_status_carries_the_commands_usage(kind: OciRuntime) {
+    let t = TestSandbox::new(kind).await;
+    let check = |what: &str, status: oci_sandbox::ExitStatus, min_cpu: Duration| {
+        let u = status
+            .usage()
+            .unwrap_or_else(|| panic!("{what}: no usage in {status:?}"));
+        let cpu = u.user_cpu + u.system_cpu;
+        assert!(cpu >= min_cpu, "{what}: {u:?}");
+        assert!(u.wall >= cpu.min(min_cpu), "{what}: {u:?}");
+        assert!(u.wall < Duration::from_secs(30), "{what}: {u:?}");
+        u
+    };
+    // An exec that ends by itself.
+    let sandbox = start(&t).await;
+    let exec = ExecConfig::new("python3", vec!["-c".into(), BUSY_AND_BIG.into()]);
+    let status = sandbox.exec(&exec).await.unwrap().wait().await.unwrap();
+    assert!(status.success(), "{status}");
+    let u = check("exec", status, Duration::from_millis(250));
+    assert!(u.peak_rss_bytes >= 64 << 20, "{u:?}");
+    assert!(u.peak_rss_bytes < 512 << 20, "{u:?}");
+    // One the timeout killed: its usage to the kill.
+    let mut spin = sh("while :; do :; done");
+    spin.timeout = Some(Duration::from_millis(500));
+    let status = sandbox.exec(&spin).await.unwrap().wait().await.unwrap();
+    assert!(status.timed_out(), "{status}");
+    check("timed-out exec", status, Duration::from_millis(100));
+    sandbox.close().await;
+    // A spawn's command goes through the same init.
+    let config = t.config("python3", &["-c", BUSY_AND_BIG]);
+    let status = t
+        .sandbox
+        .spawn(&config)
+        .await
+        .unwrap()
+        .wait()
+        .await
+        .unwrap();
+    assert!(status.success(), "{status}");
+    let u = check("spawn", status, Duration::from_millis(250));
+    assert!(u.peak_rss_bytes >= 64 << 20, "{u:?}");
+    t.assert_nothing_left(&[], None).await;
+}
+
 on_every_runtime!(
+    every_status_carries_the_commands_usage,
     each_exec_has_its_own_id,
     a_pool_hands_out_fresh_sandboxes_and_refills,
     state_persists_across_execs,

@@ -40,12 +40,13 @@ fn no_writer_left(r: &OwnedFd) -> bool {
 async fn replies_arrive_typed_and_the_end_is_none() {
     let (conn, launcher) = connection();
     send_with_fds(&launcher, b"S 7", &[]);
-    send_with_fds(&launcher, b"X 256", &[]);
+    send_with_fds(&launcher, b"X 256 0 0 0", &[]);
     assert_eq!(conn.started().await.unwrap(), Started::Running);
     assert_eq!(
         conn.receive().await.unwrap(),
         Some(Reply::Exited {
             status: crate::status::ExitStatus::exited(1)
+                .with_usage(Some(crate::status::Usage::default()))
         })
     );
     drop(launcher);
@@ -57,7 +58,7 @@ async fn malformed_and_overlong_replies_are_invalid_data() {
     let (conn, launcher) = connection();
     send_with_fds(&launcher, b"S seven", &[]);
     send_with_fds(&launcher, &[b'X'; MAX_REPLY + 1], &[]);
-    send_with_fds(&launcher, b"X 9", &[]);
+    send_with_fds(&launcher, b"X 9 0 0 0", &[]);
     for _ in 0..2 {
         let err = conn.receive().await.unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::InvalidData, "{err}");
@@ -73,7 +74,7 @@ async fn malformed_and_overlong_replies_are_invalid_data() {
 async fn the_start_reply_must_be_a_start_reply() {
     let (conn, launcher) = connection();
     send_with_fds(&launcher, b"E -2", &[]);
-    send_with_fds(&launcher, b"X 0", &[]);
+    send_with_fds(&launcher, b"X 0 0 0 0", &[]);
     assert_eq!(conn.started().await.unwrap(), Started::Failed(-2));
     let err = conn.started().await.unwrap_err();
     assert_eq!(err.kind(), io::ErrorKind::InvalidData);

@@ -8,7 +8,7 @@
 //! |---|---|---|---|
 //! | launcher → host | control | `ready` | [`READY`] |
 //! | host → launcher | control | `R<mode>\0<cwd>\0<argc>\0<argv>\0…<envc>\0<K=V>\0…` + fds | [`StartRequest`] |
-//! | launcher → host | channel | `S <pid>`, `E <errno>`, `X <wstatus>`, `P` + one fd | [`Reply`] |
+//! | launcher → host | channel | `S <pid>`, `E <errno>`, `X <wstatus> <usage>`, `P` + one fd | [`Reply`] |
 //! | host → launcher | channel | `K <signal>`, `W <cols> <rows>` | [`Order`] |
 //!
 //! Numbers are decimal ASCII as C's `%d` prints them; no record has a terminator of its own
@@ -19,7 +19,9 @@ use std::io;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
-use crate::status::ExitStatus;
+use std::time::Duration;
+
+use crate::status::{ExitStatus, Usage};
 
 /// The most a start request may hold: the launcher's receive buffer (`MAX_REQUEST` in
 /// launcher.c). A longer record would arrive truncated, which the launcher refuses.
@@ -29,9 +31,9 @@ pub(crate) const MAX_REQUEST: usize = 192 * 1024;
 /// the mode, the cwd, argc, the arguments, envc and the environment.
 pub(crate) const MAX_FIELDS: usize = 8192;
 
-/// The most a record from the launcher may hold (`X <wstatus>` and the like); the host reads
+/// The most a record from the launcher may hold (`X <wstatus> <usage>`: 84 bytes at most); the host reads
 /// with a buffer this size, and a longer record is a protocol error.
-pub(crate) const MAX_REPLY: usize = 64;
+pub(crate) const MAX_REPLY: usize = 96;
 
 /// The launcher's first record on the control socket, sent once before any command runs.
 pub(crate) const READY: &[u8] = b"ready";
@@ -164,8 +166,9 @@ pub(crate) enum Reply {
         /// The errno, negated for a `chdir` failure; never 0.
         errno: i32,
     },
-    /// `X <wstatus>`: the command ended with this `waitpid` status (an exit or a signal);
-    /// the launcher closes the channel.
+    /// `X <wstatus> <user_us> <system_us> <maxrss_kib>`: the command ended with this
+    /// `waitpid` status (an exit or a signal) and `wait4` usage (its wall time is the host's
+    /// to add); the launcher closes the channel.
     Exited {
         /// The status, decoded.
         status: ExitStatus,
@@ -193,17 +196,45 @@ impl Reply {
             [] => return Err(bad("empty")),
             _ => return Err(bad("not a reply the launcher sends")),
         };
+        if kind == b'X' {
+            return exited(number).ok_or_else(|| {
+                bad("not a wait status that is an exit or a signal, with its usage")
+            });
+        }
         let n = decimal(number).ok_or_else(|| bad("not a decimal number that fits an int"))?;
         match kind {
             b'S' if n >= 0 => Ok(Reply::Started { pid: n }),
             b'S' => Err(bad("a negative pid")),
             b'E' if n != 0 => Ok(Reply::StartFailed { errno: n }),
-            b'E' => Err(bad("errno 0")),
-            _ => wait_status(n)
-                .map(|status| Reply::Exited { status })
-                .ok_or_else(|| bad("a wait status that is neither an exit nor a signal")),
+            _ => Err(bad("errno 0")),
         }
     }
+}
+
+/// `<wstatus> <user_us> <system_us> <maxrss_kib>` of an `X` record.
+fn exited(fields: &[u8]) -> Option<Reply> {
+    let mut parts = fields.split(|b| *b == b' ');
+    let status = wait_status(decimal(parts.next()?)?)?;
+    let mut count = || -> Option<u64> {
+        let digits = parts.next()?;
+        if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
+            return None;
+        }
+        std::str::from_utf8(digits).ok()?.parse().ok()
+    };
+    let (user_us, system_us, maxrss_kib) = (count()?, count()?, count()?);
+    if parts.next().is_some() {
+        return None;
+    }
+    let usage = Usage {
+        user_cpu: Duration::from_micros(user_us),
+        system_cpu: Duration::from_micros(system_us),
+        peak_rss_bytes: maxrss_kib.checked_mul(1024)?,
+        wall: Duration::ZERO,
+    };
+    Some(Reply::Exited {
+        status: status.with_usage(Some(usage)),
+    })
 }
 
 /// An order about a started command (host → launcher, its channel). Orders are fire and

@@ -97,11 +97,20 @@ fn print_reply(reply: Reply) -> Vec<u8> {
     match reply {
         Reply::Started { pid } => format!("S {pid}"),
         Reply::StartFailed { errno } => format!("E {errno}"),
-        Reply::Exited { status } => match (status.code(), status.signal()) {
-            (Some(code), _) => format!("X {}", (code & 0xff) << 8),
-            (_, Some(signal)) => format!("X {signal}"),
-            _ => unreachable!("a decoded status is an exit or a signal"),
-        },
+        Reply::Exited { status } => {
+            let wstatus = match (status.code(), status.signal()) {
+                (Some(code), _) => (code & 0xff) << 8,
+                (_, Some(signal)) => signal,
+                _ => unreachable!("a decoded status is an exit or a signal"),
+            };
+            let u = status.usage().expect("the launcher always reports a usage");
+            format!(
+                "X {wstatus} {} {} {}",
+                u.user_cpu.as_micros(),
+                u.system_cpu.as_micros(),
+                u.peak_rss_bytes / 1024
+            )
+        }
         Reply::Terminal => "P".to_owned(),
     }
     .into_bytes()
@@ -271,6 +280,16 @@ fn orders_round_trip_and_are_the_bytes_the_launcher_parses() {
     );
 }
 
+/// `status` with a usage as the launcher reports one (whole microseconds and KiB).
+fn with_usage(status: ExitStatus) -> ExitStatus {
+    status.with_usage(Some(Usage {
+        user_cpu: Duration::from_micros(1_234_567),
+        system_cpu: Duration::from_micros(u64::from(u32::MAX) * 1000),
+        peak_rss_bytes: (1 << 40) * 1024,
+        wall: Duration::ZERO,
+    }))
+}
+
 #[test]
 fn replies_round_trip() {
     let replies = [
@@ -285,19 +304,19 @@ fn replies_round_trip() {
         },
         Reply::StartFailed { errno: i32::MIN },
         Reply::Exited {
-            status: ExitStatus::exited(0),
+            status: with_usage(ExitStatus::exited(0)),
         },
         Reply::Exited {
-            status: ExitStatus::exited(3),
+            status: with_usage(ExitStatus::exited(3)),
         },
         Reply::Exited {
-            status: ExitStatus::exited(255),
+            status: with_usage(ExitStatus::exited(255)),
         },
         Reply::Exited {
-            status: ExitStatus::signaled(libc::SIGKILL),
+            status: with_usage(ExitStatus::signaled(libc::SIGKILL)),
         },
         Reply::Exited {
-            status: ExitStatus::signaled(libc::SIGTERM),
+            status: with_usage(ExitStatus::signaled(libc::SIGTERM)),
         },
         Reply::Terminal,
     ];
@@ -321,12 +340,17 @@ fn replies_are_decoded_from_the_launchers_bytes() {
         Reply::Exited { status } => status,
         other => panic!("{other:?}"),
     };
-    assert_eq!(status(b"X 0"), ExitStatus::exited(0));
-    assert_eq!(status(b"X 768"), ExitStatus::exited(3));
-    assert_eq!(status(b"X 65280"), ExitStatus::exited(255));
-    assert_eq!(status(b"X 9"), ExitStatus::signaled(9));
+    let plain = |s: ExitStatus| s.with_usage(Some(Usage::default()));
+    assert_eq!(status(b"X 0 0 0 0"), plain(ExitStatus::exited(0)));
+    let used = status(b"X 0 1500 20 2048").usage().unwrap();
+    assert_eq!(used.user_cpu, Duration::from_micros(1500));
+    assert_eq!(used.system_cpu, Duration::from_micros(20));
+    assert_eq!(used.peak_rss_bytes, 2 << 20);
+    assert_eq!(status(b"X 768 0 0 0"), plain(ExitStatus::exited(3)));
+    assert_eq!(status(b"X 65280 0 0 0"), plain(ExitStatus::exited(255)));
+    assert_eq!(status(b"X 9 0 0 0"), plain(ExitStatus::signaled(9)));
     // A core dump's flag (0x80) does not change the signal.
-    assert_eq!(status(b"X 139"), ExitStatus::signaled(11));
+    assert_eq!(status(b"X 139 0 0 0"), plain(ExitStatus::signaled(11)));
     assert_eq!(decode(b"P"), Reply::Terminal);
 }
 
@@ -366,6 +390,14 @@ fn malformed_replies_are_errors() {
         b"X 4991",  // stopped by SIGTSTP (0x137f)
         b"X 65535", // continued
         b"X 127",   // 0x7f: a stop, not a signal
+        b"X 0",     // no usage
+        b"X 0 1 2",
+        b"X 0 1 2 3 4",
+        b"X 0 -1 2 3",
+        b"X 0 1 2 99999999999999999999",
+        b"X 0 1 2 18014398509481984", // KiB past u64 bytes
+        b"X 0 1  2 3",
+        b"X 0 1 2 3 ",
         b"P ",
         b"P 1",
         b"PP",

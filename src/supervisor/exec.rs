@@ -88,6 +88,7 @@ pub(crate) async fn supervise(mut s: ExecSupervision) {
         tracing::debug!("the handle went away: the command is killed");
         return;
     };
+    let ran = begun.elapsed();
     // The OOM count is read while the container still runs (crun in the foreground removes
     // its cgroups as soon as its init exits); a spawn's container, when it died first, says
     // what its supervisor read before removing them.
@@ -102,7 +103,8 @@ pub(crate) async fn supervise(mut s: ExecSupervision) {
         let ask = maybe_oom && !oom && matches!(end, Ok(None));
         oom |= end_container(ask).await;
     }
-    let result = status_of(ended_by, end, &s.sandbox_id, oom, one_shot);
+    let result = status_of(ended_by, end, &s.sandbox_id, oom, one_shot)
+        .map(|status| status.with_wall_time(ran));
     match &result {
         Ok(status) => tracing::debug!(%status, ran_ms = crate::sys::ms_since(begun), "ended"),
         Err(err) => tracing::debug!(%err, "ended without a status"),
@@ -187,7 +189,9 @@ fn status_of(
 ) -> Result<ExitStatus, SandboxError> {
     match (ended_by, end) {
         // Killed on our side: the status is ours to give, whether or not the launcher said.
-        (Some(e), Ok(Some(_)) | Err(_)) => Ok(status_for(Some(e))),
+        // The usage is the command's, when it was reported.
+        (Some(e), Ok(Some(reported))) => Ok(status_for(Some(e)).with_usage(reported.usage())),
+        (Some(e), Err(_)) => Ok(status_for(Some(e))),
         (None, Ok(Some(status))) => Ok(status.with_oom_killed(oom)),
         // The launcher closed the channel without a status: it died with the sandbox
         // (killed from outside, or by the OOM killer). A spawn's command died with it.
