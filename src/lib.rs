@@ -110,6 +110,7 @@ pub use config::{
 pub use container::{NamespaceContainer, NamespaceContainerBuilder, UnenforcedLimits};
 pub use error::{RuntimeOp, SandboxError};
 pub use handle::capture::ProcessCapture;
+pub use handle::collect::OutputCap;
 pub use handle::process::ContainerProcess;
 pub use handle::pty::{PtyReader, PtySession, PtyWriter};
 pub use host::capture::CapturedOutput;

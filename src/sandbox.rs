@@ -171,6 +171,7 @@ impl Sandbox {
             stdin.map_err(pipe_err)?,
             stdout.map_err(pipe_err)?,
             stderr.map_err(pipe_err)?,
+            exec.output_limit.or(self.inner.config.output_limit),
         ))
     }
 
@@ -189,7 +190,7 @@ impl Sandbox {
         let n = self.inner.execs.fetch_add(1, Ordering::Relaxed);
         let name = format!("{}-{n}", self.id());
         let parent = self.inner.owner.capture_parent().to_path_buf();
-        let limit = self.inner.config.output_limit;
+        let limit = exec.output_limit.or(self.inner.config.output_limit);
         let files = crate::sys::blocking("creating the capture files", move || {
             CaptureFiles::create_blocking(&parent, &name, mode, limit)
         })

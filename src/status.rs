@@ -168,10 +168,15 @@ impl fmt::Display for ExitStatus {
 pub struct Output {
     /// How it ended.
     pub status: ExitStatus,
-    /// Everything it wrote to stdout (empty unless stdout was piped).
+    /// What it wrote to stdout (empty unless stdout was piped): all of it, or under an
+    /// [`OutputCap`](crate::OutputCap) its head followed by its tail.
     pub stdout: Vec<u8>,
-    /// Everything it wrote to stderr (empty unless stderr was piped).
+    /// What it wrote to stderr (empty unless stderr was piped), within the same cap.
     pub stderr: Vec<u8>,
+    /// Bytes of stdout dropped between the kept head and tail (0 when all of it fit).
+    pub stdout_dropped: u64,
+    /// Bytes of stderr dropped between the kept head and tail.
+    pub stderr_dropped: u64,
 }
 
 #[cfg(test)]

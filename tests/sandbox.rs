@@ -437,8 +437,88 @@ async fn every_status_carries_the_commands_usage(kind: OciRuntime) {
     t.assert_nothing_left(&[], None).await;
 }
 
+/// The peak resident set of this test process, in bytes.
+fn peak_rss() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
+    line.split_whitespace()
+        .nth(1)
+        .unwrap()
+        .parse::<u64>()
+        .unwrap()
+        * 1024
+}
+
+async fn piped_output_keeps_head_and_tail_within_the_limit(kind: OciRuntime) {
+    let t = TestSandbox::new(kind).await;
+    let sandbox = start(&t).await;
+    // The cap of one exec: head and tail of `seq`, the middle counted.
+    let mut seq = sh("seq 1 200000; seq 1 3000 >&2");
+    seq.output_limit = Some(1000);
+    let out = sandbox
+        .exec(&seq)
+        .await
+        .unwrap()
+        .wait_with_output()
+        .await
+        .unwrap();
+    assert!(out.status.success(), "{}", out.status);
+    let all: Vec<u8> = (1..=200000)
+        .flat_map(|i| format!("{i}\n").into_bytes())
+        .collect();
+    assert_eq!(out.stdout.len(), 1000);
+    assert_eq!(&out.stdout[..500], &all[..500]);
+    assert_eq!(&out.stdout[500..], &all[all.len() - 500..]);
+    assert_eq!(out.stdout_dropped, all.len() as u64 - 1000);
+    assert_eq!(out.stderr.len(), 1000);
+    assert!(out.stderr.starts_with(b"1\n2\n") && out.stderr.ends_with(b"2999\n3000\n"));
+    // The whole spilled to files, the default cap otherwise.
+    let spill = tempfile::tempdir().unwrap();
+    let out = sandbox
+        .exec(&sh("seq 1 200000"))
+        .await
+        .unwrap()
+        .wait_with_output_capped(oci_sandbox::OutputCap::new(100).spill_to(spill.path()))
+        .await
+        .unwrap();
+    assert_eq!(out.stdout.len(), 100);
+    assert_eq!(std::fs::read(spill.path().join("stdout")).unwrap(), all);
+    assert_eq!(std::fs::read(spill.path().join("stderr")).unwrap(), b"");
+    // The sandbox's limit (64 MiB by default) applies without a cap of the exec's.
+    let out = sandbox
+        .exec(&sh("head -c 71303168 /dev/zero"))
+        .await
+        .unwrap()
+        .wait_with_output()
+        .await
+        .unwrap();
+    assert!(out.status.success(), "{}", out.status);
+    assert_eq!(out.stdout.len(), 64 << 20);
+    assert_eq!(out.stdout_dropped, 4 << 20);
+    drop(out);
+    // 256 MiB through an 8 MiB limit: the host holds the limit, not the output (the tests
+    // of the three runtimes run at once in this process, so their peaks add up).
+    let before = peak_rss();
+    let mut big = sh("head -c 268435456 /dev/zero");
+    big.output_limit = Some(8 << 20);
+    let out = sandbox
+        .exec(&big)
+        .await
+        .unwrap()
+        .wait_with_output()
+        .await
+        .unwrap();
+    assert!(out.status.success(), "{}", out.status);
+    assert_eq!(out.stdout.len(), 8 << 20);
+    assert_eq!(out.stdout_dropped, (256 - 8) << 20);
+    let grown = peak_rss().saturating_sub(before);
+    assert!(grown < 150 << 20, "the host grew by {} MiB", grown >> 20);
+    sandbox.close().await;
+}
+
 on_every_runtime!(
     every_status_carries_the_commands_usage,
+    piped_output_keeps_head_and_tail_within_the_limit,
     each_exec_has_its_own_id,
     a_pool_hands_out_fresh_sandboxes_and_refills,
     state_persists_across_execs,

@@ -35,6 +35,11 @@ pub struct ExecConfig {
     /// none). Past it, the command and everything it started are killed (the sandbox lives
     /// on) and the status says timed out.
     pub timeout: Option<Duration>,
+    /// Most bytes kept of each output stream; the sandbox config's `output_limit` when
+    /// `None`, and no limit for `Some(u64::MAX)`. Piped ([`exec`](crate::Sandbox::exec)):
+    /// what [`wait_with_output`](crate::ContainerProcess::wait_with_output) keeps (head and
+    /// tail). Captured: past it the command is killed and the files cut.
+    pub output_limit: Option<u64>,
     /// Standard input ([`exec`](crate::Sandbox::exec) only).
     pub stdin: Stdio,
     /// Standard output ([`exec`](crate::Sandbox::exec) only).
@@ -65,6 +70,7 @@ impl ExecConfig {
             env: Vec::new(),
             cwd: None,
             timeout: None,
+            output_limit: None,
             stdin: Stdio::Piped,
             stdout: Stdio::Piped,
             stderr: Stdio::Piped,

@@ -2,6 +2,7 @@
 //! methods every handle shares.
 
 use crate::error::SandboxError;
+use crate::handle::collect::{OutputCap, collect};
 use crate::status::ExitStatus;
 use crate::status::Output;
 use crate::supervisor::Supervised;
@@ -66,6 +67,8 @@ pub struct ContainerProcess {
     /// The container's stderr, when piped.
     pub stderr: Option<ChildStderr>,
     inner: Supervised,
+    /// Most bytes of each stream [`wait_with_output`](Self::wait_with_output) keeps.
+    output_limit: Option<u64>,
 }
 
 impl ContainerProcess {
@@ -74,12 +77,14 @@ impl ContainerProcess {
         stdin: Option<ChildStdin>,
         stdout: Option<ChildStdout>,
         stderr: Option<ChildStderr>,
+        output_limit: Option<u64>,
     ) -> Self {
         ContainerProcess {
             stdin,
             stdout,
             stderr,
             inner,
+            output_limit,
         }
     }
 
@@ -117,35 +122,70 @@ impl ContainerProcess {
         self.inner.try_wait()
     }
 
-    /// Waits for the process while collecting all of its piped stdout and stderr.
+    /// Waits for the process while collecting its piped stdout and stderr, each within the
+    /// output limit (the config's `output_limit`; 64 MiB by default): past it, the first and
+    /// the last half of the limit are kept and the bytes between are counted in
+    /// [`Output::stdout_dropped`] / [`Output::stderr_dropped`]. The process is not stopped
+    /// for writing more.
     ///
     /// # Cancel safety
     ///
     /// Not cancel safe: output read so far is lost, and the process is killed (the handle is
     /// dropped).
-    pub async fn wait_with_output(mut self) -> Result<Output, SandboxError> {
-        use tokio::io::AsyncReadExt;
-        async fn read_all<R: tokio::io::AsyncRead + Unpin>(
-            r: Option<R>,
-        ) -> std::io::Result<Vec<u8>> {
-            let mut buf = Vec::new();
-            if let Some(mut r) = r {
-                r.read_to_end(&mut buf).await?;
-            }
-            Ok(buf)
-        }
+    pub async fn wait_with_output(self) -> Result<Output, SandboxError> {
+        let cap = match self.output_limit {
+            Some(limit) => OutputCap::new(limit),
+            None => OutputCap::unlimited(),
+        };
+        self.wait_with_output_capped(cap).await
+    }
+
+    /// [`wait_with_output`](Self::wait_with_output) under an explicit cap: how much of the
+    /// head and the tail of each stream to keep, and optionally a directory where each whole
+    /// stream is written (`stdout`, `stderr`).
+    ///
+    /// ```no_run
+    /// # async fn demo(sandbox: &oci_sandbox::Sandbox) -> Result<(), oci_sandbox::SandboxError> {
+    /// use oci_sandbox::{ExecConfig, OutputCap};
+    ///
+    /// let out = sandbox
+    ///     .exec(&ExecConfig::shell("make 2>&1"))
+    ///     .await?
+    ///     .wait_with_output_capped(OutputCap::new(32 * 1024).spill_to("/var/tmp/build-7"))
+    ///     .await?;
+    /// if out.stdout_dropped > 0 {
+    ///     println!("{} bytes elided; the whole log is in /var/tmp/build-7/stdout", out.stdout_dropped);
+    /// }
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// Those of [`wait`](Self::wait); [`SandboxError::Process`] when a stream cannot be read
+    /// or a spill file created (one that exists is never overwritten).
+    ///
+    /// # Cancel safety
+    ///
+    /// Not cancel safe, as [`wait_with_output`](Self::wait_with_output).
+    pub async fn wait_with_output_capped(mut self, cap: OutputCap) -> Result<Output, SandboxError> {
         self.stdin.take();
         let (stdout, stderr) = (self.stdout.take(), self.stderr.take());
-        let (status, stdout, stderr) =
-            tokio::join!(self.inner.wait(), read_all(stdout), read_all(stderr));
+        let (status, stdout, stderr) = tokio::join!(
+            self.inner.wait(),
+            collect(stdout, &cap, "stdout"),
+            collect(stderr, &cap, "stderr")
+        );
         let io = |source| SandboxError::Process {
             context: "reading the container's output",
             source,
         };
+        let (stdout, stderr) = (stdout.map_err(io)?, stderr.map_err(io)?);
         Ok(Output {
             status: status?,
-            stdout: stdout.map_err(io)?,
-            stderr: stderr.map_err(io)?,
+            stdout: stdout.bytes,
+            stderr: stderr.bytes,
+            stdout_dropped: stdout.dropped,
+            stderr_dropped: stderr.dropped,
         })
     }
 
