@@ -51,11 +51,7 @@ async fn main() -> Result<(), SandboxError> {
         ("no-such-command", &[]),
     ];
     for (command, args) in runs {
-        let config = NamespaceContainer::build_config(
-            &policy,
-            command,
-            args.iter().map(|a| a.to_string()).collect(),
-        );
+        let config = NamespaceContainer::build_config(&policy, command, args);
         println!("$ {command} {}", args.join(" "));
         let started = Instant::now();
         let child = match runtime.spawn(&config).await {

@@ -104,7 +104,7 @@ mod pool;
 mod sandbox;
 
 pub use config::{
-    Bind, ContainerConfig, ExecConfig, Limits, Mount, MountKind, Network, OutputMode,
+    Bind, ContainerConfig, ExecConfig, IntoArgs, Limits, Mount, MountKind, Network, OutputMode,
     SandboxConfig, Security, SpecHook, Stdio,
 };
 pub use container::{NamespaceContainer, NamespaceContainerBuilder, UnenforcedLimits};

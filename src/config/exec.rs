@@ -63,10 +63,10 @@ impl ExecConfig {
     }
 
     /// `command` with `args`, piped stdio, the sandbox's environment, directory and timeout.
-    pub fn new(command: impl Into<String>, args: Vec<String>) -> Self {
+    pub fn new(command: impl Into<String>, args: impl super::IntoArgs) -> Self {
         ExecConfig {
             command: command.into(),
-            args,
+            args: args.into_args(),
             env: Vec::new(),
             cwd: None,
             timeout: None,

@@ -1,8 +1,10 @@
 //! [`SandboxConfig`] (the policy a caller states) and [`ContainerConfig`] (the concrete request
 //! that becomes an OCI spec).
 
+mod args;
 mod exec;
 mod policy;
+pub use args::IntoArgs;
 pub use exec::ExecConfig;
 pub(crate) use policy::{DEFAULT_PATH, ROOTFS_LINKS, from_policy, merge_env};
 
@@ -362,8 +364,8 @@ pub struct ContainerConfig {
 
 impl ContainerConfig {
     /// A config that runs `command` with `args` under [`SandboxConfig::default()`].
-    pub fn new(command: impl Into<String>, args: Vec<String>) -> Self {
-        from_policy(&SandboxConfig::default(), command.into(), args)
+    pub fn new(command: impl Into<String>, args: impl IntoArgs) -> Self {
+        from_policy(&SandboxConfig::default(), command.into(), args.into_args())
     }
 
     /// The `PATH` value of the config's environment, or the default one.

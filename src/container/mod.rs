@@ -113,16 +113,16 @@ impl NamespaceContainer {
     /// ```
     /// use oci_sandbox::{NamespaceContainer, SandboxConfig};
     ///
-    /// let c = NamespaceContainer::build_config(&SandboxConfig::default(), "sh", vec!["-c".into(), "id".into()]);
+    /// let c = NamespaceContainer::build_config(&SandboxConfig::default(), "sh", ["-c", "id"]);
     /// assert_eq!(c.command, "sh");
     /// assert!(c.env.iter().any(|(k, _)| k == "PATH"));
     /// ```
     pub fn build_config(
         s: &SandboxConfig,
         command: impl Into<String>,
-        args: Vec<String>,
+        args: impl crate::config::IntoArgs,
     ) -> ContainerConfig {
-        crate::config::from_policy(s, command.into(), args)
+        crate::config::from_policy(s, command.into(), args.into_args())
     }
 
     /// Which runtime this is.

@@ -104,7 +104,7 @@ impl TestSandbox {
         NamespaceContainer::build_config(
             policy,
             command,
-            args.iter().map(|s| s.to_string()).collect(),
+            args.iter().map(|s| s.to_string()).collect::<Vec<String>>(),
         )
     }
 
