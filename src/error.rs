@@ -50,6 +50,16 @@ pub enum SandboxError {
         detail: String,
     },
 
+    /// No background job with this id in the sandbox (it never existed there, or was
+    /// forgotten with [`Sandbox::forget_job`](crate::Sandbox::forget_job)).
+    #[error("sandbox {sandbox} has no job {job:?}")]
+    NoSuchJob {
+        /// The sandbox asked.
+        sandbox: String,
+        /// The job id asked for.
+        job: String,
+    },
+
     /// A field of the configuration is invalid; nothing was created.
     #[error("invalid config: {field}: {reason}")]
     InvalidConfig {
@@ -191,6 +201,10 @@ impl SandboxError {
                 reason: reason.clone(),
             },
             SandboxError::DuplicateId { id } => SandboxError::DuplicateId { id: id.clone() },
+            SandboxError::NoSuchJob { sandbox, job } => SandboxError::NoSuchJob {
+                sandbox: sandbox.clone(),
+                job: job.clone(),
+            },
             SandboxError::TooManyExecs { id, limit } => SandboxError::TooManyExecs {
                 id: id.clone(),
                 limit: *limit,

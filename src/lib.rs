@@ -111,6 +111,7 @@ pub use container::{NamespaceContainer, NamespaceContainerBuilder, UnenforcedLim
 pub use error::{RuntimeOp, SandboxError};
 pub use handle::capture::ProcessCapture;
 pub use handle::collect::OutputCap;
+pub use handle::job::Job;
 pub use handle::process::ContainerProcess;
 pub use handle::pty::{PtyReader, PtySession, PtyWriter};
 pub use host::capture::CapturedOutput;

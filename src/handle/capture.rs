@@ -17,7 +17,7 @@ use crate::supervisor::Supervised;
 pub struct ProcessCapture {
     /// The output files and their streams.
     pub output: Arc<CapturedOutput>,
-    inner: Supervised,
+    pub(crate) inner: Supervised,
 }
 
 impl ProcessCapture {

@@ -2,5 +2,6 @@
 
 pub(crate) mod capture;
 pub(crate) mod collect;
+pub(crate) mod job;
 pub(crate) mod process;
 pub(crate) mod pty;

@@ -120,13 +120,36 @@ impl CapturedOutput {
     /// }
     /// # Ok(()) }
     /// ```
-    pub fn stdout_stream(&self) -> impl Stream<Item = io::Result<Bytes>> + Send + Unpin + 'static {
-        tail(self.shared.clone(), Some(self.shared.stdout.clone()))
+    pub fn stdout_stream(&self) -> impl Stream<Item = io::Result<Bytes>> + Send + Unpin + use<> {
+        self.stdout_stream_from(0)
     }
 
     /// Stderr as a stream (see [`stdout_stream`](Self::stdout_stream)); empty in Combined mode.
-    pub fn stderr_stream(&self) -> impl Stream<Item = io::Result<Bytes>> + Send + Unpin + 'static {
-        tail(self.shared.clone(), self.shared.stderr.clone())
+    pub fn stderr_stream(&self) -> impl Stream<Item = io::Result<Bytes>> + Send + Unpin + use<> {
+        self.stderr_stream_from(0)
+    }
+
+    /// Stdout as a stream from byte `offset` on (a reconnecting reader passes how much it
+    /// already has); past the end so far, it waits for more, as
+    /// [`stdout_stream`](Self::stdout_stream) does.
+    pub fn stdout_stream_from(
+        &self,
+        offset: u64,
+    ) -> impl Stream<Item = io::Result<Bytes>> + Send + Unpin + use<> {
+        tail(
+            self.shared.clone(),
+            Some(self.shared.stdout.clone()),
+            offset,
+        )
+    }
+
+    /// Stderr as a stream from byte `offset` on (see
+    /// [`stdout_stream_from`](Self::stdout_stream_from)); empty in Combined mode.
+    pub fn stderr_stream_from(
+        &self,
+        offset: u64,
+    ) -> impl Stream<Item = io::Result<Bytes>> + Send + Unpin + use<> {
+        tail(self.shared.clone(), self.shared.stderr.clone(), offset)
     }
 }
 
@@ -134,13 +157,14 @@ impl CapturedOutput {
 fn tail(
     shared: Arc<Shared>,
     path: Option<PathBuf>,
-) -> impl Stream<Item = io::Result<Bytes>> + Send + Unpin + 'static {
+    offset: u64,
+) -> impl Stream<Item = io::Result<Bytes>> + Send + Unpin + use<> {
     let state = shared.state.clone();
     let init = Tail {
         shared,
         path,
         file: None,
-        offset: 0,
+        offset,
         state,
     };
     let stream = futures::stream::unfold(init, |mut t| async move {

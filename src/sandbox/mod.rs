@@ -2,6 +2,8 @@
 
 use crate::config::ExecConfig;
 
+mod jobs;
+
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -64,6 +66,8 @@ struct Inner {
     one_shot: bool,
     /// [`Sandbox::close`] was called.
     closed: std::sync::atomic::AtomicBool,
+    /// Background jobs ([`Sandbox::spawn_job`]).
+    jobs: crate::handle::job::JobRegistry,
 }
 
 impl Sandbox {
@@ -85,6 +89,7 @@ impl Sandbox {
                 execs: AtomicU64::new(0),
                 one_shot,
                 closed: Default::default(),
+                jobs: Default::default(),
             }),
         }
     }
@@ -105,6 +110,8 @@ impl Sandbox {
         self.inner.closed.store(true, Ordering::Release);
         self.inner.container.start_kill();
         self.inner.container.finished().await;
+        // Every job died with the container; their outputs stay with the handles left.
+        self.inner.jobs.clear();
     }
 
     /// Ends the container from within and waits until its launcher has exited, which means
