@@ -771,6 +771,16 @@ static void end_all(void) {
     for (int i = 0; i < nconns; i++) {
         if (conns[i].cmd > 0) kill(-conns[i].cmd, SIGKILL);
     }
+    /* Relays told to drain get to finish (a spawn's host closes the control socket as soon
+       as it has the command's status, which can be before its relay has copied the last
+       output), for up to a second: one whose host does not read stays blocked. */
+    for (int round = 0; ndraining > 0 && round < 1000; round++) {
+        pid_t pid = waitpid(-1, NULL, WNOHANG);
+        for (int k = 0; pid > 0 && k < ndraining; k++) {
+            if (draining[k] == pid) draining[k] = draining[--ndraining];
+        }
+        if (pid <= 0) usleep(1000);
+    }
     kill(-1, SIGKILL);
     /* Every process of the container is this one's descendant, and an orphan its child: once
        none is left to reap, none runs. The host may read our exit (the end of the control

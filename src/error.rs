@@ -129,6 +129,16 @@ pub enum SandboxError {
         source: io::Error,
     },
 
+    /// A long-lived [`Sandbox`](crate::Sandbox) ended by itself: its time to live ran out,
+    /// or it was idle too long. Its commands were killed and its container removed.
+    #[error("sandbox {id} has ended: {expiry}")]
+    SandboxExpired {
+        /// The sandbox's container id.
+        id: String,
+        /// Which of its lifetime options ended it.
+        expiry: crate::status::SandboxExpiry,
+    },
+
     /// A long-lived [`Sandbox`](crate::Sandbox) is no longer running: its init (the launcher)
     /// died or was killed, or the sandbox was closed. It is never silently restarted.
     #[error("sandbox {id} is no longer running{}", status.map(|s| format!(" ({s})")).unwrap_or_default())]
@@ -210,6 +220,10 @@ impl SandboxError {
                 limit: *limit,
             },
             SandboxError::SandboxClosed { id } => SandboxError::SandboxClosed { id: id.clone() },
+            SandboxError::SandboxExpired { id, expiry } => SandboxError::SandboxExpired {
+                id: id.clone(),
+                expiry: *expiry,
+            },
             SandboxError::SandboxEnded { id, status } => SandboxError::SandboxEnded {
                 id: id.clone(),
                 status: *status,

@@ -162,6 +162,27 @@ impl fmt::Display for ExitStatus {
     }
 }
 
+/// Why a long-lived sandbox ended by itself: its lifetime options
+/// ([`SandboxConfig::ttl`](crate::SandboxConfig::ttl),
+/// [`SandboxConfig::idle_lifetime`](crate::SandboxConfig::idle_lifetime)).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum SandboxExpiry {
+    /// It had run for its whole time to live.
+    Ttl(Duration),
+    /// No command had run in it for this long.
+    Idle(Duration),
+}
+
+impl fmt::Display for SandboxExpiry {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SandboxExpiry::Ttl(d) => write!(f, "its time to live ({d:?}) ran out"),
+            SandboxExpiry::Idle(d) => write!(f, "it was idle for {d:?}"),
+        }
+    }
+}
+
 /// The output of a finished process, from
 /// [`ContainerProcess::wait_with_output`](crate::ContainerProcess::wait_with_output).
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -141,6 +141,14 @@ pub struct SandboxConfig {
     /// the limits hold all the same. Not on gVisor nor rootless: there it is
     /// [`SandboxError::InvalidConfig`].
     pub cgroup_view: bool,
+    /// A long-lived [`Sandbox`](crate::Sandbox) is closed this long after its start, with
+    /// whatever runs in it; later calls fail with [`SandboxError::SandboxExpired`]. `None`
+    /// (the default): no limit. Spawns have [`timeout`](Self::timeout) instead.
+    pub ttl: Option<Duration>,
+    /// A long-lived [`Sandbox`](crate::Sandbox) is closed once no command (exec or job) has
+    /// run in it for this long; later calls fail with [`SandboxError::SandboxExpired`].
+    /// `None` (the default): never for idleness.
+    pub idle_lifetime: Option<Duration>,
 }
 
 impl SandboxConfig {
@@ -166,6 +174,8 @@ impl Default for SandboxConfig {
             tmp_size: 256 * 1024 * 1024,
             output_limit: Some(64 * 1024 * 1024),
             cgroup_view: false,
+            ttl: None,
+            idle_lifetime: None,
         }
     }
 }
@@ -351,6 +361,12 @@ pub struct ContainerConfig {
     pub timeout: Option<Duration>,
     /// Most bytes kept of each captured output file; past it the process is killed.
     pub output_limit: Option<u64>,
+    /// A long-lived sandbox's time to live (see [`SandboxConfig::ttl`]).
+    #[serde(default)]
+    pub ttl: Option<Duration>,
+    /// A long-lived sandbox's idle lifetime (see [`SandboxConfig::idle_lifetime`]).
+    #[serde(default)]
+    pub idle_lifetime: Option<Duration>,
     /// The process's standard input.
     pub stdin: Stdio,
     /// The process's standard output.

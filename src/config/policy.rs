@@ -100,6 +100,8 @@ pub(crate) fn from_policy(
         security: Security::default(),
         timeout: s.timeout,
         output_limit: s.output_limit,
+        ttl: s.ttl,
+        idle_lifetime: s.idle_lifetime,
         stdin: Stdio::Piped,
         stdout: Stdio::Piped,
         stderr: Stdio::Piped,

@@ -3,6 +3,7 @@
 use crate::config::ExecConfig;
 
 mod jobs;
+mod lifetime;
 
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::PathBuf;
@@ -68,6 +69,10 @@ struct Inner {
     closed: std::sync::atomic::AtomicBool,
     /// Background jobs ([`Sandbox::spawn_job`]).
     jobs: crate::handle::job::JobRegistry,
+    /// Commands running, for the idle lifetime.
+    activity: lifetime::ActivityBoard,
+    /// Set when a lifetime option ended the sandbox.
+    expired: std::sync::OnceLock<crate::status::SandboxExpiry>,
 }
 
 impl Sandbox {
@@ -79,7 +84,7 @@ impl Sandbox {
         control: ControlSocket,
         one_shot: bool,
     ) -> Self {
-        Sandbox {
+        let sandbox = Sandbox {
             inner: Arc::new(Inner {
                 owner,
                 container,
@@ -90,8 +95,12 @@ impl Sandbox {
                 one_shot,
                 closed: Default::default(),
                 jobs: Default::default(),
+                activity: Default::default(),
+                expired: Default::default(),
             }),
-        }
+        };
+        lifetime::watch(&sandbox);
+        sandbox
     }
 
     /// The sandbox's container id.
@@ -108,6 +117,7 @@ impl Sandbox {
     /// container is removed. Clones then report [`SandboxError::SandboxClosed`].
     pub async fn close(&self) {
         self.inner.closed.store(true, Ordering::Release);
+        self.inner.activity.close();
         self.inner.container.start_kill();
         self.inner.container.finished().await;
         // Every job died with the container; their outputs stay with the handles left.
@@ -332,6 +342,8 @@ impl Sandbox {
                 id: id.clone(),
                 limit: MAX_CONCURRENT_EXECS,
             })?;
+        // Busy from before the request: an idle lifetime cannot end the sandbox under it.
+        let slot = (slot, self.inner.activity.busy());
         let conn = self.send(&cwd, &argv, &env, stdio).await?;
         // The launcher answers within a fork and an exec; a deadline keeps a wedged sandbox
         // from hanging the caller.
@@ -385,7 +397,7 @@ impl Sandbox {
         timeout: Option<Duration>,
         capture: Option<crate::host::capture::CaptureWatch>,
         oom_before: u64,
-        slot: tokio::sync::OwnedSemaphorePermit,
+        slot: (tokio::sync::OwnedSemaphorePermit, lifetime::Busy),
     ) -> Supervised {
         let id = self.id().to_owned();
         // An exec's own id; a spawn's command is its container's only one, and keeps its id.
@@ -406,7 +418,7 @@ impl Sandbox {
             outcome: outcome_tx,
             capture,
             oom_before,
-            slot,
+            slot: Box::new(slot),
             container_end: self.inner.one_shot.then(|| {
                 let sandbox = self.clone();
                 Box::new(move |want_oom: bool| {
@@ -494,6 +506,12 @@ impl Sandbox {
     }
 
     fn ended_error(&self) -> Option<SandboxError> {
+        if let Some(expiry) = self.inner.expired.get() {
+            return Some(SandboxError::SandboxExpired {
+                id: self.id().to_owned(),
+                expiry: *expiry,
+            });
+        }
         if self.inner.closed.load(Ordering::Acquire) {
             return Some(SandboxError::SandboxClosed {
                 id: self.id().to_owned(),

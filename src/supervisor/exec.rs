@@ -67,8 +67,9 @@ pub(crate) struct ExecSupervision {
     pub capture: Option<CaptureWatch>,
     /// The sandbox's OOM-kill count at the start.
     pub oom_before: u64,
-    /// Held while the command runs: one of the sandbox's exec slots.
-    pub slot: tokio::sync::OwnedSemaphorePermit,
+    /// Held while the command runs, dropped at its end: one of the sandbox's exec slots
+    /// and its mark of activity.
+    pub slot: Box<dyn Send + Sync>,
     /// For a spawn's command: ends its container (the command's end is the container's),
     /// awaited before the capture is finished and the outcome published.
     pub container_end: Option<ContainerEnd>,

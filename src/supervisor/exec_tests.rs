@@ -97,7 +97,7 @@ fn start_with(
         outcome: outcome_tx,
         capture: None,
         oom_before: 0,
-        slot,
+        slot: Box::new(slot),
         container_end,
     };
     Harness {

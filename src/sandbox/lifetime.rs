@@ -1,0 +1,131 @@
+//! A long-lived sandbox's lifetime options: its time to live and its idle lifetime, watched
+//! by one task per sandbox that closes it when either runs out.
+
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use super::{Inner, Sandbox};
+use crate::status::SandboxExpiry;
+use crate::supervisor::sleep_until;
+
+/// What runs in a sandbox, as its lifetime watcher sees it.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Activity {
+    /// Commands (execs and jobs) running.
+    running: usize,
+    /// When `running` last changed (or the sandbox started).
+    since: Instant,
+    /// The sandbox was closed: nothing more to watch.
+    closed: bool,
+}
+
+/// The sandbox's side of its activity: marks commands running, and the close.
+#[derive(Debug)]
+pub(super) struct ActivityBoard {
+    tx: Arc<watch::Sender<Activity>>,
+}
+
+impl Default for ActivityBoard {
+    fn default() -> Self {
+        let (tx, _) = watch::channel(Activity {
+            running: 0,
+            since: Instant::now(),
+            closed: false,
+        });
+        ActivityBoard { tx: Arc::new(tx) }
+    }
+}
+
+impl ActivityBoard {
+    /// Marks one more command running, until the returned mark is dropped.
+    pub fn busy(&self) -> Busy {
+        self.tx.send_modify(|a| {
+            a.running += 1;
+            a.since = Instant::now();
+        });
+        Busy {
+            tx: Arc::clone(&self.tx),
+        }
+    }
+
+    /// The sandbox is closed: its watcher stops.
+    pub fn close(&self) {
+        self.tx.send_modify(|a| a.closed = true);
+    }
+
+    fn subscribe(&self) -> watch::Receiver<Activity> {
+        self.tx.subscribe()
+    }
+}
+
+/// One command running; dropping it marks its end.
+#[derive(Debug)]
+pub(super) struct Busy {
+    tx: Arc<watch::Sender<Activity>>,
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        self.tx.send_modify(|a| {
+            a.running -= 1;
+            a.since = Instant::now();
+        });
+    }
+}
+
+/// Starts the watcher of `sandbox`'s lifetime options, if it has any. The watcher holds the
+/// sandbox weakly: dropping every handle still ends the sandbox, and the watcher with it.
+pub(super) fn watch(sandbox: &Sandbox) {
+    let config = &sandbox.inner.config;
+    let (ttl, idle) = (config.ttl, config.idle_lifetime);
+    if sandbox.inner.one_shot || (ttl.is_none() && idle.is_none()) {
+        return;
+    }
+    let activity = sandbox.inner.activity.subscribe();
+    let inner = Arc::downgrade(&sandbox.inner);
+    tokio::spawn(watcher(inner, ttl, idle, activity));
+}
+
+async fn watcher(
+    inner: Weak<Inner>,
+    ttl: Option<Duration>,
+    idle: Option<Duration>,
+    mut activity: watch::Receiver<Activity>,
+) {
+    // Durations too long to be an instant are no limit.
+    let ttl_deadline = ttl.and_then(|t| Instant::now().checked_add(t));
+    let expiry = loop {
+        let now = *activity.borrow_and_update();
+        if now.closed {
+            return;
+        }
+        let idle_deadline = match idle {
+            Some(i) if now.running == 0 => now.since.checked_add(i),
+            _ => None,
+        };
+        tokio::select! {
+            _ = sleep_until(ttl_deadline), if ttl_deadline.is_some() => {
+                break SandboxExpiry::Ttl(ttl.unwrap_or_default());
+            }
+            _ = sleep_until(idle_deadline), if idle_deadline.is_some() => {
+                break SandboxExpiry::Idle(idle.unwrap_or_default());
+            }
+            changed = activity.changed() => {
+                if changed.is_err() {
+                    return; // the sandbox is gone
+                }
+            }
+        }
+    };
+    let Some(inner) = inner.upgrade() else {
+        return;
+    };
+    let sandbox = Sandbox { inner };
+    if sandbox.inner.expired.set(expiry).is_ok() {
+        tracing::debug!(sandbox = %sandbox.id(), %expiry, "the sandbox expired: closing it");
+        sandbox.close().await;
+    }
+}
