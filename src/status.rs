@@ -13,6 +13,7 @@ pub struct ExitStatus {
     code: Option<i32>,
     signal: Option<i32>,
     timed_out: bool,
+    idle_timed_out: bool,
     output_limit_exceeded: bool,
     oom_killed: bool,
     usage: Option<Usage>,
@@ -51,6 +52,7 @@ impl ExitStatus {
             code: Some(code),
             signal: None,
             timed_out: false,
+            idle_timed_out: false,
             output_limit_exceeded: false,
             oom_killed: false,
             usage: None,
@@ -62,6 +64,7 @@ impl ExitStatus {
             code: None,
             signal: Some(signal),
             timed_out: false,
+            idle_timed_out: false,
             output_limit_exceeded: false,
             oom_killed: false,
             usage: None,
@@ -72,6 +75,13 @@ impl ExitStatus {
         ExitStatus {
             timed_out: true,
             ..Self::signaled(libc::SIGKILL)
+        }
+    }
+
+    pub(crate) fn killed_by_idle_timeout() -> Self {
+        ExitStatus {
+            idle_timed_out: true,
+            ..Self::killed_by_timeout()
         }
     }
 
@@ -100,6 +110,13 @@ impl ExitStatus {
     /// True when the library killed the process because its timeout passed.
     pub fn timed_out(&self) -> bool {
         self.timed_out
+    }
+
+    /// True when the library killed the process because it wrote no output for its idle
+    /// timeout ([`ExecConfig::idle_timeout`](crate::ExecConfig::idle_timeout)); then
+    /// [`timed_out`](Self::timed_out) is true as well.
+    pub fn idle_timed_out(&self) -> bool {
+        self.idle_timed_out
     }
 
     /// True when the library killed the process because its captured output passed the
@@ -149,6 +166,9 @@ impl fmt::Display for ExitStatus {
         }
         if self.oom_killed && self.signal == Some(libc::SIGKILL) {
             return f.write_str("out of memory (killed)");
+        }
+        if self.idle_timed_out {
+            return f.write_str("no output within its idle timeout (killed)");
         }
         match (self.timed_out, self.code, self.signal) {
             (true, _, _) => f.write_str("timed out (killed)"),
@@ -219,6 +239,13 @@ mod tests {
         assert_eq!(
             ExitStatus::killed_by_timeout().to_string(),
             "timed out (killed)"
+        );
+        let idle = ExitStatus::killed_by_idle_timeout();
+        assert!(idle.timed_out() && idle.idle_timed_out());
+        assert!(!ExitStatus::killed_by_timeout().idle_timed_out());
+        assert_eq!(
+            idle.to_string(),
+            "no output within its idle timeout (killed)"
         );
         assert_eq!(
             ExitStatus::killed_by_output_limit().to_string(),

@@ -516,8 +516,80 @@ async fn piped_output_keeps_head_and_tail_within_the_limit(kind: OciRuntime) {
     sandbox.close().await;
 }
 
+async fn silence_past_the_idle_timeout_kills_and_output_keeps_a_command_alive(kind: OciRuntime) {
+    use tokio::io::AsyncReadExt;
+    let t = TestSandbox::new(kind).await;
+    let sandbox = start(&t).await;
+    let idle = |script: &str, secs: f64| ExecConfig {
+        idle_timeout: Some(Duration::from_secs_f64(secs)),
+        ..sh(script)
+    };
+    let piped = async {
+        // Writes every 0.5 s for 2 s (alive), then stalls (killed).
+        let begun = Instant::now();
+        let out = sandbox
+            .exec(&idle(
+                "for i in 1 2 3 4; do echo $i; sleep 0.5; done; sleep 300",
+                2.0,
+            ))
+            .await
+            .unwrap()
+            .wait_with_output()
+            .await
+            .unwrap();
+        assert!(out.status.idle_timed_out(), "{}", out.status);
+        assert_eq!(out.stdout, b"1\n2\n3\n4\n");
+        // The last line at 1.5 s, then 2 s of silence.
+        assert!(
+            begun.elapsed() >= Duration::from_millis(3400),
+            "{:?}",
+            begun.elapsed()
+        );
+        // A command that keeps writing ends by itself.
+        let busy = sandbox
+            .exec(&idle(
+                "for i in 1 2 3 4 5 6; do echo $i >&2; sleep 0.5; done",
+                2.0,
+            ))
+            .await
+            .unwrap()
+            .wait_with_output()
+            .await
+            .unwrap();
+        assert!(busy.status.success(), "{}", busy.status);
+        assert_eq!(busy.stderr, b"1\n2\n3\n4\n5\n6\n");
+    };
+    let captured = async {
+        let capture = sandbox
+            .exec_captured(&idle("echo started; sleep 300", 1.5), OutputMode::Combined)
+            .await
+            .unwrap();
+        let status = capture.wait().await.unwrap();
+        assert!(status.idle_timed_out(), "{status}");
+        assert_eq!(capture.output.read_stdout().await.unwrap(), b"started\n");
+    };
+    let interactive = async {
+        let mut pty = sandbox
+            .exec_interactive(&idle("echo hello; sleep 300", 1.5))
+            .await
+            .unwrap();
+        let mut screen = Vec::new();
+        tokio::time::timeout(Duration::from_secs(20), pty.read_to_end(&mut screen))
+            .await
+            .expect("the idle terminal was not ended")
+            .unwrap();
+        assert!(String::from_utf8_lossy(&screen).contains("hello"));
+        let status = pty.wait().await.unwrap();
+        assert!(status.idle_timed_out(), "{status}");
+    };
+    tokio::join!(piped, captured, interactive);
+    sandbox.close().await;
+    t.assert_nothing_left(&[], Some("300")).await;
+}
+
 on_every_runtime!(
     every_status_carries_the_commands_usage,
+    silence_past_the_idle_timeout_kills_and_output_keeps_a_command_alive,
     piped_output_keeps_head_and_tail_within_the_limit,
     each_exec_has_its_own_id,
     a_pool_hands_out_fresh_sandboxes_and_refills,

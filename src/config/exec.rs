@@ -35,6 +35,12 @@ pub struct ExecConfig {
     /// none). Past it, the command and everything it started are killed (the sandbox lives
     /// on) and the status says timed out.
     pub timeout: Option<Duration>,
+    /// Killed (status [`idle_timed_out`](crate::ExitStatus::idle_timed_out)) once it has
+    /// written nothing to stdout or stderr for this long: a tool call stuck on a prompt or a
+    /// network read. `None` (the default): no idle limit. Piped output then passes through a
+    /// relay of the library's (one copy on the host); captured output is watched in its files;
+    /// a terminal counts what is read from it.
+    pub idle_timeout: Option<Duration>,
     /// Most bytes kept of each output stream; the sandbox config's `output_limit` when
     /// `None`, and no limit for `Some(u64::MAX)`. Piped ([`exec`](crate::Sandbox::exec)):
     /// what [`wait_with_output`](crate::ContainerProcess::wait_with_output) keeps (head and
@@ -70,6 +76,7 @@ impl ExecConfig {
             env: Vec::new(),
             cwd: None,
             timeout: None,
+            idle_timeout: None,
             output_limit: None,
             stdin: Stdio::Piped,
             stdout: Stdio::Piped,

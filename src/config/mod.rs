@@ -361,6 +361,9 @@ pub struct ContainerConfig {
     pub timeout: Option<Duration>,
     /// Most bytes kept of each captured output file; past it the process is killed.
     pub output_limit: Option<u64>,
+    /// Killed after this long without output (see [`ExecConfig::idle_timeout`]).
+    #[serde(default)]
+    pub idle_timeout: Option<Duration>,
     /// A long-lived sandbox's time to live (see [`SandboxConfig::ttl`]).
     #[serde(default)]
     pub ttl: Option<Duration>,

@@ -100,6 +100,7 @@ pub(crate) fn from_policy(
         security: Security::default(),
         timeout: s.timeout,
         output_limit: s.output_limit,
+        idle_timeout: None,
         ttl: s.ttl,
         idle_lifetime: s.idle_lifetime,
         stdin: Stdio::Piped,

@@ -269,6 +269,7 @@ pub(super) fn command_of(config: &ContainerConfig) -> crate::ExecConfig {
     exec.stdin = config.stdin;
     exec.stdout = config.stdout;
     exec.stderr = config.stderr;
+    exec.idle_timeout = config.idle_timeout;
     exec
 }
 

@@ -5,3 +5,4 @@ pub(crate) mod collect;
 pub(crate) mod job;
 pub(crate) mod process;
 pub(crate) mod pty;
+pub(crate) mod relay;

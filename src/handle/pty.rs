@@ -9,6 +9,7 @@ use std::task::{Context, Poll, ready};
 
 use tokio::io::unix::AsyncFd;
 use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
+use tokio::sync::watch;
 
 use crate::error::SandboxError;
 use crate::status::ExitStatus;
@@ -105,7 +106,14 @@ macro_rules! impl_pty_io {
                 cx: &mut Context<'_>,
                 buf: &mut ReadBuf<'_>,
             ) -> Poll<io::Result<()>> {
-                poll_read_pty(&self.pty, cx, buf)
+                let before = buf.filled().len();
+                let read = poll_read_pty(&self.pty, cx, buf);
+                if buf.filled().len() > before {
+                    if let Some(activity) = &self.activity {
+                        activity.send_replace(());
+                    }
+                }
+                read
             }
         }
     };
@@ -159,6 +167,8 @@ macro_rules! impl_pty_io {
 pub struct PtySession {
     pty: Pty,
     inner: Arc<Supervised>,
+    /// Marked on every read of output (for an idle timeout).
+    activity: Option<Arc<watch::Sender<()>>>,
 }
 
 impl PtySession {
@@ -167,11 +177,16 @@ impl PtySession {
         fd: OwnedFd,
         inner: Supervised,
         (cols, rows): (u16, u16),
+        activity: Option<Arc<watch::Sender<()>>>,
     ) -> io::Result<Self> {
         let pty = register_pty(fd)?;
         let inner = Arc::new(inner);
         resize(&pty, &inner, cols, rows)?;
-        Ok(PtySession { pty, inner })
+        Ok(PtySession {
+            pty,
+            inner,
+            activity,
+        })
     }
 
     /// This process's id, unique on this machine: a spawn's is its container's; a command
@@ -202,6 +217,7 @@ impl PtySession {
             PtyReader {
                 pty: self.pty.clone(),
                 _inner: self.inner.clone(),
+                activity: self.activity.clone(),
             },
             PtyWriter {
                 pty: self.pty.clone(),
@@ -222,6 +238,7 @@ impl_pty_io!(AsyncWrite for PtySession);
 pub struct PtyReader {
     pty: Pty,
     _inner: Arc<Supervised>,
+    activity: Option<Arc<watch::Sender<()>>>,
 }
 
 impl_pty_io!(AsyncRead for PtyReader);

@@ -160,14 +160,34 @@ impl Sandbox {
     /// Cancel safe: a dropped future leaves no process (the launcher kills a command whose
     /// connection closed).
     pub async fn exec(&self, exec: &ExecConfig) -> Result<ContainerProcess, SandboxError> {
-        let (ours, theirs) = exec_stdio(exec)?;
+        let (mut ours, theirs) = exec_stdio(exec)?;
+        // With an idle timeout, output passes through relays that see it.
+        let activity = match exec.idle_timeout {
+            Some(_) if ours[1].is_some() || ours[2].is_some() => {
+                let (tx, rx) = watch::channel(());
+                let tx = Arc::new(tx);
+                for end in ours[1..].iter_mut() {
+                    if let Some(fd) = end.take() {
+                        let relayed = crate::handle::relay::relayed(fd, Arc::clone(&tx)).map_err(
+                            |source| SandboxError::Process {
+                                context: "relaying the command's output",
+                                source,
+                            },
+                        )?;
+                        *end = Some(relayed);
+                    }
+                }
+                Some(rx)
+            }
+            _ => None,
+        };
         let fds = [
             theirs[0].as_raw_fd(),
             theirs[1].as_raw_fd(),
             theirs[2].as_raw_fd(),
         ];
         let (supervised, _) = self
-            .run(exec, launcher::Stdio::Fds(fds), None, theirs)
+            .run(exec, launcher::Stdio::Fds(fds), None, activity, theirs)
             .await?;
         let [stdin, stdout, stderr] = ours;
         let stdin = stdin
@@ -229,6 +249,7 @@ impl Sandbox {
                 exec,
                 launcher::Stdio::Fds(fds),
                 Some(watch),
+                None,
                 [null, stdout.into(), stderr.into()],
             )
             .await?;
@@ -254,14 +275,29 @@ impl Sandbox {
             context: "setting up the PTY",
             source,
         };
+        // What is read from the terminal is its output, for the idle timeout.
+        let terminal_activity = match exec.idle_timeout {
+            Some(_) => {
+                let (tx, rx) = watch::channel(());
+                (Some(Arc::new(tx)), Some(rx))
+            }
+            None => (None, None),
+        };
         if self.inner.container.cli.kind != crate::OciRuntime::Gvisor {
             // The launcher makes the PTY in the container's own devpts (so that `tty` names
             // it) and hands the controller over.
             let (supervised, controller) = self
-                .run(&exec, launcher::Stdio::OwnTerminal, None, [])
+                .run(
+                    &exec,
+                    launcher::Stdio::OwnTerminal,
+                    None,
+                    terminal_activity.1,
+                    [],
+                )
                 .await?;
             let controller = controller.expect("an own-terminal start returns its controller");
-            return PtySession::from_controller(controller, supervised, SIZE).map_err(setup_err);
+            return PtySession::from_controller(controller, supervised, SIZE, terminal_activity.0)
+                .map_err(setup_err);
         }
         // gVisor cannot hand a PTY of its kernel to the host: the launcher makes one and
         // relays it over a stream socket, which stands in for the controller.
@@ -277,9 +313,16 @@ impl Sandbox {
         })?;
         let raw = terminal.as_raw_fd();
         let (supervised, _) = self
-            .run(&exec, launcher::Stdio::Terminal(raw), None, [terminal])
+            .run(
+                &exec,
+                launcher::Stdio::Terminal(raw),
+                None,
+                terminal_activity.1,
+                [terminal],
+            )
             .await?;
-        PtySession::from_controller(controller, supervised, SIZE).map_err(setup_err)
+        PtySession::from_controller(controller, supervised, SIZE, terminal_activity.0)
+            .map_err(setup_err)
     }
 
     /// Sends the request, waits for the start, and hands the command to its supervisor.
@@ -289,6 +332,7 @@ impl Sandbox {
         exec: &ExecConfig,
         stdio: launcher::Stdio,
         capture: Option<crate::host::capture::CaptureWatch>,
+        activity: Option<watch::Receiver<()>>,
         keep: [OwnedFd; N],
     ) -> Result<(Supervised, Option<OwnedFd>), SandboxError> {
         use tracing::Instrument;
@@ -303,7 +347,7 @@ impl Sandbox {
             tracing::debug_span!("exec", sandbox = %self.id(), command = %exec.command, mode);
         let begun = std::time::Instant::now();
         let ran = self
-            .run_in_span(exec, stdio, capture, keep)
+            .run_in_span(exec, stdio, capture, activity, keep)
             .instrument(span.clone())
             .await;
         span.in_scope(|| match &ran {
@@ -318,6 +362,7 @@ impl Sandbox {
         exec: &ExecConfig,
         stdio: launcher::Stdio,
         capture: Option<crate::host::capture::CaptureWatch>,
+        activity: Option<watch::Receiver<()>>,
         keep: [OwnedFd; N],
     ) -> Result<(Supervised, Option<OwnedFd>), SandboxError> {
         let own_terminal = matches!(stdio, launcher::Stdio::OwnTerminal);
@@ -385,7 +430,12 @@ impl Sandbox {
             }
         };
         let timeout = exec.timeout.or(self.inner.config.timeout);
-        let supervised = self.supervise(Box::new(conn), timeout, capture, oom_before, slot);
+        let watched = Watched {
+            capture,
+            activity,
+            idle_timeout: exec.idle_timeout,
+        };
+        let supervised = self.supervise(Box::new(conn), timeout, watched, oom_before, slot);
         Ok((supervised, terminal))
     }
 
@@ -395,7 +445,7 @@ impl Sandbox {
         &self,
         channel: Box<dyn crate::supervisor::exec::CommandChannel>,
         timeout: Option<Duration>,
-        capture: Option<crate::host::capture::CaptureWatch>,
+        watched: Watched,
         oom_before: u64,
         slot: (tokio::sync::OwnedSemaphorePermit, lifetime::Busy),
     ) -> Supervised {
@@ -413,10 +463,12 @@ impl Sandbox {
             channel,
             sandbox_id: id.clone(),
             timeout,
+            idle_timeout: watched.idle_timeout,
+            activity: watched.activity,
             control: control_rx,
             requests: requests_rx,
             outcome: outcome_tx,
-            capture,
+            capture: watched.capture,
             oom_before,
             slot: Box::new(slot),
             container_end: self.inner.one_shot.then(|| {
@@ -543,6 +595,14 @@ fn open_null() -> Result<OwnedFd, SandboxError> {
 
 /// Our ends and the command's ends of its stdio.
 #[allow(clippy::type_complexity)]
+/// What an exec's supervisor watches besides the command: its capture files, and marks of
+/// output the host saw (for the idle timeout).
+struct Watched {
+    capture: Option<crate::host::capture::CaptureWatch>,
+    activity: Option<watch::Receiver<()>>,
+    idle_timeout: Option<Duration>,
+}
+
 fn exec_stdio(exec: &ExecConfig) -> Result<([Option<OwnedFd>; 3], [OwnedFd; 3]), SandboxError> {
     let pipe_err = |e: nix::errno::Errno| SandboxError::Process {
         context: "creating the command's pipes",

@@ -61,6 +61,10 @@ pub(crate) struct ExecSupervision {
     pub channel: Box<dyn CommandChannel>,
     pub sandbox_id: String,
     pub timeout: Option<Duration>,
+    /// Killed after this long without output: seen as capture file events, or as `activity`.
+    pub idle_timeout: Option<Duration>,
+    /// Marked on every chunk of output the host sees (piped relays, terminal reads).
+    pub activity: Option<watch::Receiver<()>>,
     pub control: mpsc::UnboundedReceiver<Control>,
     pub requests: mpsc::UnboundedReceiver<ExecRequest>,
     pub outcome: watch::Sender<Outcome>,
@@ -134,7 +138,9 @@ async fn watch_command(
         s.channel.signal(libc::SIGKILL);
         report_deadline = Some(Instant::now() + KILL_REPORT_DEADLINE);
     }
+    let mut last_output = Instant::now();
     loop {
+        let idle_deadline = s.idle_timeout.and_then(|t| last_output.checked_add(t));
         tokio::select! {
             end = s.channel.ended() => return Some((ended_by, end)),
             _ = sleep_until(report_deadline), if report_deadline.is_some() => {
@@ -145,6 +151,13 @@ async fn watch_command(
                 return Some((ended_by, Err(silent)));
             }
             _ = sleep_until(deadline), if ended_by.is_none() => ended_by = Some(EndedBy::Timeout),
+            _ = sleep_until(idle_deadline), if ended_by.is_none() && idle_deadline.is_some() => {
+                ended_by = Some(EndedBy::IdleTimeout);
+            }
+            Ok(()) = changed(&mut s.activity) => {
+                last_output = Instant::now();
+                continue;
+            }
             msg = s.control.recv(), if ended_by.is_none() => match msg {
                 Some(Control::Kill) => ended_by = Some(EndedBy::Kill),
                 None => return None,
@@ -158,6 +171,7 @@ async fn watch_command(
             }
             over = watch_capture(&mut s.capture), if ended_by.is_none() => {
                 if !over {
+                    last_output = Instant::now();
                     continue;
                 }
                 ended_by = Some(EndedBy::OutputLimit);
@@ -165,6 +179,20 @@ async fn watch_command(
         }
         s.channel.signal(libc::SIGKILL);
         report_deadline = Some(Instant::now() + KILL_REPORT_DEADLINE);
+    }
+}
+
+/// The next mark of output activity; pending forever without a source (or once it is gone).
+async fn changed(activity: &mut Option<watch::Receiver<()>>) -> Result<(), ()> {
+    match activity {
+        Some(rx) => match rx.changed().await {
+            Ok(()) => Ok(()),
+            Err(_) => {
+                *activity = None;
+                Err(())
+            }
+        },
+        None => std::future::pending().await,
     }
 }
 

@@ -73,6 +73,16 @@ fn start_with(
     obeys_kill: bool,
     container_end: Option<ContainerEnd>,
 ) -> Harness {
+    start_watching(timeout, obeys_kill, container_end, None)
+}
+
+/// With an idle timeout fed by `activity`.
+fn start_watching(
+    timeout: Option<Duration>,
+    obeys_kill: bool,
+    container_end: Option<ContainerEnd>,
+    idle: Option<(Duration, watch::Receiver<()>)>,
+) -> Harness {
     let (end_tx, end_rx) = oneshot::channel();
     let signals = Arc::new(Mutex::new(Vec::new()));
     let resizes = Arc::new(Mutex::new(Vec::new()));
@@ -92,6 +102,8 @@ fn start_with(
         channel: Box::new(channel),
         sandbox_id: "osb-no-such-container".into(),
         timeout,
+        idle_timeout: idle.as_ref().map(|(t, _)| *t),
+        activity: idle.map(|(_, rx)| rx),
         control: control_rx,
         requests: requests_rx,
         outcome: outcome_tx,
@@ -143,6 +155,24 @@ async fn a_timeout_kills_the_command_and_says_so() {
     let status = h.outcome().await.unwrap();
     assert!(status.timed_out(), "{status}");
     assert_eq!(status.signal(), Some(libc::SIGKILL));
+    assert_eq!(*h.signals.lock().unwrap(), [libc::SIGKILL]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn output_keeps_an_idle_timeout_off_and_silence_kills() {
+    let (tx, rx) = watch::channel(());
+    let idle = Duration::from_secs(2);
+    let mut h = start_watching(None, true, None, Some((idle, rx)));
+    // Output every second for ten seconds: never idle for two.
+    for _ in 0..10 {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        tx.send_replace(());
+        assert!(h.signals.lock().unwrap().is_empty(), "killed while writing");
+    }
+    let silent_from = tokio::time::Instant::now();
+    let status = h.outcome().await.unwrap();
+    assert!(status.idle_timed_out() && status.timed_out(), "{status}");
+    assert!(silent_from.elapsed() >= idle);
     assert_eq!(*h.signals.lock().unwrap(), [libc::SIGKILL]);
 }
 

@@ -38,6 +38,7 @@ pub(crate) async fn watch_capture(capture: &mut Option<CaptureWatch>) -> bool {
 pub(crate) fn status_for(ended_by: Option<EndedBy>) -> ExitStatus {
     match ended_by {
         Some(EndedBy::Timeout) => ExitStatus::killed_by_timeout(),
+        Some(EndedBy::IdleTimeout) => ExitStatus::killed_by_idle_timeout(),
         Some(EndedBy::OutputLimit) => ExitStatus::killed_by_output_limit(),
         _ => ExitStatus::signaled(libc::SIGKILL),
     }
@@ -46,6 +47,8 @@ pub(crate) fn status_for(ended_by: Option<EndedBy>) -> ExitStatus {
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum EndedBy {
     Timeout,
+    /// No output for the idle timeout.
+    IdleTimeout,
     OutputLimit,
     Kill,
 }
