@@ -39,6 +39,52 @@
 //! millisecond (an in-container launcher forks them); [`SandboxPool`] keeps sandboxes started
 //! ahead of need.
 //!
+//! # Exec for agents
+//!
+//! A tool call is one exec in a long-lived sandbox. Its command's lifetime is the exec's:
+//! whatever it started in the background ends with it, so `wait_with_output` returns when the
+//! command does. Every status says how it ended and what it used.
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use oci_sandbox::{ExecConfig, NamespaceContainer, OutputCap, OutputMode, SandboxConfig};
+//!
+//! # #[tokio::main] async fn main() -> Result<(), oci_sandbox::SandboxError> {
+//! let runtime = NamespaceContainer::new().await?;
+//! let policy = SandboxConfig {
+//!     workdir: Some("/srv/agent-7".into()),           // mounted at /workspace, the cwd
+//!     idle_lifetime: Some(Duration::from_secs(600)),  // closed after 10 idle minutes
+//!     ..SandboxConfig::default()
+//! };
+//! let sandbox = runtime.start(&NamespaceContainer::build_config(&policy, "true", vec![])).await?;
+//!
+//! // A shell line with a 30 s limit, killed early if silent for 10 s; at most 64 KiB of
+//! // each stream kept (head and tail), the whole spilled to files.
+//! let call = ExecConfig {
+//!     timeout: Some(Duration::from_secs(30)),
+//!     idle_timeout: Some(Duration::from_secs(10)),
+//!     ..ExecConfig::shell("pip list 2>&1 | tail -5")
+//! };
+//! let out = sandbox.exec(&call).await?
+//!     .wait_with_output_capped(OutputCap::new(64 * 1024).spill_to("/var/tmp/call-1"))
+//!     .await?;
+//! println!("{} ({} bytes elided) {:?}", out.status, out.stdout_dropped, out.status.usage());
+//!
+//! // No limit for one exec: Some(Duration::MAX). A server as a background job, its log
+//! // replayed from any offset by whoever asks later. Python buffers a pipe's or a file's
+//! // output: run it with -u (or PYTHONUNBUFFERED=1) to stream it as it is written.
+//! let server = ExecConfig { timeout: Some(Duration::MAX), ..ExecConfig::new("python3", ["-u", "-m", "http.server"]) };
+//! let job = sandbox.spawn_job(&server, OutputMode::Combined).await?;
+//! let _log = sandbox.attach(job.id(), 0)?;
+//!
+//! // Output as it is written (files the container writes, tailed), and a terminal.
+//! let build = sandbox.exec_captured(&ExecConfig::shell("make -j2"), OutputMode::Separate).await?;
+//! let _stream = build.output.stdout_stream();
+//! let _shell = sandbox.exec_interactive(&ExecConfig { cwd: Some("/workspace".into()), ..ExecConfig::shell("bash") }).await?;
+//! sandbox.close().await;
+//! # Ok(()) }
+//! ```
+//!
 //! # Lifecycle
 //!
 //! Every handle owns its container. Dropping it, cancelling the future that holds it, a
@@ -75,6 +121,11 @@
 //! on every runtime; `docs/SECURITY.md` states what the boundary promises.
 
 #![warn(missing_docs)]
+
+// The README's Rust snippets compile as written.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
 
 // The layers, lowest first; a module imports only from its own layer's modules and the
 // layers below (tests/layers.rs checks it; docs/ARCHITECTURE.md has one line per module).

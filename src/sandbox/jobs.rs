@@ -14,7 +14,7 @@ impl Sandbox {
     /// after the returned handle is dropped, until it ends, is killed, or the sandbox closes.
     ///
     /// ```no_run
-    /// # async fn demo(sandbox: &oci_sandbox::Sandbox) -> Result<(), oci_sandbox::SandboxError> {
+    /// # async fn demo(sandbox: &oci_sandbox::Sandbox) -> Result<(), Box<dyn std::error::Error>> {
     /// use std::time::Duration;
     /// use futures::StreamExt;
     /// use oci_sandbox::{ExecConfig, OutputMode};
