@@ -172,4 +172,4 @@ pub use pool::SandboxPool;
 pub use runtimes::{GvisorPlatform, OciRuntime, PlatformChoice};
 pub use sandbox::{MAX_CONCURRENT_EXECS, Sandbox};
 pub use spec::identity::{DEFAULT_USERNS_BASE, USERNS_SIZE};
-pub use status::{ExitStatus, Output, SandboxExpiry, Usage};
+pub use status::{ExitStatus, Output, SandboxExpiry, SandboxUsage, Usage};

@@ -182,6 +182,23 @@ impl fmt::Display for ExitStatus {
     }
 }
 
+/// What a whole sandbox has used so far, from its cgroups
+/// ([`Sandbox::usage`](crate::Sandbox::usage)): every process in it, the init included (on
+/// gVisor: the sandbox's Sentry and gofer, which run the guest). A figure the host's cgroups
+/// do not keep is `None`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[non_exhaustive]
+pub struct SandboxUsage {
+    /// CPU time used since the sandbox started.
+    pub cpu: Option<Duration>,
+    /// Memory in use now, in bytes (page cache included, as the memory limit counts it).
+    pub memory_bytes: Option<u64>,
+    /// The most memory it has used at once, in bytes.
+    pub peak_memory_bytes: Option<u64>,
+    /// Processes and threads now.
+    pub pids: Option<u64>,
+}
+
 /// Why a long-lived sandbox ended by itself: its lifetime options
 /// ([`SandboxConfig::ttl`](crate::SandboxConfig::ttl),
 /// [`SandboxConfig::idle_lifetime`](crate::SandboxConfig::idle_lifetime)).

@@ -414,6 +414,15 @@ async fn every_status_carries_the_commands_usage(kind: OciRuntime) {
     let u = check("exec", status, Duration::from_millis(250));
     assert!(u.peak_rss_bytes >= 64 << 20, "{u:?}");
     assert!(u.peak_rss_bytes < 512 << 20, "{u:?}");
+    // The sandbox's own figures, from its cgroups: they include that command.
+    let whole = sandbox.usage().await.expect("a sandbox's cgroup usage");
+    assert!(
+        whole.cpu.unwrap() >= Duration::from_millis(250),
+        "{whole:?}"
+    );
+    assert!(whole.peak_memory_bytes.unwrap() >= 64 << 20, "{whole:?}");
+    assert!(whole.memory_bytes.unwrap() > 0, "{whole:?}");
+    assert!(whole.pids.unwrap() >= 1, "{whole:?}");
     // One the timeout killed: its usage to the kill.
     let mut spin = sh("while :; do :; done");
     spin.timeout = Some(Duration::from_millis(500));
@@ -421,6 +430,7 @@ async fn every_status_carries_the_commands_usage(kind: OciRuntime) {
     assert!(status.timed_out(), "{status}");
     check("timed-out exec", status, Duration::from_millis(100));
     sandbox.close().await;
+    assert_eq!(sandbox.usage().await, None, "a closed sandbox has no usage");
     // A spawn's command goes through the same init.
     let config = t.config("python3", &["-c", BUSY_AND_BIG]);
     let status = t

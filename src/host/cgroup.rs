@@ -55,6 +55,45 @@ pub(crate) fn oom_kills_blocking(id: &str) -> u64 {
         .unwrap_or(0)
 }
 
+/// What container `id` has used, from its cgroups (v1 hierarchies, else v2); `None` when it
+/// has no cgroup the host can read. Blocking (file reads).
+pub(crate) fn usage_blocking(id: &str) -> Option<crate::status::SandboxUsage> {
+    let relative = Path::new(CGROUP_PARENT.trim_start_matches('/')).join(id);
+    let read = |parts: &[&str]| -> Option<String> {
+        let mut path = PathBuf::from(ROOT);
+        let (file, dirs) = parts.split_last()?;
+        for d in dirs {
+            path.push(d);
+        }
+        std::fs::read_to_string(path.join(&relative).join(file)).ok()
+    };
+    let number = |text: Option<String>| text.and_then(|t| t.trim().parse::<u64>().ok());
+    let v2_cpu = |text: Option<String>| {
+        text.and_then(|t| {
+            t.lines()
+                .find_map(|l| l.strip_prefix("usage_usec "))
+                .and_then(|n| n.trim().parse::<u64>().ok())
+        })
+        .map(std::time::Duration::from_micros)
+    };
+    let usage = crate::status::SandboxUsage {
+        cpu: number(read(&["cpuacct", "cpuacct.usage"]))
+            .map(std::time::Duration::from_nanos)
+            .or_else(|| v2_cpu(read(&["unified", "cpu.stat"])))
+            .or_else(|| v2_cpu(read(&["cpu.stat"]))),
+        memory_bytes: number(read(&["memory", "memory.usage_in_bytes"]))
+            .or_else(|| number(read(&["unified", "memory.current"])))
+            .or_else(|| number(read(&["memory.current"]))),
+        peak_memory_bytes: number(read(&["memory", "memory.max_usage_in_bytes"]))
+            .or_else(|| number(read(&["unified", "memory.peak"])))
+            .or_else(|| number(read(&["memory.peak"]))),
+        pids: number(read(&["pids", "pids.current"]))
+            .or_else(|| number(read(&["unified", "pids.current"])))
+            .or_else(|| number(read(&["pids.current"]))),
+    };
+    (usage != crate::status::SandboxUsage::default()).then_some(usage)
+}
+
 /// The `oom_kill N` line of a memory cgroup's counters file.
 fn oom_kill_count(text: &str) -> u64 {
     text.lines()

@@ -113,6 +113,23 @@ impl Sandbox {
         self.inner.container.try_wait().ok().flatten()
     }
 
+    /// What the whole sandbox has used so far (CPU time, memory now and at its peak,
+    /// processes), read from its cgroups; `None` where it has none the host can read
+    /// (rootless on cgroup v1), or once it has ended. Each command's own figures are in its
+    /// status ([`ExitStatus::usage`]).
+    pub async fn usage(&self) -> Option<crate::status::SandboxUsage> {
+        if self.ended().is_some() || self.inner.closed.load(Ordering::Acquire) {
+            return None;
+        }
+        let id = self.id().to_owned();
+        crate::sys::blocking("reading the sandbox's cgroups", move || {
+            Ok(crate::host::cgroup::usage_blocking(&id))
+        })
+        .await
+        .ok()
+        .flatten()
+    }
+
     /// Kills every command in the sandbox and the sandbox itself, and waits until its
     /// container is removed. Clones then report [`SandboxError::SandboxClosed`].
     pub async fn close(&self) {
