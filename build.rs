@@ -4,7 +4,13 @@
 use std::path::PathBuf;
 
 fn main() {
-    println!("cargo::rerun-if-changed=launcher/launcher.c");
+    for source in [
+        "launcher/launcher.c",
+        "launcher/files.c",
+        "launcher/files.h",
+    ] {
+        println!("cargo::rerun-if-changed={source}");
+    }
     let out = PathBuf::from(std::env::var_os("OUT_DIR").expect("OUT_DIR")).join("osb-launcher");
     let compiler = cc::Build::new().opt_level(2).get_compiler();
     let compile = |extra: &[&str]| {
@@ -12,7 +18,7 @@ fn main() {
             .to_command()
             .args(["-Wall", "-Wextra", "-o"])
             .arg(&out)
-            .arg("launcher/launcher.c")
+            .args(["launcher/launcher.c", "launcher/files.c"])
             .args(extra)
             .status()
             .map(|s| s.success())

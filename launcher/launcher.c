@@ -95,6 +95,8 @@
 #include <termios.h>
 #include <unistd.h>
 
+#include "files.h"
+
 #define MAX_CONNS 1024
 #define COMMAND_NOFILE 1024
 #define MAX_REQUEST (192 * 1024)
@@ -125,6 +127,11 @@ static struct ending ending_of(int status, const struct rusage *ru) {
 }
 
 static struct conn conns[MAX_CONNS];
+
+/* File helpers (files.c) at work: one process per file request, until reaped. */
+#define MAX_HELPERS 64
+static pid_t helpers[MAX_HELPERS];
+static int nhelpers;
 
 /* Relays of ended execs still copying the last of their terminal's output, until reaped. */
 static pid_t draining[MAX_CONNS];
@@ -343,6 +350,7 @@ static void kill_leftovers(void) {
             for (int i = 0; i < nconns && !keep; i++)
                 keep = conns[i].pid == pid || conns[i].relayer == pid;
             for (int i = 0; i < ndraining && !keep; i++) keep = draining[i] == pid;
+            for (int i = 0; i < nhelpers && !keep; i++) keep = helpers[i] == pid;
             if (!keep && kill(pid, SIGKILL) == 0) killed++;
         }
         if (proc) closedir(proc);
@@ -470,6 +478,53 @@ static pid_t start_command(struct command *command) {
     return pid;
 }
 
+/* A file request: "F<op>\0<path>\0<path2>\0<uid>\0<gid>\0<mode>\0" (mode in octal) with the
+   channel and, for the ops that move data, a data socket. A helper process serves it (see
+   files.c); the launcher keeps none of its fds. */
+static int file_request(int fd, int *fds, int nfds, size_t len, int truncated) {
+    static char *items[8];
+    int n = split(request, len, items, 7);
+    char op = n == 6 && !truncated && strlen(items[0]) == 2 ? items[0][1] : 0;
+    int moves_data = op == 'r' || op == 'w' || op == 'l' || op == 'i';
+    if (!op || !strchr("rwslmxni", op) || nfds != (moves_data ? 1 : 0)) {
+        reply(fd, "E 22");
+        close(fd);
+        close_fds(fds, nfds);
+        return 0;
+    }
+    if (nhelpers == MAX_HELPERS) {
+        reply(fd, "E 24");
+        close(fd);
+        close_fds(fds, nfds);
+        return 0;
+    }
+    pid_t pid = fork();
+    if (pid == 0) {
+        close(control_fd);
+        for (int k = 0; k < nconns; k++) {
+            close(conns[k].fd);
+            if (conns[k].controller >= 0) close(conns[k].controller);
+            if (conns[k].report >= 0) close(conns[k].report);
+        }
+        sigset_t none;
+        sigemptyset(&none);
+        sigprocmask(SIG_SETMASK, &none, NULL);
+        serve_file(fd, moves_data ? fds[0] : -1, op, items[1], items[2],
+                   (uid_t)strtoul(items[3], NULL, 10), (gid_t)strtoul(items[4], NULL, 10),
+                   (mode_t)strtoul(items[5], NULL, 8));
+    }
+    if (pid < 0) {
+        char text[32];
+        snprintf(text, sizeof text, "E %d", errno);
+        reply(fd, text);
+    } else {
+        helpers[nhelpers++] = pid;
+    }
+    close(fd);
+    close_fds(fds, nfds);
+    return 0;
+}
+
 /* Reads one request from the control socket, forks and execs the command. Returns -1 when the
    control socket has ended (the host is gone). */
 static int start(void) {
@@ -506,6 +561,8 @@ static int start(void) {
     int fd = passed[0];
     int *fds = &passed[1];
     int nfds = ngot - 1;
+    if (len > 0 && request[0] == 'F')
+        return file_request(fd, fds, nfds, (size_t)len, (msg.msg_flags & (MSG_TRUNC | MSG_CTRUNC)) != 0);
     if (nconns == MAX_CONNS) {
         reply(fd, "E 24");
         close_fds(passed, ngot);
@@ -707,6 +764,12 @@ static void reap(void) {
     pid_t pid;
     struct rusage ru;
     while ((pid = wait4(-1, &status, WNOHANG, &ru)) > 0) {
+        for (int k = 0; k < nhelpers; k++) {
+            if (helpers[k] == pid) {
+                helpers[k] = helpers[--nhelpers];
+                break;
+            }
+        }
         for (int k = 0; k < ndraining; k++) {
             if (draining[k] == pid) {
                 draining[k] = draining[--ndraining];

@@ -162,14 +162,16 @@ pub use container::{NamespaceContainer, NamespaceContainerBuilder, UnenforcedLim
 pub use error::{RuntimeOp, SandboxError};
 pub use handle::capture::ProcessCapture;
 pub use handle::collect::OutputCap;
+pub use handle::file::{FileReader, FileWriter};
 pub use handle::job::Job;
 pub use handle::process::ContainerProcess;
 pub use handle::pty::{PtyReader, PtySession, PtyWriter};
 pub use host::capture::CapturedOutput;
+pub use launcher::{FileKind, FileMetadata};
 pub use nix::sys::signal::Signal;
 pub use oci_spec::runtime::Spec;
 pub use pool::SandboxPool;
 pub use runtimes::{GvisorPlatform, OciRuntime, PlatformChoice};
-pub use sandbox::{MAX_CONCURRENT_EXECS, Sandbox};
+pub use sandbox::{DirEntry, FileEvent, FileEvents, MAX_CONCURRENT_EXECS, Sandbox};
 pub use spec::identity::{DEFAULT_USERNS_BASE, USERNS_SIZE};
 pub use status::{ExitStatus, Output, SandboxExpiry, SandboxUsage, Usage};

@@ -2,6 +2,7 @@
 
 pub(crate) mod capture;
 pub(crate) mod collect;
+pub(crate) mod file;
 pub(crate) mod job;
 pub(crate) mod process;
 pub(crate) mod pty;

@@ -12,6 +12,7 @@ use nix::sys::socket::{
 };
 use tokio::io::unix::AsyncFd;
 
+use super::file_protocol::{COMMIT, FileReply, FileRequest};
 use super::protocol::{MAX_REPLY, Mode, Order, READY, Reply, StartRequest};
 
 /// How the command's stdio is made, with the fds that go along with the request.
@@ -167,14 +168,40 @@ impl ControlSocket {
             env,
         }
         .encode()?;
+        debug_assert_eq!(stdio.fds().len(), mode.stdio_fds());
+        self.send_request(&msg, stdio.fds()).await
+    }
+
+    /// Sends a file request with its own channel and, for the ops that move data, the
+    /// container's end of a new stream socket; returns the channel and the host's end.
+    pub async fn file_request(
+        &self,
+        request: FileRequest<'_>,
+    ) -> io::Result<(Connection, Option<tokio::net::UnixStream>)> {
+        let msg = request.encode()?;
+        if !request.op.moves_data() {
+            return Ok((self.send_request(&msg, &[]).await?, None));
+        }
+        let (ours, theirs) = std::os::unix::net::UnixStream::pair()?;
+        ours.set_nonblocking(true)?;
+        let conn = self.send_request(&msg, &[theirs.as_raw_fd()]).await?;
+        drop(theirs);
+        Ok((conn, Some(tokio::net::UnixStream::from_std(ours)?)))
+    }
+
+    /// Sends `msg` with a new channel's launcher end and `extra` fds, and returns the channel.
+    async fn send_request(
+        &self,
+        msg: &[u8],
+        extra: &[std::os::fd::RawFd],
+    ) -> io::Result<Connection> {
         let (ours, theirs) = seqpacket_pair()?;
-        // The channel first, then the stdio the mode calls for.
+        // The channel first, then the fds the request calls for.
         let mut fds = vec![theirs.as_raw_fd()];
-        fds.extend_from_slice(stdio.fds());
-        debug_assert_eq!(fds.len(), 1 + mode.stdio_fds());
+        fds.extend_from_slice(extra);
         loop {
             let mut guard = self.fd.writable().await?;
-            let iov = [io::IoSlice::new(&msg)];
+            let iov = [io::IoSlice::new(msg)];
             let rights = [ControlMessage::ScmRights(&fds)];
             match guard.try_io(|fd| {
                 sendmsg::<()>(fd.as_raw_fd(), &iov, &rights, MsgFlags::MSG_NOSIGNAL, None)
@@ -239,6 +266,28 @@ impl Connection {
                 io::ErrorKind::ConnectionAborted,
                 "the sandbox's launcher closed the connection",
             )),
+        }
+    }
+
+    /// Receives one reply to a file request; `None` when the helper closed the channel.
+    pub async fn receive_file(&self) -> io::Result<Option<FileReply>> {
+        match receive(&self.fd).await? {
+            Some(record) => Ok(Some(FileReply::decode(&record)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Commits a file write (the helper renames the new file over the path).
+    pub async fn commit(&self) -> io::Result<()> {
+        loop {
+            let mut guard = self.fd.writable().await?;
+            match guard.try_io(|fd| {
+                nix::sys::socket::send(fd.as_raw_fd(), COMMIT, MsgFlags::MSG_NOSIGNAL)
+                    .map_err(io::Error::from)
+            }) {
+                Ok(r) => return r.map(drop),
+                Err(_would_block) => continue,
+            }
         }
     }
 

@@ -45,9 +45,12 @@
 //! time).
 
 mod channel;
+mod file_protocol;
 mod protocol;
 
 pub(crate) use channel::{Connection, ControlSocket, Started, Stdio};
+pub use file_protocol::{FileKind, FileMetadata};
+pub(crate) use file_protocol::{FileOp, FileReply, FileRequest, decode_entry};
 pub(crate) use protocol::Reply;
 
 use std::io;

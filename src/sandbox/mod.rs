@@ -2,8 +2,10 @@
 
 use crate::config::ExecConfig;
 
+mod files;
 mod jobs;
 mod lifetime;
+pub use files::{DirEntry, FileEvent, FileEvents};
 
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::PathBuf;

@@ -1,0 +1,510 @@
+//! Files in and out of a [`Sandbox`]: every operation is done inside the container by a helper
+//! the launcher forks (`launcher/files.c`), as the sandbox's user, so paths resolve in the
+//! sandbox's own filesystem (a planted symlink or `..` cannot reach the host) and what is
+//! written is the sandbox's, counted against its limits. Data moves over a socket.
+
+use std::io;
+use std::path::{Path, PathBuf};
+
+use bytes::Bytes;
+use futures::Stream;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::UnixStream;
+
+use super::{START_DEADLINE, Sandbox};
+use crate::error::SandboxError;
+use crate::handle::file::{FileReader, FileWriter, file_error, verdict};
+use crate::launcher::{Connection, FileMetadata, FileOp, FileReply, FileRequest, decode_entry};
+
+/// One entry of [`Sandbox::list_dir`].
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub struct DirEntry {
+    /// Its name (bytes that are not UTF-8 are replaced).
+    pub name: String,
+    /// Its kind, size, mode and modification time (`uid` and `gid` are 0 here: ask
+    /// [`Sandbox::metadata`] for the owner).
+    pub metadata: FileMetadata,
+}
+
+/// A change under a path watched with [`Sandbox::watch`].
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum FileEvent {
+    /// An entry was created or moved in (its name; empty when the watched path is a file).
+    Created(String),
+    /// An entry was written to.
+    Modified(String),
+    /// An entry was removed or moved out.
+    Removed(String),
+    /// The watched path itself was removed or moved: the stream ends after this.
+    WatchedPathGone,
+}
+
+/// The events of [`Sandbox::watch`], as a `Stream`; dropping it ends the watch.
+pub struct FileEvents {
+    inner: std::pin::Pin<Box<dyn Stream<Item = io::Result<FileEvent>> + Send>>,
+}
+
+impl std::fmt::Debug for FileEvents {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FileEvents").finish_non_exhaustive()
+    }
+}
+
+impl Stream for FileEvents {
+    type Item = io::Result<FileEvent>;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        self.inner.as_mut().poll_next(cx)
+    }
+}
+
+/// Permission bits of the files [`Sandbox::write_file`] and [`Sandbox::create`] make.
+const NEW_FILE_MODE: u32 = 0o644;
+
+impl Sandbox {
+    /// Sends a file request and waits for its first reply, within [`START_DEADLINE`].
+    async fn file_request(
+        &self,
+        context: &'static str,
+        op: FileOp,
+        path: &Path,
+        to: Option<&Path>,
+        mode: u32,
+    ) -> Result<(Connection, Option<UnixStream>, FileReply), SandboxError> {
+        self.check_alive()?;
+        let request = FileRequest {
+            op,
+            path,
+            to,
+            uid: self.inner.config.uid,
+            gid: self.inner.config.gid,
+            mode,
+        };
+        let sent = async {
+            let (conn, data) = self.inner.control.file_request(request).await?;
+            let first = conn.receive_file().await?;
+            Ok::<_, io::Error>((conn, data, first))
+        };
+        let (conn, data, first) = match tokio::time::timeout(START_DEADLINE, sent).await {
+            Err(_) => {
+                return Err(SandboxError::Timeout {
+                    what: format!("{context}: {}", path.display()),
+                    after: START_DEADLINE,
+                });
+            }
+            Ok(Err(e)) if e.kind() == io::ErrorKind::InvalidInput => {
+                return Err(SandboxError::invalid("path", e.to_string()));
+            }
+            Ok(Err(e)) => return Err(self.ended_error().unwrap_or(file_error(context, path, e))),
+            Ok(Ok(r)) => r,
+        };
+        match first {
+            Some(FileReply::Failed(errno)) => Err(file_error(
+                context,
+                path,
+                io::Error::from_raw_os_error(errno),
+            )),
+            Some(reply) => Ok((conn, data, reply)),
+            None => Err(self
+                .ended_error()
+                .unwrap_or_else(|| file_error(context, path, verdict(Ok(None)).unwrap_err()))),
+        }
+    }
+
+    /// Writes `contents` to the file at `path` in the sandbox (absolute), replacing it whole
+    /// or not at all; the file is the sandbox user's, mode `0o644`.
+    ///
+    /// ```no_run
+    /// # async fn demo(sandbox: &oci_sandbox::Sandbox) -> Result<(), oci_sandbox::SandboxError> {
+    /// sandbox.write_file("/tmp/input.csv", b"a,b\n1,2\n").await?;
+    /// let back = sandbox.read_file("/tmp/input.csv").await?;
+    /// assert_eq!(&back[..], b"a,b\n1,2\n");
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`SandboxError::Io`] with the path and the sandbox's reason: its directory is missing
+    /// (`NotFound`), the user may not write there (`PermissionDenied`), the filesystem is full
+    /// (`StorageFull`: nothing is left behind). [`SandboxError::InvalidConfig`] for a path
+    /// that is not absolute.
+    pub async fn write_file(
+        &self,
+        path: impl AsRef<Path>,
+        contents: impl AsRef<[u8]>,
+    ) -> Result<(), SandboxError> {
+        let mut writer = self.create(path).await?;
+        if writer.write_all(contents.as_ref()).await.is_err() {
+            return Err(writer.failure().await);
+        }
+        writer.finish().await
+    }
+
+    /// The whole file at `path` in the sandbox.
+    ///
+    /// # Errors
+    ///
+    /// [`SandboxError::Io`] with the path: `NotFound`, `PermissionDenied`, `IsADirectory`,
+    /// `InvalidInput` for what is not a regular file (a FIFO, a device).
+    pub async fn read_file(&self, path: impl AsRef<Path>) -> Result<Bytes, SandboxError> {
+        let path = path.as_ref();
+        let mut reader = self.open(path).await?;
+        let mut all = Vec::with_capacity(usize::try_from(reader.size()).unwrap_or(0).min(64 << 20));
+        reader
+            .read_to_end(&mut all)
+            .await
+            .map_err(|e| file_error("reading a file in the sandbox", path, e))?;
+        Ok(Bytes::from(all))
+    }
+
+    /// Opens the file at `path` in the sandbox for a streaming read ([`FileReader`] is an
+    /// `AsyncRead`), for files too large to hold at once.
+    ///
+    /// # Errors
+    ///
+    /// As [`read_file`](Self::read_file).
+    pub async fn open(&self, path: impl AsRef<Path>) -> Result<FileReader, SandboxError> {
+        let path = path.as_ref();
+        let context = "reading a file in the sandbox";
+        let (conn, data, first) = self
+            .file_request(context, FileOp::Read, path, None, 0)
+            .await?;
+        match (first, data) {
+            (FileReply::Started(size), Some(data)) => Ok(FileReader::new(data, conn, size)),
+            (other, _) => Err(unexpected(context, path, other)),
+        }
+    }
+
+    /// Creates (or replaces) the file at `path` in the sandbox for a streaming write
+    /// ([`FileWriter`] is an `AsyncWrite`); [`FileWriter::finish`] puts it in place.
+    ///
+    /// # Errors
+    ///
+    /// As [`write_file`](Self::write_file).
+    pub async fn create(&self, path: impl AsRef<Path>) -> Result<FileWriter, SandboxError> {
+        let path = path.as_ref();
+        let context = "writing a file in the sandbox";
+        let (conn, data, first) = self
+            .file_request(context, FileOp::Write, path, None, NEW_FILE_MODE)
+            .await?;
+        match (first, data) {
+            (FileReply::Started(_), Some(data)) => {
+                Ok(FileWriter::new(data, conn, path.to_path_buf()))
+            }
+            (other, _) => Err(unexpected(context, path, other)),
+        }
+    }
+
+    /// What is at `path` in the sandbox (a link is described, not followed).
+    ///
+    /// # Errors
+    ///
+    /// [`SandboxError::Io`] with the path: `NotFound`, `PermissionDenied`, `NotADirectory`.
+    pub async fn metadata(&self, path: impl AsRef<Path>) -> Result<FileMetadata, SandboxError> {
+        let path = path.as_ref();
+        let context = "reading a file's metadata in the sandbox";
+        match self
+            .file_request(context, FileOp::Stat, path, None, 0)
+            .await?
+        {
+            (_, _, FileReply::Metadata(meta)) => Ok(meta),
+            (_, _, other) => Err(unexpected(context, path, other)),
+        }
+    }
+
+    /// The entries of the directory at `path` in the sandbox (without `.` and `..`), in the
+    /// order the filesystem gives them.
+    ///
+    /// # Errors
+    ///
+    /// [`SandboxError::Io`] with the path: `NotFound`, `NotADirectory`, `PermissionDenied`.
+    pub async fn list_dir(&self, path: impl AsRef<Path>) -> Result<Vec<DirEntry>, SandboxError> {
+        let path = path.as_ref();
+        let context = "listing a directory in the sandbox";
+        let (conn, data, _) = self
+            .file_request(context, FileOp::List, path, None, 0)
+            .await?;
+        let mut records = Vec::new();
+        if let Some(mut data) = data {
+            data.read_to_end(&mut records)
+                .await
+                .map_err(|e| file_error(context, path, e))?;
+        }
+        verdict(conn.receive_file().await).map_err(|e| file_error(context, path, e))?;
+        records
+            .split(|b| *b == 0)
+            .filter(|r| !r.is_empty())
+            .map(|r| {
+                let (name, metadata) = decode_entry(r).map_err(|e| file_error(context, path, e))?;
+                Ok(DirEntry {
+                    name: String::from_utf8_lossy(&name).into_owned(),
+                    metadata,
+                })
+            })
+            .collect()
+    }
+
+    /// Makes the directory at `path` in the sandbox and its missing parents (mode `0o755`);
+    /// one that exists is fine.
+    ///
+    /// # Errors
+    ///
+    /// [`SandboxError::Io`] with the path: `NotADirectory` (a file is in the way),
+    /// `PermissionDenied`, `StorageFull`.
+    pub async fn create_dir_all(&self, path: impl AsRef<Path>) -> Result<(), SandboxError> {
+        self.simple_op(
+            "making a directory in the sandbox",
+            FileOp::MakeDirs,
+            path.as_ref(),
+            None,
+        )
+        .await
+    }
+
+    /// Removes the file, link or whole directory tree at `path` in the sandbox (links are
+    /// removed, never followed).
+    ///
+    /// # Errors
+    ///
+    /// [`SandboxError::Io`] with the path: `NotFound`, `PermissionDenied`.
+    pub async fn remove(&self, path: impl AsRef<Path>) -> Result<(), SandboxError> {
+        self.simple_op(
+            "removing a file in the sandbox",
+            FileOp::Remove,
+            path.as_ref(),
+            None,
+        )
+        .await
+    }
+
+    /// Renames `from` to `to` in the sandbox (`rename(2)`: within one filesystem; a file at
+    /// `to` is replaced).
+    ///
+    /// # Errors
+    ///
+    /// [`SandboxError::Io`] with `from`: `NotFound`, `PermissionDenied`, `CrossesDevices`.
+    pub async fn rename(
+        &self,
+        from: impl AsRef<Path>,
+        to: impl AsRef<Path>,
+    ) -> Result<(), SandboxError> {
+        self.simple_op(
+            "renaming a file in the sandbox",
+            FileOp::Rename,
+            from.as_ref(),
+            Some(to.as_ref()),
+        )
+        .await
+    }
+
+    async fn simple_op(
+        &self,
+        context: &'static str,
+        op: FileOp,
+        path: &Path,
+        to: Option<&Path>,
+    ) -> Result<(), SandboxError> {
+        match self.file_request(context, op, path, to, 0).await? {
+            (_, _, FileReply::Done) => Ok(()),
+            (_, _, other) => Err(unexpected(context, path, other)),
+        }
+    }
+
+    /// Changes at `path` in the sandbox (a directory's entries, not recursively; or a file),
+    /// as a stream that ends when the path goes or the stream is dropped.
+    ///
+    /// # Errors
+    ///
+    /// [`SandboxError::Io`] with the path: `NotFound`, `PermissionDenied`.
+    pub async fn watch(&self, path: impl AsRef<Path>) -> Result<FileEvents, SandboxError> {
+        let path = path.as_ref();
+        let context = "watching a path in the sandbox";
+        let (conn, data, _) = self
+            .file_request(context, FileOp::Watch, path, None, 0)
+            .await?;
+        let Some(data) = data else {
+            return Err(unexpected(context, path, FileReply::Done));
+        };
+        let state = (conn, tokio::io::BufReader::new(data), Vec::new());
+        let stream = futures::stream::unfold(state, |(conn, mut data, mut record)| async move {
+            use tokio::io::AsyncBufReadExt;
+            record.clear();
+            match data.read_until(0, &mut record).await {
+                Ok(0) => None,
+                Err(e) => Some((Err(e), (conn, data, record))),
+                Ok(_) => {
+                    let event = decode_event(&record);
+                    Some((event, (conn, data, record)))
+                }
+            }
+        });
+        Ok(FileEvents {
+            inner: Box::pin(stream),
+        })
+    }
+
+    /// Copies the host directory `host_dir` into the sandbox at `sandbox_dir` (made if
+    /// missing): the whole tree, binary-safe, with modes and symlinks as they are (links are
+    /// copied as links, never followed on the host). The files are the sandbox user's.
+    ///
+    /// # Errors
+    ///
+    /// [`SandboxError::Io`] for a host directory that cannot be read, or the sandbox's
+    /// failure (no space, permission) with `sandbox_dir`.
+    pub async fn upload_dir(
+        &self,
+        host_dir: impl AsRef<Path>,
+        sandbox_dir: impl AsRef<Path>,
+    ) -> Result<(), SandboxError> {
+        let (host_dir, sandbox_dir) = (host_dir.as_ref().to_path_buf(), sandbox_dir.as_ref());
+        std::fs::metadata(&host_dir)
+            .map_err(|e| file_error("reading the host directory to upload", &host_dir, e))?;
+        self.create_dir_all(sandbox_dir).await?;
+        let untar = tar_exec(&["-x", "--no-same-owner", "-p", "-C"], sandbox_dir);
+        let mut process = self.exec(&untar).await?;
+        let stdin = process.stdin.take().expect("piped stdin");
+        let source = host_dir.clone();
+        let packing = tokio::task::spawn_blocking(move || {
+            let writer = tokio_util::io::SyncIoBridge::new(stdin);
+            let mut builder = tar::Builder::new(writer);
+            builder.follow_symlinks(false);
+            builder.mode(tar::HeaderMode::Complete);
+            builder.append_dir_all(".", &source)?;
+            builder.into_inner()?.shutdown()
+        });
+        let (packed, out) = tokio::join!(packing, process.wait_with_output());
+        let out = out?;
+        let context = "uploading a directory into the sandbox";
+        match packed {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) if out.status.success() => return Err(file_error(context, &host_dir, e)),
+            _ => {}
+        }
+        tar_result(context, sandbox_dir, &out)
+    }
+
+    /// Copies the sandbox's directory `sandbox_dir` to `host_dir` on the host (made if
+    /// missing): the whole tree, binary-safe, modes (without setuid/setgid bits) and symlinks
+    /// kept. What the sandbox sends is untrusted: an entry that would land outside `host_dir`
+    /// (`..`, an absolute path, a path through a link) is refused.
+    ///
+    /// # Errors
+    ///
+    /// [`SandboxError::Io`] with the sandbox's failure and `sandbox_dir`, or a host write
+    /// failure with `host_dir` (also for an entry that would land outside it).
+    pub async fn download_dir(
+        &self,
+        sandbox_dir: impl AsRef<Path>,
+        host_dir: impl AsRef<Path>,
+    ) -> Result<(), SandboxError> {
+        let (sandbox_dir, host_dir) = (sandbox_dir.as_ref(), host_dir.as_ref().to_path_buf());
+        let context = "downloading a directory from the sandbox";
+        let tar = tar_exec(&["-c", "-C"], sandbox_dir);
+        let tar = crate::ExecConfig {
+            args: [tar.args, vec![".".into()]].concat(),
+            ..tar
+        };
+        let mut process = self.exec(&tar).await?;
+        let stdout = process.stdout.take().expect("piped stdout");
+        let target = host_dir.clone();
+        let unpacking = tokio::task::spawn_blocking(move || unpack(stdout, &target));
+        let (unpacked, out) = tokio::join!(unpacking, process.wait_with_output());
+        let out = out?;
+        tar_result(context, sandbox_dir, &out)?;
+        match unpacked {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(file_error(context, &host_dir, e)),
+            Err(e) => Err(file_error(context, &host_dir, io::Error::other(e))),
+        }
+    }
+}
+
+/// `tar <args> <dir>` in the sandbox, reading or writing the archive on stdio; no timeout
+/// of the sandbox's (a large tree takes what it takes), stderr kept for the error.
+fn tar_exec(args: &[&str], dir: &Path) -> crate::ExecConfig {
+    let mut all: Vec<String> = vec!["-f".into(), "-".into()];
+    all.extend(args.iter().map(|a| (*a).to_owned()));
+    all.push(dir.to_string_lossy().into_owned());
+    crate::ExecConfig {
+        timeout: Some(std::time::Duration::MAX),
+        ..crate::ExecConfig::new("/usr/bin/tar", all)
+    }
+}
+
+/// The sandbox's tar's status as a result, its stderr as the reason.
+fn tar_result(context: &'static str, dir: &Path, out: &crate::Output) -> Result<(), SandboxError> {
+    if out.status.success() {
+        return Ok(());
+    }
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let kind = if stderr.contains("No space left") {
+        io::ErrorKind::StorageFull
+    } else if stderr.contains("Permission denied") {
+        io::ErrorKind::PermissionDenied
+    } else if stderr.contains("No such file") {
+        io::ErrorKind::NotFound
+    } else if stderr.contains("Not a directory") {
+        io::ErrorKind::NotADirectory
+    } else {
+        io::ErrorKind::Other
+    };
+    Err(file_error(
+        context,
+        dir,
+        io::Error::new(kind, format!("tar: {} ({})", stderr.trim(), out.status)),
+    ))
+}
+
+/// Unpacks an untrusted archive into `dir` (blocking): every entry must land inside it.
+fn unpack(stdout: tokio::process::ChildStdout, dir: &PathBuf) -> io::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let mut archive = tar::Archive::new(tokio_util::io::SyncIoBridge::new(stdout));
+    archive.set_preserve_permissions(false);
+    archive.set_unpack_xattrs(false);
+    archive.set_overwrite(true);
+    for entry in archive.entries()? {
+        let mut entry = entry?;
+        let name = entry.path()?.into_owned();
+        if !entry.unpack_in(dir)? {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!(
+                    "the sandbox sent an entry outside the directory: {}",
+                    name.display()
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn decode_event(record: &[u8]) -> io::Result<FileEvent> {
+    let record = record.strip_suffix(&[0]).unwrap_or(record);
+    let name = String::from_utf8_lossy(record.get(2..).unwrap_or_default()).into_owned();
+    match record.first() {
+        Some(b'c') => Ok(FileEvent::Created(name)),
+        Some(b'm') => Ok(FileEvent::Modified(name)),
+        Some(b'd') => Ok(FileEvent::Removed(name)),
+        Some(b's') => Ok(FileEvent::WatchedPathGone),
+        _ => Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("malformed file event \"{}\"", record.escape_ascii()),
+        )),
+    }
+}
+
+fn unexpected(context: &'static str, path: &Path, reply: FileReply) -> SandboxError {
+    file_error(
+        context,
+        path,
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("unexpected file reply {reply:?}"),
+        ),
+    )
+}

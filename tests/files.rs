@@ -1,0 +1,468 @@
+//! Files in and out of a long-lived sandbox, on every runtime: round trips, ownership,
+//! confinement against planted links, full disks, concurrency, cancellation.
+
+mod common;
+
+use std::time::Duration;
+
+use common::TestSandbox;
+use futures::StreamExt;
+use oci_sandbox::{
+    ExecConfig, FileEvent, FileKind, NamespaceContainer, OciRuntime, Sandbox, SandboxConfig,
+    SandboxError,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+async fn start(t: &TestSandbox, policy: SandboxConfig) -> Sandbox {
+    let config = NamespaceContainer::build_config(&policy, "true", vec![]);
+    t.sandbox.start(&config).await.unwrap()
+}
+
+async fn sh(sandbox: &Sandbox, script: &str) -> String {
+    let out = sandbox
+        .exec(&ExecConfig::shell(script))
+        .await
+        .unwrap()
+        .wait_with_output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{script}: {} {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// Bytes that are not text: every value, in a pattern that does not repeat quickly.
+fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+fn io_kind(err: &SandboxError) -> std::io::ErrorKind {
+    match err {
+        SandboxError::Io { source, .. } => source.kind(),
+        other => panic!("expected an I/O error, got {other:?}"),
+    }
+}
+
+async fn binary_round_trips_of_every_size(kind: OciRuntime) {
+    let t = TestSandbox::new(kind).await;
+    let sandbox = start(&t, SandboxConfig::default()).await;
+    for (i, len) in [0usize, 1, 64 * 1024 + 1].into_iter().enumerate() {
+        let data = random_bytes(len, i as u64 + 7);
+        let path = format!("/tmp/f{i}");
+        sandbox.write_file(&path, &data).await.unwrap();
+        assert_eq!(
+            &sandbox.read_file(&path).await.unwrap()[..],
+            &data[..],
+            "{len} bytes"
+        );
+        let meta = sandbox.metadata(&path).await.unwrap();
+        assert_eq!(
+            (meta.kind, meta.size, meta.mode),
+            (FileKind::File, len as u64, 0o644)
+        );
+        // What the sandbox sees is the same.
+        assert_eq!(
+            sh(&sandbox, &format!("wc -c < {path}")).await.trim(),
+            len.to_string()
+        );
+    }
+    // 100 MiB streamed in and out.
+    let big = random_bytes(100 << 20, 99);
+    let mut writer = sandbox.create("/tmp/big").await.unwrap();
+    for chunk in big.chunks(1 << 20) {
+        writer.write_all(chunk).await.unwrap();
+    }
+    writer.finish().await.unwrap();
+    let mut reader = sandbox.open("/tmp/big").await.unwrap();
+    assert_eq!(reader.size(), big.len() as u64);
+    let mut back = Vec::new();
+    reader.read_to_end(&mut back).await.unwrap();
+    assert!(back == big, "100 MiB came back different");
+    sandbox.close().await;
+    t.assert_nothing_left(&[], None).await;
+}
+
+async fn directories_listing_rename_remove_and_typed_errors(kind: OciRuntime) {
+    let t = TestSandbox::new(kind).await;
+    let sandbox = start(&t, SandboxConfig::default()).await;
+    sandbox.create_dir_all("/tmp/a/b/c").await.unwrap();
+    sandbox.create_dir_all("/tmp/a/b/c").await.unwrap();
+    sandbox.write_file("/tmp/a/b/one", "1").await.unwrap();
+    sandbox
+        .write_file("/tmp/a/b/name with spaces\nand a newline", "2")
+        .await
+        .unwrap();
+    sh(&sandbox, "ln -s /etc/hostname /tmp/a/b/link").await;
+    let mut names: Vec<(String, FileKind)> = sandbox
+        .list_dir("/tmp/a/b")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| (e.name, e.metadata.kind))
+        .collect();
+    names.sort_by(|a, b| a.0.cmp(&b.0));
+    assert_eq!(
+        names,
+        [
+            ("c".to_owned(), FileKind::Dir),
+            ("link".to_owned(), FileKind::Symlink),
+            ("name with spaces\nand a newline".to_owned(), FileKind::File),
+            ("one".to_owned(), FileKind::File),
+        ]
+    );
+    sandbox.rename("/tmp/a/b/one", "/tmp/a/two").await.unwrap();
+    assert_eq!(&sandbox.read_file("/tmp/a/two").await.unwrap()[..], b"1");
+    sandbox.remove("/tmp/a").await.unwrap();
+    assert!(sandbox.list_dir("/tmp").await.unwrap().is_empty());
+    // Typed errors, each with its path.
+    let missing = sandbox.read_file("/tmp/nope").await.unwrap_err();
+    assert_eq!(io_kind(&missing), std::io::ErrorKind::NotFound);
+    assert!(missing.to_string().contains("/tmp/nope"), "{missing}");
+    let no_dir = sandbox.write_file("/tmp/no/dir/f", "x").await.unwrap_err();
+    assert_eq!(io_kind(&no_dir), std::io::ErrorKind::NotFound);
+    sandbox.write_file("/tmp/file", "x").await.unwrap();
+    let not_dir = sandbox.list_dir("/tmp/file").await.unwrap_err();
+    assert_eq!(io_kind(&not_dir), std::io::ErrorKind::NotADirectory);
+    let is_dir = sandbox.read_file("/tmp").await.unwrap_err();
+    assert_eq!(io_kind(&is_dir), std::io::ErrorKind::IsADirectory);
+    let read_only = sandbox.write_file("/usr/evil", "x").await.unwrap_err();
+    assert!(
+        matches!(
+            io_kind(&read_only),
+            std::io::ErrorKind::ReadOnlyFilesystem | std::io::ErrorKind::PermissionDenied
+        ),
+        "{read_only}"
+    );
+    match sandbox.read_file("relative").await.unwrap_err() {
+        SandboxError::InvalidConfig { field, .. } => assert_eq!(field, "path"),
+        other => panic!("{other}"),
+    }
+    // A FIFO planted at the path does not hang the read.
+    sh(&sandbox, "mkfifo /tmp/fifo").await;
+    let fifo = tokio::time::timeout(Duration::from_secs(5), sandbox.read_file("/tmp/fifo"))
+        .await
+        .expect("a FIFO hung the read")
+        .unwrap_err();
+    assert_eq!(io_kind(&fifo), std::io::ErrorKind::InvalidInput);
+    sandbox.close().await;
+    t.assert_nothing_left(&[], None).await;
+}
+
+/// Links and `..` planted by the sandbox resolve inside it: the host's own files are never
+/// read or written through them.
+async fn planted_links_and_dot_dots_stay_inside_the_sandbox(kind: OciRuntime) {
+    let t = TestSandbox::new(kind).await;
+    let workdir = tempfile::tempdir().unwrap();
+    let sandbox = start(
+        &t,
+        SandboxConfig {
+            workdir: Some(workdir.path().to_path_buf()),
+            ..SandboxConfig::default()
+        },
+    )
+    .await;
+    let host_secret = std::fs::read("/etc/shadow").expect("the host has /etc/shadow");
+    let host_hostname = std::fs::read_to_string("/etc/hostname").unwrap_or_default();
+    sh(
+        &sandbox,
+        "ln -s /etc/shadow /tmp/shadow; ln -s /proc/1/root/etc /workspace/etc; \
+         ln -s ../../../../../../etc/shadow /workspace/up; ln -s /etc/passwd /tmp/victim",
+    )
+    .await;
+    for path in [
+        "/tmp/shadow",
+        "/workspace/up",
+        "/tmp/../../../etc/shadow",
+        "/workspace/etc/shadow",
+    ] {
+        match sandbox.read_file(path).await {
+            Ok(bytes) => assert!(
+                bytes[..] != host_secret[..],
+                "{path} read the host's shadow"
+            ),
+            // Not there, or (/proc/1/root: the launcher is not dumpable) not reachable.
+            Err(e) => assert!(
+                matches!(
+                    io_kind(&e),
+                    std::io::ErrorKind::NotFound | std::io::ErrorKind::PermissionDenied
+                ),
+                "{path}: {e}"
+            ),
+        }
+    }
+    // Through /proc/1/root the sandbox's own root is reached, not the host's.
+    let hostname = sandbox.read_file("/workspace/etc/hostname").await;
+    if let Ok(h) = hostname {
+        assert!(host_hostname.is_empty() || h[..] != *host_hostname.as_bytes());
+    }
+    // A write at a link replaces the link; the file it pointed to is untouched.
+    let passwd = sh(&sandbox, "cat /etc/passwd").await;
+    sandbox.write_file("/tmp/victim", "replaced").await.unwrap();
+    assert_eq!(sh(&sandbox, "cat /etc/passwd").await, passwd);
+    assert_eq!(
+        &sandbox.read_file("/tmp/victim").await.unwrap()[..],
+        b"replaced"
+    );
+    assert_eq!(
+        sandbox.metadata("/tmp/victim").await.unwrap().kind,
+        FileKind::File
+    );
+    // Writing through a link into a directory the sandbox user may not write fails typed.
+    let denied = sandbox
+        .write_file("/workspace/etc/planted", "x")
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            io_kind(&denied),
+            std::io::ErrorKind::ReadOnlyFilesystem | std::io::ErrorKind::PermissionDenied
+        ),
+        "{denied}"
+    );
+    assert!(!std::path::Path::new("/etc/planted").exists());
+    // Removing a link to a host directory removes the link only.
+    sandbox.remove("/workspace/etc").await.unwrap();
+    assert!(std::path::Path::new("/etc/passwd").exists());
+    sandbox.close().await;
+    t.assert_nothing_left(&[], None).await;
+}
+
+/// What the host writes is the sandbox user's, and what the sandbox writes is readable.
+async fn ownership_is_the_sandbox_users_both_ways(kind: OciRuntime) {
+    let t = TestSandbox::new(kind).await;
+    let sandbox = start(
+        &t,
+        SandboxConfig {
+            uid: 1000,
+            gid: 1000,
+            ..SandboxConfig::default()
+        },
+    )
+    .await;
+    sandbox.write_file("/tmp/from-host", "a").await.unwrap();
+    let meta = sandbox.metadata("/tmp/from-host").await.unwrap();
+    assert_eq!((meta.uid, meta.gid), (1000, 1000));
+    assert_eq!(
+        sh(&sandbox, "echo b >> /tmp/from-host && cat /tmp/from-host").await,
+        "ab\n"
+    );
+    sh(&sandbox, "echo private > /tmp/mine && chmod 600 /tmp/mine").await;
+    assert_eq!(
+        &sandbox.read_file("/tmp/mine").await.unwrap()[..],
+        b"private\n"
+    );
+    sandbox.close().await;
+    t.assert_nothing_left(&[], None).await;
+}
+
+/// A full /tmp is a typed error and leaves neither a partial file nor the old one changed;
+/// a dropped write leaves nothing; concurrent writers each replace the file whole.
+async fn full_disks_dropped_writes_and_concurrent_writers(kind: OciRuntime) {
+    let t = TestSandbox::new(kind).await;
+    let sandbox = start(
+        &t,
+        SandboxConfig {
+            tmp_size: 1 << 20,
+            ..SandboxConfig::default()
+        },
+    )
+    .await;
+    sandbox.write_file("/tmp/keep", "old").await.unwrap();
+    let full = sandbox
+        .write_file("/tmp/keep", vec![7u8; 2 << 20])
+        .await
+        .unwrap_err();
+    assert_eq!(io_kind(&full), std::io::ErrorKind::StorageFull, "{full}");
+    assert_eq!(&sandbox.read_file("/tmp/keep").await.unwrap()[..], b"old");
+    let names = |entries: Vec<oci_sandbox::DirEntry>| {
+        let mut n: Vec<String> = entries.into_iter().map(|e| e.name).collect();
+        n.sort();
+        n
+    };
+    assert_eq!(names(sandbox.list_dir("/tmp").await.unwrap()), ["keep"]);
+    // Dropped mid-write.
+    let mut writer = sandbox.create("/tmp/dropped").await.unwrap();
+    writer.write_all(&[1u8; 100_000]).await.unwrap();
+    drop(writer);
+    let mut left = Vec::new();
+    for _ in 0..50 {
+        left = names(sandbox.list_dir("/tmp").await.unwrap());
+        if left == ["keep"] {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(left, ["keep"], "a dropped write left a file");
+    // Eight writers of one file: it ends as one of them, whole.
+    let writes = (0..8u8).map(|i| {
+        let sandbox = sandbox.clone();
+        async move { sandbox.write_file("/tmp/shared", vec![i; 50_000]).await }
+    });
+    for r in futures::future::join_all(writes).await {
+        r.unwrap();
+    }
+    let shared = sandbox.read_file("/tmp/shared").await.unwrap();
+    assert_eq!(shared.len(), 50_000);
+    assert!(
+        shared.iter().all(|b| *b == shared[0]),
+        "writers interleaved"
+    );
+    sandbox.close().await;
+    t.assert_nothing_left(&[], None).await;
+}
+
+/// A file the sandbox deletes while the host streams it comes whole (the open file lives on)
+/// or fails: never short.
+async fn a_file_deleted_while_streamed_comes_whole(kind: OciRuntime) {
+    let t = TestSandbox::new(kind).await;
+    let sandbox = start(&t, SandboxConfig::default()).await;
+    let data = random_bytes(8 << 20, 3);
+    sandbox.write_file("/tmp/doomed", &data).await.unwrap();
+    let mut reader = sandbox.open("/tmp/doomed").await.unwrap();
+    let mut first = vec![0u8; 4096];
+    reader.read_exact(&mut first).await.unwrap();
+    sh(&sandbox, "rm /tmp/doomed").await;
+    let mut rest = Vec::new();
+    match reader.read_to_end(&mut rest).await {
+        Ok(_) => {
+            first.extend(rest);
+            assert!(first == data, "a deleted file came back different");
+        }
+        Err(e) => panic!("{e}"),
+    }
+    sandbox.close().await;
+    t.assert_nothing_left(&[], None).await;
+}
+
+async fn directories_go_up_and_down_whole(kind: OciRuntime) {
+    let t = TestSandbox::new(kind).await;
+    let sandbox = start(&t, SandboxConfig::default()).await;
+    let up = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(up.path().join("src/deep/er")).unwrap();
+    std::fs::write(
+        up.path().join("src/deep/er/data.bin"),
+        random_bytes(70_000, 5),
+    )
+    .unwrap();
+    std::fs::write(up.path().join("run.sh"), "#!/bin/sh\necho ran\n").unwrap();
+    std::fs::set_permissions(
+        up.path().join("run.sh"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    std::os::unix::fs::symlink("src/deep", up.path().join("shortcut")).unwrap();
+    for i in 0..200 {
+        std::fs::write(up.path().join(format!("src/f{i}")), format!("{i}")).unwrap();
+    }
+    sandbox.upload_dir(up.path(), "/tmp/project").await.unwrap();
+    assert_eq!(sh(&sandbox, "/tmp/project/run.sh").await, "ran\n");
+    assert_eq!(
+        sandbox
+            .metadata("/tmp/project/shortcut")
+            .await
+            .unwrap()
+            .kind,
+        FileKind::Symlink
+    );
+    assert_eq!(
+        sh(&sandbox, "cat /tmp/project/shortcut/er/data.bin | wc -c")
+            .await
+            .trim(),
+        "70000"
+    );
+    sh(
+        &sandbox,
+        "echo made > /tmp/project/src/new.txt && rm /tmp/project/src/f7",
+    )
+    .await;
+    let down = tempfile::tempdir().unwrap();
+    sandbox
+        .download_dir("/tmp/project", down.path())
+        .await
+        .unwrap();
+    assert_eq!(
+        std::fs::read_to_string(down.path().join("src/new.txt")).unwrap(),
+        "made\n"
+    );
+    assert!(!down.path().join("src/f7").exists());
+    assert_eq!(
+        std::fs::read(down.path().join("src/deep/er/data.bin")).unwrap(),
+        random_bytes(70_000, 5)
+    );
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(down.path().join("run.sh"))
+            .unwrap()
+            .permissions(),
+    );
+    assert_eq!(mode & 0o777, 0o755);
+    assert_eq!(
+        std::fs::read_link(down.path().join("shortcut")).unwrap(),
+        std::path::Path::new("src/deep")
+    );
+    sandbox.close().await;
+    t.assert_nothing_left(&[], None).await;
+}
+
+async fn watching_a_directory_sees_creates_writes_and_removes(kind: OciRuntime) {
+    let t = TestSandbox::new(kind).await;
+    let sandbox = start(&t, SandboxConfig::default()).await;
+    sandbox.create_dir_all("/tmp/watched").await.unwrap();
+    let mut events = sandbox.watch("/tmp/watched").await.unwrap();
+    sh(
+        &sandbox,
+        "echo 1 > /tmp/watched/a; echo 2 >> /tmp/watched/a; rm /tmp/watched/a",
+    )
+    .await;
+    let mut seen = Vec::new();
+    while !seen.contains(&FileEvent::Removed("a".into())) {
+        let event = tokio::time::timeout(Duration::from_secs(10), events.next())
+            .await
+            .expect("no event within 10 s")
+            .expect("the watch ended")
+            .unwrap();
+        seen.push(event);
+    }
+    assert_eq!(
+        seen.first(),
+        Some(&FileEvent::Created("a".into())),
+        "{seen:?}"
+    );
+    assert!(seen.contains(&FileEvent::Modified("a".into())), "{seen:?}");
+    sandbox.remove("/tmp/watched").await.unwrap();
+    let end = tokio::time::timeout(Duration::from_secs(10), async {
+        while let Some(e) = events.next().await {
+            if e.unwrap() == FileEvent::WatchedPathGone {
+                return true;
+            }
+        }
+        false
+    })
+    .await
+    .expect("the watch did not end with its path");
+    assert!(end);
+    sandbox.close().await;
+    t.assert_nothing_left(&[], None).await;
+}
+
+on_every_runtime!(
+    binary_round_trips_of_every_size,
+    directories_listing_rename_remove_and_typed_errors,
+    planted_links_and_dot_dots_stay_inside_the_sandbox,
+    ownership_is_the_sandbox_users_both_ways,
+    full_disks_dropped_writes_and_concurrent_writers,
+    a_file_deleted_while_streamed_comes_whole,
+    directories_go_up_and_down_whole,
+    watching_a_directory_sees_creates_writes_and_removes,
+);
