@@ -9,20 +9,25 @@
 //! {"id":2,"exit_code":0,...,"stdout":"SHOUT\n",...}
 //! ```
 //!
-//! Fields of a call: `cmd` (required), `id` (echoed back), `timeout_ms` (default 30 s),
-//! `stdin` (text), `env` (object), `cwd`. The workspace (`/workspace`, a temp dir) persists
-//! across calls. `--runtime runc|crun|runsc` picks the runtime (default runc).
+//! Fields of a command call: `cmd` (required), `id` (echoed back), `timeout_ms` (default
+//! 30 s), `stdin` (text), `env` (object), `cwd`. The workspace (`/workspace`, a temp dir)
+//! persists across calls. `--runtime runc|crun|runsc` picks the runtime (default runc).
+//!
+//! File calls name a `tool`: `{"tool": "write", "path": "/workspace/a.txt", "content": "..."}`,
+//! `{"tool": "read", "path": ...}`, `{"tool": "list", "path": ...}` (name, kind, size),
+//! `{"tool": "upload", "host_dir": ..., "path": ...}` and `{"tool": "download", "path": ...,
+//! "host_dir": ...}` (whole trees).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use oci_sandbox::{ExecConfig, NamespaceContainer, OciRuntime, SandboxConfig};
+use oci_sandbox::{ExecConfig, NamespaceContainer, OciRuntime, OutputCap, SandboxConfig};
 use serde_json::{Value, json};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
 use tokio::sync::Mutex;
 
-/// Most bytes of stdout (and of stderr) a result carries; the rest is read and dropped.
-const OUTPUT_CAP: usize = 64 * 1024;
+/// Most bytes of stdout (and of stderr) a result carries: its first and last halves.
+const OUTPUT_CAP: u64 = 64 * 1024;
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -85,6 +90,60 @@ async fn run_call(sandbox: &oci_sandbox::Sandbox, call: &Value) -> Value {
 }
 
 async fn execute(sandbox: &oci_sandbox::Sandbox, call: &Value) -> Result<Value, String> {
+    let text = |key: &str| -> Result<String, String> {
+        call.get(key)
+            .and_then(Value::as_str)
+            .map(str::to_owned)
+            .ok_or(format!("\"{key}\" must be a string"))
+    };
+    let err = |e: oci_sandbox::SandboxError| e.to_string();
+    match call.get("tool").and_then(Value::as_str).unwrap_or("exec") {
+        "exec" => run_command(sandbox, call).await,
+        "write" => {
+            let content = text("content")?;
+            sandbox
+                .write_file(text("path")?, content.as_bytes())
+                .await
+                .map_err(err)?;
+            Ok(json!({ "written": content.len() }))
+        }
+        "read" => {
+            let bytes = sandbox.read_file(text("path")?).await.map_err(err)?;
+            Ok(json!({ "content": String::from_utf8_lossy(&bytes) }))
+        }
+        "list" => {
+            let entries = sandbox.list_dir(text("path")?).await.map_err(err)?;
+            let entries: Vec<Value> = entries
+                .iter()
+                .map(|e| {
+                    json!({
+                        "name": e.name,
+                        "kind": format!("{:?}", e.metadata.kind).to_lowercase(),
+                        "size": e.metadata.size,
+                    })
+                })
+                .collect();
+            Ok(json!({ "entries": entries }))
+        }
+        "upload" => {
+            sandbox
+                .upload_dir(text("host_dir")?, text("path")?)
+                .await
+                .map_err(err)?;
+            Ok(json!({ "uploaded": true }))
+        }
+        "download" => {
+            sandbox
+                .download_dir(text("path")?, text("host_dir")?)
+                .await
+                .map_err(err)?;
+            Ok(json!({ "downloaded": true }))
+        }
+        other => Err(format!("unknown tool {other:?}")),
+    }
+}
+
+async fn run_command(sandbox: &oci_sandbox::Sandbox, call: &Value) -> Result<Value, String> {
     let cmd: Vec<String> = call
         .get("cmd")
         .and_then(Value::as_array)
@@ -117,33 +176,20 @@ async fn execute(sandbox: &oci_sandbox::Sandbox, call: &Value) -> Result<Value, 
     let feed = async move {
         let _ = input.write_all(stdin.as_bytes()).await;
     };
-    let stdout = capped(process.stdout.take().expect("piped"));
-    let stderr = capped(process.stderr.take().expect("piped"));
-    let ((), (stdout, out_cut), (stderr, err_cut)) = tokio::join!(feed, stdout, stderr);
-    let status = process.wait().await.map_err(|e| e.to_string())?;
+    // The head and the tail of each stream (a traceback's end matters most).
+    let output = process.wait_with_output_capped(OutputCap::new(OUTPUT_CAP));
+    let ((), output) = tokio::join!(feed, output);
+    let output = output.map_err(|e| e.to_string())?;
+    let status = output.status;
     Ok(json!({
         "exit_code": status.code(),
         "signal": status.signal(),
         "timed_out": status.timed_out(),
         "oom_killed": status.oom_killed(),
-        "stdout": String::from_utf8_lossy(&stdout),
-        "stderr": String::from_utf8_lossy(&stderr),
-        "truncated": out_cut || err_cut,
+        "stdout": String::from_utf8_lossy(&output.stdout),
+        "stderr": String::from_utf8_lossy(&output.stderr),
+        "truncated": output.stdout_dropped > 0 || output.stderr_dropped > 0,
+        "cpu_ms": status.usage().map(|u| (u.user_cpu + u.system_cpu).as_secs_f64() * 1e3),
+        "peak_rss_kib": status.usage().map(|u| u.peak_rss_bytes / 1024),
     }))
-}
-
-/// Reads a stream to its end, keeping at most [`OUTPUT_CAP`] bytes; says whether it cut.
-async fn capped(mut stream: impl tokio::io::AsyncRead + Unpin) -> (Vec<u8>, bool) {
-    let mut kept = Vec::new();
-    let mut buf = vec![0u8; 16 * 1024];
-    let mut cut = false;
-    while let Ok(n) = stream.read(&mut buf).await {
-        if n == 0 {
-            break;
-        }
-        let room = OUTPUT_CAP.saturating_sub(kept.len());
-        kept.extend_from_slice(&buf[..n.min(room)]);
-        cut |= n > room;
-    }
-    (kept, cut)
 }

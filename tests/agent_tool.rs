@@ -102,6 +102,57 @@ async fn tool_calls(runtime: &str) {
         results[&8]
     );
     assert_eq!(results[&9]["stdout"], "fast\n/tmp\n");
+    assert!(results[&2]["cpu_ms"].as_f64().is_some(), "{}", results[&2]);
+
+    // Files: written, listed, read back; a tree up and down.
+    let up = tempfile::tempdir().unwrap();
+    std::fs::create_dir(up.path().join("pkg")).unwrap();
+    std::fs::write(up.path().join("pkg/data.txt"), "payload").unwrap();
+    let down = tempfile::tempdir().unwrap();
+    let host = |d: &tempfile::TempDir| d.path().to_str().unwrap().to_owned();
+    for call in [
+        json!({"id": 10, "tool": "write", "path": "/workspace/in.txt", "content": "from the agent"}),
+        json!({"id": 11, "tool": "upload", "host_dir": host(&up), "path": "/workspace/up"}),
+    ] {
+        agent.send(call).await;
+        let r = agent.next().await;
+        assert!(r.get("error").is_none(), "{r}");
+    }
+    agent
+        .send(json!({"id": 12, "cmd": ["sh", "-c", "cat in.txt up/pkg/data.txt > out.txt"]}))
+        .await;
+    assert_eq!(agent.next().await["exit_code"], 0);
+    agent
+        .send(json!({"id": 13, "tool": "read", "path": "/workspace/out.txt"}))
+        .await;
+    assert_eq!(agent.next().await["content"], "from the agentpayload");
+    agent
+        .send(json!({"id": 14, "tool": "list", "path": "/workspace/up"}))
+        .await;
+    let listed = agent.next().await;
+    assert_eq!(listed["entries"][0]["name"], "pkg", "{listed}");
+    assert_eq!(listed["entries"][0]["kind"], "dir", "{listed}");
+    agent
+        .send(
+            json!({"id": 15, "tool": "download", "path": "/workspace/up", "host_dir": host(&down)}),
+        )
+        .await;
+    assert_eq!(agent.next().await["downloaded"], true);
+    assert_eq!(
+        std::fs::read_to_string(down.path().join("pkg/data.txt")).unwrap(),
+        "payload"
+    );
+    agent
+        .send(json!({"id": 16, "tool": "read", "path": "/workspace/missing"}))
+        .await;
+    let missing = agent.next().await;
+    assert!(
+        missing["error"]
+            .as_str()
+            .unwrap()
+            .contains("/workspace/missing"),
+        "{missing}"
+    );
 
     // End of input: the agent finishes its calls, removes its sandbox and exits.
     let Agent {
