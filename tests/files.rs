@@ -242,15 +242,39 @@ async fn planted_links_and_dot_dots_stay_inside_the_sandbox(kind: OciRuntime) {
 /// What the host writes is the sandbox user's, and what the sandbox writes is readable.
 async fn ownership_is_the_sandbox_users_both_ways(kind: OciRuntime) {
     let t = TestSandbox::new(kind).await;
+    let workdir = tempfile::tempdir().unwrap();
     let sandbox = start(
         &t,
         SandboxConfig {
             uid: 1000,
             gid: 1000,
+            workdir: Some(workdir.path().to_path_buf()),
             ..SandboxConfig::default()
         },
     )
     .await;
+    // A file the host puts straight into the workdir, handed to the sandbox's host ids.
+    let direct = workdir.path().join("direct.txt");
+    std::fs::write(&direct, "host").unwrap();
+    match sandbox.host_ids() {
+        Some((uid, gid)) => {
+            assert_ne!(uid, 1000, "the sandbox's user is not a host user");
+            std::os::unix::fs::chown(&direct, Some(uid), Some(gid)).unwrap();
+            assert_eq!(
+                sh(
+                    &sandbox,
+                    "echo +box >> /workspace/direct.txt && cat /workspace/direct.txt"
+                )
+                .await,
+                "host+box\n"
+            );
+        }
+        None => assert_eq!(
+            kind,
+            OciRuntime::Gvisor,
+            "runc and crun have a user namespace"
+        ),
+    }
     sandbox.write_file("/tmp/from-host", "a").await.unwrap();
     let meta = sandbox.metadata("/tmp/from-host").await.unwrap();
     assert_eq!((meta.uid, meta.gid), (1000, 1000));

@@ -134,6 +134,7 @@ impl NamespaceContainer {
             attached,
             "bundle written, runtime started"
         );
+        let userns_base = start.userns_base;
         let container = await_ready(start, &control, &id, start_deadline, begun).await?;
         tracing::debug!(elapsed_ms = crate::sys::ms_since(begun), "started");
         Ok(Sandbox::new(
@@ -142,6 +143,7 @@ impl NamespaceContainer {
             config.clone(),
             control,
             one_shot,
+            userns_base,
         ))
     }
 
@@ -162,6 +164,8 @@ impl NamespaceContainer {
         attached: bool,
     ) -> Result<LauncherStart, SandboxError> {
         let (id, bundle) = self.prepare(config, checked).await?;
+        // Where the container's ids 0.. start on the host, with a user namespace of its own.
+        let userns_base = bundle.userns.as_ref().map(|ns| ns.base());
         let inner = &self.inner;
         let (log, pid_path) = (bundle.log_path(), bundle.pid_path());
         let flags = ContainerFlags {
@@ -195,6 +199,7 @@ impl NamespaceContainer {
             container,
             started,
             init_pid,
+            userns_base,
         })
     }
 
@@ -260,6 +265,8 @@ pub(crate) struct LauncherStart {
     pub container: Supervised,
     pub started: tokio::sync::oneshot::Receiver<Result<(), SandboxError>>,
     pub init_pid: Option<tokio::sync::oneshot::Sender<i32>>,
+    /// The host id that the container's id 0 is, when it has a user namespace of its own.
+    pub userns_base: Option<u32>,
 }
 
 /// `config`'s command as an exec: its stdio; environment, directory and timeout are the
@@ -294,6 +301,7 @@ async fn await_ready(
         container,
         started,
         init_pid,
+        ..
     } = start;
     let mut started =
         std::pin::pin!(async { started.await.unwrap_or_else(|_| Err(supervisor_gone())) });

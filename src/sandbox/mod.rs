@@ -75,6 +75,8 @@ struct Inner {
     activity: lifetime::ActivityBoard,
     /// Set when a lifetime option ended the sandbox.
     expired: std::sync::OnceLock<crate::status::SandboxExpiry>,
+    /// The host id of the container's id 0, with a user namespace of its own.
+    userns_base: Option<u32>,
 }
 
 impl Sandbox {
@@ -85,6 +87,7 @@ impl Sandbox {
         config: ContainerConfig,
         control: ControlSocket,
         one_shot: bool,
+        userns_base: Option<u32>,
     ) -> Self {
         let sandbox = Sandbox {
             inner: Arc::new(Inner {
@@ -99,6 +102,7 @@ impl Sandbox {
                 jobs: Default::default(),
                 activity: Default::default(),
                 expired: Default::default(),
+                userns_base,
             }),
         };
         lifetime::watch(&sandbox);
@@ -108,6 +112,19 @@ impl Sandbox {
     /// The sandbox's container id.
     pub fn id(&self) -> &str {
         &self.inner.container.id
+    }
+
+    /// The host uid and gid that the sandbox's user (its config's `uid` and `gid`) is, when
+    /// the sandbox has a user namespace of its own (as root, on runc and crun): a host
+    /// program that puts files straight into the sandbox's `workdir` chowns them to these, so
+    /// that the sandbox may change them. `None` otherwise (gVisor, rootless, or
+    /// [`Security::user_namespace`](crate::Security::user_namespace) off): the ids are the
+    /// host's own there. The file API ([`write_file`](Self::write_file),
+    /// [`upload_dir`](Self::upload_dir)) needs none of this.
+    pub fn host_ids(&self) -> Option<(u32, u32)> {
+        let base = self.inner.userns_base?;
+        let config = &self.inner.config;
+        Some((base + config.uid, base + config.gid))
     }
 
     /// How the sandbox's init ended, if it has: then the sandbox is unusable.
