@@ -85,13 +85,15 @@ pub(crate) fn ensure_mount_points(
     config: &crate::ContainerConfig,
 ) -> Result<(), SandboxError> {
     use crate::config::MountKind;
-    // (destination, whether a directory, whether a tmpfs)
-    let fixed = ["/proc", "/dev", "/sys"].map(|d| (Path::new(d), true, false));
-    let configured = config.mounts.iter().map(|m| match &m.kind {
-        MountKind::Bind { source, .. } => (m.destination.as_path(), source.is_dir(), false),
-        MountKind::Tmpfs { .. } => (m.destination.as_path(), true, true),
+    let fixed = ["/proc", "/dev", "/sys"].map(|d| (Path::new(d), true));
+    let configured = config.mounts.iter().map(|m| {
+        let dir = match &m.kind {
+            MountKind::Bind { source, .. } => source.is_dir(),
+            MountKind::Tmpfs { .. } => true,
+        };
+        (m.destination.as_path(), dir)
     });
-    for (destination, dir, tmpfs) in fixed.into_iter().chain(configured) {
+    for (destination, dir) in fixed.into_iter().chain(configured) {
         let nested = config
             .mounts
             .iter()
@@ -100,15 +102,6 @@ pub(crate) fn ensure_mount_points(
             || destination.starts_with("/dev") && destination != Path::new("/dev")
             || destination.starts_with("/sys") && destination != Path::new("/sys");
         if nested {
-            continue;
-        }
-        if tmpfs {
-            // runc gives a tmpfs the mode of the directory it is mounted on (whatever the
-            // mount's `mode=1777`): it must be 1777, or only the container's root could
-            // write its /tmp.
-            let at = rootfs.join(destination.strip_prefix("/").unwrap_or(destination));
-            sticky_world_writable(&at)
-                .map_err(|e| SandboxError::io("making a mount point in the rootfs", &at, e))?;
             continue;
         }
         let at = rootfs.join(destination.strip_prefix("/").unwrap_or(destination));
@@ -136,20 +129,6 @@ pub(crate) fn ensure_mount_points(
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
             Err(e) => return Err(err(e)),
         }
-    }
-    Ok(())
-}
-
-/// Makes `dir` (if missing) with mode 1777, or gives it that mode.
-fn sticky_world_writable(dir: &Path) -> std::io::Result<()> {
-    use std::os::unix::fs::PermissionsExt;
-    match std::fs::create_dir_all(dir) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-        Err(e) => return Err(e),
-    }
-    if std::fs::symlink_metadata(dir)?.permissions().mode() & 0o7777 != 0o1777 {
-        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o1777))?;
     }
     Ok(())
 }

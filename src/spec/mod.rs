@@ -236,17 +236,27 @@ fn mounts(
                     "nodev".to_owned(),
                 ])
                 .build()?,
-            MountKind::Tmpfs { size } => MountBuilder::default()
-                .destination(m.destination.clone())
-                .typ("tmpfs")
-                .source("tmpfs")
-                .options(vec![
+            MountKind::Tmpfs { size } => {
+                let mut options = vec![
                     "nosuid".to_owned(),
                     "nodev".to_owned(),
                     "mode=1777".to_owned(),
                     format!("size={size}"),
-                ])
-                .build()?,
+                ];
+                // runc gives a tmpfs the mode of the directory it is mounted on (0755 in the
+                // shared rootfs, which must hold no world-writable directory), whatever
+                // `mode=`: the command's user owns it, so that it can write there.
+                if config.uid != 0 || config.gid != 0 {
+                    options.push(format!("uid={}", config.uid));
+                    options.push(format!("gid={}", config.gid));
+                }
+                MountBuilder::default()
+                    .destination(m.destination.clone())
+                    .typ("tmpfs")
+                    .source("tmpfs")
+                    .options(options)
+                    .build()?
+            }
         };
         mounts.push(mount);
     }
