@@ -63,11 +63,15 @@ impl Stream for FileEvents {
     }
 }
 
+/// Contents up to this size are written in one go (they fit a socket's buffer).
+const PIPELINED_WRITE: usize = 64 * 1024;
+
 /// Permission bits of the files [`Sandbox::write_file`] and [`Sandbox::create`] make.
 const NEW_FILE_MODE: u32 = 0o644;
 
 impl Sandbox {
     /// Sends a file request and waits for its first reply, within [`START_DEADLINE`].
+    /// `pipelined`: a write's whole (small) contents, sent and committed at once.
     async fn file_request(
         &self,
         context: &'static str,
@@ -75,6 +79,7 @@ impl Sandbox {
         path: &Path,
         to: Option<&Path>,
         mode: u32,
+        pipelined: Option<&[u8]>,
     ) -> Result<(Connection, Option<UnixStream>, FileReply), SandboxError> {
         self.check_alive()?;
         let request = FileRequest {
@@ -86,7 +91,14 @@ impl Sandbox {
             mode,
         };
         let sent = async {
-            let (conn, data) = self.inner.control.file_request(request).await?;
+            let (conn, mut data) = self.inner.control.file_request(request).await?;
+            // Small contents go out with the request, without waiting for the helper's start:
+            // they fit the socket's buffer, and a failed start says why in its reply.
+            if let (Some(bytes), Some(stream)) = (pipelined, data.as_mut()) {
+                let _ = stream.write_all(bytes).await;
+                let _ = stream.shutdown().await;
+                let _ = conn.commit().await;
+            }
             let first = conn.receive_file().await?;
             Ok::<_, io::Error>((conn, data, first))
         };
@@ -138,11 +150,31 @@ impl Sandbox {
         path: impl AsRef<Path>,
         contents: impl AsRef<[u8]>,
     ) -> Result<(), SandboxError> {
-        let mut writer = self.create(path).await?;
-        if writer.write_all(contents.as_ref()).await.is_err() {
-            return Err(writer.failure().await);
+        let (path, contents) = (path.as_ref(), contents.as_ref());
+        if contents.len() > PIPELINED_WRITE {
+            let mut writer = self.create(path).await?;
+            if writer.write_all(contents).await.is_err() {
+                return Err(writer.failure().await);
+            }
+            return writer.finish().await;
         }
-        writer.finish().await
+        let context = "writing a file in the sandbox";
+        let (conn, _, first) = self
+            .file_request(
+                context,
+                FileOp::Write,
+                path,
+                None,
+                NEW_FILE_MODE,
+                Some(contents),
+            )
+            .await?;
+        match first {
+            FileReply::Started(_) => {
+                verdict(conn.receive_file().await).map_err(|e| file_error(context, path, e))
+            }
+            other => Err(unexpected(context, path, other)),
+        }
     }
 
     /// The whole file at `path` in the sandbox.
@@ -172,7 +204,7 @@ impl Sandbox {
         let path = path.as_ref();
         let context = "reading a file in the sandbox";
         let (conn, data, first) = self
-            .file_request(context, FileOp::Read, path, None, 0)
+            .file_request(context, FileOp::Read, path, None, 0, None)
             .await?;
         match (first, data) {
             (FileReply::Started(size), Some(data)) => Ok(FileReader::new(data, conn, size)),
@@ -190,7 +222,7 @@ impl Sandbox {
         let path = path.as_ref();
         let context = "writing a file in the sandbox";
         let (conn, data, first) = self
-            .file_request(context, FileOp::Write, path, None, NEW_FILE_MODE)
+            .file_request(context, FileOp::Write, path, None, NEW_FILE_MODE, None)
             .await?;
         match (first, data) {
             (FileReply::Started(_), Some(data)) => {
@@ -209,7 +241,7 @@ impl Sandbox {
         let path = path.as_ref();
         let context = "reading a file's metadata in the sandbox";
         match self
-            .file_request(context, FileOp::Stat, path, None, 0)
+            .file_request(context, FileOp::Stat, path, None, 0, None)
             .await?
         {
             (_, _, FileReply::Metadata(meta)) => Ok(meta),
@@ -227,7 +259,7 @@ impl Sandbox {
         let path = path.as_ref();
         let context = "listing a directory in the sandbox";
         let (conn, data, _) = self
-            .file_request(context, FileOp::List, path, None, 0)
+            .file_request(context, FileOp::List, path, None, 0, None)
             .await?;
         let mut records = Vec::new();
         if let Some(mut data) = data {
@@ -309,7 +341,7 @@ impl Sandbox {
         path: &Path,
         to: Option<&Path>,
     ) -> Result<(), SandboxError> {
-        match self.file_request(context, op, path, to, 0).await? {
+        match self.file_request(context, op, path, to, 0, None).await? {
             (_, _, FileReply::Done) => Ok(()),
             (_, _, other) => Err(unexpected(context, path, other)),
         }
@@ -325,7 +357,7 @@ impl Sandbox {
         let path = path.as_ref();
         let context = "watching a path in the sandbox";
         let (conn, data, _) = self
-            .file_request(context, FileOp::Watch, path, None, 0)
+            .file_request(context, FileOp::Watch, path, None, 0, None)
             .await?;
         let Some(data) = data else {
             return Err(unexpected(context, path, FileReply::Done));
