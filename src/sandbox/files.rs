@@ -444,7 +444,9 @@ impl Sandbox {
         let mut process = self.exec(&tar).await?;
         let stdout = process.stdout.take().expect("piped stdout");
         let target = host_dir.clone();
-        let unpacking = tokio::task::spawn_blocking(move || unpack(stdout, &target));
+        let unpacking = tokio::task::spawn_blocking(move || {
+            unpack(tokio_util::io::SyncIoBridge::new(stdout), &target)
+        });
         let (unpacked, out) = tokio::join!(unpacking, process.wait_with_output());
         let out = out?;
         tar_result(context, sandbox_dir, &out)?;
@@ -493,9 +495,9 @@ fn tar_result(context: &'static str, dir: &Path, out: &crate::Output) -> Result<
 }
 
 /// Unpacks an untrusted archive into `dir` (blocking): every entry must land inside it.
-fn unpack(stdout: tokio::process::ChildStdout, dir: &PathBuf) -> io::Result<()> {
+fn unpack(archive: impl io::Read, dir: &PathBuf) -> io::Result<()> {
     std::fs::create_dir_all(dir)?;
-    let mut archive = tar::Archive::new(tokio_util::io::SyncIoBridge::new(stdout));
+    let mut archive = tar::Archive::new(archive);
     archive.set_preserve_permissions(false);
     archive.set_unpack_xattrs(false);
     archive.set_overwrite(true);
@@ -539,4 +541,73 @@ fn unexpected(context: &'static str, path: &Path, reply: FileReply) -> SandboxEr
             format!("unexpected file reply {reply:?}"),
         ),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An archive with one entry of `kind` at `path` (written raw, as a hostile sandbox could).
+    fn archive_with(entries: &[(&str, tar::EntryType, &str)]) -> Vec<u8> {
+        let mut out = Vec::new();
+        {
+            let mut builder = tar::Builder::new(&mut out);
+            for (path, kind, target) in entries {
+                let mut header = tar::Header::new_gnu();
+                header.set_entry_type(*kind);
+                header.set_mode(0o4755);
+                header.set_size(if *kind == tar::EntryType::Regular {
+                    4
+                } else {
+                    0
+                });
+                // Raw name bytes: `set_path` itself refuses `..`.
+                let name = &mut header.as_old_mut().name;
+                name[..path.len()].copy_from_slice(path.as_bytes());
+                if !target.is_empty() {
+                    header.set_link_name(target).unwrap();
+                }
+                header.set_cksum();
+                let body: &[u8] = if *kind == tar::EntryType::Regular {
+                    b"evil"
+                } else {
+                    b""
+                };
+                builder.append(&header, body).unwrap();
+            }
+            builder.finish().unwrap();
+        }
+        out
+    }
+
+    #[test]
+    fn a_hostile_archive_cannot_write_outside_the_target() {
+        let root = tempfile::tempdir().unwrap();
+        let target = root.path().join("target");
+        let outside = root.path().join("outside");
+        std::fs::create_dir(&outside).unwrap();
+        let regular = tar::EntryType::Regular;
+        for hostile in [
+            archive_with(&[("../outside/escaped", regular, "")]),
+            archive_with(&[
+                ("link", tar::EntryType::Symlink, outside.to_str().unwrap()),
+                ("link/escaped", regular, ""),
+            ]),
+        ] {
+            let _ = unpack(&hostile[..], &target);
+            assert!(
+                std::fs::read_dir(&outside).unwrap().next().is_none(),
+                "an entry landed outside the target"
+            );
+        }
+        // What is inside lands, without its setuid bit.
+        unpack(&archive_with(&[("fine", regular, "")])[..], &target).unwrap();
+        let mode = std::os::unix::fs::PermissionsExt::mode(
+            &std::fs::metadata(target.join("fine"))
+                .unwrap()
+                .permissions(),
+        );
+        assert_eq!(mode & 0o7777, 0o755);
+        assert_eq!(std::fs::read(target.join("fine")).unwrap(), b"evil");
+    }
 }
