@@ -197,25 +197,9 @@ impl Sandbox {
     /// connection closed).
     pub async fn exec(&self, exec: &ExecConfig) -> Result<ContainerProcess, SandboxError> {
         let (mut ours, theirs) = exec_stdio(exec)?;
-        // With an idle timeout, output passes through relays that see it.
         let activity = match exec.idle_timeout {
-            Some(_) if ours[1].is_some() || ours[2].is_some() => {
-                let (tx, rx) = watch::channel(());
-                let tx = Arc::new(tx);
-                for end in ours[1..].iter_mut() {
-                    if let Some(fd) = end.take() {
-                        let relayed = crate::handle::relay::relayed(fd, Arc::clone(&tx)).map_err(
-                            |source| SandboxError::Process {
-                                context: "relaying the command's output",
-                                source,
-                            },
-                        )?;
-                        *end = Some(relayed);
-                    }
-                }
-                Some(rx)
-            }
-            _ => None,
+            Some(_) => relay_outputs(&mut ours)?,
+            None => None,
         };
         let fds = [
             theirs[0].as_raw_fd(),
@@ -637,6 +621,30 @@ struct Watched {
     capture: Option<crate::host::capture::CaptureWatch>,
     activity: Option<watch::Receiver<()>>,
     idle_timeout: Option<Duration>,
+}
+
+/// Puts a relay that marks activity (for an idle timeout) between the command's piped
+/// stdout and stderr and the caller; the receiver of those marks, if any stream is piped.
+fn relay_outputs(
+    ours: &mut [Option<OwnedFd>; 3],
+) -> Result<Option<watch::Receiver<()>>, SandboxError> {
+    if ours[1].is_none() && ours[2].is_none() {
+        return Ok(None);
+    }
+    let (tx, rx) = watch::channel(());
+    let tx = Arc::new(tx);
+    for end in ours[1..].iter_mut() {
+        if let Some(fd) = end.take() {
+            let relayed = crate::handle::relay::relayed(fd, Arc::clone(&tx)).map_err(|source| {
+                SandboxError::Process {
+                    context: "relaying the command's output",
+                    source,
+                }
+            })?;
+            *end = Some(relayed);
+        }
+    }
+    Ok(Some(rx))
 }
 
 fn exec_stdio(exec: &ExecConfig) -> Result<([Option<OwnedFd>; 3], [OwnedFd; 3]), SandboxError> {
