@@ -129,7 +129,9 @@ impl Sandbox {
     }
 
     /// Writes `contents` to the file at `path` in the sandbox (absolute), replacing it whole
-    /// or not at all; the file is the sandbox user's, mode `0o644`.
+    /// or not at all; the file is the sandbox user's, mode `0o644`. The new content goes to a
+    /// new file renamed over the path, so the sandbox's user needs write permission on the
+    /// directory (as for any replace-by-rename), and links to the old file keep the old one.
     ///
     /// ```no_run
     /// # async fn demo(sandbox: &oci_sandbox::Sandbox) -> Result<(), oci_sandbox::SandboxError> {
