@@ -207,7 +207,15 @@ impl Sandbox {
             theirs[2].as_raw_fd(),
         ];
         let (supervised, _) = self
-            .run(exec, launcher::Stdio::Fds(fds), None, activity, theirs)
+            .run(
+                exec,
+                launcher::Stdio::Fds(fds),
+                Watched {
+                    activity,
+                    ..Watched::default()
+                },
+                theirs,
+            )
             .await?;
         let [stdin, stdout, stderr] = ours;
         let stdin = stdin
@@ -268,8 +276,10 @@ impl Sandbox {
             .run(
                 exec,
                 launcher::Stdio::Fds(fds),
-                Some(watch),
-                None,
+                Watched {
+                    capture: Some(watch),
+                    ..Watched::default()
+                },
                 [null, stdout.into(), stderr.into()],
             )
             .await?;
@@ -296,27 +306,25 @@ impl Sandbox {
             source,
         };
         // What is read from the terminal is its output, for the idle timeout.
-        let terminal_activity = match exec.idle_timeout {
+        let (activity, watched) = match exec.idle_timeout {
             Some(_) => {
                 let (tx, rx) = watch::channel(());
-                (Some(Arc::new(tx)), Some(rx))
+                let watched = Watched {
+                    activity: Some(rx),
+                    ..Watched::default()
+                };
+                (Some(Arc::new(tx)), watched)
             }
-            None => (None, None),
+            None => (None, Watched::default()),
         };
         if self.inner.container.cli.kind != crate::OciRuntime::Gvisor {
             // The launcher makes the PTY in the container's own devpts (so that `tty` names
             // it) and hands the controller over.
             let (supervised, controller) = self
-                .run(
-                    &exec,
-                    launcher::Stdio::OwnTerminal,
-                    None,
-                    terminal_activity.1,
-                    [],
-                )
+                .run(&exec, launcher::Stdio::OwnTerminal, watched, [])
                 .await?;
             let controller = controller.expect("an own-terminal start returns its controller");
-            return PtySession::from_controller(controller, supervised, SIZE, terminal_activity.0)
+            return PtySession::from_controller(controller, supervised, SIZE, activity)
                 .map_err(setup_err);
         }
         // gVisor cannot hand a PTY of its kernel to the host: the launcher makes one and
@@ -333,16 +341,9 @@ impl Sandbox {
         })?;
         let raw = terminal.as_raw_fd();
         let (supervised, _) = self
-            .run(
-                &exec,
-                launcher::Stdio::Terminal(raw),
-                None,
-                terminal_activity.1,
-                [terminal],
-            )
+            .run(&exec, launcher::Stdio::Terminal(raw), watched, [terminal])
             .await?;
-        PtySession::from_controller(controller, supervised, SIZE, terminal_activity.0)
-            .map_err(setup_err)
+        PtySession::from_controller(controller, supervised, SIZE, activity).map_err(setup_err)
     }
 
     /// Sends the request, waits for the start, and hands the command to its supervisor.
@@ -351,15 +352,14 @@ impl Sandbox {
         &self,
         exec: &ExecConfig,
         stdio: launcher::Stdio,
-        capture: Option<crate::host::capture::CaptureWatch>,
-        activity: Option<watch::Receiver<()>>,
+        watched: Watched,
         keep: [OwnedFd; N],
     ) -> Result<(Supervised, Option<OwnedFd>), SandboxError> {
         use tracing::Instrument;
         // Its events (the start here, the end in its supervisor) are in it, with the
         // sandbox's id (a spawn's container has its own span, with the same id).
         let mode = match stdio {
-            launcher::Stdio::Fds(_) if capture.is_some() => "captured",
+            launcher::Stdio::Fds(_) if watched.capture.is_some() => "captured",
             launcher::Stdio::Fds(_) => "piped",
             _ => "terminal",
         };
@@ -367,7 +367,7 @@ impl Sandbox {
             tracing::debug_span!("exec", sandbox = %self.id(), command = %exec.command, mode);
         let begun = std::time::Instant::now();
         let ran = self
-            .run_in_span(exec, stdio, capture, activity, keep)
+            .run_in_span(exec, stdio, watched, keep)
             .instrument(span.clone())
             .await;
         span.in_scope(|| match &ran {
@@ -381,8 +381,7 @@ impl Sandbox {
         &self,
         exec: &ExecConfig,
         stdio: launcher::Stdio,
-        capture: Option<crate::host::capture::CaptureWatch>,
-        activity: Option<watch::Receiver<()>>,
+        watched: Watched,
         keep: [OwnedFd; N],
     ) -> Result<(Supervised, Option<OwnedFd>), SandboxError> {
         let own_terminal = matches!(stdio, launcher::Stdio::OwnTerminal);
@@ -450,12 +449,14 @@ impl Sandbox {
             }
         };
         let timeout = exec.timeout.or(self.inner.config.timeout);
-        let watched = Watched {
-            capture,
-            activity,
-            idle_timeout: exec.idle_timeout,
-        };
-        let supervised = self.supervise(Box::new(conn), timeout, watched, oom_before, slot);
+        let supervised = self.supervise(
+            Box::new(conn),
+            timeout,
+            exec.idle_timeout,
+            watched,
+            oom_before,
+            slot,
+        );
         Ok((supervised, terminal))
     }
 
@@ -465,6 +466,7 @@ impl Sandbox {
         &self,
         channel: Box<dyn crate::supervisor::exec::CommandChannel>,
         timeout: Option<Duration>,
+        idle_timeout: Option<Duration>,
         watched: Watched,
         oom_before: u64,
         slot: (tokio::sync::OwnedSemaphorePermit, lifetime::Busy),
@@ -483,7 +485,7 @@ impl Sandbox {
             channel,
             sandbox_id: id.clone(),
             timeout,
-            idle_timeout: watched.idle_timeout,
+            idle_timeout,
             activity: watched.activity,
             control: control_rx,
             requests: requests_rx,
@@ -617,10 +619,10 @@ fn open_null() -> Result<OwnedFd, SandboxError> {
 #[allow(clippy::type_complexity)]
 /// What an exec's supervisor watches besides the command: its capture files, and marks of
 /// output the host saw (for the idle timeout).
+#[derive(Default)]
 struct Watched {
     capture: Option<crate::host::capture::CaptureWatch>,
     activity: Option<watch::Receiver<()>>,
-    idle_timeout: Option<Duration>,
 }
 
 /// Puts a relay that marks activity (for an idle timeout) between the command's piped
