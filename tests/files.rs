@@ -343,6 +343,22 @@ async fn full_disks_dropped_writes_and_concurrent_writers(kind: OciRuntime) {
         shared.iter().all(|b| *b == shared[0]),
         "writers interleaved"
     );
+    // More requests at once than the launcher has helpers: they wait their turn.
+    let many = (0..150u32).map(|i| {
+        let sandbox = sandbox.clone();
+        async move {
+            let path = format!("/tmp/many-{i}");
+            sandbox.write_file(&path, i.to_string()).await.unwrap();
+            sandbox.read_file(&path).await.unwrap()
+        }
+    });
+    for (i, back) in futures::future::join_all(many)
+        .await
+        .into_iter()
+        .enumerate()
+    {
+        assert_eq!(&back[..], i.to_string().as_bytes());
+    }
     sandbox.close().await;
     t.assert_nothing_left(&[], None).await;
 }
@@ -444,6 +460,18 @@ async fn watching_a_directory_sees_creates_writes_and_removes(kind: OciRuntime) 
     let sandbox = start(&t, SandboxConfig::default()).await;
     sandbox.create_dir_all("/tmp/watched").await.unwrap();
     let mut events = sandbox.watch("/tmp/watched").await.unwrap();
+    // Watches hold a helper each: a few at once, then a typed refusal.
+    let mut more = Vec::new();
+    for _ in 0..7 {
+        more.push(sandbox.watch("/tmp").await.unwrap());
+    }
+    let refused = sandbox.watch("/tmp").await.unwrap_err();
+    assert_eq!(
+        io_kind(&refused),
+        std::io::ErrorKind::QuotaExceeded,
+        "{refused}"
+    );
+    drop(more);
     sh(
         &sandbox,
         "echo 1 > /tmp/watched/a; echo 2 >> /tmp/watched/a; rm /tmp/watched/a",

@@ -14,6 +14,7 @@ use std::task::{Context, Poll, ready};
 use futures::future::BoxFuture;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::UnixStream;
+use tokio::sync::OwnedSemaphorePermit;
 
 use crate::error::SandboxError;
 use crate::launcher::{Connection, FileReply};
@@ -50,6 +51,8 @@ pub(crate) fn verdict(reply: io::Result<Option<FileReply>>) -> io::Result<()> {
 /// file passed off as whole.
 pub struct FileReader {
     data: UnixStream,
+    /// One of the sandbox's file-helper slots, held while the helper works.
+    _slot: OwnedSemaphorePermit,
     conn: Arc<Connection>,
     end: Option<BoxFuture<'static, io::Result<Option<FileReply>>>>,
     done: bool,
@@ -66,9 +69,15 @@ impl std::fmt::Debug for FileReader {
 }
 
 impl FileReader {
-    pub(crate) fn new(data: UnixStream, conn: Connection, size: u64) -> Self {
+    pub(crate) fn new(
+        data: UnixStream,
+        conn: Connection,
+        size: u64,
+        slot: OwnedSemaphorePermit,
+    ) -> Self {
         FileReader {
             data,
+            _slot: slot,
             conn: Arc::new(conn),
             end: None,
             done: false,
@@ -119,6 +128,7 @@ pub struct FileWriter {
     data: UnixStream,
     conn: Connection,
     path: PathBuf,
+    _slot: OwnedSemaphorePermit,
 }
 
 impl std::fmt::Debug for FileWriter {
@@ -130,8 +140,18 @@ impl std::fmt::Debug for FileWriter {
 }
 
 impl FileWriter {
-    pub(crate) fn new(data: UnixStream, conn: Connection, path: PathBuf) -> Self {
-        FileWriter { data, conn, path }
+    pub(crate) fn new(
+        data: UnixStream,
+        conn: Connection,
+        path: PathBuf,
+        slot: OwnedSemaphorePermit,
+    ) -> Self {
+        FileWriter {
+            data,
+            conn,
+            path,
+            _slot: slot,
+        }
     }
 
     /// Ends the file and puts it in place; returns once the sandbox has.

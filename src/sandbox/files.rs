@@ -5,11 +5,13 @@
 
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use bytes::Bytes;
 use futures::Stream;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
+use tokio::sync::OwnedSemaphorePermit;
 
 use super::{START_DEADLINE, Sandbox};
 use crate::error::SandboxError;
@@ -63,6 +65,13 @@ impl Stream for FileEvents {
     }
 }
 
+/// File requests of a sandbox in flight at once (watches apart); more wait for a slot. With
+/// [`WATCHES`], the launcher's 64 helpers.
+pub(super) const FILE_HELPERS: usize = 56;
+
+/// Watches of a sandbox at once; one more is refused (`QuotaExceeded`).
+pub(super) const WATCHES: usize = 8;
+
 /// Contents up to this size are written in one go (they fit a socket's buffer).
 const PIPELINED_WRITE: usize = 64 * 1024;
 
@@ -80,8 +89,35 @@ impl Sandbox {
         to: Option<&Path>,
         mode: u32,
         pipelined: Option<&[u8]>,
-    ) -> Result<(Connection, Option<UnixStream>, FileReply), SandboxError> {
+    ) -> Result<
+        (
+            Connection,
+            Option<UnixStream>,
+            FileReply,
+            OwnedSemaphorePermit,
+        ),
+        SandboxError,
+    > {
         self.check_alive()?;
+        let slot = if op == FileOp::Watch {
+            Arc::clone(&self.inner.watch_slots)
+                .try_acquire_owned()
+                .map_err(|_| {
+                    file_error(
+                        context,
+                        path,
+                        io::Error::new(
+                            io::ErrorKind::QuotaExceeded,
+                            format!("at most {WATCHES} watches per sandbox at once"),
+                        ),
+                    )
+                })?
+        } else {
+            Arc::clone(&self.inner.file_slots)
+                .acquire_owned()
+                .await
+                .expect("the semaphore is never closed")
+        };
         let request = FileRequest {
             op,
             path,
@@ -121,7 +157,7 @@ impl Sandbox {
                 path,
                 io::Error::from_raw_os_error(errno),
             )),
-            Some(reply) => Ok((conn, data, reply)),
+            Some(reply) => Ok((conn, data, reply, slot)),
             None => Err(self
                 .ended_error()
                 .unwrap_or_else(|| file_error(context, path, verdict(Ok(None)).unwrap_err()))),
@@ -161,7 +197,7 @@ impl Sandbox {
             return writer.finish().await;
         }
         let context = "writing a file in the sandbox";
-        let (conn, _, first) = self
+        let (conn, _, first, _slot) = self
             .file_request(
                 context,
                 FileOp::Write,
@@ -205,11 +241,11 @@ impl Sandbox {
     pub async fn open(&self, path: impl AsRef<Path>) -> Result<FileReader, SandboxError> {
         let path = path.as_ref();
         let context = "reading a file in the sandbox";
-        let (conn, data, first) = self
+        let (conn, data, first, slot) = self
             .file_request(context, FileOp::Read, path, None, 0, None)
             .await?;
         match (first, data) {
-            (FileReply::Started(size), Some(data)) => Ok(FileReader::new(data, conn, size)),
+            (FileReply::Started(size), Some(data)) => Ok(FileReader::new(data, conn, size, slot)),
             (other, _) => Err(unexpected(context, path, other)),
         }
     }
@@ -223,12 +259,12 @@ impl Sandbox {
     pub async fn create(&self, path: impl AsRef<Path>) -> Result<FileWriter, SandboxError> {
         let path = path.as_ref();
         let context = "writing a file in the sandbox";
-        let (conn, data, first) = self
+        let (conn, data, first, slot) = self
             .file_request(context, FileOp::Write, path, None, NEW_FILE_MODE, None)
             .await?;
         match (first, data) {
             (FileReply::Started(_), Some(data)) => {
-                Ok(FileWriter::new(data, conn, path.to_path_buf()))
+                Ok(FileWriter::new(data, conn, path.to_path_buf(), slot))
             }
             (other, _) => Err(unexpected(context, path, other)),
         }
@@ -246,8 +282,8 @@ impl Sandbox {
             .file_request(context, FileOp::Stat, path, None, 0, None)
             .await?
         {
-            (_, _, FileReply::Metadata(meta)) => Ok(meta),
-            (_, _, other) => Err(unexpected(context, path, other)),
+            (_, _, FileReply::Metadata(meta), _) => Ok(meta),
+            (_, _, other, _) => Err(unexpected(context, path, other)),
         }
     }
 
@@ -260,7 +296,7 @@ impl Sandbox {
     pub async fn list_dir(&self, path: impl AsRef<Path>) -> Result<Vec<DirEntry>, SandboxError> {
         let path = path.as_ref();
         let context = "listing a directory in the sandbox";
-        let (conn, data, _) = self
+        let (conn, data, _, _slot) = self
             .file_request(context, FileOp::List, path, None, 0, None)
             .await?;
         let mut records = Vec::new();
@@ -344,8 +380,8 @@ impl Sandbox {
         to: Option<&Path>,
     ) -> Result<(), SandboxError> {
         match self.file_request(context, op, path, to, 0, None).await? {
-            (_, _, FileReply::Done) => Ok(()),
-            (_, _, other) => Err(unexpected(context, path, other)),
+            (_, _, FileReply::Done, _) => Ok(()),
+            (_, _, other, _) => Err(unexpected(context, path, other)),
         }
     }
 
@@ -358,13 +394,13 @@ impl Sandbox {
     pub async fn watch(&self, path: impl AsRef<Path>) -> Result<FileEvents, SandboxError> {
         let path = path.as_ref();
         let context = "watching a path in the sandbox";
-        let (conn, data, _) = self
+        let (conn, data, _, slot) = self
             .file_request(context, FileOp::Watch, path, None, 0, None)
             .await?;
         let Some(data) = data else {
             return Err(unexpected(context, path, FileReply::Done));
         };
-        let state = (conn, tokio::io::BufReader::new(data), Vec::new());
+        let state = ((conn, slot), tokio::io::BufReader::new(data), Vec::new());
         let stream = futures::stream::unfold(state, |(conn, mut data, mut record)| async move {
             use tokio::io::AsyncBufReadExt;
             record.clear();

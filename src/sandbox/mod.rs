@@ -77,6 +77,10 @@ struct Inner {
     expired: std::sync::OnceLock<crate::status::SandboxExpiry>,
     /// The host id of the container's id 0, with a user namespace of its own.
     userns_base: Option<u32>,
+    /// File requests that may run at once (the launcher serves 64 helpers): past it they
+    /// wait; watches, which hold theirs until dropped, have a few of their own.
+    file_slots: Arc<Semaphore>,
+    watch_slots: Arc<Semaphore>,
 }
 
 impl Sandbox {
@@ -103,6 +107,8 @@ impl Sandbox {
                 activity: Default::default(),
                 expired: Default::default(),
                 userns_base,
+                file_slots: Arc::new(Semaphore::new(files::FILE_HELPERS)),
+                watch_slots: Arc::new(Semaphore::new(files::WATCHES)),
             }),
         };
         lifetime::watch(&sandbox);
