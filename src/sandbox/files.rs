@@ -390,7 +390,8 @@ impl Sandbox {
     ///
     /// # Errors
     ///
-    /// [`SandboxError::Io`] with the path: `NotFound`, `PermissionDenied`.
+    /// [`SandboxError::Io`] with the path: `NotFound`, `PermissionDenied`; `QuotaExceeded`
+    /// past 8 watches of one sandbox at once (each holds one of its launcher's helpers).
     pub async fn watch(&self, path: impl AsRef<Path>) -> Result<FileEvents, SandboxError> {
         let path = path.as_ref();
         let context = "watching a path in the sandbox";
