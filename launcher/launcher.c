@@ -93,6 +93,7 @@
 #include <sys/un.h>
 #include <sys/wait.h>
 #include <termios.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "files.h"
@@ -131,7 +132,28 @@ static struct conn conns[MAX_CONNS];
 /* File helpers (files.c) at work: one process per file request, until reaped. */
 #define MAX_HELPERS 64
 static pid_t helpers[MAX_HELPERS];
+/* The launcher's copy of each helper's channel (-1 once the host's end has closed), and when
+   that end closed (ms, monotonic; 0 while open). A helper whose host is gone is killed after a
+   grace period (it cleans up itself when it can): processes of the sandbox's user can stop a
+   helper, and a stopped one would keep its slot for good. */
+static int helper_fds[MAX_HELPERS];
+static long long helper_orphaned[MAX_HELPERS];
 static int nhelpers;
+#define HELPER_GRACE_MS 2000
+
+static long long now_ms(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (long long)t.tv_sec * 1000 + t.tv_nsec / 1000000;
+}
+
+static void drop_helper(int k) {
+    if (helper_fds[k] >= 0) close(helper_fds[k]);
+    nhelpers--;
+    helpers[k] = helpers[nhelpers];
+    helper_fds[k] = helper_fds[nhelpers];
+    helper_orphaned[k] = helper_orphaned[nhelpers];
+}
 
 /* Relays of ended execs still copying the last of their terminal's output, until reaped. */
 static pid_t draining[MAX_CONNS];
@@ -506,6 +528,8 @@ static int file_request(int fd, int *fds, int nfds, size_t len, int truncated) {
             if (conns[k].controller >= 0) close(conns[k].controller);
             if (conns[k].report >= 0) close(conns[k].report);
         }
+        for (int k = 0; k < nhelpers; k++)
+            if (helper_fds[k] >= 0) close(helper_fds[k]);
         sigset_t none;
         sigemptyset(&none);
         sigprocmask(SIG_SETMASK, &none, NULL);
@@ -517,10 +541,13 @@ static int file_request(int fd, int *fds, int nfds, size_t len, int truncated) {
         char text[32];
         snprintf(text, sizeof text, "E %d", errno);
         reply(fd, text);
+        close(fd);
     } else {
-        helpers[nhelpers++] = pid;
+        helpers[nhelpers] = pid;
+        helper_fds[nhelpers] = fd;
+        helper_orphaned[nhelpers] = 0;
+        nhelpers++;
     }
-    close(fd);
     close_fds(fds, nfds);
     return 0;
 }
@@ -766,7 +793,7 @@ static void reap(void) {
     while ((pid = wait4(-1, &status, WNOHANG, &ru)) > 0) {
         for (int k = 0; k < nhelpers; k++) {
             if (helpers[k] == pid) {
-                helpers[k] = helpers[--nhelpers];
+                drop_helper(k);
                 break;
             }
         }
@@ -878,13 +905,37 @@ int main(void) {
     /* Harmless for PID 1, which adopts its namespace's orphans anyway. */
     subreapers = prctl(PR_SET_CHILD_SUBREAPER, 1) == 0;
     reply(control_fd, "ready");
-    static struct pollfd pfds[MAX_CONNS + 2];
+    static struct pollfd pfds[MAX_CONNS + MAX_HELPERS + 2];
+    static int watched[MAX_HELPERS];
     for (;;) {
         pfds[0] = (struct pollfd){.fd = control_fd, .events = POLLIN};
         pfds[1] = (struct pollfd){.fd = sfd, .events = POLLIN};
         for (int i = 0; i < nconns; i++)
             pfds[2 + i] = (struct pollfd){.fd = conns[i].fd, .events = POLLIN};
-        if (poll(pfds, 2 + nconns, -1) < 0) continue;
+        /* Helpers' channels: only their hang-up is of interest (no events asked). */
+        int nwatched = 0, orphans = 0;
+        for (int k = 0; k < nhelpers; k++) {
+            if (helper_fds[k] >= 0) {
+                watched[nwatched] = k;
+                pfds[2 + nconns + nwatched++] = (struct pollfd){.fd = helper_fds[k], .events = 0};
+            } else {
+                orphans++;
+            }
+        }
+        if (poll(pfds, 2 + nconns + nwatched, orphans ? 200 : -1) < 0) continue;
+        long long now = now_ms();
+        for (int j = 0; j < nwatched; j++) {
+            int k = watched[j];
+            if (pfds[2 + nconns + j].revents & (POLLHUP | POLLERR)) {
+                close(helper_fds[k]);
+                helper_fds[k] = -1;
+                helper_orphaned[k] = now;
+            }
+        }
+        for (int k = 0; k < nhelpers; k++) {
+            if (helper_fds[k] < 0 && now - helper_orphaned[k] > HELPER_GRACE_MS)
+                kill(helpers[k], SIGKILL);
+        }
         if (pfds[1].revents) {
             struct signalfd_siginfo si;
             while (read(sfd, &si, sizeof si) > 0) {

@@ -172,6 +172,8 @@ pub use nix::sys::signal::Signal;
 pub use oci_spec::runtime::Spec;
 pub use pool::SandboxPool;
 pub use runtimes::{GvisorPlatform, OciRuntime, PlatformChoice};
-pub use sandbox::{DirEntry, FileEvent, FileEvents, MAX_CONCURRENT_EXECS, Sandbox};
+pub use sandbox::{
+    DirEntry, FileEvent, FileEvents, MAX_CONCURRENT_EXECS, READ_FILE_LIMIT, Sandbox,
+};
 pub use spec::identity::{DEFAULT_USERNS_BASE, USERNS_SIZE};
 pub use status::{ExitStatus, Output, SandboxExpiry, SandboxUsage, Usage};

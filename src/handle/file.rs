@@ -19,6 +19,10 @@ use tokio::sync::OwnedSemaphorePermit;
 use crate::error::SandboxError;
 use crate::launcher::{Connection, FileReply};
 
+/// How long a sandbox may send nothing in a transfer before it fails: processes of the
+/// sandbox's user can stop the helper that serves it.
+pub(crate) const STALL: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// The error of a failed file request on `path`: the helper's errno, or what broke.
 pub(crate) fn file_error(context: &'static str, path: &Path, source: io::Error) -> SandboxError {
     SandboxError::Io {
@@ -51,6 +55,8 @@ pub(crate) fn verdict(reply: io::Result<Option<FileReply>>) -> io::Result<()> {
 /// file passed off as whole.
 pub struct FileReader {
     data: UnixStream,
+    /// Fires when the sandbox has sent nothing for [`STALL`]: it can stop its helper.
+    stall: Pin<Box<tokio::time::Sleep>>,
     /// One of the sandbox's file-helper slots, held while the helper works.
     _slot: OwnedSemaphorePermit,
     conn: Arc<Connection>,
@@ -77,6 +83,7 @@ impl FileReader {
     ) -> Self {
         FileReader {
             data,
+            stall: Box::pin(tokio::time::sleep(STALL)),
             _slot: slot,
             conn: Arc::new(conn),
             end: None,
@@ -91,6 +98,17 @@ impl FileReader {
     }
 }
 
+impl FileReader {
+    /// Pending until the stall deadline passes, then a `TimedOut` error.
+    fn poll_stall(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        ready!(self.stall.as_mut().poll(cx));
+        Poll::Ready(Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            format!("the sandbox sent nothing for {STALL:?}"),
+        )))
+    }
+}
+
 impl AsyncRead for FileReader {
     fn poll_read(
         mut self: Pin<&mut Self>,
@@ -101,8 +119,13 @@ impl AsyncRead for FileReader {
             return Poll::Ready(Ok(()));
         }
         let before = buf.filled().len();
-        ready!(Pin::new(&mut self.data).poll_read(cx, buf))?;
+        match Pin::new(&mut self.data).poll_read(cx, buf) {
+            Poll::Pending => return self.poll_stall(cx),
+            Poll::Ready(r) => r?,
+        }
         if buf.filled().len() > before || buf.remaining() == 0 {
+            let next = tokio::time::Instant::now() + STALL;
+            self.stall.as_mut().reset(next);
             return Poll::Ready(Ok(()));
         }
         // The data ended: the helper says whether that was the whole file.
@@ -110,7 +133,10 @@ impl AsyncRead for FileReader {
         let end = self
             .end
             .get_or_insert_with(|| Box::pin(async move { conn.receive_file().await }));
-        let reply = ready!(end.as_mut().poll(cx));
+        let reply = match end.as_mut().poll(cx) {
+            Poll::Pending => return self.poll_stall(cx),
+            Poll::Ready(reply) => reply,
+        };
         verdict(reply)?;
         self.done = true;
         Poll::Ready(Ok(()))
@@ -165,7 +191,13 @@ impl FileWriter {
         // Its end of the data first (the helper then closes the file), then the commit.
         let _ = self.data.shutdown().await;
         let _ = self.conn.commit().await;
-        verdict(self.conn.receive_file().await).map_err(err)
+        match tokio::time::timeout(STALL, self.conn.receive_file()).await {
+            Ok(reply) => verdict(reply).map_err(err),
+            Err(_) => Err(err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "the sandbox did not confirm the write",
+            ))),
+        }
     }
 
     /// The sandbox's reason for a failed write, after a write error here.
@@ -194,5 +226,64 @@ impl AsyncWrite for FileWriter {
     /// Ends the data (as [`finish`](FileWriter::finish) does first), without the commit.
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.data).poll_shutdown(cx)
+    }
+}
+
+/// A writer into the sandbox that fails with `TimedOut` once a write has waited [`STALL`]
+/// without the sandbox taking anything (its reader can be stopped by the sandbox's user).
+pub(crate) struct StallingWriter<W> {
+    inner: W,
+    stall: Pin<Box<tokio::time::Sleep>>,
+}
+
+impl<W> StallingWriter<W> {
+    pub(crate) fn new(inner: W) -> Self {
+        StallingWriter {
+            inner,
+            stall: Box::pin(tokio::time::sleep(STALL)),
+        }
+    }
+
+    fn stalled(&mut self, cx: &mut Context<'_>) -> Poll<io::Error> {
+        ready!(self.stall.as_mut().poll(cx));
+        Poll::Ready(io::Error::new(
+            io::ErrorKind::TimedOut,
+            format!("the sandbox took nothing for {STALL:?}"),
+        ))
+    }
+
+    fn progressed(&mut self) {
+        let next = tokio::time::Instant::now() + STALL;
+        self.stall.as_mut().reset(next);
+    }
+}
+
+impl<W: AsyncWrite + Unpin> AsyncWrite for StallingWriter<W> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match Pin::new(&mut self.inner).poll_write(cx, buf) {
+            Poll::Ready(r) => {
+                self.progressed();
+                Poll::Ready(r)
+            }
+            Poll::Pending => self.stalled(cx).map(Err),
+        }
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match Pin::new(&mut self.inner).poll_flush(cx) {
+            Poll::Ready(r) => Poll::Ready(r),
+            Poll::Pending => self.stalled(cx).map(Err),
+        }
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match Pin::new(&mut self.inner).poll_shutdown(cx) {
+            Poll::Ready(r) => Poll::Ready(r),
+            Poll::Pending => self.stalled(cx).map(Err),
+        }
     }
 }

@@ -15,7 +15,7 @@ use tokio::sync::OwnedSemaphorePermit;
 
 use super::{START_DEADLINE, Sandbox};
 use crate::error::SandboxError;
-use crate::handle::file::{FileReader, FileWriter, file_error, verdict};
+use crate::handle::file::{FileReader, FileWriter, StallingWriter, file_error, verdict};
 use crate::launcher::{Connection, FileMetadata, FileOp, FileReply, FileRequest, decode_entry};
 
 /// One entry of [`Sandbox::list_dir`].
@@ -215,20 +215,41 @@ impl Sandbox {
         }
     }
 
-    /// The whole file at `path` in the sandbox.
+    /// The whole file at `path` in the sandbox, up to [`READ_FILE_LIMIT`] bytes (stream a
+    /// larger one with [`open`](Self::open)).
     ///
     /// # Errors
     ///
+    /// `FileTooLarge` past the limit (sparse files count at their full size).
     /// [`SandboxError::Io`] with the path: `NotFound`, `PermissionDenied`, `IsADirectory`,
     /// `InvalidInput` for what is not a regular file (a FIFO, a device).
     pub async fn read_file(&self, path: impl AsRef<Path>) -> Result<Bytes, SandboxError> {
         let path = path.as_ref();
-        let mut reader = self.open(path).await?;
-        let mut all = Vec::with_capacity(usize::try_from(reader.size()).unwrap_or(0).min(64 << 20));
+        let context = "reading a file in the sandbox";
+        let reader = self.open(path).await?;
+        let too_large = || {
+            file_error(
+                context,
+                path,
+                io::Error::new(
+                    io::ErrorKind::FileTooLarge,
+                    format!("larger than {READ_FILE_LIMIT} bytes: stream it with open()"),
+                ),
+            )
+        };
+        if reader.size() > READ_FILE_LIMIT {
+            return Err(too_large());
+        }
+        let mut all = Vec::with_capacity(usize::try_from(reader.size()).unwrap_or(0));
+        // The file may grow while it is read.
         reader
+            .take(READ_FILE_LIMIT + 1)
             .read_to_end(&mut all)
             .await
-            .map_err(|e| file_error("reading a file in the sandbox", path, e))?;
+            .map_err(|e| file_error(context, path, e))?;
+        if all.len() as u64 > READ_FILE_LIMIT {
+            return Err(too_large());
+        }
         Ok(Bytes::from(all))
     }
 
@@ -300,10 +321,31 @@ impl Sandbox {
             .file_request(context, FileOp::List, path, None, 0, None)
             .await?;
         let mut records = Vec::new();
-        if let Some(mut data) = data {
-            data.read_to_end(&mut records)
-                .await
-                .map_err(|e| file_error(context, path, e))?;
+        if let Some(data) = data {
+            let mut limited = data.take(LIST_LIMIT + 1);
+            let read = limited.read_to_end(&mut records);
+            match tokio::time::timeout(crate::handle::file::STALL, read).await {
+                Ok(r) => {
+                    r.map_err(|e| file_error(context, path, e))?;
+                }
+                Err(_) => {
+                    return Err(file_error(
+                        context,
+                        path,
+                        io::Error::new(io::ErrorKind::TimedOut, "the listing did not end"),
+                    ));
+                }
+            }
+            if records.len() as u64 > LIST_LIMIT {
+                return Err(file_error(
+                    context,
+                    path,
+                    io::Error::new(
+                        io::ErrorKind::FileTooLarge,
+                        format!("the listing passed {LIST_LIMIT} bytes"),
+                    ),
+                ));
+            }
         }
         verdict(conn.receive_file().await).map_err(|e| file_error(context, path, e))?;
         records
@@ -433,6 +475,7 @@ impl Sandbox {
         sandbox_dir: impl AsRef<Path>,
     ) -> Result<(), SandboxError> {
         let (host_dir, sandbox_dir) = (host_dir.as_ref().to_path_buf(), sandbox_dir.as_ref());
+        self.check_host_dir("uploading a directory into the sandbox", &host_dir)?;
         std::fs::metadata(&host_dir)
             .map_err(|e| file_error("reading the host directory to upload", &host_dir, e))?;
         self.create_dir_all(sandbox_dir).await?;
@@ -441,22 +484,28 @@ impl Sandbox {
         let stdin = process.stdin.take().expect("piped stdin");
         let source = host_dir.clone();
         let packing = tokio::task::spawn_blocking(move || {
-            let writer = tokio_util::io::SyncIoBridge::new(stdin);
+            // A tar the sandbox stopped makes the upload fail, not hang.
+            let writer = tokio_util::io::SyncIoBridge::new(StallingWriter::new(stdin));
             let mut builder = tar::Builder::new(writer);
             builder.follow_symlinks(false);
             builder.mode(tar::HeaderMode::Complete);
             builder.append_dir_all(".", &source)?;
             builder.into_inner()?.shutdown()
         });
-        let (packed, out) = tokio::join!(packing, process.wait_with_output());
-        let out = out?;
         let context = "uploading a directory into the sandbox";
-        match packed {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) if out.status.success() => return Err(file_error(context, &host_dir, e)),
-            _ => {}
+        // The archive first (tar's own output is a few lines at most); a tar that stopped
+        // taking it is killed, so that its end can be awaited.
+        let packed = packing.await.unwrap_or_else(|e| Err(io::Error::other(e)));
+        if packed.is_err() {
+            process.start_kill();
         }
-        tar_result(context, sandbox_dir, &out)
+        let out = process.wait_with_output().await?;
+        match packed {
+            Err(e) if out.status.success() || out.status.signal().is_some() => {
+                Err(file_error(context, &host_dir, e))
+            }
+            _ => tar_result(context, sandbox_dir, &out),
+        }
     }
 
     /// Copies the sandbox's directory `sandbox_dir` to `host_dir` on the host (made if
@@ -475,16 +524,27 @@ impl Sandbox {
     ) -> Result<(), SandboxError> {
         let (sandbox_dir, host_dir) = (sandbox_dir.as_ref(), host_dir.as_ref().to_path_buf());
         let context = "downloading a directory from the sandbox";
-        let tar = tar_exec(&["-c", "-C"], sandbox_dir);
+        self.check_host_dir(context, &host_dir)?;
+        // Sparse files travel as holes (a 1 TiB hole is no 1 TiB on the host), and a tar that
+        // stops sending (the sandbox can stop it) ends the download instead of hanging it.
+        let tar = tar_exec(&["-c", "--sparse", "-C"], sandbox_dir);
         let tar = crate::ExecConfig {
             args: [tar.args, vec![".".into()]].concat(),
+            idle_timeout: Some(TRANSFER_STALL),
             ..tar
         };
         let mut process = self.exec(&tar).await?;
         let stdout = process.stdout.take().expect("piped stdout");
         let target = host_dir.clone();
+        let limit = self
+            .inner
+            .config
+            .output_limit
+            .unwrap_or(u64::MAX)
+            .max(DOWNLOAD_LIMIT);
         let unpacking = tokio::task::spawn_blocking(move || {
-            unpack(tokio_util::io::SyncIoBridge::new(stdout), &target)
+            let stream = std::io::Read::take(tokio_util::io::SyncIoBridge::new(stdout), limit);
+            unpack(stream, &target)
         });
         let (unpacked, out) = tokio::join!(unpacking, process.wait_with_output());
         let out = out?;
@@ -496,6 +556,71 @@ impl Sandbox {
         }
     }
 }
+
+impl Sandbox {
+    /// A host directory that the sandbox could change under the host's feet (a path through a
+    /// link, or inside one of its writable binds or its workdir) is refused: the host would
+    /// read or write by a path the sandbox controls.
+    fn check_host_dir(&self, context: &'static str, host_dir: &Path) -> Result<(), SandboxError> {
+        let refuse = |why: String| {
+            Err(file_error(
+                context,
+                host_dir,
+                io::Error::new(io::ErrorKind::InvalidInput, why),
+            ))
+        };
+        if host_dir.is_symlink() {
+            return refuse("the host directory is a symbolic link".into());
+        }
+        // The path with links resolved in the part that exists.
+        let mut existing = host_dir.to_path_buf();
+        let mut missing = Vec::new();
+        let resolved = loop {
+            match existing.canonicalize() {
+                Ok(p) => break missing.iter().rev().fold(p, |p, part| p.join(part)),
+                Err(_) => match existing.file_name() {
+                    Some(part) => {
+                        missing.push(part.to_owned());
+                        existing.pop();
+                    }
+                    None => return refuse("the host directory cannot be resolved".into()),
+                },
+            }
+        };
+        for m in &self.inner.config.mounts {
+            if let crate::config::MountKind::Bind {
+                source,
+                writable: true,
+            } = &m.kind
+            {
+                let source = source.canonicalize().unwrap_or_else(|_| source.clone());
+                if resolved.starts_with(&source) || source.starts_with(&resolved) {
+                    return refuse(format!(
+                        "the sandbox can write in {} (mounted at {}): use a host directory of \
+                         the host's own",
+                        source.display(),
+                        m.destination.display()
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The largest file [`Sandbox::read_file`] reads into memory.
+pub const READ_FILE_LIMIT: u64 = 256 << 20;
+
+/// The most bytes of entries [`Sandbox::list_dir`] takes (a sandbox can make a listing
+/// endless by renaming entries while it is read).
+const LIST_LIMIT: u64 = 64 << 20;
+
+/// How long a directory transfer may send nothing before it fails.
+const TRANSFER_STALL: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// The most bytes a `download_dir` archive may hold (more when the sandbox's output limit is
+/// higher): a sandbox's files can be far larger than what it stores (sparse files).
+const DOWNLOAD_LIMIT: u64 = 4 << 30;
 
 /// `tar <args> <dir>` in the sandbox, reading or writing the archive on stdio; no timeout
 /// of the sandbox's (a large tree takes what it takes), stderr kept for the error.

@@ -5,7 +5,7 @@ use crate::config::ExecConfig;
 mod files;
 mod jobs;
 mod lifetime;
-pub use files::{DirEntry, FileEvent, FileEvents};
+pub use files::{DirEntry, FileEvent, FileEvents, READ_FILE_LIMIT};
 
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::PathBuf;
