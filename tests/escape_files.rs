@@ -9,35 +9,10 @@ use std::os::unix::fs::MetadataExt;
 use std::time::Duration;
 
 use common::TestSandbox;
-use oci_sandbox::{
-    ContainerProcess, ExecConfig, NamespaceContainer, OciRuntime, Sandbox, SandboxConfig,
-    SandboxError,
-};
+use oci_sandbox::{ContainerProcess, ExecConfig, OciRuntime, Sandbox, SandboxConfig, SandboxError};
 use tokio::io::AsyncReadExt;
 
 const KIND: OciRuntime = OciRuntime::Runc;
-
-async fn start(t: &TestSandbox, policy: SandboxConfig) -> Sandbox {
-    let config = NamespaceContainer::build_config(&policy, "true", vec![]);
-    t.sandbox.start(&config).await.unwrap()
-}
-
-async fn sh(sandbox: &Sandbox, script: &str) -> String {
-    let out = sandbox
-        .exec(&ExecConfig::shell(script))
-        .await
-        .unwrap()
-        .wait_with_output()
-        .await
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{script}: {} {}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
 
 /// A long-running attacker: python in the sandbox, in the background (kept by the handle).
 async fn attacker(sandbox: &Sandbox, script: &str) -> ContainerProcess {
@@ -88,9 +63,9 @@ fn errno_of(err: &SandboxError) -> Option<i32> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stopped_helper_cannot_hang_a_read() {
     let t = TestSandbox::new(KIND).await;
-    let sandbox = start(&t, SandboxConfig::default()).await;
+    let sandbox = t.start_sandbox(&SandboxConfig::default()).await;
     // 1 TiB of zeros that costs the sandbox nothing (sparse on its tmpfs).
-    sh(&sandbox, "truncate -s 1T /tmp/big").await;
+    common::sh_in(&sandbox, "truncate -s 1T /tmp/big").await;
     let mut att = attacker(&sandbox, STOP_HELPERS).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let mut reader = sandbox.open("/tmp/big").await.unwrap();
@@ -127,8 +102,8 @@ async fn a_stopped_helper_cannot_hang_a_read() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stopped_helpers_cannot_exhaust_the_launchers_slots() {
     let t = TestSandbox::new(KIND).await;
-    let sandbox = start(&t, SandboxConfig::default()).await;
-    sh(&sandbox, "truncate -s 1T /tmp/big").await;
+    let sandbox = t.start_sandbox(&SandboxConfig::default()).await;
+    common::sh_in(&sandbox, "truncate -s 1T /tmp/big").await;
     let mut att = attacker(&sandbox, STOP_HELPERS).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     // The host does 70 ordinary reads, each given up after 1 s (a careful host).
@@ -168,8 +143,8 @@ async fn stopped_helpers_cannot_exhaust_the_launchers_slots() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stopped_tar_cannot_hang_download_dir() {
     let t = TestSandbox::new(KIND).await;
-    let sandbox = start(&t, SandboxConfig::default()).await;
-    sh(&sandbox, "mkdir -p /tmp/src && echo hi > /tmp/src/a").await;
+    let sandbox = t.start_sandbox(&SandboxConfig::default()).await;
+    common::sh_in(&sandbox, "mkdir -p /tmp/src && echo hi > /tmp/src/a").await;
     let mut att = attacker(
         &sandbox,
         r#"
@@ -206,9 +181,9 @@ while True:
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sparse_file_cannot_fill_the_host_disk() {
     let t = TestSandbox::new(KIND).await;
-    let sandbox = start(&t, SandboxConfig::default()).await;
+    let sandbox = t.start_sandbox(&SandboxConfig::default()).await;
     // 1 GiB apparent, 0 bytes used; tmp_size is 256 MiB, memory 512 MiB.
-    sh(
+    common::sh_in(
         &sandbox,
         "mkdir /tmp/src && truncate -s 1G /tmp/src/zeros && du -k /tmp/src",
     )
@@ -227,8 +202,8 @@ async fn a_sparse_file_cannot_fill_the_host_disk() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn read_file_is_bounded_by_what_the_sandbox_can_hold() {
     let t = TestSandbox::new(KIND).await;
-    let sandbox = start(&t, SandboxConfig::default()).await;
-    sh(&sandbox, "truncate -s 1G /tmp/zeros").await;
+    let sandbox = t.start_sandbox(&SandboxConfig::default()).await;
+    common::sh_in(&sandbox, "truncate -s 1G /tmp/zeros").await;
     let all = match sandbox.read_file("/tmp/zeros").await {
         Ok(all) => all,
         Err(SandboxError::Io { source, .. })
@@ -255,15 +230,13 @@ async fn download_into_the_workdir_cannot_write_outside_it() {
     let t = TestSandbox::new(KIND).await;
     let workdir = tempfile::tempdir().unwrap();
     let victim = tempfile::tempdir().unwrap(); // stands for /etc/cron.d, /root/.ssh...
-    let sandbox = start(
-        &t,
-        SandboxConfig {
+    let sandbox = t
+        .start_sandbox(&SandboxConfig {
             workdir: Some(workdir.path().to_path_buf()),
             ..SandboxConfig::default()
-        },
-    )
-    .await;
-    sh(
+        })
+        .await;
+    common::sh_in(
         &sandbox,
         &format!(
             "mkdir -p /tmp/src && echo '* * * * * root evil' > /tmp/src/pwned && \
@@ -291,16 +264,14 @@ async fn download_into_the_workdir_survives_a_swap_mid_way() {
     let t = TestSandbox::new(KIND).await;
     let workdir = tempfile::tempdir().unwrap();
     let victim = tempfile::tempdir().unwrap();
-    let sandbox = start(
-        &t,
-        SandboxConfig {
+    let sandbox = t
+        .start_sandbox(&SandboxConfig {
             workdir: Some(workdir.path().to_path_buf()),
             ..SandboxConfig::default()
-        },
-    )
-    .await;
+        })
+        .await;
     // 400 files of 4 KiB: more than a pipe holds, so tar is still at work when stopped.
-    sh(
+    common::sh_in(
         &sandbox,
         "mkdir -p /tmp/src && for i in $(seq 1 400); do head -c 4096 /dev/urandom > /tmp/src/f$i; done",
     )
@@ -351,16 +322,14 @@ async fn upload_from_the_workdir_cannot_read_outside_it() {
     let workdir = tempfile::tempdir().unwrap();
     let secret_dir = tempfile::tempdir().unwrap(); // stands for /root, /etc...
     std::fs::write(secret_dir.path().join("shadow"), "root:SECRET-HASH:").unwrap();
-    let sandbox = start(
-        &t,
-        SandboxConfig {
+    let sandbox = t
+        .start_sandbox(&SandboxConfig {
             workdir: Some(workdir.path().to_path_buf()),
             ..SandboxConfig::default()
-        },
-    )
-    .await;
+        })
+        .await;
     // Planted before: the directory the host will upload is a link.
-    sh(
+    common::sh_in(
         &sandbox,
         &format!("ln -s {} /workspace/input", secret_dir.path().display()),
     )
@@ -368,7 +337,7 @@ async fn upload_from_the_workdir_cannot_read_outside_it() {
     let r = sandbox
         .upload_dir(workdir.path().join("input"), "/tmp/in")
         .await;
-    let got = sh(&sandbox, "cat /tmp/in/shadow 2>/dev/null; true").await;
+    let got = common::sh_in(&sandbox, "cat /tmp/in/shadow 2>/dev/null; true").await;
     assert!(
         !got.contains("SECRET"),
         "BREAK (planted link): upload_dir ({r:?}) sent host file content into the sandbox: {got:?}"
@@ -389,14 +358,12 @@ async fn upload_from_the_workdir_survives_swaps_mid_way() {
     for i in 0..200 {
         std::fs::write(input.join(format!("f{i:03}")), vec![b'x'; 4096]).unwrap();
     }
-    let sandbox = start(
-        &t,
-        SandboxConfig {
+    let sandbox = t
+        .start_sandbox(&SandboxConfig {
             workdir: Some(workdir.path().to_path_buf()),
             ..SandboxConfig::default()
-        },
-    )
-    .await;
+        })
+        .await;
     let mut att = attacker(
         &sandbox,
         &format!(
@@ -425,7 +392,7 @@ while True:
     tokio::time::sleep(Duration::from_millis(500)).await;
     let r = sandbox.upload_dir(&input, "/tmp/in").await;
     att.kill().await.ok();
-    let got = sh(&sandbox, "grep -l SECRET /tmp/in/* 2>/dev/null | head -3; grep -h SECRET /tmp/in/* 2>/dev/null | head -1; true").await;
+    let got = common::sh_in(&sandbox, "grep -l SECRET /tmp/in/* 2>/dev/null | head -3; grep -h SECRET /tmp/in/* 2>/dev/null | head -1; true").await;
     assert!(
         !got.contains("SECRET"),
         "BREAK (swap): upload_dir ({r:?}) sent host file content into the sandbox: {got:?}"
@@ -438,21 +405,19 @@ while True:
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_forged_archive_stays_inside_host_dir() {
     let t = TestSandbox::new(KIND).await;
-    let sandbox = start(
-        &t,
-        SandboxConfig {
+    let sandbox = t
+        .start_sandbox(&SandboxConfig {
             uid: 1000,
             gid: 1000,
             ..SandboxConfig::default()
-        },
-    )
-    .await;
+        })
+        .await;
     let host = tempfile::tempdir().unwrap();
     let victim = host.path().join("victim");
     std::fs::create_dir(&victim).unwrap();
     std::fs::write(victim.join("secret"), "host secret").unwrap();
     let out = host.path().join("out");
-    sh(
+    common::sh_in(
         &sandbox,
         "mkdir -p /tmp/src && head -c 1000000 /dev/urandom > /tmp/src/big",
     )
@@ -522,7 +487,7 @@ while True:
     if let Some(mut e) = att.stderr.take() {
         let _ = tokio::time::timeout(Duration::from_secs(2), e.read_to_string(&mut err)).await;
     }
-    let injected = sh(
+    let injected = common::sh_in(
         &sandbox,
         "cat /tmp/injected 2>/dev/null; ps -eo pid,ppid,stat,args 2>/dev/null; true",
     )
@@ -586,16 +551,14 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_helper_is_opaque_while_it_works() {
     let t = TestSandbox::new(KIND).await;
-    let sandbox = start(
-        &t,
-        SandboxConfig {
+    let sandbox = t
+        .start_sandbox(&SandboxConfig {
             uid: 1000,
             gid: 1000,
             ..SandboxConfig::default()
-        },
-    )
-    .await;
-    sh(&sandbox, "truncate -s 1T /tmp/big").await;
+        })
+        .await;
+    common::sh_in(&sandbox, "truncate -s 1T /tmp/big").await;
     let mut att = attacker(
         &sandbox,
         r#"
@@ -650,7 +613,7 @@ while True:
         let _ = tokio::time::timeout(Duration::from_secs(5), reader.read(&mut buf)).await;
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let log = sh(&sandbox, "cat /tmp/probe 2>/dev/null; true").await;
+    let log = common::sh_in(&sandbox, "cat /tmp/probe 2>/dev/null; true").await;
     drop(reader);
     att.kill().await.ok();
     eprintln!("{log}");
@@ -670,8 +633,8 @@ while True:
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn list_dir_ends() {
     let t = TestSandbox::new(KIND).await;
-    let sandbox = start(&t, SandboxConfig::default()).await;
-    sh(
+    let sandbox = t.start_sandbox(&SandboxConfig::default()).await;
+    common::sh_in(
         &sandbox,
         "mkdir /tmp/d && for i in $(seq 1 2000); do : > /tmp/d/x$i; done",
     )

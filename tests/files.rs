@@ -7,33 +7,8 @@ use std::time::Duration;
 
 use common::TestSandbox;
 use futures::StreamExt;
-use oci_sandbox::{
-    ExecConfig, FileEvent, FileKind, NamespaceContainer, OciRuntime, Sandbox, SandboxConfig,
-    SandboxError,
-};
+use oci_sandbox::{FileEvent, FileKind, OciRuntime, SandboxConfig, SandboxError};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-async fn start(t: &TestSandbox, policy: SandboxConfig) -> Sandbox {
-    let config = NamespaceContainer::build_config(&policy, "true", vec![]);
-    t.sandbox.start(&config).await.unwrap()
-}
-
-async fn sh(sandbox: &Sandbox, script: &str) -> String {
-    let out = sandbox
-        .exec(&ExecConfig::shell(script))
-        .await
-        .unwrap()
-        .wait_with_output()
-        .await
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{script}: {} {}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
 
 /// Bytes that are not text: every value, in a pattern that does not repeat quickly.
 fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
@@ -57,7 +32,7 @@ fn io_kind(err: &SandboxError) -> std::io::ErrorKind {
 
 async fn binary_round_trips_of_every_size(kind: OciRuntime) {
     let t = TestSandbox::new(kind).await;
-    let sandbox = start(&t, SandboxConfig::default()).await;
+    let sandbox = t.start_sandbox(&SandboxConfig::default()).await;
     for (i, len) in [0usize, 1, 64 * 1024 + 1].into_iter().enumerate() {
         let data = random_bytes(len, i as u64 + 7);
         let path = format!("/tmp/f{i}");
@@ -74,7 +49,9 @@ async fn binary_round_trips_of_every_size(kind: OciRuntime) {
         );
         // What the sandbox sees is the same.
         assert_eq!(
-            sh(&sandbox, &format!("wc -c < {path}")).await.trim(),
+            common::sh_in(&sandbox, &format!("wc -c < {path}"))
+                .await
+                .trim(),
             len.to_string()
         );
     }
@@ -96,7 +73,7 @@ async fn binary_round_trips_of_every_size(kind: OciRuntime) {
 
 async fn directories_listing_rename_remove_and_typed_errors(kind: OciRuntime) {
     let t = TestSandbox::new(kind).await;
-    let sandbox = start(&t, SandboxConfig::default()).await;
+    let sandbox = t.start_sandbox(&SandboxConfig::default()).await;
     sandbox.create_dir_all("/tmp/a/b/c").await.unwrap();
     sandbox.create_dir_all("/tmp/a/b/c").await.unwrap();
     sandbox.write_file("/tmp/a/b/one", "1").await.unwrap();
@@ -104,7 +81,7 @@ async fn directories_listing_rename_remove_and_typed_errors(kind: OciRuntime) {
         .write_file("/tmp/a/b/name with spaces\nand a newline", "2")
         .await
         .unwrap();
-    sh(&sandbox, "ln -s /etc/hostname /tmp/a/b/link").await;
+    common::sh_in(&sandbox, "ln -s /etc/hostname /tmp/a/b/link").await;
     let mut names: Vec<(String, FileKind)> = sandbox
         .list_dir("/tmp/a/b")
         .await
@@ -150,7 +127,7 @@ async fn directories_listing_rename_remove_and_typed_errors(kind: OciRuntime) {
         other => panic!("{other}"),
     }
     // A FIFO planted at the path does not hang the read.
-    sh(&sandbox, "mkfifo /tmp/fifo").await;
+    common::sh_in(&sandbox, "mkfifo /tmp/fifo").await;
     let fifo = tokio::time::timeout(Duration::from_secs(5), sandbox.read_file("/tmp/fifo"))
         .await
         .expect("a FIFO hung the read")
@@ -165,17 +142,15 @@ async fn directories_listing_rename_remove_and_typed_errors(kind: OciRuntime) {
 async fn planted_links_and_dot_dots_stay_inside_the_sandbox(kind: OciRuntime) {
     let t = TestSandbox::new(kind).await;
     let workdir = tempfile::tempdir().unwrap();
-    let sandbox = start(
-        &t,
-        SandboxConfig {
+    let sandbox = t
+        .start_sandbox(&SandboxConfig {
             workdir: Some(workdir.path().to_path_buf()),
             ..SandboxConfig::default()
-        },
-    )
-    .await;
+        })
+        .await;
     let host_secret = std::fs::read("/etc/shadow").expect("the host has /etc/shadow");
     let host_hostname = std::fs::read_to_string("/etc/hostname").unwrap_or_default();
-    sh(
+    common::sh_in(
         &sandbox,
         "ln -s /etc/shadow /tmp/shadow; ln -s /proc/1/root/etc /workspace/etc; \
          ln -s ../../../../../../etc/shadow /workspace/up; ln -s /etc/passwd /tmp/victim",
@@ -208,9 +183,9 @@ async fn planted_links_and_dot_dots_stay_inside_the_sandbox(kind: OciRuntime) {
         assert!(host_hostname.is_empty() || h[..] != *host_hostname.as_bytes());
     }
     // A write at a link replaces the link; the file it pointed to is untouched.
-    let passwd = sh(&sandbox, "cat /etc/passwd").await;
+    let passwd = common::sh_in(&sandbox, "cat /etc/passwd").await;
     sandbox.write_file("/tmp/victim", "replaced").await.unwrap();
-    assert_eq!(sh(&sandbox, "cat /etc/passwd").await, passwd);
+    assert_eq!(common::sh_in(&sandbox, "cat /etc/passwd").await, passwd);
     assert_eq!(
         &sandbox.read_file("/tmp/victim").await.unwrap()[..],
         b"replaced"
@@ -243,16 +218,14 @@ async fn planted_links_and_dot_dots_stay_inside_the_sandbox(kind: OciRuntime) {
 async fn ownership_is_the_sandbox_users_both_ways(kind: OciRuntime) {
     let t = TestSandbox::new(kind).await;
     let workdir = tempfile::tempdir().unwrap();
-    let sandbox = start(
-        &t,
-        SandboxConfig {
+    let sandbox = t
+        .start_sandbox(&SandboxConfig {
             uid: 1000,
             gid: 1000,
             workdir: Some(workdir.path().to_path_buf()),
             ..SandboxConfig::default()
-        },
-    )
-    .await;
+        })
+        .await;
     // A file the host puts straight into the workdir, handed to the sandbox's host ids.
     let direct = workdir.path().join("direct.txt");
     std::fs::write(&direct, "host").unwrap();
@@ -261,7 +234,7 @@ async fn ownership_is_the_sandbox_users_both_ways(kind: OciRuntime) {
             assert_ne!(uid, 1000, "the sandbox's user is not a host user");
             std::os::unix::fs::chown(&direct, Some(uid), Some(gid)).unwrap();
             assert_eq!(
-                sh(
+                common::sh_in(
                     &sandbox,
                     "echo +box >> /workspace/direct.txt && cat /workspace/direct.txt"
                 )
@@ -279,10 +252,10 @@ async fn ownership_is_the_sandbox_users_both_ways(kind: OciRuntime) {
     let meta = sandbox.metadata("/tmp/from-host").await.unwrap();
     assert_eq!((meta.uid, meta.gid), (1000, 1000));
     assert_eq!(
-        sh(&sandbox, "echo b >> /tmp/from-host && cat /tmp/from-host").await,
+        common::sh_in(&sandbox, "echo b >> /tmp/from-host && cat /tmp/from-host").await,
         "ab\n"
     );
-    sh(&sandbox, "echo private > /tmp/mine && chmod 600 /tmp/mine").await;
+    common::sh_in(&sandbox, "echo private > /tmp/mine && chmod 600 /tmp/mine").await;
     assert_eq!(
         &sandbox.read_file("/tmp/mine").await.unwrap()[..],
         b"private\n"
@@ -295,14 +268,12 @@ async fn ownership_is_the_sandbox_users_both_ways(kind: OciRuntime) {
 /// a dropped write leaves nothing; concurrent writers each replace the file whole.
 async fn full_disks_dropped_writes_and_concurrent_writers(kind: OciRuntime) {
     let t = TestSandbox::new(kind).await;
-    let sandbox = start(
-        &t,
-        SandboxConfig {
+    let sandbox = t
+        .start_sandbox(&SandboxConfig {
             tmp_size: 1 << 20,
             ..SandboxConfig::default()
-        },
-    )
-    .await;
+        })
+        .await;
     sandbox.write_file("/tmp/keep", "old").await.unwrap();
     let full = sandbox
         .write_file("/tmp/keep", vec![7u8; 2 << 20])
@@ -367,13 +338,13 @@ async fn full_disks_dropped_writes_and_concurrent_writers(kind: OciRuntime) {
 /// or fails: never short.
 async fn a_file_deleted_while_streamed_comes_whole(kind: OciRuntime) {
     let t = TestSandbox::new(kind).await;
-    let sandbox = start(&t, SandboxConfig::default()).await;
+    let sandbox = t.start_sandbox(&SandboxConfig::default()).await;
     let data = random_bytes(8 << 20, 3);
     sandbox.write_file("/tmp/doomed", &data).await.unwrap();
     let mut reader = sandbox.open("/tmp/doomed").await.unwrap();
     let mut first = vec![0u8; 4096];
     reader.read_exact(&mut first).await.unwrap();
-    sh(&sandbox, "rm /tmp/doomed").await;
+    common::sh_in(&sandbox, "rm /tmp/doomed").await;
     let mut rest = Vec::new();
     match reader.read_to_end(&mut rest).await {
         Ok(_) => {
@@ -388,7 +359,7 @@ async fn a_file_deleted_while_streamed_comes_whole(kind: OciRuntime) {
 
 async fn directories_go_up_and_down_whole(kind: OciRuntime) {
     let t = TestSandbox::new(kind).await;
-    let sandbox = start(&t, SandboxConfig::default()).await;
+    let sandbox = t.start_sandbox(&SandboxConfig::default()).await;
     let up = tempfile::tempdir().unwrap();
     std::fs::create_dir_all(up.path().join("src/deep/er")).unwrap();
     std::fs::write(
@@ -407,7 +378,10 @@ async fn directories_go_up_and_down_whole(kind: OciRuntime) {
         std::fs::write(up.path().join(format!("src/f{i}")), format!("{i}")).unwrap();
     }
     sandbox.upload_dir(up.path(), "/tmp/project").await.unwrap();
-    assert_eq!(sh(&sandbox, "/tmp/project/run.sh").await, "ran\n");
+    assert_eq!(
+        common::sh_in(&sandbox, "/tmp/project/run.sh").await,
+        "ran\n"
+    );
     assert_eq!(
         sandbox
             .metadata("/tmp/project/shortcut")
@@ -417,12 +391,12 @@ async fn directories_go_up_and_down_whole(kind: OciRuntime) {
         FileKind::Symlink
     );
     assert_eq!(
-        sh(&sandbox, "cat /tmp/project/shortcut/er/data.bin | wc -c")
+        common::sh_in(&sandbox, "cat /tmp/project/shortcut/er/data.bin | wc -c")
             .await
             .trim(),
         "70000"
     );
-    sh(
+    common::sh_in(
         &sandbox,
         "echo made > /tmp/project/src/new.txt && rm /tmp/project/src/f7",
     )
@@ -457,7 +431,7 @@ async fn directories_go_up_and_down_whole(kind: OciRuntime) {
 
 async fn watching_a_directory_sees_creates_writes_and_removes(kind: OciRuntime) {
     let t = TestSandbox::new(kind).await;
-    let sandbox = start(&t, SandboxConfig::default()).await;
+    let sandbox = t.start_sandbox(&SandboxConfig::default()).await;
     sandbox.create_dir_all("/tmp/watched").await.unwrap();
     let mut events = sandbox.watch("/tmp/watched").await.unwrap();
     // Watches hold a helper each: a few at once, then a typed refusal.
@@ -472,7 +446,7 @@ async fn watching_a_directory_sees_creates_writes_and_removes(kind: OciRuntime) 
         "{refused}"
     );
     drop(more);
-    sh(
+    common::sh_in(
         &sandbox,
         "echo 1 > /tmp/watched/a; echo 2 >> /tmp/watched/a; rm /tmp/watched/a",
     )

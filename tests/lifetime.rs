@@ -7,11 +7,6 @@ use std::time::{Duration, Instant};
 use common::TestSandbox;
 use oci_sandbox::{ExecConfig, OciRuntime, Sandbox, SandboxConfig, SandboxError, SandboxExpiry};
 
-async fn start(t: &TestSandbox, policy: SandboxConfig) -> Sandbox {
-    let config = oci_sandbox::NamespaceContainer::build_config(&policy, "true", vec![]);
-    t.sandbox.start(&config).await.unwrap()
-}
-
 /// Runs `script`; its status, or the error of a sandbox that has ended.
 async fn run(sandbox: &Sandbox, script: &str) -> Result<oci_sandbox::ExitStatus, SandboxError> {
     sandbox.exec(&ExecConfig::shell(script)).await?.wait().await
@@ -37,14 +32,12 @@ async fn expiry(sandbox: &Sandbox, within: Duration) -> SandboxExpiry {
 async fn a_sandbox_ends_when_its_time_to_live_runs_out(t: &TestSandbox) {
     let ttl = Duration::from_secs(2);
     let begun = Instant::now();
-    let sandbox = start(
-        t,
-        SandboxConfig {
+    let sandbox = t
+        .start_sandbox(&SandboxConfig {
             ttl: Some(ttl),
             ..Default::default()
-        },
-    )
-    .await;
+        })
+        .await;
     // A command running at the end is killed with the sandbox.
     let mut long = sandbox.exec(&ExecConfig::shell("sleep 300")).await.unwrap();
     assert_eq!(
@@ -61,14 +54,12 @@ async fn a_sandbox_ends_when_its_time_to_live_runs_out(t: &TestSandbox) {
 
 async fn an_idle_sandbox_ends_and_a_busy_one_does_not(t: &TestSandbox) {
     let idle = Duration::from_millis(1500);
-    let sandbox = start(
-        t,
-        SandboxConfig {
+    let sandbox = t
+        .start_sandbox(&SandboxConfig {
             idle_lifetime: Some(idle),
             ..Default::default()
-        },
-    )
-    .await;
+        })
+        .await;
     // Busy for twice the idle lifetime (by an exec, then by a job): the sandbox stays.
     assert!(run(&sandbox, "sleep 3").await.unwrap().success());
     assert!(run(&sandbox, "true").await.unwrap().success());

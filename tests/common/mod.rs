@@ -119,6 +119,12 @@ impl TestSandbox {
             .unwrap()
     }
 
+    /// A long-lived sandbox under `policy` (its init's command is `true`).
+    pub async fn start_sandbox(&self, policy: &SandboxConfig) -> oci_sandbox::Sandbox {
+        let config = NamespaceContainer::build_config(policy, "true", vec![]);
+        self.sandbox.start(&config).await.expect("sandbox start")
+    }
+
     pub fn sh(&self, script: &str) -> ContainerConfig {
         self.config("sh", &["-c", script])
     }
@@ -303,4 +309,22 @@ macro_rules! on_every_runtime {
             )*
         }
     };
+}
+
+/// Runs a shell line in `sandbox`, asserts it succeeded, and returns its stdout.
+pub async fn sh_in(sandbox: &oci_sandbox::Sandbox, script: &str) -> String {
+    let out = sandbox
+        .exec(&oci_sandbox::ExecConfig::shell(script))
+        .await
+        .unwrap()
+        .wait_with_output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{script}: {} {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
 }
