@@ -240,12 +240,12 @@ impl NamespaceContainerBuilder {
                     .parent()
                     .expect("state root has a parent")
                     .join("ns");
-                Some(
+                Some(Arc::new(
                     crate::sys::blocking("preparing crun's mount namespace", move || {
                         crate::oci::crun_ns::prepare_blocking(&dir)
                     })
                     .await?,
-                )
+                ))
             }
             _ => None,
         };

@@ -11,8 +11,12 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
+use std::sync::Arc;
+
 use serde::Deserialize;
 use tokio::process::Command;
+
+use super::crun_ns::MountNamespace;
 
 use crate::config::Network;
 use crate::error::{RuntimeOp, SandboxError};
@@ -131,13 +135,10 @@ pub(crate) struct RuntimeCli {
     pub binary: PathBuf,
     pub root: PathBuf,
     pub gvisor_platform: Option<GvisorPlatform>,
-    /// A mount namespace to run the runtime in (`nsenter --mount=<file>`): crun on hybrid
+    /// A mount namespace the runtime runs in, entered between fork and exec: crun on hybrid
     /// cgroups, in a namespace where the cgroup v2 mount is gone (see `crun_ns`).
-    pub mount_ns: Option<PathBuf>,
+    pub mount_ns: Option<Arc<MountNamespace>>,
 }
-
-/// util-linux's `nsenter`, which enters a mount namespace and executes the runtime.
-const NSENTER: &str = "/usr/bin/nsenter";
 
 /// How long a short runtime call (kill, delete, state, list, version) may take.
 pub(crate) const SHORT_CALL_DEADLINE: Duration = Duration::from_secs(10);
@@ -218,33 +219,27 @@ impl RuntimeCli {
         argv
     }
 
-    /// The program to execute and its arguments for `sub`: the runtime itself, or `nsenter`
-    /// entering the runtime's mount namespace and then executing it (same pid: signals to the
-    /// process reach the runtime).
-    pub fn program(&self, flags: ContainerFlags<'_>, sub: Sub<'_>) -> (PathBuf, Vec<OsString>) {
+    /// A blocking-API command for `sub`, all stdio null: the runtime with its argv, entering
+    /// the runtime's mount namespace first where it has one (the same pid runs the runtime:
+    /// signals to it reach the runtime).
+    pub fn std_command(&self, flags: ContainerFlags<'_>, sub: Sub<'_>) -> std::process::Command {
         let argv = self.argv(flags, sub);
-        match &self.mount_ns {
-            None => (self.binary.clone(), argv),
-            Some(ns) => {
-                let mut enter = OsString::from("--mount=");
-                enter.push(ns);
-                let mut args = vec![enter, "--".into(), self.binary.clone().into()];
-                args.extend(argv);
-                (PathBuf::from(NSENTER), args)
-            }
+        tracing::debug!(runtime = %self.kind, binary = ?self.binary, ?argv, mount_ns = ?self.mount_ns.as_ref().map(|n| n.file()), "runtime call");
+        let mut cmd = std::process::Command::new(&self.binary);
+        cmd.args(&argv)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        if let Some(ns) = &self.mount_ns {
+            ns.enter_before_exec(&mut cmd);
         }
+        cmd
     }
 
     /// A command for `sub` with all stdio set to null; callers set what they read.
     pub fn command(&self, flags: ContainerFlags<'_>, sub: Sub<'_>) -> Command {
-        let (program, argv) = self.program(flags, sub);
-        tracing::debug!(runtime = %self.kind, ?program, ?argv, "runtime call");
-        let mut cmd = Command::new(program);
-        cmd.args(&argv)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .kill_on_drop(true);
+        let mut cmd = Command::from(self.std_command(flags, sub));
+        cmd.kill_on_drop(true);
         cmd
     }
 

@@ -12,26 +12,6 @@ fn cli(kind: OciRuntime) -> RuntimeCli {
     }
 }
 
-#[test]
-fn a_mount_namespace_runs_the_runtime_through_nsenter() {
-    let mut c = cli(OciRuntime::Crun);
-    c.mount_ns = Some(PathBuf::from("/run/oci-sandbox/crun/ns/mnt"));
-    let (program, args) = c.program(ContainerFlags::default(), Sub::List);
-    assert_eq!(program, Path::new("/usr/bin/nsenter"));
-    assert_eq!(
-        strs(args),
-        [
-            "--mount=/run/oci-sandbox/crun/ns/mnt",
-            "--",
-            "crun",
-            "--root",
-            "/run/oci-sandbox/r",
-            "list",
-            "--format=json"
-        ]
-    );
-}
-
 fn strs(v: Vec<OsString>) -> Vec<String> {
     v.into_iter().map(|s| s.into_string().unwrap()).collect()
 }
