@@ -82,11 +82,27 @@ async fn crash_child(state: &str) {
 /// The runtimes the crashing process uses.
 const RUNTIMES: [OciRuntime; 3] = [OciRuntime::Runc, OciRuntime::Crun, OciRuntime::Gvisor];
 
+/// Unmounts the crun namespace the library keeps under a state dir (its bind and the dir
+/// made a mount), so the temp dir can go: a state dir of the test's own, unlike the default
+/// one, is not reused by the next run.
+struct UnmountCrunNamespace(std::path::PathBuf);
+
+impl Drop for UnmountCrunNamespace {
+    fn drop(&mut self) {
+        use nix::mount::{MntFlags, umount2};
+        let ns = self.0.join("crun").join("ns");
+        let _ = umount2(&ns.join("mnt"), MntFlags::MNT_DETACH);
+        let _ = umount2(&ns, MntFlags::MNT_DETACH);
+    }
+}
+
 async fn sweep_removes_what_a_killed_process_left() {
     let state = tempfile::Builder::new()
         .prefix("osb-crash-")
         .tempdir_in("/tmp")
         .unwrap();
+    // Dropped before `state`: declared after it.
+    let _unmount = UnmountCrunNamespace(state.path().to_owned());
     let mut child = tokio::process::Command::new(std::env::current_exe().unwrap())
         .arg("--crash-child")
         .arg(state.path())

@@ -37,7 +37,7 @@ fn as_ordinary_user<F: std::future::Future<Output = ()>>(name: &str, body: impl 
         std::env::var_os(CHILD).is_none(),
         "the re-run as {USER} is still root"
     );
-    let binary = readable_copy_of_this_binary();
+    let (_binary_dir, binary) = readable_copy_of_this_binary();
     let out = std::process::Command::new("runuser")
         .args(["-u", USER, "--"])
         .arg(binary)
@@ -90,23 +90,23 @@ fn ensure_user() {
     }
 }
 
-/// This test binary copied to a world-readable temp dir (the build dir may sit under a
-/// directory the user cannot enter), once per process.
-fn readable_copy_of_this_binary() -> PathBuf {
-    static COPY: OnceLock<(tempfile::TempDir, PathBuf)> = OnceLock::new();
-    let (_, path) = COPY.get_or_init(|| {
-        ensure_user();
-        let dir = tempfile::Builder::new()
-            .prefix("osb-rootless-bin-")
-            .tempdir_in("/tmp")
-            .unwrap();
-        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-        let path = dir.path().join("rootless-tests");
-        std::fs::copy(std::env::current_exe().unwrap(), &path).unwrap();
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
-        (dir, path)
-    });
-    path.clone()
+/// This test binary in a world-readable temp dir (the build dir may sit under a directory the
+/// user cannot enter): hard-linked there (a copy across filesystems), gone with the dir.
+fn readable_copy_of_this_binary() -> (tempfile::TempDir, PathBuf) {
+    static USER_READY: OnceLock<()> = OnceLock::new();
+    USER_READY.get_or_init(ensure_user);
+    let dir = tempfile::Builder::new()
+        .prefix("osb-rootless-bin-")
+        .tempdir_in("/tmp")
+        .unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let path = dir.path().join("rootless-tests");
+    let exe = std::env::current_exe().unwrap();
+    if std::fs::hard_link(&exe, &path).is_err() {
+        std::fs::copy(&exe, &path).unwrap();
+    }
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    (dir, path)
 }
 
 /// Runs a shell script to its end and returns its status and stdout.

@@ -91,19 +91,23 @@ impl Drop for Teardown {
         if self.bundle.is_none() {
             return;
         }
-        let program = |sub| self.cli.program(self.flags(None), sub);
-        for (binary, args) in [
-            program(Sub::Kill {
-                id: &self.id,
-                signal: "KILL",
-                all: true,
-            }),
-            program(Sub::Delete {
-                id: &self.id,
-                force: true,
-            }),
-        ] {
-            run_blocking_with_deadline(&binary, &args, SHORT_CALL_DEADLINE);
+        // A state root removed under us (its owner's temp dir, gone before the runtime shut
+        // down) holds no container to kill, and a runtime call would create it again.
+        if self.dirs.root.exists() {
+            let command = |sub| self.cli.std_command(self.flags(None), sub);
+            for cmd in [
+                command(Sub::Kill {
+                    id: &self.id,
+                    signal: "KILL",
+                    all: true,
+                }),
+                command(Sub::Delete {
+                    id: &self.id,
+                    force: true,
+                }),
+            ] {
+                run_blocking_with_deadline(cmd, SHORT_CALL_DEADLINE);
+            }
         }
         crate::host::cgroup::reap_blocking(&self.id);
         crate::host::state::remove_runtime_state_blocking(&self.dirs.root, &self.id);
@@ -111,18 +115,8 @@ impl Drop for Teardown {
     }
 }
 
-fn run_blocking_with_deadline(
-    binary: &std::path::Path,
-    args: &[std::ffi::OsString],
-    deadline: Duration,
-) {
-    let Ok(mut child) = std::process::Command::new(binary)
-        .args(args)
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-    else {
+fn run_blocking_with_deadline(mut cmd: std::process::Command, deadline: Duration) {
+    let Ok(mut child) = cmd.spawn() else {
         return;
     };
     let end = std::time::Instant::now() + deadline;
