@@ -25,11 +25,15 @@ deps:
 demo: deps
 	$(CARGO) run --example quickstart
 
-## The whole test suite, against the real runtimes.
+## The whole test suite, against the real runtimes; it fails too if the suite left temp dirs
+## or mounts of ours in /tmp.
 test: deps
+	mkdir -p target
+	scripts/leftovers.sh snapshot target/leftovers-before.txt
 	$(CARGO) build --examples
 	$(CARGO) test --no-fail-fast --tests
 	$(CARGO) test --doc
+	scripts/leftovers.sh check target/leftovers-before.txt
 
 ## Formatting, lints and docs must be clean.
 lint:

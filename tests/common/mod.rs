@@ -65,6 +65,20 @@ impl Drop for TestSandbox {
     /// crun's persistent mount namespace is bound under the state dir: unmount it, or every
     /// test leaves two mounts behind (and a long mount table slows every runc call).
     fn drop(&mut self) {
+        // On a multi-threaded runtime the teardown of handles the test dropped runs on other
+        // workers while this drop removes the state dir, and a runtime call of theirs would
+        // create the dir again: wait for them. (On a current-thread runtime they cannot run
+        // any more; their shutdown cleanup sees the state root gone.)
+        if let Ok(rt) = tokio::runtime::Handle::try_current()
+            && rt.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread
+        {
+            let sandbox = &self.sandbox;
+            tokio::task::block_in_place(|| {
+                rt.block_on(async {
+                    let _ = tokio::time::timeout(Duration::from_secs(10), sandbox.close()).await;
+                })
+            });
+        }
         let ns = self.state.path().join("crun/ns");
         for m in [ns.join("mnt"), ns] {
             let _ = nix::mount::umount2(&m, nix::mount::MntFlags::MNT_DETACH);
