@@ -34,6 +34,41 @@ impl std::fmt::Display for RuntimeOp {
     }
 }
 
+/// What kind of failure a [`SandboxError::Image`] is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ImageErrorKind {
+    /// No such image, tag, digest or file.
+    NotFound,
+    /// The registry refused the credentials (or wants some).
+    Unauthorized,
+    /// Content whose digest is not the one it was named by.
+    DigestMismatch,
+    /// Not an image of a known format: a broken index, manifest, config or archive.
+    InvalidFormat,
+    /// A layer that would write outside its directory (`..`, links out), or is otherwise
+    /// unsafe to unpack.
+    UnsafeLayer,
+    /// The registry could not be reached or answered with an error.
+    Registry,
+    /// Something this library does not support (a media type, a platform, rootless images).
+    Unsupported,
+}
+
+impl std::fmt::Display for ImageErrorKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ImageErrorKind::NotFound => "not found",
+            ImageErrorKind::Unauthorized => "unauthorized",
+            ImageErrorKind::DigestMismatch => "digest mismatch",
+            ImageErrorKind::InvalidFormat => "invalid format",
+            ImageErrorKind::UnsafeLayer => "unsafe layer",
+            ImageErrorKind::Registry => "registry error",
+            ImageErrorKind::Unsupported => "unsupported",
+        })
+    }
+}
+
 /// Everything that can go wrong when creating, running or cleaning up a sandbox.
 ///
 /// Variants are structured so that a caller can act on them: an invalid config names the
@@ -179,6 +214,18 @@ pub enum SandboxError {
     /// The OCI spec could not be built or serialised.
     #[error("building the OCI spec: {0}")]
     Spec(#[from] oci_spec::OciSpecError),
+
+    /// An image could not be found, fetched, verified or unpacked; nothing of it is left on
+    /// disk.
+    #[error("image {image}: {kind}: {reason}")]
+    Image {
+        /// The image, as the caller named it.
+        image: String,
+        /// What went wrong, to act on.
+        kind: ImageErrorKind,
+        /// The details.
+        reason: String,
+    },
 }
 
 impl SandboxError {
@@ -266,6 +313,15 @@ impl SandboxError {
             SandboxError::Spec(e) => {
                 SandboxError::Spec(oci_spec::OciSpecError::Other(e.to_string()))
             }
+            SandboxError::Image {
+                image,
+                kind,
+                reason,
+            } => SandboxError::Image {
+                image: image.clone(),
+                kind: *kind,
+                reason: reason.clone(),
+            },
         }
     }
 

@@ -139,8 +139,9 @@ mod sys;
 mod config;
 // 3. config to OCI spec (pure)
 mod spec;
-// 4. the host: state dirs, bundles, cgroups, id ranges, capture files
+// 4. the host: state dirs, bundles, cgroups, id ranges, capture files; the image store
 mod host;
+mod image;
 // 5. the runtime CLI, and the launcher's channel
 mod launcher;
 mod oci;
@@ -154,12 +155,16 @@ mod container;
 mod pool;
 mod sandbox;
 
+pub use config::image::{
+    Image, ImageProgress, ProgressStage, PulledImage, RegistryAuth, RegistryImage,
+};
 pub use config::{
     Bind, ContainerConfig, ExecConfig, IntoArgs, Limits, Mount, MountKind, Network, OutputMode,
     SandboxConfig, Security, SpecHook, Stdio,
 };
 pub use container::{NamespaceContainer, NamespaceContainerBuilder, UnenforcedLimits};
-pub use error::{RuntimeOp, SandboxError};
+pub use error::{ImageErrorKind, RuntimeOp, SandboxError};
+
 pub use handle::capture::ProcessCapture;
 pub use handle::collect::OutputCap;
 pub use handle::file::{FileReader, FileWriter};

@@ -11,7 +11,7 @@ const LAYERS: &[&[&str]] = &[
     &["sys"],
     &["config"],
     &["spec"],
-    &["host"],
+    &["host", "image"],
     &["launcher", "oci"],
     &["supervisor"],
     &["handle"],

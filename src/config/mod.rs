@@ -3,7 +3,9 @@
 
 mod args;
 mod exec;
+pub(crate) mod image;
 mod policy;
+
 pub use args::IntoArgs;
 pub use exec::ExecConfig;
 pub(crate) use policy::{DEFAULT_PATH, ROOTFS_LINKS, from_policy, merge_env};
@@ -149,6 +151,20 @@ pub struct SandboxConfig {
     /// run in it for this long; later calls fail with [`SandboxError::SandboxExpired`].
     /// `None` (the default): never for idleness.
     pub idle_lifetime: Option<Duration>,
+    /// The root filesystem: an OCI image (pulled or read once, unpacked once into the state
+    /// dir's store, each container's root an overlay of its own over it). `None` (the
+    /// default): the host's `/usr` read-only, with the library's own small root.
+    ///
+    /// The image's config applies: its `Env` under [`env`](Self::env) (which wins), its
+    /// `WorkingDir` unless [`workdir`](Self::workdir) is set, its `User` unless
+    /// [`uid`](Self::uid) or [`gid`](Self::gid) is not 0, and its `Entrypoint` + `Cmd` when
+    /// the command is empty (`build_config(&policy, "", vec![])`).
+    pub image: Option<crate::config::image::Image>,
+    /// With an [`image`](Self::image), a writable root: the container's writes go to a
+    /// layer of its own over the image (a tmpfs of [`tmp_size`](Self::tmp_size) bytes),
+    /// discarded with the container. Off by default (the root is read-only); without an
+    /// image it is [`SandboxError::InvalidConfig`].
+    pub writable_root: bool,
 }
 
 impl SandboxConfig {
@@ -176,6 +192,8 @@ impl Default for SandboxConfig {
             cgroup_view: false,
             ttl: None,
             idle_lifetime: None,
+            image: None,
+            writable_root: false,
         }
     }
 }
@@ -370,6 +388,9 @@ pub struct ContainerConfig {
     /// A long-lived sandbox's idle lifetime (see [`SandboxConfig::idle_lifetime`]).
     #[serde(default)]
     pub idle_lifetime: Option<Duration>,
+    /// The root filesystem's image (see [`SandboxConfig::image`]); `None`: the host's
+    /// `/usr` read-only.
+    pub image: Option<crate::config::image::Image>,
     /// The process's standard input.
     pub stdin: Stdio,
     /// The process's standard output.
@@ -439,13 +460,14 @@ impl ContainerConfig {
             }
         }
         self.security.capability_set()?;
-        if !self.security.readonly_rootfs {
+        if !self.security.readonly_rootfs && self.image.is_none() {
             // Every container of a state root starts from the same root filesystem: a
-            // writable one would let one container change what the others run.
+            // writable one would let one container change what the others run. (An image's
+            // root is a layer of the container's own over the shared one.)
             return Err(SandboxError::invalid(
                 "security.readonly_rootfs",
                 "the root filesystem is shared by every container and stays read-only; \
-                 write to /tmp, a tmpfs mount or a writable bind",
+                 write to /tmp, a tmpfs mount or a writable bind, or use an image",
             ));
         }
         self.limits.validate()?;

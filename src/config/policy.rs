@@ -52,7 +52,12 @@ pub(crate) fn from_policy(
     command: String,
     args: Vec<String>,
 ) -> ContainerConfig {
-    let mut mounts: Vec<Mount> = host_tool_mounts().to_vec();
+    // An image brings its own tools; without one, the host's.
+    let mut mounts: Vec<Mount> = if s.image.is_some() {
+        Vec::new()
+    } else {
+        host_tool_mounts().to_vec()
+    };
     mounts.push(Mount {
         destination: PathBuf::from("/tmp"),
         kind: MountKind::Tmpfs { size: s.tmp_size },
@@ -71,15 +76,25 @@ pub(crate) fn from_policy(
             mounts.push(bind(&Bind::new(dir, SandboxConfig::WORKDIR), true));
             PathBuf::from(SandboxConfig::WORKDIR)
         }
+        // An image's `WorkingDir`, once it is known (empty until then).
+        None if s.image.is_some() => PathBuf::new(),
         None => PathBuf::from("/tmp"),
     };
-    let home = cwd.to_string_lossy().into_owned();
-    let mut env = vec![
-        ("PATH".to_owned(), DEFAULT_PATH.to_owned()),
-        ("HOME".to_owned(), home),
-        ("LANG".to_owned(), "C.UTF-8".to_owned()),
-    ];
+    // An image's `Env` goes under the caller's variables when the image is known.
+    let mut env = if s.image.is_some() {
+        Vec::new()
+    } else {
+        vec![
+            ("PATH".to_owned(), DEFAULT_PATH.to_owned()),
+            ("HOME".to_owned(), cwd.to_string_lossy().into_owned()),
+            ("LANG".to_owned(), "C.UTF-8".to_owned()),
+        ]
+    };
     merge_env(&mut env, &s.env);
+    let security = Security {
+        readonly_rootfs: !s.writable_root,
+        ..Security::default()
+    };
     ContainerConfig {
         id: None,
         command,
@@ -97,7 +112,7 @@ pub(crate) fn from_policy(
             pids: s.pids_limit,
             cpu_millicores: s.cpu_millicores,
         },
-        security: Security::default(),
+        security,
         timeout: s.timeout,
         output_limit: s.output_limit,
         idle_timeout: None,
@@ -107,5 +122,6 @@ pub(crate) fn from_policy(
         stdout: Stdio::Piped,
         stderr: Stdio::Piped,
         spec_hook: None,
+        image: s.image.clone(),
     }
 }

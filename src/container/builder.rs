@@ -269,6 +269,7 @@ impl NamespaceContainerBuilder {
                 unenforced_limits: self.unenforced_limits,
                 warned_limits: Default::default(),
                 launcher_installed: tokio::sync::OnceCell::new(),
+                images: crate::image::ImageStore::new(&base),
             }),
         })
     }

@@ -8,6 +8,7 @@ use crate::container::NamespaceContainer;
 use crate::error::SandboxError;
 use crate::host::bundle::Bundle;
 use crate::host::state::new_id;
+use crate::image::mount::{Points, RootMount};
 use crate::launcher;
 use crate::launcher::ControlSocket;
 use crate::oci::cli::ContainerFlags;
@@ -96,6 +97,12 @@ impl NamespaceContainer {
     ) -> Result<Sandbox, SandboxError> {
         let begun = std::time::Instant::now();
         self.launcher().await?;
+        // An image's config applies to the container's (env, cwd, user, command).
+        let imaged = self.with_image(config).await?;
+        let (config, image) = match &imaged {
+            Some((applied, image)) => (applied, Some(image.clone())),
+            None => (config, None),
+        };
         let (control, launcher_end) =
             ControlSocket::pair().map_err(|source| SandboxError::Process {
                 context: "opening the sandbox's control socket",
@@ -127,6 +134,7 @@ impl NamespaceContainer {
                 launcher_end,
                 start_deadline,
                 attached,
+                image,
             )
             .await?;
         tracing::debug!(
@@ -162,8 +170,9 @@ impl NamespaceContainer {
         control: std::os::fd::OwnedFd,
         start_deadline: std::time::Duration,
         attached: bool,
+        image: Option<std::sync::Arc<crate::image::PreparedImage>>,
     ) -> Result<LauncherStart, SandboxError> {
-        let (id, bundle) = self.prepare(config, checked).await?;
+        let (id, bundle, root_mount) = self.prepare(config, checked, image).await?;
         // Where the container's ids 0.. start on the host, with a user namespace of its own.
         let userns_base = bundle.userns.as_ref().map(|ns| ns.base());
         let inner = &self.inner;
@@ -183,6 +192,13 @@ impl NamespaceContainer {
         );
         let null = std::process::Stdio::null;
         cmd.stdin(control).stdout(null()).stderr(null());
+        if let Some(root) = root_mount {
+            // SAFETY: `mount_in_child` makes system calls only, on memory the closure owns;
+            // the user namespace fd it names is the bundle's, open until after the spawn.
+            unsafe {
+                cmd.pre_exec(move || root.mount_in_child());
+            }
+        }
         let child = cmd.spawn().map_err(|e| inner.cli.spawn_error(e))?;
         // The runtime's end of the control socket goes with `cmd`: only the container holds it.
         drop(cmd);
@@ -210,7 +226,8 @@ impl NamespaceContainer {
         &self,
         config: &ContainerConfig,
         checked: &ContainerConfig,
-    ) -> Result<(String, Bundle), SandboxError> {
+        image: Option<std::sync::Arc<crate::image::PreparedImage>>,
+    ) -> Result<(String, Bundle, Option<RootMount>), SandboxError> {
         let id = config.id.clone().unwrap_or_else(new_id);
         self.check_limits(config)?;
         let (config, checked) = (config.clone(), checked.clone());
@@ -227,17 +244,70 @@ impl NamespaceContainer {
                 };
                 target.userns_path = Some(ns.path());
             }
-            let spec = crate::spec::build(&config, &dirs.rootfs, &id, None, &target)?;
-            crate::host::bundle::ensure_mount_points(&dirs.rootfs, &config)?;
+            let bundle_dir = dirs.bundle(&id);
+            let rootfs = match &image {
+                Some(_) => Points::in_bundle(&bundle_dir).rootfs,
+                None => dirs.rootfs.clone(),
+            };
+            let spec = crate::spec::build(&config, &rootfs, &id, None, &target)?;
+            if image.is_none() {
+                crate::host::bundle::ensure_mount_points(&dirs.rootfs, &config)?;
+            }
             target
                 .identity
                 .hand_over_writable_binds_blocking(&config, target.runtime)?;
-            let mut bundle = Bundle::create_blocking(dirs.bundle(&id), &id, spec)?;
+            let mut bundle = Bundle::create_blocking(bundle_dir, &id, spec)?;
             bundle.userns = userns;
-            Ok((id, bundle))
+            let root_mount = match image {
+                None => None,
+                Some(image) => {
+                    let plan = image_root_blocking(&bundle, &image, &dirs.rootfs, &config)?;
+                    bundle.image = Some(image);
+                    Some(plan)
+                }
+            };
+            Ok((id, bundle, root_mount))
         })
         .await
     }
+}
+
+/// The mount of a container's root over `image` (see `image::mount`): the image's layers and
+/// the library's top layer, idmapped into the bundle's user namespace when it has one, with a
+/// writable layer of the container's own unless the root is read-only. Blocking.
+fn image_root_blocking(
+    bundle: &Bundle,
+    image: &crate::image::PreparedImage,
+    shared_rootfs: &std::path::Path,
+    config: &ContainerConfig,
+) -> Result<RootMount, SandboxError> {
+    let launcher = shared_rootfs.join(launcher::PATH_IN_ROOTFS);
+    let top = crate::container::image_root::top_layer_blocking(bundle.path(), &launcher, config)?;
+    let mut layers = image.layer_dirs.clone();
+    layers.push(top);
+    let userns = bundle.userns.as_ref();
+    let writable = (!config.security.readonly_rootfs).then(|| {
+        let size = config
+            .mounts
+            .iter()
+            .find_map(|m| match m.kind {
+                crate::config::MountKind::Tmpfs { size }
+                    if m.destination == std::path::Path::new("/tmp") =>
+                {
+                    Some(size)
+                }
+                _ => None,
+            })
+            .unwrap_or(crate::SandboxConfig::default().tmp_size);
+        (size, userns.map_or(0, |ns| ns.base()))
+    });
+    RootMount::prepare_blocking(
+        &layers,
+        &Points::in_bundle(bundle.path()),
+        userns.and_then(|ns| ns.raw_fd()),
+        writable,
+    )
+    .map_err(|e| SandboxError::io("planning the image's root", bundle.path(), e))
 }
 
 /// As root, a user namespace of its own for a container that gets one (runc, crun): its own

@@ -52,6 +52,8 @@ struct Inner {
     /// Set once the launcher is in the shared rootfs (long-lived sandboxes' init, and the
     /// maker of user namespaces).
     launcher_installed: tokio::sync::OnceCell<()>,
+    /// The image store under the state dir.
+    images: crate::image::ImageStore,
 }
 
 /// What to do with cgroup limits (memory, pids, CPU) that cannot be enforced: rootless, the
@@ -182,7 +184,7 @@ impl NamespaceContainer {
     /// Cancel safe: a dropped `spawn` future leaves no container, bundle or process.
     pub async fn spawn(&self, config: &ContainerConfig) -> Result<ContainerProcess, SandboxError> {
         let sandbox = self.launch(config, true).await?;
-        sandbox.exec(&command_of(config)).await
+        sandbox.exec(&command_of(sandbox.config())).await
     }
 
     /// Spawns `config`'s command with stdout and stderr going straight to files in a temp dir
@@ -224,7 +226,9 @@ impl NamespaceContainer {
         mode: OutputMode,
     ) -> Result<ProcessCapture, SandboxError> {
         let sandbox = self.launch(config, true).await?;
-        sandbox.exec_captured(&command_of(config), mode).await
+        sandbox
+            .exec_captured(&command_of(sandbox.config()), mode)
+            .await
     }
 
     /// Spawns `config`'s command on a new pseudo-terminal (80x24 until resized).
@@ -246,7 +250,9 @@ impl NamespaceContainer {
         config: &ContainerConfig,
     ) -> Result<PtySession, SandboxError> {
         let sandbox = self.launch(config, true).await?;
-        sandbox.exec_interactive(&command_of(config)).await
+        sandbox
+            .exec_interactive(&command_of(sandbox.config()))
+            .await
     }
 
     /// The OCI spec the library would write for `config` (for inspection, debugging, or
@@ -354,6 +360,7 @@ impl NamespaceContainer {
 }
 
 mod builder;
+pub(crate) mod image_root;
 mod launch;
 
 pub use builder::NamespaceContainerBuilder;

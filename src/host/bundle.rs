@@ -18,6 +18,8 @@ pub(crate) struct Bundle {
     dir: Option<PathBuf>,
     /// The container's own user namespace and id range, released with the bundle.
     pub userns: Option<crate::host::id_range::UserNamespace>,
+    /// The image the container's root is made of, held (its layers locked) with the bundle.
+    pub image: Option<std::sync::Arc<crate::image::PreparedImage>>,
 }
 
 impl Bundle {
@@ -35,6 +37,7 @@ impl Bundle {
         let bundle = Bundle {
             dir: Some(dir),
             userns: None,
+            image: None,
         };
         let mut annotations = spec.annotations().clone().unwrap_or_default();
         annotations.insert(OWNER_ANNOTATION.to_owned(), self_owner().to_owned());

@@ -144,6 +144,12 @@ impl UserNamespace {
     pub fn base(&self) -> u32 {
         self.lease.base()
     }
+
+    /// The namespace's fd while it is held (before the container joined it).
+    pub fn raw_fd(&self) -> Option<std::os::fd::RawFd> {
+        use std::os::fd::AsRawFd;
+        self.fd.as_ref().map(|fd| fd.as_raw_fd())
+    }
 }
 
 #[cfg(test)]

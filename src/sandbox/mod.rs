@@ -84,6 +84,11 @@ struct Inner {
 }
 
 impl Sandbox {
+    /// The container's config, with its image's config applied.
+    pub(crate) fn config(&self) -> &ContainerConfig {
+        &self.inner.config
+    }
+
     /// A sandbox on a started launcher `container` with its `control` socket.
     pub(crate) fn new(
         owner: NamespaceContainer,

@@ -1,0 +1,228 @@
+//! A container's root over its image: an overlay of the image's layers (and a top layer of
+//! the library's: the launcher and mount points), mounted by the runtime's own process
+//! between `fork` and `exec`, in a mount namespace of its own.
+//!
+//! The runtime's process unshares its mount namespace, mounts the overlay on the bundle's
+//! `rootfs` and then executes the runtime, which builds the container from that namespace.
+//! Nothing is mounted in the host's namespace: when the runtime and the container are gone,
+//! so is the overlay (no unmount to forget, nothing left by a crash). With a user namespace of
+//! the library's (runc, crun as root), each layer is first cloned as an idmapped mount, so the
+//! image's owners are the container's own ids; gVisor maps ids itself.
+//!
+//! A writable root puts the overlay's upper layer on a tmpfs of its own (the size given),
+//! discarded with the namespace.
+
+use std::ffi::CString;
+use std::os::fd::RawFd;
+use std::path::{Path, PathBuf};
+
+/// Everything the mount needs, as C strings made before `fork` (the child may not allocate).
+#[derive(Debug)]
+pub(crate) struct RootMount {
+    target: CString,
+    /// Per layer: the store dir and, when idmapped, the point it is cloned onto.
+    layers: Vec<(CString, Option<CString>)>,
+    overlay_data: CString,
+    upper: Option<Upper>,
+    userns: Option<RawFd>,
+}
+
+#[derive(Debug)]
+struct Upper {
+    dir: CString,
+    tmpfs_data: CString,
+    upper: CString,
+    work: CString,
+    owner: u32,
+}
+
+fn cstr(p: &Path) -> std::io::Result<CString> {
+    use std::os::unix::ffi::OsStrExt;
+    CString::new(p.as_os_str().as_bytes()).map_err(std::io::Error::other)
+}
+
+/// Where the mount's pieces go in a bundle dir.
+pub(crate) struct Points {
+    pub rootfs: PathBuf,
+    pub layers: PathBuf,
+    pub rw: PathBuf,
+}
+
+impl Points {
+    pub(crate) fn in_bundle(bundle: &Path) -> Self {
+        Points {
+            rootfs: bundle.join("rootfs"),
+            layers: bundle.join("layers"),
+            rw: bundle.join("rw"),
+        }
+    }
+}
+
+impl RootMount {
+    /// The plan for `layers` (lowest first; the library's top layer last) onto `points`,
+    /// creating the empty dirs it mounts on. `userns`: the container's user namespace for
+    /// idmapped layers (kept open by the caller until the runtime has been spawned).
+    /// `writable`: the tmpfs size of a writable upper layer and the host id owning its root.
+    /// Blocking.
+    pub(crate) fn prepare_blocking(
+        layers: &[PathBuf],
+        points: &Points,
+        userns: Option<RawFd>,
+        writable: Option<(u64, u32)>,
+    ) -> std::io::Result<Self> {
+        std::fs::create_dir_all(&points.rootfs)?;
+        let mut planned = Vec::with_capacity(layers.len());
+        let mut lower = Vec::with_capacity(layers.len());
+        for (i, layer) in layers.iter().enumerate() {
+            match userns {
+                Some(_) => {
+                    let point = points.layers.join(i.to_string());
+                    std::fs::create_dir_all(&point)?;
+                    lower.push(point.clone());
+                    planned.push((cstr(layer)?, Some(cstr(&point)?)));
+                }
+                None => {
+                    lower.push(layer.clone());
+                    planned.push((cstr(layer)?, None));
+                }
+            }
+        }
+        // overlayfs lists the top layer first.
+        let lowerdir: Vec<String> = lower
+            .iter()
+            .rev()
+            .map(|p| p.to_string_lossy().replace(',', "\\,").replace(':', "\\:"))
+            .collect();
+        let mut data = format!("lowerdir={}", lowerdir.join(":"));
+        let upper = match writable {
+            None => None,
+            Some((size, owner)) => {
+                std::fs::create_dir_all(&points.rw)?;
+                let (u, w) = (points.rw.join("upper"), points.rw.join("work"));
+                data.push_str(&format!(
+                    ",upperdir={},workdir={}",
+                    u.to_string_lossy(),
+                    w.to_string_lossy()
+                ));
+                Some(Upper {
+                    dir: cstr(&points.rw)?,
+                    tmpfs_data: CString::new(format!("size={size},mode=0700"))?,
+                    upper: cstr(&u)?,
+                    work: cstr(&w)?,
+                    owner,
+                })
+            }
+        };
+        if data.len() >= 4000 {
+            return Err(std::io::Error::other(format!(
+                "the overlay options for {} layers are too long ({} bytes)",
+                layers.len(),
+                data.len()
+            )));
+        }
+        Ok(RootMount {
+            target: cstr(&points.rootfs)?,
+            layers: planned,
+            overlay_data: CString::new(data)?,
+            upper,
+            userns,
+        })
+    }
+
+    /// Unshares the mount namespace and mounts the root. Only system calls: safe between
+    /// `fork` and `exec`.
+    pub(crate) fn mount_in_child(&self) -> std::io::Result<()> {
+        fn check(rc: libc::c_long) -> std::io::Result<()> {
+            if rc < 0 {
+                Err(std::io::Error::last_os_error())
+            } else {
+                Ok(())
+            }
+        }
+        fn check_int(rc: libc::c_int) -> std::io::Result<()> {
+            check(libc::c_long::from(rc))
+        }
+        // SAFETY (all below): system calls on NUL-terminated strings owned by `self`, fds
+        // this function opens and closes, and a mount_attr on the stack.
+        unsafe {
+            check_int(libc::unshare(libc::CLONE_NEWNS))?;
+            check_int(libc::mount(
+                std::ptr::null(),
+                c"/".as_ptr(),
+                std::ptr::null(),
+                libc::MS_REC | libc::MS_SLAVE,
+                std::ptr::null(),
+            ))?;
+            for (source, point) in &self.layers {
+                let (Some(point), Some(userns)) = (point, self.userns) else {
+                    continue;
+                };
+                let fd = libc::syscall(
+                    libc::SYS_open_tree,
+                    libc::AT_FDCWD,
+                    source.as_ptr(),
+                    libc::OPEN_TREE_CLONE | libc::OPEN_TREE_CLOEXEC,
+                );
+                check(fd)?;
+                let fd = fd as libc::c_int;
+                let attr = libc::mount_attr {
+                    attr_set: libc::MOUNT_ATTR_IDMAP | libc::MOUNT_ATTR_RDONLY,
+                    attr_clr: 0,
+                    propagation: 0,
+                    userns_fd: userns as u64,
+                };
+                let set = libc::syscall(
+                    libc::SYS_mount_setattr,
+                    fd,
+                    c"".as_ptr(),
+                    libc::AT_EMPTY_PATH,
+                    &attr as *const libc::mount_attr,
+                    std::mem::size_of::<libc::mount_attr>(),
+                );
+                let moved = if set < 0 {
+                    set
+                } else {
+                    libc::syscall(
+                        libc::SYS_move_mount,
+                        fd,
+                        c"".as_ptr(),
+                        libc::AT_FDCWD,
+                        point.as_ptr(),
+                        libc::MOVE_MOUNT_F_EMPTY_PATH,
+                    )
+                };
+                let err = std::io::Error::last_os_error();
+                libc::close(fd);
+                if moved < 0 {
+                    return Err(err);
+                }
+            }
+            if let Some(up) = &self.upper {
+                check_int(libc::mount(
+                    c"tmpfs".as_ptr(),
+                    up.dir.as_ptr(),
+                    c"tmpfs".as_ptr(),
+                    libc::MS_NOSUID | libc::MS_NODEV,
+                    up.tmpfs_data.as_ptr().cast(),
+                ))?;
+                check_int(libc::mkdir(up.upper.as_ptr(), 0o755))?;
+                check_int(libc::chown(up.upper.as_ptr(), up.owner, up.owner))?;
+                check_int(libc::mkdir(up.work.as_ptr(), 0o700))?;
+            }
+            check_int(libc::mount(
+                c"overlay".as_ptr(),
+                self.target.as_ptr(),
+                c"overlay".as_ptr(),
+                libc::MS_NODEV,
+                self.overlay_data.as_ptr().cast(),
+            ))?;
+            // overlayfs holds private clones of its layers: the idmapped points can go.
+            for (_, point) in &self.layers {
+                if let Some(point) = point {
+                    libc::umount2(point.as_ptr(), libc::MNT_DETACH);
+                }
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,267 @@
+//! One layer blob (a tar: plain, gzip or zstd) unpacked into a directory of its own, in the
+//! form overlayfs stacks: whiteouts (`.wh.<name>`) become `0/0` character devices and opaque
+//! directories (`.wh..wh..opq`) the `trusted.overlay.opaque` attribute.
+//!
+//! What the layer cannot do: write outside its directory (`..` components are refused, and a
+//! path through a link that leads out is refused by the tar crate's check of every parent it
+//! creates), write through a link it planted (an existing entry is removed before a new one
+//! takes its name), create device nodes or fifos (skipped), or set extended attributes (not
+//! unpacked: a layer's own `trusted.overlay.*` would fake whiteouts or redirects).
+
+use std::ffi::OsStr;
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Component, Path, PathBuf};
+
+/// What went wrong unpacking: a layer that is unsafe, or one that is not a readable tar.
+#[derive(Debug)]
+pub(crate) enum UnpackError {
+    /// A path with `..`, a link out of the layer, an entry the format forbids.
+    Unsafe(String),
+    /// Not a tar, a truncated or corrupt stream.
+    Invalid(String),
+    /// The host failed us (disk full, permissions).
+    Io(std::io::Error),
+}
+
+/// What an unpacked layer holds.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct Unpacked {
+    /// Bytes of regular files.
+    pub bytes: u64,
+    /// Device nodes and fifos left out.
+    pub skipped_devices: u64,
+}
+
+const GZIP_MAGIC: &[u8] = &[0x1f, 0x8b];
+const ZSTD_MAGIC: &[u8] = &[0x28, 0xb5, 0x2f, 0xfd];
+const WHITEOUT_PREFIX: &str = ".wh.";
+const OPAQUE_MARKER: &str = ".wh..wh..opq";
+
+/// The layer's tar stream, decompressed by what its first bytes say it is.
+fn decompressed(blob: &Path) -> Result<Box<dyn Read>, UnpackError> {
+    let file = std::fs::File::open(blob).map_err(UnpackError::Io)?;
+    let mut reader = BufReader::with_capacity(1 << 16, file);
+    let head = reader.fill_buf().map_err(UnpackError::Io)?;
+    Ok(if head.starts_with(GZIP_MAGIC) {
+        Box::new(flate2::read::GzDecoder::new(reader))
+    } else if head.starts_with(ZSTD_MAGIC) {
+        Box::new(zstd::stream::read::Decoder::with_buffer(reader).map_err(UnpackError::Io)?)
+    } else {
+        Box::new(reader)
+    })
+}
+
+/// The entry's path relative to the layer's root: leading `/` and `.` dropped; `..` refused.
+fn relative(path: &Path) -> Result<PathBuf, UnpackError> {
+    let mut out = PathBuf::new();
+    for part in path.components() {
+        match part {
+            Component::Prefix(_) | Component::RootDir | Component::CurDir => {}
+            Component::ParentDir => {
+                return Err(UnpackError::Unsafe(format!(
+                    "entry {} climbs out of the layer with ..",
+                    path.display()
+                )));
+            }
+            Component::Normal(p) => out.push(p),
+        }
+    }
+    Ok(out)
+}
+
+/// Makes `rel`'s directory in `dest` (and its parents) with no link on the way: an existing
+/// component must be a real directory.
+fn real_dir(dest: &Path, rel: &Path) -> Result<PathBuf, UnpackError> {
+    let mut dir = dest.to_path_buf();
+    for part in rel.components() {
+        dir.push(part);
+        match std::fs::symlink_metadata(&dir) {
+            Ok(m) if m.is_dir() => {}
+            Ok(_) => {
+                return Err(UnpackError::Unsafe(format!(
+                    "{} is not a directory of the layer",
+                    rel.display()
+                )));
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                std::fs::create_dir(&dir).map_err(UnpackError::Io)?;
+            }
+            Err(e) => return Err(UnpackError::Io(e)),
+        }
+    }
+    Ok(dir)
+}
+
+/// Removes whatever `path` names (a file, a link, a directory tree), if anything.
+fn clear(path: &Path) -> Result<(), UnpackError> {
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.is_dir() => std::fs::remove_dir_all(path).map_err(UnpackError::Io),
+        Ok(_) => std::fs::remove_file(path).map_err(UnpackError::Io),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(UnpackError::Io(e)),
+    }
+}
+
+/// An overlayfs whiteout for `name` in `dir`: a character device 0/0.
+fn whiteout(dir: &Path, name: &OsStr) -> Result<(), UnpackError> {
+    use nix::sys::stat::{Mode, SFlag, mknod};
+    let path = dir.join(name);
+    clear(&path)?;
+    mknod(&path, SFlag::S_IFCHR, Mode::empty(), 0)
+        .map_err(|e| UnpackError::Io(std::io::Error::from(e)))
+}
+
+/// Marks `dir` opaque: nothing of the lower layers shows through it.
+fn opaque(dir: &Path) -> Result<(), UnpackError> {
+    xattr_set(dir, "trusted.overlay.opaque", b"y").map_err(UnpackError::Io)
+}
+
+fn xattr_set(path: &Path, name: &str, value: &[u8]) -> std::io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let p = std::ffi::CString::new(path.as_os_str().as_bytes())?;
+    let n = std::ffi::CString::new(name)?;
+    // SAFETY: valid NUL-terminated strings and a buffer of the given length.
+    let rc = unsafe {
+        libc::lsetxattr(
+            p.as_ptr(),
+            n.as_ptr(),
+            value.as_ptr().cast(),
+            value.len(),
+            0,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+/// A hard link's target that a lower layer holds: copied up into this layer first, so the
+/// link can be made (links never cross layers in the store).
+fn copy_up_link_target(dest: &Path, target: &Path, lowers: &[PathBuf]) -> Result<(), UnpackError> {
+    let here = dest.join(target);
+    if std::fs::symlink_metadata(&here).is_ok() {
+        return Ok(());
+    }
+    let Some(source) = lowers
+        .iter()
+        .rev()
+        .map(|l| l.join(target))
+        .find(|p| std::fs::symlink_metadata(p).is_ok_and(|m| m.is_file()))
+    else {
+        return Ok(()); // The tar crate reports the missing target.
+    };
+    if let Some(parent) = target.parent() {
+        real_dir(dest, parent)?;
+    }
+    std::fs::copy(&source, &here).map_err(UnpackError::Io)?;
+    let meta = std::fs::metadata(&source).map_err(UnpackError::Io)?;
+    use std::os::unix::fs::MetadataExt;
+    std::os::unix::fs::lchown(&here, Some(meta.uid()), Some(meta.gid()))
+        .map_err(UnpackError::Io)?;
+    std::fs::set_permissions(&here, meta.permissions()).map_err(UnpackError::Io)
+}
+
+/// Unpacks `blob` into `dest` (an empty directory). `lowers`: the image's layers below this
+/// one, lowest first, for hard links to their files. Blocking.
+pub(crate) fn unpack_layer_blocking(
+    blob: &Path,
+    dest: &Path,
+    lowers: &[PathBuf],
+) -> Result<Unpacked, UnpackError> {
+    let mut archive = tar::Archive::new(decompressed(blob)?);
+    archive.set_preserve_permissions(true);
+    archive.set_preserve_ownerships(true);
+    archive.set_preserve_mtime(true);
+    archive.set_unpack_xattrs(false);
+    archive.set_overwrite(true);
+    let mut done = Unpacked::default();
+    let entries = archive
+        .entries()
+        .map_err(|e| UnpackError::Invalid(e.to_string()))?;
+    for entry in entries {
+        let mut entry = entry.map_err(|e| UnpackError::Invalid(e.to_string()))?;
+        let rel = relative(
+            &entry
+                .path()
+                .map_err(|e| UnpackError::Invalid(e.to_string()))?,
+        )?;
+        let Some(name) = rel.file_name().map(OsStr::to_owned) else {
+            continue; // The layer's root itself.
+        };
+        let parent_rel = rel.parent().unwrap_or(Path::new(""));
+        let name_str = name.to_string_lossy();
+        if name_str == OPAQUE_MARKER {
+            opaque(&real_dir(dest, parent_rel)?)?;
+            continue;
+        }
+        if let Some(hidden) = name_str.strip_prefix(WHITEOUT_PREFIX) {
+            if hidden.is_empty() || hidden.starts_with(WHITEOUT_PREFIX) {
+                return Err(UnpackError::Unsafe(format!(
+                    "malformed whiteout {}",
+                    rel.display()
+                )));
+            }
+            whiteout(&real_dir(dest, parent_rel)?, OsStr::new(hidden))?;
+            continue;
+        }
+        let kind = entry.header().entry_type();
+        if kind.is_character_special() || kind.is_block_special() || kind.is_fifo() {
+            done.skipped_devices += 1;
+            tracing::debug!(path = %rel.display(), "device node or fifo in a layer left out");
+            continue;
+        }
+        if kind.is_hard_link() {
+            let target = entry
+                .link_name()
+                .map_err(|e| UnpackError::Invalid(e.to_string()))?
+                .ok_or_else(|| UnpackError::Invalid(format!("{} links nowhere", rel.display())))?;
+            copy_up_link_target(dest, &relative(&target)?, lowers)?;
+        }
+        let here = dest.join(&rel);
+        // A directory entry over an existing directory keeps its contents; anything else
+        // replaces what had the name (never written through: it may be a link).
+        let keeps = kind.is_dir() && std::fs::symlink_metadata(&here).is_ok_and(|m| m.is_dir());
+        if !keeps {
+            clear(&here)?;
+        }
+        if kind.is_file() {
+            done.bytes += entry.header().size().unwrap_or(0);
+        }
+        match entry.unpack_in(dest) {
+            Ok(true) => {}
+            Ok(false) => {
+                return Err(UnpackError::Unsafe(format!(
+                    "entry {} is outside the layer",
+                    rel.display()
+                )));
+            }
+            Err(e) if e.to_string().contains("outside of destination") => {
+                return Err(UnpackError::Unsafe(format!(
+                    "entry {} leads out of the layer through a link",
+                    rel.display()
+                )));
+            }
+            Err(e) => return Err(UnpackError::Invalid(format!("{}: {e}", rel.display()))),
+        }
+    }
+    Ok(done)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parent_components_are_refused_and_roots_dropped() {
+        assert!(matches!(
+            relative(Path::new("a/../../etc/passwd")),
+            Err(UnpackError::Unsafe(_))
+        ));
+        assert_eq!(
+            relative(Path::new("/./usr//bin/sh")).unwrap(),
+            Path::new("usr/bin/sh")
+        );
+    }
+}
