@@ -180,7 +180,128 @@ async fn bad_images_are_typed_errors_and_leave_nothing(kind: OciRuntime) {
     let _ = ExecConfig::shell("true");
 }
 
+async fn registry_pulls_with_auth_and_progress(kind: OciRuntime) {
+    use futures::StreamExt;
+    use oci_sandbox::{ProgressStage, RegistryAuth, RegistryImage};
+    let t = TestSandbox::new(kind).await;
+    let dir = tempfile::Builder::new()
+        .prefix("osb-img-")
+        .tempdir()
+        .unwrap();
+    let f = busybox(dir.path());
+    let registry = images::Registry::start(Some(("agent", "s3cret"))).await;
+    let push = {
+        let (layout, tag, registry_ref) = (f.layout.clone(), f.tag.clone(), &registry);
+        move || {
+            registry_ref.push(&layout, &tag, "tools/busybox:1");
+            registry_ref.push_docker_format(&layout, &tag, "tools/busybox:docker");
+        }
+    };
+    push();
+    let basic = RegistryAuth::Basic {
+        username: "agent".into(),
+        password: "s3cret".into(),
+    };
+    // Anonymous: refused.
+    let anonymous = Image::Registry(RegistryImage::new(registry.reference("tools/busybox:1")));
+    match t.sandbox.pull(&anonymous).await.unwrap_err() {
+        SandboxError::Image { kind, .. } => assert_eq!(kind, ImageErrorKind::Unauthorized),
+        other => panic!("{other:?}"),
+    }
+    // With credentials, with progress for each layer, both media-type flavours.
+    let image = Image::Registry(
+        RegistryImage::new(registry.reference("tools/busybox:1")).auth(basic.clone()),
+    );
+    let mut pull = t.sandbox.pull_with_progress(&image);
+    let mut ready = Vec::new();
+    while let Some(event) = pull.next().await {
+        if event.stage == ProgressStage::Ready {
+            ready.push(event.index);
+        }
+    }
+    let pulled = pull.finish().await.unwrap();
+    assert_eq!(ready, [0, 1]);
+    assert_eq!(pulled.layers, f.layer_digests);
+    let (ok, out, err) = sh(&t, &policy_for(image), "cat /etc/motd; echo $GREETING").await;
+    assert!(ok, "{out} {err}");
+    assert_eq!(out, "layer two\nhello-from-image\n");
+    let docker = Image::Registry(
+        RegistryImage::new(registry.reference("tools/busybox:docker")).auth(basic.clone()),
+    );
+    let (ok, out, err) = sh(&t, &policy_for(docker), "cat /etc/motd").await;
+    assert!(ok, "{out} {err}");
+    // A digest the registry does not have, and a missing tag.
+    let wrong = format!(
+        "{}@sha256:{}",
+        registry.reference("tools/busybox"),
+        "0".repeat(64)
+    );
+    for reference in [wrong, registry.reference("tools/busybox:nope")] {
+        let image = Image::Registry(RegistryImage::new(reference).auth(basic.clone()));
+        match t.sandbox.pull(&image).await.unwrap_err() {
+            SandboxError::Image { kind, .. } => assert_eq!(kind, ImageErrorKind::NotFound),
+            other => panic!("{other:?}"),
+        }
+    }
+}
+
+async fn archives_and_shared_layers(kind: OciRuntime) {
+    let t = TestSandbox::new(kind).await;
+    let dir = tempfile::Builder::new()
+        .prefix("osb-img-")
+        .tempdir()
+        .unwrap();
+    let f = busybox(dir.path());
+    let archive = dir.path().join("busybox.tar");
+    images::docker_archive(&f.layout, &f.tag, &archive);
+    let policy = policy_for(Image::DockerArchive(archive));
+    let (ok, out, err) = sh(&t, &policy, "cat /etc/motd; ls /opaque").await;
+    assert!(ok, "{out} {err}");
+    assert_eq!(out, "layer two\nnew.txt\n");
+    // Twenty sandboxes at once from one image: one unpacked copy of each layer.
+    let layout = policy_for(layout_image(&f, &f.tag));
+    let configs: Vec<_> = (0..20)
+        .map(|_| NamespaceContainer::build_config(&layout, "true", vec![]))
+        .collect();
+    let sandboxes = futures::future::try_join_all(configs.iter().map(|c| t.sandbox.start(c)))
+        .await
+        .unwrap();
+    let layers = t.state.path().join("images/layers");
+    let dirs = std::fs::read_dir(&layers)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.path().is_dir())
+        .count();
+    // The archive's layers are named by their uncompressed digests, the layout's by their
+    // compressed ones: two copies of two layers, shared by all.
+    assert_eq!(dirs, 4, "one store copy per layer digest");
+    // The archive's image is used by no live sandbox: prune removes its layers and keeps
+    // the layout's, which the twenty hold.
+    let mut removed = t.sandbox.prune_images().await.unwrap();
+    removed.sort();
+    let mut archive_layers: Vec<String> = f.config()["rootfs"]["diff_ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d.as_str().unwrap().to_owned())
+        .collect();
+    archive_layers.sort();
+    assert_eq!(removed, archive_layers);
+    for s in sandboxes {
+        s.close().await;
+    }
+    t.sandbox.close().await;
+    let mut removed = t.sandbox.prune_images().await.unwrap();
+    removed.sort();
+    let mut layout_layers = f.layer_digests.clone();
+    layout_layers.sort();
+    assert_eq!(removed, layout_layers);
+    drop(configs);
+}
+
 on_every_runtime!(
+    registry_pulls_with_auth_and_progress,
+    archives_and_shared_layers,
     the_image_is_the_root_with_its_config,
     writes_stay_in_their_container,
     bad_images_are_typed_errors_and_leave_nothing,

@@ -217,6 +217,14 @@ pub(crate) fn unpack_layer_blocking(
                 .link_name()
                 .map_err(|e| UnpackError::Invalid(e.to_string()))?
                 .ok_or_else(|| UnpackError::Invalid(format!("{} links nowhere", rel.display())))?;
+            if target.is_absolute() {
+                // The tar crate would join it onto nothing: a host path.
+                return Err(UnpackError::Unsafe(format!(
+                    "hard link {} names the absolute path {}",
+                    rel.display(),
+                    target.display()
+                )));
+            }
             copy_up_link_target(dest, &relative(&target)?, lowers)?;
         }
         let here = dest.join(&rel);

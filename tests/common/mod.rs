@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use oci_sandbox::{ContainerConfig, NamespaceContainer, OciRuntime, SandboxConfig};
 
+pub mod images;
+
 /// Reads `reader` (a PTY) until `needle` appears and returns everything read; fails after
 /// 10 s or at end of stream.
 pub async fn read_until(reader: &mut (impl tokio::io::AsyncRead + Unpin), needle: &str) -> String {
