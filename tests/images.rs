@@ -299,7 +299,64 @@ async fn archives_and_shared_layers(kind: OciRuntime) {
     drop(configs);
 }
 
+async fn every_mode_runs_in_an_image(kind: OciRuntime) {
+    use tokio::io::AsyncWriteExt;
+    let t = TestSandbox::new(kind).await;
+    let dir = tempfile::Builder::new()
+        .prefix("osb-img-")
+        .tempdir()
+        .unwrap();
+    let f = busybox(dir.path());
+    let policy = policy_for(layout_image(&f, &f.tag));
+    // Captured to files.
+    let config =
+        NamespaceContainer::build_config(&policy, "sh", ["-c", "cat /etc/motd; echo e >&2"]);
+    let c = t
+        .sandbox
+        .spawn_captured(&config, oci_sandbox::OutputMode::Separate)
+        .await
+        .unwrap();
+    assert!(c.wait().await.unwrap().success());
+    assert_eq!(c.output.read_stdout().await.unwrap(), b"layer two\n");
+    assert_eq!(c.output.read_stderr().await.unwrap(), b"e\n");
+    let id = c.id().to_owned();
+    drop(c);
+    // A terminal.
+    let mut pty = t
+        .sandbox
+        .spawn_interactive(&NamespaceContainer::build_config(
+            &policy,
+            "sh",
+            Vec::<String>::new(),
+        ))
+        .await
+        .unwrap();
+    pty.write_all(b"echo $GREETING-$((6*7))\n").await.unwrap();
+    common::read_until(&mut pty, "hello-from-image-42").await;
+    pty.write_all(b"exit 4\n").await.unwrap();
+    assert_eq!(pty.wait().await.unwrap().code(), Some(4));
+    let pty_id = pty.id().to_owned();
+    drop(pty);
+    // A long-lived sandbox's execs default to the image's env and directory.
+    let sandbox = t
+        .sandbox
+        .start(&NamespaceContainer::build_config(
+            &policy,
+            "true",
+            Vec::<String>::new(),
+        ))
+        .await
+        .unwrap();
+    assert_eq!(
+        common::sh_in(&sandbox, "echo $GREETING; pwd").await,
+        "hello-from-image\n/data\n"
+    );
+    sandbox.close().await;
+    t.assert_nothing_left(&[&id, &pty_id], None).await;
+}
+
 on_every_runtime!(
+    every_mode_runs_in_an_image,
     registry_pulls_with_auth_and_progress,
     archives_and_shared_layers,
     the_image_is_the_root_with_its_config,

@@ -235,7 +235,8 @@ impl NamespaceContainer {
         let mut target = self.target();
         // If this future is dropped while the closure runs, the closure still finishes and its
         // result (the bundle) is dropped, which removes the directory again.
-        crate::sys::blocking("preparing the bundle", move || {
+        let tracker = &self.inner.tracker;
+        crate::sys::blocking_tracked(tracker, "preparing the bundle", move || {
             checked.validate()?;
             let userns = own_user_namespace_blocking(&target, &config)?;
             if let Some(ns) = &userns {

@@ -31,6 +31,31 @@ where
         })?
 }
 
+/// [`blocking`], counted by `tracker` until `f`'s result is dropped: when the caller went
+/// away, what `f` made (a bundle, a user namespace) is dropped, and so cleaned up, before
+/// `tracker.wait()` returns.
+pub(crate) async fn blocking_tracked<T, F>(
+    tracker: &tokio_util::task::TaskTracker,
+    context: &'static str,
+    f: F,
+) -> Result<T, crate::error::SandboxError>
+where
+    T: Send + 'static,
+    F: FnOnce() -> Result<T, crate::error::SandboxError> + Send + 'static,
+{
+    let token = tracker.token();
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    tokio::task::spawn_blocking(move || {
+        // Unsent (the caller is gone): dropped here, while the token still counts.
+        drop(tx.send(f()));
+        drop(token);
+    });
+    rx.await.map_err(|e| crate::error::SandboxError::Process {
+        context,
+        source: std::io::Error::other(e),
+    })?
+}
+
 /// Whether `path` is a regular file with an execute bit (following symlinks). Blocking.
 pub(crate) fn is_executable(path: &std::path::Path) -> bool {
     use std::os::unix::fs::PermissionsExt;
