@@ -9,8 +9,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use common::TestSandbox;
-use common::images;
-use oci_sandbox::{Image, ImageErrorKind, OciRuntime, SandboxConfig, SandboxError};
+use common::images::{self, image_kind};
+use oci_sandbox::{Image, ImageErrorKind, OciRuntime, SandboxConfig};
 
 /// Writes a layer tar at `out` with Python's tarfile: `entries` is Python code that adds
 /// members to the open archive `t` (helpers `reg(name, data)`, `link(name, target)`,
@@ -58,13 +58,6 @@ fn marker(name: &str) -> PathBuf {
         "/tmp/osb-escape-image-{name}-{}",
         std::process::id()
     ))
-}
-
-fn image_kind(e: SandboxError) -> ImageErrorKind {
-    match e {
-        SandboxError::Image { kind, .. } => kind,
-        other => panic!("expected an image error, got {other:?}"),
-    }
 }
 
 fn store_is_clean(t: &TestSandbox) {

@@ -67,6 +67,8 @@ impl NamespaceContainer {
     }
 
     /// [`pull`](Self::pull), reporting each layer's progress (also as `tracing` events).
+    /// When another call is already pulling the same image, this one waits for that pull and
+    /// its stream only ends.
     ///
     /// ```no_run
     /// # async fn demo(runtime: oci_sandbox::NamespaceContainer) -> Result<(), oci_sandbox::SandboxError> {
@@ -128,7 +130,7 @@ impl NamespaceContainer {
         self.check_images_supported(image)?;
         let prepared = self.inner.images.prepare(image, None).await?;
         let mut applied = config.clone();
-        crate::image::apply::apply_blocking(&prepared, &mut applied)?;
+        crate::image::apply::apply(&prepared, &mut applied)?;
         Ok(Some((applied, prepared)))
     }
 }

@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use super::PreparedImage;
+use super::{ImageFailure, PreparedImage};
 use crate::config::ContainerConfig;
 use crate::error::{ImageErrorKind, SandboxError};
 
@@ -49,27 +49,30 @@ fn id_in(file: Option<&str>, name: &str) -> Option<(u32, Option<u32>)> {
 }
 
 /// `User` (`name`, `uid`, `name:group`, `uid:gid`) as ids, through the image's own
-/// `/etc/passwd` and `/etc/group`.
-fn resolve_user(image: &PreparedImage, user: &str) -> Result<(u32, u32), SandboxError> {
-    let unknown = |what: &str| SandboxError::Image {
-        image: image.info.digest.clone(),
-        kind: ImageErrorKind::InvalidFormat,
-        reason: format!("the image's User {user:?}: no {what} in its /etc/passwd or /etc/group"),
+/// `/etc/passwd` and `/etc/group` in `layers` (lowest first). Blocking.
+pub(crate) fn resolve_user(layers: &[PathBuf], user: &str) -> Result<(u32, u32), ImageFailure> {
+    let unknown = |what: &str| {
+        ImageFailure::new(
+            ImageErrorKind::InvalidFormat,
+            format!("the image's User {user:?}: no {what} in its /etc/passwd or /etc/group"),
+        )
     };
     let (u, g) = match user.split_once(':') {
         Some((u, g)) => (u, Some(g)),
         None => (user, None),
     };
-    let passwd = read_from_layers(&image.layer_dirs, "etc/passwd");
     let (uid, primary_gid) = match u.parse::<u32>() {
         Ok(uid) => (uid, None),
-        Err(_) => id_in(passwd.as_deref(), u).ok_or_else(|| unknown(u))?,
+        Err(_) => {
+            let passwd = read_from_layers(layers, "etc/passwd");
+            id_in(passwd.as_deref(), u).ok_or_else(|| unknown(u))?
+        }
     };
     let gid = match g {
         Some(g) => match g.parse::<u32>() {
             Ok(gid) => gid,
             Err(_) => {
-                let group = read_from_layers(&image.layer_dirs, "etc/group");
+                let group = read_from_layers(layers, "etc/group");
                 id_in(group.as_deref(), g).ok_or_else(|| unknown(g))?.0
             }
         },
@@ -79,8 +82,9 @@ fn resolve_user(image: &PreparedImage, user: &str) -> Result<(u32, u32), Sandbox
 }
 
 /// Applies `image`'s config to `config` (made by `from_policy` for an image: its env holds
-/// only the caller's variables, its cwd is empty unless the caller set a workdir).
-pub(crate) fn apply_blocking(
+/// only the caller's variables, its cwd is empty unless the caller set a workdir). Pure: what
+/// needs the image's files was read when it was prepared.
+pub(crate) fn apply(
     image: &PreparedImage,
     config: &mut ContainerConfig,
 ) -> Result<(), SandboxError> {
@@ -92,9 +96,9 @@ pub(crate) fn apply_blocking(
     }
     if config.uid == 0
         && config.gid == 0
-        && let Some(user) = &defaults.user
+        && let Some(ids) = image.user_ids
     {
-        (config.uid, config.gid) = resolve_user(image, user)?;
+        (config.uid, config.gid) = ids;
     }
     if !env.iter().any(|(k, _)| k == "HOME") {
         let home = if config.uid == 0 { "/root" } else { "/" };

@@ -3,15 +3,22 @@
 //!
 //! ```text
 //! <state>/images/            0700: setuid files of images are not reachable from the host
-//!   layers/<sha256 hex>/     one unpacked layer (overlayfs whiteouts), never changed again
-//!   layers/<sha256 hex>.lock shared flock while a prepared image uses the layer
-//!   tmp/                     downloads and unpacks in progress (renamed into layers/)
+//!   layers/<sha256 hex>/        one unpacked layer (overlayfs whiteouts), never changed again
+//!   layers/<sha256 hex>.users/  one empty file per process using the layer, named by owner
+//!   tmp/                        downloads and unpacks in progress (renamed into layers/)
 //! ```
 //!
 //! A layer is unpacked into `tmp/` and renamed into place, so a partial one is never used; in
 //! one process, concurrent first uses of a layer unpack it once (a cell per digest); two
-//! processes may both unpack it, and the second rename loses harmlessly. [`ImageStore::prune`]
-//! removes the layers no prepared image holds a lock on (in any process).
+//! processes may both unpack it, and the second rename loses harmlessly.
+//!
+//! [`ImageStore::prune`] removes a layer when no prepared image of this process holds it (a
+//! count per layer) and no other live process has its owner file (`<pid>-<start time>`, as
+//! bundles and id leases record owners). Not `flock`: a lock lives in the open file, which
+//! every fork of the process shares until it executes, so a runtime's child mounting a root
+//! made the layers of unrelated images look in use. A prune that races another process's
+//! first use of the same layer can take the layer from under it (that process's spawn then
+//! fails and its next one unpacks the layer again).
 
 pub(crate) mod apply;
 pub(crate) mod mount;
@@ -20,7 +27,6 @@ mod source;
 mod unpack;
 
 use std::collections::HashMap;
-use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -110,14 +116,52 @@ impl ImageDefaults {
     }
 }
 
-/// An image whose layers are in the store, held (shared locks) while it is alive.
+/// An image whose layers are in the store, held (counted in its store) while it is alive.
 #[derive(Debug)]
 pub(crate) struct PreparedImage {
     pub info: PulledImage,
     /// The unpacked layers, lowest first.
     pub layer_dirs: Vec<PathBuf>,
     pub defaults: ImageDefaults,
-    _locks: Vec<std::fs::File>,
+    /// The config's `User` as ids (resolved through the image's own files).
+    pub user_ids: Option<(u32, u32)>,
+    _holds: Vec<LayerHold>,
+}
+
+/// How many prepared images (and pulls under way) of this process hold each layer.
+type Holds = Arc<Mutex<HashMap<String, usize>>>;
+
+/// One hold on a layer, released when dropped.
+#[derive(Debug)]
+struct LayerHold {
+    holds: Holds,
+    hex: String,
+}
+
+impl LayerHold {
+    fn new(holds: &Holds, hex: &str) -> Self {
+        *holds
+            .lock()
+            .expect("layer holds")
+            .entry(hex.to_owned())
+            .or_default() += 1;
+        LayerHold {
+            holds: holds.clone(),
+            hex: hex.to_owned(),
+        }
+    }
+}
+
+impl Drop for LayerHold {
+    fn drop(&mut self) {
+        let mut holds = self.holds.lock().expect("layer holds");
+        if let Some(n) = holds.get_mut(&self.hex) {
+            *n -= 1;
+            if *n == 0 {
+                holds.remove(&self.hex);
+            }
+        }
+    }
 }
 
 /// The store of one state dir.
@@ -125,7 +169,10 @@ pub(crate) struct PreparedImage {
 pub(crate) struct ImageStore {
     dir: PathBuf,
     layers: Mutex<HashMap<String, Arc<OnceCell<u64>>>>,
-    images: tokio::sync::Mutex<HashMap<Image, Arc<PreparedImage>>>,
+    images: Mutex<HashMap<Image, Arc<OnceCell<Arc<PreparedImage>>>>>,
+    holds: Holds,
+    /// Pulls hold it shared, a prune exclusively: a prune sees every hold a pull will take.
+    prune_gate: tokio::sync::RwLock<()>,
 }
 
 type Progress = Option<tokio::sync::mpsc::UnboundedSender<ImageProgress>>;
@@ -137,23 +184,31 @@ fn send(progress: &Progress, event: ImageProgress) {
     }
 }
 
-/// Takes a shared (or, `exclusive`, an exclusive non-blocking) flock on `path`.
-fn lock(path: &Path, exclusive: bool) -> std::io::Result<std::fs::File> {
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(path)?;
-    let op = if exclusive {
-        libc::LOCK_EX | libc::LOCK_NB
-    } else {
-        libc::LOCK_SH
+/// Records that this process uses the layer `hex` (idempotent). Blocking.
+fn mark_user_blocking(layers: &Path, hex: &str) -> std::io::Result<()> {
+    let users = layers.join(format!("{hex}.users"));
+    std::fs::create_dir_all(&users)?;
+    std::fs::write(users.join(crate::host::owner::self_owner()), b"")
+}
+
+/// Whether a live process other than this one uses the layer `hex`; forgets this process's
+/// use and dead processes' on the way. Blocking.
+fn used_elsewhere_blocking(layers: &Path, hex: &str) -> bool {
+    let users = layers.join(format!("{hex}.users"));
+    let Ok(entries) = std::fs::read_dir(&users) else {
+        return false;
     };
-    // SAFETY: flock on an fd we own.
-    if unsafe { libc::flock(file.as_raw_fd(), op) } != 0 {
-        return Err(std::io::Error::last_os_error());
+    let me = crate::host::owner::self_owner();
+    let mut elsewhere = false;
+    for entry in entries.flatten() {
+        let owner = entry.file_name().to_string_lossy().into_owned();
+        if owner != me && crate::host::owner::owner_alive(&owner) {
+            elsewhere = true;
+        } else {
+            let _ = std::fs::remove_file(entry.path());
+        }
     }
-    Ok(file)
+    elsewhere
 }
 
 /// The bytes a directory tree holds in regular files (not following links).
@@ -175,7 +230,9 @@ impl ImageStore {
         ImageStore {
             dir: state_base.join("images"),
             layers: Mutex::new(HashMap::new()),
-            images: tokio::sync::Mutex::new(HashMap::new()),
+            images: Mutex::new(HashMap::new()),
+            holds: Holds::default(),
+            prune_gate: tokio::sync::RwLock::new(()),
         }
     }
 
@@ -193,23 +250,29 @@ impl ImageStore {
     }
 
     /// `image` resolved and its layers in the store; resolved once per store (a later call
-    /// returns the same image, even if a registry tag has moved since).
+    /// returns the same image, even if a registry tag has moved since). Concurrent first
+    /// calls for one image share one pull (its progress goes to the caller whose pull it is);
+    /// different images are pulled side by side.
     pub(crate) async fn prepare(
         &self,
         image: &Image,
         progress: Progress,
     ) -> Result<Arc<PreparedImage>, SandboxError> {
-        let mut images = self.images.lock().await;
-        if let Some(p) = images.get(image) {
-            return Ok(p.clone());
-        }
-        let prepared = Arc::new(
+        let cell = self
+            .images
+            .lock()
+            .expect("image cells")
+            .entry(image.clone())
+            .or_default()
+            .clone();
+        cell.get_or_try_init(|| async {
             self.prepare_uncached(image, &progress)
                 .await
-                .map_err(|f| f.named(image))?,
-        );
-        images.insert(image.clone(), prepared.clone());
-        Ok(prepared)
+                .map(Arc::new)
+                .map_err(|f| f.named(image))
+        })
+        .await
+        .cloned()
     }
 
     async fn prepare_uncached(
@@ -218,17 +281,12 @@ impl ImageStore {
         progress: &Progress,
     ) -> Result<PreparedImage, ImageFailure> {
         let dir = self.dir.clone();
-        crate::sys::blocking("preparing the image store", move || {
-            Self::ensure_dirs_blocking(&dir)
-                .map_err(|e| SandboxError::io("creating the image store", &dir, e))
-        })
-        .await
-        .map_err(|e| ImageFailure::new(ImageErrorKind::Registry, e.to_string()))?;
-        // The archive's files live in a scratch dir until the layers are unpacked.
-        let scratch = tempfile::Builder::new()
-            .prefix("archive-")
-            .tempdir_in(self.dir.join("tmp"))
-            .map_err(|e| ImageFailure::store("a scratch dir in", &self.dir, e))?;
+        tokio::task::spawn_blocking(move || Self::ensure_dirs_blocking(&dir))
+            .await
+            .expect("creating the store panicked")
+            .map_err(|e| ImageFailure::store("creating the image store", &self.dir, e))?;
+        // An archive's files live in a scratch dir until its layers are unpacked.
+        let mut scratch = None;
         let (resolved, registry) = match image {
             Image::OciLayout { path, reference } => {
                 let (path, reference) = (path.clone(), reference.clone());
@@ -240,7 +298,12 @@ impl ImageStore {
                 (r, None)
             }
             Image::DockerArchive(path) => {
-                let (path, into) = (path.clone(), scratch.path().to_owned());
+                let dir = tempfile::Builder::new()
+                    .prefix("archive-")
+                    .tempdir_in(self.dir.join("tmp"))
+                    .map_err(|e| ImageFailure::store("a scratch dir in", &self.dir, e))?;
+                let (path, into) = (path.clone(), dir.path().to_owned());
+                scratch = Some(dir);
                 let r = tokio::task::spawn_blocking(move || {
                     source::resolve_archive_blocking(&path, &into)
                 })
@@ -253,8 +316,11 @@ impl ImageStore {
                 (pull.resolve().await?, Some(pull))
             }
         };
-        self.store_layers(resolved, registry.as_ref(), progress)
-            .await
+        let prepared = self
+            .store_layers(resolved, registry.as_ref(), progress)
+            .await;
+        drop(scratch);
+        prepared
     }
 
     async fn store_layers(
@@ -263,18 +329,19 @@ impl ImageStore {
         registry: Option<&registry::RegistryPull>,
         progress: &Progress,
     ) -> Result<PreparedImage, ImageFailure> {
+        let _no_prune = self.prune_gate.read().await;
         let count = resolved.layers.len();
         let mut dirs: Vec<PathBuf> = Vec::with_capacity(count);
-        let mut locks = Vec::with_capacity(count);
+        let mut holds = Vec::with_capacity(count);
         let mut unpacked_bytes = 0;
         for (index, layer) in resolved.layers.iter().enumerate() {
             let hex = source::sha256_hex(&layer.digest)?.to_owned();
-            let lock_path = self.dir.join("layers").join(format!("{hex}.lock"));
-            let held = tokio::task::spawn_blocking(move || lock(&lock_path, false))
+            holds.push(LayerHold::new(&self.holds, &hex));
+            let (layers, h) = (self.dir.join("layers"), hex.clone());
+            tokio::task::spawn_blocking(move || mark_user_blocking(&layers, &h))
                 .await
-                .expect("lock panicked")
-                .map_err(|e| ImageFailure::store("locking layer", Path::new(&hex), e))?;
-            locks.push(held);
+                .expect("marking a layer panicked")
+                .map_err(|e| ImageFailure::store("marking layer", Path::new(&hex), e))?;
             let cell = self
                 .layers
                 .lock()
@@ -301,6 +368,19 @@ impl ImageStore {
             unpacked_bytes += bytes;
             dirs.push(self.layer_dir(&hex));
         }
+        let defaults = ImageDefaults::from_config(&resolved.config);
+        // `User` by name needs the image's /etc/passwd: read once here, not per spawn.
+        let user_ids = match defaults.user.clone() {
+            None => None,
+            Some(user) => {
+                let layers = dirs.clone();
+                Some(
+                    tokio::task::spawn_blocking(move || apply::resolve_user(&layers, &user))
+                        .await
+                        .expect("the user lookup panicked")?,
+                )
+            }
+        };
         Ok(PreparedImage {
             info: PulledImage {
                 digest: resolved.digest.clone(),
@@ -308,8 +388,9 @@ impl ImageStore {
                 unpacked_bytes,
             },
             layer_dirs: dirs,
-            defaults: ImageDefaults::from_config(&resolved.config),
-            _locks: locks,
+            defaults,
+            user_ids,
+            _holds: holds,
         })
     }
 
@@ -403,34 +484,75 @@ impl ImageStore {
         Ok(bytes)
     }
 
-    /// Forgets the resolved images no sandbox holds, and removes every layer no prepared image
-    /// (of any process) holds. Returns the digests of the layers removed.
+    /// Forgets the resolved images no sandbox holds, and removes every layer that neither a
+    /// prepared image of this process nor another live process uses. Returns the digests of
+    /// the layers removed.
     pub(crate) async fn prune(&self) -> Result<Vec<String>, SandboxError> {
+        let _no_pulls = self.prune_gate.write().await;
+        // Kept: images being resolved, and images a bundle holds (their holds stay).
         self.images
             .lock()
-            .await
-            .retain(|_, p| Arc::strong_count(p) > 1);
+            .expect("image cells")
+            .retain(|_, cell| cell.get().is_none_or(|p| Arc::strong_count(p) > 1));
         self.layers.lock().expect("layer cells").clear();
-        let layers = self.dir.join("layers");
+        let held: std::collections::HashSet<String> = self
+            .holds
+            .lock()
+            .expect("layer holds")
+            .keys()
+            .cloned()
+            .collect();
+        let (layers, tmp) = (self.dir.join("layers"), self.dir.join("tmp"));
         crate::sys::blocking("pruning the image store", move || {
             let mut removed = Vec::new();
             let Ok(entries) = std::fs::read_dir(&layers) else {
                 return Ok(removed);
             };
             for entry in entries.flatten() {
-                let name = entry.file_name().to_string_lossy().into_owned();
-                if name.ends_with(".lock") || !entry.path().is_dir() {
+                let hex = entry.file_name().to_string_lossy().into_owned();
+                if hex.contains('.')
+                    || held.contains(&hex)
+                    || used_elsewhere_blocking(&layers, &hex)
+                {
                     continue;
                 }
-                let Ok(_held) = lock(&layers.join(format!("{name}.lock")), true) else {
-                    continue; // In use.
-                };
-                crate::sys::fs_tree::remove_tree_blocking(&entry.path())
+                // Out of `layers/` at once, so no one starts using a half-removed layer.
+                let doomed = tmp.join(format!("pruned-{hex}"));
+                let _ = crate::sys::fs_tree::remove_tree_blocking(&doomed); // An old prune's.
+                std::fs::rename(entry.path(), &doomed)
                     .map_err(|e| SandboxError::io("removing a layer", entry.path(), e))?;
-                removed.push(format!("sha256:{name}"));
+                crate::sys::fs_tree::remove_tree_blocking(&doomed)
+                    .map_err(|e| SandboxError::io("removing a layer", &doomed, e))?;
+                let _ = std::fs::remove_dir(layers.join(format!("{hex}.users")));
+                removed.push(format!("sha256:{hex}"));
             }
             Ok(removed)
         })
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The owner string of `pid` (`<pid>-<start time>`), as its own process would write it.
+    fn owner_of(pid: u32) -> String {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+        let after = &stat[stat.rfind(')').unwrap() + 1..];
+        format!("{pid}-{}", after.split_whitespace().nth(19).unwrap())
+    }
+
+    #[test]
+    fn a_layer_is_used_elsewhere_only_by_another_live_process() {
+        let layers = tempfile::tempdir().unwrap();
+        let users = layers.path().join("ab.users");
+        mark_user_blocking(layers.path(), "ab").unwrap();
+        std::fs::write(users.join("999999999-1"), b"").unwrap(); // a dead process
+        assert!(!used_elsewhere_blocking(layers.path(), "ab"));
+        // This process's mark and the dead one's are forgotten on the way.
+        assert_eq!(std::fs::read_dir(&users).unwrap().count(), 0);
+        std::fs::write(users.join(owner_of(1)), b"").unwrap(); // a live one (init)
+        assert!(used_elsewhere_blocking(layers.path(), "ab"));
     }
 }

@@ -392,21 +392,12 @@ pub(crate) fn resolve_archive_blocking(
 
 /// The digest of `blob`'s uncompressed content (a layer's diff id).
 pub(crate) fn diff_id_of(blob: &Path) -> Result<String, ImageFailure> {
-    use std::io::BufRead;
-    let file = std::fs::File::open(blob).map_err(|e| ImageFailure::io(blob, e))?;
-    let mut reader = std::io::BufReader::with_capacity(1 << 16, file);
-    let head = reader.fill_buf().map_err(|e| ImageFailure::io(blob, e))?;
-    let result = if head.starts_with(&[0x1f, 0x8b]) {
-        digest_of(flate2::read::GzDecoder::new(reader))
-    } else if head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
-        zstd::stream::read::Decoder::with_buffer(reader).and_then(digest_of)
-    } else {
-        digest_of(reader)
-    };
-    result.map_err(|e| {
-        ImageFailure::new(
-            ImageErrorKind::InvalidFormat,
-            format!("{}: {e}", blob.display()),
-        )
-    })
+    super::unpack::decompressed(blob)
+        .and_then(digest_of)
+        .map_err(|e| {
+            ImageFailure::new(
+                ImageErrorKind::InvalidFormat,
+                format!("{}: {e}", blob.display()),
+            )
+        })
 }

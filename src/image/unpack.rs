@@ -37,15 +37,16 @@ const ZSTD_MAGIC: &[u8] = &[0x28, 0xb5, 0x2f, 0xfd];
 const WHITEOUT_PREFIX: &str = ".wh.";
 const OPAQUE_MARKER: &str = ".wh..wh..opq";
 
-/// The layer's tar stream, decompressed by what its first bytes say it is.
-fn decompressed(blob: &Path) -> Result<Box<dyn Read>, UnpackError> {
-    let file = std::fs::File::open(blob).map_err(UnpackError::Io)?;
+/// A layer blob's tar stream, decompressed by what its first bytes say it is (gzip, zstd, or
+/// a plain tar).
+pub(crate) fn decompressed(blob: &Path) -> std::io::Result<Box<dyn Read>> {
+    let file = std::fs::File::open(blob)?;
     let mut reader = BufReader::with_capacity(1 << 16, file);
-    let head = reader.fill_buf().map_err(UnpackError::Io)?;
+    let head = reader.fill_buf()?;
     Ok(if head.starts_with(GZIP_MAGIC) {
         Box::new(flate2::read::GzDecoder::new(reader))
     } else if head.starts_with(ZSTD_MAGIC) {
-        Box::new(zstd::stream::read::Decoder::with_buffer(reader).map_err(UnpackError::Io)?)
+        Box::new(zstd::stream::read::Decoder::with_buffer(reader)?)
     } else {
         Box::new(reader)
     })
@@ -170,7 +171,7 @@ pub(crate) fn unpack_layer_blocking(
     dest: &Path,
     lowers: &[PathBuf],
 ) -> Result<Unpacked, UnpackError> {
-    let mut archive = tar::Archive::new(decompressed(blob)?);
+    let mut archive = tar::Archive::new(decompressed(blob).map_err(UnpackError::Io)?);
     archive.set_preserve_permissions(true);
     archive.set_preserve_ownerships(true);
     archive.set_preserve_mtime(true);

@@ -708,3 +708,11 @@ fn parse_response(raw: &[u8]) -> Option<HttpResponse> {
         body: raw[end + 4..].to_vec(),
     })
 }
+
+/// The kind of a [`oci_sandbox::SandboxError::Image`]; any other error fails the test.
+pub fn image_kind(e: oci_sandbox::SandboxError) -> oci_sandbox::ImageErrorKind {
+    match e {
+        oci_sandbox::SandboxError::Image { kind, .. } => kind,
+        other => panic!("expected an image error, got {other:?}"),
+    }
+}
