@@ -238,14 +238,20 @@ async fn archives_and_shared_layers(kind: OciRuntime) {
     assert_eq!(out, "layer two\nnew.txt\n");
     // The spawn's teardown (which drops its hold on the archive's image) has finished.
     t.sandbox.close().await;
-    // Twenty sandboxes at once from one image: one unpacked copy of each layer.
+    // A hundred sandboxes from one image (eight starting at a time): one unpacked copy of
+    // each layer, and next to nothing per sandbox on disk.
     let layout = policy_for(layout_image(&f, &f.tag));
-    let configs: Vec<_> = (0..20)
+    let configs: Vec<_> = (0..SHARED_SANDBOXES)
         .map(|_| NamespaceContainer::build_config(&layout, "true", vec![]))
         .collect();
-    let sandboxes = futures::future::try_join_all(configs.iter().map(|c| t.sandbox.start(c)))
-        .await
-        .unwrap();
+    let sandboxes: Vec<_> = {
+        use futures::stream::{StreamExt, TryStreamExt};
+        futures::stream::iter(configs.iter().map(|c| t.sandbox.start(c)))
+            .buffer_unordered(8)
+            .try_collect()
+            .await
+            .unwrap()
+    };
     let layers = t.state.path().join("images/layers");
     let dirs = std::fs::read_dir(&layers)
         .unwrap()
@@ -256,6 +262,25 @@ async fn archives_and_shared_layers(kind: OciRuntime) {
     // The archive's layers are named by their uncompressed digests, the layout's by their
     // compressed ones: two copies of two layers, shared by all.
     assert_eq!(dirs, 4, "one store copy per layer digest");
+    let mut layout_bytes = 0;
+    for digest in &f.layer_digests {
+        layout_bytes += disk_use(&layers.join(digest.trim_start_matches("sha256:")));
+    }
+    let bundles = disk_use(&t.bundles_dir());
+    eprintln!(
+        "{kind}: {SHARED_SANDBOXES} sandboxes of one image: its layers {} KiB on disk, once; \
+         all the bundles {} KiB ({} KiB each)",
+        layout_bytes / 1024,
+        bundles / 1024,
+        bundles / 1024 / SHARED_SANDBOXES as u64
+    );
+    // A bundle holds its spec, a dozen empty mount points (a 4 KiB block each on ext4) and
+    // a hard link to the launcher: never a copy of the image (busybox alone is over 1 MiB).
+    assert!(
+        bundles < SHARED_SANDBOXES as u64 * 128 * 1024,
+        "{bundles} bytes of bundles for {SHARED_SANDBOXES} sandboxes"
+    );
+    assert!(layout_bytes > 1024 * 1024, "{layout_bytes}");
     // The archive's image is used by no live sandbox: prune removes its layers and keeps
     // the layout's, which the twenty hold.
     let mut removed = t.sandbox.prune_images().await.unwrap();
@@ -278,6 +303,53 @@ async fn archives_and_shared_layers(kind: OciRuntime) {
     layout_layers.sort();
     assert_eq!(removed, layout_layers);
     drop(configs);
+}
+
+async fn zstd_layers_unpack(kind: OciRuntime) {
+    let t = TestSandbox::new(kind).await;
+    let (dir, f) = busybox();
+    let zstd = dir.path().join("zstd-layout");
+    images::zstd_layout(&f.layout, &f.tag, &zstd);
+    let z = images::image_fixture(&zstd, &f.tag);
+    let types: Vec<String> = z.manifest()["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["mediaType"].as_str().unwrap().to_owned())
+        .collect();
+    assert!(
+        types.iter().all(|t| t.ends_with("+zstd")),
+        "skopeo wrote {types:?}"
+    );
+    let policy = policy_for(layout_image(&z, &z.tag));
+    let (ok, out, err) = sh(&t, &policy, "cat /etc/motd; ls /opaque; cat /data/hardlink").await;
+    assert!(ok, "{out} {err}");
+    assert_eq!(out, "layer two\nnew.txt\noriginal\n");
+}
+
+/// How many sandboxes of one image the sharing test starts.
+const SHARED_SANDBOXES: usize = 100;
+
+/// The disk space a tree takes (allocated blocks, each inode once).
+fn disk_use(path: &std::path::Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    fn walk(path: &std::path::Path, seen: &mut std::collections::HashSet<(u64, u64)>) -> u64 {
+        let Ok(meta) = std::fs::symlink_metadata(path) else {
+            return 0;
+        };
+        let mut total = if seen.insert((meta.dev(), meta.ino())) {
+            meta.blocks() * 512
+        } else {
+            0
+        };
+        if meta.is_dir() {
+            for entry in std::fs::read_dir(path).into_iter().flatten().flatten() {
+                total += walk(&entry.path(), seen);
+            }
+        }
+        total
+    }
+    walk(path, &mut std::collections::HashSet::new())
 }
 
 async fn every_mode_runs_in_an_image(kind: OciRuntime) {
@@ -339,4 +411,5 @@ on_every_runtime!(
     the_image_is_the_root_with_its_config,
     writes_stay_in_their_container,
     bad_images_are_typed_errors_and_leave_nothing,
+    zstd_layers_unpack,
 );

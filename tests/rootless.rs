@@ -25,6 +25,15 @@ const CHILD: &str = "OSB_ROOTLESS_CHILD";
 /// Runs `body` as an ordinary user: here if this process is one, else in a copy of this test
 /// binary run as [`USER`] with only `name` selected.
 fn as_ordinary_user<F: std::future::Future<Output = ()>>(name: &str, body: impl FnOnce() -> F) {
+    as_ordinary_user_with(name, &[], body)
+}
+
+/// [`as_ordinary_user`], with `env` added to the re-run's environment (paths root prepared).
+fn as_ordinary_user_with<F: std::future::Future<Output = ()>>(
+    name: &str,
+    env: &[(&str, &std::path::Path)],
+    body: impl FnOnce() -> F,
+) {
     if !nix::unistd::geteuid().is_root() {
         return tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
@@ -47,6 +56,7 @@ fn as_ordinary_user<F: std::future::Future<Output = ()>>(name: &str, body: impl 
         .env("PATH", std::env::var_os("PATH").unwrap_or_default())
         .env("HOME", "/tmp")
         .env("RUST_BACKTRACE", "1")
+        .envs(env.iter().copied())
         .current_dir("/tmp")
         .output()
         .expect("runuser (util-linux) must be installed");
@@ -254,6 +264,117 @@ async fn unenforceable_limits_are_refused_when_asked(kind: OciRuntime) {
     let status = sandbox.spawn(&config).await.unwrap().wait().await.unwrap();
     assert!(status.success(), "{status}");
     sandbox.close().await;
+}
+
+/// Where the root run leaves the busybox image for the re-run.
+const IMAGE_ENV: &str = "OSB_ROOTLESS_IMAGE_LAYOUT";
+
+/// As root, the fixtures' busybox image (built with owners, which needs root) in a temp dir
+/// every user may read.
+fn busybox_for_everyone() -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::Builder::new()
+        .prefix("osb-rootless-img-")
+        .tempdir_in("/tmp")
+        .unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let f = common::images::busybox_layout(dir.path());
+    common::images::run(
+        std::process::Command::new("chmod")
+            .arg("-R")
+            .arg("a+rX")
+            .arg(&f.layout),
+    );
+    (dir, f.layout)
+}
+
+async fn images_run_rootless(kind: OciRuntime) {
+    let layout = PathBuf::from(std::env::var_os(IMAGE_ENV).expect("the root run sets the layout"));
+    let t = TestSandbox::new(kind).await;
+    assert!(t.sandbox.is_rootless());
+    let image = |tag: &str| oci_sandbox::Image::OciLayout {
+        path: layout.clone(),
+        reference: tag.to_owned(),
+    };
+    let policy = SandboxConfig {
+        image: Some(image(common::images::BUSYBOX_TAG)),
+        ..SandboxConfig::default()
+    };
+    // The layers, their whiteout and opaque dir, the config, and owners: the caller owns the
+    // store, and it is the container's root.
+    let (status, out) = run_sh(
+        &t,
+        &policy,
+        "cat /etc/motd; ls /opaque; test -e /etc/gone || echo gone-is-gone; \
+         echo $GREETING; pwd; id -u; stat -c %u /home/app; \
+         [ /data/original -ef /data/hardlink ] && echo linked; \
+         touch /new 2>/dev/null || echo read-only",
+    )
+    .await;
+    assert!(status.success(), "{status}: {out}");
+    assert_eq!(
+        out,
+        "layer two\nnew.txt\ngone-is-gone\nhello-from-image\n/data\n0\n0\nlinked\nread-only\n"
+    );
+    // A writable root: a sandbox keeps its writes, the next container does not see them.
+    let writable = SandboxConfig {
+        writable_root: true,
+        ..policy.clone()
+    };
+    let sandbox = t.start_sandbox(&writable).await;
+    assert_eq!(
+        common::sh_in(
+            &sandbox,
+            "echo kept > /etc/motd; rm /bin/true; cat /etc/motd"
+        )
+        .await,
+        "kept\n"
+    );
+    assert_eq!(common::sh_in(&sandbox, "cat /etc/motd").await, "kept\n");
+    sandbox.close().await;
+    let (status, out) = run_sh(&t, &policy, "cat /etc/motd; test -e /bin/true && echo t").await;
+    assert!(status.success(), "{status}");
+    assert_eq!(out, "layer two\nt\n");
+    // A rootless runc container maps one id: an image whose user is another is refused.
+    if kind == OciRuntime::Runc {
+        let app = SandboxConfig {
+            image: Some(image(common::images::BUSYBOX_APP_TAG)),
+            ..SandboxConfig::default()
+        };
+        let config = NamespaceContainer::build_config(&app, "id", vec![]);
+        match t.sandbox.spawn(&config).await {
+            Err(SandboxError::InvalidConfig { field, reason }) => {
+                assert_eq!(field, "uid");
+                assert!(reason.contains("rootless"), "{reason}");
+            }
+            Err(e) => panic!("expected InvalidConfig on uid, got {e:?}"),
+            Ok(_) => panic!("a rootless container ran as an unmapped user"),
+        }
+    }
+    t.assert_nothing_left(&[], None).await;
+    // The store is the caller's, and prune can remove all it unpacked.
+    let removed = t.sandbox.prune_images().await.unwrap();
+    assert_eq!(removed.len(), 2, "{removed:?}");
+    let layers = t.state.path().join("images/layers");
+    assert_eq!(std::fs::read_dir(&layers).unwrap().count(), 0);
+}
+
+fn images_rootless_test(name: &str, kind: OciRuntime) {
+    let root_prepared = nix::unistd::geteuid().is_root().then(busybox_for_everyone);
+    let env: Vec<(&str, &std::path::Path)> = root_prepared
+        .as_ref()
+        .map(|(_, layout)| vec![(IMAGE_ENV, layout.as_path())])
+        .unwrap_or_default();
+    as_ordinary_user_with(name, &env, || images_run_rootless(kind));
+}
+
+#[test]
+fn runc_images_run_rootless() {
+    images_rootless_test("runc_images_run_rootless", OciRuntime::Runc);
+}
+
+#[test]
+fn runsc_images_run_rootless() {
+    images_rootless_test("runsc_images_run_rootless", OciRuntime::Gvisor);
 }
 
 #[test]

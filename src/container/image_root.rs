@@ -10,7 +10,7 @@ use std::task::{Context, Poll};
 use crate::config::ContainerConfig;
 use crate::config::image::{Image, ImageProgress, PulledImage};
 use crate::container::NamespaceContainer;
-use crate::error::{ImageErrorKind, SandboxError};
+use crate::error::SandboxError;
 use crate::image::PreparedImage;
 
 /// A pull under way: a [`Stream`](futures::Stream) of [`ImageProgress`] events, then
@@ -61,7 +61,6 @@ impl NamespaceContainer {
     /// [`SandboxError::Image`]: not found, unauthorized, a digest mismatch, a broken or unsafe
     /// layer. Nothing of a failed pull stays in the store.
     pub async fn pull(&self, image: &Image) -> Result<PulledImage, SandboxError> {
-        self.check_images_supported(image)?;
         let prepared = self.inner.images.prepare(image, None).await?;
         Ok(prepared.info.clone())
     }
@@ -88,7 +87,6 @@ impl NamespaceContainer {
         let (tx, events) = tokio::sync::mpsc::unbounded_channel();
         let (this, image) = (self.clone(), image.clone());
         let task = tokio::spawn(async move {
-            this.check_images_supported(&image)?;
             let prepared = this.inner.images.prepare(&image, Some(tx)).await?;
             Ok(prepared.info.clone())
         });
@@ -104,20 +102,6 @@ impl NamespaceContainer {
         self.inner.images.prune().await
     }
 
-    /// Images need root (overlay and idmapped mounts of the host's kernel).
-    fn check_images_supported(&self, image: &Image) -> Result<(), SandboxError> {
-        if self.is_rootless() {
-            return Err(SandboxError::Image {
-                image: image.to_string(),
-                kind: ImageErrorKind::Unsupported,
-                reason: "images need root: the library mounts the image's layers as an overlay \
-                         (with idmapped layers); rootless, use the host's /usr (no image)"
-                    .into(),
-            });
-        }
-        Ok(())
-    }
-
     /// `config` with its image's config applied, and the prepared image; `None` without an
     /// image.
     pub(crate) async fn with_image(
@@ -127,7 +111,6 @@ impl NamespaceContainer {
         let Some(image) = &config.image else {
             return Ok(None);
         };
-        self.check_images_supported(image)?;
         let prepared = self.inner.images.prepare(image, None).await?;
         let mut applied = config.clone();
         crate::image::apply::apply(&prepared, &mut applied)?;

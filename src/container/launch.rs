@@ -245,6 +245,15 @@ impl NamespaceContainer {
                 };
                 target.userns_path = Some(ns.path());
             }
+            // Rootless, the runtime runs as the root of a user namespace its process makes for
+            // the image's mount (see `image::mount`): there the caller is id 0.
+            let caller = match target.identity {
+                HostIdentity::Rootless { uid, gid } if image.is_some() => {
+                    target.identity = HostIdentity::Rootless { uid: 0, gid: 0 };
+                    Some((uid, gid))
+                }
+                _ => None,
+            };
             let bundle_dir = dirs.bundle(&id);
             let rootfs = match &image {
                 Some(_) => Points::in_bundle(&bundle_dir).rootfs,
@@ -262,7 +271,7 @@ impl NamespaceContainer {
             let root_mount = match image {
                 None => None,
                 Some(image) => {
-                    let plan = image_root_blocking(&bundle, &image, &dirs.rootfs, &config)?;
+                    let plan = image_root_blocking(&bundle, &image, &dirs.rootfs, &config, caller)?;
                     bundle.image = Some(image);
                     Some(plan)
                 }
@@ -275,12 +284,14 @@ impl NamespaceContainer {
 
 /// The mount of a container's root over `image` (see `image::mount`): the image's layers and
 /// the library's top layer, idmapped into the bundle's user namespace when it has one, with a
-/// writable layer of the container's own unless the root is read-only. Blocking.
+/// writable layer of the container's own unless the root is read-only. `caller`: rootless, the
+/// caller's uid and gid. Blocking.
 fn image_root_blocking(
     bundle: &Bundle,
     image: &crate::image::PreparedImage,
     shared_rootfs: &std::path::Path,
     config: &ContainerConfig,
+    caller: Option<(u32, u32)>,
 ) -> Result<RootMount, SandboxError> {
     let launcher = shared_rootfs.join(launcher::PATH_IN_ROOTFS);
     let top = crate::container::image_root::top_layer_blocking(bundle.path(), &launcher, config)?;
@@ -307,6 +318,7 @@ fn image_root_blocking(
         &Points::in_bundle(bundle.path()),
         userns.and_then(|ns| ns.raw_fd()),
         writable,
+        caller,
     )
     .map_err(|e| SandboxError::io("planning the image's root", bundle.path(), e))
 }

@@ -173,6 +173,8 @@ pub(crate) struct ImageStore {
     holds: Holds,
     /// Pulls hold it shared, a prune exclusively: a prune sees every hold a pull will take.
     prune_gate: tokio::sync::RwLock<()>,
+    /// Root keeps the layers' owners; an ordinary user owns all it unpacks.
+    owners: unpack::Owners,
 }
 
 type Progress = Option<tokio::sync::mpsc::UnboundedSender<ImageProgress>>;
@@ -233,6 +235,11 @@ impl ImageStore {
             images: Mutex::new(HashMap::new()),
             holds: Holds::default(),
             prune_gate: tokio::sync::RwLock::new(()),
+            owners: if nix::unistd::geteuid().is_root() {
+                unpack::Owners::Preserved
+            } else {
+                unpack::Owners::Caller
+            },
         }
     }
 
@@ -444,6 +451,7 @@ impl ImageStore {
         send(progress, event(ProgressStage::Unpacking, size));
         let (from, lowers, final_dir2) = (layer.from.clone(), lowers.to_vec(), final_dir.clone());
         let work_path = work.path().to_owned();
+        let owners = self.owners;
         let bytes = tokio::task::spawn_blocking(move || -> Result<u64, ImageFailure> {
             let (path, digest) = blob;
             if let Some(d) = digest {
@@ -460,8 +468,8 @@ impl ImageStore {
             }
             let root = work_path.join("root");
             std::fs::create_dir(&root).map_err(|e| ImageFailure::store("creating", &root, e))?;
-            let done =
-                unpack::unpack_layer_blocking(&path, &root, &lowers).map_err(|e| match e {
+            let done = unpack::unpack_layer_blocking(&path, &root, &lowers, owners).map_err(
+                |e| match e {
                     unpack::UnpackError::Unsafe(r) => {
                         ImageFailure::new(ImageErrorKind::UnsafeLayer, r)
                     }
@@ -469,7 +477,8 @@ impl ImageStore {
                         ImageFailure::new(ImageErrorKind::InvalidFormat, r)
                     }
                     unpack::UnpackError::Io(e) => ImageFailure::store("unpacking into", &root, e),
-                })?;
+                },
+            )?;
             match std::fs::rename(&root, &final_dir2) {
                 Ok(()) => {}
                 // Another process put it there first: theirs is as good.

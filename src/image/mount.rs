@@ -11,6 +11,11 @@
 //!
 //! A writable root puts the overlay's upper layer on a tmpfs of its own (the size given),
 //! discarded with the namespace.
+//!
+//! Rootless, the runtime's process first unshares a user namespace too, in which the caller
+//! is root (`0 <uid> 1`, like `unshare -r`): there it may mount the overlay (with `userxattr`:
+//! the store marks opaque directories with `user.overlay.opaque`) and a tmpfs, and the runtime
+//! runs as that namespace's root, nesting the container's own namespace inside it.
 
 use std::ffi::CString;
 use std::os::fd::RawFd;
@@ -25,6 +30,15 @@ pub(crate) struct RootMount {
     overlay_data: CString,
     upper: Option<Upper>,
     userns: Option<RawFd>,
+    /// Rootless: the lines of the user namespace the child makes for itself.
+    own_userns: Option<OwnUserNs>,
+}
+
+/// A user namespace mapping the caller (an ordinary user) to its root, and nothing else.
+#[derive(Debug)]
+struct OwnUserNs {
+    uid_map: Vec<u8>,
+    gid_map: Vec<u8>,
 }
 
 #[derive(Debug)]
@@ -62,13 +76,15 @@ impl RootMount {
     /// The plan for `layers` (lowest first; the library's top layer last) onto `points`,
     /// creating the empty dirs it mounts on. `userns`: the container's user namespace for
     /// idmapped layers (kept open by the caller until the runtime has been spawned).
-    /// `writable`: the tmpfs size of a writable upper layer and the host id owning its root.
-    /// Blocking.
+    /// `writable`: the tmpfs size of a writable upper layer and the id owning its root.
+    /// `rootless`: the caller's uid and gid, when it is an ordinary user (then `userns` is
+    /// `None`). Blocking.
     pub(crate) fn prepare_blocking(
         layers: &[PathBuf],
         points: &Points,
         userns: Option<RawFd>,
         writable: Option<(u64, u32)>,
+        rootless: Option<(u32, u32)>,
     ) -> std::io::Result<Self> {
         std::fs::create_dir_all(&points.rootfs)?;
         let mut planned = Vec::with_capacity(layers.len());
@@ -113,6 +129,9 @@ impl RootMount {
                 })
             }
         };
+        if rootless.is_some() {
+            data.push_str(",userxattr");
+        }
         if data.len() >= 4000 {
             return Err(std::io::Error::other(format!(
                 "the overlay options for {} layers are too long ({} bytes)",
@@ -126,11 +145,15 @@ impl RootMount {
             overlay_data: CString::new(data)?,
             upper,
             userns,
+            own_userns: rootless.map(|(uid, gid)| OwnUserNs {
+                uid_map: format!("0 {uid} 1\n").into_bytes(),
+                gid_map: format!("0 {gid} 1\n").into_bytes(),
+            }),
         })
     }
 
-    /// Unshares the mount namespace and mounts the root. Only system calls: safe between
-    /// `fork` and `exec`.
+    /// Unshares the mount namespace (rootless, a user namespace too) and mounts the root.
+    /// Only system calls: safe between `fork` and `exec`.
     pub(crate) fn mount_in_child(&self) -> std::io::Result<()> {
         fn check(rc: libc::c_long) -> std::io::Result<()> {
             if rc < 0 {
@@ -145,7 +168,15 @@ impl RootMount {
         // SAFETY (all below): system calls on NUL-terminated strings owned by `self`, fds
         // this function opens and closes, and a mount_attr on the stack.
         unsafe {
-            check_int(libc::unshare(libc::CLONE_NEWNS))?;
+            match &self.own_userns {
+                None => check_int(libc::unshare(libc::CLONE_NEWNS))?,
+                Some(ns) => {
+                    check_int(libc::unshare(libc::CLONE_NEWUSER | libc::CLONE_NEWNS))?;
+                    write_proc(c"/proc/self/setgroups", b"deny")?;
+                    write_proc(c"/proc/self/uid_map", &ns.uid_map)?;
+                    write_proc(c"/proc/self/gid_map", &ns.gid_map)?;
+                }
+            }
             check_int(libc::mount(
                 std::ptr::null(),
                 c"/".as_ptr(),
@@ -225,4 +256,22 @@ impl RootMount {
         }
         Ok(())
     }
+}
+
+/// Writes `data` to the proc file `path` in one `write`. Only system calls.
+fn write_proc(path: &std::ffi::CStr, data: &[u8]) -> std::io::Result<()> {
+    // SAFETY: a NUL-terminated path, a buffer of the given length, an fd closed here.
+    unsafe {
+        let fd = libc::open(path.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let n = libc::write(fd, data.as_ptr().cast(), data.len());
+        let err = std::io::Error::last_os_error();
+        libc::close(fd);
+        if n != data.len() as isize {
+            return Err(err);
+        }
+    }
+    Ok(())
 }

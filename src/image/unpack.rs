@@ -112,9 +112,50 @@ fn whiteout(dir: &Path, name: &OsStr) -> Result<(), UnpackError> {
         .map_err(|e| UnpackError::Io(std::io::Error::from(e)))
 }
 
-/// Marks `dir` opaque: nothing of the lower layers shows through it.
-fn opaque(dir: &Path) -> Result<(), UnpackError> {
-    xattr_set(dir, "trusted.overlay.opaque", b"y").map_err(UnpackError::Io)
+/// Marks `dir` opaque: nothing of the lower layers shows through it. An ordinary user's
+/// overlay (mounted with `userxattr`) reads the `user.` attribute.
+fn opaque(dir: &Path, owners: Owners) -> Result<(), UnpackError> {
+    let name = match owners {
+        Owners::Preserved => "trusted.overlay.opaque",
+        Owners::Caller => "user.overlay.opaque",
+    };
+    xattr_set(dir, name, b"y").map_err(UnpackError::Io)
+}
+
+/// Who owns the unpacked files.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Owners {
+    /// As root: the owners the layer names.
+    Preserved,
+    /// As an ordinary user: the caller owns everything (it is the container's root, the only
+    /// id a rootless container maps), with owner read and write on every file and directory
+    /// (root in the container passes permission checks anyway; the store must be able to
+    /// unpack into and remove what it unpacked).
+    Caller,
+}
+
+/// Rootless: gives the caller read, write (and for directories search) on what `path` names.
+fn owner_can_write(path: &Path, owners: Owners) -> Result<(), UnpackError> {
+    use std::os::unix::fs::PermissionsExt;
+    if owners == Owners::Preserved {
+        return Ok(());
+    }
+    let Ok(meta) = std::fs::symlink_metadata(path) else {
+        return Ok(());
+    };
+    let needed = if meta.is_dir() {
+        0o700
+    } else if meta.is_file() {
+        0o600
+    } else {
+        return Ok(());
+    };
+    let mode = meta.permissions().mode() & 0o7777;
+    if mode & needed != needed {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode | needed))
+            .map_err(UnpackError::Io)?;
+    }
+    Ok(())
 }
 
 fn xattr_set(path: &Path, name: &str, value: &[u8]) -> std::io::Result<()> {
@@ -140,7 +181,12 @@ fn xattr_set(path: &Path, name: &str, value: &[u8]) -> std::io::Result<()> {
 
 /// A hard link's target that a lower layer holds: copied up into this layer first, so the
 /// link can be made (links never cross layers in the store).
-fn copy_up_link_target(dest: &Path, target: &Path, lowers: &[PathBuf]) -> Result<(), UnpackError> {
+fn copy_up_link_target(
+    dest: &Path,
+    target: &Path,
+    lowers: &[PathBuf],
+    owners: Owners,
+) -> Result<(), UnpackError> {
     let here = dest.join(target);
     if std::fs::symlink_metadata(&here).is_ok() {
         return Ok(());
@@ -159,9 +205,12 @@ fn copy_up_link_target(dest: &Path, target: &Path, lowers: &[PathBuf]) -> Result
     std::fs::copy(&source, &here).map_err(UnpackError::Io)?;
     let meta = std::fs::metadata(&source).map_err(UnpackError::Io)?;
     use std::os::unix::fs::MetadataExt;
-    std::os::unix::fs::lchown(&here, Some(meta.uid()), Some(meta.gid()))
-        .map_err(UnpackError::Io)?;
-    std::fs::set_permissions(&here, meta.permissions()).map_err(UnpackError::Io)
+    if owners == Owners::Preserved {
+        std::os::unix::fs::lchown(&here, Some(meta.uid()), Some(meta.gid()))
+            .map_err(UnpackError::Io)?;
+    }
+    std::fs::set_permissions(&here, meta.permissions()).map_err(UnpackError::Io)?;
+    owner_can_write(&here, owners)
 }
 
 /// Unpacks `blob` into `dest` (an empty directory). `lowers`: the image's layers below this
@@ -170,10 +219,11 @@ pub(crate) fn unpack_layer_blocking(
     blob: &Path,
     dest: &Path,
     lowers: &[PathBuf],
+    owners: Owners,
 ) -> Result<Unpacked, UnpackError> {
     let mut archive = tar::Archive::new(decompressed(blob).map_err(UnpackError::Io)?);
     archive.set_preserve_permissions(true);
-    archive.set_preserve_ownerships(true);
+    archive.set_preserve_ownerships(owners == Owners::Preserved);
     archive.set_preserve_mtime(true);
     archive.set_unpack_xattrs(false);
     archive.set_overwrite(true);
@@ -194,7 +244,7 @@ pub(crate) fn unpack_layer_blocking(
         let parent_rel = rel.parent().unwrap_or(Path::new(""));
         let name_str = name.to_string_lossy();
         if name_str == OPAQUE_MARKER {
-            opaque(&real_dir(dest, parent_rel)?)?;
+            opaque(&real_dir(dest, parent_rel)?, owners)?;
             continue;
         }
         if let Some(hidden) = name_str.strip_prefix(WHITEOUT_PREFIX) {
@@ -226,7 +276,7 @@ pub(crate) fn unpack_layer_blocking(
                     target.display()
                 )));
             }
-            copy_up_link_target(dest, &relative(&target)?, lowers)?;
+            copy_up_link_target(dest, &relative(&target)?, lowers, owners)?;
         }
         let here = dest.join(&rel);
         // A directory entry over an existing directory keeps its contents; anything else
@@ -239,7 +289,7 @@ pub(crate) fn unpack_layer_blocking(
             done.bytes += entry.header().size().unwrap_or(0);
         }
         match entry.unpack_in(dest) {
-            Ok(true) => {}
+            Ok(true) => owner_can_write(&here, owners)?,
             Ok(false) => {
                 return Err(UnpackError::Unsafe(format!(
                     "entry {} is outside the layer",

@@ -239,6 +239,15 @@ pub fn docker_archive(layout: &Path, tag: &str, out: &Path) {
         .arg(format!("docker-archive:{}:busybox:latest", out.display())));
 }
 
+/// Copies `tag` of the layout at `layout` with `skopeo copy --dest-compress-format=zstd` into a
+/// new layout at `out` (same tag): the same image with zstd-compressed layers. Blocks.
+pub fn zstd_layout(layout: &Path, tag: &str, out: &Path) {
+    run(Command::new("skopeo")
+        .args(["copy", "--dest-compress-format=zstd"])
+        .arg(oci_reference(layout, tag))
+        .arg(oci_reference(out, tag)));
+}
+
 /// `oci:LAYOUT:TAG`, the containers/skopeo reference of a tag of a layout.
 pub fn oci_reference(layout: &Path, tag: &str) -> String {
     format!("oci:{}:{tag}", no_colon(layout))
