@@ -6,7 +6,7 @@ CARGO ?= cargo
 # python3: the examples and tests run it inside the sandboxes (from the host's /usr).
 # gcc, libc6-dev: build.rs compiles the sandboxes' in-container launcher (static).
 # skopeo, umoci, docker-registry: the image tests build real images and serve them.
-APT_PACKAGES := runc crun runsc busybox-static uidmap python3 gcc libc6-dev skopeo umoci docker-registry
+APT_PACKAGES := runc crun runsc busybox-static uidmap python3 gcc libc6-dev skopeo umoci docker-registry curl wget
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: deps demo test lint doc bench bench-fast bench-check
@@ -14,7 +14,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 ## Installs the OCI runtimes the library drives (runc, crun, runsc) and the tests' image tools
 ## when any is missing.
 deps:
-	@missing=""; for b in runc crun runsc busybox newuidmap cc skopeo umoci docker-registry; do command -v $$b >/dev/null || missing=1; done; \
+	@missing=""; for b in runc crun runsc busybox newuidmap cc skopeo umoci docker-registry curl wget; do command -v $$b >/dev/null || missing=1; done; \
 	[ -e /usr/lib/x86_64-linux-gnu/libc.a ] || [ -e /usr/lib/aarch64-linux-gnu/libc.a ] || missing=1; \
 	[ -x /usr/bin/python3 ] || missing=1; \
 	if [ -n "$$missing" ]; then \

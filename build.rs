@@ -8,6 +8,8 @@ fn main() {
         "launcher/launcher.c",
         "launcher/files.c",
         "launcher/files.h",
+        "launcher/net.c",
+        "launcher/net.h",
     ] {
         println!("cargo::rerun-if-changed={source}");
     }
@@ -18,7 +20,7 @@ fn main() {
             .to_command()
             .args(["-Wall", "-Wextra", "-o"])
             .arg(&out)
-            .args(["launcher/launcher.c", "launcher/files.c"])
+            .args(["launcher/launcher.c", "launcher/files.c", "launcher/net.c"])
             .args(extra)
             .status()
             .map(|s| s.success())

@@ -97,6 +97,7 @@
 #include <unistd.h>
 
 #include "files.h"
+#include "net.h"
 
 #define MAX_CONNS 1024
 #define COMMAND_NOFILE 1024
@@ -129,8 +130,8 @@ static struct ending ending_of(int status, const struct rusage *ru) {
 
 static struct conn conns[MAX_CONNS];
 
-/* File helpers (files.c) at work: one process per file request, until reaped. */
-#define MAX_HELPERS 64
+/* Helpers at work (files.c, net.c): one process per file or network request, until reaped. */
+#define MAX_HELPERS 256
 static pid_t helpers[MAX_HELPERS];
 /* The launcher's copy of each helper's channel (-1 once the host's end has closed), and when
    that end closed (ms, monotonic; 0 while open). A helper whose host is gone is killed after a
@@ -500,6 +501,62 @@ static pid_t start_command(struct command *command) {
     return pid;
 }
 
+/* Forks a helper process: in the child, every fd of the launcher's own is closed and signals
+   are unblocked. Returns fork's result. */
+static pid_t fork_helper(void) {
+    pid_t pid = fork();
+    if (pid == 0) {
+        close(control_fd);
+        for (int k = 0; k < nconns; k++) {
+            close(conns[k].fd);
+            if (conns[k].controller >= 0) close(conns[k].controller);
+            if (conns[k].report >= 0) close(conns[k].report);
+        }
+        for (int k = 0; k < nhelpers; k++)
+            if (helper_fds[k] >= 0) close(helper_fds[k]);
+        sigset_t none;
+        sigemptyset(&none);
+        sigprocmask(SIG_SETMASK, &none, NULL);
+    }
+    return pid;
+}
+
+/* Counts a forked helper (or answers fork's failure on its channel). */
+static void track_helper(pid_t pid, int fd) {
+    if (pid < 0) {
+        char text[32];
+        snprintf(text, sizeof text, "E %d", errno);
+        reply(fd, text);
+        close(fd);
+    } else {
+        helpers[nhelpers] = pid;
+        helper_fds[nhelpers] = fd;
+        helper_orphaned[nhelpers] = 0;
+        nhelpers++;
+    }
+}
+
+/* A network request: "N<op>\0<port>\0<uid>\0<gid>\0" with the channel and, for op 'c', a
+   data socket. A helper process serves it (see net.c). */
+static int net_request(int fd, int *fds, int nfds, size_t len, int truncated) {
+    static char *items[6];
+    int n = split(request, len, items, 5);
+    char op = n == 4 && !truncated && strlen(items[0]) == 2 ? items[0][1] : 0;
+    if (!op || !strchr("lc", op) || nfds != (op == 'c' ? 1 : 0) || nhelpers == MAX_HELPERS) {
+        reply(fd, nhelpers == MAX_HELPERS ? "E 24" : "E 22");
+        close(fd);
+        close_fds(fds, nfds);
+        return 0;
+    }
+    pid_t pid = fork_helper();
+    if (pid == 0)
+        serve_net(fd, op == 'c' ? fds[0] : -1, op, (unsigned)strtoul(items[1], NULL, 10),
+                  (uid_t)strtoul(items[2], NULL, 10), (gid_t)strtoul(items[3], NULL, 10));
+    track_helper(pid, fd);
+    close_fds(fds, nfds);
+    return 0;
+}
+
 /* A file request: "F<op>\0<path>\0<path2>\0<uid>\0<gid>\0<mode>\0" (mode in octal) with the
    channel and, for the ops that move data, a data socket. A helper process serves it (see
    files.c); the launcher keeps none of its fds. */
@@ -520,34 +577,12 @@ static int file_request(int fd, int *fds, int nfds, size_t len, int truncated) {
         close_fds(fds, nfds);
         return 0;
     }
-    pid_t pid = fork();
-    if (pid == 0) {
-        close(control_fd);
-        for (int k = 0; k < nconns; k++) {
-            close(conns[k].fd);
-            if (conns[k].controller >= 0) close(conns[k].controller);
-            if (conns[k].report >= 0) close(conns[k].report);
-        }
-        for (int k = 0; k < nhelpers; k++)
-            if (helper_fds[k] >= 0) close(helper_fds[k]);
-        sigset_t none;
-        sigemptyset(&none);
-        sigprocmask(SIG_SETMASK, &none, NULL);
+    pid_t pid = fork_helper();
+    if (pid == 0)
         serve_file(fd, moves_data ? fds[0] : -1, op, items[1], items[2],
                    (uid_t)strtoul(items[3], NULL, 10), (gid_t)strtoul(items[4], NULL, 10),
                    (mode_t)strtoul(items[5], NULL, 8));
-    }
-    if (pid < 0) {
-        char text[32];
-        snprintf(text, sizeof text, "E %d", errno);
-        reply(fd, text);
-        close(fd);
-    } else {
-        helpers[nhelpers] = pid;
-        helper_fds[nhelpers] = fd;
-        helper_orphaned[nhelpers] = 0;
-        nhelpers++;
-    }
+    track_helper(pid, fd);
     close_fds(fds, nfds);
     return 0;
 }
@@ -588,6 +623,8 @@ static int start(void) {
     int fd = passed[0];
     int *fds = &passed[1];
     int nfds = ngot - 1;
+    if (len > 0 && request[0] == 'N')
+        return net_request(fd, fds, nfds, (size_t)len, (msg.msg_flags & (MSG_TRUNC | MSG_CTRUNC)) != 0);
     if (len > 0 && request[0] == 'F')
         return file_request(fd, fds, nfds, (size_t)len, (msg.msg_flags & (MSG_TRUNC | MSG_CTRUNC)) != 0);
     if (nconns == MAX_CONNS) {

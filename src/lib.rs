@@ -142,8 +142,9 @@ mod spec;
 // 4. the host: state dirs, bundles, cgroups, id ranges, capture files; the image store
 mod host;
 mod image;
-// 5. the runtime CLI, and the launcher's channel
+// 5. the runtime CLI, the launcher's channel, the egress proxy
 mod launcher;
+mod net;
 mod oci;
 // 6. one task per container and per exec
 mod supervisor;
@@ -158,6 +159,7 @@ mod sandbox;
 pub use config::image::{
     Image, ImageProgress, ProgressStage, PulledImage, RegistryAuth, RegistryImage,
 };
+pub use config::network::{EGRESS_PROXY_PORT, EgressDecision, EgressEvent, EgressPolicy};
 pub use config::{
     Bind, ContainerConfig, ExecConfig, IntoArgs, Limits, Mount, MountKind, Network, OutputMode,
     SandboxConfig, Security, SpecHook, Stdio,
@@ -178,7 +180,7 @@ pub use oci_spec::runtime::Spec;
 pub use pool::SandboxPool;
 pub use runtimes::{GvisorPlatform, OciRuntime, PlatformChoice};
 pub use sandbox::{
-    DirEntry, FileEvent, FileEvents, MAX_CONCURRENT_EXECS, READ_FILE_LIMIT, Sandbox,
+    DirEntry, EgressEvents, FileEvent, FileEvents, MAX_CONCURRENT_EXECS, READ_FILE_LIMIT, Sandbox,
 };
 pub use spec::identity::{DEFAULT_USERNS_BASE, USERNS_SIZE};
 pub use status::{ExitStatus, Output, SandboxExpiry, SandboxUsage, Usage};

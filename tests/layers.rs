@@ -12,7 +12,7 @@ const LAYERS: &[&[&str]] = &[
     &["config"],
     &["spec"],
     &["host", "image"],
-    &["launcher", "oci"],
+    &["launcher", "net", "oci"],
     &["supervisor"],
     &["handle"],
     &["backend", "container", "pool", "sandbox"],

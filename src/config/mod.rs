@@ -4,6 +4,7 @@
 mod args;
 mod exec;
 pub(crate) mod image;
+pub(crate) mod network;
 mod policy;
 
 pub use args::IntoArgs;
@@ -36,14 +37,33 @@ pub enum OutputMode {
 }
 
 /// Where the container's network comes from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
 #[non_exhaustive]
 pub enum Network {
     /// A network namespace of its own with only a loopback device: nothing is reachable.
     #[default]
     None,
-    /// The host's network namespace: the container sees and reaches what the host does.
+    /// The host's network namespace: the container sees and reaches what the host does,
+    /// the host's own loopback services included.
     Host,
+    /// A network namespace of its own (loopback only), and the library's egress proxy for
+    /// what the policy allows: see [`EgressPolicy`](network::EgressPolicy).
+    Egress(network::EgressPolicy),
+}
+
+impl Network {
+    /// Whether the container has a network namespace of its own (every mode but `Host`).
+    pub(crate) fn is_isolated(&self) -> bool {
+        !matches!(self, Network::Host)
+    }
+
+    /// The egress policy, if the container has one.
+    pub(crate) fn egress(&self) -> Option<&network::EgressPolicy> {
+        match self {
+            Network::Egress(p) => Some(p),
+            _ => None,
+        }
+    }
 }
 
 /// Where one of the container's standard streams goes (used by [`spawn`]).
@@ -425,6 +445,9 @@ impl ContainerConfig {
     pub(crate) fn validate(&self) -> Result<(), SandboxError> {
         if let Some(id) = &self.id {
             validate_id(id)?;
+        }
+        if let Network::Egress(policy) = &self.network {
+            policy.validate()?;
         }
         self.validate_command_line()?;
         if let Some(h) = &self.hostname

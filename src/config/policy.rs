@@ -103,7 +103,7 @@ pub(crate) fn from_policy(
         cwd,
         mounts,
         cgroup_view: s.cgroup_view,
-        network: s.network,
+        network: s.network.clone(),
         hostname: Some(s.hostname.clone()),
         uid: s.uid,
         gid: s.gid,

@@ -103,6 +103,9 @@ impl NamespaceContainer {
             Some((applied, image)) => (applied, Some(image.clone())),
             None => (config, None),
         };
+        // With an egress policy, commands find the proxy through the usual variables.
+        let proxied = crate::sandbox::with_proxy_env(config);
+        let config = proxied.as_ref().unwrap_or(config);
         let (control, launcher_end) =
             ControlSocket::pair().map_err(|source| SandboxError::Process {
                 context: "opening the sandbox's control socket",
@@ -145,14 +148,18 @@ impl NamespaceContainer {
         let userns_base = start.userns_base;
         let container = await_ready(start, &control, &id, start_deadline, begun).await?;
         tracing::debug!(elapsed_ms = crate::sys::ms_since(begun), "started");
-        Ok(Sandbox::new(
+        let sandbox = Sandbox::new(
             self.clone(),
             container,
             config.clone(),
             control,
             one_shot,
             userns_base,
-        ))
+        );
+        if let crate::Network::Egress(policy) = &config.network {
+            sandbox.start_egress(policy.clone()).await?;
+        }
+        Ok(sandbox)
     }
 
     /// Starts `<runtime> run` of `config` (its command is the launcher; `checked`, the config
@@ -179,7 +186,7 @@ impl NamespaceContainer {
         let (log, pid_path) = (bundle.log_path(), bundle.pid_path());
         let flags = ContainerFlags {
             log: Some(&log),
-            network: config.network,
+            host_network: !config.network.is_isolated(),
         };
         let mut cmd = inner.cli.command(
             flags,

@@ -13,6 +13,7 @@ use nix::sys::socket::{
 use tokio::io::unix::AsyncFd;
 
 use super::file_protocol::{COMMIT, FileReply, FileRequest};
+use super::net_protocol::{NetOp, NetRequest};
 use super::protocol::{MAX_REPLY, Mode, Order, READY, Reply, StartRequest};
 
 /// How the command's stdio is made, with the fds that go along with the request.
@@ -189,6 +190,23 @@ impl ControlSocket {
         Ok((conn, Some(tokio::net::UnixStream::from_std(ours)?)))
     }
 
+    /// Sends a network request with its own channel and, for [`NetOp::Connect`], the
+    /// container's end of a new stream socket; returns the channel and the host's end.
+    pub async fn net_request(
+        &self,
+        request: NetRequest,
+    ) -> io::Result<(Connection, Option<tokio::net::UnixStream>)> {
+        let msg = request.encode()?;
+        if request.op == NetOp::Forward {
+            return Ok((self.send_request(&msg, &[]).await?, None));
+        }
+        let (ours, theirs) = std::os::unix::net::UnixStream::pair()?;
+        ours.set_nonblocking(true)?;
+        let conn = self.send_request(&msg, &[theirs.as_raw_fd()]).await?;
+        drop(theirs);
+        Ok((conn, Some(tokio::net::UnixStream::from_std(ours)?)))
+    }
+
     /// Sends `msg` with a new channel's launcher end and `extra` fds, and returns the channel.
     async fn send_request(
         &self,
@@ -266,6 +284,28 @@ impl Connection {
                 io::ErrorKind::ConnectionAborted,
                 "the sandbox's launcher closed the connection",
             )),
+        }
+    }
+
+    /// Receives one record, undecoded; `None` when the other end closed the channel.
+    pub async fn receive_record(&self) -> io::Result<Option<Vec<u8>>> {
+        receive(&self.fd).await
+    }
+
+    /// Sends `record` with one fd by `SCM_RIGHTS` (the fd is ours to close after).
+    pub async fn send_with_fd(&self, record: &[u8], fd: RawFd) -> io::Result<()> {
+        loop {
+            let mut guard = self.fd.writable().await?;
+            let iov = [io::IoSlice::new(record)];
+            let fds = [fd];
+            let rights = [ControlMessage::ScmRights(&fds)];
+            match guard.try_io(|s| {
+                sendmsg::<()>(s.as_raw_fd(), &iov, &rights, MsgFlags::MSG_NOSIGNAL, None)
+                    .map_err(io::Error::from)
+            }) {
+                Ok(r) => return r.map(drop),
+                Err(_would_block) => continue,
+            }
         }
     }
 

@@ -46,6 +46,7 @@
 
 mod channel;
 mod file_protocol;
+pub(crate) mod net_protocol;
 mod protocol;
 
 pub(crate) use channel::{Connection, ControlSocket, Started, Stdio};

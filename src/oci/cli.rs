@@ -18,7 +18,6 @@ use tokio::process::Command;
 
 use super::crun_ns::MountNamespace;
 
-use crate::config::Network;
 use crate::error::{RuntimeOp, SandboxError};
 use crate::runtimes::GvisorPlatform;
 
@@ -124,8 +123,9 @@ impl Sub<'_> {
 pub(crate) struct ContainerFlags<'a> {
     /// Where the runtime writes its own log (JSON lines), apart from the container's output.
     pub log: Option<&'a Path>,
-    /// The container's network, which runsc takes as a global flag.
-    pub network: Network,
+    /// Whether the container uses the host's network (runsc takes it as a global flag; every
+    /// other mode is a network namespace of its own).
+    pub host_network: bool,
 }
 
 /// A located runtime binary, the state root the library owns for it, and its fixed flags.
@@ -197,9 +197,10 @@ impl RuntimeCli {
         }
         if self.kind == OciRuntime::Gvisor {
             argv.push(
-                match flags.network {
-                    Network::Host => flag::NETWORK_HOST,
-                    Network::None => flag::NETWORK_NONE,
+                if flags.host_network {
+                    flag::NETWORK_HOST
+                } else {
+                    flag::NETWORK_NONE
                 }
                 .into(),
             );

@@ -22,7 +22,7 @@ fn runc_run_has_root_log_and_bundle() {
     let argv = cli(OciRuntime::Runc).argv(
         ContainerFlags {
             log: Some(log),
-            network: Network::None,
+            host_network: false,
         },
         Sub::Run {
             id: "c1",
@@ -54,7 +54,7 @@ fn crun_log_uses_its_own_syntax() {
     let argv = cli(OciRuntime::Crun).argv(
         ContainerFlags {
             log: Some(Path::new("/b/l")),
-            network: Network::None,
+            host_network: false,
         },
         Sub::Delete {
             id: "c1",
@@ -77,11 +77,15 @@ fn crun_log_uses_its_own_syntax() {
 
 #[test]
 fn runsc_gets_network_and_platform_on_every_subcommand() {
-    for network in [Network::None, Network::Host] {
-        let flags = ContainerFlags { log: None, network };
-        let want = match network {
-            Network::None => "--network=none",
-            Network::Host => "--network=host",
+    for host_network in [false, true] {
+        let flags = ContainerFlags {
+            log: None,
+            host_network,
+        };
+        let want = if host_network {
+            "--network=host"
+        } else {
+            "--network=none"
         };
         for sub in [
             Sub::Kill {

@@ -5,7 +5,10 @@ use crate::config::ExecConfig;
 mod files;
 mod jobs;
 mod lifetime;
+mod network;
 pub use files::{DirEntry, FileEvent, FileEvents, READ_FILE_LIMIT};
+pub use network::EgressEvents;
+pub(crate) use network::with_proxy_env;
 
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::PathBuf;
@@ -81,6 +84,14 @@ struct Inner {
     /// wait; watches, which hold theirs until dropped, have a few of their own.
     file_slots: Arc<Semaphore>,
     watch_slots: Arc<Semaphore>,
+    /// The egress proxy's state, with [`Network::Egress`](crate::Network::Egress).
+    egress: std::sync::OnceLock<Arc<crate::net::Egress>>,
+    /// Exposed ports' listeners stop when it is cancelled: at close, or when the last clone
+    /// goes (the guard cancels it).
+    exposed: tokio_util::sync::CancellationToken,
+    _exposed_guard: tokio_util::sync::DropGuard,
+    /// Connections to exposed ports at once (launcher helpers each).
+    expose_slots: Arc<Semaphore>,
 }
 
 impl Sandbox {
@@ -98,6 +109,7 @@ impl Sandbox {
         one_shot: bool,
         userns_base: Option<u32>,
     ) -> Self {
+        let exposed = tokio_util::sync::CancellationToken::new();
         let sandbox = Sandbox {
             inner: Arc::new(Inner {
                 owner,
@@ -114,6 +126,10 @@ impl Sandbox {
                 userns_base,
                 file_slots: Arc::new(Semaphore::new(files::FILE_HELPERS)),
                 watch_slots: Arc::new(Semaphore::new(files::WATCHES)),
+                egress: Default::default(),
+                exposed: exposed.clone(),
+                _exposed_guard: exposed.drop_guard(),
+                expose_slots: Arc::new(Semaphore::new(network::EXPOSED_CONNECTIONS)),
             }),
         };
         lifetime::watch(&sandbox);
@@ -165,6 +181,7 @@ impl Sandbox {
     pub async fn close(&self) {
         self.inner.closed.store(true, Ordering::Release);
         self.inner.activity.close();
+        self.inner.exposed.cancel();
         self.inner.container.start_kill();
         self.inner.container.finished().await;
         // Every job died with the container; their outputs stay with the handles left.
@@ -531,7 +548,7 @@ impl Sandbox {
             exec_id,
             id,
             container.cli.clone(),
-            container.network,
+            container.host_network,
             control_tx,
             outcome_rx,
             requests_tx,

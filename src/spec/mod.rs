@@ -14,7 +14,7 @@ use oci_spec::runtime::{
     get_default_readonly_paths,
 };
 
-use crate::config::{ContainerConfig, MountKind, Network};
+use crate::config::{ContainerConfig, MountKind};
 use crate::error::SandboxError;
 use crate::runtimes::OciRuntime;
 use crate::spec::identity::HostIdentity;
@@ -67,7 +67,8 @@ pub(crate) fn build(
             .cgroups_path(format!("{CGROUP_PARENT}/{id}"));
     }
     if config.security.seccomp {
-        linux = linux.seccomp(crate::spec::seccomp::default_profile()?);
+        let gvisor = target.runtime == crate::OciRuntime::Gvisor;
+        linux = linux.seccomp(crate::spec::seccomp::default_profile(gvisor)?);
     }
     let linux = linux
         .namespaces(namespaces)
@@ -190,7 +191,7 @@ fn mounts(
     if !config.cgroup_view {
         mounts.retain(|m| m.destination() != Path::new("/sys/fs/cgroup"));
     }
-    if config.network == Network::Host {
+    if !config.network.is_isolated() {
         // A fresh sysfs needs a network namespace of the container's own; share the host's.
         for m in &mut mounts {
             if m.destination() == Path::new("/sys") {
@@ -276,7 +277,7 @@ fn namespaces(
         LinuxNamespaceType::Uts,
         LinuxNamespaceType::Mount,
     ];
-    if config.network == Network::None {
+    if config.network.is_isolated() {
         namespaces.push(LinuxNamespaceType::Network);
     }
     if user {
@@ -413,7 +414,7 @@ mod tests {
     #[test]
     fn host_network_shares_the_host_namespace() {
         let spec = spec_for(&SandboxConfig {
-            network: Network::Host,
+            network: crate::Network::Host,
             ..Default::default()
         });
         let linux = spec.linux().as_ref().unwrap();

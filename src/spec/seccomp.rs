@@ -156,18 +156,23 @@ fn errno_rule(names: &[&str], errno: i32) -> Result<LinuxSyscall, SandboxError> 
         .build()?)
 }
 
-/// The default profile.
-pub(crate) fn default_profile() -> Result<LinuxSeccomp, SandboxError> {
-    let mut syscalls = vec![
-        errno_rule(DENIED, libc::EPERM)?,
+/// The default profile. `gvisor`: the profile runsc applies inside its Sentry
+/// (`--oci-seccomp`), which answers every errno rule with `EPERM` whatever `errnoRet` says
+/// (runsc 20221219): the `ENOSYS` rules would then break libc's fallbacks (a `clone3` that
+/// fails with `EPERM` fails every thread start: Python's `threading` among them), so they
+/// are left out there. What they guard is the Sentry's own there: its namespaces and
+/// message queues, not the host's; `openat2` it does not implement.
+pub(crate) fn default_profile(gvisor: bool) -> Result<LinuxSeccomp, SandboxError> {
+    let mut syscalls = vec![errno_rule(DENIED, libc::EPERM)?];
+    if !gvisor {
         // Its flags sit behind a pointer that a filter cannot read.
-        errno_rule(&["clone3"], libc::ENOSYS)?,
-        errno_rule(UNSUPPORTED, libc::ENOSYS)?,
-        // Preallocation could hold host disk past a file's size (and the output limit):
-        // `EOPNOTSUPP` makes libc's posix_fallocate write the bytes instead.
-        errno_rule(&["fallocate"], libc::EOPNOTSUPP)?,
-    ];
-    syscalls.push(errno_rule(&["openat2"], libc::ENOSYS)?);
+        syscalls.push(errno_rule(&["clone3"], libc::ENOSYS)?);
+        syscalls.push(errno_rule(UNSUPPORTED, libc::ENOSYS)?);
+        syscalls.push(errno_rule(&["openat2"], libc::ENOSYS)?);
+    }
+    // Preallocation could hold host disk past a file's size (and the output limit):
+    // `EOPNOTSUPP` makes libc's posix_fallocate write the bytes instead.
+    syscalls.push(errno_rule(&["fallocate"], libc::EOPNOTSUPP)?);
     for &(call, index) in MODE_ARGUMENT {
         for &bit in SET_ID_BITS {
             let mut rule = errno_rule(&[call], libc::EPERM)?;
@@ -251,7 +256,7 @@ mod tests {
         ] {
             assert!(DENIED.contains(&name), "{name}");
         }
-        let profile = default_profile().unwrap();
+        let profile = default_profile(false).unwrap();
         let rules = profile.syscalls().as_ref().unwrap();
         let clone_rules = rules
             .iter()

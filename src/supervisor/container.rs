@@ -1,7 +1,6 @@
 //! The supervisor of one container: its start (the runtime CLI, detached or in the
 //! foreground), the watch on its init, its kill, and its removal however its handle goes away.
 
-use crate::config::Network;
 use crate::error::SandboxError;
 use crate::host::bundle::Bundle;
 use crate::host::state::StateDirs;
@@ -31,7 +30,7 @@ pub(crate) struct Teardown {
     pub cli: RuntimeCli,
     pub dirs: StateDirs,
     pub id: String,
-    pub network: Network,
+    pub host_network: bool,
     pub bundle: Option<Bundle>,
 }
 
@@ -47,7 +46,7 @@ impl Teardown {
             cli: cli.clone(),
             dirs: dirs.clone(),
             id,
-            network: config.network,
+            host_network: !config.network.is_isolated(),
             bundle: Some(bundle),
         }
     }
@@ -55,7 +54,7 @@ impl Teardown {
     fn flags<'a>(&self, log: Option<&'a std::path::Path>) -> ContainerFlags<'a> {
         ContainerFlags {
             log,
-            network: self.network,
+            host_network: self.host_network,
         }
     }
 
@@ -391,7 +390,7 @@ impl Supervised {
         let (init_gone_tx, init_gone_rx) = watch::channel(false);
         let id = teardown.id.clone();
         let cli = teardown.cli.clone();
-        let network = teardown.network;
+        let host_network = teardown.host_network;
         // In the span of its caller: the container's.
         let task = tracker.spawn(tracing::Instrument::in_current_span(supervise_container(
             runtime,
@@ -411,7 +410,7 @@ impl Supervised {
             control: control_tx,
             outcome: outcome_rx,
             cli,
-            network,
+            host_network,
             exec_requests: None,
             init_gone: Some(init_gone_rx),
             task: tokio::sync::Mutex::new(Some(task)),

@@ -133,7 +133,7 @@ impl Fake {
         let (log, pid_path) = (bundle.log_path(), bundle.pid_path());
         let flags = ContainerFlags {
             log: Some(&log),
-            network: self.config.network,
+            host_network: !self.config.network.is_isolated(),
         };
         let sub = Sub::Run {
             id: &self.id,

@@ -2,7 +2,6 @@
 //! sandbox ([`exec`]), each owning its process's lifecycle (timeout, kill, output limit,
 //! cleanup) and publishing its outcome to the handles through [`Supervised`].
 
-use crate::config::Network;
 use crate::error::SandboxError;
 use crate::host::capture::CaptureWatch;
 use crate::oci::cli::ContainerFlags;
@@ -69,7 +68,7 @@ pub(crate) struct Supervised {
     control: mpsc::UnboundedSender<Control>,
     outcome: watch::Receiver<Outcome>,
     pub cli: RuntimeCli,
-    pub network: Network,
+    pub host_network: bool,
     /// For a command exec'd in a sandbox: signals and resizes go to its supervisor (the
     /// launcher delivers them), not to the runtime.
     exec_requests: Option<mpsc::UnboundedSender<ExecRequest>>,
@@ -137,7 +136,7 @@ impl Supervised {
         id: String,
         sandbox_id: String,
         cli: RuntimeCli,
-        network: Network,
+        host_network: bool,
         control: mpsc::UnboundedSender<Control>,
         outcome: watch::Receiver<Outcome>,
         requests: mpsc::UnboundedSender<ExecRequest>,
@@ -148,7 +147,7 @@ impl Supervised {
             control,
             outcome,
             cli,
-            network,
+            host_network,
             exec_requests: Some(requests),
             init_gone: None,
             task: tokio::sync::Mutex::new(None),
@@ -193,7 +192,7 @@ impl Supervised {
         let name = name.strip_prefix("SIG").unwrap_or(name);
         let flags = ContainerFlags {
             log: None,
-            network: self.network,
+            host_network: self.host_network,
         };
         // Right after spawn the runtime may still be creating the container: retry briefly.
         let give_up = Instant::now() + Duration::from_secs(2);

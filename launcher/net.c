@@ -1,0 +1,210 @@
+/*
+ * The network helpers of the launcher. A sandbox with an egress policy has no network but its
+ * loopback; these helpers carry TCP between that loopback and the host, where the library's
+ * proxy decides (src/net/). Nothing here decides anything: a helper only moves bytes, and
+ * every byte that leaves goes to the host's proxy over a socket the host made.
+ *
+ * 'l' (listen: the egress forwarder, one per sandbox). Listens on 127.0.0.1:<port>, replies
+ *     "S 0" on its channel (or "E <errno>" and exits). Per accepted connection it sends "A" on
+ *     the channel and waits for the host's "C" record carrying one fd (SCM_RIGHTS): a stream
+ *     socket whose other end is the proxy. A relay child then copies both ways between the
+ *     two. The host answers every "A" in order with one "C"; connections wait in a queue
+ *     (at most MAX_PENDING: beyond that they are closed at once). The helper exits when the
+ *     channel closes.
+ * 'c' (connect: one connection to an exposed port). Connects to 127.0.0.1:<port>, replies
+ *     "S 0" and relays between it and the data socket the host passed, then exits; or replies
+ *     "E <errno>" when the connect fails.
+ *
+ * The helpers run as the sandbox's user, with no capability, like the file helpers: what the
+ * sandbox's own processes may do to them (kill them, take the port first) costs the sandbox
+ * its own network, nothing more.
+ */
+#define _GNU_SOURCE
+#include <arpa/inet.h>
+#include <errno.h>
+#include <grp.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "net.h"
+
+#define MAX_PENDING 256
+#define RELAY_BUF (256 * 1024)
+
+static void say(int channel, const char *text) {
+    while (send(channel, text, strlen(text), MSG_NOSIGNAL) < 0 && errno == EINTR) {
+    }
+}
+
+__attribute__((noreturn)) static void fail(int channel, int err) {
+    char text[32];
+    snprintf(text, sizeof text, "E %d", err);
+    say(channel, text);
+    _exit(1);
+}
+
+static int write_all(int fd, const char *buf, ssize_t len) {
+    while (len > 0) {
+        ssize_t n = write(fd, buf, (size_t)len);
+        if (n < 0 && errno == EINTR) continue;
+        if (n <= 0) return -1;
+        buf += n;
+        len -= n;
+    }
+    return 0;
+}
+
+/* Copies both ways between `a` and `b` until both directions have ended; an end of one
+   direction is passed on as a shutdown of writing. */
+static void relay(int a, int b) {
+    static char buf[RELAY_BUF];
+    int fds[2] = {a, b};
+    int open_dir[2] = {1, 1}; /* [0]: a -> b, [1]: b -> a */
+    while (open_dir[0] || open_dir[1]) {
+        struct pollfd p[2];
+        int np = 0, dir_of[2];
+        for (int d = 0; d < 2; d++) {
+            if (!open_dir[d]) continue;
+            p[np] = (struct pollfd){.fd = fds[d], .events = POLLIN};
+            dir_of[np++] = d;
+        }
+        if (poll(p, np, -1) < 0) {
+            if (errno == EINTR) continue;
+            return;
+        }
+        for (int k = 0; k < np; k++) {
+            if (!p[k].revents) continue;
+            int d = dir_of[k];
+            ssize_t n = read(fds[d], buf, sizeof buf);
+            if (n < 0 && (errno == EINTR || errno == EAGAIN)) continue;
+            if (n <= 0 || write_all(fds[1 - d], buf, n) < 0) {
+                open_dir[d] = 0;
+                shutdown(fds[1 - d], SHUT_WR);
+                if (n < 0) return; /* a reset: nothing more will come either way */
+            }
+        }
+    }
+}
+
+static int loopback_socket(unsigned port, struct sockaddr_in *addr) {
+    *addr = (struct sockaddr_in){.sin_family = AF_INET, .sin_port = htons((unsigned short)port)};
+    addr->sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    return socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+}
+
+/* Receives one record from the channel; its fd (if any) in *fd. Returns the record's length,
+   0 when the channel ended, -1 on error. */
+static ssize_t receive(int channel, char *buf, size_t size, int *fd) {
+    char control[CMSG_SPACE(sizeof(int))];
+    struct iovec iov = {.iov_base = buf, .iov_len = size};
+    struct msghdr msg = {.msg_iov = &iov,
+                         .msg_iovlen = 1,
+                         .msg_control = control,
+                         .msg_controllen = sizeof control};
+    *fd = -1;
+    ssize_t n;
+    do {
+        n = recvmsg(channel, &msg, MSG_CMSG_CLOEXEC);
+    } while (n < 0 && errno == EINTR);
+    for (struct cmsghdr *c = CMSG_FIRSTHDR(&msg); n >= 0 && c; c = CMSG_NXTHDR(&msg, c)) {
+        if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_RIGHTS &&
+            c->cmsg_len == CMSG_LEN(sizeof(int)) && *fd < 0)
+            memcpy(fd, CMSG_DATA(c), sizeof(int));
+    }
+    return n;
+}
+
+static void relay_in_child(int a, int b, int channel, int listener) {
+    pid_t pid = fork();
+    if (pid == 0) {
+        if (channel >= 0) close(channel);
+        if (listener >= 0) close(listener);
+        relay(a, b);
+        _exit(0);
+    }
+    close(a);
+    close(b);
+}
+
+static void forward(int channel, unsigned port) {
+    struct sockaddr_in addr;
+    int listener = loopback_socket(port, &addr);
+    int one = 1;
+    if (listener < 0) fail(channel, errno);
+    setsockopt(listener, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    if (bind(listener, (struct sockaddr *)&addr, sizeof addr) < 0 || listen(listener, 128) < 0)
+        fail(channel, errno);
+    /* Relay children are reaped as they end. */
+    signal(SIGCHLD, SIG_IGN);
+    say(channel, "S 0");
+    static int pending[MAX_PENDING];
+    int head = 0, count = 0;
+    for (;;) {
+        struct pollfd p[2] = {{.fd = channel, .events = POLLIN},
+                              {.fd = listener, .events = POLLIN}};
+        if (poll(p, 2, -1) < 0) {
+            if (errno == EINTR) continue;
+            _exit(1);
+        }
+        if (p[0].revents) {
+            char buf[16];
+            int fd;
+            ssize_t n = receive(channel, buf, sizeof buf, &fd);
+            if (n == 0 || (n < 0 && errno != EAGAIN)) _exit(0);
+            if (n > 0 && buf[0] == 'C' && fd >= 0 && count > 0) {
+                int conn = pending[head];
+                head = (head + 1) % MAX_PENDING;
+                count--;
+                relay_in_child(conn, fd, channel, listener);
+            } else if (fd >= 0) {
+                close(fd);
+            }
+        }
+        if (p[1].revents) {
+            int conn = accept4(listener, NULL, NULL, SOCK_CLOEXEC);
+            if (conn < 0) continue;
+            if (count == MAX_PENDING) {
+                close(conn);
+                continue;
+            }
+            setsockopt(conn, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+            pending[(head + count) % MAX_PENDING] = conn;
+            count++;
+            say(channel, "A");
+        }
+    }
+}
+
+static void connect_port(int channel, int data, unsigned port) {
+    struct sockaddr_in addr;
+    int conn = loopback_socket(port, &addr);
+    if (conn < 0 || data < 0) fail(channel, conn < 0 ? errno : EINVAL);
+    int rc;
+    do {
+        rc = connect(conn, (struct sockaddr *)&addr, sizeof addr);
+    } while (rc < 0 && errno == EINTR);
+    if (rc < 0) fail(channel, errno);
+    int one = 1;
+    setsockopt(conn, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    say(channel, "S 0");
+    relay(conn, data);
+    _exit(0);
+}
+
+void serve_net(int channel, int data, char op, unsigned port, uid_t uid, gid_t gid) {
+    if (setgroups(0, NULL) < 0 && errno != EPERM) fail(channel, errno);
+    if (setresgid(gid, gid, gid) < 0 || setresuid(uid, uid, uid) < 0) fail(channel, errno);
+    if (port == 0 || port > 65535) fail(channel, EINVAL);
+    switch (op) {
+    case 'l': forward(channel, port); break;
+    case 'c': connect_port(channel, data, port); break;
+    }
+    fail(channel, EINVAL);
+}

@@ -1,0 +1,120 @@
+//! A sandbox's egress: the host side of [`Network::Egress`](crate::Network::Egress).
+//!
+//! The sandbox has its own network namespace with loopback only. The launcher's forwarder
+//! (`launcher/net.c`) listens on its `127.0.0.1:3128`; for each connection it asks the host,
+//! over its channel, for a socket, and relays the connection over it. The host end of that
+//! socket is served by [`proxy::serve`]: an HTTP proxy (`CONNECT` tunnels and plain-HTTP
+//! forwarding) that checks the sandbox's current policy before it resolves or connects
+//! anything, and reports each decision as an [`EgressEvent`].
+//!
+//! No path, no listening socket and no resolver is visible to the sandbox: the only way out
+//! is a socket the host made for one connection, handed over the launcher's channel (the same
+//! on every runtime, gVisor included, which refuses host Unix sockets by default).
+
+pub(crate) mod proxy;
+
+use std::sync::{Arc, RwLock};
+
+use tokio::sync::broadcast;
+use tokio_util::task::TaskTracker;
+
+use crate::config::network::{EgressEvent, EgressPolicy};
+use crate::launcher::Connection;
+use crate::launcher::net_protocol::{ACCEPTED, CONNECTION};
+
+/// How many events a slow subscriber may fall behind before it misses some.
+const EVENT_BACKLOG: usize = 1024;
+
+/// One sandbox's egress state: its policy (changed live) and its events.
+#[derive(Debug)]
+pub(crate) struct Egress {
+    pub sandbox: String,
+    policy: RwLock<Arc<EgressPolicy>>,
+    events: broadcast::Sender<EgressEvent>,
+}
+
+impl Egress {
+    /// The state for `sandbox` under a policy already validated.
+    pub(crate) fn new(sandbox: String, policy: EgressPolicy) -> Arc<Self> {
+        Arc::new(Egress {
+            sandbox,
+            policy: RwLock::new(Arc::new(policy)),
+            events: broadcast::channel(EVENT_BACKLOG).0,
+        })
+    }
+
+    /// The policy new connections are checked against.
+    pub(crate) fn policy(&self) -> Arc<EgressPolicy> {
+        self.policy.read().expect("egress policy").clone()
+    }
+
+    /// Replaces the policy (already validated) for every later connection.
+    pub(crate) fn set(&self, policy: EgressPolicy) {
+        *self.policy.write().expect("egress policy") = Arc::new(policy);
+    }
+
+    /// Events from now on.
+    pub(crate) fn subscribe(&self) -> broadcast::Receiver<EgressEvent> {
+        self.events.subscribe()
+    }
+
+    /// Sends `event` to the subscribers and as a tracing event.
+    pub(crate) fn report(&self, event: EgressEvent) {
+        match &event.decision {
+            crate::config::network::EgressDecision::Allowed { rule } => tracing::debug!(
+                sandbox = %event.sandbox, host = %event.host, port = event.port,
+                method = %event.method, %rule, sent = event.bytes_sent,
+                received = event.bytes_received, "egress allowed"
+            ),
+            crate::config::network::EgressDecision::Denied { reason } => tracing::info!(
+                sandbox = %event.sandbox, host = %event.host, port = event.port,
+                method = %event.method, %reason, "egress denied"
+            ),
+            crate::config::network::EgressDecision::Failed { rule, error } => tracing::info!(
+                sandbox = %event.sandbox, host = %event.host, port = event.port,
+                method = %event.method, %rule, %error, "egress failed"
+            ),
+        }
+        let _ = self.events.send(event);
+    }
+}
+
+/// Serves a forwarder's channel until it closes: a socket pair per connection the forwarder
+/// accepted, one end to the forwarder, the other to a proxy task on `tracker`.
+pub(crate) async fn serve_forwarder(
+    channel: Connection,
+    egress: Arc<Egress>,
+    tracker: TaskTracker,
+) {
+    loop {
+        match channel.receive_record().await {
+            Ok(Some(record)) if record == ACCEPTED => {}
+            Ok(Some(other)) => {
+                tracing::warn!(record = %other.escape_ascii(), "unexpected record from the egress forwarder");
+                return;
+            }
+            Ok(None) | Err(_) => return,
+        }
+        let pair = std::os::unix::net::UnixStream::pair().and_then(|(ours, theirs)| {
+            ours.set_nonblocking(true)?;
+            Ok((tokio::net::UnixStream::from_std(ours)?, theirs))
+        });
+        let (ours, theirs) = match pair {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::warn!(error = %e, "no socket for an egress connection");
+                return;
+            }
+        };
+        use std::os::fd::AsRawFd;
+        if channel
+            .send_with_fd(CONNECTION, theirs.as_raw_fd())
+            .await
+            .is_err()
+        {
+            return;
+        }
+        drop(theirs);
+        tracker.spawn(proxy::serve(ours, egress.clone()));
+    }
+}

@@ -1,0 +1,258 @@
+//! A sandbox's network beyond its loopback: the egress proxy of
+//! [`Network::Egress`](crate::Network::Egress) ([`Sandbox::set_egress`],
+//! [`Sandbox::egress_events`]) and exposed ports ([`Sandbox::expose`]).
+
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use futures::Stream;
+use tokio::sync::broadcast;
+
+use super::Sandbox;
+use crate::config::ContainerConfig;
+use crate::config::network::{EGRESS_PROXY_PORT, EgressEvent, EgressPolicy};
+use crate::error::SandboxError;
+use crate::launcher::Started;
+use crate::launcher::net_protocol::{NetOp, NetRequest};
+
+/// Connections to a sandbox's exposed ports at once (one launcher helper each); more wait.
+pub(super) const EXPOSED_CONNECTIONS: usize = 128;
+
+/// How long the launcher has to start a network helper.
+const HELPER_DEADLINE: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// `config` with the proxy variables, when it has an egress policy (the caller's own values
+/// of them win); `None` otherwise.
+pub(crate) fn with_proxy_env(config: &ContainerConfig) -> Option<ContainerConfig> {
+    config.network.egress()?;
+    let url = format!("http://127.0.0.1:{EGRESS_PROXY_PORT}");
+    let mut proxied = config.clone();
+    let mut vars = Vec::new();
+    for name in ["HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY"] {
+        vars.push((name.to_owned(), url.clone()));
+        vars.push((name.to_ascii_lowercase(), url.clone()));
+    }
+    for name in ["NO_PROXY", "no_proxy"] {
+        vars.push((name.to_owned(), "localhost,127.0.0.1,::1".to_owned()));
+    }
+    for (k, v) in vars {
+        if !proxied.env.iter().any(|(key, _)| *key == k) {
+            proxied.env.push((k, v));
+        }
+    }
+    Some(proxied)
+}
+
+/// The [`EgressEvent`]s of a sandbox from the moment it was asked for
+/// ([`Sandbox::egress_events`]). Ends when the sandbox is gone. A subscriber more than 1024
+/// events behind skips the oldest (a tracing warning says how many).
+pub struct EgressEvents {
+    inner: Pin<Box<dyn Stream<Item = EgressEvent> + Send>>,
+}
+
+impl std::fmt::Debug for EgressEvents {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EgressEvents").finish_non_exhaustive()
+    }
+}
+
+impl Stream for EgressEvents {
+    type Item = EgressEvent;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<EgressEvent>> {
+        self.inner.as_mut().poll_next(cx)
+    }
+}
+
+impl Sandbox {
+    /// Starts the launcher's forwarder and the proxy that serves it.
+    pub(crate) async fn start_egress(&self, policy: EgressPolicy) -> Result<(), SandboxError> {
+        let egress = crate::net::Egress::new(self.id().to_owned(), policy);
+        let request = NetRequest {
+            op: NetOp::Forward,
+            port: EGRESS_PROXY_PORT,
+            uid: self.inner.config.uid,
+            gid: self.inner.config.gid,
+        };
+        let (channel, _) = self
+            .net_helper(request, "starting the egress forwarder")
+            .await?;
+        let _ = self.inner.egress.set(egress.clone());
+        let tracker = self.inner.owner.tracker().clone();
+        self.inner
+            .owner
+            .tracker()
+            .spawn(crate::net::serve_forwarder(channel, egress, tracker));
+        Ok(())
+    }
+
+    /// Sends a network request and waits for its helper's start.
+    async fn net_helper(
+        &self,
+        request: NetRequest,
+        context: &'static str,
+    ) -> Result<(crate::launcher::Connection, Option<tokio::net::UnixStream>), SandboxError> {
+        self.check_alive()?;
+        let process = |source| SandboxError::Process { context, source };
+        let started = async {
+            let (channel, data) = self.inner.control.net_request(request).await?;
+            let started = channel.started().await?;
+            Ok::<_, std::io::Error>((channel, data, started))
+        };
+        match tokio::time::timeout(HELPER_DEADLINE, started).await {
+            Err(_) => Err(SandboxError::Timeout {
+                what: context.to_owned(),
+                after: HELPER_DEADLINE,
+            }),
+            Ok(Err(e)) => Err(self.ended_error().unwrap_or_else(|| process(e))),
+            Ok(Ok((channel, data, Started::Running))) => Ok((channel, data)),
+            Ok(Ok((_, _, Started::Failed(errno)))) => {
+                Err(process(std::io::Error::from_raw_os_error(errno.abs())))
+            }
+        }
+    }
+
+    /// Replaces the sandbox's egress policy: connections opened from now on are checked
+    /// against `policy`; open ones go on.
+    ///
+    /// # Errors
+    ///
+    /// [`SandboxError::InvalidConfig`] (field `network`) for a bad policy, or when the
+    /// sandbox was not started with [`Network::Egress`](crate::Network::Egress) (its network
+    /// namespace has no way out to change).
+    pub fn set_egress(&self, policy: EgressPolicy) -> Result<(), SandboxError> {
+        policy.validate()?;
+        match self.inner.egress.get() {
+            Some(egress) => {
+                egress.set(policy);
+                Ok(())
+            }
+            None => Err(SandboxError::invalid(
+                "network",
+                "the sandbox has no egress proxy: start it with Network::Egress",
+            )),
+        }
+    }
+
+    /// The egress proxy's decisions from now on, one [`EgressEvent`] per connection; an empty
+    /// stream without [`Network::Egress`](crate::Network::Egress).
+    pub fn egress_events(&self) -> EgressEvents {
+        let Some(egress) = self.inner.egress.get() else {
+            return EgressEvents {
+                inner: Box::pin(futures::stream::empty()),
+            };
+        };
+        let rx = egress.subscribe();
+        EgressEvents {
+            inner: Box::pin(futures::stream::unfold(rx, |mut rx| async move {
+                loop {
+                    match rx.recv().await {
+                        Ok(event) => return Some((event, rx)),
+                        Err(broadcast::error::RecvError::Lagged(n)) => {
+                            tracing::warn!(missed = n, "an egress event subscriber fell behind");
+                        }
+                        Err(broadcast::error::RecvError::Closed) => return None,
+                    }
+                }
+            })),
+        }
+    }
+
+    /// Exposes the sandbox's `127.0.0.1:port` (a server a command started in it) on the
+    /// host: returns a new listener address on the host's loopback, whose connections are
+    /// relayed to the port inside. The listener closes with the sandbox. Works with every
+    /// network mode, the host's included.
+    ///
+    /// ```no_run
+    /// # async fn demo(sandbox: oci_sandbox::Sandbox) -> Result<(), oci_sandbox::SandboxError> {
+    /// use oci_sandbox::ExecConfig;
+    /// let server = ExecConfig::new("python3", vec!["-m".into(), "http.server".into(), "8000".into()]);
+    /// let _job = sandbox.spawn_job(&server, oci_sandbox::OutputMode::Combined).await?;
+    /// let addr = sandbox.expose(8000).await?;
+    /// println!("browse http://{addr}/");
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`SandboxError::InvalidConfig`] for port 0; [`SandboxError::SandboxEnded`] or
+    /// [`SandboxError::SandboxClosed`] when the sandbox is gone; an I/O error if no host
+    /// port can be bound. A connection to the port that nothing inside listens on is closed
+    /// at once.
+    pub async fn expose(&self, port: u16) -> Result<SocketAddr, SandboxError> {
+        if port == 0 {
+            return Err(SandboxError::invalid("port", "port 0 cannot be exposed"));
+        }
+        self.check_alive()?;
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0))
+            .await
+            .map_err(|source| SandboxError::Process {
+                context: "binding an exposed port's host listener",
+                source,
+            })?;
+        let addr = listener
+            .local_addr()
+            .map_err(|source| SandboxError::Process {
+                context: "binding an exposed port's host listener",
+                source,
+            })?;
+        let weak = Arc::downgrade(&self.inner);
+        let stop = self.inner.exposed.clone();
+        let tracker = self.inner.owner.tracker().clone();
+        let inner_tracker = tracker.clone();
+        tracker.spawn(async move {
+            loop {
+                let accepted = tokio::select! {
+                    () = stop.cancelled() => return,
+                    a = listener.accept() => a,
+                };
+                let Ok((client, _)) = accepted else { continue };
+                let Some(inner) = weak.upgrade() else { return };
+                let sandbox = Sandbox { inner };
+                inner_tracker.spawn(async move {
+                    let slot = Arc::clone(&sandbox.inner.expose_slots)
+                        .acquire_owned()
+                        .await
+                        .expect("the semaphore is never closed");
+                    let request = NetRequest {
+                        op: NetOp::Connect,
+                        port,
+                        uid: sandbox.inner.config.uid,
+                        gid: sandbox.inner.config.gid,
+                    };
+                    let stop = sandbox.inner.exposed.clone();
+                    let helper = sandbox.net_helper(request, "connecting to an exposed port");
+                    // The relay holds no clone of the sandbox: the last user's drop still
+                    // ends it (and with it this connection).
+                    let (channel, data) = match helper.await {
+                        Ok((channel, Some(data))) => (channel, data),
+                        Ok(_) | Err(_) => return,
+                    };
+                    drop(sandbox);
+                    relay(client, data, channel, stop).await;
+                    drop(slot);
+                });
+            }
+        });
+        Ok(addr)
+    }
+}
+
+/// Relays an exposed port's host connection and the helper's data socket until both ends
+/// are done or the sandbox stops exposing.
+async fn relay(
+    mut client: tokio::net::TcpStream,
+    mut data: tokio::net::UnixStream,
+    channel: crate::launcher::Connection,
+    stop: tokio_util::sync::CancellationToken,
+) {
+    let _ = client.set_nodelay(true);
+    tokio::select! {
+        () = stop.cancelled() => {}
+        _ = tokio::io::copy_bidirectional_with_sizes(&mut client, &mut data, 256 << 10, 256 << 10) => {}
+    }
+    // The helper's end: it has exited or is killed when the channel closes.
+    drop(channel);
+}
