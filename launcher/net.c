@@ -5,12 +5,14 @@
  * every byte that leaves goes to the host's proxy over a socket the host made.
  *
  * 'l' (listen: the egress forwarder, one per sandbox). Listens on 127.0.0.1:<port>, replies
- *     "S 0" on its channel (or "E <errno>" and exits). Per accepted connection it sends "A" on
- *     the channel and waits for the host's "C" record carrying one fd (SCM_RIGHTS): a stream
- *     socket whose other end is the proxy. A relay child then copies both ways between the
- *     two. The host answers every "A" in order with one "C"; connections wait in a queue
- *     (at most MAX_PENDING: beyond that they are closed at once). The helper exits when the
- *     channel closes.
+ *     "S 0" on its channel (or "E <errno>" and exits). The host sends "C" records, each
+ *     carrying one fd (SCM_RIGHTS): a stream socket whose other end is the proxy; it sends a
+ *     few ahead (kept as spares, at most MAX_SPARES), so that a new connection does not wait
+ *     for a round trip to the host. Per accepted connection the helper takes a spare (or
+ *     queues the connection until a "C" comes: at most MAX_PENDING wait, beyond that they are
+ *     closed at once), sends "A" on the channel (the host answers each "A" with one "C"), and
+ *     a relay thread copies both ways between the two. The helper exits when the channel
+ *     closes.
  * 'c' (connect: one connection to an exposed port). Connects to 127.0.0.1:<port>, replies
  *     "S 0" and relays between it and the data socket the host passed, then exits; or replies
  *     "E <errno>" when the connect fails.
@@ -26,6 +28,8 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <poll.h>
+#include <pthread.h>
+#include <stdlib.h>
 #include <signal.h>
 #include <stdio.h>
 #include <string.h>
@@ -36,6 +40,7 @@
 #include "net.h"
 
 #define MAX_PENDING 256
+#define MAX_SPARES 8
 #define RELAY_BUF (256 * 1024)
 
 static void say(int channel, const char *text) {
@@ -63,8 +68,7 @@ static int write_all(int fd, const char *buf, ssize_t len) {
 
 /* Copies both ways between `a` and `b` until both directions have ended; an end of one
    direction is passed on as a shutdown of writing. */
-static void relay(int a, int b) {
-    static char buf[RELAY_BUF];
+static void relay(int a, int b, char *buf) {
     int fds[2] = {a, b};
     int open_dir[2] = {1, 1}; /* [0]: a -> b, [1]: b -> a */
     while (open_dir[0] || open_dir[1]) {
@@ -82,7 +86,7 @@ static void relay(int a, int b) {
         for (int k = 0; k < np; k++) {
             if (!p[k].revents) continue;
             int d = dir_of[k];
-            ssize_t n = read(fds[d], buf, sizeof buf);
+            ssize_t n = read(fds[d], buf, RELAY_BUF);
             if (n < 0 && (errno == EINTR || errno == EAGAIN)) continue;
             if (n <= 0 || write_all(fds[1 - d], buf, n) < 0) {
                 open_dir[d] = 0;
@@ -121,16 +125,36 @@ static ssize_t receive(int channel, char *buf, size_t size, int *fd) {
     return n;
 }
 
-static void relay_in_child(int a, int b, int channel, int listener) {
-    pid_t pid = fork();
-    if (pid == 0) {
-        if (channel >= 0) close(channel);
-        if (listener >= 0) close(listener);
-        relay(a, b);
-        _exit(0);
+struct pair {
+    int a, b;
+};
+
+static void *relay_thread(void *arg) {
+    struct pair p = *(struct pair *)arg;
+    free(arg);
+    char *buf = malloc(RELAY_BUF);
+    if (buf) relay(p.a, p.b, buf);
+    free(buf);
+    close(p.a);
+    close(p.b);
+    return NULL;
+}
+
+/* Relays a connection in a thread of its own (a thread, not a process: on gVisor a fork per
+   connection cost 2 ms). */
+static void relay_apart(int a, int b) {
+    struct pair *p = malloc(sizeof *p);
+    pthread_t t;
+    pthread_attr_t attr;
+    pthread_attr_init(&attr);
+    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+    pthread_attr_setstacksize(&attr, 64 * 1024);
+    if (!p || (p->a = a, p->b = b, pthread_create(&t, &attr, relay_thread, p)) != 0) {
+        free(p);
+        close(a);
+        close(b);
     }
-    close(a);
-    close(b);
+    pthread_attr_destroy(&attr);
 }
 
 static void forward(int channel, unsigned port) {
@@ -141,11 +165,10 @@ static void forward(int channel, unsigned port) {
     setsockopt(listener, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
     if (bind(listener, (struct sockaddr *)&addr, sizeof addr) < 0 || listen(listener, 128) < 0)
         fail(channel, errno);
-    /* Relay children are reaped as they end. */
-    signal(SIGCHLD, SIG_IGN);
     say(channel, "S 0");
     static int pending[MAX_PENDING];
     int head = 0, count = 0;
+    int spares[MAX_SPARES], nspares = 0;
     for (;;) {
         struct pollfd p[2] = {{.fd = channel, .events = POLLIN},
                               {.fd = listener, .events = POLLIN}};
@@ -162,7 +185,9 @@ static void forward(int channel, unsigned port) {
                 int conn = pending[head];
                 head = (head + 1) % MAX_PENDING;
                 count--;
-                relay_in_child(conn, fd, channel, listener);
+                relay_apart(conn, fd);
+            } else if (n > 0 && buf[0] == 'C' && fd >= 0 && nspares < MAX_SPARES) {
+                spares[nspares++] = fd;
             } else if (fd >= 0) {
                 close(fd);
             }
@@ -175,9 +200,13 @@ static void forward(int channel, unsigned port) {
                 continue;
             }
             setsockopt(conn, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-            pending[(head + count) % MAX_PENDING] = conn;
-            count++;
             say(channel, "A");
+            if (nspares > 0) {
+                relay_apart(conn, spares[--nspares]);
+            } else {
+                pending[(head + count) % MAX_PENDING] = conn;
+                count++;
+            }
         }
     }
 }
@@ -194,7 +223,8 @@ static void connect_port(int channel, int data, unsigned port) {
     int one = 1;
     setsockopt(conn, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
     say(channel, "S 0");
-    relay(conn, data);
+    static char buf[RELAY_BUF];
+    relay(conn, data, buf);
     _exit(0);
 }
 

@@ -3,9 +3,9 @@
 //!
 //! Request, on the control socket: `"N" op '\0' port '\0' uid '\0' gid '\0'`, with the
 //! request's channel and, for [`NetOp::Connect`], the data socket. The helper answers
-//! `S 0` (listening, or connected) or `E <errno>` on the channel. A forwarder then sends
-//! [`ACCEPTED`] per connection and takes a [`CONNECTION`] record with one stream socket back
-//! for each, in order.
+//! `S 0` (listening, or connected) or `E <errno>` on the channel. A forwarder then takes
+//! [`CONNECTION`] records with one stream socket each (a few sent ahead, as spares), and
+//! sends [`ACCEPTED`] per connection, which the host answers with one more.
 
 use std::io;
 

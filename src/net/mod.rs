@@ -25,6 +25,12 @@ use crate::launcher::net_protocol::{ACCEPTED, CONNECTION};
 /// How many events a slow subscriber may fall behind before it misses some.
 const EVENT_BACKLOG: usize = 1024;
 
+/// Connections of one sandbox through the proxy at once. Past it the forwarder's next
+/// connection waits for a socket (in its queue of 256; past that it closes new ones): a
+/// sandbox cannot spend the host's fds (two per connection) without bound, gVisor's
+/// included, whose relay processes no host pids limit counts.
+pub(crate) const MAX_CONNECTIONS: usize = 256;
+
 /// One sandbox's egress state: its policy (changed live) and its events.
 #[derive(Debug)]
 pub(crate) struct Egress {
@@ -79,22 +85,37 @@ impl Egress {
     }
 }
 
+/// Sockets sent to the forwarder ahead of its connections (its spares).
+const SPARES: usize = 2;
+
 /// Serves a forwarder's channel until it closes: a socket pair per connection the forwarder
-/// accepted, one end to the forwarder, the other to a proxy task on `tracker`.
+/// accepted (and [`SPARES`] ahead), one end to the forwarder, the other to a proxy task on
+/// `tracker`.
 pub(crate) async fn serve_forwarder(
     channel: Connection,
     egress: Arc<Egress>,
     tracker: TaskTracker,
 ) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let mut ahead = SPARES;
     loop {
-        match channel.receive_record().await {
-            Ok(Some(record)) if record == ACCEPTED => {}
-            Ok(Some(other)) => {
-                tracing::warn!(record = %other.escape_ascii(), "unexpected record from the egress forwarder");
-                return;
+        if ahead > 0 {
+            ahead -= 1;
+        } else {
+            match channel.receive_record().await {
+                Ok(Some(record)) if record == ACCEPTED => {}
+                Ok(Some(other)) => {
+                    tracing::warn!(record = %other.escape_ascii(), "unexpected record from the egress forwarder");
+                    return;
+                }
+                Ok(None) | Err(_) => return,
             }
-            Ok(None) | Err(_) => return,
         }
+        // When the sandbox is gone its connections end, and with them the wait.
+        let slot = Arc::clone(&slots)
+            .acquire_owned()
+            .await
+            .expect("the semaphore is never closed");
         let pair = std::os::unix::net::UnixStream::pair().and_then(|(ours, theirs)| {
             ours.set_nonblocking(true)?;
             Ok((tokio::net::UnixStream::from_std(ours)?, theirs))
@@ -115,6 +136,10 @@ pub(crate) async fn serve_forwarder(
             return;
         }
         drop(theirs);
-        tracker.spawn(proxy::serve(ours, egress.clone()));
+        let egress = egress.clone();
+        tracker.spawn(async move {
+            proxy::serve(ours, egress).await;
+            drop(slot);
+        });
     }
 }
