@@ -8,9 +8,7 @@
 //! sequential connect + `GET` + read-to-end of a 20-byte body.
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use oci_sandbox::{
-    EgressPolicy, ExecConfig, NamespaceContainer, Network, OciRuntime, Sandbox, SandboxConfig,
-};
+use oci_sandbox::{EgressPolicy, ExecConfig, NamespaceContainer, Network, Sandbox, SandboxConfig};
 use raw_cli::{quick, runtimes};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
