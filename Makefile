@@ -6,15 +6,15 @@ CARGO ?= cargo
 # python3: the examples and tests run it inside the sandboxes (from the host's /usr).
 # gcc, libc6-dev: build.rs compiles the sandboxes' in-container launcher (static).
 # skopeo, umoci, docker-registry: the image tests build real images and serve them.
-APT_PACKAGES := runc crun runsc busybox-static uidmap python3 gcc libc6-dev skopeo umoci docker-registry curl wget
+APT_PACKAGES := runc crun runsc busybox-static uidmap python3 gcc libc6-dev skopeo umoci docker-registry curl wget chromium chromium-driver npm
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: deps demo test lint doc bench bench-fast bench-check
+.PHONY: deps demo demo-web web-assets test lint doc bench bench-fast bench-check
 
 ## Installs the OCI runtimes the library drives (runc, crun, runsc) and the tests' image tools
 ## when any is missing.
 deps:
-	@missing=""; for b in runc crun runsc busybox newuidmap cc skopeo umoci docker-registry curl wget; do command -v $$b >/dev/null || missing=1; done; \
+	@missing=""; for b in runc crun runsc busybox newuidmap cc skopeo umoci docker-registry curl wget chromium chromedriver npm; do command -v $$b >/dev/null || missing=1; done; \
 	[ -e /usr/lib/x86_64-linux-gnu/libc.a ] || [ -e /usr/lib/aarch64-linux-gnu/libc.a ] || missing=1; \
 	[ -x /usr/bin/python3 ] || missing=1; \
 	if [ -n "$$missing" ]; then \
@@ -27,9 +27,30 @@ deps:
 demo: deps
 	$(CARGO) run --example quickstart
 
+## The web console's terminal widget: xterm.js and its fit addon, fetched from the npm registry
+## (pinned versions) into target/web-assets, never copied into the repository.
+XTERM_VERSION := 5.5.0
+XTERM_FIT_VERSION := 0.10.0
+WEB_ASSETS := target/web-assets
+web-assets: $(WEB_ASSETS)/xterm.js
+$(WEB_ASSETS)/xterm.js:
+	rm -rf $(WEB_ASSETS).tmp && mkdir -p $(WEB_ASSETS).tmp
+	cd $(WEB_ASSETS).tmp && npm pack --silent @xterm/xterm@$(XTERM_VERSION) @xterm/addon-fit@$(XTERM_FIT_VERSION) >/dev/null
+	tar -xzf $(WEB_ASSETS).tmp/xterm-xterm-$(XTERM_VERSION).tgz -C $(WEB_ASSETS).tmp package/lib/xterm.js package/css/xterm.css
+	tar -xzf $(WEB_ASSETS).tmp/xterm-addon-fit-$(XTERM_FIT_VERSION).tgz -C $(WEB_ASSETS).tmp --transform 's,^package,fit,' package/lib/addon-fit.js
+	mkdir -p $(WEB_ASSETS)
+	cp $(WEB_ASSETS).tmp/package/css/xterm.css $(WEB_ASSETS).tmp/fit/lib/addon-fit.js $(WEB_ASSETS)/
+	cp $(WEB_ASSETS).tmp/package/lib/xterm.js $(WEB_ASSETS)/xterm.js
+	rm -rf $(WEB_ASSETS).tmp
+
+## The web console (examples/web_console): a terminal, live logs and limits of one sandbox, on
+## 127.0.0.1 (PORT=8080 by default); prints its URL.
+demo-web: deps web-assets
+	$(CARGO) run --example web_console
+
 ## The whole test suite, against the real runtimes; it fails too if the suite left temp dirs
 ## or mounts of ours in /tmp.
-test: deps
+test: deps web-assets
 	mkdir -p target
 	scripts/leftovers.sh snapshot target/leftovers-before.txt
 	$(CARGO) build --examples

@@ -1,0 +1,449 @@
+//! A web console for one sandbox: a terminal (xterm.js over a websocket to
+//! `Sandbox::exec_interactive`), the sandbox's commands with live logs, and its runtime and
+//! limits.
+//!
+//! ```text
+//! make demo-web                              # fetches xterm.js from npm, prints the URL
+//! cargo run --example web_console [runc|crun|runsc]   # $PORT (0: any), $WEB_ASSETS
+//! ```
+//!
+//! Routes: `GET /` (the page), `GET /assets/{file}` (xterm.js, its CSS and fit addon, from
+//! `$WEB_ASSETS`, default `target/web-assets`), `GET /api/info`, `GET /api/commands`,
+//! `POST /api/commands` (`{"command": "..."}`, run with `sh -c`, output captured), `WS /ws/term`
+//! (binary frames: terminal bytes both ways; text frames from the page: `{"resize":[cols,rows]}`),
+//! `WS /ws/logs/{n}` (a command's output from its first byte, following; then a text frame with
+//! its status as JSON).
+//!
+//! Bounds: 64 websockets at once (more are closed with 1013 "try again later"); frames of at
+//! most 64 KiB (a larger one closes the socket with 1009); a text frame that is not a resize
+//! closes it with 1003; a browser that does not read (a send waits over 5 s) is closed with
+//! 1008, or dropped when even that cannot be sent; one that falls 256 chunks behind the
+//! terminal's broadcast (whose buffer is shared and bounded) skips what it missed, with a note
+//! on its screen; 32 commands at once. The terminal's shell lives on between connections (a reconnect replays its last
+//! 64 KiB of output) and ends 30 s after the last client left.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
+use axum::extract::{Path, State};
+use axum::http::{StatusCode, header};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use bytes::Bytes;
+use futures::{SinkExt, StreamExt};
+use oci_sandbox::{
+    ExecConfig, NamespaceContainer, OciRuntime, OutputMode, ProcessCapture, PtyWriter, Sandbox,
+    SandboxConfig,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::{Semaphore, broadcast};
+
+const PAGE: &str = include_str!("index.html");
+const MAX_SOCKETS: usize = 64;
+const MAX_FRAME: usize = 64 * 1024;
+const SCREEN_BYTES: usize = 64 * 1024;
+const CLIENT_BACKLOG: usize = 256;
+const MAX_COMMANDS: usize = 32;
+const TERMINAL_GRACE: Duration = Duration::from_secs(30);
+/// A send to a browser that takes longer means it does not read: it is dropped.
+const SEND_DEADLINE: Duration = Duration::from_secs(5);
+
+#[derive(Clone)]
+struct App {
+    runtime: OciRuntime,
+    sandbox: Sandbox,
+    policy: Arc<SandboxConfig>,
+    assets: Arc<std::path::PathBuf>,
+    sockets: Arc<Semaphore>,
+    terminal: Arc<tokio::sync::Mutex<Option<Arc<Terminal>>>>,
+    commands: Arc<Mutex<Vec<Arc<Command>>>>,
+}
+
+/// The shared shell: its input side, its output broadcast and the recent screen.
+struct Terminal {
+    writer: tokio::sync::Mutex<PtyWriter>,
+    output: broadcast::Sender<Bytes>,
+    screen: Mutex<VecDeque<u8>>,
+    clients: std::sync::atomic::AtomicUsize,
+    ended: tokio_util::sync::CancellationToken,
+}
+
+struct Command {
+    n: usize,
+    command: String,
+    started: Instant,
+    capture: ProcessCapture,
+    ended: Mutex<Option<(oci_sandbox::ExitStatus, Duration)>>,
+}
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .init();
+    let runtime = match std::env::args().nth(1).as_deref() {
+        Some("crun") => OciRuntime::Crun,
+        Some("runsc") | Some("gvisor") => OciRuntime::Gvisor,
+        _ => OciRuntime::Runc,
+    };
+    let runtime_handle = NamespaceContainer::builder()
+        .runtime(runtime)
+        .build()
+        .await?;
+    let policy = SandboxConfig::default();
+    let sandbox = runtime_handle
+        .start(&NamespaceContainer::build_config(&policy, "true", [""; 0]))
+        .await?;
+    let assets = std::env::var_os("WEB_ASSETS")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| std::path::PathBuf::from("target/web-assets"));
+    if !assets.join("xterm.js").exists() {
+        return Err(format!(
+            "{} has no xterm.js: run `make web-assets` (it fetches xterm.js from npm)",
+            assets.display()
+        )
+        .into());
+    }
+    let app = App {
+        runtime,
+        sandbox: sandbox.clone(),
+        policy: Arc::new(policy),
+        assets: Arc::new(assets),
+        sockets: Arc::new(Semaphore::new(MAX_SOCKETS)),
+        terminal: Default::default(),
+        commands: Default::default(),
+    };
+    let router = Router::new()
+        .route("/", get(|| async { Html(PAGE) }))
+        .route("/assets/{file}", get(asset))
+        .route("/api/info", get(info))
+        .route("/api/commands", get(list).post(run))
+        .route("/ws/term", get(term_socket))
+        .route("/ws/logs/{n}", get(log_socket))
+        .with_state(app);
+    let port: u16 = std::env::var("PORT")
+        .ok()
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(8080);
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
+    println!("web console on http://{}/", listener.local_addr()?);
+    axum::serve(listener, router)
+        .with_graceful_shutdown(async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
+        .await?;
+    sandbox.close().await;
+    runtime_handle.close().await;
+    Ok(())
+}
+
+async fn asset(State(app): State<App>, Path(file): Path<String>) -> Response {
+    let kind = match file.as_str() {
+        "xterm.js" | "addon-fit.js" => "text/javascript",
+        "xterm.css" => "text/css",
+        _ => return StatusCode::NOT_FOUND.into_response(),
+    };
+    match tokio::fs::read(app.assets.join(&file)).await {
+        Ok(body) => ([(header::CONTENT_TYPE, kind)], body).into_response(),
+        Err(_) => StatusCode::NOT_FOUND.into_response(),
+    }
+}
+
+async fn info(State(app): State<App>) -> Json<serde_json::Value> {
+    let p = &app.policy;
+    Json(serde_json::json!({
+        "runtime": app.runtime.to_string(),
+        "sandbox": app.sandbox.id(),
+        "limits": {
+            "memory_bytes": p.memory_limit,
+            "pids": p.pids_limit,
+            "cpu_millicores": p.cpu_millicores,
+            "tmp_bytes": p.tmp_size,
+        },
+        "network": format!("{:?}", p.network),
+    }))
+}
+
+fn command_json(c: &Command) -> serde_json::Value {
+    let ended = c.ended.lock().unwrap().clone();
+    let (state, code, duration, usage) = match &ended {
+        None => ("running", None, c.started.elapsed(), None),
+        Some((status, took)) => (
+            "finished",
+            Some(status.to_string()),
+            *took,
+            status.usage().map(|u| {
+                serde_json::json!({
+                    "user_cpu_ms": u.user_cpu.as_millis() as u64,
+                    "system_cpu_ms": u.system_cpu.as_millis() as u64,
+                    "peak_rss_bytes": u.peak_rss_bytes,
+                })
+            }),
+        ),
+    };
+    serde_json::json!({
+        "n": c.n,
+        "command": c.command,
+        "state": state,
+        "status": code,
+        "duration_ms": duration.as_millis() as u64,
+        "usage": usage,
+    })
+}
+
+async fn list(State(app): State<App>) -> Json<serde_json::Value> {
+    let commands = app.commands.lock().unwrap().clone();
+    Json(serde_json::Value::Array(
+        commands.iter().map(|c| command_json(c)).collect(),
+    ))
+}
+
+#[derive(serde::Deserialize)]
+struct RunRequest {
+    command: String,
+}
+
+async fn run(State(app): State<App>, Json(req): Json<RunRequest>) -> Response {
+    if req.command.trim().is_empty() || req.command.len() > 4096 {
+        return (StatusCode::BAD_REQUEST, "a command of 1..4096 bytes").into_response();
+    }
+    let running = app
+        .commands
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|c| c.ended.lock().unwrap().is_none())
+        .count();
+    if running >= MAX_COMMANDS {
+        return (StatusCode::TOO_MANY_REQUESTS, "too many commands running").into_response();
+    }
+    let exec = ExecConfig::new("sh", vec!["-c".to_owned(), req.command.clone()]);
+    let capture = match app.sandbox.exec_captured(&exec, OutputMode::Combined).await {
+        Ok(c) => c,
+        Err(e) => return (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+    };
+    let command = {
+        let mut commands = app.commands.lock().unwrap();
+        let c = Arc::new(Command {
+            n: commands.len(),
+            command: req.command,
+            started: Instant::now(),
+            capture,
+            ended: Mutex::new(None),
+        });
+        commands.push(c.clone());
+        c
+    };
+    let watched = command.clone();
+    tokio::spawn(async move {
+        if let Ok(status) = watched.capture.wait().await {
+            *watched.ended.lock().unwrap() = Some((status, watched.started.elapsed()));
+        }
+    });
+    Json(command_json(&command)).into_response()
+}
+
+/// Closes `socket` with `code` and `reason`.
+async fn close(mut socket: WebSocket, code: u16, reason: &'static str) {
+    let _ = socket
+        .send(Message::Close(Some(CloseFrame {
+            code,
+            reason: reason.into(),
+        })))
+        .await;
+}
+
+async fn term_socket(State(app): State<App>, ws: WebSocketUpgrade) -> Response {
+    let slot = app.sockets.clone().try_acquire_owned();
+    ws.max_frame_size(MAX_FRAME)
+        .max_message_size(MAX_FRAME)
+        .on_upgrade(move |socket| async move {
+            let Ok(_slot) = slot else {
+                return close(socket, 1013, "too many connections").await;
+            };
+            let terminal = match terminal(&app).await {
+                Ok(t) => t,
+                Err(e) => {
+                    tracing::warn!(error = %e, "no terminal");
+                    return close(socket, 1011, "the terminal could not start").await;
+                }
+            };
+            serve_terminal(socket, terminal).await;
+        })
+}
+
+/// The shared terminal, started if there is none (or the last one ended).
+async fn terminal(app: &App) -> Result<Arc<Terminal>, oci_sandbox::SandboxError> {
+    let mut slot = app.terminal.lock().await;
+    if let Some(t) = slot.as_ref()
+        && !t.ended.is_cancelled()
+    {
+        return Ok(t.clone());
+    }
+    let mut exec = ExecConfig::new("sh", Vec::<String>::new());
+    exec.env.push(("PS1".into(), "$ ".into()));
+    let session = app.sandbox.exec_interactive(&exec).await?;
+    let (mut reader, writer) = session.split();
+    let terminal = Arc::new(Terminal {
+        writer: tokio::sync::Mutex::new(writer),
+        output: broadcast::channel(CLIENT_BACKLOG).0,
+        screen: Mutex::new(VecDeque::with_capacity(SCREEN_BYTES)),
+        clients: Default::default(),
+        ended: Default::default(),
+    });
+    let t = terminal.clone();
+    tokio::spawn(async move {
+        let mut buf = vec![0u8; 16 * 1024];
+        loop {
+            let n = match reader.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            };
+            let chunk = Bytes::copy_from_slice(&buf[..n]);
+            {
+                let mut screen = t.screen.lock().unwrap();
+                screen.extend(chunk.iter().copied());
+                let over = screen.len().saturating_sub(SCREEN_BYTES);
+                screen.drain(..over);
+            }
+            let _ = t.output.send(chunk);
+        }
+        t.ended.cancel();
+        drop(session);
+    });
+    *slot = Some(terminal.clone());
+    Ok(terminal)
+}
+
+#[derive(serde::Deserialize)]
+struct Control {
+    resize: (u16, u16),
+}
+
+async fn serve_terminal(socket: WebSocket, terminal: Arc<Terminal>) {
+    use std::sync::atomic::Ordering;
+    terminal.clients.fetch_add(1, Ordering::SeqCst);
+    let (mut tx, mut rx) = socket.split();
+    // Subscribe before the replay: nothing falls between the two.
+    let mut output = terminal.output.subscribe();
+    let replay: Vec<u8> = terminal.screen.lock().unwrap().iter().copied().collect();
+    let mut outcome: Option<(u16, &'static str)> = None;
+    let slow = (1008, "too slow: reconnect to resync");
+    if !replay.is_empty() {
+        match tokio::time::timeout(SEND_DEADLINE, tx.send(Message::Binary(replay.into()))).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => outcome = Some((1001, "gone")),
+            Err(_) => outcome = Some(slow),
+        }
+    }
+    while outcome.is_none() {
+        tokio::select! {
+            chunk = output.recv() => match chunk {
+                Ok(bytes) => {
+                    match tokio::time::timeout(SEND_DEADLINE, tx.send(Message::Binary(bytes))).await {
+                        Ok(Ok(())) => {}
+                        Ok(Err(_)) => outcome = Some((1001, "gone")),
+                        Err(_) => outcome = Some(slow),
+                    }
+                }
+                // Behind the shell by more than the broadcast holds (a flood): what it missed
+                // is skipped, and said so, as a terminal drops what it cannot draw.
+                Err(broadcast::error::RecvError::Lagged(n)) => {
+                    let note = format!("\r\n[web console: {n} chunks of output skipped]\r\n");
+                    if tx.send(Message::Binary(note.into_bytes().into())).await.is_err() {
+                        outcome = Some((1001, "gone"));
+                    }
+                }
+                Err(broadcast::error::RecvError::Closed) => outcome = Some((1000, "the shell ended")),
+            },
+            () = terminal.ended.cancelled() => outcome = Some((1000, "the shell ended")),
+            msg = rx.next() => match msg {
+                Some(Ok(Message::Binary(input))) => {
+                    let mut w = terminal.writer.lock().await;
+                    if w.write_all(&input).await.is_err() {
+                        outcome = Some((1011, "the shell is gone"));
+                    }
+                }
+                Some(Ok(Message::Text(text))) => match serde_json::from_str::<Control>(&text) {
+                    Ok(Control { resize: (cols, rows) }) if (1..=1000).contains(&cols) && (1..=1000).contains(&rows) => {
+                        let _ = terminal.writer.lock().await.resize(cols, rows);
+                    }
+                    _ => outcome = Some((1003, "text frames are resize requests only")),
+                },
+                Some(Ok(Message::Close(_))) | None => outcome = Some((1000, "bye")),
+                Some(Ok(_)) => {}
+                Some(Err(_)) => outcome = Some((1009, "a frame over 64 KiB, or a broken one")),
+            },
+        }
+    }
+    let (code, reason) = outcome.unwrap_or((1000, "bye"));
+    let close = tx.send(Message::Close(Some(CloseFrame {
+        code,
+        reason: reason.into(),
+    })));
+    let _ = tokio::time::timeout(Duration::from_secs(1), close).await;
+    if terminal.clients.fetch_sub(1, Ordering::SeqCst) == 1 {
+        // The last client: the shell waits a while for a reconnect, then ends.
+        let t = terminal.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(TERMINAL_GRACE).await;
+            if t.clients.load(Ordering::SeqCst) == 0 {
+                let _ = t.writer.lock().await.shutdown().await;
+                t.ended.cancel();
+            }
+        });
+    }
+}
+
+async fn log_socket(
+    State(app): State<App>,
+    Path(n): Path<usize>,
+    ws: WebSocketUpgrade,
+) -> Response {
+    let command = app.commands.lock().unwrap().get(n).cloned();
+    let Some(command) = command else {
+        return StatusCode::NOT_FOUND.into_response();
+    };
+    let slot = app.sockets.clone().try_acquire_owned();
+    ws.max_frame_size(MAX_FRAME)
+        .max_message_size(MAX_FRAME)
+        .on_upgrade(move |socket| async move {
+            let Ok(_slot) = slot else {
+                return close(socket, 1013, "too many connections").await;
+            };
+            let (mut tx, mut rx) = socket.split();
+            // From the first byte, following the file until the command ends; each send
+            // waits for the socket, so a slow browser slows its own stream only.
+            let mut stream = command.capture.output.stdout_stream();
+            let streamed = async {
+                while let Some(chunk) = stream.next().await {
+                    let Ok(chunk) = chunk else { break };
+                    if tx.send(Message::Binary(chunk)).await.is_err() {
+                        return false;
+                    }
+                }
+                true
+            };
+            let done = tokio::select! {
+                done = streamed => done,
+                // The browser closing ends the stream too.
+                _ = async { while let Some(Ok(m)) = rx.next().await { if matches!(m, Message::Close(_)) { break } } } => false,
+            };
+            if done {
+                let _ = command.capture.wait().await;
+                let status = command_json(&command);
+                let _ = tx.send(Message::Text(status.to_string().into())).await;
+                let _ = tx
+                    .send(Message::Close(Some(CloseFrame {
+                        code: 1000,
+                        reason: "ended".into(),
+                    })))
+                    .await;
+            }
+        })
+}
