@@ -170,7 +170,7 @@ async fn info(State(app): State<App>) -> Json<serde_json::Value> {
 }
 
 fn command_json(c: &Command) -> serde_json::Value {
-    let ended = c.ended.lock().unwrap().clone();
+    let ended = *c.ended.lock().unwrap();
     let (state, code, duration, usage) = match &ended {
         None => ("running", None, c.started.elapsed(), None),
         Some((status, took)) => (
