@@ -1009,7 +1009,7 @@ async fn one_sandbox_cannot_disturb_anothers_proxy() {
          echo done",
     )
     .await;
-    assert!(out.contains("done"), "{out}");
+    assert!(out.contains("bound") && out.contains("done"), "{out}");
     let reached = sh(
         &victim,
         &format!("curl -s --max-time 10 http://allowed.test:{p}/victim"),

@@ -195,6 +195,12 @@ async fn the_console_works_in_a_real_browser() {
     terminal_shows(&client, "$").await;
     type_in_terminal(&client, "echo $((6*7))\n").await;
     terminal_shows(&client, "42").await;
+    // Ctrl-C interrupts the foreground command (a sleep that would otherwise hold the shell).
+    type_in_terminal(&client, "sleep 100\n").await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    type_in_terminal(&client, "\u{E009}c\u{E000}").await;
+    type_in_terminal(&client, "echo after-ctrl-c-$((1+1))\n").await;
+    terminal_shows(&client, "after-ctrl-c-2").await;
     // Resizing the window resizes the PTY.
     let before = stty_size(&client, "size-a").await;
     client.set_window_size(700, 450).await.unwrap();
