@@ -55,9 +55,11 @@ __attribute__((noreturn)) static void fail(int channel, int err) {
     _exit(1);
 }
 
+/* Every fd here is a socket: MSG_NOSIGNAL, so that a peer that has gone is an error to handle
+   (EPIPE), not a SIGPIPE that would end the forwarder. */
 static int write_all(int fd, const char *buf, ssize_t len) {
     while (len > 0) {
-        ssize_t n = write(fd, buf, (size_t)len);
+        ssize_t n = send(fd, buf, (size_t)len, MSG_NOSIGNAL);
         if (n < 0 && errno == EINTR) continue;
         if (n <= 0) return -1;
         buf += n;
@@ -229,6 +231,7 @@ static void connect_port(int channel, int data, unsigned port) {
 }
 
 void serve_net(int channel, int data, char op, unsigned port, uid_t uid, gid_t gid) {
+    signal(SIGPIPE, SIG_IGN);
     if (setgroups(0, NULL) < 0 && errno != EPERM) fail(channel, errno);
     if (setresgid(gid, gid, gid) < 0 || setresuid(uid, uid, uid) < 0) fail(channel, errno);
     if (port == 0 || port > 65535) fail(channel, EINVAL);

@@ -104,17 +104,22 @@ impl fmt::Display for Host {
 }
 
 impl Host {
-    /// `text` as a host: an address literal (IPv6 in brackets or bare) or a domain name of
-    /// letters, digits, `-` and `.` (labels of 1..=63 bytes, 253 bytes in all).
+    /// `text` as a host: an address literal (IPv6 in brackets or bare; an IPv4-mapped IPv6
+    /// address is its IPv4 address) or a domain name of letters, digits, `-` and `.` (labels
+    /// of 1..=63 bytes, 253 bytes in all). A name whose last label is a number (`3221225986`,
+    /// `0xc0000202`, `1.2.3.4.`) is refused: resolvers read those as addresses.
     pub(crate) fn parse(text: &str) -> Option<Host> {
         let bare = text
             .strip_prefix('[')
             .and_then(|t| t.strip_suffix(']'))
             .unwrap_or(text);
         if let Ok(ip) = bare.parse::<IpAddr>() {
-            return Some(Host::Ip(ip));
+            return Some(Host::Ip(canonical(ip)));
         }
         let name = text.strip_suffix('.').unwrap_or(text).to_ascii_lowercase();
+        if let Ok(ip) = name.parse::<IpAddr>() {
+            return Some(Host::Ip(canonical(ip)));
+        }
         let valid = !name.is_empty()
             && name.len() <= 253
             && name.split('.').all(|label| {
@@ -124,7 +129,19 @@ impl Host {
                         .bytes()
                         .all(|b| b.is_ascii_alphanumeric() || b == b'-')
             });
-        valid.then_some(Host::Name(name))
+        let last = name.rsplit('.').next().unwrap_or("");
+        let numeric = last.bytes().all(|b| b.is_ascii_digit())
+            || (last.starts_with("0x") && last[2..].bytes().all(|b| b.is_ascii_hexdigit()));
+        (valid && !numeric).then_some(Host::Name(name))
+    }
+}
+
+/// An IPv4-mapped IPv6 address (`::ffff:a.b.c.d`) as the IPv4 address it is: only IPv4 rules
+/// can allow it, and the proxy connects over IPv4.
+pub(crate) fn canonical(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
     }
 }
 
@@ -161,7 +178,7 @@ impl Cidr {
                 IpAddr::V6(v6) => (u128::from(v6), 128),
             }
         }
-        let ((net, width), (host, host_width)) = (bits(self.addr), bits(ip));
+        let ((net, width), (host, host_width)) = (bits(self.addr), bits(canonical(ip)));
         if width != host_width {
             return false;
         }
@@ -388,12 +405,17 @@ fn check_pattern(pattern: &str) -> Result<(), SandboxError> {
 }
 
 /// Whether an address a *name* resolved to may be used without a CIDR rule naming it: not
-/// loopback, unspecified, link-local (cloud metadata), multicast, broadcast or an IPv4-mapped
-/// form of those. A name pointed at the host's own services is refused.
+/// loopback, unspecified, link-local (cloud metadata), multicast, broadcast, the other clouds'
+/// metadata addresses (Alibaba's 100.100.100.200, AWS's `fd00:ec2::254`), nor an IPv4-mapped
+/// or NAT64 (`64:ff9b::/96`) form of those. (The proxy also refuses a connection that lands
+/// on the host itself: see `net::proxy`.)
 pub(crate) fn is_public_enough(ip: IpAddr) -> bool {
-    let ip = match ip {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
-        v4 => v4,
+    let ip = match canonical(ip) {
+        IpAddr::V6(v6) if v6.segments()[..6] == [0x64, 0xff9b, 0, 0, 0, 0] => {
+            let o = v6.octets();
+            IpAddr::V4(std::net::Ipv4Addr::new(o[12], o[13], o[14], o[15]))
+        }
+        other => other,
     };
     match ip {
         IpAddr::V4(v4) => {
@@ -401,13 +423,15 @@ pub(crate) fn is_public_enough(ip: IpAddr) -> bool {
                 || v4.is_unspecified()
                 || v4.is_link_local()
                 || v4.is_multicast()
-                || v4.is_broadcast())
+                || v4.is_broadcast()
+                || v4.octets() == [100, 100, 100, 200])
         }
         IpAddr::V6(v6) => {
             !(v6.is_loopback()
                 || v6.is_unspecified()
                 || v6.is_multicast()
-                || (v6.segments()[0] & 0xffc0) == 0xfe80)
+                || (v6.segments()[0] & 0xffc0) == 0xfe80
+                || v6 == std::net::Ipv6Addr::new(0xfd00, 0xec2, 0, 0, 0, 0, 0, 0x254))
         }
     }
 }
@@ -571,10 +595,29 @@ mod tests {
             ("::ffff:127.0.0.1", false),
             ("fe80::1", false),
             ("93.184.216.34", true),
+            ("100.100.100.200", false),
+            ("fd00:ec2::254", false),
+            ("64:ff9b::7f00:1", false),
             ("10.0.0.1", true),
         ] {
             assert_eq!(is_public_enough(ip.parse().unwrap()), public, "{ip}");
         }
+    }
+
+    #[test]
+    fn numbers_are_addresses_never_names() {
+        assert_eq!(
+            Host::parse("192.0.2.2."),
+            Some(Host::Ip("192.0.2.2".parse().unwrap()))
+        );
+        assert_eq!(
+            Host::parse("[::ffff:127.0.0.1]"),
+            Some(Host::Ip("127.0.0.1".parse().unwrap()))
+        );
+        for n in ["3221225986", "0xc0000202", "a.0x7f", "foo.123"] {
+            assert_eq!(Host::parse(n), None, "{n}");
+        }
+        assert!(matches!(Host::parse("a1.example"), Some(Host::Name(_))));
     }
 
     #[test]

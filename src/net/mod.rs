@@ -35,6 +35,9 @@ pub(crate) const MAX_CONNECTIONS: usize = 256;
 #[derive(Debug)]
 pub(crate) struct Egress {
     pub sandbox: String,
+    /// Cancelled when the sandbox ends (its forwarder's channel closes) or is closed: every
+    /// proxied connection ends with it, whatever its upstream does.
+    pub stop: tokio_util::sync::CancellationToken,
     policy: RwLock<Arc<EgressPolicy>>,
     events: broadcast::Sender<EgressEvent>,
 }
@@ -44,6 +47,7 @@ impl Egress {
     pub(crate) fn new(sandbox: String, policy: EgressPolicy) -> Arc<Self> {
         Arc::new(Egress {
             sandbox,
+            stop: Default::default(),
             policy: RwLock::new(Arc::new(policy)),
             events: broadcast::channel(EVENT_BACKLOG).0,
         })
@@ -72,11 +76,11 @@ impl Egress {
                 method = %event.method, %rule, sent = event.bytes_sent,
                 received = event.bytes_received, "egress allowed"
             ),
-            crate::config::network::EgressDecision::Denied { reason } => tracing::info!(
+            crate::config::network::EgressDecision::Denied { reason } => tracing::debug!(
                 sandbox = %event.sandbox, host = %event.host, port = event.port,
                 method = %event.method, %reason, "egress denied"
             ),
-            crate::config::network::EgressDecision::Failed { rule, error } => tracing::info!(
+            crate::config::network::EgressDecision::Failed { rule, error } => tracing::debug!(
                 sandbox = %event.sandbox, host = %event.host, port = event.port,
                 method = %event.method, %rule, %error, "egress failed"
             ),
@@ -96,6 +100,12 @@ pub(crate) async fn serve_forwarder(
     egress: Arc<Egress>,
     tracker: TaskTracker,
 ) {
+    let stop = egress.stop.clone();
+    forward(channel, egress, tracker).await;
+    stop.cancel();
+}
+
+async fn forward(channel: Connection, egress: Arc<Egress>, tracker: TaskTracker) {
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     let mut ahead = SPARES;
     loop {

@@ -11,7 +11,7 @@ use tokio::net::{TcpStream, UnixStream};
 
 use super::Egress;
 use crate::config::network::{
-    EgressDecision, EgressEvent, EgressPolicy, Host, Verdict, is_public_enough,
+    EgressDecision, EgressEvent, EgressPolicy, Host, Verdict, canonical, is_public_enough,
 };
 
 /// The longest request head the proxy reads.
@@ -33,13 +33,31 @@ struct Request {
 }
 
 struct ForwardHead {
+    /// The `Host` header's value: the target's authority.
+    authority: String,
     path: String,
     version: u8,
     headers: Vec<(String, Vec<u8>)>,
 }
 
-/// Serves one connection from the sandbox's forwarder to its end.
-pub(crate) async fn serve(mut client: UnixStream, egress: Arc<Egress>) {
+/// Relay buffer per direction and connection (256 connections: 32 MiB per sandbox at most).
+const RELAY_BUFFER: usize = 64 << 10;
+
+/// Serves one connection from the sandbox's forwarder to its end, or until the sandbox stops.
+pub(crate) async fn serve(client: UnixStream, egress: Arc<Egress>) {
+    let stop = egress.stop.clone();
+    tokio::select! {
+        () = serve_until_done(client, egress) => {}
+        () = stop.cancelled() => {}
+    }
+}
+
+async fn serve_until_done(mut client: UnixStream, egress: Arc<Egress>) {
+    // A socket the forwarder holds as a spare sees nothing until a connection uses it: the
+    // head's deadline starts with its first byte.
+    if client.readable().await.is_err() {
+        return;
+    }
     let begun = Instant::now();
     let request = match tokio::time::timeout(HEAD_DEADLINE, read_request(&mut client)).await {
         Ok(Ok(r)) => r,
@@ -118,8 +136,13 @@ pub(crate) async fn serve(mut client: UnixStream, egress: Arc<Egress>) {
             upstream.write_all(&request.rest).await?;
             sent += request.rest.len() as u64;
         }
-        tokio::io::copy_bidirectional_with_sizes(&mut client, &mut upstream, 256 << 10, 256 << 10)
-            .await
+        tokio::io::copy_bidirectional_with_sizes(
+            &mut client,
+            &mut upstream,
+            RELAY_BUFFER,
+            RELAY_BUFFER,
+        )
+        .await
     };
     match relayed.await {
         Ok((up, down)) => {
@@ -163,10 +186,22 @@ async fn connect(policy: &EgressPolicy, host: &Host, port: u16) -> Result<TcpStr
             }
         },
     };
+    // A name's address (not the policy's own resolve entries) must not lead to this host:
+    // its own addresses are not all loopback (its eth0's, say).
+    let checked = matches!(host, Host::Name(n) if policy.resolved(n).is_none());
     let mut last = format!("{host} has no address");
     for addr in addrs {
         match TcpStream::connect(addr).await {
-            Ok(s) => return Ok(s),
+            Ok(s) => {
+                let home = s.local_addr().is_ok_and(|l| l.ip() == canonical(addr.ip()));
+                if checked && home && !policy.cidr_allows(addr.ip(), port) {
+                    return Err(format!(
+                        "{host} resolves to {}, an address of this host, which only a CIDR rule may allow",
+                        addr.ip()
+                    ));
+                }
+                return Ok(s);
+            }
             Err(e) => last = format!("connecting to {addr}: {e}"),
         }
     }
@@ -223,7 +258,18 @@ fn parse(req: &httparse::Request<'_, '_>, rest: Vec<u8>) -> Result<Request, Stri
         return Err("credentials in the URL are not forwarded".into());
     }
     let (host, port) = split_authority(authority, Some(80))?;
+    let hosts = req
+        .headers
+        .iter()
+        .filter(|h| h.name.eq_ignore_ascii_case("host"))
+        .count();
+    if hosts > 1 {
+        return Err("more than one Host header".into());
+    }
+    // The target names the host: the sandbox's own Host header is replaced by it (RFC 9112
+    // 3.2.2), so that a request cannot be steered to another site behind the same server.
     let hop_by_hop = [
+        "host",
         "connection",
         "proxy-connection",
         "proxy-authorization",
@@ -242,6 +288,7 @@ fn parse(req: &httparse::Request<'_, '_>, rest: Vec<u8>) -> Result<Request, Stri
         host,
         port,
         forward: Some(ForwardHead {
+            authority: authority.to_ascii_lowercase(),
             path: path.to_owned(),
             version: req.version.unwrap_or(1),
             headers,
@@ -275,6 +322,7 @@ impl ForwardHead {
             request.method, self.path, self.version
         )
         .into_bytes();
+        out.extend_from_slice(format!("Host: {}\r\n", self.authority).as_bytes());
         for (k, v) in &self.headers {
             if injected.iter().any(|(n, _)| n.eq_ignore_ascii_case(k)) {
                 continue;

@@ -182,6 +182,9 @@ impl Sandbox {
         self.inner.closed.store(true, Ordering::Release);
         self.inner.activity.close();
         self.inner.exposed.cancel();
+        if let Some(egress) = self.inner.egress.get() {
+            egress.stop.cancel();
+        }
         self.inner.container.start_kill();
         self.inner.container.finished().await;
         // Every job died with the container; their outputs stay with the handles left.
