@@ -11,7 +11,7 @@
  *     for a round trip to the host. Per accepted connection the helper takes a spare (or
  *     queues the connection until a "C" comes: at most MAX_PENDING wait, beyond that they are
  *     closed at once), sends "A" on the channel (the host answers each "A" with one "C"), and
- *     a relay thread copies both ways between the two. The helper exits when the channel
+ *     a relay worker thread (kept for later connections) copies both ways between the two. The helper exits when the channel
  *     closes.
  * 'c' (connect: one connection to an exposed port). Connects to 127.0.0.1:<port>, replies
  *     "S 0" and relays between it and the data socket the host passed, then exits; or replies
@@ -131,32 +131,60 @@ struct pair {
     int a, b;
 };
 
-static void *relay_thread(void *arg) {
-    struct pair p = *(struct pair *)arg;
-    free(arg);
+/* Relays run on worker threads that stay for the next connection (a clone per connection cost
+   a millisecond on gVisor, a fork two): connections wait in a queue, and a new worker starts
+   only when none is idle. */
+static pthread_mutex_t queue_mu = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t queue_cv = PTHREAD_COND_INITIALIZER;
+static struct pair queue[MAX_PENDING];
+static int queue_head, queue_count, idle_workers;
+
+static void *worker(void *unused) {
+    (void)unused;
     char *buf = malloc(RELAY_BUF);
-    if (buf) relay(p.a, p.b, buf);
-    free(buf);
-    close(p.a);
-    close(p.b);
+    for (;;) {
+        pthread_mutex_lock(&queue_mu);
+        idle_workers++;
+        while (queue_count == 0) pthread_cond_wait(&queue_cv, &queue_mu);
+        idle_workers--;
+        struct pair p = queue[queue_head];
+        queue_head = (queue_head + 1) % MAX_PENDING;
+        queue_count--;
+        pthread_mutex_unlock(&queue_mu);
+        if (buf) relay(p.a, p.b, buf);
+        close(p.a);
+        close(p.b);
+    }
     return NULL;
 }
 
-/* Relays a connection in a thread of its own (a thread, not a process: on gVisor a fork per
-   connection cost 2 ms). */
-static void relay_apart(int a, int b) {
-    struct pair *p = malloc(sizeof *p);
+static int start_worker(void) {
     pthread_t t;
     pthread_attr_t attr;
     pthread_attr_init(&attr);
     pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
     pthread_attr_setstacksize(&attr, 64 * 1024);
-    if (!p || (p->a = a, p->b = b, pthread_create(&t, &attr, relay_thread, p)) != 0) {
-        free(p);
+    int rc = pthread_create(&t, &attr, worker, NULL);
+    pthread_attr_destroy(&attr);
+    return rc;
+}
+
+/* Hands a connection to a worker. */
+static void relay_apart(int a, int b) {
+    pthread_mutex_lock(&queue_mu);
+    if (queue_count == MAX_PENDING) {
+        pthread_mutex_unlock(&queue_mu);
         close(a);
         close(b);
+        return;
     }
-    pthread_attr_destroy(&attr);
+    queue[(queue_head + queue_count) % MAX_PENDING] = (struct pair){.a = a, .b = b};
+    queue_count++;
+    int need_worker = idle_workers < queue_count;
+    pthread_cond_signal(&queue_cv);
+    pthread_mutex_unlock(&queue_mu);
+    /* Without a new worker (no room for a thread), it waits for one that ends its relay. */
+    if (need_worker) start_worker();
 }
 
 static void forward(int channel, unsigned port) {
@@ -167,6 +195,9 @@ static void forward(int channel, unsigned port) {
     setsockopt(listener, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
     if (bind(listener, (struct sockaddr *)&addr, sizeof addr) < 0 || listen(listener, 128) < 0)
         fail(channel, errno);
+    /* Two workers ready before the first connection. */
+    start_worker();
+    start_worker();
     say(channel, "S 0");
     static int pending[MAX_PENDING];
     int head = 0, count = 0;
@@ -202,13 +233,14 @@ static void forward(int channel, unsigned port) {
                 continue;
             }
             setsockopt(conn, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-            say(channel, "A");
+            /* The relay first: the request for a replacement is not on the connection's path. */
             if (nspares > 0) {
                 relay_apart(conn, spares[--nspares]);
             } else {
                 pending[(head + count) % MAX_PENDING] = conn;
                 count++;
             }
+            say(channel, "A");
         }
     }
 }
