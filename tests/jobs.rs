@@ -84,17 +84,18 @@ async fn a_job_outlives_its_handle_and_replays_from_any_offset(kind: OciRuntime)
 async fn jobs_are_killed_by_kill_by_forgetting_and_by_close(kind: OciRuntime) {
     let t = TestSandbox::new(kind).await;
     let sandbox = t.sandbox.start(&t.config("true", &[])).await.unwrap();
-    let start = |script: &'static str| {
+    let sleep = common::sleep_marker(3010, kind);
+    let start = |script: String| {
         let sandbox = sandbox.clone();
         async move {
             sandbox
-                .spawn_job(&forever(script), OutputMode::Combined)
+                .spawn_job(&forever(&script), OutputMode::Combined)
                 .await
                 .unwrap()
         }
     };
     // Killed by id, with what it started in the background.
-    let killed = start("sleep 300 & echo started; wait").await;
+    let killed = start(format!("{sleep} & echo started; wait")).await;
     let mut log = sandbox.attach(killed.id(), 0).unwrap();
     assert_eq!(&log.next().await.unwrap().unwrap()[..], b"started\n");
     sandbox.job(killed.id()).unwrap().kill().await.unwrap();
@@ -102,11 +103,11 @@ async fn jobs_are_killed_by_kill_by_forgetting_and_by_close(kind: OciRuntime) {
     assert_eq!(status.signal(), Some(libc::SIGKILL), "{status}");
     assert!(log.next().await.is_none(), "the stream ends with the job");
     // Forgotten while running, with no handle left: killed.
-    let forgotten = start("sleep 301").await;
+    let forgotten = start("sleep 301".to_owned()).await;
     let id = forgotten.id().to_owned();
     drop(forgotten);
     let count = ExecConfig::shell(
-        "for p in /proc/[0-9]*; do tr '\\0' ' ' < $p/cmdline; echo; done 2>/dev/null | grep -c '^sleep 301' || true",
+        "for p in /proc/[0-9]*; do tr '\\0' ' ' < $p/cmdline; echo; done 2>/dev/null | grep -c '^sleep 301 $' || true",
     );
     let running = |sandbox: oci_sandbox::Sandbox| {
         let count = count.clone();
@@ -137,7 +138,7 @@ async fn jobs_are_killed_by_kill_by_forgetting_and_by_close(kind: OciRuntime) {
     }
     assert_eq!(left, "0", "a forgotten job without handles was not killed");
     // A running job survives its handles until the sandbox closes.
-    let running = start("echo up; sleep 300").await;
+    let running = start(format!("echo up; {sleep}")).await;
     let mut log = sandbox.attach(running.id(), 0).unwrap();
     assert_eq!(&log.next().await.unwrap().unwrap()[..], b"up\n");
     assert!(running.try_wait().unwrap().is_none());
@@ -148,7 +149,7 @@ async fn jobs_are_killed_by_kill_by_forgetting_and_by_close(kind: OciRuntime) {
     assert!(status.is_err() || status.unwrap().signal() == Some(libc::SIGKILL));
     assert!(sandbox.jobs().is_empty(), "a closed sandbox lists no jobs");
     drop((killed, running, log));
-    t.assert_nothing_left(&[], Some("300")).await;
+    t.assert_nothing_left(&[], Some(&sleep)).await;
 }
 
 /// Jobs in flight from many tasks at once: each gets its own id and its own output.

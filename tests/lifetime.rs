@@ -29,7 +29,7 @@ async fn expiry(sandbox: &Sandbox, within: Duration) -> SandboxExpiry {
     }
 }
 
-async fn a_sandbox_ends_when_its_time_to_live_runs_out(t: &TestSandbox) {
+async fn a_sandbox_ends_when_its_time_to_live_runs_out(t: &TestSandbox, sleep: &str) {
     let ttl = Duration::from_secs(2);
     let begun = Instant::now();
     let sandbox = t
@@ -39,7 +39,7 @@ async fn a_sandbox_ends_when_its_time_to_live_runs_out(t: &TestSandbox) {
         })
         .await;
     // A command running at the end is killed with the sandbox.
-    let mut long = sandbox.exec(&ExecConfig::shell("sleep 300")).await.unwrap();
+    let mut long = sandbox.exec(&ExecConfig::shell(sleep)).await.unwrap();
     assert_eq!(
         expiry(&sandbox, Duration::from_secs(20)).await,
         SandboxExpiry::Ttl(ttl)
@@ -84,11 +84,12 @@ async fn an_idle_sandbox_ends_and_a_busy_one_does_not(t: &TestSandbox) {
 /// Both at once (they mostly wait), then nothing of either may be left.
 async fn lifetimes_end_sandboxes_with_everything_in_them(kind: OciRuntime) {
     let t = TestSandbox::new(kind).await;
+    let sleep = common::sleep_marker(3020, kind);
     tokio::join!(
-        a_sandbox_ends_when_its_time_to_live_runs_out(&t),
+        a_sandbox_ends_when_its_time_to_live_runs_out(&t, &sleep),
         an_idle_sandbox_ends_and_a_busy_one_does_not(&t)
     );
-    t.assert_nothing_left(&[], Some("300")).await;
+    t.assert_nothing_left(&[], Some(&sleep)).await;
 }
 
 on_every_runtime!(lifetimes_end_sandboxes_with_everything_in_them);

@@ -535,6 +535,7 @@ async fn silence_past_the_idle_timeout_kills_and_output_keeps_a_command_alive(ki
     use tokio::io::AsyncReadExt;
     let t = TestSandbox::new(kind).await;
     let sandbox = start(&t).await;
+    let sleep = common::sleep_marker(3030, kind);
     let idle = |script: &str, secs: f64| ExecConfig {
         idle_timeout: Some(Duration::from_secs_f64(secs)),
         ..sh(script)
@@ -544,7 +545,7 @@ async fn silence_past_the_idle_timeout_kills_and_output_keeps_a_command_alive(ki
         let begun = Instant::now();
         let out = sandbox
             .exec(&idle(
-                "for i in 1 2 3 4; do echo $i; sleep 0.5; done; sleep 300",
+                &format!("for i in 1 2 3 4; do echo $i; sleep 0.5; done; {sleep}"),
                 2.0,
             ))
             .await
@@ -576,7 +577,10 @@ async fn silence_past_the_idle_timeout_kills_and_output_keeps_a_command_alive(ki
     };
     let captured = async {
         let capture = sandbox
-            .exec_captured(&idle("echo started; sleep 300", 1.5), OutputMode::Combined)
+            .exec_captured(
+                &idle(&format!("echo started; {sleep}"), 1.5),
+                OutputMode::Combined,
+            )
             .await
             .unwrap();
         let status = capture.wait().await.unwrap();
@@ -585,7 +589,7 @@ async fn silence_past_the_idle_timeout_kills_and_output_keeps_a_command_alive(ki
     };
     let interactive = async {
         let mut pty = sandbox
-            .exec_interactive(&idle("echo hello; sleep 300", 1.5))
+            .exec_interactive(&idle(&format!("echo hello; {sleep}"), 1.5))
             .await
             .unwrap();
         let mut screen = Vec::new();
@@ -599,7 +603,7 @@ async fn silence_past_the_idle_timeout_kills_and_output_keeps_a_command_alive(ki
     };
     tokio::join!(piped, captured, interactive);
     sandbox.close().await;
-    t.assert_nothing_left(&[], Some("300")).await;
+    t.assert_nothing_left(&[], Some(&sleep)).await;
 }
 
 on_every_runtime!(

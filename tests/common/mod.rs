@@ -225,6 +225,18 @@ impl TestSandbox {
 }
 
 /// `(pid, cmdline)` of live processes (other than this one) whose command line contains `needle`.
+/// A `sleep` command line unique to one test file (`base`) and runtime, so that a leftover check
+/// looking for it sees neither the other runtimes' variants of the test running beside it nor
+/// another test's processes.
+pub fn sleep_marker(base: u32, kind: OciRuntime) -> String {
+    let offset = match kind {
+        OciRuntime::Runc => 1,
+        OciRuntime::Crun => 2,
+        _ => 3,
+    };
+    format!("sleep {}", base + offset)
+}
+
 pub fn processes_mentioning(needle: &str) -> Vec<(i32, String)> {
     let me = std::process::id() as i32;
     let mut out = Vec::new();
