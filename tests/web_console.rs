@@ -318,6 +318,43 @@ async fn the_server_closes_bad_clients_cleanly() {
     let console = Console::start().await;
     let ws = console.url.replace("http://", "ws://");
     let term = format!("{ws}ws/term");
+    // Another site's page (its Origin) cannot open the terminal, nor run a command.
+    let mut request =
+        tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(
+            term.as_str(),
+        )
+        .unwrap();
+    request
+        .headers_mut()
+        .insert("origin", "http://evil.example".parse().unwrap());
+    match tokio_tungstenite::connect_async(request).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
+            assert_eq!(resp.status(), 403)
+        }
+        other => panic!(
+            "a cross-site websocket was accepted: {:?}",
+            other.map(|_| ())
+        ),
+    }
+    let addr = console
+        .url
+        .trim_start_matches("http://")
+        .trim_end_matches('/');
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let body = r#"{"command":"echo pwned"}"#;
+    let post = format!(
+        "POST /api/commands HTTP/1.1\r\nHost: {addr}\r\nOrigin: http://evil.example\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    tokio::io::AsyncWriteExt::write_all(&mut tcp, post.as_bytes())
+        .await
+        .unwrap();
+    let mut answer = String::new();
+    tokio::io::AsyncReadExt::read_to_string(&mut tcp, &mut answer)
+        .await
+        .unwrap();
+    assert!(answer.starts_with("HTTP/1.1 403"), "{answer}");
     // Garbage text: closed with 1003.
     let (mut s, _) = tokio_tungstenite::connect_async(&term).await.unwrap();
     s.send(Message::Text("not json".into())).await.unwrap();

@@ -14,6 +14,9 @@
 //! `WS /ws/logs/{n}` (a command's output from its first byte, following; then a text frame with
 //! its status as JSON).
 //!
+//! Requests with a browser's `Origin` of another site are refused (403): another page the user
+//! has open cannot type into the terminal or run commands.
+//!
 //! Bounds: 64 websockets at once (more are closed with 1013 "try again later"); frames of at
 //! most 64 KiB (a larger one closes the socket with 1009); a text frame that is not a resize
 //! closes it with 1003; a browser that does not read (a send waits over 5 s) is closed with
@@ -28,7 +31,7 @@ use std::time::{Duration, Instant};
 
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{Path, State};
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
@@ -208,7 +211,28 @@ struct RunRequest {
     command: String,
 }
 
-async fn run(State(app): State<App>, Json(req): Json<RunRequest>) -> Response {
+/// Whether a request comes from this console's own page: a browser sends `Origin` with every
+/// websocket handshake and cross-site POST, so another site the user has open cannot drive
+/// the sandbox (cross-site websocket hijacking, CSRF). Clients that are not browsers send none.
+fn same_origin(headers: &HeaderMap) -> bool {
+    let Some(origin) = headers.get(header::ORIGIN) else {
+        return true;
+    };
+    let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
+    match (origin.to_str().ok(), host) {
+        (Some(origin), Some(host)) => origin == format!("http://{host}"),
+        _ => false,
+    }
+}
+
+fn cross_site() -> Response {
+    (StatusCode::FORBIDDEN, "cross-site requests are refused").into_response()
+}
+
+async fn run(State(app): State<App>, headers: HeaderMap, Json(req): Json<RunRequest>) -> Response {
+    if !same_origin(&headers) {
+        return cross_site();
+    }
     if req.command.trim().is_empty() || req.command.len() > 4096 {
         return (StatusCode::BAD_REQUEST, "a command of 1..4096 bytes").into_response();
     }
@@ -258,7 +282,10 @@ async fn close(mut socket: WebSocket, code: u16, reason: &'static str) {
         .await;
 }
 
-async fn term_socket(State(app): State<App>, ws: WebSocketUpgrade) -> Response {
+async fn term_socket(State(app): State<App>, headers: HeaderMap, ws: WebSocketUpgrade) -> Response {
+    if !same_origin(&headers) {
+        return cross_site();
+    }
     let slot = app.sockets.clone().try_acquire_owned();
     ws.max_frame_size(MAX_FRAME)
         .max_message_size(MAX_FRAME)
@@ -403,8 +430,12 @@ async fn serve_terminal(socket: WebSocket, terminal: Arc<Terminal>) {
 async fn log_socket(
     State(app): State<App>,
     Path(n): Path<usize>,
+    headers: HeaderMap,
     ws: WebSocketUpgrade,
 ) -> Response {
+    if !same_origin(&headers) {
+        return cross_site();
+    }
     let command = app.commands.lock().unwrap().get(n).cloned();
     let Some(command) = command else {
         return StatusCode::NOT_FOUND.into_response();
