@@ -179,29 +179,55 @@ fn xattr_set(path: &Path, name: &str, value: &[u8]) -> std::io::Result<()> {
     }
 }
 
+/// `rel` under `root` if it is there with every directory on the way a real directory:
+/// `Ok(None)` if it is not there, an unsafe-layer error if a link is on the way (a hard link
+/// names a file, never a path through a link, which could lead out to a host file).
+fn beneath(root: &Path, rel: &Path) -> Result<Option<PathBuf>, UnpackError> {
+    let mut path = root.to_path_buf();
+    let parts: Vec<_> = rel.components().collect();
+    for (i, part) in parts.iter().enumerate() {
+        path.push(part);
+        let Ok(meta) = std::fs::symlink_metadata(&path) else {
+            return Ok(None);
+        };
+        if i + 1 < parts.len() && !meta.is_dir() {
+            return Err(UnpackError::Unsafe(format!(
+                "hard link target {} passes through a link or a file",
+                rel.display()
+            )));
+        }
+    }
+    Ok(Some(path))
+}
+
 /// A hard link's target that a lower layer holds: copied up into this layer first, so the
-/// link can be made (links never cross layers in the store).
+/// link can be made (links never cross layers in the store). The target is looked up in each
+/// layer without following links (a lower layer's link must not lead the copy to a host file).
 fn copy_up_link_target(
     dest: &Path,
     target: &Path,
     lowers: &[PathBuf],
     owners: Owners,
 ) -> Result<(), UnpackError> {
+    if let Some(parent) = target.parent() {
+        real_dir(dest, parent)?;
+    }
     let here = dest.join(target);
     if std::fs::symlink_metadata(&here).is_ok() {
         return Ok(());
     }
-    let Some(source) = lowers
-        .iter()
-        .rev()
-        .map(|l| l.join(target))
-        .find(|p| std::fs::symlink_metadata(p).is_ok_and(|m| m.is_file()))
-    else {
+    let mut source = None;
+    for lower in lowers.iter().rev() {
+        if let Some(p) = beneath(lower, target)? {
+            if std::fs::symlink_metadata(&p).is_ok_and(|m| m.is_file()) {
+                source = Some(p);
+            }
+            break; // The topmost layer holding the name decides.
+        }
+    }
+    let Some(source) = source else {
         return Ok(()); // The tar crate reports the missing target.
     };
-    if let Some(parent) = target.parent() {
-        real_dir(dest, parent)?;
-    }
     std::fs::copy(&source, &here).map_err(UnpackError::Io)?;
     let meta = std::fs::metadata(&source).map_err(UnpackError::Io)?;
     use std::os::unix::fs::MetadataExt;
@@ -278,6 +304,9 @@ pub(crate) fn unpack_layer_blocking(
             }
             copy_up_link_target(dest, &relative(&target)?, lowers, owners)?;
         }
+        // Every directory on the way is a real one of this layer (made if missing): a link
+        // planted by an earlier entry must not lead the removal below out of the layer.
+        real_dir(dest, parent_rel)?;
         let here = dest.join(&rel);
         // A directory entry over an existing directory keeps its contents; anything else
         // replaces what had the name (never written through: it may be a link).
