@@ -14,15 +14,18 @@
 //! `WS /ws/logs/{n}` (a command's output from its first byte, following; then a text frame with
 //! its status as JSON).
 //!
-//! Requests with a browser's `Origin` of another site are refused (403): another page the user
-//! has open cannot type into the terminal or run commands.
+//! Requests must name the server as `127.0.0.1:<port>` or `localhost:<port>` (a DNS-rebound
+//! name is refused) and, when a browser sends its `Origin`, come from this page (403 otherwise):
+//! another page the user has open cannot type into the terminal or run commands. SIGINT and
+//! SIGTERM close the sandbox before the server exits.
 //!
 //! Bounds: 64 websockets at once (more are closed with 1013 "try again later"); frames of at
 //! most 64 KiB (a larger one closes the socket with 1009); a text frame that is not a resize
 //! closes it with 1003; a browser that does not read (a send waits over 5 s) is closed with
 //! 1008, or dropped when even that cannot be sent; one that falls 256 chunks behind the
 //! terminal's broadcast (whose buffer is shared and bounded) skips what it missed, with a note
-//! on its screen; 32 commands at once. The terminal's shell lives on between connections (a reconnect replays its last
+//! on its screen; 32 commands running at once, and the last 20 finished ones kept (an older
+//! one goes with its log files). The terminal's shell lives on between connections (a reconnect replays its last
 //! 64 KiB of output) and ends 30 s after the last client left.
 
 use std::collections::VecDeque;
@@ -31,7 +34,7 @@ use std::time::{Duration, Instant};
 
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
@@ -51,6 +54,8 @@ const SCREEN_BYTES: usize = 64 * 1024;
 const CLIENT_BACKLOG: usize = 256;
 const MAX_COMMANDS: usize = 32;
 const TERMINAL_GRACE: Duration = Duration::from_secs(30);
+/// Finished commands kept (with their logs) for the list.
+const KEPT_FINISHED: usize = 20;
 /// A send to a browser that takes longer means it does not read: it is dropped.
 const SEND_DEADLINE: Duration = Duration::from_secs(5);
 
@@ -62,7 +67,19 @@ struct App {
     assets: Arc<std::path::PathBuf>,
     sockets: Arc<Semaphore>,
     terminal: Arc<tokio::sync::Mutex<Option<Arc<Terminal>>>>,
-    commands: Arc<Mutex<Vec<Arc<Command>>>>,
+    commands: Arc<Mutex<Commands>>,
+    /// A running command holds one until it ends.
+    command_slots: Arc<Semaphore>,
+    /// The names this server answers to (`127.0.0.1:<port>`, `localhost:<port>`).
+    hosts: Arc<Vec<String>>,
+}
+
+/// The commands run so far: the running ones and the last [`KEPT_FINISHED`] finished ones
+/// (an older finished one goes, with its capture files).
+#[derive(Default)]
+struct Commands {
+    next: usize,
+    list: VecDeque<Arc<Command>>,
 }
 
 /// The shared shell: its input side, its output broadcast and the recent screen.
@@ -112,6 +129,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         )
         .into());
     }
+    let port: u16 = std::env::var("PORT")
+        .ok()
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(8080);
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
+    let port = listener.local_addr()?.port();
     let app = App {
         runtime,
         sandbox: sandbox.clone(),
@@ -120,6 +143,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         sockets: Arc::new(Semaphore::new(MAX_SOCKETS)),
         terminal: Default::default(),
         commands: Default::default(),
+        command_slots: Arc::new(Semaphore::new(MAX_COMMANDS)),
+        hosts: Arc::new(vec![
+            format!("127.0.0.1:{port}"),
+            format!("localhost:{port}"),
+        ]),
     };
     let router = Router::new()
         .route("/", get(|| async { Html(PAGE) }))
@@ -128,16 +156,16 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .route("/api/commands", get(list).post(run))
         .route("/ws/term", get(term_socket))
         .route("/ws/logs/{n}", get(log_socket))
+        .layer(axum::middleware::from_fn_with_state(app.clone(), same_site))
         .with_state(app);
-    let port: u16 = std::env::var("PORT")
-        .ok()
-        .and_then(|p| p.parse().ok())
-        .unwrap_or(8080);
-    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
     println!("web console on http://{}/", listener.local_addr()?);
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     axum::serve(listener, router)
-        .with_graceful_shutdown(async {
-            let _ = tokio::signal::ctrl_c().await;
+        .with_graceful_shutdown(async move {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
         })
         .await?;
     sandbox.close().await;
@@ -200,7 +228,7 @@ fn command_json(c: &Command) -> serde_json::Value {
 }
 
 async fn list(State(app): State<App>) -> Json<serde_json::Value> {
-    let commands = app.commands.lock().unwrap().clone();
+    let commands: Vec<Arc<Command>> = app.commands.lock().unwrap().list.iter().cloned().collect();
     Json(serde_json::Value::Array(
         commands.iter().map(|c| command_json(c)).collect(),
     ))
@@ -211,41 +239,42 @@ struct RunRequest {
     command: String,
 }
 
-/// Whether a request comes from this console's own page: a browser sends `Origin` with every
-/// websocket handshake and cross-site POST, so another site the user has open cannot drive
-/// the sandbox (cross-site websocket hijacking, CSRF). Clients that are not browsers send none.
-fn same_origin(headers: &HeaderMap) -> bool {
-    let Some(origin) = headers.get(header::ORIGIN) else {
-        return true;
-    };
+/// Every request must name this server as its host (`127.0.0.1:<port>` or
+/// `localhost:<port>`: a DNS-rebound name is refused) and, when a browser says where it comes
+/// from (`Origin`, sent with every websocket handshake and cross-site request), come from this
+/// console's own page: another site the user has open cannot drive the sandbox (cross-site
+/// websocket hijacking, CSRF, DNS rebinding). Clients that are not browsers send no `Origin`.
+async fn same_site(
+    State(app): State<App>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let headers = req.headers();
     let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
-    match (origin.to_str().ok(), host) {
-        (Some(origin), Some(host)) => origin == format!("http://{host}"),
+    let Some(host) = host.filter(|h| app.hosts.iter().any(|ok| ok == h)) else {
+        return (StatusCode::FORBIDDEN, "unknown host").into_response();
+    };
+    let origins: Vec<_> = headers.get_all(header::ORIGIN).iter().collect();
+    let same = match origins.as_slice() {
+        [] => true,
+        [one] => one.to_str().is_ok_and(|o| o == format!("http://{host}")),
         _ => false,
+    };
+    if !same {
+        return (StatusCode::FORBIDDEN, "cross-site requests are refused").into_response();
     }
+    next.run(req).await
 }
 
-fn cross_site() -> Response {
-    (StatusCode::FORBIDDEN, "cross-site requests are refused").into_response()
-}
-
-async fn run(State(app): State<App>, headers: HeaderMap, Json(req): Json<RunRequest>) -> Response {
-    if !same_origin(&headers) {
-        return cross_site();
-    }
+async fn run(State(app): State<App>, Json(req): Json<RunRequest>) -> Response {
     if req.command.trim().is_empty() || req.command.len() > 4096 {
         return (StatusCode::BAD_REQUEST, "a command of 1..4096 bytes").into_response();
     }
-    let running = app
-        .commands
-        .lock()
-        .unwrap()
-        .iter()
-        .filter(|c| c.ended.lock().unwrap().is_none())
-        .count();
-    if running >= MAX_COMMANDS {
+    // Taken before the exec and held until the command ends: concurrent requests cannot
+    // run more than MAX_COMMANDS together.
+    let Ok(slot) = app.command_slots.clone().try_acquire_owned() else {
         return (StatusCode::TOO_MANY_REQUESTS, "too many commands running").into_response();
-    }
+    };
     let exec = ExecConfig::new("sh", vec!["-c".to_owned(), req.command.clone()]);
     let capture = match app.sandbox.exec_captured(&exec, OutputMode::Combined).await {
         Ok(c) => c,
@@ -254,19 +283,34 @@ async fn run(State(app): State<App>, headers: HeaderMap, Json(req): Json<RunRequ
     let command = {
         let mut commands = app.commands.lock().unwrap();
         let c = Arc::new(Command {
-            n: commands.len(),
+            n: commands.next,
             command: req.command,
             started: Instant::now(),
             capture,
             ended: Mutex::new(None),
         });
-        commands.push(c.clone());
+        commands.next += 1;
+        commands.list.push_back(c.clone());
         c
     };
-    let watched = command.clone();
+    let (watched, commands) = (command.clone(), app.commands.clone());
     tokio::spawn(async move {
-        if let Ok(status) = watched.capture.wait().await {
+        let status = watched.capture.wait().await;
+        if let Ok(status) = status {
             *watched.ended.lock().unwrap() = Some((status, watched.started.elapsed()));
+        }
+        drop(slot);
+        // The oldest finished commands beyond KEPT_FINISHED go (their capture files with the
+        // last handle: a log socket still streaming one keeps it until it is done).
+        let mut commands = commands.lock().unwrap();
+        let finished = |c: &Arc<Command>| c.ended.lock().unwrap().is_some();
+        while commands.list.iter().filter(|c| finished(c)).count() > KEPT_FINISHED {
+            let oldest = commands
+                .list
+                .iter()
+                .position(finished)
+                .expect("one finished");
+            commands.list.remove(oldest);
         }
     });
     Json(command_json(&command)).into_response()
@@ -282,10 +326,7 @@ async fn close(mut socket: WebSocket, code: u16, reason: &'static str) {
         .await;
 }
 
-async fn term_socket(State(app): State<App>, headers: HeaderMap, ws: WebSocketUpgrade) -> Response {
-    if !same_origin(&headers) {
-        return cross_site();
-    }
+async fn term_socket(State(app): State<App>, ws: WebSocketUpgrade) -> Response {
     let slot = app.sockets.clone().try_acquire_owned();
     ws.max_frame_size(MAX_FRAME)
         .max_message_size(MAX_FRAME)
@@ -327,7 +368,13 @@ async fn terminal(app: &App) -> Result<Arc<Terminal>, oci_sandbox::SandboxError>
     tokio::spawn(async move {
         let mut buf = vec![0u8; 16 * 1024];
         loop {
-            let n = match reader.read(&mut buf).await {
+            // Ended by the shell's exit, or by the grace period after the last client (the
+            // session, dropped below, kills the shell).
+            let read = tokio::select! {
+                r = reader.read(&mut buf) => r,
+                () = t.ended.cancelled() => break,
+            };
+            let n = match read {
                 Ok(0) | Err(_) => break,
                 Ok(n) => n,
             };
@@ -382,8 +429,11 @@ async fn serve_terminal(socket: WebSocket, terminal: Arc<Terminal>) {
                 // is skipped, and said so, as a terminal drops what it cannot draw.
                 Err(broadcast::error::RecvError::Lagged(n)) => {
                     let note = format!("\r\n[web console: {n} chunks of output skipped]\r\n");
-                    if tx.send(Message::Binary(note.into_bytes().into())).await.is_err() {
-                        outcome = Some((1001, "gone"));
+                    let sent = tx.send(Message::Binary(note.into_bytes().into()));
+                    match tokio::time::timeout(SEND_DEADLINE, sent).await {
+                        Ok(Ok(())) => {}
+                        Ok(Err(_)) => outcome = Some((1001, "gone")),
+                        Err(_) => outcome = Some(slow),
                     }
                 }
                 Err(broadcast::error::RecvError::Closed) => outcome = Some((1000, "the shell ended")),
@@ -420,7 +470,6 @@ async fn serve_terminal(socket: WebSocket, terminal: Arc<Terminal>) {
         tokio::spawn(async move {
             tokio::time::sleep(TERMINAL_GRACE).await;
             if t.clients.load(Ordering::SeqCst) == 0 {
-                let _ = t.writer.lock().await.shutdown().await;
                 t.ended.cancel();
             }
         });
@@ -430,13 +479,16 @@ async fn serve_terminal(socket: WebSocket, terminal: Arc<Terminal>) {
 async fn log_socket(
     State(app): State<App>,
     Path(n): Path<usize>,
-    headers: HeaderMap,
     ws: WebSocketUpgrade,
 ) -> Response {
-    if !same_origin(&headers) {
-        return cross_site();
-    }
-    let command = app.commands.lock().unwrap().get(n).cloned();
+    let command = app
+        .commands
+        .lock()
+        .unwrap()
+        .list
+        .iter()
+        .find(|c| c.n == n)
+        .cloned();
     let Some(command) = command else {
         return StatusCode::NOT_FOUND.into_response();
     };
@@ -454,8 +506,10 @@ async fn log_socket(
             let streamed = async {
                 while let Some(chunk) = stream.next().await {
                     let Ok(chunk) = chunk else { break };
-                    if tx.send(Message::Binary(chunk)).await.is_err() {
-                        return false;
+                    // A page that does not read for SEND_DEADLINE is dropped.
+                    match tokio::time::timeout(SEND_DEADLINE, tx.send(Message::Binary(chunk))).await {
+                        Ok(Ok(())) => {}
+                        _ => return false,
                     }
                 }
                 true
@@ -468,13 +522,15 @@ async fn log_socket(
             if done {
                 let _ = command.capture.wait().await;
                 let status = command_json(&command);
-                let _ = tx.send(Message::Text(status.to_string().into())).await;
-                let _ = tx
-                    .send(Message::Close(Some(CloseFrame {
+                let ending = async {
+                    tx.send(Message::Text(status.to_string().into())).await?;
+                    tx.send(Message::Close(Some(CloseFrame {
                         code: 1000,
                         reason: "ended".into(),
                     })))
-                    .await;
+                    .await
+                };
+                let _ = tokio::time::timeout(SEND_DEADLINE, ending).await;
             }
         })
 }
