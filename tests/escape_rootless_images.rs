@@ -18,16 +18,12 @@ mod common;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::OnceLock;
 
 use common::TestSandbox;
 use common::images;
+use common::ordinary_user::{USER, as_ordinary_user_with, user_ready};
 use oci_sandbox::{Image, ImageErrorKind, OciRuntime, SandboxConfig, SandboxError};
 
-const USER: &str = "osb-rootless";
-
-/// Set in the environment of the re-run, so that it never tries to switch again.
-const CHILD: &str = "OSB_ROOTLESS_CHILD";
 /// The hostile images' layout, prepared by the root run.
 const LAYOUT_ENV: &str = "OSB_ESCAPE_ROOTLESS_LAYOUT";
 /// The ordinary user's own files, prepared by the root run.
@@ -38,96 +34,6 @@ const SECRET: &str = "precious-user-data-7f3a";
 
 // ---------------------------------------------------------------------------------------------
 // Running as the ordinary user (the pattern of tests/rootless.rs).
-
-/// Runs `body` as an ordinary user: here if this process is one, else in a copy of this test
-/// binary run as [`USER`] with only `name` selected, `env` added to its environment.
-fn as_ordinary_user_with<F: std::future::Future<Output = ()>>(
-    name: &str,
-    env: &[(&str, &Path)],
-    body: impl FnOnce() -> F,
-) {
-    if !nix::unistd::geteuid().is_root() {
-        return tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap()
-            .block_on(body());
-    }
-    assert!(
-        std::env::var_os(CHILD).is_none(),
-        "the re-run as {USER} is still root"
-    );
-    let (_binary_dir, binary) = readable_copy_of_this_binary();
-    let out = Command::new("runuser")
-        .args(["-u", USER, "--"])
-        .arg(binary)
-        .args(["--exact", name, "--nocapture", "--test-threads=1"])
-        .env_clear()
-        .env(CHILD, "1")
-        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-        .env("HOME", "/tmp")
-        .env("RUST_BACKTRACE", "1")
-        .envs(env.iter().copied())
-        .current_dir("/tmp")
-        .output()
-        .expect("runuser (util-linux) must be installed");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success() && stdout.contains("1 passed"),
-        "as {USER}: {}\n--- stdout\n{stdout}\n--- stderr\n{stderr}",
-        out.status
-    );
-}
-
-/// The user, created if missing (a system user without a login shell or home).
-fn ensure_user() {
-    let exists = Command::new("id")
-        .arg(USER)
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false);
-    if !exists {
-        let status = Command::new("useradd")
-            .args([
-                "--system",
-                "--no-create-home",
-                "--shell",
-                "/usr/sbin/nologin",
-                USER,
-            ])
-            .status()
-            .expect("useradd");
-        assert!(
-            status.success() || Command::new("id").arg(USER).status().unwrap().success(),
-            "useradd {USER} failed"
-        );
-    }
-}
-
-fn user_ready() {
-    static USER_READY: OnceLock<()> = OnceLock::new();
-    USER_READY.get_or_init(ensure_user);
-}
-
-/// This test binary in a world-readable temp dir: hard-linked there (a copy across file
-/// systems), gone with the dir.
-fn readable_copy_of_this_binary() -> (tempfile::TempDir, PathBuf) {
-    user_ready();
-    let dir = tempfile::Builder::new()
-        .prefix("osb-rootless-bin-")
-        .tempdir_in("/tmp")
-        .unwrap();
-    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-    let path = dir.path().join("escape-rootless-tests");
-    let exe = std::env::current_exe().unwrap();
-    if std::fs::hard_link(&exe, &path).is_err() {
-        std::fs::copy(&exe, &path).unwrap();
-    }
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
-    (dir, path)
-}
 
 fn env_path(name: &str) -> PathBuf {
     PathBuf::from(std::env::var_os(name).unwrap_or_else(|| {

@@ -11,97 +11,21 @@
 //! `make web-assets`.
 
 mod common;
+#[path = "common/web.rs"]
+mod web;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use fantoccini::{Client, ClientBuilder, Locator};
+use fantoccini::Locator;
 use futures::{SinkExt, StreamExt};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-
-/// The example, serving on a free port; killed (and its sandbox with it) on drop.
-struct Console {
-    child: tokio::process::Child,
-    url: String,
-    addr: SocketAddr,
-}
-
-impl Console {
-    async fn start() -> Console {
-        Console::start_with(&[]).await
-    }
-
-    async fn start_with(env: &[(&str, &Path)]) -> Console {
-        let assets = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/web-assets");
-        assert!(
-            assets.join("xterm.js").exists(),
-            "{} has no xterm.js: run `make web-assets` (make test does)",
-            assets.display()
-        );
-        let mut child = tokio::process::Command::new(common::example_binary("web_console"))
-            .env("PORT", "0")
-            .env("WEB_ASSETS", &assets)
-            .envs(env.iter().copied())
-            .stdout(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap();
-        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        let line = tokio::time::timeout(Duration::from_secs(60), lines.next_line())
-            .await
-            .expect("the console starts within 60 s")
-            .unwrap()
-            .expect("the console prints its URL");
-        let url = line
-            .strip_prefix("web console on ")
-            .expect("the URL line")
-            .to_owned();
-        let addr = url
-            .trim_start_matches("http://")
-            .trim_end_matches('/')
-            .parse()
-            .unwrap();
-        Console { child, url, addr }
-    }
-
-    fn port(&self) -> u16 {
-        self.addr.port()
-    }
-
-    fn pid(&self) -> i32 {
-        self.child.id().expect("the console runs") as i32
-    }
-
-    /// Ends the server as Ctrl-C would, so that it closes its sandbox.
-    async fn stop(mut self) {
-        if let Some(pid) = self.child.id() {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(pid as i32),
-                nix::sys::signal::Signal::SIGINT,
-            );
-        }
-        let status = tokio::time::timeout(Duration::from_secs(30), self.child.wait())
-            .await
-            .expect("the console ends on SIGINT")
-            .unwrap();
-        assert!(status.success(), "{status}");
-    }
-
-    /// Panics if the server process has exited (a panic that took it down, say).
-    fn assert_alive(&mut self) {
-        assert!(
-            self.child.try_wait().unwrap().is_none(),
-            "the console died: {:?}",
-            self.child.try_wait()
-        );
-    }
-}
+use web::{Console, Driver};
 
 /// One HTTP/1.1 exchange on a fresh connection: `head` (request line and headers, without the
 /// final blank line; `Connection: close` is added) then `body`. Returns the status and the
@@ -779,53 +703,6 @@ async fn sigterm_leaves_no_container_behind() {
     );
 }
 
-/// chromedriver on a free port, killed on drop.
-struct Driver {
-    _child: tokio::process::Child,
-    url: String,
-}
-
-impl Driver {
-    async fn start() -> Driver {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let child = tokio::process::Command::new("chromedriver")
-            .arg(format!("--port={port}"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("chromedriver (Debian's chromium-driver) must be installed: make test does");
-        let url = format!("http://127.0.0.1:{port}");
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while TcpStream::connect(("127.0.0.1", port)).await.is_err() {
-            assert!(Instant::now() < deadline, "chromedriver did not listen");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        Driver { _child: child, url }
-    }
-
-    async fn browser(&self) -> Client {
-        let mut caps = serde_json::Map::new();
-        caps.insert(
-            "goog:chromeOptions".into(),
-            serde_json::json!({
-                "binary": "/usr/bin/chromium",
-                "args": ["--headless=new", "--no-sandbox", "--disable-gpu",
-                         "--disable-dev-shm-usage", "--window-size=1100,700"],
-            }),
-        );
-        ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
-            .capabilities(caps)
-            .connect(&self.url)
-            .await
-            .expect("a chromium session")
-    }
-}
-
 /// A command line and a command's output made of HTML: shown as text in the command list and
 /// the log, never parsed (no element made, no script run).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -839,7 +716,7 @@ async fn commands_and_their_output_are_text_in_the_page() {
                    \\074b id=xss-bold\\076bold\\074/b\\076\\n'";
     run_to_end(addr, command).await;
     let driver = Driver::start().await;
-    let client = driver.browser().await;
+    let client = driver.browser(1100, 700).await;
     client.goto(&console.url).await.unwrap();
     let deadline = Instant::now() + Duration::from_secs(20);
     let (list, log) = loop {

@@ -5,10 +5,10 @@
 mod common;
 
 use std::net::{IpAddr, Ipv4Addr};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::TestSandbox;
+use common::upstream::Upstream;
 use futures::StreamExt;
 use oci_sandbox::{
     EgressDecision, EgressEvent, EgressPolicy, ExecConfig, Network, SandboxConfig, SandboxError,
@@ -16,62 +16,6 @@ use oci_sandbox::{
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const LOOPBACK: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
-
-/// An HTTP server on the host's loopback that answers every request with
-/// `hello from upstream <path>` and records each request head it got.
-struct Upstream {
-    port: u16,
-    heads: Arc<Mutex<Vec<String>>>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for Upstream {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-impl Upstream {
-    async fn start() -> Upstream {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let heads = Arc::new(Mutex::new(Vec::new()));
-        let recorded = heads.clone();
-        let task = tokio::spawn(async move {
-            loop {
-                let Ok((mut s, _)) = listener.accept().await else {
-                    return;
-                };
-                let recorded = recorded.clone();
-                tokio::spawn(async move {
-                    let mut head = Vec::new();
-                    let mut buf = [0u8; 4096];
-                    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                        match s.read(&mut buf).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => head.extend_from_slice(&buf[..n]),
-                        }
-                    }
-                    let head = String::from_utf8_lossy(&head).into_owned();
-                    let path = head.split_whitespace().nth(1).unwrap_or("?").to_owned();
-                    recorded.lock().unwrap().push(head);
-                    let body = format!("hello from upstream {path}\n");
-                    let reply = format!(
-                        "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                        body.len()
-                    );
-                    let _ = s.write_all(reply.as_bytes()).await;
-                    let _ = s.shutdown().await;
-                });
-            }
-        });
-        Upstream { port, heads, task }
-    }
-
-    fn heads(&self) -> Vec<String> {
-        self.heads.lock().unwrap().clone()
-    }
-}
 
 fn egress(policy: EgressPolicy) -> SandboxConfig {
     SandboxConfig {

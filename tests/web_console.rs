@@ -3,115 +3,16 @@
 //! websocket client. `make test` installs both and fetches xterm.js first (`make web-assets`).
 
 mod common;
+#[path = "common/web.rs"]
+mod web;
 
 use std::path::PathBuf;
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use fantoccini::{Client, ClientBuilder, Locator};
+use fantoccini::{Client, Locator};
 use futures::{SinkExt, StreamExt};
-use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio_tungstenite::tungstenite::Message;
-
-/// The example, serving on a free port; killed (and its sandbox with it) on drop.
-struct Console {
-    child: tokio::process::Child,
-    url: String,
-}
-
-impl Console {
-    async fn start() -> Console {
-        let assets = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/web-assets");
-        assert!(
-            assets.join("xterm.js").exists(),
-            "{} has no xterm.js: run `make web-assets` (make test does)",
-            assets.display()
-        );
-        let mut child = tokio::process::Command::new(common::example_binary("web_console"))
-            .env("PORT", "0")
-            .env("WEB_ASSETS", &assets)
-            .stdout(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap();
-        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        let line = tokio::time::timeout(Duration::from_secs(60), lines.next_line())
-            .await
-            .expect("the console starts within 60 s")
-            .unwrap()
-            .expect("the console prints its URL");
-        let url = line
-            .strip_prefix("web console on ")
-            .expect("the URL line")
-            .to_owned();
-        Console { child, url }
-    }
-
-    /// Ends the server as Ctrl-C would, so that it closes its sandbox.
-    async fn stop(mut self) {
-        if let Some(pid) = self.child.id() {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(pid as i32),
-                nix::sys::signal::Signal::SIGINT,
-            );
-        }
-        let status = tokio::time::timeout(Duration::from_secs(30), self.child.wait())
-            .await
-            .expect("the console ends on SIGINT")
-            .unwrap();
-        assert!(status.success(), "{status}");
-    }
-}
-
-/// chromedriver on a free port, killed on drop.
-struct Driver {
-    _child: tokio::process::Child,
-    url: String,
-}
-
-impl Driver {
-    async fn start() -> Driver {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let child = tokio::process::Command::new("chromedriver")
-            .arg(format!("--port={port}"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("chromedriver (Debian's chromium-driver) must be installed: make test does");
-        let url = format!("http://127.0.0.1:{port}");
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .is_err()
-        {
-            assert!(Instant::now() < deadline, "chromedriver did not listen");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        Driver { _child: child, url }
-    }
-
-    async fn browser(&self, width: u32, height: u32) -> Client {
-        let mut caps = serde_json::Map::new();
-        caps.insert(
-            "goog:chromeOptions".into(),
-            serde_json::json!({
-                "binary": "/usr/bin/chromium",
-                "args": ["--headless=new", "--no-sandbox", "--disable-gpu",
-                         "--disable-dev-shm-usage", format!("--window-size={width},{height}")],
-            }),
-        );
-        ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
-            .capabilities(caps)
-            .connect(&self.url)
-            .await
-            .expect("a chromium session")
-    }
-}
+use web::{Console, Driver};
 
 /// Polls until the terminal's text contains `needle`; returns it.
 async fn terminal_shows(client: &Client, needle: &str) -> String {
