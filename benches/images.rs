@@ -11,7 +11,7 @@ use std::time::Instant;
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use oci_sandbox::{Image, NamespaceContainer, OciRuntime, RegistryImage, SandboxConfig, Stdio};
-use raw_cli::{median, rounds, runtimes, timed};
+use raw_cli::{median, rounds, runtimes, timed, unmount_crun_ns};
 
 #[allow(dead_code)]
 #[path = "../tests/common/images.rs"]
@@ -35,13 +35,6 @@ async fn runtime_in(kind: OciRuntime, state: &std::path::Path) -> NamespaceConta
         .build()
         .await
         .unwrap()
-}
-
-fn unmount_crun_ns(state: &std::path::Path) {
-    let ns = state.join("crun/ns");
-    for m in [ns.join("mnt"), ns] {
-        let _ = nix::mount::umount2(&m, nix::mount::MntFlags::MNT_DETACH);
-    }
 }
 
 fn images_bench(_c: &mut Criterion) {

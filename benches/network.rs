@@ -193,10 +193,7 @@ fn network_bench(_c: &mut Criterion) {
             proxied.close().await;
             direct.close().await;
             runtime.close().await;
-            let ns = state.path().join("crun/ns");
-            for m in [ns.join("mnt"), ns] {
-                let _ = nix::mount::umount2(&m, nix::mount::MntFlags::MNT_DETACH);
-            }
+            raw_cli::unmount_crun_ns(state.path());
         }
     });
 }

@@ -6,21 +6,19 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::TestSandbox;
-use common::upstream::Upstream;
-use futures::StreamExt;
+use common::egress::{LOOPBACK, Upstream, drain, egress};
 use oci_sandbox::{
-    EgressDecision, EgressEvent, EgressPolicy, ExecConfig, Network, OciRuntime, OutputMode,
-    Sandbox, SandboxConfig,
+    EgressDecision, EgressPolicy, ExecConfig, Network, OciRuntime, OutputMode, Sandbox,
+    SandboxConfig,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-const LOOPBACK: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
 const SECRET: &str = "s3cret-credential-4711";
 
 /// A server that accepts connections and holds them open, silent, ignoring their end (as a
@@ -76,13 +74,6 @@ impl Silent {
     fn release(&self) {
         self.released.store(true, Ordering::SeqCst);
         self.held.lock().unwrap().clear();
-    }
-}
-
-fn egress(policy: EgressPolicy) -> SandboxConfig {
-    SandboxConfig {
-        network: Network::Egress(policy),
-        ..SandboxConfig::default()
     }
 }
 
@@ -180,18 +171,6 @@ async fn raw(sandbox: &Sandbox, cases: &[(&str, Vec<u8>)]) -> BTreeMap<String, S
         .filter_map(|l| l.split_once(": "))
         .map(|(k, v)| (k.to_owned(), v.to_owned()))
         .collect()
-}
-
-/// The events that arrive within two seconds of the last one (at most `max`).
-async fn drain(events: &mut oci_sandbox::EgressEvents, max: usize) -> Vec<EgressEvent> {
-    let mut got = Vec::new();
-    while got.len() < max {
-        match tokio::time::timeout(Duration::from_secs(2), events.next()).await {
-            Ok(Some(e)) => got.push(e),
-            _ => break,
-        }
-    }
-    got
 }
 
 /// Sockets of live processes connected to `127.0.0.1:port` (in `/proc/net/tcp`, owned by an

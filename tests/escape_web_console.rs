@@ -720,20 +720,8 @@ async fn commands_and_their_output_are_text_in_the_page() {
     client.goto(&console.url).await.unwrap();
     let deadline = Instant::now() + Duration::from_secs(20);
     let (list, log) = loop {
-        let list = client
-            .find(Locator::Id("commands"))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        let log = client
-            .find(Locator::Id("log"))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let list = web::text_of(&client, Locator::Id("commands")).await;
+        let log = web::text_of(&client, Locator::Id("log")).await;
         if list.contains("finished") && log.contains("xss-bold") {
             break (list, log);
         }

@@ -4,25 +4,15 @@
 
 mod common;
 
-use std::net::{IpAddr, Ipv4Addr};
 use std::time::Duration;
 
 use common::TestSandbox;
-use common::upstream::Upstream;
+use common::egress::{LOOPBACK, Upstream, drain, egress};
 use futures::StreamExt;
 use oci_sandbox::{
-    EgressDecision, EgressEvent, EgressPolicy, ExecConfig, Network, SandboxConfig, SandboxError,
+    EgressDecision, EgressEvent, EgressPolicy, ExecConfig, SandboxConfig, SandboxError,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-const LOOPBACK: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
-
-fn egress(policy: EgressPolicy) -> SandboxConfig {
-    SandboxConfig {
-        network: Network::Egress(policy),
-        ..SandboxConfig::default()
-    }
-}
 
 /// Runs `script` in a new exec of `sandbox`; returns its stdout.
 async fn sh(sandbox: &oci_sandbox::Sandbox, script: &str) -> String {
@@ -34,18 +24,6 @@ async fn sh(sandbox: &oci_sandbox::Sandbox, script: &str) -> String {
         .await
         .unwrap();
     String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// The events that arrive within a second of the last one (at most `max`).
-async fn drain(events: &mut oci_sandbox::EgressEvents, max: usize) -> Vec<EgressEvent> {
-    let mut got = Vec::new();
-    while got.len() < max {
-        match tokio::time::timeout(Duration::from_secs(2), events.next()).await {
-            Ok(Some(e)) => got.push(e),
-            _ => break,
-        }
-    }
-    got
 }
 
 fn lines(out: &str) -> std::collections::BTreeMap<String, String> {

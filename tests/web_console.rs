@@ -18,13 +18,7 @@ use web::{Console, Driver};
 async fn terminal_shows(client: &Client, needle: &str) -> String {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let text = client
-            .find(Locator::Css(".xterm-rows"))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let text = web::text_of(client, Locator::Css(".xterm-rows")).await;
         if text.contains(needle) {
             return text;
         }
@@ -71,13 +65,7 @@ async fn stty_size(client: &Client, marker: &str) -> (u32, u32) {
 }
 
 async fn log_text(client: &Client) -> String {
-    client
-        .find(Locator::Id("log"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap()
+    web::text_of(client, Locator::Id("log")).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -122,13 +110,7 @@ async fn the_console_works_in_a_real_browser() {
     );
     client.set_window_size(1100, 700).await.unwrap();
     // The runtime and limits are shown.
-    let header = client
-        .find(Locator::Id("info"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let header = web::text_of(&client, Locator::Id("info")).await;
     assert!(
         header.contains("runtime: runc") && header.contains("pids: 256"),
         "{header}"
@@ -151,13 +133,7 @@ async fn the_console_works_in_a_real_browser() {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let log = log_text(&client).await;
-        let list = client
-            .find(Locator::Id("commands"))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let list = web::text_of(&client, Locator::Id("commands")).await;
         if log.contains("line-1") {
             assert!(
                 !log.contains("line-6") && list.contains("running"),
@@ -188,13 +164,7 @@ async fn the_console_works_in_a_real_browser() {
     // The list says it finished, with its status.
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let list = client
-            .find(Locator::Id("commands"))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let list = web::text_of(&client, Locator::Id("commands")).await;
         if list.contains("finished") {
             assert!(list.contains("exit"), "{list}");
             break;

@@ -106,3 +106,13 @@ pub fn median(v: &mut [f64]) -> f64 {
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
 }
+
+/// Unmounts crun's namespace under a bench's own state dir (bound there by the library on
+/// hybrid cgroups), so that removing the dir leaves no mount behind.
+#[allow(dead_code)] // Not every bench keeps a state dir of its own.
+pub fn unmount_crun_ns(state: &std::path::Path) {
+    let ns = state.join("crun/ns");
+    for m in [ns.join("mnt"), ns] {
+        let _ = nix::mount::umount2(&m, nix::mount::MntFlags::MNT_DETACH);
+    }
+}

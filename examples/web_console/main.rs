@@ -326,23 +326,35 @@ async fn close(mut socket: WebSocket, code: u16, reason: &'static str) {
         .await;
 }
 
-async fn term_socket(State(app): State<App>, ws: WebSocketUpgrade) -> Response {
-    let slot = app.sockets.clone().try_acquire_owned();
+/// Upgrades to a websocket with the frame bound, served by `serve` while it holds one of the
+/// [`MAX_SOCKETS`] slots (without one it is closed at once with 1013).
+fn upgrade<F, Fut>(sockets: &Arc<Semaphore>, ws: WebSocketUpgrade, serve: F) -> Response
+where
+    F: FnOnce(WebSocket) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let slot = sockets.clone().try_acquire_owned();
     ws.max_frame_size(MAX_FRAME)
         .max_message_size(MAX_FRAME)
         .on_upgrade(move |socket| async move {
             let Ok(_slot) = slot else {
                 return close(socket, 1013, "too many connections").await;
             };
-            let terminal = match terminal(&app).await {
-                Ok(t) => t,
-                Err(e) => {
-                    tracing::warn!(error = %e, "no terminal");
-                    return close(socket, 1011, "the terminal could not start").await;
-                }
-            };
-            serve_terminal(socket, terminal).await;
+            serve(socket).await;
         })
+}
+
+async fn term_socket(State(app): State<App>, ws: WebSocketUpgrade) -> Response {
+    upgrade(&app.sockets.clone(), ws, move |socket| async move {
+        let terminal = match terminal(&app).await {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::warn!(error = %e, "no terminal");
+                return close(socket, 1011, "the terminal could not start").await;
+            }
+        };
+        serve_terminal(socket, terminal).await;
+    })
 }
 
 /// The shared terminal, started if there is none (or the last one ended).
@@ -492,45 +504,39 @@ async fn log_socket(
     let Some(command) = command else {
         return StatusCode::NOT_FOUND.into_response();
     };
-    let slot = app.sockets.clone().try_acquire_owned();
-    ws.max_frame_size(MAX_FRAME)
-        .max_message_size(MAX_FRAME)
-        .on_upgrade(move |socket| async move {
-            let Ok(_slot) = slot else {
-                return close(socket, 1013, "too many connections").await;
-            };
-            let (mut tx, mut rx) = socket.split();
-            // From the first byte, following the file until the command ends; each send
-            // waits for the socket, so a slow browser slows its own stream only.
-            let mut stream = command.capture.output.stdout_stream();
-            let streamed = async {
-                while let Some(chunk) = stream.next().await {
-                    let Ok(chunk) = chunk else { break };
-                    // A page that does not read for SEND_DEADLINE is dropped.
-                    match tokio::time::timeout(SEND_DEADLINE, tx.send(Message::Binary(chunk))).await {
-                        Ok(Ok(())) => {}
-                        _ => return false,
-                    }
+    upgrade(&app.sockets.clone(), ws, move |socket| async move {
+        let (mut tx, mut rx) = socket.split();
+        // From the first byte, following the file until the command ends; each send
+        // waits for the socket, so a slow browser slows its own stream only.
+        let mut stream = command.capture.output.stdout_stream();
+        let streamed = async {
+            while let Some(chunk) = stream.next().await {
+                let Ok(chunk) = chunk else { break };
+                // A page that does not read for SEND_DEADLINE is dropped.
+                match tokio::time::timeout(SEND_DEADLINE, tx.send(Message::Binary(chunk))).await {
+                    Ok(Ok(())) => {}
+                    _ => return false,
                 }
-                true
-            };
-            let done = tokio::select! {
-                done = streamed => done,
-                // The browser closing ends the stream too.
-                _ = async { while let Some(Ok(m)) = rx.next().await { if matches!(m, Message::Close(_)) { break } } } => false,
-            };
-            if done {
-                let _ = command.capture.wait().await;
-                let status = command_json(&command);
-                let ending = async {
-                    tx.send(Message::Text(status.to_string().into())).await?;
-                    tx.send(Message::Close(Some(CloseFrame {
-                        code: 1000,
-                        reason: "ended".into(),
-                    })))
-                    .await
-                };
-                let _ = tokio::time::timeout(SEND_DEADLINE, ending).await;
             }
-        })
+            true
+        };
+        let done = tokio::select! {
+            done = streamed => done,
+            // The browser closing ends the stream too.
+            _ = async { while let Some(Ok(m)) = rx.next().await { if matches!(m, Message::Close(_)) { break } } } => false,
+        };
+        if done {
+            let _ = command.capture.wait().await;
+            let status = command_json(&command);
+            let ending = async {
+                tx.send(Message::Text(status.to_string().into())).await?;
+                tx.send(Message::Close(Some(CloseFrame {
+                    code: 1000,
+                    reason: "ended".into(),
+                })))
+                .await
+            };
+            let _ = tokio::time::timeout(SEND_DEADLINE, ending).await;
+        }
+    })
 }

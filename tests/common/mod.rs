@@ -7,9 +7,9 @@ use std::time::Duration;
 
 use oci_sandbox::{ContainerConfig, NamespaceContainer, OciRuntime, SandboxConfig};
 
+pub mod egress;
 pub mod images;
 pub mod ordinary_user;
-pub mod upstream;
 
 /// Reads `reader` (a PTY) until `needle` appears and returns everything read; fails after
 /// 10 s or at end of stream.

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use fantoccini::{Client, ClientBuilder};
+use fantoccini::{Client, ClientBuilder, Locator};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::net::TcpStream;
 
@@ -138,4 +138,9 @@ impl Driver {
             .await
             .expect("a chromium session")
     }
+}
+
+/// The text of the page's element `at` (which must be there).
+pub async fn text_of(client: &Client, at: Locator<'_>) -> String {
+    client.find(at).await.unwrap().text().await.unwrap()
 }

@@ -1,6 +1,12 @@
-//! A plain HTTP upstream for the egress tests: answers every request and records its head.
+//! Helpers of the egress tests: a plain HTTP upstream that answers every request and records
+//! its head, a policy's config, and the draining of a sandbox's decisions.
 
+use std::net::{IpAddr, Ipv4Addr};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::StreamExt;
+use oci_sandbox::{EgressEvent, EgressEvents, EgressPolicy, Network, SandboxConfig};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -66,4 +72,27 @@ impl Upstream {
     pub fn heads(&self) -> Vec<String> {
         self.heads.lock().unwrap().clone()
     }
+}
+
+/// The host's loopback, where the tests' upstreams listen.
+pub const LOOPBACK: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
+
+/// The default policy with `policy` as its network.
+pub fn egress(policy: EgressPolicy) -> SandboxConfig {
+    SandboxConfig {
+        network: Network::Egress(policy),
+        ..SandboxConfig::default()
+    }
+}
+
+/// The events that arrive within two seconds of the last one (at most `max`).
+pub async fn drain(events: &mut EgressEvents, max: usize) -> Vec<EgressEvent> {
+    let mut got = Vec::new();
+    while got.len() < max {
+        match tokio::time::timeout(Duration::from_secs(2), events.next()).await {
+            Ok(Some(e)) => got.push(e),
+            _ => break,
+        }
+    }
+    got
 }
