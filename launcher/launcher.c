@@ -35,6 +35,11 @@
  *           it and the fd;
  *       'T' (own terminal): no fd; the launcher makes a PTY in the container's devpts and
  *           sends its controller back ("P" below).
+ *       'b' (background): no fd; the command's stdio is the container's own /dev/null, and
+ *           after "S" the launcher closes the channel and keeps no host fd for it: the
+ *           command runs until it ends or the container does (nothing is reported), and a
+ *           checkpoint can carry it. While one runs, the leftovers of ended execs are not
+ *           swept (gVisor) until none does.
  *     A request that arrives cut short (longer than MAX_REQUEST, or more than four fds:
  *     MSG_TRUNC, MSG_CTRUNC) is malformed. A request without a channel is dropped
  *     unanswered. At MAX_CONNS running commands a request is answered "E 24" and its fds
@@ -67,6 +72,19 @@
  *     "W <cols> <rows>"  resize the PTY the launcher relays (mode 't' relayed only; the host
  *                    resizes a controller it holds itself).
  *
+ *   host -> launcher, control socket: "D" token '\0', with one fd by SCM_RIGHTS (a channel),
+ *     token 16 to 64 characters of [0-9a-f]: detach (before a checkpoint). The launcher
+ *     answers on the channel "E 16" (EBUSY) while it holds any fd of the host's (a command
+ *     other than a background one, a helper), "E <errno>" if it cannot listen for the
+ *     attach; else it listens on the abstract Unix socket ATTACH_NAME, answers "D", closes the
+ *     control socket and the channel, and holds no host fd any more. It then waits for an
+ *     attach: a connection there passing one fd (SCM_RIGHTS) whose first record, within a
+ *     second, is "A" token '\0' with the same token; any other connection is closed. That
+ *     fd becomes the control socket, and "ready" is sent on it as at the start. The token
+ *     never leaves the launcher's (non-dumpable) memory inside the sandbox, so code in the
+ *     sandbox cannot attach; the attach itself is `launcher attach`, run by the host with
+ *     the new control socket as its stdin (`runsc exec`).
+ *
  *   The host closes a channel: the command's process group is killed with SIGKILL.
  *   The host closes the control socket (it ended, or died): every command is killed and the
  *   launcher exits, so the container dies with its owner.
@@ -81,6 +99,7 @@
 #include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -103,6 +122,9 @@
 #define COMMAND_NOFILE 1024
 #define MAX_REQUEST (192 * 1024)
 #define MAX_ITEMS 8192
+/* Where a detached launcher waits for its host (abstract: nothing on a filesystem). */
+#define ATTACH_NAME "oci-sandbox-attach"
+#define TOKEN_MAX 64
 
 struct conn {
     int fd;
@@ -589,6 +611,9 @@ static int file_request(int fd, int *fds, int nfds, size_t len, int truncated) {
 
 /* Reads one request from the control socket, forks and execs the command. Returns -1 when the
    control socket has ended (the host is gone). */
+static int signal_fd = -1;
+static int detach(int fd, int *fds, int nfds, size_t len, int truncated, int sfd);
+
 static int start(void) {
     int passed[4] = {-1, -1, -1, -1};
     int ngot = 0;
@@ -623,6 +648,9 @@ static int start(void) {
     int fd = passed[0];
     int *fds = &passed[1];
     int nfds = ngot - 1;
+    if (len > 0 && request[0] == 'D')
+        return detach(fd, fds, nfds, (size_t)len, (msg.msg_flags & (MSG_TRUNC | MSG_CTRUNC)) != 0,
+                      signal_fd);
     if (len > 0 && request[0] == 'N')
         return net_request(fd, fds, nfds, (size_t)len, (msg.msg_flags & (MSG_TRUNC | MSG_CTRUNC)) != 0);
     if (len > 0 && request[0] == 'F')
@@ -639,7 +667,7 @@ static int start(void) {
     int ok = (msg.msg_flags & (MSG_TRUNC | MSG_CTRUNC)) == 0 && n >= 4 && items[0][0] == 'R';
     char mode = ok ? items[0][1] : 0;
     int argc = ok ? atoi(items[2]) : 0;
-    int want = mode == 'p' ? 3 : mode == 't' ? 1 : mode == 'T' ? 0 : -1;
+    int want = mode == 'p' ? 3 : mode == 't' ? 1 : (mode == 'T' || mode == 'b') ? 0 : -1;
     ok = ok && nfds == want && argc > 0 && 3 + argc < n;
     int envc = ok ? atoi(items[3 + argc]) : 0;
     ok = ok && 4 + argc + envc == n;
@@ -648,6 +676,25 @@ static int start(void) {
         close_fds(fds, nfds);
         drop_conn(i);
         return 0;
+    }
+    /* A background command's stdio: this kernel's /dev/null, no fd of the host's. */
+    if (mode == 'b') {
+        int null = open("/dev/null", O_RDWR | O_CLOEXEC);
+        if (null < 0) {
+            reply(fd, "E 24");
+            drop_conn(i);
+            return 0;
+        }
+        fds[0] = null;
+        fds[1] = dup(null);
+        fds[2] = dup(null);
+        nfds = 3;
+        if (fds[1] < 0 || fds[2] < 0) {
+            close_fds(fds, 3);
+            reply(fd, "E 24");
+            drop_conn(i);
+            return 0;
+        }
     }
     /* A terminal end that is no terminal here (gVisor cannot treat a host PTY as one): make
        a PTY of this kernel's and relay between it and the stream the host gave. */
@@ -820,6 +867,116 @@ static int start(void) {
     conns[i].cmd = pid;
     snprintf(text, sizeof text, "S %d", (int)pid);
     reply(fd, text);
+    if (mode == 'b') {
+        /* Nothing of the host's is kept for it: its end is reaped and dropped unreported. */
+        close(fd);
+        conns[i].fd = -1;
+    }
+    return 0;
+}
+
+static void reap(void);
+
+/* Waits, detached, for the host to attach again (see "D" in the protocol above): serves
+   nothing but the reaping of what ends meanwhile. Returns with control_fd set. */
+static void await_attach(int listener, int sfd, const char *token) {
+    char want[TOKEN_MAX + 2];
+    size_t want_len = (size_t)snprintf(want, sizeof want, "A%s", token) + 1;
+    for (;;) {
+        struct pollfd p[2] = {{.fd = listener, .events = POLLIN}, {.fd = sfd, .events = POLLIN}};
+        if (poll(p, 2, -1) < 0) continue;
+        if (p[1].revents) {
+            struct signalfd_siginfo si;
+            while (read(sfd, &si, sizeof si) > 0) {
+            }
+            reap();
+        }
+        if (!p[0].revents) continue;
+        int c = accept4(listener, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK);
+        if (c < 0) continue;
+        int passed = -1;
+        struct pollfd wait_c = {.fd = c, .events = POLLIN};
+        if (poll(&wait_c, 1, 1000) == 1) {
+            char byte;
+            struct iovec iov = {.iov_base = &byte, .iov_len = 1};
+            char control[CMSG_SPACE(sizeof(int))];
+            struct msghdr msg = {.msg_iov = &iov,
+                                 .msg_iovlen = 1,
+                                 .msg_control = control,
+                                 .msg_controllen = sizeof control};
+            if (recvmsg(c, &msg, MSG_CMSG_CLOEXEC | MSG_DONTWAIT) > 0) {
+                for (struct cmsghdr *m = CMSG_FIRSTHDR(&msg); m; m = CMSG_NXTHDR(&msg, m)) {
+                    if (m->cmsg_level != SOL_SOCKET || m->cmsg_type != SCM_RIGHTS) continue;
+                    int n = (m->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+                    for (int k = 0; k < n; k++) {
+                        int fd;
+                        memcpy(&fd, CMSG_DATA(m) + k * sizeof(int), sizeof fd);
+                        if (passed < 0 && !(msg.msg_flags & MSG_CTRUNC)) {
+                            passed = fd;
+                        } else {
+                            close(fd);
+                        }
+                    }
+                }
+            }
+        }
+        close(c);
+        if (passed < 0) continue;
+        /* The host's first record on it is the token: then it is the host's socket. */
+        char got[TOKEN_MAX + 8];
+        struct pollfd wait_p = {.fd = passed, .events = POLLIN};
+        ssize_t len = -1;
+        if (poll(&wait_p, 1, 1000) == 1) len = recv(passed, got, sizeof got, MSG_DONTWAIT);
+        if (len == (ssize_t)want_len && memcmp(got, want, want_len) == 0) {
+            control_fd = passed;
+            close(listener);
+            reply(control_fd, "ready");
+            return;
+        }
+        close(passed);
+    }
+}
+
+/* A detach request (see "D" above): refused while the launcher holds a host fd. */
+static int detach(int fd, int *fds, int nfds, size_t len, int truncated, int sfd) {
+    close_fds(fds, nfds);
+    request[len] = '\0';
+    const char *token = request + 1;
+    size_t token_len = strnlen(token, len - 1);
+    int valid = !truncated && nfds == 0 && token_len + 2 == len && token_len >= 16 &&
+                token_len <= TOKEN_MAX && strspn(token, "0123456789abcdef") == token_len;
+    if (!valid) {
+        reply(fd, "E 22");
+        close(fd);
+        return 0;
+    }
+    int busy = nhelpers > 0 || ndraining > 0;
+    for (int i = 0; i < nconns; i++) busy |= conns[i].fd >= 0 || conns[i].relayer > 0;
+    if (busy) {
+        reply(fd, "E 16");
+        close(fd);
+        return 0;
+    }
+    int listener = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
+    struct sockaddr_un addr = {.sun_family = AF_UNIX};
+    memcpy(addr.sun_path + 1, ATTACH_NAME, sizeof ATTACH_NAME - 1);
+    socklen_t addr_len = offsetof(struct sockaddr_un, sun_path) + 1 + sizeof ATTACH_NAME - 1;
+    if (listener < 0 || bind(listener, (struct sockaddr *)&addr, addr_len) < 0 ||
+        listen(listener, 8) < 0) {
+        char text[16];
+        snprintf(text, sizeof text, "E %d", errno);
+        if (listener >= 0) close(listener);
+        reply(fd, text);
+        close(fd);
+        return 0;
+    }
+    char kept[TOKEN_MAX + 1];
+    memcpy(kept, token, token_len + 1);
+    reply(fd, "D");
+    close(fd);
+    close(control_fd);
+    control_fd = -1;
+    await_attach(listener, sfd, kept);
     return 0;
 }
 
@@ -917,7 +1074,39 @@ static void end_all(void) {
     _exit(0);
 }
 
-int main(void) {
+/* `launcher attach`, run by the host in a detached sandbox with its new control socket as
+   stdin: hands that socket to the launcher waiting on ATTACH_NAME, and exits. */
+static int attach(void) {
+    int s = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
+    struct sockaddr_un addr = {.sun_family = AF_UNIX};
+    memcpy(addr.sun_path + 1, ATTACH_NAME, sizeof ATTACH_NAME - 1);
+    socklen_t addr_len = offsetof(struct sockaddr_un, sun_path) + 1 + sizeof ATTACH_NAME - 1;
+    if (s < 0 || connect(s, (struct sockaddr *)&addr, addr_len) < 0) {
+        perror("launcher attach");
+        return 1;
+    }
+    char byte = 'a';
+    struct iovec iov = {.iov_base = &byte, .iov_len = 1};
+    char control[CMSG_SPACE(sizeof(int))] = {0};
+    struct msghdr msg = {.msg_iov = &iov,
+                         .msg_iovlen = 1,
+                         .msg_control = control,
+                         .msg_controllen = sizeof control};
+    struct cmsghdr *m = CMSG_FIRSTHDR(&msg);
+    m->cmsg_level = SOL_SOCKET;
+    m->cmsg_type = SCM_RIGHTS;
+    m->cmsg_len = CMSG_LEN(sizeof(int));
+    int zero = 0;
+    memcpy(CMSG_DATA(m), &zero, sizeof zero);
+    if (sendmsg(s, &msg, MSG_NOSIGNAL) < 0) {
+        perror("launcher attach");
+        return 1;
+    }
+    return 0;
+}
+
+int main(int argc, char **argv) {
+    if (argc == 2 && strcmp(argv[1], "attach") == 0) return attach();
     /* Nothing this process holds may be reachable from the commands it starts: not its
        memory (/proc/1/mem), not its fds (pidfd_getfd, /proc/1/fd), not by ptrace. */
     prctl(PR_SET_DUMPABLE, 0);
@@ -932,6 +1121,7 @@ int main(void) {
     sigaddset(&chld, SIGCHLD);
     sigprocmask(SIG_BLOCK, &chld, NULL);
     int sfd = signalfd(-1, &chld, SFD_CLOEXEC | SFD_NONBLOCK);
+    signal_fd = sfd;
     int devnull = open("/dev/null", O_RDWR);
     if (control_fd < 0 || sfd < 0 || devnull < 0) {
         perror("launcher");

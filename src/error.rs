@@ -20,6 +20,12 @@ pub enum RuntimeOp {
     Delete,
     /// `<runtime> list`.
     List,
+    /// `runsc checkpoint`.
+    Checkpoint,
+    /// `runsc restore`.
+    Restore,
+    /// `<runtime> exec`.
+    Exec,
 }
 
 impl std::fmt::Display for RuntimeOp {
@@ -30,6 +36,9 @@ impl std::fmt::Display for RuntimeOp {
             RuntimeOp::Kill => "kill",
             RuntimeOp::Delete => "delete",
             RuntimeOp::List => "list",
+            RuntimeOp::Checkpoint => "checkpoint",
+            RuntimeOp::Restore => "restore",
+            RuntimeOp::Exec => "exec",
         })
     }
 }
@@ -65,6 +74,36 @@ impl std::fmt::Display for ImageErrorKind {
             ImageErrorKind::UnsafeLayer => "unsafe layer",
             ImageErrorKind::Registry => "registry error",
             ImageErrorKind::Unsupported => "unsupported",
+        })
+    }
+}
+
+/// What kind of failure a [`SandboxError::Snapshot`] is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum SnapshotErrorKind {
+    /// The sandbox was not started with [`SandboxConfig::snapshots`](crate::SandboxConfig::snapshots).
+    NotEnabled,
+    /// Something runs that a snapshot cannot carry or must not cut: a command or file
+    /// transfer with the host, a watch, an egress proxy, an exposed port's connection.
+    Busy,
+    /// The runtime cannot do what was asked (process state on runc or crun).
+    Unsupported,
+    /// A snapshot of another runtime than the one asked to start it, or (to restore) of a
+    /// sandbox of another config.
+    Mismatch,
+    /// A saved snapshot's directory is missing, incomplete or altered.
+    Corrupt,
+}
+
+impl std::fmt::Display for SnapshotErrorKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            SnapshotErrorKind::NotEnabled => "snapshots not enabled",
+            SnapshotErrorKind::Busy => "busy",
+            SnapshotErrorKind::Unsupported => "unsupported",
+            SnapshotErrorKind::Mismatch => "mismatch",
+            SnapshotErrorKind::Corrupt => "corrupt",
         })
     }
 }
@@ -226,6 +265,16 @@ pub enum SandboxError {
         /// The details.
         reason: String,
     },
+
+    /// A snapshot could not be taken, saved, loaded or started from; the sandbox it was
+    /// asked of goes on as it was, and nothing of the attempt is left on disk.
+    #[error("snapshot: {kind}: {reason}")]
+    Snapshot {
+        /// What went wrong, to act on.
+        kind: SnapshotErrorKind,
+        /// The details.
+        reason: String,
+    },
 }
 
 impl SandboxError {
@@ -322,6 +371,17 @@ impl SandboxError {
                 kind: *kind,
                 reason: reason.clone(),
             },
+            SandboxError::Snapshot { kind, reason } => SandboxError::Snapshot {
+                kind: *kind,
+                reason: reason.clone(),
+            },
+        }
+    }
+
+    pub(crate) fn snapshot(kind: SnapshotErrorKind, reason: impl Into<String>) -> Self {
+        SandboxError::Snapshot {
+            kind,
+            reason: reason.into(),
         }
     }
 

@@ -155,6 +155,7 @@ mod backend;
 mod container;
 mod pool;
 mod sandbox;
+mod snapshot;
 
 pub use config::image::{
     Image, ImageProgress, ProgressStage, PulledImage, RegistryAuth, RegistryImage,
@@ -165,7 +166,7 @@ pub use config::{
     SandboxConfig, Security, SpecHook, Stdio,
 };
 pub use container::{NamespaceContainer, NamespaceContainerBuilder, UnenforcedLimits};
-pub use error::{ImageErrorKind, RuntimeOp, SandboxError};
+pub use error::{ImageErrorKind, RuntimeOp, SandboxError, SnapshotErrorKind};
 
 pub use handle::capture::ProcessCapture;
 pub use handle::collect::OutputCap;
@@ -181,6 +182,8 @@ pub use pool::SandboxPool;
 pub use runtimes::{GvisorPlatform, OciRuntime, PlatformChoice};
 pub use sandbox::{
     DirEntry, EgressEvents, FileEvent, FileEvents, MAX_CONCURRENT_EXECS, READ_FILE_LIMIT, Sandbox,
+    SnapshotOptions,
 };
+pub use snapshot::Snapshot;
 pub use spec::identity::{DEFAULT_USERNS_BASE, USERNS_SIZE};
 pub use status::{ExitStatus, Output, SandboxExpiry, SandboxUsage, Usage};

@@ -185,6 +185,18 @@ pub struct SandboxConfig {
     /// discarded with the container. Off by default (the root is read-only); without an
     /// image it is [`SandboxError::InvalidConfig`].
     pub writable_root: bool,
+    /// Let a long-lived [`Sandbox`](crate::Sandbox) be snapshotted
+    /// ([`Sandbox::snapshot`](crate::Sandbox::snapshot)) and forked. Needs an
+    /// [`image`](Self::image) and a [`writable_root`](Self::writable_root) (else
+    /// [`SandboxError::InvalidConfig`]). Off by default, because it moves the writable state:
+    ///
+    /// - on runc and crun the root's writable layer, `/tmp` included (no tmpfs of its own),
+    ///   is a directory on the state dir's disk, not a tmpfs: a snapshot takes it as a layer
+    ///   without copying a byte. Its size is then bounded by that disk, not by
+    ///   [`tmp_size`](Self::tmp_size);
+    /// - on gVisor the root's writes are kept in the sandbox's memory (runsc's
+    ///   `--overlay2=root:memory`), which a checkpoint saves with the processes.
+    pub snapshots: bool,
 }
 
 impl SandboxConfig {
@@ -214,6 +226,7 @@ impl Default for SandboxConfig {
             idle_lifetime: None,
             image: None,
             writable_root: false,
+            snapshots: false,
         }
     }
 }
@@ -411,6 +424,10 @@ pub struct ContainerConfig {
     /// The root filesystem's image (see [`SandboxConfig::image`]); `None`: the host's
     /// `/usr` read-only.
     pub image: Option<crate::config::image::Image>,
+    /// Whether a long-lived sandbox of it can be snapshotted (see
+    /// [`SandboxConfig::snapshots`]).
+    #[serde(default)]
+    pub snapshots: bool,
     /// The process's standard input.
     pub stdin: Stdio,
     /// The process's standard output.
@@ -491,6 +508,20 @@ impl ContainerConfig {
                 "security.readonly_rootfs",
                 "the root filesystem is shared by every container and stays read-only; \
                  write to /tmp, a tmpfs mount or a writable bind, or use an image",
+            ));
+        }
+        if self.snapshots && (self.image.is_none() || self.security.readonly_rootfs) {
+            return Err(SandboxError::invalid(
+                "snapshots",
+                "a snapshot takes the writable layer over an image: set an image and a \
+                 writable root",
+            ));
+        }
+        if self.snapshots && matches!(self.network, Network::Egress(_)) {
+            return Err(SandboxError::invalid(
+                "snapshots",
+                "a sandbox with an egress policy cannot be snapshotted yet (its proxy holds \
+                 connections to the host)",
             ));
         }
         self.limits.validate()?;

@@ -123,5 +123,6 @@ pub(crate) fn from_policy(
         stderr: Stdio::Piped,
         spec_hook: None,
         image: s.image.clone(),
+        snapshots: s.snapshots,
     }
 }

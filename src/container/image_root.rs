@@ -139,6 +139,10 @@ pub(crate) fn top_layer_blocking(
         std::fs::create_dir_all(top.join(dir))
             .map_err(|e| io("creating a mount point", &top, e))?;
     }
+    // Without a tmpfs over it (a sandbox that may be snapshotted), /tmp is this layer's.
+    let sticky = std::os::unix::fs::PermissionsExt::from_mode(0o1777);
+    std::fs::set_permissions(top.join("tmp"), sticky)
+        .map_err(|e| io("creating a mount point", &top, e))?;
     crate::host::bundle::ensure_mount_points(&top, config)?;
     Ok(top)
 }

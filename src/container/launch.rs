@@ -23,6 +23,8 @@ use crate::supervisor::container::Teardown;
 const READY_DEADLINE: Duration = Duration::from_secs(30);
 /// The least time a spawn's container gets to start, whatever its command's timeout.
 const MIN_START_DEADLINE: Duration = Duration::from_secs(10);
+/// How long `runsc exec` of the launcher's attach may take.
+const ATTACH_DEADLINE: Duration = Duration::from_secs(10);
 
 impl NamespaceContainer {
     /// Starts a long-lived sandbox with `config`'s filesystem, network, limits and security;
@@ -95,6 +97,25 @@ impl NamespaceContainer {
         one_shot: bool,
         id: String,
     ) -> Result<Sandbox, SandboxError> {
+        let (live, applied) = self.launch_live(config, one_shot, id, None).await?;
+        let sandbox = Sandbox::new(self.clone(), live, applied, config.clone(), one_shot);
+        if let crate::Network::Egress(policy) = &sandbox.config().network {
+            sandbox.start_egress(policy.clone()).await?;
+        }
+        Ok(sandbox)
+    }
+
+    /// Starts container `id` of `config` with its launcher and returns it with `config` as
+    /// applied (its image's config, the egress proxy's variables). `from`: a snapshot to start
+    /// from: its layers under the new writable one (runc, crun), or its checkpoint restored
+    /// and the launcher attached again (gVisor).
+    pub(crate) async fn launch_live(
+        &self,
+        config: &ContainerConfig,
+        one_shot: bool,
+        id: String,
+        from: Option<&crate::snapshot::Snapshot>,
+    ) -> Result<(crate::sandbox::Live, ContainerConfig), SandboxError> {
         let begun = std::time::Instant::now();
         self.launcher().await?;
         // An image's config applies to the container's (env, cwd, user, command).
@@ -138,6 +159,7 @@ impl NamespaceContainer {
                 start_deadline,
                 attached,
                 image,
+                from,
             )
             .await?;
         tracing::debug!(
@@ -145,21 +167,97 @@ impl NamespaceContainer {
             attached,
             "bundle written, runtime started"
         );
-        let userns_base = start.userns_base;
-        let container = await_ready(start, &control, &id, start_deadline, begun).await?;
+        let (userns_base, harvest) = (start.userns_base, start.harvest.clone());
+        let (container, control) = match from.and_then(|s| s.checkpoint()) {
+            None => {
+                let container = await_ready(start, &control, &id, start_deadline, begun).await?;
+                (container, control)
+            }
+            Some((_, token)) => self.attach(start, &id, token, begun).await?,
+        };
         tracing::debug!(elapsed_ms = crate::sys::ms_since(begun), "started");
-        let sandbox = Sandbox::new(
-            self.clone(),
+        let live = crate::sandbox::Live {
             container,
-            config.clone(),
             control,
-            one_shot,
             userns_base,
-        );
-        if let crate::Network::Egress(policy) = &config.network {
-            sandbox.start_egress(policy.clone()).await?;
+            harvest,
+            base: from.cloned(),
+        };
+        Ok((live, config.clone()))
+    }
+
+    /// After `runsc restore`: waits for the restored container's start, then hands its
+    /// detached launcher a new control socket (`runsc exec` of `launcher attach`) and waits
+    /// for its "ready".
+    async fn attach(
+        &self,
+        start: LauncherStart,
+        id: &str,
+        token: &str,
+        begun: std::time::Instant,
+    ) -> Result<(Supervised, ControlSocket), SandboxError> {
+        let LauncherStart {
+            container, started, ..
+        } = start;
+        started.await.unwrap_or_else(|_| Err(supervisor_gone()))?;
+        let (control, theirs) =
+            ControlSocket::attach_pair(token).map_err(|source| SandboxError::Process {
+                context: "opening the sandbox's control socket",
+                source,
+            })?;
+        let launcher_path = format!("/{}", launcher::PATH_IN_ROOTFS);
+        let argv = [launcher_path.as_str(), crate::launcher::ATTACH_ARG];
+        let flags = ContainerFlags {
+            log: None,
+            host_network: container.host_network,
+            memory_root: true,
+        };
+        let mut cmd = self.inner.cli.command(flags, Sub::Exec { id, argv: &argv });
+        cmd.stdin(std::process::Stdio::from(theirs))
+            .stderr(std::process::Stdio::piped());
+        let out = tokio::time::timeout(ATTACH_DEADLINE, async {
+            cmd.kill_on_drop(true).output().await
+        })
+        .await;
+        match out {
+            Ok(Ok(out)) if out.status.success() => {}
+            Ok(Ok(out)) => {
+                return Err(SandboxError::Runtime {
+                    runtime: self.runtime(),
+                    op: crate::RuntimeOp::Exec,
+                    code: out.status.code(),
+                    message: format!(
+                        "attaching to the restored launcher: {}",
+                        String::from_utf8_lossy(&out.stderr).trim()
+                    ),
+                });
+            }
+            Ok(Err(e)) => return Err(self.inner.cli.spawn_error(e)),
+            Err(_) => {
+                return Err(SandboxError::Timeout {
+                    what: format!("attaching to the launcher of restored sandbox {id}"),
+                    after: ATTACH_DEADLINE,
+                });
+            }
         }
-        Ok(sandbox)
+        match tokio::time::timeout(READY_DEADLINE, control.ready()).await {
+            Ok(Ok(pid)) => {
+                tracing::debug!(
+                    elapsed_ms = crate::sys::ms_since(begun),
+                    pid,
+                    "launcher attached"
+                );
+                Ok((container, control))
+            }
+            Ok(Err(source)) => Err(SandboxError::Process {
+                context: "attaching to the restored launcher",
+                source,
+            }),
+            Err(_) => Err(SandboxError::Timeout {
+                what: format!("the launcher of restored sandbox {id}"),
+                after: READY_DEADLINE,
+            }),
+        }
     }
 
     /// Starts `<runtime> run` of `config` (its command is the launcher; `checked`, the config
@@ -178,8 +276,10 @@ impl NamespaceContainer {
         start_deadline: std::time::Duration,
         attached: bool,
         image: Option<std::sync::Arc<crate::image::PreparedImage>>,
+        from: Option<&crate::snapshot::Snapshot>,
     ) -> Result<LauncherStart, SandboxError> {
-        let (id, bundle, root_mount) = self.prepare(config, checked, image).await?;
+        let layers = from.map(|s| s.layers().to_vec()).unwrap_or_default();
+        let (id, bundle, root_mount) = self.prepare(config, checked, image, layers).await?;
         // Where the container's ids 0.. start on the host, with a user namespace of its own.
         let userns_base = bundle.userns.as_ref().map(|ns| ns.base());
         let inner = &self.inner;
@@ -187,18 +287,32 @@ impl NamespaceContainer {
         let flags = ContainerFlags {
             log: Some(&log),
             host_network: !config.network.is_isolated(),
+            memory_root: config.snapshots && self.runtime() == crate::OciRuntime::Gvisor,
         };
-        let mut cmd = inner.cli.command(
-            flags,
-            Sub::Run {
+        let restore = from.and_then(|s| s.checkpoint());
+        let sub = match restore {
+            // runsc restore creates and starts the container itself.
+            Some((image, _)) => Sub::Restore {
+                id: &id,
+                bundle: bundle.path(),
+                image,
+                pid_file: &pid_path,
+            },
+            None => Sub::Run {
                 id: &id,
                 bundle: bundle.path(),
                 detach: !attached,
                 pid_file: (!attached).then_some(pid_path.as_path()),
             },
-        );
+        };
+        let mut cmd = inner.cli.command(flags, sub);
         let null = std::process::Stdio::null;
-        cmd.stdin(control).stdout(null()).stderr(null());
+        // A restored launcher gets its control socket by an attach, later.
+        let stdin = match restore {
+            Some(_) => null(),
+            None => control.into(),
+        };
+        cmd.stdin(stdin).stdout(null()).stderr(null());
         if let Some(root) = root_mount {
             // SAFETY: `mount_in_child` makes system calls only, on memory the closure owns;
             // the user namespace fd it names is the bundle's, open until after the spawn.
@@ -209,7 +323,9 @@ impl NamespaceContainer {
         let child = cmd.spawn().map_err(|e| inner.cli.spawn_error(e))?;
         // The runtime's end of the control socket goes with `cmd`: only the container holds it.
         drop(cmd);
-        let teardown = Teardown::new(&inner.cli, &inner.dirs, id, config, bundle);
+        let mut teardown = Teardown::new(&inner.cli, &inner.dirs, id, config, bundle);
+        teardown.keep = from.cloned();
+        let harvest = teardown.harvest.clone();
         let (init_pid, mode) = if attached {
             let (tx, rx) = tokio::sync::oneshot::channel();
             (Some(tx), StartMode::Attached { init_pid: rx })
@@ -223,6 +339,7 @@ impl NamespaceContainer {
             started,
             init_pid,
             userns_base,
+            harvest,
         })
     }
 
@@ -234,6 +351,7 @@ impl NamespaceContainer {
         config: &ContainerConfig,
         checked: &ContainerConfig,
         image: Option<std::sync::Arc<crate::image::PreparedImage>>,
+        snapshot_layers: Vec<std::path::PathBuf>,
     ) -> Result<(String, Bundle, Option<RootMount>), SandboxError> {
         let id = config.id.clone().unwrap_or_else(new_id);
         self.check_limits(config)?;
@@ -266,6 +384,14 @@ impl NamespaceContainer {
                 Some(_) => Points::in_bundle(&bundle_dir).rootfs,
                 None => dirs.rootfs.clone(),
             };
+            // On runc and crun a snapshot takes /tmp with the root's writable layer.
+            let mut config = config;
+            if config.snapshots && target.runtime != crate::OciRuntime::Gvisor {
+                config.mounts.retain(|m| {
+                    !(m.destination == std::path::Path::new("/tmp")
+                        && matches!(m.kind, crate::config::MountKind::Tmpfs { .. }))
+                });
+            }
             let spec = crate::spec::build(&config, &rootfs, &id, None, &target)?;
             if image.is_none() {
                 crate::host::bundle::ensure_mount_points(&dirs.rootfs, &config)?;
@@ -278,7 +404,16 @@ impl NamespaceContainer {
             let root_mount = match image {
                 None => None,
                 Some(image) => {
-                    let plan = image_root_blocking(&bundle, &image, &dirs.rootfs, &config, caller)?;
+                    let memory_root = target.runtime == crate::OciRuntime::Gvisor;
+                    let plan = image_root_blocking(
+                        &bundle,
+                        &image,
+                        &snapshot_layers,
+                        &dirs.rootfs,
+                        &config,
+                        caller,
+                        memory_root,
+                    )?;
                     bundle.image = Some(image);
                     Some(plan)
                 }
@@ -296,16 +431,28 @@ impl NamespaceContainer {
 fn image_root_blocking(
     bundle: &Bundle,
     image: &crate::image::PreparedImage,
+    snapshot_layers: &[std::path::PathBuf],
     shared_rootfs: &std::path::Path,
     config: &ContainerConfig,
     caller: Option<(u32, u32)>,
+    gvisor: bool,
 ) -> Result<RootMount, SandboxError> {
     let launcher = shared_rootfs.join(launcher::PATH_IN_ROOTFS);
     let top = crate::container::image_root::top_layer_blocking(bundle.path(), &launcher, config)?;
     let mut layers = image.layer_dirs.clone();
+    // A snapshot's layers go over the image's, the library's own over everything (the
+    // sandbox's writes cannot replace the launcher or hide a mount point).
+    layers.extend_from_slice(snapshot_layers);
     layers.push(top);
     let userns = bundle.userns.as_ref();
-    let writable = (!config.security.readonly_rootfs).then(|| {
+    // A snapshot on gVisor checkpoints the root's writes, which runsc keeps in the sandbox's
+    // memory (`--overlay2=root:memory`) over a read-only image.
+    let writable = (!config.security.readonly_rootfs && !(gvisor && config.snapshots)).then(|| {
+        if config.snapshots {
+            return crate::image::mount::Writable::OnDisk {
+                owner: userns.map_or(0, |ns| ns.base()),
+            };
+        }
         let size = config
             .mounts
             .iter()
@@ -318,7 +465,10 @@ fn image_root_blocking(
                 _ => None,
             })
             .unwrap_or(crate::SandboxConfig::default().tmp_size);
-        (size, userns.map_or(0, |ns| ns.base()))
+        crate::image::mount::Writable::Tmpfs {
+            size,
+            owner: userns.map_or(0, |ns| ns.base()),
+        }
     });
     RootMount::prepare_blocking(
         &layers,
@@ -357,6 +507,8 @@ pub(crate) struct LauncherStart {
     pub init_pid: Option<tokio::sync::oneshot::Sender<i32>>,
     /// The host id that the container's id 0 is, when it has a user namespace of its own.
     pub userns_base: Option<u32>,
+    /// A snapshot's claim on its writable layer.
+    pub harvest: crate::supervisor::container::Harvest,
 }
 
 /// `config`'s command as an exec: its stdio; environment, directory and timeout are the

@@ -277,6 +277,11 @@ impl NamespaceContainer {
         &self.inner.capture_dir
     }
 
+    /// The snapshot store's directory.
+    pub(crate) fn snapshot_store(&self) -> &std::path::Path {
+        &self.inner.dirs.snapshots
+    }
+
     /// The tracker of background work that [`close`](Self::close) waits for.
     pub(crate) fn tracker(&self) -> &TaskTracker {
         &self.inner.tracker

@@ -30,6 +30,9 @@ pub(crate) struct StateDirs {
     pub root: PathBuf,
     /// Parent of the bundle directories, one per container id.
     pub bundles: PathBuf,
+    /// The snapshot store (see `snapshot::Store`), on the bundles' filesystem: a snapshot's
+    /// layer is a bundle's upper layer renamed.
+    pub snapshots: PathBuf,
     /// The shared, read-only root filesystem (links and a minimal /etc), owned by this
     /// process's user (no container's uid may own anything every container reads).
     pub rootfs: PathBuf,
@@ -59,6 +62,7 @@ impl StateDirs {
         StateDirs {
             root: runtime_dir.join("state"),
             bundles: runtime_dir.join("bundles"),
+            snapshots: runtime_dir.join("snapshots"),
             rootfs,
         }
     }
@@ -120,7 +124,7 @@ pub(crate) fn new_id() -> String {
 }
 
 /// 16 random lowercase hex digits, from the kernel's CSPRNG.
-fn random_token() -> String {
+pub(crate) fn random_token() -> String {
     let mut bytes = [0u8; TOKEN_LEN / 2];
     // Up to 256 bytes come whole; only a signal while the kernel's pool is not yet initialised
     // can interrupt the call.

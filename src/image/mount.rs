@@ -10,7 +10,10 @@
 //! image's owners are the container's own ids; gVisor maps ids itself.
 //!
 //! A writable root puts the overlay's upper layer on a tmpfs of its own (the size given),
-//! discarded with the namespace.
+//! discarded with the namespace; a sandbox that may be snapshotted has it on disk in its
+//! bundle instead, where a snapshot takes it as a layer once the container is gone (an
+//! idmapped upper cannot be: overlayfs makes its work dir as the mounter, the host's root,
+//! which the container's idmapping does not map, and mounts read-only).
 //!
 //! Rootless, the runtime's process first unshares a user namespace too, in which the caller
 //! is root (`0 <uid> 1`, like `unshare -r`): there it may mount the overlay (with `userxattr`:
@@ -44,10 +47,24 @@ struct OwnUserNs {
 #[derive(Debug)]
 struct Upper {
     dir: CString,
-    tmpfs_data: CString,
+    /// `Some`: a tmpfs mounted on `dir`, where the upper and work dirs are made. `None`: they
+    /// are on disk already (made by the host, for snapshots).
+    tmpfs_data: Option<CString>,
     upper: CString,
     work: CString,
     owner: u32,
+}
+
+/// Where a writable root's upper layer lives.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Writable {
+    /// A tmpfs of this many bytes in the runtime's mount namespace, its root owned by this
+    /// host id: gone with the container.
+    Tmpfs { size: u64, owner: u32 },
+    /// A directory in the bundle on the state dir's disk (`rw/upper`), its root owned by
+    /// this host id, which a snapshot takes as a layer. It stores host ids (the container's
+    /// plus its user namespace's base), which the snapshot shifts back.
+    OnDisk { owner: u32 },
 }
 
 fn cstr(p: &Path) -> std::io::Result<CString> {
@@ -70,20 +87,25 @@ impl Points {
             rw: bundle.join("rw"),
         }
     }
+
+    /// The upper layer of a writable root on disk ([`Writable::OnDisk`]).
+    pub(crate) fn upper(&self) -> PathBuf {
+        self.rw.join("upper")
+    }
 }
 
 impl RootMount {
     /// The plan for `layers` (lowest first; the library's top layer last) onto `points`,
     /// creating the empty dirs it mounts on. `userns`: the container's user namespace for
     /// idmapped layers (kept open by the caller until the runtime has been spawned).
-    /// `writable`: the tmpfs size of a writable upper layer and the id owning its root.
+    /// `writable`: where a writable root's upper layer goes.
     /// `rootless`: the caller's uid and gid, when it is an ordinary user (then `userns` is
     /// `None`). Blocking.
     pub(crate) fn prepare_blocking(
         layers: &[PathBuf],
         points: &Points,
         userns: Option<RawFd>,
-        writable: Option<(u64, u32)>,
+        writable: Option<Writable>,
         rootless: Option<(u32, u32)>,
     ) -> std::io::Result<Self> {
         std::fs::create_dir_all(&points.rootfs)?;
@@ -112,9 +134,28 @@ impl RootMount {
         let mut data = format!("lowerdir={}", lowerdir.join(":"));
         let upper = match writable {
             None => None,
-            Some((size, owner)) => {
+            Some(writable) => {
                 std::fs::create_dir_all(&points.rw)?;
-                let (u, w) = (points.rw.join("upper"), points.rw.join("work"));
+                let (tmpfs_data, owner, base) = match writable {
+                    Writable::Tmpfs { size, owner } => (
+                        Some(CString::new(format!("size={size},mode=0700"))?),
+                        owner,
+                        points.rw.clone(),
+                    ),
+                    Writable::OnDisk { owner } => {
+                        use std::os::unix::fs::PermissionsExt;
+                        let (upper, work) = (points.rw.join("upper"), points.rw.join("work"));
+                        std::fs::create_dir(&upper)?;
+                        std::fs::create_dir(&work)?;
+                        std::fs::set_permissions(&work, std::fs::Permissions::from_mode(0o700))?;
+                        std::fs::set_permissions(&upper, std::fs::Permissions::from_mode(0o755))?;
+                        if owner != 0 {
+                            std::os::unix::fs::chown(&upper, Some(owner), Some(owner))?;
+                        }
+                        (None, owner, points.rw.clone())
+                    }
+                };
+                let (u, w) = (base.join("upper"), base.join("work"));
                 data.push_str(&format!(
                     ",upperdir={},workdir={}",
                     u.to_string_lossy(),
@@ -122,7 +163,7 @@ impl RootMount {
                 ));
                 Some(Upper {
                     dir: cstr(&points.rw)?,
-                    tmpfs_data: CString::new(format!("size={size},mode=0700"))?,
+                    tmpfs_data,
                     upper: cstr(&u)?,
                     work: cstr(&w)?,
                     owner,
@@ -185,60 +226,23 @@ impl RootMount {
                 std::ptr::null(),
             ))?;
             for (source, point) in &self.layers {
-                let (Some(point), Some(userns)) = (point, self.userns) else {
-                    continue;
-                };
-                let fd = libc::syscall(
-                    libc::SYS_open_tree,
-                    libc::AT_FDCWD,
-                    source.as_ptr(),
-                    libc::OPEN_TREE_CLONE | libc::OPEN_TREE_CLOEXEC,
-                );
-                check(fd)?;
-                let fd = fd as libc::c_int;
-                let attr = libc::mount_attr {
-                    attr_set: libc::MOUNT_ATTR_IDMAP | libc::MOUNT_ATTR_RDONLY,
-                    attr_clr: 0,
-                    propagation: 0,
-                    userns_fd: userns as u64,
-                };
-                let set = libc::syscall(
-                    libc::SYS_mount_setattr,
-                    fd,
-                    c"".as_ptr(),
-                    libc::AT_EMPTY_PATH,
-                    &attr as *const libc::mount_attr,
-                    std::mem::size_of::<libc::mount_attr>(),
-                );
-                let moved = if set < 0 {
-                    set
-                } else {
-                    libc::syscall(
-                        libc::SYS_move_mount,
-                        fd,
-                        c"".as_ptr(),
-                        libc::AT_FDCWD,
-                        point.as_ptr(),
-                        libc::MOVE_MOUNT_F_EMPTY_PATH,
-                    )
-                };
-                let err = std::io::Error::last_os_error();
-                libc::close(fd);
-                if moved < 0 {
-                    return Err(err);
+                if let (Some(point), Some(userns)) = (point, self.userns) {
+                    clone_idmapped(source, point, userns)?;
                 }
             }
             if let Some(up) = &self.upper {
-                check_int(libc::mount(
-                    c"tmpfs".as_ptr(),
-                    up.dir.as_ptr(),
-                    c"tmpfs".as_ptr(),
-                    libc::MS_NOSUID | libc::MS_NODEV,
-                    up.tmpfs_data.as_ptr().cast(),
-                ))?;
-                check_int(libc::mkdir(up.upper.as_ptr(), 0o755))?;
-                check_int(libc::chown(up.upper.as_ptr(), up.owner, up.owner))?;
-                check_int(libc::mkdir(up.work.as_ptr(), 0o700))?;
+                if let Some(tmpfs_data) = &up.tmpfs_data {
+                    check_int(libc::mount(
+                        c"tmpfs".as_ptr(),
+                        up.dir.as_ptr(),
+                        c"tmpfs".as_ptr(),
+                        libc::MS_NOSUID | libc::MS_NODEV,
+                        tmpfs_data.as_ptr().cast(),
+                    ))?;
+                    check_int(libc::mkdir(up.upper.as_ptr(), 0o755))?;
+                    check_int(libc::chown(up.upper.as_ptr(), up.owner, up.owner))?;
+                    check_int(libc::mkdir(up.work.as_ptr(), 0o700))?;
+                }
             }
             check_int(libc::mount(
                 c"overlay".as_ptr(),
@@ -256,6 +260,61 @@ impl RootMount {
         }
         Ok(())
     }
+}
+
+/// Clones `source` onto `point` as a read-only mount idmapped into `userns`. Only system
+/// calls: safe between `fork` and `exec`.
+fn clone_idmapped(
+    source: &std::ffi::CStr,
+    point: &std::ffi::CStr,
+    userns: RawFd,
+) -> std::io::Result<()> {
+    // SAFETY: system calls on NUL-terminated strings, an fd opened and closed here and a
+    // mount_attr on the stack.
+    unsafe {
+        let fd = libc::syscall(
+            libc::SYS_open_tree,
+            libc::AT_FDCWD,
+            source.as_ptr(),
+            libc::OPEN_TREE_CLONE | libc::OPEN_TREE_CLOEXEC,
+        );
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let fd = fd as libc::c_int;
+        let attr = libc::mount_attr {
+            attr_set: libc::MOUNT_ATTR_IDMAP | libc::MOUNT_ATTR_RDONLY,
+            attr_clr: 0,
+            propagation: 0,
+            userns_fd: userns as u64,
+        };
+        let set = libc::syscall(
+            libc::SYS_mount_setattr,
+            fd,
+            c"".as_ptr(),
+            libc::AT_EMPTY_PATH,
+            &attr as *const libc::mount_attr,
+            std::mem::size_of::<libc::mount_attr>(),
+        );
+        let moved = if set < 0 {
+            set
+        } else {
+            libc::syscall(
+                libc::SYS_move_mount,
+                fd,
+                c"".as_ptr(),
+                libc::AT_FDCWD,
+                point.as_ptr(),
+                libc::MOVE_MOUNT_F_EMPTY_PATH,
+            )
+        };
+        let err = std::io::Error::last_os_error();
+        libc::close(fd);
+        if moved < 0 {
+            return Err(err);
+        }
+    }
+    Ok(())
 }
 
 /// Writes `data` to the proc file `path` in one `write`. Only system calls.

@@ -26,6 +26,9 @@ pub(crate) enum Stdio {
     /// A PTY the launcher makes in the container's own devpts (so that `tty` names it); its
     /// controller comes back with [`Connection::terminal`] ([`Mode::OwnTerminal`]).
     OwnTerminal,
+    /// The container's own `/dev/null`, and no channel after the start
+    /// ([`Mode::Background`]).
+    Background,
 }
 
 impl Stdio {
@@ -35,6 +38,7 @@ impl Stdio {
             Stdio::Fds(_) => Mode::Pipes,
             Stdio::Terminal(_) => Mode::RelayedTerminal,
             Stdio::OwnTerminal => Mode::OwnTerminal,
+            Stdio::Background => Mode::Background,
         }
     }
 
@@ -43,7 +47,7 @@ impl Stdio {
         match self {
             Stdio::Fds(fds) => fds,
             Stdio::Terminal(fd) => std::slice::from_ref(fd),
-            Stdio::OwnTerminal => &[],
+            Stdio::OwnTerminal | Stdio::Background => &[],
         }
     }
 }
@@ -171,6 +175,40 @@ impl ControlSocket {
         .encode()?;
         debug_assert_eq!(stdio.fds().len(), mode.stdio_fds());
         self.send_request(&msg, stdio.fds()).await
+    }
+
+    /// Asks the launcher to detach (see [`detach_request`](super::protocol::detach_request))
+    /// and waits for its answer: `Ok(true)` once it has, `Ok(false)` while it holds fds of
+    /// the host's (a command or helper runs).
+    pub async fn detach(&self, token: &str) -> io::Result<bool> {
+        let conn = self
+            .send_request(&super::protocol::detach_request(token), &[])
+            .await?;
+        match conn.receive_record().await? {
+            Some(r) if r == super::protocol::DETACHED => Ok(true),
+            Some(r) if r == b"E 16" => Ok(false),
+            Some(r) => Err(io::Error::other(format!(
+                "the launcher could not detach: \"{}\"",
+                r.escape_ascii()
+            ))),
+            None => Err(io::Error::new(
+                io::ErrorKind::ConnectionAborted,
+                "the launcher ended before it detached",
+            )),
+        }
+    }
+
+    /// A new control socket for a detached launcher: ours, with the attach record already
+    /// queued on it, and the end that `launcher attach` hands over (its stdin).
+    pub fn attach_pair(token: &str) -> io::Result<(Self, OwnedFd)> {
+        let (control, theirs) = Self::pair()?;
+        let record = super::protocol::attach_record(token);
+        nix::sys::socket::send(
+            control.fd.get_ref().as_raw_fd(),
+            &record,
+            MsgFlags::MSG_NOSIGNAL,
+        )?;
+        Ok((control, theirs))
     }
 
     /// Sends a file request with its own channel and, for the ops that move data, the

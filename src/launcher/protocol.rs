@@ -51,6 +51,10 @@ pub(crate) enum Mode {
     /// `T`: no fd. The launcher makes a PTY in the container's own devpts and sends its
     /// controller back in a [`Reply::Terminal`] record before the start reply.
     OwnTerminal,
+    /// `b`: no fd. The command's stdio is the container's own `/dev/null`; after the start
+    /// reply the launcher closes the channel and keeps nothing of the host's for it (a
+    /// checkpoint can carry it).
+    Background,
 }
 
 impl Mode {
@@ -60,6 +64,7 @@ impl Mode {
             Mode::Pipes => b'p',
             Mode::RelayedTerminal => b't',
             Mode::OwnTerminal => b'T',
+            Mode::Background => b'b',
         }
     }
 
@@ -68,10 +73,43 @@ impl Mode {
         match self {
             Mode::Pipes => 3,
             Mode::RelayedTerminal => 1,
-            Mode::OwnTerminal => 0,
+            Mode::OwnTerminal | Mode::Background => 0,
         }
     }
 }
+
+/// The detach request (host → launcher, control socket, with a channel): `"D" token "\0"`.
+/// The launcher answers `"D"` on the channel and then holds no fd of the host's until a
+/// `launcher attach` hands it a new control socket whose first record is [`attach_record`]
+/// with the same token; `"E 16"` while it holds any.
+pub(crate) fn detach_request(token: &str) -> Vec<u8> {
+    debug_assert!(token.len() >= 16 && token.len() <= 64);
+    debug_assert!(
+        token
+            .bytes()
+            .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+    );
+    let mut record = Vec::with_capacity(token.len() + 2);
+    record.push(b'D');
+    record.extend_from_slice(token.as_bytes());
+    record.push(0);
+    record
+}
+
+/// The first record on a new control socket handed to a detached launcher: `"A" token "\0"`.
+pub(crate) fn attach_record(token: &str) -> Vec<u8> {
+    let mut record = Vec::with_capacity(token.len() + 2);
+    record.push(b'A');
+    record.extend_from_slice(token.as_bytes());
+    record.push(0);
+    record
+}
+
+/// The launcher's answer to [`detach_request`] when it has detached.
+pub(crate) const DETACHED: &[u8] = b"D";
+
+/// The argument that makes the launcher binary hand its stdin to a detached launcher.
+pub(crate) const ATTACH_ARG: &str = "attach";
 
 /// A request to start one command (host → launcher, control socket). Its record is
 /// `"R" mode "\0" cwd "\0" argc "\0" argv[0] "\0" … envc "\0" "KEY=VALUE" "\0" …`, every

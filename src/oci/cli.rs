@@ -40,6 +40,8 @@ mod flag {
     pub const ROOTLESS: &str = "--rootless";
     pub const OCI_SECCOMP: &str = "--oci-seccomp";
     pub const NO_NEW_KEYRING: &str = "--no-new-keyring";
+    pub const OVERLAY_ROOT_MEMORY: &str = "--overlay2=root:memory";
+    pub const IMAGE_PATH: &str = "--image-path";
 }
 
 /// One runtime subcommand and its own options: those the library calls.
@@ -61,6 +63,24 @@ pub(crate) enum Sub<'a> {
         force: bool,
     },
     List,
+    /// gVisor: save the container's memory, processes and in-memory files to `image` and
+    /// stop it.
+    Checkpoint {
+        id: &'a str,
+        image: &'a Path,
+    },
+    /// gVisor: create and start container `id` from a checkpoint in `image`, detached.
+    Restore {
+        id: &'a str,
+        bundle: &'a Path,
+        image: &'a Path,
+        pid_file: &'a Path,
+    },
+    /// Runs `argv` in container `id` (the attach of a restored sandbox's launcher).
+    Exec {
+        id: &'a str,
+        argv: &'a [&'a str],
+    },
 }
 
 impl Sub<'_> {
@@ -70,6 +90,9 @@ impl Sub<'_> {
             Sub::Kill { .. } => RuntimeOp::Kill,
             Sub::Delete { .. } => RuntimeOp::Delete,
             Sub::List => RuntimeOp::List,
+            Sub::Checkpoint { .. } => RuntimeOp::Checkpoint,
+            Sub::Restore { .. } => RuntimeOp::Restore,
+            Sub::Exec { .. } => RuntimeOp::Exec,
         }
     }
 
@@ -113,6 +136,25 @@ impl Sub<'_> {
                 argv.push(id.into());
             }
             Sub::List => argv.extend(["list".into(), flag::FORMAT_JSON.into()]),
+            Sub::Checkpoint { id, image } => {
+                argv.extend(["checkpoint".into(), flag::IMAGE_PATH.into(), image.into()]);
+                argv.push(id.into());
+            }
+            Sub::Restore {
+                id,
+                bundle,
+                image,
+                pid_file,
+            } => {
+                argv.extend(["restore".into(), flag::BUNDLE.into(), bundle.into()]);
+                argv.extend([flag::IMAGE_PATH.into(), image.into(), flag::DETACH.into()]);
+                opt(argv, flag::PID_FILE, Some(pid_file));
+                argv.push(id.into());
+            }
+            Sub::Exec { id, argv: args } => {
+                argv.extend(["exec".into(), id.into()]);
+                argv.extend(args.iter().map(OsString::from));
+            }
         }
     }
 }
@@ -126,6 +168,9 @@ pub(crate) struct ContainerFlags<'a> {
     /// Whether the container uses the host's network (runsc takes it as a global flag; every
     /// other mode is a network namespace of its own).
     pub host_network: bool,
+    /// gVisor: the root's writes are kept in the sandbox's memory, where a checkpoint
+    /// saves them (a sandbox that may be snapshotted).
+    pub memory_root: bool,
 }
 
 /// A located runtime binary, the state root the library owns for it, and its fixed flags.
@@ -206,6 +251,9 @@ impl RuntimeCli {
             );
             if let Some(p) = self.gvisor_platform {
                 argv.extend([flag::PLATFORM.into(), p.as_flag().into()]);
+            }
+            if flags.memory_root {
+                argv.push(flag::OVERLAY_ROOT_MEMORY.into());
             }
             // Apply the spec's seccomp profile inside the sandbox too (off by default).
             argv.push(flag::OCI_SECCOMP.into());

@@ -23,6 +23,7 @@ fn runc_run_has_root_log_and_bundle() {
         ContainerFlags {
             log: Some(log),
             host_network: false,
+            memory_root: false,
         },
         Sub::Run {
             id: "c1",
@@ -55,6 +56,7 @@ fn crun_log_uses_its_own_syntax() {
         ContainerFlags {
             log: Some(Path::new("/b/l")),
             host_network: false,
+            memory_root: false,
         },
         Sub::Delete {
             id: "c1",
@@ -81,6 +83,7 @@ fn runsc_gets_network_and_platform_on_every_subcommand() {
         let flags = ContainerFlags {
             log: None,
             host_network,
+            memory_root: false,
         };
         let want = if host_network {
             "--network=host"

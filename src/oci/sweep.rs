@@ -47,7 +47,11 @@ pub(crate) async fn sweep(cli: &RuntimeCli, dirs: &StateDirs) -> Result<Vec<Stri
         tracing::info!(runtime = %cli.kind, id, "sweeping a container left by a dead process");
         remove_container(cli, dirs, id, ContainerFlags::default()).await;
     }
-    // Their containers are gone: the dead owners' id ranges are free again.
+    // Their containers are gone: so may be their snapshots, and the id ranges.
+    let snapshots = dirs.snapshots.clone();
+    let _ = tokio::task::spawn_blocking(move || crate::snapshot::Store::sweep_blocking(&snapshots))
+        .await;
+    // The dead owners' id ranges are free again.
     let _ = tokio::task::spawn_blocking(crate::host::id_range::sweep_leases_blocking).await;
     Ok(doomed)
 }

@@ -127,7 +127,7 @@ impl Sandbox {
             mode,
         };
         let sent = async {
-            let (conn, mut data) = self.inner.control.file_request(request).await?;
+            let (conn, mut data) = self.live().control.file_request(request).await?;
             // Small contents go out with the request, without waiting for the helper's start:
             // they fit the socket's buffer, and a failed start says why in its reply.
             if let (Some(bytes), Some(stream)) = (pipelined, data.as_mut()) {

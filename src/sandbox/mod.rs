@@ -6,9 +6,11 @@ mod files;
 mod jobs;
 mod lifetime;
 mod network;
+mod snapshot;
 pub use files::{DirEntry, FileEvent, FileEvents, READ_FILE_LIMIT};
 pub use network::EgressEvents;
 pub(crate) use network::with_proxy_env;
+pub use snapshot::SnapshotOptions;
 
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::PathBuf;
@@ -61,10 +63,17 @@ pub struct Sandbox {
 #[derive(Debug)]
 struct Inner {
     owner: NamespaceContainer,
-    container: Supervised,
+    /// The container's id: the same across the restarts of a snapshot or a restore.
+    id: String,
+    /// The running container and its launcher: replaced by a snapshot (which restarts it
+    /// on runc and crun, restores it on gVisor) and by [`Sandbox::restore`].
+    live: std::sync::RwLock<Arc<Live>>,
+    /// Held (shared) by every start of a command or request, and exclusively by a
+    /// snapshot or restore while it swaps the container.
+    gate: tokio::sync::RwLock<()>,
     config: ContainerConfig,
-    /// Requests go to the launcher on it; every command gets a channel of its own.
-    control: ControlSocket,
+    /// The config as the caller gave it (before its image's applied): a restart's.
+    asked: ContainerConfig,
     /// Commands that may run at once (the launcher's table has room for a few more).
     slots: Arc<Semaphore>,
     execs: AtomicU64,
@@ -78,8 +87,6 @@ struct Inner {
     activity: lifetime::ActivityBoard,
     /// Set when a lifetime option ended the sandbox.
     expired: std::sync::OnceLock<crate::status::SandboxExpiry>,
-    /// The host id of the container's id 0, with a user namespace of its own.
-    userns_base: Option<u32>,
     /// File requests that may run at once (the launcher serves 64 helpers): past it they
     /// wait; watches, which hold theirs until dropped, have a few of their own.
     file_slots: Arc<Semaphore>,
@@ -94,7 +101,27 @@ struct Inner {
     expose_slots: Arc<Semaphore>,
 }
 
+/// One container of a sandbox: the first, or the one a snapshot or restore started in its
+/// place.
+#[derive(Debug)]
+pub(crate) struct Live {
+    pub container: Supervised,
+    /// Requests go to the launcher on it; every command gets a channel of its own.
+    pub control: ControlSocket,
+    /// The host id of the container's id 0, with a user namespace of its own.
+    pub userns_base: Option<u32>,
+    /// Where its teardown moves its writable layer when a snapshot asks.
+    pub harvest: crate::supervisor::container::Harvest,
+    /// The snapshot it started from (whose layers it runs on), if any.
+    pub base: Option<crate::snapshot::Snapshot>,
+}
+
 impl Sandbox {
+    /// The running container and its launcher.
+    pub(crate) fn live(&self) -> Arc<Live> {
+        Arc::clone(&self.inner.live.read().expect("not poisoned"))
+    }
+
     /// The container's config, with its image's config applied.
     pub(crate) fn config(&self) -> &ContainerConfig {
         &self.inner.config
@@ -103,19 +130,20 @@ impl Sandbox {
     /// A sandbox on a started launcher `container` with its `control` socket.
     pub(crate) fn new(
         owner: NamespaceContainer,
-        container: Supervised,
+        live: Live,
         config: ContainerConfig,
-        control: ControlSocket,
+        asked: ContainerConfig,
         one_shot: bool,
-        userns_base: Option<u32>,
     ) -> Self {
         let exposed = tokio_util::sync::CancellationToken::new();
         let sandbox = Sandbox {
             inner: Arc::new(Inner {
                 owner,
-                container,
+                id: live.container.id.clone(),
+                live: std::sync::RwLock::new(Arc::new(live)),
+                gate: tokio::sync::RwLock::new(()),
                 config,
-                control,
+                asked,
                 slots: Arc::new(Semaphore::new(MAX_CONCURRENT_EXECS)),
                 execs: AtomicU64::new(0),
                 one_shot,
@@ -123,7 +151,6 @@ impl Sandbox {
                 jobs: Default::default(),
                 activity: Default::default(),
                 expired: Default::default(),
-                userns_base,
                 file_slots: Arc::new(Semaphore::new(files::FILE_HELPERS)),
                 watch_slots: Arc::new(Semaphore::new(files::WATCHES)),
                 egress: Default::default(),
@@ -138,7 +165,7 @@ impl Sandbox {
 
     /// The sandbox's container id.
     pub fn id(&self) -> &str {
-        &self.inner.container.id
+        &self.inner.id
     }
 
     /// The host uid and gid that the sandbox's user (its config's `uid` and `gid`) is, when
@@ -149,14 +176,14 @@ impl Sandbox {
     /// host's own there. The file API ([`write_file`](Self::write_file),
     /// [`upload_dir`](Self::upload_dir)) needs none of this.
     pub fn host_ids(&self) -> Option<(u32, u32)> {
-        let base = self.inner.userns_base?;
+        let base = self.live().userns_base?;
         let config = &self.inner.config;
         Some((base + config.uid, base + config.gid))
     }
 
     /// How the sandbox's init ended, if it has: then the sandbox is unusable.
     pub fn ended(&self) -> Option<ExitStatus> {
-        self.inner.container.try_wait().ok().flatten()
+        self.live().container.try_wait().ok().flatten()
     }
 
     /// What the whole sandbox has used so far (CPU time, memory now and at its peak,
@@ -185,8 +212,11 @@ impl Sandbox {
         if let Some(egress) = self.inner.egress.get() {
             egress.stop.cancel();
         }
-        self.inner.container.start_kill();
-        self.inner.container.finished().await;
+        // A snapshot or restore under way finishes first (its new container is the one to end).
+        let _gate = self.inner.gate.read().await;
+        let live = self.live();
+        live.container.start_kill();
+        live.container.finished().await;
         // Every job died with the container; their outputs stay with the handles left.
         self.inner.jobs.clear();
     }
@@ -196,20 +226,7 @@ impl Sandbox {
     /// everything, reaps it all and exits (no runtime call). A launcher that does not is killed. The
     /// container's removal goes on in its supervisor.
     pub(crate) async fn end(&self) {
-        self.inner.control.shutdown();
-        // The launcher's exit shows first as the end of its control socket (it has reaped
-        // every process by then); the init's exit, on gVisor, only once the whole sandbox
-        // has gone down (4 ms later).
-        let exited = async {
-            tokio::select! {
-                () = self.inner.control.closed() => {}
-                () = self.inner.container.gone() => {}
-            }
-        };
-        if tokio::time::timeout(END_DEADLINE, exited).await.is_err() {
-            self.inner.container.start_kill();
-            self.inner.container.gone().await;
-        }
+        end_live(&self.live()).await;
     }
 
     /// Runs `exec` in the sandbox with piped (or null, or inherited) stdio, like
@@ -348,7 +365,7 @@ impl Sandbox {
             }
             None => (None, Watched::default()),
         };
-        if self.inner.container.cli.kind != crate::OciRuntime::Gvisor {
+        if self.inner.owner.runtime() != crate::OciRuntime::Gvisor {
             // The launcher makes the PTY in the container's own devpts (so that `tty` names
             // it) and hands the controller over.
             let (supervised, controller) = self
@@ -416,6 +433,8 @@ impl Sandbox {
         keep: [OwnedFd; N],
     ) -> Result<(Supervised, Option<OwnedFd>), SandboxError> {
         let own_terminal = matches!(stdio, launcher::Stdio::OwnTerminal);
+        // A snapshot or restore under way finishes first.
+        let _start = self.inner.gate.read().await;
         let (argv, env, cwd) = self.resolve(exec)?;
         self.check_alive()?;
         let id = self.id().to_owned();
@@ -531,7 +550,7 @@ impl Sandbox {
                         sandbox.end().await;
                         want_oom
                             && sandbox
-                                .inner
+                                .live()
                                 .container
                                 .wait()
                                 .await
@@ -546,7 +565,8 @@ impl Sandbox {
             .spawn(tracing::Instrument::in_current_span(
                 crate::supervisor::exec::supervise(supervision),
             ));
-        let container = &self.inner.container;
+        let live = self.live();
+        let container = &live.container;
         Supervised::exec(
             exec_id,
             id,
@@ -566,7 +586,8 @@ impl Sandbox {
         env: &[(String, String)],
         stdio: launcher::Stdio,
     ) -> Result<launcher::Connection, SandboxError> {
-        let request = self.inner.control.request(cwd, argv, env, stdio);
+        let live = self.live();
+        let request = live.control.request(cwd, argv, env, stdio);
         match tokio::time::timeout(START_DEADLINE, request).await {
             Ok(Ok(conn)) => Ok(conn),
             Ok(Err(e)) if e.kind() == std::io::ErrorKind::InvalidInput => {
@@ -622,7 +643,7 @@ impl Sandbox {
                 id: self.id().to_owned(),
             });
         }
-        let status = self.inner.container.try_wait();
+        let status = self.live().container.try_wait();
         match status {
             Ok(None) => None,
             Ok(Some(status)) => Some(SandboxError::SandboxEnded {
@@ -634,6 +655,27 @@ impl Sandbox {
                 status: None,
             }),
         }
+    }
+}
+
+/// Ends `live`'s container from within and waits until its launcher has exited, which means
+/// every process of it is gone: the launcher reads the end of its control socket, kills
+/// everything, reaps it all and exits (no runtime call). A launcher that does not is killed.
+/// The container's removal goes on in its supervisor.
+pub(crate) async fn end_live(live: &Live) {
+    live.control.shutdown();
+    // The launcher's exit shows first as the end of its control socket (it has reaped
+    // every process by then); the init's exit, on gVisor, only once the whole sandbox
+    // has gone down (4 ms later).
+    let exited = async {
+        tokio::select! {
+            () = live.control.closed() => {}
+            () = live.container.gone() => {}
+        }
+    };
+    if tokio::time::timeout(END_DEADLINE, exited).await.is_err() {
+        live.container.start_kill();
+        live.container.gone().await;
     }
 }
 

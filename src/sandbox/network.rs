@@ -97,7 +97,7 @@ impl Sandbox {
         self.check_alive()?;
         let process = |source| SandboxError::Process { context, source };
         let started = async {
-            let (channel, data) = self.inner.control.net_request(request).await?;
+            let (channel, data) = self.live().control.net_request(request).await?;
             let started = channel.started().await?;
             Ok::<_, std::io::Error>((channel, data, started))
         };

@@ -31,8 +31,18 @@ pub(crate) struct Teardown {
     pub dirs: StateDirs,
     pub id: String,
     pub host_network: bool,
+    pub memory_root: bool,
     pub bundle: Option<Bundle>,
+    /// Where the bundle's upper layer (`rw/upper`) goes before the bundle is removed, when
+    /// a snapshot asks for it (see [`Harvest`]).
+    pub harvest: Harvest,
+    /// The snapshot whose layers the container runs on: kept until it is removed.
+    pub keep: Option<crate::snapshot::Snapshot>,
 }
+
+/// A snapshot's claim on a container's writable layer: set before the container is ended,
+/// its teardown moves the layer there (a rename) instead of removing it.
+pub(crate) type Harvest = std::sync::Arc<std::sync::Mutex<Option<std::path::PathBuf>>>;
 
 impl Teardown {
     pub fn new(
@@ -47,7 +57,10 @@ impl Teardown {
             dirs: dirs.clone(),
             id,
             host_network: !config.network.is_isolated(),
+            memory_root: config.snapshots && cli.kind == crate::OciRuntime::Gvisor,
             bundle: Some(bundle),
+            harvest: Harvest::default(),
+            keep: None,
         }
     }
 
@@ -55,6 +68,7 @@ impl Teardown {
         ContainerFlags {
             log,
             host_network: self.host_network,
+            memory_root: self.memory_root,
         }
     }
 
@@ -72,9 +86,28 @@ impl Teardown {
         }
         let root = self.dirs.root.clone();
         let id = self.id.clone();
+        let base = self
+            .bundle
+            .as_ref()
+            .and_then(|b| b.userns.as_ref())
+            .map(|ns| ns.base());
         let bundle = self.bundle.take().map(Bundle::into_path);
+        let harvest = self.harvest.lock().expect("not poisoned").take();
         let _ = tokio::task::spawn_blocking(move || {
             if let Some(bundle) = bundle {
+                if let Some(dest) = harvest {
+                    let upper = crate::image::mount::Points::in_bundle(&bundle).upper();
+                    // The layer goes into the store with the container's own ids, as an
+                    // image's layers are, so that any sandbox's idmapping applies to it.
+                    let moved = std::fs::rename(&upper, &dest).and_then(|()| match base {
+                        Some(base) => crate::sys::fs_tree::shift_ids_blocking(&dest, base),
+                        None => Ok(()),
+                    });
+                    if let Err(err) = moved {
+                        tracing::warn!(%err, ?upper, ?dest, "moving the writable layer");
+                        let _ = crate::sys::fs_tree::remove_tree_blocking(&dest);
+                    }
+                }
                 remove_leftovers_blocking(&root, &id, &bundle);
             }
         })

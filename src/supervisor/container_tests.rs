@@ -134,6 +134,7 @@ impl Fake {
         let flags = ContainerFlags {
             log: Some(&log),
             host_network: !self.config.network.is_isolated(),
+            memory_root: false,
         };
         let sub = Sub::Run {
             id: &self.id,

@@ -193,6 +193,7 @@ impl Supervised {
         let flags = ContainerFlags {
             log: None,
             host_network: self.host_network,
+            memory_root: false,
         };
         // Right after spawn the runtime may still be creating the container: retry briefly.
         let give_up = Instant::now() + Duration::from_secs(2);

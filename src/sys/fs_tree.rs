@@ -467,3 +467,33 @@ fn ignore_missing(result: nix::Result<()>) -> io::Result<()> {
 #[cfg(test)]
 #[path = "fs_tree_tests.rs"]
 mod tests;
+
+/// Shifts the owners of the tree at `path` down by `base` (host ids of a container's user
+/// namespace back to the container's own), links not followed; ids below `base` stay. The
+/// tree must be quiescent (a container's writable layer once the container is gone). The
+/// set-user-id and set-group-id bits that `chown` clears are set again. Blocking.
+pub(crate) fn shift_ids_blocking(path: &Path, base: u32) -> io::Result<()> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let shift = |id: u32| if id >= base { id - base } else { id };
+    let mut stack = vec![path.to_path_buf()];
+    let mut first = true;
+    while let Some(entry) = stack.pop() {
+        let meta = std::fs::symlink_metadata(&entry)?;
+        if meta.is_dir() {
+            for child in std::fs::read_dir(&entry)? {
+                stack.push(child?.path());
+            }
+        }
+        let (uid, gid) = (shift(meta.uid()), shift(meta.gid()));
+        if (uid, gid) != (meta.uid(), meta.gid()) || first {
+            std::os::unix::fs::lchown(&entry, Some(uid), Some(gid))?;
+            let special = meta.mode() & 0o6000;
+            if special != 0 && meta.is_file() {
+                let mode = std::fs::Permissions::from_mode(meta.mode() & 0o7777);
+                std::fs::set_permissions(&entry, mode)?;
+            }
+        }
+        first = false;
+    }
+    Ok(())
+}

@@ -1,0 +1,359 @@
+//! Snapshots and forks on every runtime: files before the snapshot are in each fork, writes
+//! after it stay on their side, ten forks from one snapshot, rollback in place, save and load;
+//! on gVisor a process carried through the checkpoint; bad input leaving nothing behind.
+
+mod common;
+
+use common::images::{self, ImageFixture};
+use common::{TestSandbox, sh_in};
+use oci_sandbox::{
+    ExecConfig, Image, NamespaceContainer, OciRuntime, SandboxConfig, SandboxError,
+    SnapshotErrorKind, SnapshotOptions,
+};
+
+fn busybox() -> (tempfile::TempDir, ImageFixture) {
+    let dir = tempfile::Builder::new()
+        .prefix("osb-snap-img-")
+        .tempdir()
+        .unwrap();
+    let f = images::busybox_layout(dir.path());
+    (dir, f)
+}
+
+fn snapshot_policy(f: &ImageFixture) -> SandboxConfig {
+    SandboxConfig {
+        image: Some(Image::OciLayout {
+            path: f.layout.clone(),
+            reference: f.tag.clone(),
+        }),
+        writable_root: true,
+        snapshots: true,
+        ..SandboxConfig::default()
+    }
+}
+
+async fn start(t: &TestSandbox, f: &ImageFixture) -> oci_sandbox::Sandbox {
+    let config = NamespaceContainer::build_config(&snapshot_policy(f), "true", vec![]);
+    t.sandbox.start(&config).await.expect("sandbox start")
+}
+
+fn snapshot_kind(err: &SandboxError) -> Option<SnapshotErrorKind> {
+    match err {
+        SandboxError::Snapshot { kind, .. } => Some(*kind),
+        _ => None,
+    }
+}
+
+/// Files before the snapshot are in the fork; later writes on either side stay there.
+async fn forks_see_the_snapshot_and_not_each_other(kind: OciRuntime) {
+    let t = TestSandbox::new(kind).await;
+    let (_dir, f) = busybox();
+    let parent = start(&t, &f).await;
+    sh_in(
+        &parent,
+        "echo before > /etc/state; mkdir -p /srv/a; echo tmp > /tmp/t; rm /etc/motd",
+    )
+    .await;
+    let snap = parent.snapshot().await.expect("snapshot");
+    assert_eq!(snap.runtime(), kind);
+    assert_eq!(snap.has_processes(), kind == OciRuntime::Gvisor);
+    // The parent goes on from the snapshot, same id.
+    assert_eq!(
+        sh_in(
+            &parent,
+            "cat /etc/state /tmp/t; test -e /etc/motd || echo gone"
+        )
+        .await,
+        "before\ntmp\ngone\n"
+    );
+    sh_in(&parent, "echo parent-after > /etc/state").await;
+    let fork = t.sandbox.start_from(&snap).await.expect("fork");
+    assert_ne!(fork.id(), parent.id());
+    assert_eq!(
+        sh_in(
+            &fork,
+            "cat /etc/state /tmp/t; ls /srv; test -e /etc/motd || echo gone"
+        )
+        .await,
+        "before\ntmp\na\ngone\n"
+    );
+    sh_in(
+        &fork,
+        "echo fork-after > /etc/state; echo mine > /srv/fork-only",
+    )
+    .await;
+    assert_eq!(sh_in(&parent, "cat /etc/state").await, "parent-after\n");
+    assert_eq!(
+        sh_in(
+            &parent,
+            "test -e /srv/fork-only && echo seen || echo unseen"
+        )
+        .await,
+        "unseen\n"
+    );
+    assert_eq!(sh_in(&fork, "cat /etc/state").await, "fork-after\n");
+    let ids = [parent.id().to_owned(), fork.id().to_owned()];
+    parent.close().await;
+    fork.close().await;
+    // A sandbox's handle keeps the snapshot it runs on: the last of them removes it.
+    drop((snap, parent, fork));
+    let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+    t.assert_nothing_left(&ids, None).await;
+    assert_store_empty(&t).await;
+}
+
+/// Ten forks of one snapshot, each with its own writes.
+async fn ten_forks_from_one_snapshot(kind: OciRuntime) {
+    let t = TestSandbox::new(kind).await;
+    let (_dir, f) = busybox();
+    let parent = start(&t, &f).await;
+    sh_in(&parent, "echo base > /srv-base").await;
+    let snap = parent
+        .snapshot_with(SnapshotOptions::default().keep_running(false))
+        .await
+        .expect("snapshot");
+    let closed = parent.exec(&ExecConfig::shell("true")).await.unwrap_err();
+    assert!(
+        matches!(closed, SandboxError::SandboxClosed { .. }),
+        "{closed}"
+    );
+    let mut forks = Vec::new();
+    for i in 0..10 {
+        let fork = t.sandbox.start_from(&snap).await.expect("fork");
+        sh_in(&fork, &format!("echo {i} > /mine")).await;
+        forks.push(fork);
+    }
+    for (i, fork) in forks.iter().enumerate() {
+        assert_eq!(
+            sh_in(fork, "cat /srv-base /mine").await,
+            format!("base\n{i}\n")
+        );
+    }
+    let ids: Vec<String> = forks.iter().map(|s| s.id().to_owned()).collect();
+    for fork in forks {
+        fork.close().await;
+    }
+    drop(snap);
+    let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+    t.assert_nothing_left(&ids, None).await;
+    assert_store_empty(&t).await;
+}
+
+/// Rollback in place: the handle (and its clones) go back to the snapshot's state.
+async fn restore_rolls_back_in_place(kind: OciRuntime) {
+    let t = TestSandbox::new(kind).await;
+    let (_dir, f) = busybox();
+    let sandbox = start(&t, &f).await;
+    let clone = sandbox.clone();
+    sh_in(&sandbox, "echo good > /etc/state").await;
+    let good = sandbox.snapshot().await.expect("snapshot");
+    sh_in(&sandbox, "echo broken > /etc/state; rm -rf /bin/ls /tmp/*").await;
+    sandbox.restore(&good).await.expect("restore");
+    assert_eq!(
+        sh_in(&clone, "cat /etc/state; ls / >/dev/null && echo ls-back").await,
+        "good\nls-back\n"
+    );
+    // Again, from the same snapshot.
+    sh_in(&sandbox, "echo broken-again > /etc/state").await;
+    sandbox.restore(&good).await.expect("second restore");
+    assert_eq!(sh_in(&sandbox, "cat /etc/state").await, "good\n");
+    let id = sandbox.id().to_owned();
+    sandbox.close().await;
+    drop((good, clone, sandbox));
+    t.assert_nothing_left(&[&id], None).await;
+    assert_store_empty(&t).await;
+}
+
+/// A saved snapshot outlives the store's copy and loads in another container of the same
+/// runtime; another runtime's, or a corrupt one, is a typed error.
+async fn save_and_load(kind: OciRuntime) {
+    let t = TestSandbox::new(kind).await;
+    let (_dir, f) = busybox();
+    let parent = start(&t, &f).await;
+    sh_in(&parent, "echo saved > /etc/state").await;
+    let snap = parent
+        .snapshot_with(SnapshotOptions::default().keep_running(false))
+        .await
+        .unwrap();
+    let out = tempfile::Builder::new()
+        .prefix("osb-saved-")
+        .tempdir_in(t.state.path())
+        .unwrap();
+    let saved = out.path().join("snap");
+    snap.save(&saved).await.expect("save");
+    let exists = snap.save(&saved).await.unwrap_err();
+    assert!(matches!(exists, SandboxError::Io { .. }), "{exists}");
+    drop(snap);
+    // Another runtime's container of the same state dir refuses it.
+    let other = if kind == OciRuntime::Runc {
+        OciRuntime::Crun
+    } else {
+        OciRuntime::Runc
+    };
+    let other_t = TestSandbox::new(other).await;
+    let wrong = other_t.sandbox.load_snapshot(&saved).await.unwrap_err();
+    assert_eq!(
+        snapshot_kind(&wrong),
+        Some(SnapshotErrorKind::Mismatch),
+        "{wrong}"
+    );
+    let loaded = t.sandbox.load_snapshot(&saved).await.expect("load");
+    let fork = t
+        .sandbox
+        .start_from(&loaded)
+        .await
+        .expect("fork of a loaded snapshot");
+    assert_eq!(sh_in(&fork, "cat /etc/state").await, "saved\n");
+    let id = fork.id().to_owned();
+    fork.close().await;
+    drop(loaded);
+    // Corrupt: a file gone, the manifest garbled, no directory at all.
+    let victim = std::fs::read_dir(&saved)
+        .unwrap()
+        .filter_map(Result::ok)
+        .find(|e| e.file_name() != "manifest.json")
+        .unwrap()
+        .path();
+    let mut removed = false;
+    for entry in walk(&victim) {
+        if entry.is_file() {
+            std::fs::remove_file(&entry).unwrap();
+            removed = true;
+            break;
+        }
+    }
+    if !removed {
+        std::fs::create_dir(victim.join("planted")).unwrap();
+    }
+    let corrupt = t.sandbox.load_snapshot(&saved).await.unwrap_err();
+    assert_eq!(
+        snapshot_kind(&corrupt),
+        Some(SnapshotErrorKind::Corrupt),
+        "{corrupt}"
+    );
+    std::fs::write(saved.join("manifest.json"), b"{ not json").unwrap();
+    let garbled = t.sandbox.load_snapshot(&saved).await.unwrap_err();
+    assert_eq!(
+        snapshot_kind(&garbled),
+        Some(SnapshotErrorKind::Corrupt),
+        "{garbled}"
+    );
+    let missing = t
+        .sandbox
+        .load_snapshot(out.path().join("nothing"))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        snapshot_kind(&missing),
+        Some(SnapshotErrorKind::Corrupt),
+        "{missing}"
+    );
+    drop(out);
+    t.assert_nothing_left(&[&id], None).await;
+    assert_store_empty(&t).await;
+    other_t.assert_nothing_left(&[], None).await;
+}
+
+/// Bad input: a closed sandbox, one without snapshots, one busy; processes asked of runc and
+/// crun. Each a typed error, and the sandbox goes on where it should.
+async fn bad_snapshots_are_typed_errors(kind: OciRuntime) {
+    let t = TestSandbox::new(kind).await;
+    let (_dir, f) = busybox();
+    // Not enabled.
+    let plain = t.start_sandbox(&SandboxConfig::default()).await;
+    let err = plain.snapshot().await.unwrap_err();
+    assert_eq!(
+        snapshot_kind(&err),
+        Some(SnapshotErrorKind::NotEnabled),
+        "{err}"
+    );
+    assert_eq!(sh_in(&plain, "echo alive").await, "alive\n");
+    // Invalid config: snapshots without an image.
+    let invalid = NamespaceContainer::build_config(
+        &SandboxConfig {
+            snapshots: true,
+            ..SandboxConfig::default()
+        },
+        "true",
+        vec![],
+    );
+    let err = t.sandbox.start(&invalid).await.unwrap_err();
+    assert!(
+        matches!(&err, SandboxError::InvalidConfig { field, .. } if field == "snapshots"),
+        "{err}"
+    );
+    let sandbox = start(&t, &f).await;
+    // Busy: a command runs.
+    let running = sandbox
+        .exec(&ExecConfig::shell(&common::sleep_marker(410, kind)))
+        .await
+        .unwrap();
+    let err = sandbox.snapshot().await.unwrap_err();
+    assert_eq!(snapshot_kind(&err), Some(SnapshotErrorKind::Busy), "{err}");
+    drop(running);
+    // Processes: only gVisor.
+    let with_processes = sandbox
+        .snapshot_with(SnapshotOptions::default().processes(true))
+        .await;
+    match kind {
+        OciRuntime::Gvisor => drop(with_processes.expect("gVisor carries processes")),
+        _ => {
+            let err = with_processes.unwrap_err();
+            assert_eq!(
+                snapshot_kind(&err),
+                Some(SnapshotErrorKind::Unsupported),
+                "{err}"
+            );
+        }
+    }
+    assert_eq!(sh_in(&sandbox, "echo alive").await, "alive\n");
+    // Closed.
+    let ids = [plain.id().to_owned(), sandbox.id().to_owned()];
+    sandbox.close().await;
+    let err = sandbox.snapshot().await.unwrap_err();
+    assert!(matches!(err, SandboxError::SandboxClosed { .. }), "{err}");
+    plain.close().await;
+    let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+    t.assert_nothing_left(&ids, Some(&common::sleep_marker(410, kind)))
+        .await;
+    assert_store_empty(&t).await;
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap().filter_map(Result::ok) {
+            let p = e.path();
+            if e.file_type().unwrap().is_dir() {
+                stack.push(p.clone());
+            }
+            out.push(p);
+        }
+    }
+    out
+}
+
+/// No snapshot is left in the store once every handle is gone (their removal runs on the
+/// blocking pool: give it a moment).
+async fn assert_store_empty(t: &TestSandbox) {
+    let store = t.sandbox.state_root().parent().unwrap().join("snapshots");
+    for _ in 0..100 {
+        let left: Vec<_> = std::fs::read_dir(&store)
+            .map(|d| d.filter_map(Result::ok).map(|e| e.path()).collect())
+            .unwrap_or_default();
+        if left.is_empty() {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    panic!("snapshots left in {}", store.display());
+}
+
+on_every_runtime!(
+    forks_see_the_snapshot_and_not_each_other,
+    ten_forks_from_one_snapshot,
+    restore_rolls_back_in_place,
+    save_and_load,
+    bad_snapshots_are_typed_errors,
+);
