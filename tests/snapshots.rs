@@ -296,7 +296,10 @@ async fn bad_snapshots_are_typed_errors(kind: OciRuntime) {
         .snapshot_with(SnapshotOptions::default().processes(true))
         .await;
     match kind {
-        OciRuntime::Gvisor => drop(with_processes.expect("gVisor carries processes")),
+        OciRuntime::Gvisor => {
+            let s = with_processes.expect("gVisor carries processes");
+            assert!(s.has_processes());
+        }
         _ => {
             let err = with_processes.unwrap_err();
             assert_eq!(
@@ -313,9 +316,100 @@ async fn bad_snapshots_are_typed_errors(kind: OciRuntime) {
     let err = sandbox.snapshot().await.unwrap_err();
     assert!(matches!(err, SandboxError::SandboxClosed { .. }), "{err}");
     plain.close().await;
+    // The sandbox's handle keeps the snapshot it runs on.
+    drop((sandbox, plain));
     let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
     t.assert_nothing_left(&ids, Some(&common::sleep_marker(410, kind)))
         .await;
+    assert_store_empty(&t).await;
+}
+
+/// A counter loop started in the background before the snapshot: on gVisor it runs on in
+/// each fork from its value at the checkpoint (and in the parent); on runc and crun the
+/// snapshot ends it (no process state there), and the files stay.
+async fn background_processes_through_a_snapshot(kind: OciRuntime) {
+    let t = TestSandbox::new(kind).await;
+    let (_dir, f) = busybox();
+    let parent = start(&t, &f).await;
+    let counter = ExecConfig::shell(
+        "i=0; while :; do i=$((i+1)); echo $i > /tmp/count.new; mv /tmp/count.new /tmp/count; \
+         sleep 0.02; done",
+    );
+    let pid = parent
+        .exec_background(&counter)
+        .await
+        .expect("background start");
+    assert!(pid > 1);
+    let count = |s: &oci_sandbox::Sandbox| {
+        let s = s.clone();
+        async move {
+            sh_in(&s, "cat /tmp/count")
+                .await
+                .trim()
+                .parse::<u64>()
+                .unwrap()
+        }
+    };
+    while count(&parent).await < 5 {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let before = count(&parent).await;
+    let snap = parent
+        .snapshot()
+        .await
+        .expect("snapshot with a background process");
+    let after = count(&parent).await;
+    assert!(after >= before, "{after} < {before}");
+    let forks = [
+        t.sandbox.start_from(&snap).await.unwrap(),
+        t.sandbox.start_from(&snap).await.unwrap(),
+    ];
+    let alive = format!("kill -0 {pid} 2>/dev/null && echo alive || echo gone");
+    match kind {
+        OciRuntime::Gvisor => {
+            // Each fork starts from the checkpoint's value, not from 0, and counts on.
+            for fork in &forks {
+                let first = count(fork).await;
+                assert!(
+                    first >= before,
+                    "fork restarted its counter: {first} < {before}"
+                );
+                assert_eq!(sh_in(fork, &alive).await, "alive\n");
+            }
+            let started = count(&forks[1]).await;
+            // Independent: stopping one fork's loop stops neither the other's nor the parent's.
+            sh_in(&forks[0], &format!("kill {pid}")).await;
+            tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+            let stopped = count(&forks[0]).await;
+            tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+            assert_eq!(count(&forks[0]).await, stopped);
+            assert!(
+                count(&forks[1]).await > started,
+                "the second fork's loop stopped"
+            );
+            assert_eq!(sh_in(&parent, &alive).await, "alive\n");
+            assert!(count(&parent).await > after, "the parent's loop stopped");
+        }
+        _ => {
+            // The files are carried, the process is not: not in the forks, not in the parent.
+            for sandbox in [&parent, &forks[0], &forks[1]] {
+                let first = count(sandbox).await;
+                assert!(first >= before, "{first} < {before}");
+                assert_eq!(sh_in(sandbox, &alive).await, "gone\n");
+            }
+        }
+    }
+    let ids: Vec<String> = std::iter::once(&parent)
+        .chain(forks.iter())
+        .map(|s| s.id().to_owned())
+        .collect();
+    parent.close().await;
+    for fork in &forks {
+        fork.close().await;
+    }
+    drop((parent, forks, snap));
+    let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+    t.assert_nothing_left(&ids, None).await;
     assert_store_empty(&t).await;
 }
 
@@ -347,7 +441,10 @@ async fn assert_store_empty(t: &TestSandbox) {
         }
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
-    panic!("snapshots left in {}", store.display());
+    let left: Vec<_> = std::fs::read_dir(&store)
+        .map(|d| d.filter_map(Result::ok).map(|e| e.path()).collect())
+        .unwrap_or_default();
+    panic!("snapshots left in {}: {left:?}", store.display());
 }
 
 on_every_runtime!(
@@ -356,4 +453,5 @@ on_every_runtime!(
     restore_rolls_back_in_place,
     save_and_load,
     bad_snapshots_are_typed_errors,
+    background_processes_through_a_snapshot,
 );
