@@ -285,7 +285,7 @@ async fn bad_snapshots_are_typed_errors(kind: OciRuntime) {
     let sandbox = start(&t, &f).await;
     // Busy: a command runs.
     let running = sandbox
-        .exec(&ExecConfig::shell(&common::sleep_marker(410, kind)))
+        .exec(&ExecConfig::shell(common::sleep_marker(410, kind)))
         .await
         .unwrap();
     let err = sandbox.snapshot().await.unwrap_err();

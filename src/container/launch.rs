@@ -158,8 +158,7 @@ impl NamespaceContainer {
                 launcher_end,
                 start_deadline,
                 attached,
-                image,
-                from,
+                (image, from),
             )
             .await?;
         tracing::debug!(
@@ -275,8 +274,7 @@ impl NamespaceContainer {
         control: std::os::fd::OwnedFd,
         start_deadline: std::time::Duration,
         attached: bool,
-        image: Option<std::sync::Arc<crate::image::PreparedImage>>,
-        from: Option<&crate::snapshot::Snapshot>,
+        (image, from): RootSource<'_>,
     ) -> Result<LauncherStart, SandboxError> {
         let layers = from.map(|s| s.layers().to_vec()).unwrap_or_default();
         let (id, bundle, root_mount) = self.prepare(config, checked, image, layers).await?;
@@ -447,7 +445,8 @@ fn image_root_blocking(
     let userns = bundle.userns.as_ref();
     // A snapshot on gVisor checkpoints the root's writes, which runsc keeps in the sandbox's
     // memory (`--overlay2=root:memory`) over a read-only image.
-    let writable = (!config.security.readonly_rootfs && !(gvisor && config.snapshots)).then(|| {
+    let writable = !(config.security.readonly_rootfs || gvisor && config.snapshots);
+    let writable = writable.then(|| {
         if config.snapshots {
             return crate::image::mount::Writable::OnDisk {
                 owner: userns.map_or(0, |ns| ns.base()),
@@ -499,6 +498,13 @@ fn own_user_namespace_blocking(
     let lease = crate::host::id_range::IdRangeLease::acquire_blocking(userns_base)?;
     crate::host::id_range::UserNamespace::create_blocking(lease).map(Some)
 }
+
+/// What a container's root is made of, besides the shared rootfs: an image, and a snapshot
+/// to start from.
+pub(crate) type RootSource<'a> = (
+    Option<std::sync::Arc<crate::image::PreparedImage>>,
+    Option<&'a crate::snapshot::Snapshot>,
+);
 
 /// A launcher container the runtime is starting: see [`NamespaceContainer::run_launcher`].
 pub(crate) struct LauncherStart {

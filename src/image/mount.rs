@@ -230,19 +230,19 @@ impl RootMount {
                     clone_idmapped(source, point, userns)?;
                 }
             }
-            if let Some(up) = &self.upper {
-                if let Some(tmpfs_data) = &up.tmpfs_data {
-                    check_int(libc::mount(
-                        c"tmpfs".as_ptr(),
-                        up.dir.as_ptr(),
-                        c"tmpfs".as_ptr(),
-                        libc::MS_NOSUID | libc::MS_NODEV,
-                        tmpfs_data.as_ptr().cast(),
-                    ))?;
-                    check_int(libc::mkdir(up.upper.as_ptr(), 0o755))?;
-                    check_int(libc::chown(up.upper.as_ptr(), up.owner, up.owner))?;
-                    check_int(libc::mkdir(up.work.as_ptr(), 0o700))?;
-                }
+            if let Some(up) = &self.upper
+                && let Some(tmpfs_data) = &up.tmpfs_data
+            {
+                check_int(libc::mount(
+                    c"tmpfs".as_ptr(),
+                    up.dir.as_ptr(),
+                    c"tmpfs".as_ptr(),
+                    libc::MS_NOSUID | libc::MS_NODEV,
+                    tmpfs_data.as_ptr().cast(),
+                ))?;
+                check_int(libc::mkdir(up.upper.as_ptr(), 0o755))?;
+                check_int(libc::chown(up.upper.as_ptr(), up.owner, up.owner))?;
+                check_int(libc::mkdir(up.work.as_ptr(), 0o700))?;
             }
             check_int(libc::mount(
                 c"overlay".as_ptr(),
