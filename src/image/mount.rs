@@ -161,6 +161,12 @@ impl RootMount {
                     u.to_string_lossy(),
                     w.to_string_lossy()
                 ));
+                // On disk, the container's end would sync the upper layer's file system
+                // (tens of ms for what it wrote, on a snapshot's path): the layer is the
+                // sandbox's scratch, written back by the kernel in its own time.
+                if tmpfs_data.is_none() {
+                    data.push_str(",volatile");
+                }
                 Some(Upper {
                     dir: cstr(&points.rw)?,
                     tmpfs_data,
