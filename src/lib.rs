@@ -139,9 +139,11 @@ mod sys;
 mod config;
 // 3. config to OCI spec (pure)
 mod spec;
-// 4. the host: state dirs, bundles, cgroups, id ranges, capture files; the image store
+// 4. the host: state dirs, bundles, cgroups, id ranges, capture files; the image store; the
+//    snapshot store
 mod host;
 mod image;
+mod snapshot;
 // 5. the runtime CLI, the launcher's channel, the egress proxy
 mod launcher;
 mod net;
@@ -155,7 +157,6 @@ mod backend;
 mod container;
 mod pool;
 mod sandbox;
-mod snapshot;
 
 pub use config::image::{
     Image, ImageProgress, ProgressStage, PulledImage, RegistryAuth, RegistryImage,

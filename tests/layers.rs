@@ -11,7 +11,7 @@ const LAYERS: &[&[&str]] = &[
     &["sys"],
     &["config"],
     &["spec"],
-    &["host", "image"],
+    &["host", "image", "snapshot"],
     &["launcher", "net", "oci"],
     &["supervisor"],
     &["handle"],

@@ -178,23 +178,21 @@ impl ControlSocket {
     }
 
     /// Asks the launcher to detach (see [`detach_request`](super::protocol::detach_request))
-    /// and waits for its answer: `Ok(true)` once it has, `Ok(false)` while it holds fds of
-    /// the host's (a command or helper runs).
-    pub async fn detach(&self, token: &str) -> io::Result<bool> {
+    /// and waits for its answer: `Ok(Ok(()))` once it has; `Ok(Err(errno))` when it refused:
+    /// `EBUSY` while it holds fds of the host's (a command or helper runs), else why it
+    /// could not listen for the attach.
+    pub async fn detach(&self, token: &str) -> io::Result<Result<(), i32>> {
         let conn = self
             .send_request(&super::protocol::detach_request(token), &[])
             .await?;
-        match conn.receive_record().await? {
-            Some(r) if r == super::protocol::DETACHED => Ok(true),
-            Some(r) if r == b"E 16" => Ok(false),
-            Some(r) => Err(io::Error::other(format!(
-                "the launcher could not detach: \"{}\"",
-                r.escape_ascii()
-            ))),
+        match conn.receive().await? {
             None => Err(io::Error::new(
                 io::ErrorKind::ConnectionAborted,
                 "the launcher ended before it detached",
             )),
+            Some(Reply::Detached) => Ok(Ok(())),
+            Some(Reply::StartFailed { errno }) => Ok(Err(errno)),
+            Some(other) => Err(unexpected(other)),
         }
     }
 

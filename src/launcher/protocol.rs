@@ -105,9 +105,6 @@ pub(crate) fn attach_record(token: &str) -> Vec<u8> {
     record
 }
 
-/// The launcher's answer to [`detach_request`] when it has detached.
-pub(crate) const DETACHED: &[u8] = b"D";
-
 /// The argument that makes the launcher binary hand its stdin to a detached launcher.
 pub(crate) const ATTACH_ARG: &str = "attach";
 
@@ -215,6 +212,8 @@ pub(crate) enum Reply {
     /// for a [`Mode::OwnTerminal`] request. The record decodes alone; the fd is for the
     /// receiver to take and check.
     Terminal,
+    /// `D`: the answer to a [`detach_request`]: the launcher has detached.
+    Detached,
 }
 
 impl Reply {
@@ -229,6 +228,7 @@ impl Reply {
         }
         let (kind, number) = match record {
             b"P" => return Ok(Reply::Terminal),
+            b"D" => return Ok(Reply::Detached),
             [kind @ (b'S' | b'E' | b'X'), b' ', number @ ..] => (*kind, number),
             [b'S' | b'E' | b'X', ..] => return Err(bad("no space after the letter")),
             [] => return Err(bad("empty")),

@@ -112,6 +112,7 @@ fn print_reply(reply: Reply) -> Vec<u8> {
             )
         }
         Reply::Terminal => "P".to_owned(),
+        Reply::Detached => "D".to_owned(),
     }
     .into_bytes()
 }
@@ -319,6 +320,7 @@ fn replies_round_trip() {
             status: with_usage(ExitStatus::signaled(libc::SIGTERM)),
         },
         Reply::Terminal,
+        Reply::Detached,
     ];
     for reply in replies {
         let record = print_reply(reply);
@@ -352,6 +354,24 @@ fn replies_are_decoded_from_the_launchers_bytes() {
     // A core dump's flag (0x80) does not change the signal.
     assert_eq!(status(b"X 139 0 0 0"), plain(ExitStatus::signaled(11)));
     assert_eq!(decode(b"P"), Reply::Terminal);
+    assert_eq!(decode(b"D"), Reply::Detached);
+}
+
+/// The detach request and the attach record, byte for byte as `detach()` and
+/// `await_attach()` in launcher.c read them.
+#[test]
+fn detach_and_attach_records_are_the_launchers_bytes() {
+    let token = "0123456789abcdef0123456789abcdef";
+    assert_eq!(
+        super::detach_request(token),
+        b"D0123456789abcdef0123456789abcdef\0"
+    );
+    assert_eq!(
+        super::attach_record(token),
+        b"A0123456789abcdef0123456789abcdef\0"
+    );
+    assert_eq!(Mode::Background.letter(), b'b');
+    assert_eq!(Mode::Background.stdio_fds(), 0);
 }
 
 #[test]

@@ -313,11 +313,22 @@ impl Sandbox {
         );
         let detached = tokio::time::timeout(START_DEADLINE, live.control.detach(&token)).await;
         match detached {
-            Ok(Ok(true)) => {}
-            Ok(Ok(false)) => {
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(libc::EBUSY))) => {
                 return Err(SandboxError::snapshot(
                     SnapshotErrorKind::Busy,
                     format!("sandbox {} holds connections to the host", self.id()),
+                ));
+            }
+            Ok(Ok(Err(errno))) => {
+                // Code in the sandbox may hold the attach address: the sandbox goes on.
+                return Err(SandboxError::snapshot(
+                    SnapshotErrorKind::Busy,
+                    format!(
+                        "the launcher of sandbox {} cannot listen for its attach: {}",
+                        self.id(),
+                        std::io::Error::from_raw_os_error(errno)
+                    ),
                 ));
             }
             Ok(Err(source)) => {

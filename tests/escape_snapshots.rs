@@ -1,0 +1,235 @@
+//! Attacks on snapshots, from code inside the sandbox: what a snapshot takes from the sandbox
+//! (its writable layer, on runc and crun) is read back by the host and becomes a layer of
+//! other sandboxes; and on gVisor the launcher listens, between its detach and its attach,
+//! on an address the sandbox's processes can reach.
+
+mod common;
+
+use common::images::{self, ImageFixture};
+use common::{TestSandbox, sh_in};
+use oci_sandbox::{
+    ExecConfig, Image, NamespaceContainer, OciRuntime, SandboxConfig, SandboxError,
+    SnapshotErrorKind,
+};
+
+fn policy(f: &ImageFixture) -> SandboxConfig {
+    SandboxConfig {
+        image: Some(Image::OciLayout {
+            path: f.layout.clone(),
+            reference: f.tag.clone(),
+        }),
+        writable_root: true,
+        snapshots: true,
+        ..SandboxConfig::default()
+    }
+}
+
+async fn start(t: &TestSandbox, f: &ImageFixture) -> oci_sandbox::Sandbox {
+    let config = NamespaceContainer::build_config(&policy(f), "true", vec![]);
+    t.sandbox.start(&config).await.expect("sandbox start")
+}
+
+fn fixture(build: fn(&std::path::Path) -> ImageFixture) -> (tempfile::TempDir, ImageFixture) {
+    let dir = tempfile::Builder::new()
+        .prefix("osb-esnap-img-")
+        .tempdir()
+        .unwrap();
+    let f = build(&dir.path().join("image"));
+    (dir, f)
+}
+
+/// runc, crun: the layer a snapshot takes holds links to the host's files, setuid files and
+/// files of other users, planted by the sandbox. The host's save follows no link, a fork sees
+/// the links resolve inside its own root, and the owners are the container's ids (not the
+/// parent's host ids, which would be nobody in a fork).
+async fn a_planted_layer_stays_inside(kind: OciRuntime) {
+    let t = TestSandbox::new(kind).await;
+    let (_dir, f) = fixture(images::busybox_layout);
+    let parent = start(&t, &f).await;
+    sh_in(
+        &parent,
+        "ln -s /etc/shadow /host-shadow; ln -s ../../../../../../etc/shadow /rel-shadow; \
+         echo mine > /owned; chown 1000:1000 /owned; \
+         cp /bin/busybox /suid; chmod 4755 /suid; \
+         echo data > /a; ln /a /b; mkdir -p /deep/x && echo d > /deep/x/f",
+    )
+    .await;
+    let snap = parent.snapshot().await.expect("snapshot");
+    // Saved elsewhere: links are links, nothing of the host's is read.
+    let saved_parent = tempfile::Builder::new()
+        .prefix("osb-esnap-saved-")
+        .tempdir_in(t.state.path())
+        .unwrap();
+    let saved = saved_parent.path().join("s");
+    snap.save(&saved).await.expect("save");
+    let top = walk(&saved);
+    let shadow = std::fs::read("/etc/shadow").unwrap_or_default();
+    for path in &top {
+        let meta = std::fs::symlink_metadata(path).unwrap();
+        if meta.is_file() && !shadow.is_empty() {
+            assert_ne!(
+                std::fs::read(path).unwrap(),
+                shadow,
+                "{} is the host's shadow",
+                path.display()
+            );
+        }
+    }
+    assert!(
+        top.iter().any(|p| p.ends_with("host-shadow")
+            && std::fs::symlink_metadata(p)
+                .unwrap()
+                .file_type()
+                .is_symlink()),
+        "the link was not saved as a link"
+    );
+    let fork = t.sandbox.start_from(&snap).await.expect("fork");
+    let seen = sh_in(
+        &fork,
+        "cat /host-shadow 2>&1 | head -c 40; echo; cat /rel-shadow 2>&1 | head -c 40; echo; \
+         stat -c '%u:%g %a' /owned /suid; cat /b /deep/x/f",
+    )
+    .await;
+    let lines: Vec<&str> = seen.lines().collect();
+    for line in &lines[..2] {
+        assert!(
+            !line.contains("root:"),
+            "the host's shadow was read: {seen}"
+        );
+    }
+    assert_eq!(
+        &lines[2..],
+        ["1000:1000 644", "0:0 4755", "data", "d"],
+        "{seen}"
+    );
+    let ids = [parent.id().to_owned(), fork.id().to_owned()];
+    parent.close().await;
+    fork.close().await;
+    drop((parent, fork, snap, saved_parent));
+    let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+    t.assert_nothing_left(&ids, None).await;
+}
+
+/// gVisor: a process of the sandbox holds the address the launcher listens on for its
+/// attach. The snapshot is refused (typed), and the sandbox goes on.
+async fn a_squatted_attach_address_refuses_the_snapshot() {
+    let t = TestSandbox::new(OciRuntime::Gvisor).await;
+    let (_dir, f) = fixture(images::python_layout);
+    let sandbox = start(&t, &f).await;
+    let squat = ExecConfig::shell(
+        "exec python3 -c \"import socket, time\n\
+s = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)\n\
+s.bind(b'\\\\0oci-sandbox-attach')\n\
+s.listen()\n\
+open('/tmp/squatting', 'w').close()\n\
+time.sleep(3600)\"",
+    );
+    sandbox.exec_background(&squat).await.unwrap();
+    while sh_in(&sandbox, "test -e /tmp/squatting && echo y || echo n").await != "y\n" {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let err = sandbox.snapshot().await.unwrap_err();
+    assert!(
+        matches!(&err, SandboxError::Snapshot { kind: SnapshotErrorKind::Busy, reason } if reason.contains("attach")),
+        "{err}"
+    );
+    assert_eq!(sh_in(&sandbox, "echo alive").await, "alive\n");
+    let id = sandbox.id().to_owned();
+    sandbox.close().await;
+    drop(sandbox);
+    t.assert_nothing_left(&[&id], None).await;
+}
+
+/// gVisor: a process carried by the checkpoint races the host to the attach in every
+/// restore, passing sockets of its own with guessed tokens. The launcher takes none of
+/// them (the racer never hears "ready"), and the host's attach gets through.
+async fn a_racing_attach_is_refused() {
+    let t = TestSandbox::new(OciRuntime::Gvisor).await;
+    let (_dir, f) = fixture(images::python_layout);
+    let parent = start(&t, &f).await;
+    let racer = ExecConfig::shell(
+        "exec python3 -c \"import socket, array, time\n\
+tries = 0\n\
+while True:\n\
+    try:\n\
+        c = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)\n\
+        c.connect(b'\\\\0oci-sandbox-attach')\n\
+        a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)\n\
+        c.sendmsg([b'a'], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array('i', [b.fileno()]))])\n\
+        a.send(b'A' + b'0' * 32 + b'\\\\0')\n\
+        a.settimeout(0.5)\n\
+        try:\n\
+            got = a.recv(64)\n\
+        except socket.timeout:\n\
+            got = b''\n\
+        tries += 1\n\
+        with open('/tmp/race', 'a') as log:\n\
+            log.write('got %r\\\\n' % got)\n\
+        for s in (a, b, c): s.close()\n\
+    except OSError:\n\
+        time.sleep(0.001)\"",
+    );
+    parent.exec_background(&racer).await.unwrap();
+    let snap = parent.snapshot().await.expect("snapshot");
+    let forks = [
+        t.sandbox.start_from(&snap).await.expect("fork 1"),
+        t.sandbox.start_from(&snap).await.expect("fork 2"),
+    ];
+    for sandbox in [&parent, &forks[0], &forks[1]] {
+        let log = sh_in(sandbox, "cat /tmp/race 2>/dev/null; echo end").await;
+        assert!(!log.contains("ready"), "a racer attached: {log}");
+        assert_eq!(sh_in(sandbox, "echo served").await, "served\n");
+    }
+    let ids: Vec<String> = std::iter::once(&parent)
+        .chain(forks.iter())
+        .map(|s| s.id().to_owned())
+        .collect();
+    parent.close().await;
+    for fork in &forks {
+        fork.close().await;
+    }
+    drop((parent, forks, snap));
+    let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+    t.assert_nothing_left(&ids, None).await;
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap().filter_map(Result::ok) {
+            let p = e.path();
+            if e.file_type().unwrap().is_dir() {
+                stack.push(p.clone());
+            }
+            out.push(p);
+        }
+    }
+    out
+}
+
+mod runc {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_planted_layer_stays_inside() {
+        super::a_planted_layer_stays_inside(oci_sandbox::OciRuntime::Runc).await
+    }
+}
+
+mod crun {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_planted_layer_stays_inside() {
+        super::a_planted_layer_stays_inside(oci_sandbox::OciRuntime::Crun).await
+    }
+}
+
+mod runsc {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_squatted_attach_address_refuses_the_snapshot() {
+        super::a_squatted_attach_address_refuses_the_snapshot().await
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_racing_attach_is_refused() {
+        super::a_racing_attach_is_refused().await
+    }
+}
