@@ -38,19 +38,24 @@ fn fixture(build: fn(&std::path::Path) -> ImageFixture) -> (tempfile::TempDir, I
     (dir, f)
 }
 
-/// runc, crun: the layer a snapshot takes holds links to the host's files, setuid files and
-/// files of other users, planted by the sandbox. The host's save follows no link, a fork sees
+/// runc, crun: the layer a snapshot takes holds links to the host's files, hard links and
+/// files of other users, planted by the sandbox (given `CAP_CHOWN`; set-id bits it cannot
+/// set: the seccomp profile refuses them). The host's save follows no link, a fork sees
 /// the links resolve inside its own root, and the owners are the container's ids (not the
 /// parent's host ids, which would be nobody in a fork).
 async fn a_planted_layer_stays_inside(kind: OciRuntime) {
     let t = TestSandbox::new(kind).await;
     let (_dir, f) = fixture(images::busybox_layout);
-    let parent = start(&t, &f).await;
+    // The capabilities to make other users' files (all are dropped by default).
+    let mut config = NamespaceContainer::build_config(&policy(&f), "true", vec![]);
+    config.security.capabilities = ["CAP_CHOWN", "CAP_FOWNER", "CAP_FSETID"]
+        .map(String::from)
+        .to_vec();
+    let parent = t.sandbox.start(&config).await.expect("sandbox start");
     sh_in(
         &parent,
         "ln -s /etc/shadow /host-shadow; ln -s ../../../../../../etc/shadow /rel-shadow; \
          echo mine > /owned; chown 1000:1000 /owned; \
-         cp /bin/busybox /suid; chmod 4755 /suid; \
          echo data > /a; ln /a /b; mkdir -p /deep/x && echo d > /deep/x/f",
     )
     .await;
@@ -63,6 +68,7 @@ async fn a_planted_layer_stays_inside(kind: OciRuntime) {
     let saved = saved_parent.path().join("s");
     snap.save(&saved).await.expect("save");
     let top = walk(&saved);
+
     let shadow = std::fs::read("/etc/shadow").unwrap_or_default();
     for path in &top {
         let meta = std::fs::symlink_metadata(path).unwrap();
@@ -87,7 +93,7 @@ async fn a_planted_layer_stays_inside(kind: OciRuntime) {
     let seen = sh_in(
         &fork,
         "cat /host-shadow 2>&1 | head -c 40; echo; cat /rel-shadow 2>&1 | head -c 40; echo; \
-         stat -c '%u:%g %a' /owned /suid; cat /b /deep/x/f",
+         stat -c '%u:%g %a' /owned; cat /b /deep/x/f",
     )
     .await;
     let lines: Vec<&str> = seen.lines().collect();
@@ -97,11 +103,7 @@ async fn a_planted_layer_stays_inside(kind: OciRuntime) {
             "the host's shadow was read: {seen}"
         );
     }
-    assert_eq!(
-        &lines[2..],
-        ["1000:1000 644", "0:0 4755", "data", "d"],
-        "{seen}"
-    );
+    assert_eq!(&lines[2..], ["1000:1000 644", "data", "d"], "{seen}");
     let ids = [parent.id().to_owned(), fork.id().to_owned()];
     parent.close().await;
     fork.close().await;
@@ -116,16 +118,17 @@ async fn a_squatted_attach_address_refuses_the_snapshot() {
     let t = TestSandbox::new(OciRuntime::Gvisor).await;
     let (_dir, f) = fixture(images::python_layout);
     let sandbox = start(&t, &f).await;
-    let squat = ExecConfig::shell(
-        "exec python3 -c \"import socket, time\n\
+    let squat = python(
+        "import socket, time\n\
 s = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)\n\
-s.bind(b'\\\\0oci-sandbox-attach')\n\
+s.bind(b'\\0oci-sandbox-attach')\n\
 s.listen()\n\
 open('/tmp/squatting', 'w').close()\n\
-time.sleep(3600)\"",
+time.sleep(3600)",
     );
     sandbox.exec_background(&squat).await.unwrap();
-    while sh_in(&sandbox, "test -e /tmp/squatting && echo y || echo n").await != "y\n" {
+    let exists = "import os; print(os.path.exists('/tmp/squatting'))";
+    while py_in(&sandbox, exists).await != "True\n" {
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
     let err = sandbox.snapshot().await.unwrap_err();
@@ -133,7 +136,7 @@ time.sleep(3600)\"",
         matches!(&err, SandboxError::Snapshot { kind: SnapshotErrorKind::Busy, reason } if reason.contains("attach")),
         "{err}"
     );
-    assert_eq!(sh_in(&sandbox, "echo alive").await, "alive\n");
+    assert_eq!(py_in(&sandbox, "print('alive')").await, "alive\n");
     let id = sandbox.id().to_owned();
     sandbox.close().await;
     drop(sandbox);
@@ -147,27 +150,25 @@ async fn a_racing_attach_is_refused() {
     let t = TestSandbox::new(OciRuntime::Gvisor).await;
     let (_dir, f) = fixture(images::python_layout);
     let parent = start(&t, &f).await;
-    let racer = ExecConfig::shell(
-        "exec python3 -c \"import socket, array, time\n\
-tries = 0\n\
+    let racer = python(
+        "import socket, array, time\n\
 while True:\n\
     try:\n\
         c = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)\n\
-        c.connect(b'\\\\0oci-sandbox-attach')\n\
+        c.connect(b'\\0oci-sandbox-attach')\n\
         a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)\n\
         c.sendmsg([b'a'], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array('i', [b.fileno()]))])\n\
-        a.send(b'A' + b'0' * 32 + b'\\\\0')\n\
+        a.send(b'A' + b'0' * 32 + b'\\0')\n\
         a.settimeout(0.5)\n\
         try:\n\
             got = a.recv(64)\n\
         except socket.timeout:\n\
             got = b''\n\
-        tries += 1\n\
         with open('/tmp/race', 'a') as log:\n\
-            log.write('got %r\\\\n' % got)\n\
+            log.write('got %r\\n' % got)\n\
         for s in (a, b, c): s.close()\n\
     except OSError:\n\
-        time.sleep(0.001)\"",
+        time.sleep(0.001)",
     );
     parent.exec_background(&racer).await.unwrap();
     let snap = parent.snapshot().await.expect("snapshot");
@@ -176,9 +177,13 @@ while True:\n\
         t.sandbox.start_from(&snap).await.expect("fork 2"),
     ];
     for sandbox in [&parent, &forks[0], &forks[1]] {
-        let log = sh_in(sandbox, "cat /tmp/race 2>/dev/null; echo end").await;
+        let log = py_in(
+            sandbox,
+            "import os; print(open('/tmp/race').read() if os.path.exists('/tmp/race') else '')",
+        )
+        .await;
         assert!(!log.contains("ready"), "a racer attached: {log}");
-        assert_eq!(sh_in(sandbox, "echo served").await, "served\n");
+        assert_eq!(py_in(sandbox, "print('served')").await, "served\n");
     }
     let ids: Vec<String> = std::iter::once(&parent)
         .chain(forks.iter())
@@ -191,6 +196,31 @@ while True:\n\
     drop((parent, forks, snap));
     let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
     t.assert_nothing_left(&ids, None).await;
+}
+
+/// Runs a Python program in `sandbox` (the Python image has no shell) and returns its stdout.
+async fn py_in(sandbox: &oci_sandbox::Sandbox, code: &str) -> String {
+    let out = sandbox
+        .exec(&ExecConfig::new(
+            "python3",
+            vec!["-c".to_owned(), code.to_owned()],
+        ))
+        .await
+        .unwrap()
+        .wait_with_output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{code}: {} {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn python(code: &str) -> ExecConfig {
+    ExecConfig::new("python3", vec!["-c".to_owned(), code.to_owned()])
 }
 
 fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {

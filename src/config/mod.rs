@@ -302,7 +302,9 @@ impl Security {
         self.capabilities
             .iter()
             .map(|c| {
-                c.parse::<oci_spec::runtime::Capability>().map_err(|_| {
+                // oci-spec parses "CHOWN"; the kernel's and the docs' name is "CAP_CHOWN".
+                let name = c.strip_prefix("CAP_").unwrap_or(c);
+                name.parse::<oci_spec::runtime::Capability>().map_err(|_| {
                     SandboxError::invalid(
                         "security.capabilities",
                         format!("unknown capability {c:?}"),
