@@ -13,6 +13,10 @@ use tokio::io::AsyncBufReadExt;
 
 const MARKER: &str = "100.6161";
 
+#[allow(dead_code)]
+#[path = "common/images.rs"]
+mod images;
+
 fn main() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let args: Vec<String> = std::env::args().collect();
@@ -42,6 +46,21 @@ fn builder(state: &std::path::Path) -> oci_sandbox::NamespaceContainerBuilder {
 async fn crash_child(state: &str) {
     let state = std::path::Path::new(state);
     std::fs::create_dir_all(state.join("captures")).unwrap();
+    // A snapshot per runtime, held by this process when it dies.
+    let busybox = images::busybox_layout(&state.join("busybox"));
+    let snapshots = NamespaceContainer::build_config(
+        &SandboxConfig {
+            image: Some(oci_sandbox::Image::OciLayout {
+                path: busybox.layout.clone(),
+                reference: busybox.tag.clone(),
+            }),
+            writable_root: true,
+            snapshots: true,
+            ..SandboxConfig::default()
+        },
+        "true",
+        vec![],
+    );
     let config =
         NamespaceContainer::build_config(&SandboxConfig::default(), "sleep", vec![MARKER.into()]);
     let mut handles: Vec<Box<dyn std::any::Any>> = Vec::new();
@@ -58,6 +77,11 @@ async fn crash_child(state: &str) {
             .exec(&oci_sandbox::ExecConfig::new("sleep", vec![MARKER.into()]))
             .await
             .unwrap();
+        let snapshotted = sandbox.start(&snapshots).await.unwrap();
+        let snapshot = snapshotted
+            .snapshot_with(oci_sandbox::SnapshotOptions::default().keep_running(false))
+            .await
+            .unwrap();
         for id in [piped.id(), captured.id(), interactive.id(), long_lived.id()] {
             println!("{kind} {id}");
         }
@@ -68,6 +92,7 @@ async fn crash_child(state: &str) {
             long_lived,
             exec,
             sandbox,
+            snapshot,
         )));
     }
     // Every container runs its sleep before this says so.
@@ -158,14 +183,21 @@ async fn sweep_removes_what_a_killed_process_left() {
             .map(|d| d.count())
             .unwrap_or(0)
     };
+    let snapshots = |kind: OciRuntime| {
+        std::fs::read_dir(state.path().join(kind.to_string()).join("snapshots"))
+            .map(|d| d.count())
+            .unwrap_or(0)
+    };
     for kind in RUNTIMES {
         assert_eq!(bundles(kind), 4, "{kind}'s bundles survived the crash");
+        assert_eq!(snapshots(kind), 1, "{kind}'s snapshot survived the crash");
     }
     // The next process sweeps them, runtime by runtime.
     for kind in RUNTIMES {
         let sandbox = builder(state.path()).runtime(kind).build().await.unwrap();
         assert!(sandbox.list().await.unwrap().is_empty(), "{kind}");
         assert_eq!(bundles(kind), 0, "{kind}'s bundles are swept");
+        assert_eq!(snapshots(kind), 0, "{kind}'s snapshots are swept");
         // A second sweep finds nothing more.
         assert!(sandbox.sweep().await.unwrap().is_empty(), "{kind}");
     }

@@ -413,6 +413,30 @@ async fn background_processes_through_a_snapshot(kind: OciRuntime) {
     assert_store_empty(&t).await;
 }
 
+/// A snapshot or restore whose future is dropped (a timeout) still finishes: the sandbox
+/// works on with its files, and nothing is left once its handles are gone.
+async fn dropped_snapshots_and_restores_leave_a_working_sandbox(kind: OciRuntime) {
+    let t = TestSandbox::new(kind).await;
+    let (_dir, f) = busybox();
+    let sandbox = start(&t, &f).await;
+    sh_in(&sandbox, "echo kept > /etc/state").await;
+    let good = sandbox.snapshot().await.unwrap();
+    for delay_ms in [0, 2, 10, 40] {
+        let delay = std::time::Duration::from_millis(delay_ms);
+        let _ = tokio::time::timeout(delay, sandbox.snapshot()).await;
+        assert_eq!(sh_in(&sandbox, "cat /etc/state").await, "kept\n");
+        sh_in(&sandbox, "echo changed > /etc/state").await;
+        let _ = tokio::time::timeout(delay, sandbox.restore(&good)).await;
+        // Whether the restore was done when its future went or not, it is done now.
+        assert_eq!(sh_in(&sandbox, "cat /etc/state").await, "kept\n");
+    }
+    let id = sandbox.id().to_owned();
+    sandbox.close().await;
+    drop((sandbox, good));
+    t.assert_nothing_left(&[&id], None).await;
+    assert_store_empty(&t).await;
+}
+
 fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     let mut out = Vec::new();
     let mut stack = vec![dir.to_path_buf()];
@@ -454,4 +478,5 @@ on_every_runtime!(
     save_and_load,
     bad_snapshots_are_typed_errors,
     background_processes_through_a_snapshot,
+    dropped_snapshots_and_restores_leave_a_working_sandbox,
 );

@@ -113,7 +113,18 @@ impl Sandbox {
     /// [`Unsupported`](SnapshotErrorKind::Unsupported) for `processes` on runc and crun;
     /// [`SandboxError::SandboxClosed`] and the like for a sandbox that is no more; the
     /// runtime's errors (a failed checkpoint ends the sandbox).
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: the snapshot runs to its end in a task of its own, so a dropped future
+    /// leaves the sandbox running (from the snapshot, or closed as asked), and its snapshot,
+    /// which nobody holds, is removed.
     pub async fn snapshot_with(&self, options: SnapshotOptions) -> Result<Snapshot, SandboxError> {
+        let this = self.clone();
+        in_own_task(async move { this.take_snapshot(options).await }).await
+    }
+
+    async fn take_snapshot(&self, options: SnapshotOptions) -> Result<Snapshot, SandboxError> {
         let _swap = self.inner.gate.write().await;
         self.check_alive()?;
         let runtime = self.inner.owner.runtime();
@@ -179,7 +190,16 @@ impl Sandbox {
     /// [`SandboxError::Snapshot`] with [`Mismatch`](SnapshotErrorKind::Mismatch) for a
     /// snapshot of another runtime or config (the sandbox goes on untouched); the start's
     /// errors, after which the sandbox has ended.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: the restore runs to its end in a task of its own.
     pub async fn restore(&self, snapshot: &Snapshot) -> Result<(), SandboxError> {
+        let (this, snapshot) = (self.clone(), snapshot.clone());
+        in_own_task(async move { this.restore_now(&snapshot).await }).await
+    }
+
+    async fn restore_now(&self, snapshot: &Snapshot) -> Result<(), SandboxError> {
         let _swap = self.inner.gate.write().await;
         self.check_alive()?;
         check_runtime(snapshot, self.inner.owner.runtime())?;
@@ -449,6 +469,19 @@ impl NamespaceContainer {
         })
         .await
     }
+}
+
+/// Runs `work` in a task of its own and waits for it: a caller that goes away does not cut
+/// a snapshot or restore in the middle of its swap.
+async fn in_own_task<T: Send + 'static>(
+    work: impl std::future::Future<Output = Result<T, SandboxError>> + Send + 'static,
+) -> Result<T, SandboxError> {
+    tokio::spawn(work).await.unwrap_or_else(|e| {
+        Err(SandboxError::Process {
+            context: "taking or restoring a snapshot",
+            source: std::io::Error::other(e.to_string()),
+        })
+    })
 }
 
 fn check_runtime(snapshot: &Snapshot, runtime: OciRuntime) -> Result<(), SandboxError> {
