@@ -201,7 +201,11 @@ impl Snapshot {
     pub async fn save(&self, dir: impl AsRef<Path>) -> Result<(), SandboxError> {
         let (this, dir) = (self.clone(), dir.as_ref().to_path_buf());
         crate::sys::blocking("saving a snapshot", move || {
-            std::fs::create_dir(&dir)
+            use std::os::unix::fs::DirBuilderExt;
+            // Private, as the store is: see `Store::new_dir_blocking`.
+            std::fs::DirBuilder::new()
+                .mode(0o700)
+                .create(&dir)
                 .map_err(|e| SandboxError::io("creating the snapshot's directory", &dir, e))?;
             let saved = this.save_into_blocking(&dir);
             if saved.is_err() {
@@ -246,7 +250,7 @@ impl Snapshot {
     }
 
     /// Reads a snapshot saved with [`save`](Self::save) (blocking). `runtime`: the one that
-    /// is to start it.
+    /// is to start it. The directory and its manifest must be the caller's alone.
     pub(crate) fn load_blocking(dir: &Path, runtime: OciRuntime) -> Result<Self, SandboxError> {
         let corrupt = |why: String| {
             SandboxError::snapshot(
@@ -254,6 +258,24 @@ impl Snapshot {
                 format!("{}: {why}", dir.display()),
             )
         };
+        // The manifest holds the config a fork starts with (binds of host paths included):
+        // it must be the caller's own, as `save` left it, not one others could have written.
+        {
+            use std::os::unix::fs::MetadataExt;
+            let me = nix::unistd::geteuid().as_raw();
+            for path in [dir.to_path_buf(), dir.join(MANIFEST)] {
+                let meta = std::fs::symlink_metadata(&path)
+                    .map_err(|e| corrupt(format!("{}: {e}", path.display())))?;
+                if meta.uid() != me || meta.mode() & 0o022 != 0 || meta.file_type().is_symlink() {
+                    return Err(corrupt(format!(
+                        "{} is not this user's alone (owner {}, mode {:o})",
+                        path.display(),
+                        meta.uid(),
+                        meta.mode() & 0o7777
+                    )));
+                }
+            }
+        }
         let raw = std::fs::read(dir.join(MANIFEST))
             .map_err(|e| corrupt(format!("reading {MANIFEST}: {e}")))?;
         let manifest: Manifest = serde_json::from_slice(&raw)
@@ -354,14 +376,16 @@ impl Store {
     pub(crate) fn new_dir_blocking(root: &Path) -> Result<PathBuf, SandboxError> {
         use std::os::unix::fs::DirBuilderExt;
         let io = |e| SandboxError::io("creating a snapshot's directory", root, e);
+        // Private: a layer holds the sandbox's files with the container's ids, which may be
+        // real users' on the host, and a checkpoint its memory.
         std::fs::DirBuilder::new()
             .recursive(true)
-            .mode(0o711)
+            .mode(0o700)
             .create(root)
             .map_err(io)?;
         let dir = root.join(format!("snap-{}", crate::host::state::new_id()));
         std::fs::DirBuilder::new()
-            .mode(0o711)
+            .mode(0o700)
             .create(&dir)
             .map_err(io)?;
         std::fs::write(dir.join(OWNER), crate::host::owner::self_owner()).map_err(io)?;

@@ -72,10 +72,10 @@ async fn forks_see_the_snapshot_and_not_each_other(kind: OciRuntime) {
     assert_eq!(
         sh_in(
             &fork,
-            "cat /etc/state /tmp/t; ls /srv; test -e /etc/motd || echo gone"
+            "cat /etc/state /tmp/t; ls /srv /tmp; test -e /etc/motd || echo gone"
         )
         .await,
-        "before\ntmp\na\ngone\n"
+        "before\ntmp\n/srv:\na\n\n/tmp:\nt\ngone\n"
     );
     sh_in(
         &fork,
@@ -197,6 +197,21 @@ async fn save_and_load(kind: OciRuntime) {
         Some(SnapshotErrorKind::Mismatch),
         "{wrong}"
     );
+    // Private, as the store is; a manifest others could have written is refused.
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&saved).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o700, "the saved snapshot is not private");
+        let open = std::fs::Permissions::from_mode(0o777);
+        std::fs::set_permissions(&saved, open).unwrap();
+        let shared = t.sandbox.load_snapshot(&saved).await.unwrap_err();
+        assert_eq!(
+            snapshot_kind(&shared),
+            Some(SnapshotErrorKind::Corrupt),
+            "{shared}"
+        );
+        std::fs::set_permissions(&saved, std::fs::Permissions::from_mode(0o700)).unwrap();
+    }
     let loaded = t.sandbox.load_snapshot(&saved).await.expect("load");
     let fork = t
         .sandbox

@@ -135,7 +135,13 @@ impl RootMount {
         let upper = match writable {
             None => None,
             Some(writable) => {
+                // Only the host's root (the mounter) goes in: the layer holds the sandbox's
+                // files, which no host user may read (on disk, or the tmpfs's mount point).
                 std::fs::create_dir_all(&points.rw)?;
+                std::fs::set_permissions(
+                    &points.rw,
+                    std::os::unix::fs::PermissionsExt::from_mode(0o700),
+                )?;
                 let (tmpfs_data, owner, base) = match writable {
                     Writable::Tmpfs { size, owner } => (
                         Some(CString::new(format!("size={size},mode=0700"))?),

@@ -452,13 +452,17 @@ impl NamespaceContainer {
 
     /// Reads a snapshot that [`Snapshot::save`] wrote to `dir`, to start sandboxes from.
     /// Its files stay where they are and are used in place: leave `dir` as it is while any
-    /// sandbox started from it runs.
+    /// sandbox started from it runs. The snapshot's manifest holds the config its forks
+    /// start with (binds of host paths included), so the directory and the manifest must be
+    /// the caller's alone (its owner, not writable by group or others), as `save` makes
+    /// them: load only snapshots you saved or trust as you trust your configs.
     ///
     /// # Errors
     ///
     /// [`SandboxError::Snapshot`]: [`Mismatch`](SnapshotErrorKind::Mismatch) for a snapshot
     /// of another runtime, [`Corrupt`](SnapshotErrorKind::Corrupt) for a directory that is
-    /// missing, holds no snapshot, or whose files do not match its manifest.
+    /// missing, holds no snapshot, is not the caller's alone, or whose files do not match
+    /// its manifest.
     pub async fn load_snapshot(
         &self,
         dir: impl AsRef<std::path::Path>,
