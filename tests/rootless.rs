@@ -248,6 +248,38 @@ async fn images_run_rootless(kind: OciRuntime) {
             Ok(_) => panic!("a rootless container ran as an unmapped user"),
         }
     }
+    // Snapshots: the writable layer (the caller's own files) taken and forked.
+    let snapshots = SandboxConfig {
+        snapshots: true,
+        ..writable.clone()
+    };
+    if kind == OciRuntime::Gvisor {
+        // runsc restores nothing rootless: refused at the start, not after a checkpoint.
+        let config = NamespaceContainer::build_config(&snapshots, "true", vec![]);
+        match t.sandbox.start(&config).await {
+            Err(SandboxError::InvalidConfig { field, .. }) => assert_eq!(field, "snapshots"),
+            Err(e) => panic!("expected InvalidConfig on snapshots, got {e:?}"),
+            Ok(_) => panic!("a rootless gVisor sandbox with snapshots started"),
+        }
+        t.assert_nothing_left(&[], None).await;
+        let removed = t.sandbox.prune_images().await.unwrap();
+        assert_eq!(removed.len(), 2, "{removed:?}");
+        return;
+    }
+    let parent = t.start_sandbox(&snapshots).await;
+    common::sh_in(&parent, "echo snap > /etc/motd; echo t > /tmp/t").await;
+    let snap = parent.snapshot().await.expect("a rootless snapshot");
+    let fork = t.sandbox.start_from(&snap).await.expect("a rootless fork");
+    common::sh_in(&parent, "echo parent > /etc/motd").await;
+    assert_eq!(
+        common::sh_in(&fork, "cat /etc/motd /tmp/t").await,
+        "snap\nt\n"
+    );
+    parent.restore(&snap).await.expect("a rootless restore");
+    assert_eq!(common::sh_in(&parent, "cat /etc/motd").await, "snap\n");
+    parent.close().await;
+    fork.close().await;
+    drop((parent, fork, snap));
     t.assert_nothing_left(&[], None).await;
     // The store is the caller's, and prune can remove all it unpacked.
     let removed = t.sandbox.prune_images().await.unwrap();

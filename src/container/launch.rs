@@ -117,6 +117,14 @@ impl NamespaceContainer {
         from: Option<&crate::snapshot::Snapshot>,
     ) -> Result<(crate::sandbox::Live, ContainerConfig), SandboxError> {
         let begun = std::time::Instant::now();
+        if config.snapshots && self.runtime() == crate::OciRuntime::Gvisor && self.is_rootless() {
+            // runsc 20221219: "Rootless mode not supported with \"restore\"" (found before
+            // a checkpoint has stopped the sandbox, not after).
+            return Err(SandboxError::invalid(
+                "snapshots",
+                "runsc cannot restore a checkpoint without root: gVisor snapshots need root",
+            ));
+        }
         self.launcher().await?;
         // An image's config applies to the container's (env, cwd, user, command).
         let imaged = self.with_image(config).await?;
