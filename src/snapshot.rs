@@ -36,8 +36,16 @@ const LAYER: &str = "layer";
 const CHECKPOINT: &str = "checkpoint";
 const OWNER: &str = "owner";
 
-/// The saved state of a sandbox (see the [module docs](self)). Cheap to clone: clones share
-/// it. Sandboxes started from it keep it alive.
+/// The saved state of a long-lived sandbox, from
+/// [`Sandbox::snapshot`](crate::Sandbox::snapshot), to start forks from
+/// ([`NamespaceContainer::start_from`](crate::NamespaceContainer::start_from)) or roll back to
+/// ([`Sandbox::restore`](crate::Sandbox::restore)).
+///
+/// On runc and crun it is the sandbox's writable layer (its files: moved, not copied; no
+/// process); on gVisor a checkpoint (memory, processes and files). It lives in the state
+/// dir's snapshot store until its last clone, and every sandbox started from it, is gone;
+/// [`save`](Self::save) keeps a copy that outlives the process. Cheap to clone: clones
+/// share it. docs/SNAPSHOTS.md has the details.
 #[derive(Debug, Clone)]
 pub struct Snapshot {
     inner: Arc<Inner>,
