@@ -452,6 +452,72 @@ async fn dropped_snapshots_and_restores_leave_a_working_sandbox(kind: OciRuntime
     assert_store_empty(&t).await;
 }
 
+/// An egress policy goes on through snapshots: the forwarder (a helper holding host sockets)
+/// stops for the snapshot and starts again in the sandbox and in each fork; the parent's
+/// event stream goes on.
+async fn egress_goes_on_through_snapshots(kind: OciRuntime) {
+    use common::egress::{LOOPBACK, Upstream, drain};
+    use futures::StreamExt;
+    let t = TestSandbox::new(kind).await;
+    let (_dir, f) = busybox();
+    let up = Upstream::start().await;
+    let policy = oci_sandbox::EgressPolicy::new()
+        .allow_domain("allowed.test")
+        .resolve("allowed.test", &[LOOPBACK]);
+    let config = NamespaceContainer::build_config(
+        &SandboxConfig {
+            network: oci_sandbox::Network::Egress(policy),
+            ..snapshot_policy(&f)
+        },
+        "true",
+        vec![],
+    );
+    let parent = t.sandbox.start(&config).await.expect("sandbox start");
+    let mut events = parent.egress_events();
+    // Through the proxy by hand (the image's busybox has nc; its wget crashes there).
+    let fetch = |name: &str| {
+        let get = |host: &str, path: &str| {
+            format!(
+                "printf 'GET http://{host}:{p}/{path} HTTP/1.1\\r\\nHost: {host}:{p}\\r\\n\
+                 Connection: close\\r\\n\\r\\n' | nc 127.0.0.1 3128",
+                p = up.port
+            )
+        };
+        format!(
+            "{} | tail -n 1; {} | head -n 1 | cut -d' ' -f2",
+            get("allowed.test", name),
+            get("denied.test", "")
+        )
+    };
+    let reached = |name: &str| format!("hello from upstream /{name}\n403\n");
+    assert_eq!(sh_in(&parent, &fetch("before")).await, reached("before"));
+    let snap = parent.snapshot().await.expect("snapshot with egress");
+    assert_eq!(sh_in(&parent, &fetch("after")).await, reached("after"));
+    let fork = t.sandbox.start_from(&snap).await.expect("fork with egress");
+    let mut fork_events = fork.egress_events();
+    assert_eq!(sh_in(&fork, &fetch("fork")).await, reached("fork"));
+    parent.restore(&snap).await.expect("restore with egress");
+    assert_eq!(
+        sh_in(&parent, &fetch("restored")).await,
+        reached("restored")
+    );
+    // The parent's stream saw every decision, across the snapshot and the restore.
+    let seen: Vec<String> = drain(&mut events, 6)
+        .await
+        .iter()
+        .map(|e| format!("{}:{:?}", e.host, e.decision))
+        .collect();
+    assert_eq!(seen.len(), 6, "{seen:?}");
+    assert!(fork_events.next().await.is_some());
+    let ids = [parent.id().to_owned(), fork.id().to_owned()];
+    parent.close().await;
+    fork.close().await;
+    drop((parent, fork, snap));
+    let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+    t.assert_nothing_left(&ids, None).await;
+    assert_store_empty(&t).await;
+}
+
 fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     let mut out = Vec::new();
     let mut stack = vec![dir.to_path_buf()];
@@ -494,4 +560,5 @@ on_every_runtime!(
     bad_snapshots_are_typed_errors,
     background_processes_through_a_snapshot,
     dropped_snapshots_and_restores_leave_a_working_sandbox,
+    egress_goes_on_through_snapshots,
 );

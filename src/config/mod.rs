@@ -519,13 +519,6 @@ impl ContainerConfig {
                  writable root",
             ));
         }
-        if self.snapshots && matches!(self.network, Network::Egress(_)) {
-            return Err(SandboxError::invalid(
-                "snapshots",
-                "a sandbox with an egress policy cannot be snapshotted yet (its proxy holds \
-                 connections to the host)",
-            ));
-        }
         self.limits.validate()?;
         absolute_clean("cwd", &self.cwd)?;
         if let HostPath::Host(p) = self.host_path(&self.cwd)

@@ -35,8 +35,9 @@ pub(crate) const MAX_CONNECTIONS: usize = 256;
 #[derive(Debug)]
 pub(crate) struct Egress {
     pub sandbox: String,
-    /// Cancelled when the sandbox ends (its forwarder's channel closes) or is closed: every
-    /// proxied connection ends with it, whatever its upstream does.
+    /// Cancelled when the sandbox is closed: every forwarder and proxied connection ends
+    /// with it, whatever its upstream does. Each forwarder runs under a child of it, which
+    /// also ends with that forwarder (see [`serve_forwarder`]).
     pub stop: tokio_util::sync::CancellationToken,
     policy: RwLock<Arc<EgressPolicy>>,
     events: broadcast::Sender<EgressEvent>,
@@ -99,13 +100,24 @@ pub(crate) async fn serve_forwarder(
     channel: Connection,
     egress: Arc<Egress>,
     tracker: TaskTracker,
+    run: tokio_util::sync::CancellationToken,
 ) {
-    let stop = egress.stop.clone();
-    forward(channel, egress, tracker).await;
-    stop.cancel();
+    // The forwarder's connections end with it: when its channel closes (the sandbox ended),
+    // when `run` is cancelled (a snapshot stops it: its channel is dropped here, and the
+    // launcher's helper exits), or when the sandbox is closed (`run` is a child of `stop`).
+    tokio::select! {
+        () = forward(channel, egress, tracker, run.clone()) => {}
+        () = run.cancelled() => {}
+    }
+    run.cancel();
 }
 
-async fn forward(channel: Connection, egress: Arc<Egress>, tracker: TaskTracker) {
+async fn forward(
+    channel: Connection,
+    egress: Arc<Egress>,
+    tracker: TaskTracker,
+    run: tokio_util::sync::CancellationToken,
+) {
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     let mut ahead = SPARES;
     loop {
@@ -146,9 +158,9 @@ async fn forward(channel: Connection, egress: Arc<Egress>, tracker: TaskTracker)
             return;
         }
         drop(theirs);
-        let egress = egress.clone();
+        let (egress, run) = (egress.clone(), run.clone());
         tracker.spawn(async move {
-            proxy::serve(ours, egress).await;
+            proxy::serve(ours, egress, run).await;
             drop(slot);
         });
     }

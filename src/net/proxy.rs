@@ -44,9 +44,13 @@ struct ForwardHead {
 /// 64 KiB cost gVisor a fifth of its throughput).
 const RELAY_BUFFER: usize = 128 << 10;
 
-/// Serves one connection from the sandbox's forwarder to its end, or until the sandbox stops.
-pub(crate) async fn serve(client: UnixStream, egress: Arc<Egress>) {
-    let stop = egress.stop.clone();
+/// Serves one connection from the sandbox's forwarder to its end, or until `stop` (its
+/// forwarder's end, or the sandbox's).
+pub(crate) async fn serve(
+    client: UnixStream,
+    egress: Arc<Egress>,
+    stop: tokio_util::sync::CancellationToken,
+) {
     tokio::select! {
         () = serve_until_done(client, egress) => {}
         () = stop.cancelled() => {}

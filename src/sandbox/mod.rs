@@ -93,6 +93,14 @@ struct Inner {
     watch_slots: Arc<Semaphore>,
     /// The egress proxy's state, with [`Network::Egress`](crate::Network::Egress).
     egress: std::sync::OnceLock<Arc<crate::net::Egress>>,
+    /// The running forwarder's own stop and its task (a snapshot stops it, and starts one in
+    /// the new container).
+    forwarder: std::sync::Mutex<
+        Option<(
+            tokio_util::sync::CancellationToken,
+            tokio::task::JoinHandle<()>,
+        )>,
+    >,
     /// Exposed ports' listeners stop when it is cancelled: at close, or when the last clone
     /// goes (the guard cancels it).
     exposed: tokio_util::sync::CancellationToken,
@@ -154,6 +162,7 @@ impl Sandbox {
                 file_slots: Arc::new(Semaphore::new(files::FILE_HELPERS)),
                 watch_slots: Arc::new(Semaphore::new(files::WATCHES)),
                 egress: Default::default(),
+                forwarder: Default::default(),
                 exposed: exposed.clone(),
                 _exposed_guard: exposed.drop_guard(),
                 expose_slots: Arc::new(Semaphore::new(network::EXPOSED_CONNECTIONS)),

@@ -70,6 +70,16 @@ impl Sandbox {
     /// Starts the launcher's forwarder and the proxy that serves it.
     pub(crate) async fn start_egress(&self, policy: EgressPolicy) -> Result<(), SandboxError> {
         let egress = crate::net::Egress::new(self.id().to_owned(), policy);
+        let _ = self.inner.egress.set(egress.clone());
+        self.start_forwarder(egress).await
+    }
+
+    /// Starts a forwarder for `egress` in the sandbox's (current) container: at its start,
+    /// and again after a snapshot or restore has replaced the container.
+    pub(super) async fn start_forwarder(
+        &self,
+        egress: Arc<crate::net::Egress>,
+    ) -> Result<(), SandboxError> {
         let request = NetRequest {
             op: NetOp::Forward,
             port: EGRESS_PROXY_PORT,
@@ -79,13 +89,31 @@ impl Sandbox {
         let (channel, _) = self
             .net_helper(request, "starting the egress forwarder")
             .await?;
-        let _ = self.inner.egress.set(egress.clone());
+        let run = egress.stop.child_token();
         let tracker = self.inner.owner.tracker().clone();
-        self.inner
+        let served = self
+            .inner
             .owner
             .tracker()
-            .spawn(crate::net::serve_forwarder(channel, egress, tracker));
+            .spawn(crate::net::serve_forwarder(
+                channel,
+                egress,
+                tracker,
+                run.clone(),
+            ));
+        *self.inner.forwarder.lock().expect("not poisoned") = Some((run, served));
         Ok(())
+    }
+
+    /// Stops the sandbox's egress forwarder, if it has one, and waits until its proxy has let
+    /// go of the forwarder's channel (the launcher's helper then exits): a snapshot cannot
+    /// carry it.
+    pub(super) async fn stop_forwarder(&self) {
+        let running = self.inner.forwarder.lock().expect("not poisoned").take();
+        if let Some((run, served)) = running {
+            run.cancel();
+            let _ = served.await;
+        }
     }
 
     /// Sends a network request and waits for its helper's start.

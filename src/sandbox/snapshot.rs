@@ -17,6 +17,9 @@ use crate::snapshot::{Snapshot, Store};
 /// How long a snapshot waits for the slots of commands that have just ended.
 const QUIET_GRACE: Duration = Duration::from_millis(200);
 
+/// How long a detach refused with EBUSY is asked again (a helper just stopped is reaped).
+const DETACH_RETRIES: Duration = Duration::from_millis(500);
+
 /// How long `runsc checkpoint` may take.
 const CHECKPOINT_DEADLINE: Duration = Duration::from_secs(60);
 
@@ -103,7 +106,9 @@ impl Sandbox {
     /// The snapshot is refused while something runs that holds a connection to the host: a
     /// command ([`exec`](Self::exec) and the like, jobs), a file transfer or watch, an
     /// exposed port's connection. Wait for them, or run long-lived processes with
-    /// [`exec_background`](Self::exec_background).
+    /// [`exec_background`](Self::exec_background). An egress policy's forwarder stops for
+    /// the snapshot (its proxied connections end) and starts again in the sandbox that goes
+    /// on; its event stream goes on.
     ///
     /// # Errors
     ///
@@ -148,6 +153,29 @@ impl Sandbox {
         }
         self.check_quiet().await?;
         let begun = std::time::Instant::now();
+        // The egress forwarder holds host sockets: it stops, and starts again in the
+        // container that goes on (or in each fork).
+        self.stop_forwarder().await;
+        let taken = self.take_state().await;
+        if taken.as_ref().is_err_and(|_| self.check_alive().is_ok()) {
+            // Refused before anything was stopped: the sandbox goes on as it was.
+            self.restart_forwarder().await?;
+        }
+        let snapshot = taken?;
+        tracing::debug!(sandbox = %self.id(), snapshot = snapshot.id(), elapsed_ms = crate::sys::ms_since(begun), "snapshot taken");
+        // Every job died with the container.
+        self.inner.jobs.clear();
+        if options.keep_running {
+            self.replace_live(&snapshot).await?;
+        } else {
+            self.mark_closed();
+        }
+        Ok(snapshot)
+    }
+
+    /// Takes the snapshot proper: see [`snapshot_with`](Self::snapshot_with).
+    async fn take_state(&self) -> Result<Snapshot, SandboxError> {
+        let runtime = self.inner.owner.runtime();
         let store = self.inner.owner.snapshot_store().to_path_buf();
         let dir = crate::sys::blocking("creating a snapshot's directory", move || {
             Store::new_dir_blocking(&store)
@@ -158,26 +186,26 @@ impl Sandbox {
             OciRuntime::Gvisor => self.checkpoint(&live, dir.clone()).await,
             _ => self.take_layer(&live, dir.clone()).await,
         };
-        let snapshot = match taken {
-            Ok(snapshot) => snapshot,
+        match taken {
+            Ok(snapshot) => Ok(snapshot),
             Err(err) => {
                 let _ = crate::sys::blocking("removing a failed snapshot", move || {
                     crate::sys::fs_tree::remove_tree_blocking(&dir)
                         .map_err(|e| SandboxError::io("removing a snapshot", &dir, e))
                 })
                 .await;
-                return Err(err);
+                Err(err)
             }
-        };
-        tracing::debug!(sandbox = %self.id(), snapshot = snapshot.id(), elapsed_ms = crate::sys::ms_since(begun), "snapshot taken");
-        // Every job died with the container.
-        self.inner.jobs.clear();
-        if options.keep_running {
-            self.replace_live(&snapshot).await?;
-        } else {
-            self.mark_closed();
         }
-        Ok(snapshot)
+    }
+
+    /// Starts the egress forwarder again in the sandbox's current container, if it has an
+    /// egress policy.
+    async fn restart_forwarder(&self) -> Result<(), SandboxError> {
+        match self.inner.egress.get() {
+            Some(egress) => self.start_forwarder(Arc::clone(egress)).await,
+            None => Ok(()),
+        }
     }
 
     /// Rolls the sandbox back to `snapshot`, in place: everything running in it is killed,
@@ -213,6 +241,7 @@ impl Sandbox {
                 ),
             ));
         }
+        self.stop_forwarder().await;
         let live = self.live();
         end_live(&live).await;
         live.container.finished().await;
@@ -263,9 +292,6 @@ impl Sandbox {
                 format!("sandbox {} {what}", self.id()),
             ))
         };
-        if inner.egress.get().is_some() {
-            return busy("runs an egress proxy");
-        }
         let all = |slots: &Arc<tokio::sync::Semaphore>, n: usize| {
             let slots = Arc::clone(slots);
             async move { slots.acquire_many_owned(n as u32).await.ok() }
@@ -331,7 +357,20 @@ impl Sandbox {
             crate::host::state::random_token(),
             crate::host::state::random_token()
         );
-        let detached = tokio::time::timeout(START_DEADLINE, live.control.detach(&token)).await;
+        // A helper that has just been told to go (the egress forwarder) may not be reaped
+        // yet: EBUSY is asked again for a moment.
+        let detach = async {
+            let give_up = tokio::time::Instant::now() + DETACH_RETRIES;
+            loop {
+                match live.control.detach(&token).await {
+                    Ok(Err(libc::EBUSY)) if tokio::time::Instant::now() < give_up => {
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                    }
+                    other => return other,
+                }
+            }
+        };
+        let detached = tokio::time::timeout(START_DEADLINE, detach).await;
         match detached {
             Ok(Ok(Ok(()))) => {}
             Ok(Ok(Err(libc::EBUSY))) => {
@@ -408,7 +447,7 @@ impl Sandbox {
         match started {
             Ok((live, _)) => {
                 *self.inner.live.write().expect("not poisoned") = Arc::new(live);
-                Ok(())
+                self.restart_forwarder().await
             }
             Err(err) => {
                 self.mark_closed();
@@ -441,13 +480,17 @@ impl NamespaceContainer {
         let (live, applied) = self
             .launch_live(snapshot.config(), false, id, Some(snapshot))
             .await?;
-        Ok(Sandbox::new(
+        let sandbox = Sandbox::new(
             self.clone(),
             live,
             applied,
             snapshot.config().clone(),
             false,
-        ))
+        );
+        if let crate::Network::Egress(policy) = &sandbox.config().network {
+            sandbox.start_egress(policy.clone()).await?;
+        }
+        Ok(sandbox)
     }
 
     /// Reads a snapshot that [`Snapshot::save`] wrote to `dir`, to start sandboxes from.
