@@ -358,7 +358,8 @@ async fn background_processes_through_a_snapshot(kind: OciRuntime) {
     let count = |s: &oci_sandbox::Sandbox| {
         let s = s.clone();
         async move {
-            sh_in(&s, "cat /tmp/count")
+            // 0 until the loop has written its first value.
+            sh_in(&s, "cat /tmp/count 2>/dev/null || echo 0")
                 .await
                 .trim()
                 .parse::<u64>()
@@ -379,7 +380,10 @@ async fn background_processes_through_a_snapshot(kind: OciRuntime) {
         t.sandbox.start_from(&snap).await.unwrap(),
         t.sandbox.start_from(&snap).await.unwrap(),
     ];
-    let alive = format!("kill -0 {pid} 2>/dev/null && echo alive || echo gone");
+    // By its command line, not its pid: a restarted container reuses pids (the check's own
+    // shell may get the counter's old one). The pattern does not match itself.
+    let alive = "grep -l 'count[.]new' /proc/[0-9]*/cmdline 2>/dev/null | grep -q . \
+                 && echo alive || echo gone";
     match kind {
         OciRuntime::Gvisor => {
             // Each fork starts from the checkpoint's value, not from 0, and counts on.
@@ -389,7 +393,7 @@ async fn background_processes_through_a_snapshot(kind: OciRuntime) {
                     first >= before,
                     "fork restarted its counter: {first} < {before}"
                 );
-                assert_eq!(sh_in(fork, &alive).await, "alive\n");
+                assert_eq!(sh_in(fork, alive).await, "alive\n");
             }
             let started = count(&forks[1]).await;
             // Independent: stopping one fork's loop stops neither the other's nor the parent's.
@@ -402,7 +406,7 @@ async fn background_processes_through_a_snapshot(kind: OciRuntime) {
                 count(&forks[1]).await > started,
                 "the second fork's loop stopped"
             );
-            assert_eq!(sh_in(&parent, &alive).await, "alive\n");
+            assert_eq!(sh_in(&parent, alive).await, "alive\n");
             assert!(count(&parent).await > after, "the parent's loop stopped");
         }
         _ => {
@@ -410,7 +414,7 @@ async fn background_processes_through_a_snapshot(kind: OciRuntime) {
             for sandbox in [&parent, &forks[0], &forks[1]] {
                 let first = count(sandbox).await;
                 assert!(first >= before, "{first} < {before}");
-                assert_eq!(sh_in(sandbox, &alive).await, "gone\n");
+                assert_eq!(sh_in(sandbox, alive).await, "gone\n");
             }
         }
     }

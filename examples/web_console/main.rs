@@ -400,7 +400,9 @@ async fn terminal(app: &App) -> Result<Arc<Terminal>, oci_sandbox::SandboxError>
             let _ = t.output.send(chunk);
         }
         t.ended.cancel();
-        drop(session);
+        // The writer half (in the terminal, until the next one replaces it) would keep the
+        // shell alive: it ends now, with its grace period, not when the next one starts.
+        let _ = session.kill().await;
     });
     *slot = Some(terminal.clone());
     Ok(terminal)

@@ -70,7 +70,7 @@ struct Inner {
     live: std::sync::RwLock<Arc<Live>>,
     /// Held (shared) by every start of a command or request, and exclusively by a
     /// snapshot or restore while it swaps the container.
-    gate: tokio::sync::RwLock<()>,
+    gate: Arc<tokio::sync::RwLock<()>>,
     config: ContainerConfig,
     /// The config as the caller gave it (before its image's applied): a restart's.
     asked: ContainerConfig,
@@ -149,7 +149,7 @@ impl Sandbox {
                 owner,
                 id: live.container.id.clone(),
                 live: std::sync::RwLock::new(Arc::new(live)),
-                gate: tokio::sync::RwLock::new(()),
+                gate: Default::default(),
                 config,
                 asked,
                 slots: Arc::new(Semaphore::new(MAX_CONCURRENT_EXECS)),

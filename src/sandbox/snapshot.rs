@@ -121,16 +121,22 @@ impl Sandbox {
     ///
     /// # Cancel safety
     ///
-    /// Cancel safe: the snapshot runs to its end in a task of its own, so a dropped future
-    /// leaves the sandbox running (from the snapshot, or closed as asked), and its snapshot,
-    /// which nobody holds, is removed.
+    /// Cancel safe: once it has the sandbox to itself (at once, unless a command or request
+    /// is starting, or another snapshot or restore runs), the snapshot runs to its end in a
+    /// task of its own, before anything started later; a dropped future then leaves the
+    /// sandbox running (from the snapshot, or closed as asked), and its snapshot, which
+    /// nobody holds, is removed. Dropped before that, it did nothing.
     pub async fn snapshot_with(&self, options: SnapshotOptions) -> Result<Snapshot, SandboxError> {
+        let swap = Arc::clone(&self.inner.gate).write_owned().await;
         let this = self.clone();
-        in_own_task(async move { this.take_snapshot(options).await }).await
+        in_own_task(async move { this.take_snapshot(options, swap).await }).await
     }
 
-    async fn take_snapshot(&self, options: SnapshotOptions) -> Result<Snapshot, SandboxError> {
-        let _swap = self.inner.gate.write().await;
+    async fn take_snapshot(
+        &self,
+        options: SnapshotOptions,
+        _swap: tokio::sync::OwnedRwLockWriteGuard<()>,
+    ) -> Result<Snapshot, SandboxError> {
         self.check_alive()?;
         let runtime = self.inner.owner.runtime();
         if !self.inner.config.snapshots {
@@ -221,14 +227,20 @@ impl Sandbox {
     ///
     /// # Cancel safety
     ///
-    /// Cancel safe: the restore runs to its end in a task of its own.
+    /// Cancel safe, as [`snapshot_with`](Self::snapshot_with) is: once it has the sandbox to
+    /// itself, the restore runs to its end in a task of its own, before anything started
+    /// later.
     pub async fn restore(&self, snapshot: &Snapshot) -> Result<(), SandboxError> {
+        let swap = Arc::clone(&self.inner.gate).write_owned().await;
         let (this, snapshot) = (self.clone(), snapshot.clone());
-        in_own_task(async move { this.restore_now(&snapshot).await }).await
+        in_own_task(async move { this.restore_now(&snapshot, swap).await }).await
     }
 
-    async fn restore_now(&self, snapshot: &Snapshot) -> Result<(), SandboxError> {
-        let _swap = self.inner.gate.write().await;
+    async fn restore_now(
+        &self,
+        snapshot: &Snapshot,
+        _swap: tokio::sync::OwnedRwLockWriteGuard<()>,
+    ) -> Result<(), SandboxError> {
         self.check_alive()?;
         check_runtime(snapshot, self.inner.owner.runtime())?;
         if !same_config(snapshot.config(), &self.inner.asked) {
