@@ -107,11 +107,14 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .with_state(app.clone());
     let port = std::env::var("PORT").unwrap_or_else(|_| "8080".into());
     let listener = tokio::net::TcpListener::bind(format!("127.0.0.1:{port}")).await?;
+    // Ctrl-C's handler is in place before the address is out (a SIGINT right after it would
+    // otherwise kill the process before its jobs are cleaned up).
+    let mut interrupt = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
     // The first line of output is the address, for scripts and tests that start the server.
     println!("listening on {}", listener.local_addr()?);
     axum::serve(listener, router)
-        .with_graceful_shutdown(async {
-            let _ = tokio::signal::ctrl_c().await;
+        .with_graceful_shutdown(async move {
+            interrupt.recv().await;
         })
         .await?;
     app.jobs.lock().unwrap().clear();

@@ -259,7 +259,27 @@ impl Snapshot {
 
     /// Reads a snapshot saved with [`save`](Self::save) (blocking). `runtime`: the one that
     /// is to start it. The directory and its manifest must be the caller's alone.
-    pub(crate) fn load_blocking(dir: &Path, runtime: OciRuntime) -> Result<Self, SandboxError> {
+    /// Reads a snapshot saved with [`save`](Self::save), of whichever runtime it is (see
+    /// [`runtime`](Self::runtime)); starting it on another is a typed error then.
+    /// [`NamespaceContainer::load_snapshot`](crate::NamespaceContainer::load_snapshot)
+    /// checks the runtime at once.
+    ///
+    /// # Errors
+    ///
+    /// Those of [`NamespaceContainer::load_snapshot`](crate::NamespaceContainer::load_snapshot)
+    /// but the runtime's mismatch.
+    pub async fn load(dir: impl AsRef<Path>) -> Result<Self, SandboxError> {
+        let dir = dir.as_ref().to_path_buf();
+        crate::sys::blocking("loading a snapshot", move || {
+            Self::load_blocking(&dir, None)
+        })
+        .await
+    }
+
+    pub(crate) fn load_blocking(
+        dir: &Path,
+        runtime: Option<OciRuntime>,
+    ) -> Result<Self, SandboxError> {
         let corrupt = |why: String| {
             SandboxError::snapshot(
                 SnapshotErrorKind::Corrupt,
@@ -291,6 +311,7 @@ impl Snapshot {
         if manifest.format != FORMAT {
             return Err(corrupt(format!("unknown format {}", manifest.format)));
         }
+        let runtime = runtime.unwrap_or(manifest.runtime);
         if manifest.runtime != runtime {
             return Err(SandboxError::snapshot(
                 SnapshotErrorKind::Mismatch,

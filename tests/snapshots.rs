@@ -191,6 +191,16 @@ async fn save_and_load(kind: OciRuntime) {
         OciRuntime::Runc
     };
     let other_t = TestSandbox::new(other).await;
+    // Snapshot::load takes any runtime's; starting it on another is the same typed error.
+    let any = oci_sandbox::Snapshot::load(&saved).await.expect("load");
+    assert_eq!(any.runtime(), kind);
+    let wrong = other_t.sandbox.start_from(&any).await.unwrap_err();
+    assert_eq!(
+        snapshot_kind(&wrong),
+        Some(SnapshotErrorKind::Mismatch),
+        "{wrong}"
+    );
+    drop(any);
     let wrong = other_t.sandbox.load_snapshot(&saved).await.unwrap_err();
     assert_eq!(
         snapshot_kind(&wrong),

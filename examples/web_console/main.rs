@@ -158,12 +158,19 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .route("/ws/logs/{n}", get(log_socket))
         .layer(axum::middleware::from_fn_with_state(app.clone(), same_site))
         .with_state(app);
+    // Both handlers are in place before the URL is out: a SIGINT right after it (a test's
+    // stop, a quick Ctrl-C) would otherwise kill the process before `ctrl_c()` is first
+    // polled, leaving the sandbox to the next start's sweep.
+    use tokio::signal::unix::{SignalKind, signal};
+    let (mut int, mut term) = (
+        signal(SignalKind::interrupt())?,
+        signal(SignalKind::terminate())?,
+    );
     println!("web console on http://{}/", listener.local_addr()?);
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     axum::serve(listener, router)
         .with_graceful_shutdown(async move {
             tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
+                _ = int.recv() => {}
                 _ = term.recv() => {}
             }
         })

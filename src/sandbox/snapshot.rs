@@ -524,7 +524,7 @@ impl NamespaceContainer {
     ) -> Result<Snapshot, SandboxError> {
         let (dir, runtime) = (dir.as_ref().to_path_buf(), self.runtime());
         crate::sys::blocking("loading a snapshot", move || {
-            Snapshot::load_blocking(&dir, runtime)
+            Snapshot::load_blocking(&dir, Some(runtime))
         })
         .await
     }
