@@ -122,6 +122,18 @@ async fn jobs_are_killed_by_kill_by_forgetting_and_by_close(kind: OciRuntime) {
             String::from_utf8(out.stdout).unwrap().trim().to_owned()
         }
     };
+    // Its shell may not have forked its sleep yet when the job has started (it did not, once,
+    // under gVisor on a loaded machine): wait for the sleep, then see it run on.
+    let mut seen = String::new();
+    for _ in 0..50 {
+        seen = running(sandbox.clone()).await;
+        if seen == "1" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(seen, "1", "a job without handles runs on");
+    tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(
         running(sandbox.clone()).await,
         "1",
