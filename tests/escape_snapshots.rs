@@ -4,39 +4,13 @@
 //! on an address the sandbox's processes can reach.
 
 mod common;
+#[path = "common/snapshots.rs"]
+mod snapshot_support;
 
-use common::images::{self, ImageFixture};
+use common::images;
 use common::{TestSandbox, sh_in};
-use oci_sandbox::{
-    ExecConfig, Image, NamespaceContainer, OciRuntime, SandboxConfig, SandboxError,
-    SnapshotErrorKind,
-};
-
-fn policy(f: &ImageFixture) -> SandboxConfig {
-    SandboxConfig {
-        image: Some(Image::OciLayout {
-            path: f.layout.clone(),
-            reference: f.tag.clone(),
-        }),
-        writable_root: true,
-        snapshots: true,
-        ..SandboxConfig::default()
-    }
-}
-
-async fn start(t: &TestSandbox, f: &ImageFixture) -> oci_sandbox::Sandbox {
-    let config = NamespaceContainer::build_config(&policy(f), "true", vec![]);
-    t.sandbox.start(&config).await.expect("sandbox start")
-}
-
-fn fixture(build: fn(&std::path::Path) -> ImageFixture) -> (tempfile::TempDir, ImageFixture) {
-    let dir = tempfile::Builder::new()
-        .prefix("osb-esnap-img-")
-        .tempdir()
-        .unwrap();
-    let f = build(&dir.path().join("image"));
-    (dir, f)
-}
+use oci_sandbox::{ExecConfig, NamespaceContainer, OciRuntime, SandboxError, SnapshotErrorKind};
+use snapshot_support::{assert_store_empty, fixture, snapshot_policy, start, walk};
 
 /// runc, crun: the layer a snapshot takes holds links to the host's files, hard links and
 /// files of other users, planted by the sandbox (given `CAP_CHOWN`; set-id bits it cannot
@@ -47,7 +21,7 @@ async fn a_planted_layer_stays_inside(kind: OciRuntime) {
     let t = TestSandbox::new(kind).await;
     let (_dir, f) = fixture(images::busybox_layout);
     // The capabilities to make other users' files (all are dropped by default).
-    let mut config = NamespaceContainer::build_config(&policy(&f), "true", vec![]);
+    let mut config = NamespaceContainer::build_config(&snapshot_policy(&f), "true", vec![]);
     config.security.capabilities = ["CAP_CHOWN", "CAP_FOWNER", "CAP_FSETID"]
         .map(String::from)
         .to_vec();
@@ -110,6 +84,7 @@ async fn a_planted_layer_stays_inside(kind: OciRuntime) {
     drop((parent, fork, snap, saved_parent));
     let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
     t.assert_nothing_left(&ids, None).await;
+    assert_store_empty(&t).await;
 }
 
 /// gVisor: a process of the sandbox holds the address the launcher listens on for its
@@ -141,6 +116,7 @@ time.sleep(3600)",
     sandbox.close().await;
     drop(sandbox);
     t.assert_nothing_left(&[&id], None).await;
+    assert_store_empty(&t).await;
 }
 
 /// gVisor: a process carried by the checkpoint races the host to the attach in every
@@ -196,46 +172,16 @@ while True:\n\
     drop((parent, forks, snap));
     let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
     t.assert_nothing_left(&ids, None).await;
+    assert_store_empty(&t).await;
 }
 
 /// Runs a Python program in `sandbox` (the Python image has no shell) and returns its stdout.
 async fn py_in(sandbox: &oci_sandbox::Sandbox, code: &str) -> String {
-    let out = sandbox
-        .exec(&ExecConfig::new(
-            "python3",
-            vec!["-c".to_owned(), code.to_owned()],
-        ))
-        .await
-        .unwrap()
-        .wait_with_output()
-        .await
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{code}: {} {}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
+    common::exec_in(sandbox, &python(code)).await
 }
 
 fn python(code: &str) -> ExecConfig {
     ExecConfig::new("python3", vec!["-c".to_owned(), code.to_owned()])
-}
-
-fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).unwrap().filter_map(Result::ok) {
-            let p = e.path();
-            if e.file_type().unwrap().is_dir() {
-                stack.push(p.clone());
-            }
-            out.push(p);
-        }
-    }
-    out
 }
 
 mod runc {

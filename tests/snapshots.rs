@@ -3,38 +3,19 @@
 //! on gVisor a process carried through the checkpoint; bad input leaving nothing behind.
 
 mod common;
+#[path = "common/snapshots.rs"]
+mod snapshot_support;
 
 use common::images::{self, ImageFixture};
 use common::{TestSandbox, sh_in};
 use oci_sandbox::{
-    ExecConfig, Image, NamespaceContainer, OciRuntime, SandboxConfig, SandboxError,
-    SnapshotErrorKind, SnapshotOptions,
+    ExecConfig, NamespaceContainer, OciRuntime, SandboxConfig, SandboxError, SnapshotErrorKind,
+    SnapshotOptions,
 };
+use snapshot_support::{assert_store_empty, fixture, snapshot_policy, start, walk};
 
 fn busybox() -> (tempfile::TempDir, ImageFixture) {
-    let dir = tempfile::Builder::new()
-        .prefix("osb-snap-img-")
-        .tempdir()
-        .unwrap();
-    let f = images::busybox_layout(dir.path());
-    (dir, f)
-}
-
-fn snapshot_policy(f: &ImageFixture) -> SandboxConfig {
-    SandboxConfig {
-        image: Some(Image::OciLayout {
-            path: f.layout.clone(),
-            reference: f.tag.clone(),
-        }),
-        writable_root: true,
-        snapshots: true,
-        ..SandboxConfig::default()
-    }
-}
-
-async fn start(t: &TestSandbox, f: &ImageFixture) -> oci_sandbox::Sandbox {
-    let config = NamespaceContainer::build_config(&snapshot_policy(f), "true", vec![]);
-    t.sandbox.start(&config).await.expect("sandbox start")
+    fixture(images::busybox_layout)
 }
 
 fn snapshot_kind(err: &SandboxError) -> Option<SnapshotErrorKind> {
@@ -530,40 +511,6 @@ async fn egress_goes_on_through_snapshots(kind: OciRuntime) {
     let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
     t.assert_nothing_left(&ids, None).await;
     assert_store_empty(&t).await;
-}
-
-fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).unwrap().filter_map(Result::ok) {
-            let p = e.path();
-            if e.file_type().unwrap().is_dir() {
-                stack.push(p.clone());
-            }
-            out.push(p);
-        }
-    }
-    out
-}
-
-/// No snapshot is left in the store once every handle is gone (their removal runs on the
-/// blocking pool: give it a moment).
-async fn assert_store_empty(t: &TestSandbox) {
-    let store = t.sandbox.state_root().parent().unwrap().join("snapshots");
-    for _ in 0..100 {
-        let left: Vec<_> = std::fs::read_dir(&store)
-            .map(|d| d.filter_map(Result::ok).map(|e| e.path()).collect())
-            .unwrap_or_default();
-        if left.is_empty() {
-            return;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
-    let left: Vec<_> = std::fs::read_dir(&store)
-        .map(|d| d.filter_map(Result::ok).map(|e| e.path()).collect())
-        .unwrap_or_default();
-    panic!("snapshots left in {}: {left:?}", store.display());
 }
 
 on_every_runtime!(

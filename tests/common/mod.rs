@@ -343,8 +343,13 @@ macro_rules! on_every_runtime {
 
 /// Runs a shell line in `sandbox`, asserts it succeeded, and returns its stdout.
 pub async fn sh_in(sandbox: &oci_sandbox::Sandbox, script: &str) -> String {
+    exec_in(sandbox, &oci_sandbox::ExecConfig::shell(script)).await
+}
+
+/// Runs `exec` in `sandbox`, asserts it succeeded, and returns its stdout.
+pub async fn exec_in(sandbox: &oci_sandbox::Sandbox, exec: &oci_sandbox::ExecConfig) -> String {
     let out = sandbox
-        .exec(&oci_sandbox::ExecConfig::shell(script))
+        .exec(exec)
         .await
         .unwrap()
         .wait_with_output()
@@ -352,7 +357,9 @@ pub async fn sh_in(sandbox: &oci_sandbox::Sandbox, script: &str) -> String {
         .unwrap();
     assert!(
         out.status.success(),
-        "{script}: {} {}",
+        "{} {:?}: {} {}",
+        exec.command,
+        exec.args,
         out.status,
         String::from_utf8_lossy(&out.stderr)
     );
