@@ -126,6 +126,14 @@
 #define ATTACH_NAME "oci-sandbox-attach"
 #define TOKEN_MAX 64
 
+/* The abstract address ATTACH_NAME in *addr; returns its length. */
+static socklen_t attach_address(struct sockaddr_un *addr) {
+    memset(addr, 0, sizeof *addr);
+    addr->sun_family = AF_UNIX;
+    memcpy(addr->sun_path + 1, ATTACH_NAME, sizeof ATTACH_NAME - 1);
+    return offsetof(struct sockaddr_un, sun_path) + 1 + sizeof ATTACH_NAME - 1;
+}
+
 struct conn {
     int fd;
     pid_t pid;      /* 0 until started */
@@ -958,9 +966,8 @@ static int detach(int fd, int *fds, int nfds, size_t len, int truncated, int sfd
         return 0;
     }
     int listener = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
-    struct sockaddr_un addr = {.sun_family = AF_UNIX};
-    memcpy(addr.sun_path + 1, ATTACH_NAME, sizeof ATTACH_NAME - 1);
-    socklen_t addr_len = offsetof(struct sockaddr_un, sun_path) + 1 + sizeof ATTACH_NAME - 1;
+    struct sockaddr_un addr;
+    socklen_t addr_len = attach_address(&addr);
     if (listener < 0 || bind(listener, (struct sockaddr *)&addr, addr_len) < 0 ||
         listen(listener, 8) < 0) {
         char text[16];
@@ -1078,9 +1085,8 @@ static void end_all(void) {
    stdin: hands that socket to the launcher waiting on ATTACH_NAME, and exits. */
 static int attach(void) {
     int s = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
-    struct sockaddr_un addr = {.sun_family = AF_UNIX};
-    memcpy(addr.sun_path + 1, ATTACH_NAME, sizeof ATTACH_NAME - 1);
-    socklen_t addr_len = offsetof(struct sockaddr_un, sun_path) + 1 + sizeof ATTACH_NAME - 1;
+    struct sockaddr_un addr;
+    socklen_t addr_len = attach_address(&addr);
     if (s < 0 || connect(s, (struct sockaddr *)&addr, addr_len) < 0) {
         perror("launcher attach");
         return 1;

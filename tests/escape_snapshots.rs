@@ -10,7 +10,7 @@ mod snapshot_support;
 use common::images;
 use common::{TestSandbox, sh_in};
 use oci_sandbox::{ExecConfig, NamespaceContainer, OciRuntime, SandboxError, SnapshotErrorKind};
-use snapshot_support::{assert_store_empty, fixture, snapshot_policy, start, walk};
+use snapshot_support::{close_and_check, fixture, snapshot_policy, start, walk};
 
 /// runc, crun: the layer a snapshot takes holds links to the host's files, hard links and
 /// files of other users, planted by the sandbox (given `CAP_CHOWN`; set-id bits it cannot
@@ -78,13 +78,8 @@ async fn a_planted_layer_stays_inside(kind: OciRuntime) {
         );
     }
     assert_eq!(&lines[2..], ["1000:1000 644", "data", "d"], "{seen}");
-    let ids = [parent.id().to_owned(), fork.id().to_owned()];
-    parent.close().await;
-    fork.close().await;
-    drop((parent, fork, snap, saved_parent));
-    let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
-    t.assert_nothing_left(&ids, None).await;
-    assert_store_empty(&t).await;
+    drop((snap, saved_parent));
+    close_and_check(&t, vec![parent, fork], None).await;
 }
 
 /// gVisor: a process of the sandbox holds the address the launcher listens on for its
@@ -112,11 +107,7 @@ time.sleep(3600)",
         "{err}"
     );
     assert_eq!(py_in(&sandbox, "print('alive')").await, "alive\n");
-    let id = sandbox.id().to_owned();
-    sandbox.close().await;
-    drop(sandbox);
-    t.assert_nothing_left(&[&id], None).await;
-    assert_store_empty(&t).await;
+    close_and_check(&t, vec![sandbox], None).await;
 }
 
 /// gVisor: a process carried by the checkpoint races the host to the attach in every
@@ -161,18 +152,9 @@ while True:\n\
         assert!(!log.contains("ready"), "a racer attached: {log}");
         assert_eq!(py_in(sandbox, "print('served')").await, "served\n");
     }
-    let ids: Vec<String> = std::iter::once(&parent)
-        .chain(forks.iter())
-        .map(|s| s.id().to_owned())
-        .collect();
-    parent.close().await;
-    for fork in &forks {
-        fork.close().await;
-    }
-    drop((parent, forks, snap));
-    let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
-    t.assert_nothing_left(&ids, None).await;
-    assert_store_empty(&t).await;
+    drop(snap);
+    let [first, second] = forks;
+    close_and_check(&t, vec![parent, first, second], None).await;
 }
 
 /// Runs a Python program in `sandbox` (the Python image has no shell) and returns its stdout.

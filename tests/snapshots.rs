@@ -12,7 +12,9 @@ use oci_sandbox::{
     ExecConfig, NamespaceContainer, OciRuntime, SandboxConfig, SandboxError, SnapshotErrorKind,
     SnapshotOptions,
 };
-use snapshot_support::{assert_store_empty, fixture, snapshot_policy, start, walk};
+use snapshot_support::{
+    assert_store_empty, close_and_check, fixture, snapshot_policy, start, walk,
+};
 
 fn busybox() -> (tempfile::TempDir, ImageFixture) {
     fixture(images::busybox_layout)
@@ -73,14 +75,8 @@ async fn forks_see_the_snapshot_and_not_each_other(kind: OciRuntime) {
         "unseen\n"
     );
     assert_eq!(sh_in(&fork, "cat /etc/state").await, "fork-after\n");
-    let ids = [parent.id().to_owned(), fork.id().to_owned()];
-    parent.close().await;
-    fork.close().await;
-    // A sandbox's handle keeps the snapshot it runs on: the last of them removes it.
-    drop((snap, parent, fork));
-    let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
-    t.assert_nothing_left(&ids, None).await;
-    assert_store_empty(&t).await;
+    drop(snap);
+    close_and_check(&t, vec![parent, fork], None).await;
 }
 
 /// Ten forks of one snapshot, each with its own writes.
@@ -110,14 +106,8 @@ async fn ten_forks_from_one_snapshot(kind: OciRuntime) {
             format!("base\n{i}\n")
         );
     }
-    let ids: Vec<String> = forks.iter().map(|s| s.id().to_owned()).collect();
-    for fork in forks {
-        fork.close().await;
-    }
     drop(snap);
-    let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
-    t.assert_nothing_left(&ids, None).await;
-    assert_store_empty(&t).await;
+    close_and_check(&t, forks, None).await;
 }
 
 /// Rollback in place: the handle (and its clones) go back to the snapshot's state.
@@ -138,11 +128,8 @@ async fn restore_rolls_back_in_place(kind: OciRuntime) {
     sh_in(&sandbox, "echo broken-again > /etc/state").await;
     sandbox.restore(&good).await.expect("second restore");
     assert_eq!(sh_in(&sandbox, "cat /etc/state").await, "good\n");
-    let id = sandbox.id().to_owned();
-    sandbox.close().await;
-    drop((good, clone, sandbox));
-    t.assert_nothing_left(&[&id], None).await;
-    assert_store_empty(&t).await;
+    drop((good, clone));
+    close_and_check(&t, vec![sandbox], None).await;
 }
 
 /// A saved snapshot outlives the store's copy and loads in another container of the same
@@ -317,17 +304,11 @@ async fn bad_snapshots_are_typed_errors(kind: OciRuntime) {
     }
     assert_eq!(sh_in(&sandbox, "echo alive").await, "alive\n");
     // Closed.
-    let ids = [plain.id().to_owned(), sandbox.id().to_owned()];
     sandbox.close().await;
     let err = sandbox.snapshot().await.unwrap_err();
     assert!(matches!(err, SandboxError::SandboxClosed { .. }), "{err}");
-    plain.close().await;
-    // The sandbox's handle keeps the snapshot it runs on.
-    drop((sandbox, plain));
-    let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
-    t.assert_nothing_left(&ids, Some(&common::sleep_marker(410, kind)))
-        .await;
-    assert_store_empty(&t).await;
+    let marker = common::sleep_marker(410, kind);
+    close_and_check(&t, vec![plain, sandbox], Some(&marker)).await;
 }
 
 /// A counter loop started in the background before the snapshot: on gVisor it runs on in
@@ -409,18 +390,9 @@ async fn background_processes_through_a_snapshot(kind: OciRuntime) {
             }
         }
     }
-    let ids: Vec<String> = std::iter::once(&parent)
-        .chain(forks.iter())
-        .map(|s| s.id().to_owned())
-        .collect();
-    parent.close().await;
-    for fork in &forks {
-        fork.close().await;
-    }
-    drop((parent, forks, snap));
-    let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
-    t.assert_nothing_left(&ids, None).await;
-    assert_store_empty(&t).await;
+    drop(snap);
+    let [first, second] = forks;
+    close_and_check(&t, vec![parent, first, second], None).await;
 }
 
 /// A snapshot or restore whose future is dropped (a timeout) still finishes: the sandbox
@@ -440,11 +412,8 @@ async fn dropped_snapshots_and_restores_leave_a_working_sandbox(kind: OciRuntime
         // Whether the restore was done when its future went or not, it is done now.
         assert_eq!(sh_in(&sandbox, "cat /etc/state").await, "kept\n");
     }
-    let id = sandbox.id().to_owned();
-    sandbox.close().await;
-    drop((sandbox, good));
-    t.assert_nothing_left(&[&id], None).await;
-    assert_store_empty(&t).await;
+    drop(good);
+    close_and_check(&t, vec![sandbox], None).await;
 }
 
 /// An egress policy goes on through snapshots: the forwarder (a helper holding host sockets)
@@ -504,13 +473,8 @@ async fn egress_goes_on_through_snapshots(kind: OciRuntime) {
         .collect();
     assert_eq!(seen.len(), 6, "{seen:?}");
     assert!(fork_events.next().await.is_some());
-    let ids = [parent.id().to_owned(), fork.id().to_owned()];
-    parent.close().await;
-    fork.close().await;
-    drop((parent, fork, snap));
-    let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
-    t.assert_nothing_left(&ids, None).await;
-    assert_store_empty(&t).await;
+    drop(snap);
+    close_and_check(&t, vec![parent, fork], None).await;
 }
 
 on_every_runtime!(

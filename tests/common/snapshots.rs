@@ -69,3 +69,22 @@ pub async fn assert_store_empty(t: &TestSandbox) {
     }
     panic!("snapshots left in {}: {:?}", store.display(), left());
 }
+
+/// Closes `sandboxes` and drops them (a sandbox's handle keeps the snapshot it runs on: the
+/// last of them removes it; the caller drops its own snapshots first), then checks that
+/// nothing of them is left: no container, bundle, cgroup or process (nor one mentioning
+/// `marker`), and no snapshot in the store.
+pub async fn close_and_check(
+    t: &TestSandbox,
+    sandboxes: Vec<oci_sandbox::Sandbox>,
+    marker: Option<&str>,
+) {
+    let ids: Vec<String> = sandboxes.iter().map(|s| s.id().to_owned()).collect();
+    for sandbox in &sandboxes {
+        sandbox.close().await;
+    }
+    drop(sandboxes);
+    let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+    t.assert_nothing_left(&ids, marker).await;
+    assert_store_empty(t).await;
+}
