@@ -407,6 +407,8 @@ impl NamespaceContainer {
                 .hand_over_writable_binds_blocking(&config, target.runtime)?;
             let mut bundle = Bundle::create_blocking(bundle_dir, &id, spec)?;
             bundle.userns = userns;
+            bundle.writable_dirs =
+                crate::host::sandbox_dirs::SandboxDirs::register_blocking(&config);
             let root_mount = match image {
                 None => None,
                 Some(image) => {

@@ -20,6 +20,9 @@ pub(crate) struct Bundle {
     pub userns: Option<crate::host::id_range::UserNamespace>,
     /// The image the container's root is made of, held (its layers locked) with the bundle.
     pub image: Option<std::sync::Arc<crate::image::PreparedImage>>,
+    /// The container's writable host directories, known as such while it lives (the host
+    /// follows no link in them).
+    pub writable_dirs: crate::host::sandbox_dirs::SandboxDirs,
 }
 
 impl Bundle {
@@ -38,6 +41,7 @@ impl Bundle {
             dir: Some(dir),
             userns: None,
             image: None,
+            writable_dirs: Default::default(),
         };
         let mut annotations = spec.annotations().clone().unwrap_or_default();
         annotations.insert(OWNER_ANNOTATION.to_owned(), self_owner().to_owned());

@@ -7,4 +7,5 @@ pub(crate) mod cgroup;
 pub(crate) mod id_range;
 pub(crate) mod owner;
 pub(crate) mod rootfs;
+pub(crate) mod sandbox_dirs;
 pub(crate) mod state;

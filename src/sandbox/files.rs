@@ -4,7 +4,7 @@
 //! written is the sandbox's, counted against its limits. Data moves over a socket.
 
 use std::io;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -475,24 +475,18 @@ impl Sandbox {
         sandbox_dir: impl AsRef<Path>,
     ) -> Result<(), SandboxError> {
         let (host_dir, sandbox_dir) = (host_dir.as_ref().to_path_buf(), sandbox_dir.as_ref());
-        self.check_host_dir("uploading a directory into the sandbox", &host_dir)?;
-        std::fs::metadata(&host_dir)
-            .map_err(|e| file_error("reading the host directory to upload", &host_dir, e))?;
+        let context = "uploading a directory into the sandbox";
+        let top = open_host_dir(context, &host_dir, false).await?;
         self.create_dir_all(sandbox_dir).await?;
         let untar = tar_exec(&["-x", "--no-same-owner", "-p", "-C"], sandbox_dir);
         let mut process = self.exec(&untar).await?;
         let stdin = process.stdin.take().expect("piped stdin");
-        let source = host_dir.clone();
         let packing = tokio::task::spawn_blocking(move || {
             // A tar the sandbox stopped makes the upload fail, not hang.
-            let writer = tokio_util::io::SyncIoBridge::new(StallingWriter::new(stdin));
-            let mut builder = tar::Builder::new(writer);
-            builder.follow_symlinks(false);
-            builder.mode(tar::HeaderMode::Complete);
-            builder.append_dir_all(".", &source)?;
-            builder.into_inner()?.shutdown()
+            let mut writer = tokio_util::io::SyncIoBridge::new(StallingWriter::new(stdin));
+            crate::sys::host_tree::pack_blocking(top, &mut writer)?;
+            writer.shutdown()
         });
-        let context = "uploading a directory into the sandbox";
         // The archive first (tar's own output is a few lines at most); a tar that stopped
         // taking it is killed, so that its end can be awaited.
         let packed = packing.await.unwrap_or_else(|e| Err(io::Error::other(e)));
@@ -524,7 +518,7 @@ impl Sandbox {
     ) -> Result<(), SandboxError> {
         let (sandbox_dir, host_dir) = (sandbox_dir.as_ref(), host_dir.as_ref().to_path_buf());
         let context = "downloading a directory from the sandbox";
-        self.check_host_dir(context, &host_dir)?;
+        let top = open_host_dir(context, &host_dir, true).await?;
         // Sparse files travel as holes (a 1 TiB hole is no 1 TiB on the host), and a tar that
         // stops sending (the sandbox can stop it) ends the download instead of hanging it.
         let tar = tar_exec(&["-c", "--sparse", "-C"], sandbox_dir);
@@ -535,7 +529,6 @@ impl Sandbox {
         };
         let mut process = self.exec(&tar).await?;
         let stdout = process.stdout.take().expect("piped stdout");
-        let target = host_dir.clone();
         let limit = self
             .inner
             .config
@@ -544,7 +537,7 @@ impl Sandbox {
             .max(DOWNLOAD_LIMIT);
         let unpacking = tokio::task::spawn_blocking(move || {
             let stream = std::io::Read::take(tokio_util::io::SyncIoBridge::new(stdout), limit);
-            unpack(stream, &target)
+            crate::sys::host_tree::unpack_blocking(stream, top, limit)
         });
         let (unpacked, out) = tokio::join!(unpacking, process.wait_with_output());
         let out = out?;
@@ -557,55 +550,24 @@ impl Sandbox {
     }
 }
 
-impl Sandbox {
-    /// A host directory that the sandbox could change under the host's feet (a path through a
-    /// link, or inside one of its writable binds or its workdir) is refused: the host would
-    /// read or write by a path the sandbox controls.
-    fn check_host_dir(&self, context: &'static str, host_dir: &Path) -> Result<(), SandboxError> {
-        let refuse = |why: String| {
-            Err(file_error(
-                context,
-                host_dir,
-                io::Error::new(io::ErrorKind::InvalidInput, why),
-            ))
-        };
-        if host_dir.is_symlink() {
-            return refuse("the host directory is a symbolic link".into());
-        }
-        // The path with links resolved in the part that exists.
-        let mut existing = host_dir.to_path_buf();
-        let mut missing = Vec::new();
-        let resolved = loop {
-            match existing.canonicalize() {
-                Ok(p) => break missing.iter().rev().fold(p, |p, part| p.join(part)),
-                Err(_) => match existing.file_name() {
-                    Some(part) => {
-                        missing.push(part.to_owned());
-                        existing.pop();
-                    }
-                    None => return refuse("the host directory cannot be resolved".into()),
-                },
-            }
-        };
-        for m in &self.inner.config.mounts {
-            if let crate::config::MountKind::Bind {
-                source,
-                writable: true,
-            } = &m.kind
-            {
-                let source = source.canonicalize().unwrap_or_else(|_| source.clone());
-                if resolved.starts_with(&source) || source.starts_with(&resolved) {
-                    return refuse(format!(
-                        "the sandbox can write in {} (mounted at {}): use a host directory of \
-                         the host's own",
-                        source.display(),
-                        m.destination.display()
-                    ));
-                }
-            }
-        }
-        Ok(())
-    }
+/// Opens (`create`: makes) the caller's host directory for a transfer, refusing a path
+/// through a link or `..` inside a directory a container can write (see
+/// [`crate::sys::host_tree::open_dir_blocking`]).
+async fn open_host_dir(
+    context: &'static str,
+    host_dir: &Path,
+    create: bool,
+) -> Result<std::os::fd::OwnedFd, SandboxError> {
+    let path = host_dir.to_path_buf();
+    crate::sys::blocking(context, move || {
+        crate::sys::host_tree::open_dir_blocking(
+            &path,
+            create,
+            &crate::host::sandbox_dirs::writable_by_a_container,
+        )
+        .map_err(|e| file_error(context, &path, e))
+    })
+    .await
 }
 
 /// The largest file [`Sandbox::read_file`] reads into memory.
@@ -658,29 +620,6 @@ fn tar_result(context: &'static str, dir: &Path, out: &crate::Output) -> Result<
     ))
 }
 
-/// Unpacks an untrusted archive into `dir` (blocking): every entry must land inside it.
-fn unpack(archive: impl io::Read, dir: &PathBuf) -> io::Result<()> {
-    std::fs::create_dir_all(dir)?;
-    let mut archive = tar::Archive::new(archive);
-    archive.set_preserve_permissions(false);
-    archive.set_unpack_xattrs(false);
-    archive.set_overwrite(true);
-    for entry in archive.entries()? {
-        let mut entry = entry?;
-        let name = entry.path()?.into_owned();
-        if !entry.unpack_in(dir)? {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!(
-                    "the sandbox sent an entry outside the directory: {}",
-                    name.display()
-                ),
-            ));
-        }
-    }
-    Ok(())
-}
-
 fn decode_event(record: &[u8]) -> io::Result<FileEvent> {
     let record = record.strip_suffix(&[0]).unwrap_or(record);
     let name = String::from_utf8_lossy(record.get(2..).unwrap_or_default()).into_owned();
@@ -705,73 +644,4 @@ fn unexpected(context: &'static str, path: &Path, reply: FileReply) -> SandboxEr
             format!("unexpected file reply {reply:?}"),
         ),
     )
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// An archive with one entry of `kind` at `path` (written raw, as a hostile sandbox could).
-    fn archive_with(entries: &[(&str, tar::EntryType, &str)]) -> Vec<u8> {
-        let mut out = Vec::new();
-        {
-            let mut builder = tar::Builder::new(&mut out);
-            for (path, kind, target) in entries {
-                let mut header = tar::Header::new_gnu();
-                header.set_entry_type(*kind);
-                header.set_mode(0o4755);
-                header.set_size(if *kind == tar::EntryType::Regular {
-                    4
-                } else {
-                    0
-                });
-                // Raw name bytes: `set_path` itself refuses `..`.
-                let name = &mut header.as_old_mut().name;
-                name[..path.len()].copy_from_slice(path.as_bytes());
-                if !target.is_empty() {
-                    header.set_link_name(target).unwrap();
-                }
-                header.set_cksum();
-                let body: &[u8] = if *kind == tar::EntryType::Regular {
-                    b"evil"
-                } else {
-                    b""
-                };
-                builder.append(&header, body).unwrap();
-            }
-            builder.finish().unwrap();
-        }
-        out
-    }
-
-    #[test]
-    fn a_hostile_archive_cannot_write_outside_the_target() {
-        let root = tempfile::tempdir().unwrap();
-        let target = root.path().join("target");
-        let outside = root.path().join("outside");
-        std::fs::create_dir(&outside).unwrap();
-        let regular = tar::EntryType::Regular;
-        for hostile in [
-            archive_with(&[("../outside/escaped", regular, "")]),
-            archive_with(&[
-                ("link", tar::EntryType::Symlink, outside.to_str().unwrap()),
-                ("link/escaped", regular, ""),
-            ]),
-        ] {
-            let _ = unpack(&hostile[..], &target);
-            assert!(
-                std::fs::read_dir(&outside).unwrap().next().is_none(),
-                "an entry landed outside the target"
-            );
-        }
-        // What is inside lands, without its setuid bit.
-        unpack(&archive_with(&[("fine", regular, "")])[..], &target).unwrap();
-        let mode = std::os::unix::fs::PermissionsExt::mode(
-            &std::fs::metadata(target.join("fine"))
-                .unwrap()
-                .permissions(),
-        );
-        assert_eq!(mode & 0o7777, 0o755);
-        assert_eq!(std::fs::read(target.join("fine")).unwrap(), b"evil");
-    }
 }

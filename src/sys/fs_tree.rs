@@ -16,7 +16,7 @@ use nix::sys::stat::{FileStat, Mode, fchmod, fstat};
 use nix::unistd::{Gid, Uid, UnlinkatFlags, fchown, fchownat, unlinkat};
 
 /// How every directory of the tree is opened: never through a symlink.
-const DIR_FLAGS: OFlag = OFlag::O_RDONLY
+pub(super) const DIR_FLAGS: OFlag = OFlag::O_RDONLY
     .union(OFlag::O_DIRECTORY)
     .union(OFlag::O_NOFOLLOW)
     .union(OFlag::O_CLOEXEC);
@@ -32,7 +32,7 @@ struct Level {
 }
 
 /// What a [`walk`] does to the tree, one directory at a time.
-trait Visitor {
+pub(super) trait Visitor {
     /// What is done to the tree, for errors: "removed", "chowned".
     const DOING: &str;
     /// Called with each directory opened, `dir`, and its status, before any of its entries;
@@ -58,7 +58,7 @@ trait Visitor {
 /// through `..`, checking that the parent is the directory it came from: if a directory was
 /// moved meanwhile, the walk stops with an error rather than go on elsewhere. No full path
 /// is ever built, so depth is not limited by `PATH_MAX`.
-fn walk<V: Visitor>(mut dir: Dir, dev: u64, visitor: &mut V) -> io::Result<()> {
+pub(super) fn walk<V: Visitor>(mut dir: Dir, dev: u64, visitor: &mut V) -> io::Result<()> {
     let st = fstat(&dir)?;
     if !visitor.enter_dir(&dir, &st, dev)? {
         return Ok(());
@@ -386,7 +386,7 @@ fn file_id(fd: impl std::os::fd::AsFd) -> io::Result<(u64, u64)> {
 
 /// The names of `dir`'s entries (without `.` and `..`) and their types where the file system
 /// tells them, read whole before anything changes the directory.
-fn list_entries(dir: &mut Dir) -> io::Result<Vec<(CString, Option<Type>)>> {
+pub(super) fn list_entries(dir: &mut Dir) -> io::Result<Vec<(CString, Option<Type>)>> {
     let mut entries = Vec::new();
     for entry in dir.iter() {
         let entry = entry?;
