@@ -566,13 +566,13 @@ static void track_helper(pid_t pid, int fd) {
     }
 }
 
-/* A network request: "N<op>\0<port>\0<uid>\0<gid>\0" with the channel and, for op 'c', a
-   data socket. A helper process serves it (see net.c). */
+/* A network request: "N<op>\0<port>\0<uid>\0<gid>\0" with the channel (op 'l': the egress
+   forwarder; 'x': an exposed port's connections). A helper process serves it (see net.c). */
 static int net_request(int fd, int *fds, int nfds, size_t len, int truncated) {
     static char *items[6];
     int n = split(request, len, items, 5);
     char op = n == 4 && !truncated && strlen(items[0]) == 2 ? items[0][1] : 0;
-    if (!op || !strchr("lc", op) || nfds != (op == 'c' ? 1 : 0) || nhelpers == MAX_HELPERS) {
+    if (!op || !strchr("lx", op) || nfds != 0 || nhelpers == MAX_HELPERS) {
         reply(fd, nhelpers == MAX_HELPERS ? "E 24" : "E 22");
         close(fd);
         close_fds(fds, nfds);
@@ -580,7 +580,7 @@ static int net_request(int fd, int *fds, int nfds, size_t len, int truncated) {
     }
     pid_t pid = fork_helper();
     if (pid == 0)
-        serve_net(fd, op == 'c' ? fds[0] : -1, op, (unsigned)strtoul(items[1], NULL, 10),
+        serve_net(fd, op, (unsigned)strtoul(items[1], NULL, 10),
                   (uid_t)strtoul(items[2], NULL, 10), (gid_t)strtoul(items[3], NULL, 10));
     track_helper(pid, fd);
     close_fds(fds, nfds);

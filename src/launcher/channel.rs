@@ -13,7 +13,7 @@ use nix::sys::socket::{
 use tokio::io::unix::AsyncFd;
 
 use super::file_protocol::{COMMIT, FileReply, FileRequest};
-use super::net_protocol::{NetOp, NetRequest};
+use super::net_protocol::NetRequest;
 use super::protocol::{MAX_REPLY, Mode, Order, READY, Reply, StartRequest};
 
 /// How the command's stdio is made, with the fds that go along with the request.
@@ -226,21 +226,10 @@ impl ControlSocket {
         Ok((conn, Some(tokio::net::UnixStream::from_std(ours)?)))
     }
 
-    /// Sends a network request with its own channel and, for [`NetOp::Connect`], the
-    /// container's end of a new stream socket; returns the channel and the host's end.
-    pub async fn net_request(
-        &self,
-        request: NetRequest,
-    ) -> io::Result<(Connection, Option<tokio::net::UnixStream>)> {
+    /// Sends a network request with its own channel, and returns the channel.
+    pub async fn net_request(&self, request: NetRequest) -> io::Result<Connection> {
         let msg = request.encode()?;
-        if request.op == NetOp::Forward {
-            return Ok((self.send_request(&msg, &[]).await?, None));
-        }
-        let (ours, theirs) = std::os::unix::net::UnixStream::pair()?;
-        ours.set_nonblocking(true)?;
-        let conn = self.send_request(&msg, &[theirs.as_raw_fd()]).await?;
-        drop(theirs);
-        Ok((conn, Some(tokio::net::UnixStream::from_std(ours)?)))
+        self.send_request(&msg, &[]).await
     }
 
     /// Sends `msg` with a new channel's launcher end and `extra` fds, and returns the channel.

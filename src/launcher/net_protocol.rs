@@ -2,10 +2,11 @@
 //! the egress forwarder and the connections to exposed ports.
 //!
 //! Request, on the control socket: `"N" op '\0' port '\0' uid '\0' gid '\0'`, with the
-//! request's channel and, for [`NetOp::Connect`], the data socket. The helper answers
-//! `S 0` (listening, or connected) or `E <errno>` on the channel. A forwarder then takes
-//! [`CONNECTION`] records with one stream socket each (a few sent ahead, as spares), and
-//! sends [`ACCEPTED`] per connection, which the host answers with one more.
+//! request's channel. The helper answers `S 0` (listening, or ready) or `E <errno>` on the
+//! channel. A forwarder then takes [`CONNECTION`] records with one stream socket each (a few
+//! sent ahead, as spares), and sends [`ACCEPTED`] per connection, which the host answers with
+//! one more. An exposed port's helper takes one [`CONNECTION`] per host client and connects
+//! it to the port.
 
 use std::io;
 
@@ -14,13 +15,15 @@ use std::io;
 pub(crate) enum NetOp {
     /// Listen on the sandbox's `127.0.0.1:<port>` and hand every connection to the host.
     Forward,
-    /// Connect to the sandbox's `127.0.0.1:<port>` and relay it over the data socket.
-    Connect,
+    /// Connect each socket the host sends ([`CONNECTION`]) to the sandbox's
+    /// `127.0.0.1:<port>` and relay it.
+    Expose,
 }
 
 /// A forwarder's record: it accepted a connection and waits for a socket to the proxy.
 pub(crate) const ACCEPTED: &[u8] = b"A";
-/// The host's answer to [`ACCEPTED`], with one stream socket by `SCM_RIGHTS`.
+/// The host's answer to [`ACCEPTED`], or an exposed port's new client, with one stream
+/// socket by `SCM_RIGHTS`.
 pub(crate) const CONNECTION: &[u8] = b"C";
 
 /// A network request, as the launcher reads it.
@@ -40,7 +43,7 @@ impl NetRequest {
         }
         let op = match self.op {
             NetOp::Forward => 'l',
-            NetOp::Connect => 'c',
+            NetOp::Expose => 'x',
         };
         Ok(format!("N{op}\0{}\0{}\0{}\0", self.port, self.uid, self.gid).into_bytes())
     }
@@ -53,12 +56,12 @@ mod tests {
     #[test]
     fn requests_are_the_bytes_net_c_reads() {
         let r = NetRequest {
-            op: NetOp::Connect,
+            op: NetOp::Expose,
             port: 8000,
             uid: 1000,
             gid: 100,
         };
-        assert_eq!(r.encode().unwrap(), b"Nc\x008000\x001000\x00100\x00");
+        assert_eq!(r.encode().unwrap(), b"Nx\x008000\x001000\x00100\x00");
         let f = NetRequest {
             op: NetOp::Forward,
             port: 3128,

@@ -15,9 +15,10 @@ use crate::config::ContainerConfig;
 use crate::config::network::{EGRESS_PROXY_PORT, EgressEvent, EgressPolicy};
 use crate::error::SandboxError;
 use crate::launcher::Started;
-use crate::launcher::net_protocol::{NetOp, NetRequest};
+use crate::launcher::net_protocol::{CONNECTION, NetOp, NetRequest};
 
-/// Connections to a sandbox's exposed ports at once (one launcher helper each); more wait.
+/// Connections to a sandbox's exposed ports at once (a relay thread each in one launcher
+/// helper per port); more wait in the host kernel's backlog.
 pub(super) const EXPOSED_CONNECTIONS: usize = 128;
 
 /// How long the launcher has to start a network helper.
@@ -86,7 +87,7 @@ impl Sandbox {
             uid: self.inner.config.uid,
             gid: self.inner.config.gid,
         };
-        let (channel, _) = self
+        let channel = self
             .net_helper(request, "starting the egress forwarder")
             .await?;
         let run = egress.stop.child_token();
@@ -121,13 +122,13 @@ impl Sandbox {
         &self,
         request: NetRequest,
         context: &'static str,
-    ) -> Result<(crate::launcher::Connection, Option<tokio::net::UnixStream>), SandboxError> {
+    ) -> Result<crate::launcher::Connection, SandboxError> {
         self.check_alive()?;
         let process = |source| SandboxError::Process { context, source };
         let started = async {
-            let (channel, data) = self.live().control.net_request(request).await?;
+            let channel = self.live().control.net_request(request).await?;
             let started = channel.started().await?;
-            Ok::<_, std::io::Error>((channel, data, started))
+            Ok::<_, std::io::Error>((channel, started))
         };
         match tokio::time::timeout(HELPER_DEADLINE, started).await {
             Err(_) => Err(SandboxError::Timeout {
@@ -135,8 +136,8 @@ impl Sandbox {
                 after: HELPER_DEADLINE,
             }),
             Ok(Err(e)) => Err(self.ended_error().unwrap_or_else(|| process(e))),
-            Ok(Ok((channel, data, Started::Running))) => Ok((channel, data)),
-            Ok(Ok((_, _, Started::Failed(errno)))) => {
+            Ok(Ok((channel, Started::Running))) => Ok(channel),
+            Ok(Ok((_, Started::Failed(errno)))) => {
                 Err(process(std::io::Error::from_raw_os_error(errno.abs())))
             }
         }
@@ -229,58 +230,136 @@ impl Sandbox {
         let weak = Arc::downgrade(&self.inner);
         let stop = self.inner.exposed.clone();
         let tracker = self.inner.owner.tracker().clone();
-        let inner_tracker = tracker.clone();
-        tracker.spawn(async move {
-            loop {
-                let accepted = tokio::select! {
-                    () = stop.cancelled() => return,
-                    a = listener.accept() => a,
-                };
-                let Ok((client, _)) = accepted else { continue };
-                let Some(inner) = weak.upgrade() else { return };
-                let sandbox = Sandbox { inner };
-                inner_tracker.spawn(async move {
-                    let slot = Arc::clone(&sandbox.inner.expose_slots)
-                        .acquire_owned()
-                        .await
-                        .expect("the semaphore is never closed");
-                    let request = NetRequest {
-                        op: NetOp::Connect,
-                        port,
-                        uid: sandbox.inner.config.uid,
-                        gid: sandbox.inner.config.gid,
-                    };
-                    let stop = sandbox.inner.exposed.clone();
-                    let helper = sandbox.net_helper(request, "connecting to an exposed port");
-                    // The relay holds no clone of the sandbox: the last user's drop still
-                    // ends it (and with it this connection).
-                    let (channel, data) = match helper.await {
-                        Ok((channel, Some(data))) => (channel, data),
-                        Ok(_) | Err(_) => return,
-                    };
-                    drop(sandbox);
-                    relay(client, data, channel, stop).await;
-                    drop(slot);
-                });
-            }
-        });
+        tracker.spawn(serve_exposed(listener, port, weak, stop, tracker.clone()));
         Ok(addr)
     }
 }
 
-/// Relays an exposed port's host connection and the helper's data socket until both ends
-/// are done or the sandbox stops exposing.
+/// The buffer of each direction of an exposed connection's relay on the host: at the limit
+/// of [`EXPOSED_CONNECTIONS`], 16 MiB of host memory per sandbox at most (256 KiB buffers
+/// were 64 MiB, and idle clients on gVisor made the host hold 63 MiB more).
+const RELAY_BUFFER: usize = 64 << 10;
+
+/// How long the accept loop of an exposed port rests when the process is out of fds
+/// (`EMFILE`, `ENFILE`) or buffers, rather than spin on the error.
+const ACCEPT_BACKOFF: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// The accept loop of an exposed port, until the sandbox stops exposing (closed, ended) or is
+/// dropped.
+///
+/// Bounded on the host: an accepted connection waits in the loop itself for a slot (one of
+/// [`EXPOSED_CONNECTIONS`]) before the next one is accepted, so at most that many
+/// connections (and one waiting per listener) hold host fds (two each: the client's and the
+/// relay's end of a socket pair); clients beyond wait in the kernel's backlog, holding
+/// nothing of this process. (No task per connection before its slot: they were 3000 tasks
+/// and 6000 fds for 3000 clients that had left.) An idle listener holds no slot, so it does
+/// not make a snapshot busy. Bounded in the sandbox: one launcher helper
+/// serves all the port's open connections with a relay thread each (`launcher/net.c`,
+/// op `x`); it is started for the first connection and ends when the last one has (its
+/// channel is held by the relays only), so that an idle exposed port holds no helper and a
+/// snapshot, which wants no host fd in the sandbox, is not refused for it.
+async fn serve_exposed(
+    listener: tokio::net::TcpListener,
+    port: u16,
+    sandbox: std::sync::Weak<super::Inner>,
+    stop: tokio_util::sync::CancellationToken,
+    tracker: tokio_util::task::TaskTracker,
+) {
+    let mut helper = std::sync::Weak::<crate::launcher::Connection>::new();
+    loop {
+        let accepted = tokio::select! {
+            () = stop.cancelled() => return,
+            a = listener.accept() => a,
+        };
+        let client = match accepted {
+            Ok((client, _)) => client,
+            Err(e) => {
+                tracing::warn!(port, error = %e, "accepting an exposed port's connection");
+                tokio::select! {
+                    () = stop.cancelled() => return,
+                    () = tokio::time::sleep(ACCEPT_BACKOFF) => {}
+                }
+                continue;
+            }
+        };
+        // The loop accepts nothing more until this connection has a slot.
+        let Some(slots) = sandbox
+            .upgrade()
+            .map(|inner| Arc::clone(&inner.expose_slots))
+        else {
+            return;
+        };
+        let slot = tokio::select! {
+            () = stop.cancelled() => return,
+            slot = slots.acquire_owned() => slot.expect("the semaphore is never closed"),
+        };
+        let channel = match helper.upgrade() {
+            Some(channel) => channel,
+            None => {
+                let Some(inner) = sandbox.upgrade() else {
+                    return;
+                };
+                let this = Sandbox { inner };
+                let request = NetRequest {
+                    op: NetOp::Expose,
+                    port,
+                    uid: this.inner.config.uid,
+                    gid: this.inner.config.gid,
+                };
+                let started = this.net_helper(request, "serving an exposed port").await;
+                // The relays hold no clone of the sandbox: the last user's drop still ends
+                // it (and with it this loop).
+                drop(this);
+                match started {
+                    Ok(channel) => {
+                        let channel = Arc::new(channel);
+                        helper = Arc::downgrade(&channel);
+                        channel
+                    }
+                    Err(e) => {
+                        tracing::debug!(port, error = %e, "no helper for an exposed port");
+                        continue;
+                    }
+                }
+            }
+        };
+        let pair = std::os::unix::net::UnixStream::pair().and_then(|(ours, theirs)| {
+            ours.set_nonblocking(true)?;
+            Ok((tokio::net::UnixStream::from_std(ours)?, theirs))
+        });
+        let Ok((ours, theirs)) = pair else { continue };
+        use std::os::fd::AsRawFd;
+        if channel
+            .send_with_fd(CONNECTION, theirs.as_raw_fd())
+            .await
+            .is_err()
+        {
+            // The helper is gone (its container was replaced by a restore, or ended): the
+            // next connection asks the sandbox's current container for one.
+            helper = std::sync::Weak::new();
+            continue;
+        }
+        drop(theirs);
+        tracker.spawn(relay(client, ours, channel, stop.clone(), slot));
+    }
+}
+
+/// Relays an exposed port's host connection and its socket to the helper until both ends
+/// are done or the sandbox stops exposing; then gives back its slot and its hold on the
+/// helper's channel.
 async fn relay(
     mut client: tokio::net::TcpStream,
     mut data: tokio::net::UnixStream,
-    channel: crate::launcher::Connection,
+    channel: Arc<crate::launcher::Connection>,
     stop: tokio_util::sync::CancellationToken,
+    slot: tokio::sync::OwnedSemaphorePermit,
 ) {
     let _ = client.set_nodelay(true);
     tokio::select! {
         () = stop.cancelled() => {}
-        _ = tokio::io::copy_bidirectional_with_sizes(&mut client, &mut data, 256 << 10, 256 << 10) => {}
+        _ = tokio::io::copy_bidirectional_with_sizes(&mut client, &mut data, RELAY_BUFFER, RELAY_BUFFER) => {}
     }
-    // The helper's end: it has exited or is killed when the channel closes.
+    // The helper exits when the last relay's hold on its channel goes.
     drop(channel);
+    drop(slot);
 }
