@@ -319,7 +319,7 @@ impl ImageStore {
                 (r, None)
             }
             Image::Registry(r) => {
-                let pull = registry::RegistryPull::new(r)?;
+                let mut pull = registry::RegistryPull::new(r)?;
                 (pull.resolve().await?, Some(pull))
             }
         };
