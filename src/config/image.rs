@@ -57,7 +57,8 @@ impl std::fmt::Display for Image {
     }
 }
 
-/// An image in a registry: its reference and how to authenticate.
+/// An image in a registry: its reference, how to authenticate, and the pull's deadlines
+/// ([`RegistryLimits`]: 15 s to connect, 30 s of silence, 30 min in all by default).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct RegistryImage {
     /// `registry/repository:tag` or `registry/repository@sha256:…`; without a registry,
