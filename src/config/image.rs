@@ -102,8 +102,8 @@ pub struct RegistryLimits {
     /// The longest silence while a reply is due: from a request to its reply's headers, and
     /// between two reads of a body. 30 s by default.
     pub read_idle: Duration,
-    /// The whole pull, from its first request to the last layer in the store (unpacking
-    /// included): 30 min by default.
+    /// The whole pull, from its first request to the last byte of its last layer (the
+    /// layers before it unpacked meanwhile): 30 min by default.
     pub total: Duration,
 }
 

@@ -326,13 +326,21 @@ impl ImageStore {
                     .await
                     .map_err(|e| ImageFailure::store("a scratch dir in", &self.dir, e))?;
                 let (path, into) = (path.clone(), dir.path().to_owned());
-                scratch = Some(dir);
                 let r = tokio::task::spawn_blocking(move || {
                     source::resolve_archive_blocking(&path, &into)
                 })
                 .await
-                .expect("archive resolution panicked")?;
-                (r, None)
+                .expect("archive resolution panicked");
+                match r {
+                    Ok(r) => {
+                        scratch = Some(dir);
+                        (r, None)
+                    }
+                    Err(e) => {
+                        dir.remove().await;
+                        return Err(e);
+                    }
+                }
             }
             Image::Registry(r) => {
                 let mut pull = registry::RegistryPull::new(r)?;
