@@ -62,6 +62,12 @@ pub enum ImageErrorKind {
     Registry,
     /// Something this library does not support (a media type, a platform, rootless images).
     Unsupported,
+    /// A manifest, config or blob larger than its descriptor declares, or than the cap on
+    /// JSON documents (4 MiB); the transfer was cut at the first byte past the limit.
+    TooLarge,
+    /// The registry did not connect, went silent, or the pull outlasted its total deadline
+    /// ([`RegistryLimits`](crate::RegistryLimits)).
+    Timeout,
 }
 
 impl std::fmt::Display for ImageErrorKind {
@@ -74,6 +80,8 @@ impl std::fmt::Display for ImageErrorKind {
             ImageErrorKind::UnsafeLayer => "unsafe layer",
             ImageErrorKind::Registry => "registry error",
             ImageErrorKind::Unsupported => "unsupported",
+            ImageErrorKind::TooLarge => "too large",
+            ImageErrorKind::Timeout => "timed out",
         })
     }
 }

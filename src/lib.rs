@@ -159,7 +159,7 @@ mod pool;
 mod sandbox;
 
 pub use config::image::{
-    Image, ImageProgress, ProgressStage, PulledImage, RegistryAuth, RegistryImage,
+    Image, ImageProgress, ProgressStage, PulledImage, RegistryAuth, RegistryImage, RegistryLimits,
 };
 pub use config::network::{EGRESS_PROXY_PORT, EgressDecision, EgressEvent, EgressPolicy};
 pub use config::{

@@ -2,6 +2,7 @@
 //! directory, a `docker save` archive or a registry, and what pulling one reports.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
@@ -56,7 +57,8 @@ impl std::fmt::Display for Image {
     }
 }
 
-/// An image in a registry: its reference and how to authenticate.
+/// An image in a registry: its reference, how to authenticate, and the pull's deadlines
+/// ([`RegistryLimits`]: 15 s to connect, 30 s of silence, 30 min in all by default).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct RegistryImage {
     /// `registry/repository:tag` or `registry/repository@sha256:…`; without a registry,
@@ -67,6 +69,52 @@ pub struct RegistryImage {
     /// Plain HTTP instead of HTTPS. Registries on a loopback address (`127.0.0.1`,
     /// `localhost`, `[::1]`) are always spoken to over plain HTTP.
     pub plain_http: bool,
+    /// The pull's deadlines ([`RegistryLimits::default`] unless set).
+    #[serde(default)]
+    pub limits: RegistryLimits,
+}
+
+/// The deadlines of a registry pull ([`RegistryImage::limits`]). A registry is trusted with
+/// nothing: besides these, a manifest, index or config may not exceed 4 MiB nor the size its
+/// descriptor declares, and a layer not the size the manifest declares for it (an
+/// [`ImageErrorKind::TooLarge`](crate::ImageErrorKind::TooLarge) error, cut at the first byte
+/// past the limit). A deadline passed is an
+/// [`ImageErrorKind::Timeout`](crate::ImageErrorKind::Timeout) error. Either way nothing of the
+/// pull stays on disk.
+///
+/// ```
+/// use std::time::Duration;
+/// use oci_sandbox::{RegistryImage, RegistryLimits};
+///
+/// let mut limits = RegistryLimits::default();
+/// limits.read_idle = Duration::from_secs(10);
+/// let image = RegistryImage::new("127.0.0.1:5000/tools:1")
+///     .limits(limits)
+///     .total_timeout(Duration::from_secs(120));
+/// # let _ = image;
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(default)]
+#[non_exhaustive]
+pub struct RegistryLimits {
+    /// To open a connection (TCP, and TLS over HTTPS): 15 s by default.
+    pub connect: Duration,
+    /// The longest silence while a reply is due: from a request to its reply's headers, and
+    /// between two reads of a body. 30 s by default.
+    pub read_idle: Duration,
+    /// The whole pull, from its first request to the last byte of its last layer (the
+    /// layers before it unpacked meanwhile): 30 min by default.
+    pub total: Duration,
+}
+
+impl Default for RegistryLimits {
+    fn default() -> Self {
+        RegistryLimits {
+            connect: Duration::from_secs(15),
+            read_idle: Duration::from_secs(30),
+            total: Duration::from_secs(30 * 60),
+        }
+    }
 }
 
 impl RegistryImage {
@@ -76,7 +124,21 @@ impl RegistryImage {
             reference: reference.into(),
             auth: RegistryAuth::Anonymous,
             plain_http: false,
+            limits: RegistryLimits::default(),
         }
+    }
+
+    /// The same image with `limits` as its pull's deadlines.
+    pub fn limits(mut self, limits: RegistryLimits) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    /// The same image with `timeout` as its pull's total deadline
+    /// ([`RegistryLimits::total`]).
+    pub fn total_timeout(mut self, timeout: Duration) -> Self {
+        self.limits.total = timeout;
+        self
     }
 
     /// The same image with `auth`.

@@ -258,6 +258,14 @@ impl NamespaceContainerBuilder {
         };
         let capture_dir = self.capture_dir.unwrap_or_else(std::env::temp_dir);
         sweep_leftovers(&cli, &dirs, &capture_dir).await?;
+        let images = crate::image::ImageStore::new(&base);
+        let swept_images = images.sweep().await;
+        if swept_images > 0 {
+            tracing::info!(
+                count = swept_images,
+                "swept image temp dirs left by dead processes"
+            );
+        }
         Ok(NamespaceContainer {
             inner: Arc::new(Inner {
                 cli,
@@ -269,7 +277,7 @@ impl NamespaceContainerBuilder {
                 unenforced_limits: self.unenforced_limits,
                 warned_limits: Default::default(),
                 launcher_installed: tokio::sync::OnceCell::new(),
-                images: crate::image::ImageStore::new(&base),
+                images,
             }),
         })
     }

@@ -14,8 +14,9 @@ use crate::error::SandboxError;
 use crate::image::PreparedImage;
 
 /// A pull under way: a [`Stream`](futures::Stream) of [`ImageProgress`] events, then
-/// [`finish`](Self::finish) for the result. Dropping it cancels the pull (a layer being
-/// unpacked is finished or discarded, never left half in the store).
+/// [`finish`](Self::finish) for the result. Dropping it cancels the pull: its task is
+/// aborted, and its download is removed right after (milliseconds); a layer being unpacked
+/// stops at its next entry and is discarded, never left half in the store.
 #[derive(Debug)]
 pub struct PullProgress {
     events: tokio::sync::mpsc::UnboundedReceiver<ImageProgress>,
@@ -59,7 +60,11 @@ impl NamespaceContainer {
     /// # Errors
     ///
     /// [`SandboxError::Image`]: not found, unauthorized, a digest mismatch, a broken or unsafe
-    /// layer. Nothing of a failed pull stays in the store.
+    /// layer, a registry that sent more than declared
+    /// ([`TooLarge`](crate::ImageErrorKind::TooLarge)) or outlasted a deadline of
+    /// [`RegistryImage::limits`](crate::RegistryImage::limits)
+    /// ([`Timeout`](crate::ImageErrorKind::Timeout)). Nothing of a failed pull stays in the
+    /// store, nor of a dropped one once the drop has returned.
     pub async fn pull(&self, image: &Image) -> Result<PulledImage, SandboxError> {
         let prepared = self.inner.images.prepare(image, None).await?;
         Ok(prepared.info.clone())
@@ -96,8 +101,10 @@ impl NamespaceContainer {
         }
     }
 
-    /// Removes from the store every layer that no sandbox of any process uses, and forgets
-    /// the images resolved so far that no sandbox uses. Returns the removed layers' digests.
+    /// Removes from the store every layer that no sandbox of any process uses, and what dead
+    /// processes' pulls left in it, and forgets the images resolved so far that no sandbox
+    /// uses. Returns the removed layers' digests. It waits for no download or unpack under
+    /// way (only for the moments a pull takes a layer or renames one into the store).
     pub async fn prune_images(&self) -> Result<Vec<String>, SandboxError> {
         self.inner.images.prune().await
     }

@@ -5,12 +5,14 @@
 //! <state>/images/            0700: setuid files of images are not reachable from the host
 //!   layers/<sha256 hex>/        one unpacked layer (overlayfs whiteouts), never changed again
 //!   layers/<sha256 hex>.users/  one empty file per process using the layer, named by owner
-//!   tmp/                        downloads and unpacks in progress (renamed into layers/)
+//!   tmp/<what>-<owner>-<random>/  downloads and unpacks in progress (renamed into layers/)
 //! ```
 //!
 //! A layer is unpacked into `tmp/` and renamed into place, so a partial one is never used; in
 //! one process, concurrent first uses of a layer unpack it once (a cell per digest); two
-//! processes may both unpack it, and the second rename loses harmlessly.
+//! processes may both unpack it, and the second rename loses harmlessly. Each entry of `tmp/`
+//! is named for its owner (`tmp.rs`): a dropped or failed pull removes its own, and building a
+//! `NamespaceContainer` or a prune removes those of dead processes.
 //!
 //! [`ImageStore::prune`] removes a layer when no prepared image of this process holds it (a
 //! count per layer) and no other live process has its owner file (`<pid>-<start time>`, as
@@ -18,16 +20,20 @@
 //! every fork of the process shares until it executes, so a runtime's child mounting a root
 //! made the layers of unrelated images look in use. A prune that races another process's
 //! first use of the same layer can take the layer from under it (that process's spawn then
-//! fails and its next one unpacks the layer again).
+//! fails and its next one unpacks the layer again). In one process, a prune waits only for
+//! the short steps of a pull that touch `layers/` (taking its holds, renaming a layer in),
+//! never for a download or an unpack: a stalled registry cannot hold a prune.
 
 pub(crate) mod apply;
 pub(crate) mod mount;
 mod registry;
 mod source;
+mod tmp;
 mod unpack;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::OnceCell;
@@ -164,6 +170,15 @@ impl Drop for LayerHold {
     }
 }
 
+/// Tells a blocking unpack to stop when the future waiting for it is dropped.
+struct StopOnDrop(Arc<AtomicBool>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
 /// The store of one state dir.
 #[derive(Debug)]
 pub(crate) struct ImageStore {
@@ -171,8 +186,10 @@ pub(crate) struct ImageStore {
     layers: Mutex<HashMap<String, Arc<OnceCell<u64>>>>,
     images: Mutex<HashMap<Image, Arc<OnceCell<Arc<PreparedImage>>>>>,
     holds: Holds,
-    /// Pulls hold it shared, a prune exclusively: a prune sees every hold a pull will take.
-    prune_gate: tokio::sync::RwLock<()>,
+    /// A pull holds it shared while it takes a layer's hold and while it renames a layer
+    /// into `layers/` (never across a download or an unpack), a prune exclusively: a prune
+    /// sees every hold taken before it, and no layer appears in `layers/` while it runs.
+    prune_gate: Arc<tokio::sync::RwLock<()>>,
     /// Root keeps the layers' owners; an ordinary user owns all it unpacks.
     owners: unpack::Owners,
 }
@@ -234,7 +251,7 @@ impl ImageStore {
             layers: Mutex::new(HashMap::new()),
             images: Mutex::new(HashMap::new()),
             holds: Holds::default(),
-            prune_gate: tokio::sync::RwLock::new(()),
+            prune_gate: Arc::new(tokio::sync::RwLock::new(())),
             owners: if nix::unistd::geteuid().is_root() {
                 unpack::Owners::Preserved
             } else {
@@ -305,28 +322,37 @@ impl ImageStore {
                 (r, None)
             }
             Image::DockerArchive(path) => {
-                let dir = tempfile::Builder::new()
-                    .prefix("archive-")
-                    .tempdir_in(self.dir.join("tmp"))
+                let dir = tmp::TempTree::create(&self.dir.join("tmp"), "archive")
+                    .await
                     .map_err(|e| ImageFailure::store("a scratch dir in", &self.dir, e))?;
                 let (path, into) = (path.clone(), dir.path().to_owned());
-                scratch = Some(dir);
                 let r = tokio::task::spawn_blocking(move || {
                     source::resolve_archive_blocking(&path, &into)
                 })
                 .await
-                .expect("archive resolution panicked")?;
-                (r, None)
+                .expect("archive resolution panicked");
+                match r {
+                    Ok(r) => {
+                        scratch = Some(dir);
+                        (r, None)
+                    }
+                    Err(e) => {
+                        dir.remove().await;
+                        return Err(e);
+                    }
+                }
             }
             Image::Registry(r) => {
-                let pull = registry::RegistryPull::new(r)?;
+                let mut pull = registry::RegistryPull::new(r)?;
                 (pull.resolve().await?, Some(pull))
             }
         };
         let prepared = self
             .store_layers(resolved, registry.as_ref(), progress)
             .await;
-        drop(scratch);
+        if let Some(scratch) = scratch {
+            scratch.remove().await;
+        }
         prepared
     }
 
@@ -336,26 +362,29 @@ impl ImageStore {
         registry: Option<&registry::RegistryPull>,
         progress: &Progress,
     ) -> Result<PreparedImage, ImageFailure> {
-        let _no_prune = self.prune_gate.read().await;
         let count = resolved.layers.len();
         let mut dirs: Vec<PathBuf> = Vec::with_capacity(count);
         let mut holds = Vec::with_capacity(count);
         let mut unpacked_bytes = 0;
         for (index, layer) in resolved.layers.iter().enumerate() {
             let hex = source::sha256_hex(&layer.digest)?.to_owned();
-            holds.push(LayerHold::new(&self.holds, &hex));
             let (layers, h) = (self.dir.join("layers"), hex.clone());
             tokio::task::spawn_blocking(move || mark_user_blocking(&layers, &h))
                 .await
                 .expect("marking a layer panicked")
                 .map_err(|e| ImageFailure::store("marking layer", Path::new(&hex), e))?;
-            let cell = self
-                .layers
-                .lock()
-                .expect("layer cells")
-                .entry(hex.clone())
-                .or_default()
-                .clone();
+            // Under the gate, so that no prune runs between the hold and the cell: a prune
+            // either saw the hold, or ran before and emptied the cells.
+            let cell = {
+                let _no_prune = self.prune_gate.read().await;
+                holds.push(LayerHold::new(&self.holds, &hex));
+                self.layers
+                    .lock()
+                    .expect("layer cells")
+                    .entry(hex.clone())
+                    .or_default()
+                    .clone()
+            };
             let bytes = *cell
                 .get_or_try_init(|| {
                     self.ensure_layer(layer, index, count, &dirs, registry, progress)
@@ -428,15 +457,18 @@ impl ImageStore {
             bytes,
             total: layer.size,
         };
-        let work = tempfile::Builder::new()
-            .prefix("layer-")
-            .tempdir_in(self.dir.join("tmp"))
+        // Removed when dropped: a dropped pull future leaves no download behind.
+        let work = tmp::TempTree::create(&self.dir.join("tmp"), "layer")
+            .await
             .map_err(|e| ImageFailure::store("a temp dir in", &self.dir, e))?;
         send(progress, event(ProgressStage::Fetching, 0));
         let blob = match (&layer.from, registry) {
             (BlobFrom::Registry, Some(pull)) => {
                 let path = work.path().join("blob");
-                pull.fetch(layer, &path).await?;
+                if let Err(e) = pull.fetch(layer, &path).await {
+                    work.remove().await;
+                    return Err(e);
+                }
                 (path, None)
             }
             (BlobFrom::Registry, None) => unreachable!("a registry layer without a registry"),
@@ -450,9 +482,14 @@ impl ImageStore {
         send(progress, event(ProgressStage::Fetching, size));
         send(progress, event(ProgressStage::Unpacking, size));
         let (from, lowers, final_dir2) = (layer.from.clone(), lowers.to_vec(), final_dir.clone());
-        let work_path = work.path().to_owned();
         let owners = self.owners;
-        let bytes = tokio::task::spawn_blocking(move || -> Result<u64, ImageFailure> {
+        let gate = self.prune_gate.clone();
+        // The unpack's thread owns the temp dir from here and removes it before it returns,
+        // whatever becomes of this future; a dropped future stops the unpack at its next entry.
+        let stop = StopOnDrop(Arc::new(AtomicBool::new(false)));
+        let stopped = stop.0.clone();
+        let unpack = move || -> Result<u64, ImageFailure> {
+            let work_path = work.path().to_owned();
             let (path, digest) = blob;
             if let Some(d) = digest {
                 source::verify_file(&path, &d)?;
@@ -468,8 +505,8 @@ impl ImageStore {
             }
             let root = work_path.join("root");
             std::fs::create_dir(&root).map_err(|e| ImageFailure::store("creating", &root, e))?;
-            let done = unpack::unpack_layer_blocking(&path, &root, &lowers, owners).map_err(
-                |e| match e {
+            let done = unpack::unpack_layer_blocking(&path, &root, &lowers, owners, &stopped)
+                .map_err(|e| match e {
                     unpack::UnpackError::Unsafe(r) => {
                         ImageFailure::new(ImageErrorKind::UnsafeLayer, r)
                     }
@@ -477,8 +514,15 @@ impl ImageStore {
                         ImageFailure::new(ImageErrorKind::InvalidFormat, r)
                     }
                     unpack::UnpackError::Io(e) => ImageFailure::store("unpacking into", &root, e),
-                },
-            )?;
+                })?;
+            if stopped.load(Ordering::Relaxed) {
+                return Err(ImageFailure::new(
+                    ImageErrorKind::Registry,
+                    "the pull was cancelled",
+                ));
+            }
+            // Not while a prune runs: it would remove a layer it has not seen held.
+            let _no_prune = gate.blocking_read();
             match std::fs::rename(&root, &final_dir2) {
                 Ok(()) => {}
                 // Another process put it there first: theirs is as good.
@@ -486,16 +530,27 @@ impl ImageStore {
                 Err(e) => return Err(ImageFailure::store("moving a layer to", &final_dir2, e)),
             }
             Ok(done.bytes)
-        })
-        .await
-        .expect("unpack panicked")?;
-        drop(work);
+        };
+        let bytes = tokio::task::spawn_blocking(unpack)
+            .await
+            .expect("unpack panicked")?;
+        drop(stop);
         Ok(bytes)
     }
 
+    /// Removes what dead processes left in `tmp/` (downloads, unpacks, prunes they did not
+    /// finish). Returns how many entries went.
+    pub(crate) async fn sweep(&self) -> usize {
+        let tmp = self.dir.join("tmp");
+        tokio::task::spawn_blocking(move || tmp::sweep_blocking(&tmp))
+            .await
+            .unwrap_or(0)
+    }
+
     /// Forgets the resolved images no sandbox holds, and removes every layer that neither a
-    /// prepared image of this process nor another live process uses. Returns the digests of
-    /// the layers removed.
+    /// prepared image of this process nor another live process uses, and what dead processes
+    /// left in `tmp/`. Returns the digests of the layers removed. Waits for no download or
+    /// unpack under way.
     pub(crate) async fn prune(&self) -> Result<Vec<String>, SandboxError> {
         let _no_pulls = self.prune_gate.write().await;
         // Kept: images being resolved, and images a bundle holds (their holds stay).
@@ -513,6 +568,13 @@ impl ImageStore {
             .collect();
         let (layers, tmp) = (self.dir.join("layers"), self.dir.join("tmp"));
         crate::sys::blocking("pruning the image store", move || {
+            let swept = tmp::sweep_blocking(&tmp);
+            if swept > 0 {
+                tracing::info!(
+                    count = swept,
+                    "swept image temp dirs left by dead processes"
+                );
+            }
             let mut removed = Vec::new();
             let Ok(entries) = std::fs::read_dir(&layers) else {
                 return Ok(removed);
@@ -526,8 +588,7 @@ impl ImageStore {
                     continue;
                 }
                 // Out of `layers/` at once, so no one starts using a half-removed layer.
-                let doomed = tmp.join(format!("pruned-{hex}"));
-                let _ = crate::sys::fs_tree::remove_tree_blocking(&doomed); // An old prune's.
+                let doomed = tmp.join(tmp::entry_name("pruned"));
                 std::fs::rename(entry.path(), &doomed)
                     .map_err(|e| SandboxError::io("removing a layer", entry.path(), e))?;
                 crate::sys::fs_tree::remove_tree_blocking(&doomed)

@@ -240,12 +240,14 @@ fn copy_up_link_target(
 }
 
 /// Unpacks `blob` into `dest` (an empty directory). `lowers`: the image's layers below this
-/// one, lowest first, for hard links to their files. Blocking.
+/// one, lowest first, for hard links to their files. Stops before the next entry once `stop`
+/// is set (the pull was dropped). Blocking.
 pub(crate) fn unpack_layer_blocking(
     blob: &Path,
     dest: &Path,
     lowers: &[PathBuf],
     owners: Owners,
+    stop: &std::sync::atomic::AtomicBool,
 ) -> Result<Unpacked, UnpackError> {
     let mut archive = tar::Archive::new(decompressed(blob).map_err(UnpackError::Io)?);
     archive.set_preserve_permissions(true);
@@ -258,6 +260,12 @@ pub(crate) fn unpack_layer_blocking(
         .entries()
         .map_err(|e| UnpackError::Invalid(e.to_string()))?;
     for entry in entries {
+        if stop.load(std::sync::atomic::Ordering::Relaxed) {
+            return Err(UnpackError::Io(std::io::Error::new(
+                std::io::ErrorKind::Interrupted,
+                "the pull was cancelled",
+            )));
+        }
         let mut entry = entry.map_err(|e| UnpackError::Invalid(e.to_string()))?;
         let rel = relative(
             &entry
