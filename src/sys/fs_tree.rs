@@ -16,7 +16,7 @@ use nix::sys::stat::{FileStat, Mode, fchmod, fstat};
 use nix::unistd::{Gid, Uid, UnlinkatFlags, fchown, fchownat, unlinkat};
 
 /// How every directory of the tree is opened: never through a symlink.
-const DIR_FLAGS: OFlag = OFlag::O_RDONLY
+pub(super) const DIR_FLAGS: OFlag = OFlag::O_RDONLY
     .union(OFlag::O_DIRECTORY)
     .union(OFlag::O_NOFOLLOW)
     .union(OFlag::O_CLOEXEC);
@@ -32,7 +32,7 @@ struct Level {
 }
 
 /// What a [`walk`] does to the tree, one directory at a time.
-trait Visitor {
+pub(super) trait Visitor {
     /// What is done to the tree, for errors: "removed", "chowned".
     const DOING: &str;
     /// Called with each directory opened, `dir`, and its status, before any of its entries;
@@ -58,7 +58,7 @@ trait Visitor {
 /// through `..`, checking that the parent is the directory it came from: if a directory was
 /// moved meanwhile, the walk stops with an error rather than go on elsewhere. No full path
 /// is ever built, so depth is not limited by `PATH_MAX`.
-fn walk<V: Visitor>(mut dir: Dir, dev: u64, visitor: &mut V) -> io::Result<()> {
+pub(super) fn walk<V: Visitor>(mut dir: Dir, dev: u64, visitor: &mut V) -> io::Result<()> {
     let st = fstat(&dir)?;
     if !visitor.enter_dir(&dir, &st, dev)? {
         return Ok(());
@@ -340,20 +340,20 @@ impl Visitor for Chown {
 }
 
 /// What [`Chown`] needs to know of a file, from `statx(2)`.
-struct Status {
+pub(super) struct Status {
     is_dir: bool,
     /// `(uid, gid)`.
     owner: (u32, u32),
     /// Its file system, as `st_dev`.
     dev: u64,
     /// The id of its mount (`None` before Linux 5.8).
-    mount: Option<u64>,
+    pub(super) mount: Option<u64>,
 }
 
 impl Status {
     /// The status of `name` in `dir`, or of `dir` itself with `AT_EMPTY_PATH` and an empty
     /// name; never through a final symlink.
-    fn of<P: ?Sized + NixPath>(
+    pub(super) fn of<P: ?Sized + NixPath>(
         dir: impl std::os::fd::AsFd,
         name: &P,
         flags: AtFlags,
@@ -386,7 +386,7 @@ fn file_id(fd: impl std::os::fd::AsFd) -> io::Result<(u64, u64)> {
 
 /// The names of `dir`'s entries (without `.` and `..`) and their types where the file system
 /// tells them, read whole before anything changes the directory.
-fn list_entries(dir: &mut Dir) -> io::Result<Vec<(CString, Option<Type>)>> {
+pub(super) fn list_entries(dir: &mut Dir) -> io::Result<Vec<(CString, Option<Type>)>> {
     let mut entries = Vec::new();
     for entry in dir.iter() {
         let entry = entry?;
@@ -467,33 +467,3 @@ fn ignore_missing(result: nix::Result<()>) -> io::Result<()> {
 #[cfg(test)]
 #[path = "fs_tree_tests.rs"]
 mod tests;
-
-/// Shifts the owners of the tree at `path` down by `base` (host ids of a container's user
-/// namespace back to the container's own), links not followed; ids below `base` stay. The
-/// tree must be quiescent (a container's writable layer once the container is gone). The
-/// set-user-id and set-group-id bits that `chown` clears are set again. Blocking.
-pub(crate) fn shift_ids_blocking(path: &Path, base: u32) -> io::Result<()> {
-    use std::os::unix::fs::{MetadataExt, PermissionsExt};
-    let shift = |id: u32| if id >= base { id - base } else { id };
-    let mut stack = vec![path.to_path_buf()];
-    let mut first = true;
-    while let Some(entry) = stack.pop() {
-        let meta = std::fs::symlink_metadata(&entry)?;
-        if meta.is_dir() {
-            for child in std::fs::read_dir(&entry)? {
-                stack.push(child?.path());
-            }
-        }
-        let (uid, gid) = (shift(meta.uid()), shift(meta.gid()));
-        if (uid, gid) != (meta.uid(), meta.gid()) || first {
-            std::os::unix::fs::lchown(&entry, Some(uid), Some(gid))?;
-            let special = meta.mode() & 0o6000;
-            if special != 0 && meta.is_file() {
-                let mode = std::fs::Permissions::from_mode(meta.mode() & 0o7777);
-                std::fs::set_permissions(&entry, mode)?;
-            }
-        }
-        first = false;
-    }
-    Ok(())
-}
