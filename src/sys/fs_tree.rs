@@ -378,6 +378,25 @@ impl Status {
     }
 }
 
+/// Opens `path` beneath directory `dir` with `flags` (and `O_NOFOLLOW | O_CLOEXEC`): no
+/// component may be a symlink (nor a magic link of `/proc`) or lead out of `dir`
+/// (`openat2`'s `RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS`).
+pub(crate) fn open_beneath(
+    dir: &impl std::os::fd::AsFd,
+    path: &str,
+    flags: OFlag,
+) -> nix::Result<std::os::fd::OwnedFd> {
+    use nix::fcntl::{OpenHow, ResolveFlag};
+    let how = OpenHow::new()
+        .flags(flags | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC)
+        .resolve(
+            ResolveFlag::RESOLVE_BENEATH
+                | ResolveFlag::RESOLVE_NO_SYMLINKS
+                | ResolveFlag::RESOLVE_NO_MAGICLINKS,
+        );
+    nix::fcntl::openat2(dir, path, how)
+}
+
 /// `(st_dev, st_ino)` of an open file.
 fn file_id(fd: impl std::os::fd::AsFd) -> io::Result<(u64, u64)> {
     let st = fstat(fd)?;

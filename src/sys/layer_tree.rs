@@ -363,10 +363,9 @@ fn open_subdir(parent: &Dir, name: &CStr) -> io::Result<Option<Dir>> {
     match Dir::openat(parent, name, DIR_FLAGS, Mode::empty()) {
         Ok(dir) => Ok(Some(dir)),
         Err(Errno::ENOENT) => Ok(None),
-        Err(e) => Err(io::Error::new(
-            io::ErrorKind::Other,
-            format!("a directory of the layer changed while it was walked: {e}"),
-        )),
+        Err(e) => Err(io::Error::other(format!(
+            "a directory of the layer changed while it was walked: {e}"
+        ))),
     }
 }
 
@@ -375,6 +374,7 @@ fn open_subdir(parent: &Dir, name: &CStr) -> io::Result<Option<Dir>> {
 /// the module's docs: set-id bits, a device other than a whiteout, a privileged extended
 /// attribute) and [`io::ErrorKind::CrossesDevices`] for a mount point in it. Reads only:
 /// nothing is changed. Returns its size. Blocking.
+#[cfg(test)]
 pub(crate) fn check_layer_blocking(path: &Path) -> io::Result<TreeSize> {
     let (dir, dev) = open_top(path)?;
     check_layer_dir(dir, dev)
