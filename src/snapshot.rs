@@ -208,13 +208,16 @@ impl Snapshot {
     /// Writes the snapshot to `dir` (which must not exist; its parent must), so that it
     /// outlives this process: [`NamespaceContainer::load_snapshot`](crate::NamespaceContainer::load_snapshot)
     /// reads it back. Files are hard-linked where `dir` is on the store's filesystem (no
-    /// data copied; the store's files are never written again), else copied. A saved
+    /// data copied; the store's files are never written again), else copied. The layers are
+    /// walked by directory fds, no link of theirs followed, and the copy holds no set-id
+    /// bit, file capability or `trusted.*` attribute (but overlayfs's own). A saved
     /// snapshot is the caller's: nothing removes it.
     ///
     /// # Errors
     ///
-    /// [`SandboxError::Io`] when `dir` exists or cannot be written; nothing is left of a
-    /// failed save.
+    /// [`SandboxError::Io`] when `dir` exists or cannot be written;
+    /// [`SandboxError::Snapshot`] with [`Corrupt`](SnapshotErrorKind::Corrupt) when a loaded
+    /// snapshot's directory now holds a device node. Nothing is left of a failed save.
     pub async fn save(&self, dir: impl AsRef<Path>) -> Result<(), SandboxError> {
         let (this, dir) = (self.clone(), dir.as_ref().to_path_buf());
         crate::sys::blocking("saving a snapshot", move || {
@@ -296,8 +299,6 @@ impl Snapshot {
             .map_err(|e| io("writing the manifest", &path, e))
     }
 
-    /// Reads a snapshot saved with [`save`](Self::save) (blocking). `runtime`: the one that
-    /// is to start it. The directory and its manifest must be the caller's alone.
     /// Reads a snapshot saved with [`save`](Self::save), of whichever runtime it is (see
     /// [`runtime`](Self::runtime)); starting it on another is a typed error then.
     /// [`NamespaceContainer::load_snapshot`](crate::NamespaceContainer::load_snapshot)
@@ -315,6 +316,9 @@ impl Snapshot {
         .await
     }
 
+    /// Reads a snapshot saved with [`save`](Self::save) (blocking). `runtime`: the one that
+    /// is to start it, when known. The directory and its manifest must be the caller's
+    /// alone; everything in it is opened beneath it by fds and only read.
     pub(crate) fn load_blocking(
         dir: &Path,
         runtime: Option<OciRuntime>,
