@@ -264,17 +264,27 @@ fn mount_of(dir: &Dir) -> io::Result<Option<u64>> {
 pub(crate) fn clean_layer_blocking(path: &Path, shift: Option<u32>) -> io::Result<()> {
     let (dir, dev) = open_top(path)?;
     let mount = mount_of(&dir)?;
-    walk(dir, dev, &mut Clean { shift, mount })
+    let mut clean = Clean {
+        shift,
+        mount,
+        restore: Vec::new(),
+    };
+    walk(dir, dev, &mut clean)
 }
 
 /// The [`Visitor`] of [`clean_layer_blocking`].
 struct Clean {
     shift: Option<u32>,
     mount: Option<u64>,
+    /// Per directory from below the top down to the current one: the mode it gets back once
+    /// walked, when it lacked its owner's read and search permission (rootless, without
+    /// root's override, the walk needs them).
+    restore: Vec<Option<u32>>,
 }
 
 impl Clean {
-    fn clean(&self, entry: &Entry) -> io::Result<()> {
+    /// Cleans `entry`; `keep_mode`: its mode is set once it has been walked.
+    fn clean(&self, entry: &Entry, keep_mode: bool) -> io::Result<()> {
         if let Some(base) = self.shift {
             let shift = |id: u32| (id >= base).then(|| id - base);
             let (uid, gid) = (shift(entry.st.st_uid), shift(entry.st.st_gid));
@@ -284,7 +294,7 @@ impl Clean {
                 entry.chown(uid, gid)?;
             }
         }
-        if entry.kind != Kind::Symlink && entry.mode() & SET_ID != 0 {
+        if !keep_mode && entry.kind != Kind::Symlink && entry.mode() & SET_ID != 0 {
             entry.chmod(entry.mode() & !SET_ID)?;
         }
         for name in entry.xattrs()? {
@@ -313,7 +323,8 @@ impl Visitor for Clean {
 
     fn enter_dir(&mut self, dir: &Dir, st: &FileStat, dev: u64) -> io::Result<bool> {
         same_mount(dir, st, dev, self.mount)?;
-        self.clean(&Entry::of_dir(dir)?)?;
+        let keep_mode = self.restore.last().is_some_and(Option::is_some);
+        self.clean(&Entry::of_dir(dir)?, keep_mode)?;
         Ok(true)
     }
 
@@ -343,19 +354,51 @@ impl Visitor for Clean {
                         "a file system is mounted in the layer",
                     ));
                 }
-                _ => self.clean(&entry)?,
+                _ => self.clean(&entry, false)?,
             }
         }
         Ok(subdirs)
     }
 
+    /// Opens subdirectory `name` of `parent`, giving it its owner's read and search
+    /// permission for the walk if it lacks them.
     fn open_subdir(&mut self, parent: &Dir, name: &CString) -> io::Result<Option<Dir>> {
-        open_subdir(parent, name)
+        let Some(entry) = Entry::open(parent, name)? else {
+            return Ok(None);
+        };
+        let needed = libc::S_IRUSR | libc::S_IXUSR;
+        let restore = (entry.kind == Kind::Dir && entry.mode() & needed != needed).then(|| {
+            let mode = entry.mode() & !SET_ID;
+            entry.chmod(entry.mode() | needed).map(|()| mode)
+        });
+        let restore = restore.transpose()?;
+        let Some(dir) = open_subdir(parent, name)? else {
+            return Ok(None);
+        };
+        if file_id(&dir)? != (entry.st.st_dev, entry.st.st_ino) {
+            return Err(io::Error::other(
+                "a directory of the layer changed while it was walked",
+            ));
+        }
+        self.restore.push(restore);
+        Ok(Some(dir))
     }
 
-    fn leave_subdir(&mut self, _: &Dir, _: &CString) -> io::Result<()> {
+    /// Gives the directory just walked its mode back, if the walk changed it.
+    fn leave_subdir(&mut self, parent: &Dir, name: &CString) -> io::Result<()> {
+        if let Some(mode) = self.restore.pop().flatten() {
+            let entry = Entry::open(parent, name)?
+                .ok_or_else(|| io::Error::other("a directory of the layer went while walked"))?;
+            entry.chmod(mode)?;
+        }
         Ok(())
     }
+}
+
+/// `(st_dev, st_ino)` of an open file.
+fn file_id(fd: &impl AsFd) -> io::Result<(u64, u64)> {
+    let st = fstat(fd)?;
+    Ok((st.st_dev, st.st_ino))
 }
 
 /// Opens subdirectory `name` of `parent` for a walk of a quiescent layer. `None`: gone.

@@ -142,7 +142,18 @@ fn a_taken_layer_is_cleaned_and_shifted_by_fd() {
     let base = 100_000;
     let layer = hostile_layer(tmp.path(), base);
     mknod(&layer.join("null"), SFlag::S_IFCHR, libc::makedev(1, 3));
+    // A directory without its owner's read and search permission (which, rootless, the walk
+    // takes for a moment) holding a set-id file.
+    let locked = layer.join("locked");
+    std::fs::create_dir(&locked).unwrap();
+    std::fs::write(locked.join("suid"), b"x").unwrap();
+    for (p, m) in [(locked.join("suid"), 0o4755), (locked.clone(), 0o2300)] {
+        std::os::unix::fs::lchown(&p, Some(base + 5), Some(base + 5)).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(m)).unwrap();
+    }
     clean_layer_blocking(&layer, Some(base)).unwrap();
+    assert_eq!(mode(&locked), 0o300);
+    assert_eq!(mode(&locked.join("suid")), 0o755);
     assert_clean(&layer);
     assert_eq!(mode(&layer.join("suid")), 0o755);
     assert_eq!(mode(&layer.join("sgid-nox")), 0o644);
