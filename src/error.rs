@@ -100,7 +100,9 @@ pub enum SnapshotErrorKind {
     /// A snapshot of another runtime than the one asked to start it, or (to restore) of a
     /// sandbox of another config.
     Mismatch,
-    /// A saved snapshot's directory is missing, incomplete or altered.
+    /// A saved snapshot's directory is missing, incomplete or altered, or holds what no
+    /// snapshot of the library's holds (set-id bits, a device other than an overlayfs
+    /// whiteout, a file capability or `trusted.*` attribute, a mount point).
     Corrupt,
 }
 

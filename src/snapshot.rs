@@ -33,6 +33,15 @@ use crate::runtimes::OciRuntime;
 const FORMAT: u32 = 1;
 const MANIFEST: &str = "manifest.json";
 const LAYER: &str = "layer";
+/// A saved snapshot's layers, `layers/<index>`, lowest first.
+const LAYERS: &str = "layers";
+/// The most a manifest may weigh (it holds a config).
+const MANIFEST_LIMIT: u64 = 16 << 20;
+/// How the directories of a saved snapshot are opened: never through a symlink.
+const DIR_FLAGS: nix::fcntl::OFlag = nix::fcntl::OFlag::O_RDONLY
+    .union(nix::fcntl::OFlag::O_DIRECTORY)
+    .union(nix::fcntl::OFlag::O_NOFOLLOW)
+    .union(nix::fcntl::OFlag::O_CLOEXEC);
 const CHECKPOINT: &str = "checkpoint";
 const OWNER: &str = "owner";
 
@@ -199,13 +208,16 @@ impl Snapshot {
     /// Writes the snapshot to `dir` (which must not exist; its parent must), so that it
     /// outlives this process: [`NamespaceContainer::load_snapshot`](crate::NamespaceContainer::load_snapshot)
     /// reads it back. Files are hard-linked where `dir` is on the store's filesystem (no
-    /// data copied; the store's files are never written again), else copied. A saved
+    /// data copied; the store's files are never written again), else copied. The layers are
+    /// walked by directory fds, no link of theirs followed, and the copy holds no set-id
+    /// bit, file capability or `trusted.*` attribute (but overlayfs's own). A saved
     /// snapshot is the caller's: nothing removes it.
     ///
     /// # Errors
     ///
-    /// [`SandboxError::Io`] when `dir` exists or cannot be written; nothing is left of a
-    /// failed save.
+    /// [`SandboxError::Io`] when `dir` exists or cannot be written;
+    /// [`SandboxError::Snapshot`] with [`Corrupt`](SnapshotErrorKind::Corrupt) when a loaded
+    /// snapshot's directory now holds a device node. Nothing is left of a failed save.
     pub async fn save(&self, dir: impl AsRef<Path>) -> Result<(), SandboxError> {
         let (this, dir) = (self.clone(), dir.as_ref().to_path_buf());
         crate::sys::blocking("saving a snapshot", move || {
@@ -224,8 +236,34 @@ impl Snapshot {
         .await
     }
 
+    /// Fills `dir`, just made, through its descriptor: the layers (or the checkpoint) by
+    /// [`copy_layer_blocking`](crate::sys::layer_tree::copy_layer_blocking), which never
+    /// follows a link of theirs nor changes a file it links, then the manifest.
     fn save_into_blocking(&self, dir: &Path) -> Result<(), SandboxError> {
-        let io = |what, p: &Path, e| SandboxError::io(what, p, e);
+        use crate::sys::layer_tree::{check_layer_dir, copy_layer_blocking};
+        use nix::fcntl::OFlag;
+        use nix::sys::stat::Mode;
+        let io = |what, p: &Path, e: std::io::Error| {
+            if e.kind() == std::io::ErrorKind::InvalidData {
+                // A loaded snapshot's directory changed since its load.
+                SandboxError::snapshot(
+                    SnapshotErrorKind::Corrupt,
+                    format!("{what} {}: {e}", p.display()),
+                )
+            } else {
+                SandboxError::io(what, p, e)
+            }
+        };
+        let top = nix::dir::Dir::open(dir, DIR_FLAGS, Mode::empty())
+            .map_err(|e| io("opening the snapshot's directory", dir, e.into()))?;
+        // Copies `from` as `name` of `parent` and measures the copy.
+        let copy = |from: &Path, parent: &nix::dir::Dir, name: &str| {
+            let c_name = std::ffi::CString::new(name).expect("no NUL in a layer's name");
+            copy_layer_blocking(from, parent, &c_name)?;
+            let copied = nix::dir::Dir::openat(parent, name, DIR_FLAGS, Mode::empty())?;
+            let dev = nix::sys::stat::fstat(&copied)?.st_dev;
+            check_layer_dir(copied, dev).map(TreeSize::from)
+        };
         let mut manifest = Manifest {
             format: FORMAT,
             id: self.inner.id.clone(),
@@ -236,29 +274,31 @@ impl Snapshot {
         };
         match &self.inner.state {
             State::Layers(layers) => {
-                let root = dir.join("layers");
-                std::fs::create_dir(&root).map_err(|e| io("saving a layer", &root, e))?;
+                let made = nix::sys::stat::mkdirat(&top, LAYERS, Mode::S_IRWXU)
+                    .and_then(|()| nix::dir::Dir::openat(&top, LAYERS, DIR_FLAGS, Mode::empty()));
+                let root = made.map_err(|e| io("saving a layer", dir, e.into()))?;
                 for (i, layer) in layers.iter().enumerate() {
-                    let dest = root.join(i.to_string());
-                    let size =
-                        link_tree(layer, &dest).map_err(|e| io("saving a layer", layer, e))?;
+                    let size = copy(layer, &root, &i.to_string())
+                        .map_err(|e| io("saving a layer", layer, e))?;
                     manifest.layers.push(size);
                 }
             }
             State::Checkpoint { image, token } => {
-                let dest = dir.join(CHECKPOINT);
-                let size =
-                    link_tree(image, &dest).map_err(|e| io("saving the checkpoint", image, e))?;
+                let size = copy(image, &top, CHECKPOINT)
+                    .map_err(|e| io("saving the checkpoint", image, e))?;
                 manifest.checkpoint = Some((size, token.clone()));
             }
         }
-        let path = dir.join(MANIFEST);
         let json = serde_json::to_vec_pretty(&manifest).expect("a manifest serialises");
-        std::fs::write(&path, json).map_err(|e| io("writing the manifest", &path, e))
+        let flags =
+            OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+        let path = dir.join(MANIFEST);
+        nix::fcntl::openat(&top, MANIFEST, flags, Mode::S_IRUSR | Mode::S_IWUSR)
+            .map_err(std::io::Error::from)
+            .and_then(|fd| std::io::Write::write_all(&mut std::fs::File::from(fd), &json))
+            .map_err(|e| io("writing the manifest", &path, e))
     }
 
-    /// Reads a snapshot saved with [`save`](Self::save) (blocking). `runtime`: the one that
-    /// is to start it. The directory and its manifest must be the caller's alone.
     /// Reads a snapshot saved with [`save`](Self::save), of whichever runtime it is (see
     /// [`runtime`](Self::runtime)); starting it on another is a typed error then.
     /// [`NamespaceContainer::load_snapshot`](crate::NamespaceContainer::load_snapshot)
@@ -276,6 +316,9 @@ impl Snapshot {
         .await
     }
 
+    /// Reads a snapshot saved with [`save`](Self::save) (blocking). `runtime`: the one that
+    /// is to start it, when known. The directory and its manifest must be the caller's
+    /// alone; everything in it is opened beneath it by fds and only read.
     pub(crate) fn load_blocking(
         dir: &Path,
         runtime: Option<OciRuntime>,
@@ -288,24 +331,47 @@ impl Snapshot {
         };
         // The manifest holds the config a fork starts with (binds of host paths included):
         // it must be the caller's own, as `save` left it, not one others could have written.
-        {
-            use std::os::unix::fs::MetadataExt;
-            let me = nix::unistd::geteuid().as_raw();
-            for path in [dir.to_path_buf(), dir.join(MANIFEST)] {
-                let meta = std::fs::symlink_metadata(&path)
-                    .map_err(|e| corrupt(format!("{}: {e}", path.display())))?;
-                if meta.uid() != me || meta.mode() & 0o022 != 0 || meta.file_type().is_symlink() {
-                    return Err(corrupt(format!(
-                        "{} is not this user's alone (owner {}, mode {:o})",
-                        path.display(),
-                        meta.uid(),
-                        meta.mode() & 0o7777
-                    )));
-                }
+        // Everything in the directory is opened beneath it, no link followed.
+        use nix::sys::stat::{FileStat, Mode};
+        let me = nix::unistd::geteuid().as_raw();
+        let private = |name: &str, st: &FileStat| {
+            if st.st_uid != me || st.st_mode & 0o022 != 0 {
+                return Err(corrupt(format!(
+                    "{name} is not this user's alone (owner {}, mode {:o})",
+                    st.st_uid,
+                    st.st_mode & 0o7777
+                )));
             }
-        }
-        let raw = std::fs::read(dir.join(MANIFEST))
-            .map_err(|e| corrupt(format!("reading {MANIFEST}: {e}")))?;
+            Ok(())
+        };
+        let top = nix::dir::Dir::open(dir, DIR_FLAGS, Mode::empty())
+            .map_err(|e| corrupt(format!("not a directory of a snapshot: {e}")))?;
+        let top_st = nix::sys::stat::fstat(&top).map_err(|e| corrupt(e.to_string()))?;
+        private("the directory", &top_st)?;
+        let beneath = |name: &str, flags: nix::fcntl::OFlag| {
+            crate::sys::fs_tree::open_beneath(&top, name, flags)
+                .map_err(|e| corrupt(format!("{name}: {e}")))
+        };
+        let raw = {
+            use std::io::Read;
+            let fd = beneath(MANIFEST, nix::fcntl::OFlag::O_RDONLY)?;
+            let st = nix::sys::stat::fstat(&fd).map_err(|e| corrupt(e.to_string()))?;
+            if st.st_mode & libc::S_IFMT != libc::S_IFREG {
+                return Err(corrupt(format!("{MANIFEST} is not a file")));
+            }
+            private(MANIFEST, &st)?;
+            let mut raw = Vec::new();
+            std::fs::File::from(fd)
+                .take(MANIFEST_LIMIT + 1)
+                .read_to_end(&mut raw)
+                .map_err(|e| corrupt(format!("reading {MANIFEST}: {e}")))?;
+            if raw.len() as u64 > MANIFEST_LIMIT {
+                return Err(corrupt(format!(
+                    "{MANIFEST} is over {MANIFEST_LIMIT} bytes"
+                )));
+            }
+            raw
+        };
         let manifest: Manifest = serde_json::from_slice(&raw)
             .map_err(|e| corrupt(format!("{MANIFEST} is not a snapshot's manifest: {e}")))?;
         if manifest.format != FORMAT {
@@ -322,22 +388,26 @@ impl Snapshot {
                 ),
             ));
         }
-        let check = |path: &Path, want: TreeSize| match tree_size(path) {
-            Ok(got) if got == want => Ok(()),
-            Ok(got) => Err(corrupt(format!(
-                "{} has {} entries and {} bytes, saved with {} and {}",
-                path.display(),
-                got.entries,
-                got.bytes,
-                want.entries,
-                want.bytes
-            ))),
-            Err(e) => Err(corrupt(format!("{}: {e}", path.display()))),
+        // Each layer (or the checkpoint): what a layer of the library's never holds (set-id
+        // bits, devices but whiteouts, capabilities, mount points) is refused, then its size
+        // must be the manifest's. Nothing is changed.
+        let check = |name: &str, want: TreeSize| {
+            let fd = beneath(name, DIR_FLAGS)?;
+            let layer = nix::dir::Dir::from_fd(fd).map_err(|e| corrupt(e.to_string()))?;
+            let checked = crate::sys::layer_tree::check_layer_dir(layer, top_st.st_dev);
+            match checked.map(TreeSize::from) {
+                Ok(got) if got == want => Ok(()),
+                Ok(got) => Err(corrupt(format!(
+                    "{name} has {} entries and {} bytes, saved with {} and {}",
+                    got.entries, got.bytes, want.entries, want.bytes
+                ))),
+                Err(e) => Err(corrupt(format!("{name}: {e}"))),
+            }
         };
         let state = match (&manifest.checkpoint, runtime) {
             (Some((size, token)), OciRuntime::Gvisor) => {
                 let image = dir.join(CHECKPOINT);
-                check(&image, *size)?;
+                check(CHECKPOINT, *size)?;
                 let valid = (16..=64).contains(&token.len())
                     && token
                         .bytes()
@@ -351,11 +421,13 @@ impl Snapshot {
                 }
             }
             (None, OciRuntime::Runc | OciRuntime::Crun) if !manifest.layers.is_empty() => {
+                let st = nix::sys::stat::fstat(&beneath(LAYERS, DIR_FLAGS)?)
+                    .map_err(|e| corrupt(e.to_string()))?;
+                private(LAYERS, &st)?;
                 let mut layers = Vec::with_capacity(manifest.layers.len());
                 for (i, size) in manifest.layers.iter().enumerate() {
-                    let layer = dir.join("layers").join(i.to_string());
-                    check(&layer, *size)?;
-                    layers.push(layer);
+                    check(&format!("{LAYERS}/{i}"), *size)?;
+                    layers.push(dir.join(LAYERS).join(i.to_string()));
                 }
                 State::Layers(layers)
             }
@@ -444,146 +516,11 @@ impl Store {
     }
 }
 
-/// Entries and bytes of the tree at `path`, links not followed.
-fn tree_size(path: &Path) -> std::io::Result<TreeSize> {
-    let mut size = TreeSize {
-        entries: 0,
-        bytes: 0,
-    };
-    let meta = std::fs::symlink_metadata(path)?;
-    if !meta.is_dir() {
-        return Err(std::io::Error::other("not a directory"));
-    }
-    let mut stack = vec![path.to_path_buf()];
-    while let Some(dir) = stack.pop() {
-        for entry in std::fs::read_dir(&dir)? {
-            let entry = entry?;
-            let meta = entry.metadata()?;
-            size.entries += 1;
-            if meta.is_dir() {
-                stack.push(entry.path());
-            } else if meta.is_file() {
-                size.bytes += meta.len();
-            }
+impl From<crate::sys::layer_tree::TreeSize> for TreeSize {
+    fn from(size: crate::sys::layer_tree::TreeSize) -> Self {
+        TreeSize {
+            entries: size.entries,
+            bytes: size.bytes,
         }
     }
-    Ok(size)
-}
-
-/// Recreates the tree `from` at `to` (which must not exist): directories made with the same
-/// mode, owner and extended attributes, everything else hard-linked (links not followed)
-/// or, across filesystems, copied (`cp -a`). Returns its size.
-fn link_tree(from: &Path, to: &Path) -> std::io::Result<TreeSize> {
-    use std::os::unix::fs::MetadataExt;
-    let parent = to.parent().unwrap_or(Path::new("/"));
-    let same_fs = std::fs::metadata(from)?.dev() == std::fs::metadata(parent)?.dev();
-    if !same_fs {
-        let status = std::process::Command::new("cp")
-            .arg("-a")
-            .arg("--")
-            .arg(from)
-            .arg(to)
-            .status()?;
-        if !status.success() {
-            return Err(std::io::Error::other(format!("cp -a failed: {status}")));
-        }
-        return tree_size(to);
-    }
-    copy_dir_meta(from, to)?;
-    let mut stack = vec![(from.to_path_buf(), to.to_path_buf())];
-    while let Some((src, dst)) = stack.pop() {
-        for entry in std::fs::read_dir(&src)? {
-            let entry = entry?;
-            let (s, d) = (entry.path(), dst.join(entry.file_name()));
-            if entry.file_type()?.is_dir() {
-                copy_dir_meta(&s, &d)?;
-                stack.push((s, d));
-            } else {
-                std::fs::hard_link(&s, &d)?;
-            }
-        }
-    }
-    tree_size(to)
-}
-
-/// Makes directory `to` with `from`'s mode, owner and extended attributes (overlayfs keeps
-/// opaque directories in one).
-fn copy_dir_meta(from: &Path, to: &Path) -> std::io::Result<()> {
-    use std::os::unix::fs::{MetadataExt, PermissionsExt};
-    let meta = std::fs::symlink_metadata(from)?;
-    std::fs::create_dir(to)?;
-    std::os::unix::fs::lchown(to, Some(meta.uid()), Some(meta.gid()))?;
-    std::fs::set_permissions(to, std::fs::Permissions::from_mode(meta.mode() & 0o7777))?;
-    for name in xattr_names(from)? {
-        if let Some(value) = xattr_get(from, &name)? {
-            xattr_set(to, &name, &value)?;
-        }
-    }
-    Ok(())
-}
-
-fn xattr_names(path: &Path) -> std::io::Result<Vec<std::ffi::CString>> {
-    let c = cpath(path)?;
-    let mut buf = vec![0u8; 4096];
-    // SAFETY: a NUL-terminated path and a buffer of the length given.
-    let n = unsafe { libc::llistxattr(c.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
-    if n < 0 {
-        let e = std::io::Error::last_os_error();
-        return match e.raw_os_error() {
-            Some(libc::ENOTSUP) => Ok(Vec::new()),
-            _ => Err(e),
-        };
-    }
-    buf.truncate(n as usize);
-    Ok(buf
-        .split(|b| *b == 0)
-        .filter(|n| !n.is_empty())
-        .filter_map(|n| std::ffi::CString::new(n).ok())
-        .collect())
-}
-
-fn xattr_get(path: &Path, name: &std::ffi::CStr) -> std::io::Result<Option<Vec<u8>>> {
-    let c = cpath(path)?;
-    let mut buf = vec![0u8; 65536];
-    // SAFETY: NUL-terminated strings and a buffer of the length given.
-    let n = unsafe {
-        libc::lgetxattr(
-            c.as_ptr(),
-            name.as_ptr(),
-            buf.as_mut_ptr().cast(),
-            buf.len(),
-        )
-    };
-    if n < 0 {
-        let e = std::io::Error::last_os_error();
-        return match e.raw_os_error() {
-            Some(libc::ENODATA) => Ok(None),
-            _ => Err(e),
-        };
-    }
-    buf.truncate(n as usize);
-    Ok(Some(buf))
-}
-
-fn xattr_set(path: &Path, name: &std::ffi::CStr, value: &[u8]) -> std::io::Result<()> {
-    let c = cpath(path)?;
-    // SAFETY: NUL-terminated strings and a buffer of the length given.
-    let rc = unsafe {
-        libc::lsetxattr(
-            c.as_ptr(),
-            name.as_ptr(),
-            value.as_ptr().cast(),
-            value.len(),
-            0,
-        )
-    };
-    if rc < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(())
-}
-
-fn cpath(path: &Path) -> std::io::Result<std::ffi::CString> {
-    use std::os::unix::ffi::OsStrExt;
-    std::ffi::CString::new(path.as_os_str().as_bytes()).map_err(std::io::Error::other)
 }

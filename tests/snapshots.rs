@@ -138,7 +138,12 @@ async fn save_and_load(kind: OciRuntime) {
     let t = TestSandbox::new(kind).await;
     let (_dir, f) = busybox();
     let parent = start(&t, &f).await;
-    sh_in(&parent, "echo saved > /etc/state").await;
+    // A deletion (a whiteout) and a directory made again (opaque) must survive the save.
+    sh_in(
+        &parent,
+        "echo saved > /etc/state; rm /etc/motd; rm -r /opaque; mkdir /opaque; echo n > /opaque/mine",
+    )
+    .await;
     let snap = parent
         .snapshot_with(SnapshotOptions::default().keep_running(false))
         .await
@@ -196,7 +201,14 @@ async fn save_and_load(kind: OciRuntime) {
         .start_from(&loaded)
         .await
         .expect("fork of a loaded snapshot");
-    assert_eq!(sh_in(&fork, "cat /etc/state").await, "saved\n");
+    assert_eq!(
+        sh_in(
+            &fork,
+            "cat /etc/state; ls /etc/motd 2>/dev/null || echo gone; ls /opaque"
+        )
+        .await,
+        "saved\ngone\nmine\n"
+    );
     let id = fork.id().to_owned();
     fork.close().await;
     drop(loaded);

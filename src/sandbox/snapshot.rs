@@ -516,8 +516,10 @@ impl NamespaceContainer {
     ///
     /// [`SandboxError::Snapshot`]: [`Mismatch`](SnapshotErrorKind::Mismatch) for a snapshot
     /// of another runtime, [`Corrupt`](SnapshotErrorKind::Corrupt) for a directory that is
-    /// missing, holds no snapshot, is not the caller's alone, or whose files do not match
-    /// its manifest.
+    /// missing, holds no snapshot, is not the caller's alone, whose files do not match its
+    /// manifest, or that holds what no saved snapshot does (set-id bits, a device other than
+    /// an overlayfs whiteout, a file capability or `trusted.*` attribute, a mount point:
+    /// the reason names the entry). The directory is only read, never changed.
     pub async fn load_snapshot(
         &self,
         dir: impl AsRef<std::path::Path>,

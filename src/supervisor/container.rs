@@ -98,11 +98,11 @@ impl Teardown {
                 if let Some(dest) = harvest {
                     let upper = crate::image::mount::Points::in_bundle(&bundle).upper();
                     // The layer goes into the store with the container's own ids, as an
-                    // image's layers are, so that any sandbox's idmapping applies to it.
-                    let moved = std::fs::rename(&upper, &dest).and_then(|()| match base {
-                        Some(base) => crate::sys::fs_tree::shift_ids_blocking(&dest, base),
-                        None => Ok(()),
-                    });
+                    // image's layers are, so that any sandbox's idmapping applies to it, and
+                    // without set-id bits or file capabilities (a copy-up keeps a lower
+                    // file's, and writes through `mmap` keep them): one walk by fds.
+                    let moved = std::fs::rename(&upper, &dest)
+                        .and_then(|()| crate::sys::layer_tree::clean_layer_blocking(&dest, base));
                     if let Err(err) = moved {
                         tracing::warn!(%err, ?upper, ?dest, "moving the writable layer");
                         let _ = crate::sys::fs_tree::remove_tree_blocking(&dest);

@@ -340,20 +340,20 @@ impl Visitor for Chown {
 }
 
 /// What [`Chown`] needs to know of a file, from `statx(2)`.
-struct Status {
+pub(super) struct Status {
     is_dir: bool,
     /// `(uid, gid)`.
     owner: (u32, u32),
     /// Its file system, as `st_dev`.
     dev: u64,
     /// The id of its mount (`None` before Linux 5.8).
-    mount: Option<u64>,
+    pub(super) mount: Option<u64>,
 }
 
 impl Status {
     /// The status of `name` in `dir`, or of `dir` itself with `AT_EMPTY_PATH` and an empty
     /// name; never through a final symlink.
-    fn of<P: ?Sized + NixPath>(
+    pub(super) fn of<P: ?Sized + NixPath>(
         dir: impl std::os::fd::AsFd,
         name: &P,
         flags: AtFlags,
@@ -376,6 +376,25 @@ impl Status {
             mount: (stx.stx_mask & libc::STATX_MNT_ID != 0).then_some(stx.stx_mnt_id),
         })
     }
+}
+
+/// Opens `path` beneath directory `dir` with `flags` (and `O_NOFOLLOW | O_CLOEXEC`): no
+/// component may be a symlink (nor a magic link of `/proc`) or lead out of `dir`
+/// (`openat2`'s `RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS`).
+pub(crate) fn open_beneath(
+    dir: &impl std::os::fd::AsFd,
+    path: &str,
+    flags: OFlag,
+) -> nix::Result<std::os::fd::OwnedFd> {
+    use nix::fcntl::{OpenHow, ResolveFlag};
+    let how = OpenHow::new()
+        .flags(flags | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC)
+        .resolve(
+            ResolveFlag::RESOLVE_BENEATH
+                | ResolveFlag::RESOLVE_NO_SYMLINKS
+                | ResolveFlag::RESOLVE_NO_MAGICLINKS,
+        );
+    nix::fcntl::openat2(dir, path, how)
 }
 
 /// `(st_dev, st_ino)` of an open file.
@@ -467,33 +486,3 @@ fn ignore_missing(result: nix::Result<()>) -> io::Result<()> {
 #[cfg(test)]
 #[path = "fs_tree_tests.rs"]
 mod tests;
-
-/// Shifts the owners of the tree at `path` down by `base` (host ids of a container's user
-/// namespace back to the container's own), links not followed; ids below `base` stay. The
-/// tree must be quiescent (a container's writable layer once the container is gone). The
-/// set-user-id and set-group-id bits that `chown` clears are set again. Blocking.
-pub(crate) fn shift_ids_blocking(path: &Path, base: u32) -> io::Result<()> {
-    use std::os::unix::fs::{MetadataExt, PermissionsExt};
-    let shift = |id: u32| if id >= base { id - base } else { id };
-    let mut stack = vec![path.to_path_buf()];
-    let mut first = true;
-    while let Some(entry) = stack.pop() {
-        let meta = std::fs::symlink_metadata(&entry)?;
-        if meta.is_dir() {
-            for child in std::fs::read_dir(&entry)? {
-                stack.push(child?.path());
-            }
-        }
-        let (uid, gid) = (shift(meta.uid()), shift(meta.gid()));
-        if (uid, gid) != (meta.uid(), meta.gid()) || first {
-            std::os::unix::fs::lchown(&entry, Some(uid), Some(gid))?;
-            let special = meta.mode() & 0o6000;
-            if special != 0 && meta.is_file() {
-                let mode = std::fs::Permissions::from_mode(meta.mode() & 0o7777);
-                std::fs::set_permissions(&entry, mode)?;
-            }
-        }
-        first = false;
-    }
-    Ok(())
-}

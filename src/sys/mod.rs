@@ -2,6 +2,7 @@
 
 pub(crate) mod fs_tree;
 pub(crate) mod host_tree;
+pub(crate) mod layer_tree;
 pub(crate) mod pidfd;
 pub(crate) mod userns;
 

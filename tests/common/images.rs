@@ -212,6 +212,23 @@ pub fn busybox_layout(dir: &Path) -> ImageFixture {
     image_fixture(&layout, BUSYBOX_TAG)
 }
 
+/// [`python_layout`]'s image with one more layer (a raw tar, root-owned) holding set-id
+/// files: `/setid/suid` (4755), `/setid/sgid` (2755) and the directory `/setid/gdir` (2775).
+pub fn setid_layout(dir: &Path) -> ImageFixture {
+    let f = python_layout(dir);
+    add_raw_layer(dir, &f.layout, PYTHON_TAG, setid_layer);
+    image_fixture(&f.layout, PYTHON_TAG)
+}
+
+/// The set-id layer of [`setid_layout`], as a staging dir to archive.
+fn setid_layer(stage: &Path) {
+    fs::create_dir_all(stage.join("setid/gdir")).unwrap();
+    write(stage, "setid/suid", "#!/bin/sh\necho image\n", 0o4755);
+    write(stage, "setid/sgid", "image content of sgid\n", 0o2755);
+    fs::set_permissions(stage.join("setid"), fs::Permissions::from_mode(0o755)).unwrap();
+    fs::set_permissions(stage.join("setid/gdir"), fs::Permissions::from_mode(0o2775)).unwrap();
+}
+
 /// Builds with `umoci`, at `dir/layout` (`dir` must exist, `dir/layout` must not), an image
 /// tagged [`PYTHON_TAG`] whose single layer holds the host's `/usr/bin/python3` (Debian's),
 /// its standard library (without the static `config-*` build directory), `/etc/python3.X` and
