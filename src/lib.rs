@@ -161,7 +161,10 @@ mod sandbox;
 pub use config::image::{
     Image, ImageProgress, ProgressStage, PulledImage, RegistryAuth, RegistryImage, RegistryLimits,
 };
-pub use config::network::{EGRESS_PROXY_PORT, EgressDecision, EgressEvent, EgressPolicy};
+pub use config::network::{
+    EGRESS_PROXY_PORT, EVENT_METHOD_MAX, EVENT_TEXT_MAX, EgressDecision, EgressEvent, EgressPolicy,
+    INJECTION_DEFAULT_PORTS,
+};
 pub use config::{
     Bind, ContainerConfig, ExecConfig, IntoArgs, Limits, Mount, MountKind, Network, OutputMode,
     SandboxConfig, Security, SpecHook, Stdio,

@@ -5,14 +5,13 @@
 
 mod common;
 
-use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::TestSandbox;
-use common::egress::{LOOPBACK, Upstream, drain, egress};
+use common::egress::{LOOPBACK, Upstream, drain, egress, python, raw};
 use oci_sandbox::{
     EgressDecision, EgressPolicy, ExecConfig, Network, OciRuntime, OutputMode, Sandbox,
     SandboxConfig,
@@ -91,86 +90,6 @@ async fn sh(sandbox: &Sandbox, script: &str) -> String {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     )
-}
-
-/// Runs a Python program in a new exec of `sandbox`; returns its stdout and stderr.
-async fn python(sandbox: &Sandbox, program: &str) -> String {
-    let out = sandbox
-        .exec(&ExecConfig::new(
-            "python3",
-            vec!["-c".to_owned(), program.to_owned()],
-        ))
-        .await
-        .unwrap()
-        .wait_with_output()
-        .await
-        .unwrap();
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
-
-/// `bytes` as a Python expression, long runs of one byte written as a repetition (an
-/// argument may not exceed 128 KiB).
-fn py_bytes(bytes: &[u8]) -> String {
-    let mut parts = Vec::new();
-    let mut i = 0;
-    while i < bytes.len() {
-        let run = bytes[i..].iter().take_while(|b| **b == bytes[i]).count();
-        if run >= 64 {
-            parts.push(format!("bytes([{}])*{run}", bytes[i]));
-            i += run;
-            continue;
-        }
-        let start = i;
-        while i < bytes.len() && bytes[i..].iter().take_while(|b| **b == bytes[i]).count() < 64 {
-            i += 1;
-        }
-        let hex: String = bytes[start..i].iter().map(|b| format!("{b:02x}")).collect();
-        parts.push(format!("bytes.fromhex('{hex}')"));
-    }
-    if parts.is_empty() {
-        "b''".to_owned()
-    } else {
-        parts.join(" + ")
-    }
-}
-
-/// Sends each raw request to the forwarder (`127.0.0.1:3128`) from inside the sandbox, one
-/// connection each, and returns label -> the first line of the answer (`closed` when none).
-async fn raw(sandbox: &Sandbox, cases: &[(&str, Vec<u8>)]) -> BTreeMap<String, String> {
-    let mut program = String::from(
-        "import socket\n\
-         cases = [\n",
-    );
-    for (label, bytes) in cases {
-        program.push_str(&format!("    ({label:?}, {}),\n", py_bytes(bytes)));
-    }
-    program.push_str(
-        "]\n\
-         for label, h in cases:\n\
-         \x20   data = b''\n\
-         \x20   try:\n\
-         \x20       s = socket.create_connection(('127.0.0.1', 3128), timeout=20)\n\
-         \x20       s.sendall(h)\n\
-         \x20       while b'\\r\\n' not in data:\n\
-         \x20           c = s.recv(4096)\n\
-         \x20           if not c:\n\
-         \x20               break\n\
-         \x20           data += c\n\
-         \x20       s.close()\n\
-         \x20   except Exception as e:\n\
-         \x20       data = ('error ' + type(e).__name__).encode()\n\
-         \x20   line = data.split(b'\\r\\n')[0].decode(errors='replace') or 'closed'\n\
-         \x20   print(label + ': ' + line, flush=True)\n",
-    );
-    let out = python(sandbox, &program).await;
-    out.lines()
-        .filter_map(|l| l.split_once(": "))
-        .map(|(k, v)| (k.to_owned(), v.to_owned()))
-        .collect()
 }
 
 /// Sockets of live processes connected to `127.0.0.1:port` (in `/proc/net/tcp`, owned by an
@@ -457,7 +376,12 @@ async fn the_host_header_cannot_steer_a_forwarded_request() {
     let policy = EgressPolicy::new()
         .allow_domain("api.test")
         .resolve("api.test", &[LOOPBACK])
-        .inject_header("api.test", "Authorization", format!("Bearer {SECRET}"));
+        .inject_header_ports(
+            "api.test",
+            &[p],
+            "Authorization",
+            format!("Bearer {SECRET}"),
+        );
     let sandbox = t.start_sandbox(&egress(policy)).await;
     let got = raw(
         &sandbox,
@@ -617,8 +541,18 @@ async fn the_credential_goes_to_its_domain_only() {
         .resolve("api.test", &[LOOPBACK])
         .resolve("other.test", &[LOOPBACK])
         .resolve("dead.test", &[LOOPBACK])
-        .inject_header("api.test", "Authorization", format!("Bearer {SECRET}"))
-        .inject_header("dead.test", "Authorization", format!("Bearer {SECRET}"));
+        .inject_header_ports(
+            "api.test",
+            &[p],
+            "Authorization",
+            format!("Bearer {SECRET}"),
+        )
+        .inject_header_ports(
+            "dead.test",
+            &[p, closed_port],
+            "Authorization",
+            format!("Bearer {SECRET}"),
+        );
     let sandbox = t.start_sandbox(&egress(policy)).await;
     let mut events = sandbox.egress_events();
     let got = raw(

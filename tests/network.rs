@@ -156,7 +156,7 @@ async fn the_policy_changes_live_and_credentials_stay_outside(kind: oci_sandbox:
         .allow_domain("api.test")
         .resolve("api.test", &[LOOPBACK])
         .resolve("later.test", &[LOOPBACK])
-        .inject_header("api.test", "Authorization", "Bearer s3cret-token");
+        .inject_header_ports("api.test", &[p], "Authorization", "Bearer s3cret-token");
     let sandbox = t.start_sandbox(&egress(base.clone())).await;
     let code = |host: &str| {
         format!("curl -s -o /dev/null -w '%{{http_code}}' --max-time 10 http://{host}:{p}/{host}")

@@ -60,14 +60,18 @@ enum Target {
     Cidr(String),
 }
 
-/// A header the proxy sets on plain-HTTP requests to matching domains (a credential the
-/// sandbox never sees).
+/// A header the proxy sets on plain-HTTP requests to matching domains on some ports (a
+/// credential the sandbox never sees).
 #[derive(Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 struct HeaderInjection {
     domain: String,
+    ports: Vec<u16>,
     name: String,
     value: String,
 }
+
+/// The ports [`EgressPolicy::inject_header`] sets its header on: plain HTTP's.
+pub const INJECTION_DEFAULT_PORTS: &[u16] = &[80];
 
 impl fmt::Debug for EgressPolicy {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -252,16 +256,42 @@ impl EgressPolicy {
     }
 
     /// Sets a header on every plain-HTTP request to a domain matching `domain` (a pattern as
-    /// in [`allow_domain`](Self::allow_domain)), replacing any the sandbox sent: a credential
-    /// that never enters the sandbox. HTTPS is tunnelled unread and gets no header.
+    /// in [`allow_domain`](Self::allow_domain)) on port 80, replacing any the sandbox sent: a
+    /// credential that never enters the sandbox. HTTPS is tunnelled unread and gets no header.
+    /// Other ports: [`inject_header_ports`](Self::inject_header_ports).
+    ///
+    /// The header goes to the ports it names only, whatever ports the allowing rule has: a
+    /// rule for every port would otherwise hand the credential to whatever listens on any of
+    /// them (the sandbox's own exposed port, resolved to this host, was one). And never to a
+    /// listener of this library's (see `docs/NETWORK.md`).
     pub fn inject_header(
+        self,
+        domain: impl Into<String>,
+        name: impl Into<String>,
+        value: impl Into<String>,
+    ) -> Self {
+        self.inject_header_ports(domain, INJECTION_DEFAULT_PORTS, name, value)
+    }
+
+    /// [`inject_header`](Self::inject_header) on `ports` (at least one).
+    ///
+    /// ```
+    /// use oci_sandbox::EgressPolicy;
+    /// let policy = EgressPolicy::new()
+    ///     .allow_domain_ports("api.internal", &[8080])
+    ///     .inject_header_ports("api.internal", &[8080], "Authorization", "Bearer …");
+    /// policy.validate().unwrap();
+    /// ```
+    pub fn inject_header_ports(
         mut self,
         domain: impl Into<String>,
+        ports: &[u16],
         name: impl Into<String>,
         value: impl Into<String>,
     ) -> Self {
         self.headers.push(HeaderInjection {
             domain: domain.into().to_ascii_lowercase(),
+            ports: ports.to_vec(),
             name: name.into(),
             value: value.into(),
         });
@@ -274,8 +304,8 @@ impl EgressPolicy {
     ///
     /// [`SandboxError::InvalidConfig`] (field `network`) for an empty or malformed domain
     /// pattern, `*` alone (use [`allow_any_domain`](Self::allow_any_domain)), a bad CIDR, port
-    /// 0, a header name or value that is not a valid HTTP header, or a resolve entry without
-    /// addresses.
+    /// 0, a header name or value that is not a valid HTTP header or injected on no port, or
+    /// a resolve entry without addresses.
     pub fn validate(&self) -> Result<(), SandboxError> {
         let bad = |reason: String| Err(SandboxError::invalid("network", reason));
         for rule in &self.rules {
@@ -303,6 +333,12 @@ impl EgressPolicy {
         }
         for h in &self.headers {
             check_pattern(&h.domain)?;
+            if h.ports.is_empty() || h.ports.contains(&0) {
+                return bad(format!(
+                    "header {:?} injected on no port, or on port 0",
+                    h.name
+                ));
+            }
             let name_ok = !h.name.is_empty()
                 && h.name
                     .bytes()
@@ -357,14 +393,15 @@ impl EgressPolicy {
             .map(|(_, a)| a.as_slice())
     }
 
-    /// The headers to set on a plain-HTTP request to `name`.
+    /// The headers to set on a plain-HTTP request to `name` on `port`.
     pub(crate) fn headers_for<'a>(
         &'a self,
         name: &'a str,
+        port: u16,
     ) -> impl Iterator<Item = (&'a str, &'a str)> + 'a {
         self.headers
             .iter()
-            .filter(move |h| domain_matches(&h.domain, name))
+            .filter(move |h| domain_matches(&h.domain, name) && h.ports.contains(&port))
             .map(|h| (h.name.as_str(), h.value.as_str()))
     }
 }
@@ -460,6 +497,43 @@ pub enum EgressDecision {
     },
 }
 
+/// The most bytes an [`EgressEvent`]'s method keeps (longer ones are cut: a sandbox chooses
+/// them, and events wait in memory for slow subscribers).
+pub const EVENT_METHOD_MAX: usize = 32;
+/// The most bytes an event's host, and a decision's rule, reason or error, keep.
+pub const EVENT_TEXT_MAX: usize = 512;
+
+/// `text` cut to at most `max` bytes on a character boundary, with `…` when cut.
+fn capped(text: &mut String, max: usize) {
+    if text.len() > max {
+        let mut end = max.saturating_sub('…'.len_utf8());
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+        text.push('…');
+    }
+}
+
+impl EgressEvent {
+    /// The event with every text field cut to its bound ([`EVENT_METHOD_MAX`],
+    /// [`EVENT_TEXT_MAX`]): 1024 events held for a subscriber that never reads are then
+    /// under a MiB, whatever the sandbox sent.
+    pub(crate) fn capped(mut self) -> Self {
+        capped(&mut self.method, EVENT_METHOD_MAX);
+        capped(&mut self.host, EVENT_TEXT_MAX);
+        match &mut self.decision {
+            EgressDecision::Allowed { rule } => capped(rule, EVENT_TEXT_MAX),
+            EgressDecision::Denied { reason } => capped(reason, EVENT_TEXT_MAX),
+            EgressDecision::Failed { rule, error } => {
+                capped(rule, EVENT_TEXT_MAX);
+                capped(error, EVENT_TEXT_MAX);
+            }
+        }
+        self
+    }
+}
+
 impl EgressDecision {
     /// Whether the connection was allowed (and made).
     pub fn is_allowed(&self) -> bool {
@@ -474,11 +548,14 @@ impl EgressDecision {
 pub struct EgressEvent {
     /// The sandbox's container id.
     pub sandbox: String,
-    /// The destination as the sandbox named it (a domain, or an address literal).
+    /// The destination as the sandbox named it (a domain, or an address literal; at most
+    /// [`EVENT_TEXT_MAX`] bytes, as the decision's texts). For a malformed request (answered
+    /// `400`), what could be read of it, or empty.
     pub host: String,
-    /// Its port.
+    /// Its port (0 when the request named none that could be read).
     pub port: u16,
-    /// `CONNECT` (a tunnel, HTTPS) or the plain-HTTP request's method.
+    /// `CONNECT` (a tunnel, HTTPS) or the plain-HTTP request's method (at most
+    /// [`EVENT_METHOD_MAX`] bytes; empty when the request was too malformed to have one).
     pub method: String,
     /// Allowed, denied or failed.
     pub decision: EgressDecision,
@@ -624,5 +701,52 @@ mod tests {
     fn secrets_stay_out_of_debug() {
         let p = EgressPolicy::new().inject_header("a.org", "Authorization", "Bearer s3cret");
         assert!(!format!("{p:?}").contains("s3cret"));
+    }
+
+    #[test]
+    fn headers_go_to_the_ports_they_name() {
+        let p = EgressPolicy::new()
+            .allow_domain("api.test")
+            .inject_header("api.test", "Authorization", "a")
+            .inject_header_ports("api.test", &[8080], "X-Key", "k");
+        p.validate().unwrap();
+        let on = |port| {
+            p.headers_for("api.test", port)
+                .map(|(n, _)| n)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(on(80), ["Authorization"]);
+        assert_eq!(on(8080), ["X-Key"]);
+        assert!(
+            on(38023).is_empty(),
+            "a rule for every port is no injection on every port"
+        );
+        let none = EgressPolicy::new().inject_header_ports("api.test", &[], "X", "v");
+        assert!(none.validate().is_err());
+    }
+
+    #[test]
+    fn events_are_capped() {
+        let event = EgressEvent {
+            sandbox: "s".into(),
+            host: "h".repeat(70_000),
+            port: 80,
+            method: "é".repeat(30_000),
+            decision: EgressDecision::Denied {
+                reason: "r".repeat(70_000),
+            },
+            address: None,
+            bytes_sent: 0,
+            bytes_received: 0,
+            connect_time: Duration::ZERO,
+            duration: Duration::ZERO,
+        }
+        .capped();
+        assert!(event.method.len() <= EVENT_METHOD_MAX && event.method.ends_with('…'));
+        assert!(event.host.len() <= EVENT_TEXT_MAX);
+        let EgressDecision::Denied { reason } = &event.decision else {
+            unreachable!()
+        };
+        assert!(reason.len() <= EVENT_TEXT_MAX);
     }
 }

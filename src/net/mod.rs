@@ -13,6 +13,7 @@
 
 pub(crate) mod proxy;
 
+use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};
 
 use tokio::sync::broadcast;
@@ -86,8 +87,60 @@ impl Egress {
                 method = %event.method, %rule, %error, "egress failed"
             ),
         }
-        let _ = self.events.send(event);
+        let _ = self.events.send(event.capped());
     }
+}
+
+/// The host listeners of this process that lead into a sandbox (exposed ports): the proxy
+/// refuses a connection that lands on one, whatever the policy says, so that a sandbox
+/// cannot reach itself or another sandbox through the host with an injected credential.
+static OWN_LISTENERS: std::sync::LazyLock<
+    std::sync::Mutex<std::collections::HashMap<SocketAddr, usize>>,
+> = std::sync::LazyLock::new(Default::default);
+
+/// One registered listener; unregistered when dropped.
+#[derive(Debug)]
+pub(crate) struct OwnListener(SocketAddr);
+
+impl OwnListener {
+    /// Registers `addr` (a bound listener's local address).
+    pub(crate) fn register(addr: SocketAddr) -> OwnListener {
+        let addr = canonical_addr(addr);
+        *OWN_LISTENERS
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(addr)
+            .or_default() += 1;
+        OwnListener(addr)
+    }
+}
+
+impl Drop for OwnListener {
+    fn drop(&mut self) {
+        let mut all = OWN_LISTENERS.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = all.get_mut(&self.0) {
+            *n -= 1;
+            if *n == 0 {
+                all.remove(&self.0);
+            }
+        }
+    }
+}
+
+/// Whether a connection to `peer` lands on a listener of this process's (an unspecified
+/// listener address counts for every address of its port).
+pub(crate) fn is_own_listener(peer: SocketAddr) -> bool {
+    let peer = canonical_addr(peer);
+    let all = OWN_LISTENERS.lock().unwrap_or_else(|e| e.into_inner());
+    all.contains_key(&peer)
+        || all
+            .keys()
+            .any(|l| l.port() == peer.port() && l.ip().is_unspecified())
+}
+
+/// `addr` with an IPv4-mapped IPv6 address as the IPv4 address it is.
+pub(crate) fn canonical_addr(addr: SocketAddr) -> SocketAddr {
+    SocketAddr::new(crate::config::network::canonical(addr.ip()), addr.port())
 }
 
 /// Sockets sent to the forwarder ahead of its connections (its spares).

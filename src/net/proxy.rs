@@ -33,12 +33,55 @@ struct Request {
 }
 
 struct ForwardHead {
-    /// The `Host` header's value: the target's authority.
+    /// The `Host` header's value: the target's authority, normalised (lower case, no final
+    /// dot, the port in digits and left out when 80).
     authority: String,
     path: String,
     version: u8,
     headers: Vec<(String, Vec<u8>)>,
+    /// How the request's body ends: the proxy forwards that body and nothing after it.
+    body: Body,
 }
+
+/// The framing of a plain-HTTP request's body (RFC 9112 section 6).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Body {
+    /// No body: neither `Content-Length` nor `Transfer-Encoding`.
+    Empty,
+    /// `Content-Length` bytes.
+    Length(u64),
+    /// `Transfer-Encoding: chunked`, up to its last chunk and trailers.
+    Chunked,
+}
+
+/// A request the proxy answers `400` without connecting: why, and what could be read of it
+/// (for its event).
+struct Refusal {
+    reason: String,
+    method: String,
+    host: String,
+    port: u16,
+}
+
+impl Refusal {
+    fn new(reason: impl Into<String>) -> Self {
+        Refusal {
+            reason: reason.into(),
+            method: String::new(),
+            host: String::new(),
+            port: 0,
+        }
+    }
+}
+
+impl From<String> for Refusal {
+    fn from(reason: String) -> Self {
+        Refusal::new(reason)
+    }
+}
+
+/// The longest line of a chunked body's framing (a size with its extensions, a trailer).
+const MAX_CHUNK_LINE: usize = 8 * 1024;
 
 /// Relay buffer per direction and connection (256 connections: 64 MiB per sandbox at most;
 /// 64 KiB cost gVisor a fifth of its throughput).
@@ -66,11 +109,16 @@ async fn serve_until_done(mut client: UnixStream, egress: Arc<Egress>) {
     let begun = Instant::now();
     let request = match tokio::time::timeout(HEAD_DEADLINE, read_request(&mut client)).await {
         Ok(Ok(r)) => r,
-        Ok(Err(reason)) => {
-            let _ = respond(&mut client, 400, &reason).await;
+        Ok(Err(refusal)) => {
+            let _ = respond(&mut client, 400, &refusal.reason).await;
+            report_refusal(&egress, refusal, begun);
             return;
         }
-        Err(_) => return,
+        Err(_) => {
+            let reason = format!("the request head did not come within {HEAD_DEADLINE:?}");
+            report_refusal(&egress, Refusal::new(reason), begun);
+            return;
+        }
     };
     let policy = egress.policy();
     let mut event = EgressEvent {
@@ -105,7 +153,7 @@ async fn serve_until_done(mut client: UnixStream, egress: Arc<Egress>) {
     .await
     .unwrap_or_else(|_| Err("timed out connecting".into()));
     event.connect_time = begun.elapsed();
-    let mut upstream = match upstream {
+    let upstream = match upstream {
         Ok(s) => s,
         Err(error) => {
             let _ = respond(&mut client, 502, &error).await;
@@ -118,28 +166,51 @@ async fn serve_until_done(mut client: UnixStream, egress: Arc<Egress>) {
     event.address = upstream.peer_addr().ok();
     event.decision = EgressDecision::Allowed { rule };
     let _ = upstream.set_nodelay(true);
-    let mut sent = 0;
-    let head_written = match &request.forward {
-        None => {
-            client
-                .write_all(b"HTTP/1.1 200 Connection established\r\n\r\n")
-                .await
-        }
+    let (sent, received) = match &request.forward {
+        None => tunnel(client, upstream, &request.rest).await,
         Some(head) => {
             let name = match &request.host {
                 Host::Name(n) => n.as_str(),
                 Host::Ip(_) => "",
             };
             let bytes = head.encode(&request, &policy, name);
-            sent += bytes.len() as u64;
-            upstream.write_all(&bytes).await
+            forward(client, upstream, bytes, head.body, &request.rest).await
         }
     };
+    event.bytes_sent = sent;
+    event.bytes_received = received;
+    event.duration = begun.elapsed();
+    egress.report(event);
+}
+
+/// Reports a request answered `400`: a denial like any other.
+fn report_refusal(egress: &Egress, refusal: Refusal, begun: Instant) {
+    egress.report(EgressEvent {
+        sandbox: egress.sandbox.clone(),
+        host: refusal.host,
+        port: refusal.port,
+        method: refusal.method,
+        decision: EgressDecision::Denied {
+            reason: refusal.reason,
+        },
+        address: None,
+        bytes_sent: 0,
+        bytes_received: 0,
+        connect_time: begun.elapsed(),
+        duration: begun.elapsed(),
+    });
+}
+
+/// A `CONNECT` tunnel: the answer, then bytes both ways unread. Bytes sent and received.
+async fn tunnel(mut client: UnixStream, mut upstream: TcpStream, early: &[u8]) -> (u64, u64) {
+    let mut sent = 0;
     let relayed = async {
-        head_written?;
-        if !request.rest.is_empty() {
-            upstream.write_all(&request.rest).await?;
-            sent += request.rest.len() as u64;
+        client
+            .write_all(b"HTTP/1.1 200 Connection established\r\n\r\n")
+            .await?;
+        if !early.is_empty() {
+            upstream.write_all(early).await?;
+            sent += early.len() as u64;
         }
         tokio::io::copy_bidirectional_with_sizes(
             &mut client,
@@ -150,17 +221,134 @@ async fn serve_until_done(mut client: UnixStream, egress: Arc<Egress>) {
         .await
     };
     match relayed.await {
-        Ok((up, down)) => {
-            event.bytes_sent = sent + up;
-            event.bytes_received = down;
-        }
+        Ok((up, down)) => (sent + up, down),
         Err(e) => {
-            event.bytes_sent = sent;
-            tracing::debug!(error = %e, "egress relay ended with an error");
+            tracing::debug!(error = %e, "egress tunnel ended with an error");
+            (sent, 0)
         }
     }
-    event.duration = begun.elapsed();
-    egress.report(event);
+}
+
+/// One plain-HTTP request: its head (`head`, rewritten), its body as its framing says, and
+/// nothing after it (a pipelined request is never sent: the head asks for `Connection:
+/// close`); then the answer, until the upstream closes. What the sandbox sends meanwhile is
+/// read and dropped. Bytes sent and received.
+async fn forward(
+    client: UnixStream,
+    mut upstream: TcpStream,
+    head: Vec<u8>,
+    body: Body,
+    early: &[u8],
+) -> (u64, u64) {
+    let (client_read, mut client_write) = client.into_split();
+    let mut from_client =
+        tokio::io::BufReader::with_capacity(RELAY_BUFFER, AsyncReadExt::chain(early, client_read));
+    let (mut up_read, mut up_write) = upstream.split();
+    let mut sent = head.len() as u64;
+    let request = async {
+        up_write.write_all(&head).await?;
+        sent += match body {
+            Body::Empty => 0,
+            Body::Length(n) => {
+                let copied =
+                    tokio::io::copy(&mut (&mut from_client).take(n), &mut up_write).await?;
+                if copied < n {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::UnexpectedEof,
+                        "the request's body ended early",
+                    ));
+                }
+                copied
+            }
+            Body::Chunked => copy_chunked(&mut from_client, &mut up_write).await?,
+        };
+        up_write.flush().await?;
+        // Whatever comes after the body is no request of this connection's.
+        let mut sink = [0u8; 4096];
+        while from_client.read(&mut sink).await? > 0 {}
+        std::future::pending::<std::io::Result<()>>().await
+    };
+    let answer = tokio::io::copy(&mut up_read, &mut client_write);
+    let received = tokio::select! {
+        r = request => {
+            if let Err(e) = r {
+                tracing::debug!(error = %e, "egress request ended with an error");
+            }
+            0
+        }
+        r = answer => r.unwrap_or(0),
+    };
+    let _ = client_write.shutdown().await;
+    (sent, received)
+}
+
+/// Copies a chunked body (RFC 9112 section 7.1) as it is, checking its framing, up to its
+/// last chunk and trailers, and nothing after. Returns the bytes copied.
+async fn copy_chunked(
+    from: &mut (impl tokio::io::AsyncBufRead + Unpin),
+    to: &mut (impl tokio::io::AsyncWrite + Unpin),
+) -> std::io::Result<u64> {
+    use tokio::io::AsyncBufReadExt;
+    let bad = |why: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, why.to_owned());
+    let mut copied = 0u64;
+    let mut line = Vec::new();
+    loop {
+        read_line(from, &mut line).await?;
+        let size_text = line
+            .split(|b| *b == b';')
+            .next()
+            .unwrap_or_default()
+            .trim_ascii();
+        let size_text = std::str::from_utf8(size_text).map_err(|_| bad("a bad chunk size"))?;
+        if size_text.is_empty() || size_text.len() > 16 {
+            return Err(bad("a bad chunk size"));
+        }
+        let size = u64::from_str_radix(size_text, 16).map_err(|_| bad("a bad chunk size"))?;
+        to.write_all(&line).await?;
+        copied += line.len() as u64;
+        if size == 0 {
+            // Trailers, up to an empty line.
+            loop {
+                read_line(from, &mut line).await?;
+                to.write_all(&line).await?;
+                copied += line.len() as u64;
+                if line == b"\r\n" || line == b"\n" {
+                    return Ok(copied);
+                }
+            }
+        }
+        let n = tokio::io::copy(&mut from.take(size), to).await?;
+        if n < size {
+            return Err(bad("the body ended inside a chunk"));
+        }
+        read_line(from, &mut line).await?;
+        if line != b"\r\n" && line != b"\n" {
+            return Err(bad("a chunk without its line end"));
+        }
+        to.write_all(&line).await?;
+        copied += n + line.len() as u64;
+        let _ = from.fill_buf().await;
+    }
+}
+
+/// Reads one line (with its end) into `line`, at most [`MAX_CHUNK_LINE`] bytes.
+async fn read_line(
+    from: &mut (impl tokio::io::AsyncBufRead + Unpin),
+    line: &mut Vec<u8>,
+) -> std::io::Result<()> {
+    use tokio::io::AsyncBufReadExt;
+    line.clear();
+    let n = from
+        .take(MAX_CHUNK_LINE as u64)
+        .read_until(b'\n', line)
+        .await?;
+    if n == 0 || !line.ends_with(b"\n") {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "a chunk line too long or cut",
+        ));
+    }
+    Ok(())
 }
 
 /// Connects to `host:port`: a literal as given (the verdict allowed it), a name through the
@@ -198,8 +386,15 @@ async fn connect(policy: &EgressPolicy, host: &Host, port: u16) -> Result<TcpStr
     for addr in addrs {
         match TcpStream::connect(addr).await {
             Ok(s) => {
-                let home = s.local_addr().is_ok_and(|l| l.ip() == canonical(addr.ip()));
-                if checked && home && !policy.cidr_allows(addr.ip(), port) {
+                // What the connection reached, whatever the address looked like (a mapped
+                // IPv6 one, `0.0.0.0`): never one of this library's own listeners.
+                if s.peer_addr().is_ok_and(super::is_own_listener) {
+                    return Err(format!(
+                        "{addr} is a sandbox's exposed port on this host: refused, whatever \
+                         the policy"
+                    ));
+                }
+                if checked && lands_home(&s, addr) && !policy.cidr_allows(addr.ip(), port) {
                     return Err(format!(
                         "{host} resolves to {}, an address of this host, which only a CIDR rule may allow",
                         addr.ip()
@@ -213,26 +408,44 @@ async fn connect(policy: &EgressPolicy, host: &Host, port: u16) -> Result<TcpStr
     Err(last)
 }
 
+/// Whether connection `s` to `addr` landed on this host: its own address is the one it
+/// reached (the kernel picks a local destination as the source). Both sides are compared
+/// canonical: a connection to `[::ffff:a.b.c.d]` reports its local address mapped too.
+fn lands_home(s: &TcpStream, addr: SocketAddr) -> bool {
+    s.local_addr()
+        .is_ok_and(|l| canonical(l.ip()) == canonical(addr.ip()))
+}
+
 /// Reads and parses the request head.
-async fn read_request(client: &mut UnixStream) -> Result<Request, String> {
+async fn read_request(client: &mut UnixStream) -> Result<Request, Refusal> {
     let mut buf = Vec::with_capacity(4096);
     loop {
         let mut chunk = [0u8; 8192];
         let n = client
             .read(&mut chunk)
             .await
-            .map_err(|e| format!("reading the request: {e}"))?;
+            .map_err(|e| Refusal::new(format!("reading the request: {e}")))?;
         if n == 0 {
-            return Err("the request ended early".into());
+            return Err(Refusal::new("the request ended early"));
         }
         buf.extend_from_slice(&chunk[..n]);
         let mut headers = [httparse::EMPTY_HEADER; 128];
         let mut req = httparse::Request::new(&mut headers);
         match req.parse(&buf) {
-            Ok(httparse::Status::Complete(len)) => return parse(&req, buf[len..].to_vec()),
+            Ok(httparse::Status::Complete(len)) => {
+                let method = req.method.unwrap_or_default().to_owned();
+                return parse(&req, buf[len..].to_vec()).map_err(|reason| Refusal {
+                    reason,
+                    method,
+                    host: req.path.unwrap_or_default().to_owned(),
+                    port: 0,
+                });
+            }
             Ok(httparse::Status::Partial) if buf.len() < MAX_HEAD => continue,
-            Ok(httparse::Status::Partial) => return Err("the request head is too long".into()),
-            Err(e) => return Err(format!("a malformed request: {e}")),
+            Ok(httparse::Status::Partial) => {
+                return Err(Refusal::new("the request head is too long"));
+            }
+            Err(e) => return Err(Refusal::new(format!("a malformed request: {e}"))),
         }
     }
 }
@@ -263,6 +476,7 @@ fn parse(req: &httparse::Request<'_, '_>, rest: Vec<u8>) -> Result<Request, Stri
         return Err("credentials in the URL are not forwarded".into());
     }
     let (host, port) = split_authority(authority, Some(80))?;
+    let normalised = normalised_authority(&host, port);
     let hosts = req
         .headers
         .iter()
@@ -271,6 +485,7 @@ fn parse(req: &httparse::Request<'_, '_>, rest: Vec<u8>) -> Result<Request, Stri
     if hosts > 1 {
         return Err("more than one Host header".into());
     }
+    let body = framing(req.headers)?;
     // The target names the host: the sandbox's own Host header is replaced by it (RFC 9112
     // 3.2.2), so that a request cannot be steered to another site behind the same server.
     let hop_by_hop = [
@@ -293,20 +508,74 @@ fn parse(req: &httparse::Request<'_, '_>, rest: Vec<u8>) -> Result<Request, Stri
         host,
         port,
         forward: Some(ForwardHead {
-            authority: authority.to_ascii_lowercase(),
+            authority: normalised,
             path: path.to_owned(),
             version: req.version.unwrap_or(1),
             headers,
+            body,
         }),
         rest,
     })
 }
 
-/// `host:port` (IPv6 in brackets), with `default` when the port is left out.
+/// How a request's body ends, from its headers: conflicting or unknown framing is refused,
+/// as RFC 9112 (section 6.1, 6.3) lets a proxy do, rather than forwarded for the upstream
+/// to read otherwise (request smuggling).
+fn framing(headers: &[httparse::Header<'_>]) -> Result<Body, String> {
+    let values = |name: &str| -> Vec<&[u8]> {
+        headers
+            .iter()
+            .filter(|h| h.name.eq_ignore_ascii_case(name))
+            .map(|h| h.value.trim_ascii())
+            .collect()
+    };
+    let lengths = values("content-length");
+    let encodings = values("transfer-encoding");
+    match (lengths.as_slice(), encodings.as_slice()) {
+        ([], []) => Ok(Body::Empty),
+        ([_, ..], [_, ..]) => {
+            Err("both Content-Length and Transfer-Encoding: refused (RFC 9112 6.1)".into())
+        }
+        ([], [te]) if te.eq_ignore_ascii_case(b"chunked") => Ok(Body::Chunked),
+        ([], _) => Err("a Transfer-Encoding other than chunked alone".into()),
+        ([first, rest @ ..], []) => {
+            let digits = !first.is_empty()
+                && first.len() <= 19
+                && first.iter().all(u8::is_ascii_digit)
+                && rest.iter().all(|other| other == first);
+            let n = std::str::from_utf8(first).ok().and_then(|t| t.parse().ok());
+            match n {
+                Some(n) if digits => Ok(Body::Length(n)),
+                _ => Err("a bad or conflicting Content-Length".into()),
+            }
+        }
+    }
+}
+
+/// The `Host` header for `host:port`: a name as parsed (lower case, no final dot), an IPv6
+/// address in brackets, the port in digits unless it is 80.
+fn normalised_authority(host: &Host, port: u16) -> String {
+    let host = match host {
+        Host::Ip(IpAddr::V6(v6)) => format!("[{v6}]"),
+        other => other.to_string(),
+    };
+    if port == 80 {
+        host
+    } else {
+        format!("{host}:{port}")
+    }
+}
+
+/// `host:port` (IPv6 in brackets), with `default` when the port is left out; the port is 1
+/// to 5 digits (no sign, no spaces).
 fn split_authority(authority: &str, default: Option<u16>) -> Result<(Host, u16), String> {
     let bad = || format!("{authority:?} is no host:port");
     let (host, port) = match authority.rsplit_once(':') {
         Some((h, p)) if !h.is_empty() && (!h.contains(':') || h.ends_with(']')) => {
+            let digits = !p.is_empty() && p.len() <= 5 && p.bytes().all(|b| b.is_ascii_digit());
+            if !digits {
+                return Err(bad());
+            }
             (h, p.parse::<u16>().map_err(|_| bad())?)
         }
         _ => (authority, default.ok_or_else(bad)?),
@@ -321,7 +590,7 @@ impl ForwardHead {
     /// The head sent upstream: origin form, one request per connection, the policy's headers
     /// for `name` in place of the sandbox's own of that name.
     fn encode(&self, request: &Request, policy: &EgressPolicy, name: &str) -> Vec<u8> {
-        let injected: Vec<(&str, &str)> = policy.headers_for(name).collect();
+        let injected: Vec<(&str, &str)> = policy.headers_for(name, request.port).collect();
         let mut out = format!(
             "{} {} HTTP/1.{}\r\n",
             request.method, self.path, self.version
@@ -381,5 +650,116 @@ mod tests {
         for bad in ["example.org", "a:0", ":80", "a b:80", "::1:443"] {
             assert!(split_authority(bad, None).is_err(), "{bad}");
         }
+    }
+
+    fn headers(pairs: &[(&'static str, &'static str)]) -> Vec<httparse::Header<'static>> {
+        pairs
+            .iter()
+            .map(|(name, value)| httparse::Header {
+                name,
+                value: value.as_bytes(),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn framing_is_one_way_or_refused() {
+        assert_eq!(framing(&headers(&[])), Ok(Body::Empty));
+        assert_eq!(
+            framing(&headers(&[("Content-Length", " 12 ")])),
+            Ok(Body::Length(12))
+        );
+        assert_eq!(
+            framing(&headers(&[
+                ("content-length", "5"),
+                ("Content-Length", "5")
+            ])),
+            Ok(Body::Length(5))
+        );
+        assert_eq!(
+            framing(&headers(&[("Transfer-Encoding", "Chunked")])),
+            Ok(Body::Chunked)
+        );
+        for bad in [
+            &[("Content-Length", "5"), ("Transfer-Encoding", "chunked")][..],
+            &[("Content-Length", "5"), ("Content-Length", "6")],
+            &[("Content-Length", "+5")],
+            &[("Content-Length", "5, 5")],
+            &[("Content-Length", "")],
+            &[("Transfer-Encoding", "gzip, chunked")],
+            &[
+                ("Transfer-Encoding", "chunked"),
+                ("Transfer-Encoding", "chunked"),
+            ],
+            &[("Transfer-Encoding", "identity")],
+        ] {
+            assert!(framing(&headers(bad)).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn authorities_are_normalised() {
+        let (h, p) = split_authority("API.TEST.:8080", None).unwrap();
+        assert_eq!(normalised_authority(&h, p), "api.test:8080");
+        let (h, p) = split_authority("Api.Test", Some(80)).unwrap();
+        assert_eq!(normalised_authority(&h, p), "api.test");
+        let (h, p) = split_authority("[::ffff:127.0.0.1]:81", None).unwrap();
+        assert_eq!(normalised_authority(&h, p), "127.0.0.1:81");
+        let (h, p) = split_authority("[2001:db8::1]:81", None).unwrap();
+        assert_eq!(normalised_authority(&h, p), "[2001:db8::1]:81");
+        for bad in [
+            "api.test:+38023",
+            "api.test: 80",
+            "api.test:080000",
+            "api.test:",
+        ] {
+            assert!(split_authority(bad, Some(80)).is_err(), "{bad}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_chunked_body_is_copied_to_its_end_and_no_further() {
+        let body = b"5;ext=1\r\nhello\r\n0\r\nTrailer: x\r\n\r\nGET /smuggled HTTP/1.1\r\n\r\n";
+        let mut from = tokio::io::BufReader::new(&body[..]);
+        let mut out = Vec::new();
+        let n = copy_chunked(&mut from, &mut out).await.unwrap();
+        assert_eq!(out, b"5;ext=1\r\nhello\r\n0\r\nTrailer: x\r\n\r\n");
+        assert_eq!(n as usize, out.len());
+        for bad in [
+            &b"zz\r\nhello\r\n0\r\n\r\n"[..],
+            b"5\r\nhelloXX0\r\n\r\n",
+            b"5\r\nhel",
+            b"10000000000000000\r\n",
+        ] {
+            let mut from = tokio::io::BufReader::new(bad);
+            assert!(copy_chunked(&mut from, &mut Vec::new()).await.is_err());
+        }
+    }
+
+    /// A connection to `[::ffff:127.0.0.1]` reports its local address mapped: compared
+    /// canonical, it lands home (before, mapped against unmapped said it did not).
+    #[tokio::test]
+    async fn a_mapped_connection_to_this_host_lands_home() {
+        let listener = tokio::net::TcpListener::bind("[::]:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let mapped: SocketAddr = format!("[::ffff:127.0.0.1]:{port}").parse().unwrap();
+        let s = TcpStream::connect(mapped).await.unwrap();
+        assert!(
+            s.local_addr().unwrap().is_ipv6(),
+            "the kernel reports it mapped"
+        );
+        assert!(lands_home(&s, mapped));
+        let plain: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        assert!(lands_home(&TcpStream::connect(plain).await.unwrap(), plain));
+        // An exposed port's listener, reached by its mapped form, is known as ours.
+        let exposed = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = exposed.local_addr().unwrap();
+        let known = super::super::OwnListener::register(addr);
+        let mapped: SocketAddr = format!("[::ffff:127.0.0.1]:{}", addr.port())
+            .parse()
+            .unwrap();
+        assert!(super::super::is_own_listener(mapped));
+        drop(known);
+        assert!(!super::super::is_own_listener(addr));
     }
 }

@@ -227,10 +227,17 @@ impl Sandbox {
                 context: "binding an exposed port's host listener",
                 source,
             })?;
+        // Known to the egress proxy before anyone learns the address, until it closes: no
+        // sandbox may be proxied to it.
+        let known = crate::net::OwnListener::register(addr);
         let weak = Arc::downgrade(&self.inner);
         let stop = self.inner.exposed.clone();
         let tracker = self.inner.owner.tracker().clone();
-        tracker.spawn(serve_exposed(listener, port, weak, stop, tracker.clone()));
+        let served = serve_exposed(listener, port, weak, stop, tracker.clone());
+        tracker.spawn(async move {
+            served.await;
+            drop(known);
+        });
         Ok(addr)
     }
 }
