@@ -215,6 +215,19 @@ pub enum SandboxError {
 
     /// A long-lived [`Sandbox`](crate::Sandbox) ended by itself: its time to live ran out,
     /// or it was idle too long. Its commands were killed and its container removed.
+    ///
+    /// The three "gone" errors tell who ended the sandbox: [`SandboxExpired`] its own
+    /// lifetime options, [`SandboxClosed`] the caller ([`Sandbox::close`] or
+    /// [`NamespaceContainer::close`]), [`SandboxEnded`] something else (its init died or
+    /// was killed from outside, the OOM killer). A command that was running when the
+    /// sandbox expired or was closed reports that as its status (killed, `SIGKILL`) with its
+    /// output; only under [`SandboxEnded`] does its `wait` fail too.
+    ///
+    /// [`SandboxExpired`]: SandboxError::SandboxExpired
+    /// [`SandboxClosed`]: SandboxError::SandboxClosed
+    /// [`SandboxEnded`]: SandboxError::SandboxEnded
+    /// [`Sandbox::close`]: crate::Sandbox::close
+    /// [`NamespaceContainer::close`]: crate::NamespaceContainer::close
     #[error("sandbox {id} has ended: {expiry}")]
     SandboxExpired {
         /// The sandbox's container id.
@@ -223,8 +236,10 @@ pub enum SandboxError {
         expiry: crate::status::SandboxExpiry,
     },
 
-    /// A long-lived [`Sandbox`](crate::Sandbox) is no longer running: its init (the launcher)
-    /// died or was killed, or the sandbox was closed. It is never silently restarted.
+    /// A long-lived [`Sandbox`](crate::Sandbox) is no longer running and nobody asked: its
+    /// init (the launcher) died or was killed from outside. It is never silently restarted.
+    /// (See [`SandboxExpired`](SandboxError::SandboxExpired) for how the three "gone" errors
+    /// differ.)
     #[error("sandbox {id} is no longer running{}", status.map(|s| format!(" ({s})")).unwrap_or_default())]
     SandboxEnded {
         /// The sandbox's container id.

@@ -278,6 +278,7 @@ impl NamespaceContainerBuilder {
                 warned_limits: Default::default(),
                 launcher_installed: tokio::sync::OnceCell::new(),
                 images,
+                open: Default::default(),
             }),
         })
     }

@@ -54,6 +54,15 @@ struct Inner {
     launcher_installed: tokio::sync::OnceCell<()>,
     /// The image store under the state dir.
     images: crate::image::ImageStore,
+    /// Every container started here that may still run (sandboxes and spawns), for
+    /// [`NamespaceContainer::close`].
+    open: std::sync::Mutex<Vec<std::sync::Weak<dyn Closable>>>,
+}
+
+/// What [`NamespaceContainer::close`] ends: a sandbox (or a spawn's container) it started.
+pub(crate) trait Closable: Send + Sync + std::fmt::Debug {
+    /// Kills its commands and its container and waits until the container is gone.
+    fn close_now(self: Arc<Self>) -> futures::future::BoxFuture<'static, ()>;
 }
 
 /// What to do with cgroup limits (memory, pids, CPU) that cannot be enforced: rootless, the
@@ -153,14 +162,49 @@ impl NamespaceContainer {
         sweep(&self.inner.cli, &self.inner.dirs).await
     }
 
-    /// Waits until the background cleanup of every handle dropped so far has finished.
+    /// Ends everything this runtime started that still runs, and waits until it is all gone:
+    /// call it on shutdown (before the program exits or the Tokio runtime shuts down).
     ///
-    /// Handles clean up after themselves when dropped, in background tasks; call this before
-    /// the program exits (or the Tokio runtime shuts down) to be sure they are done.
+    /// - Every [`Sandbox`] still open (held by a handle, a clone, a job, a spawned process) is
+    ///   closed as by [`Sandbox::close`]: its commands and its container are killed. Their
+    ///   handles then tell so: a [`ContainerProcess`]'s `wait` reports the kill
+    ///   (`SIGKILL`), a sandbox's next call [`SandboxError::SandboxClosed`].
+    /// - Then it waits for the background cleanup of every handle (dropped or killed): the
+    ///   containers removed by the runtime, their bundles, cgroups and temp dirs.
+    ///
+    /// Every step has a deadline of its own (a runtime that hangs is killed), so `close`
+    /// returns even with handles alive. Containers started while it runs are closed too, if
+    /// they register before it looks, and the runtime stays usable afterwards.
+    ///
+    /// ```no_run
+    /// # async fn demo() -> Result<(), oci_sandbox::SandboxError> {
+    /// let runtime = oci_sandbox::NamespaceContainer::new().await?;
+    /// let sandbox = runtime.start(&oci_sandbox::NamespaceContainer::build_config(
+    ///     &oci_sandbox::SandboxConfig::default(), "true", vec![])).await?;
+    /// // ... a server keeps `sandbox` in a map; on shutdown:
+    /// runtime.close().await;
+    /// assert!(sandbox.ended().is_some() || sandbox.exec(&oci_sandbox::ExecConfig::shell("true")).await.is_err());
+    /// # Ok(()) }
+    /// ```
     pub async fn close(&self) {
+        let open: Vec<Arc<dyn Closable>> = {
+            let mut open = self.inner.open.lock().unwrap_or_else(|e| e.into_inner());
+            let live = open.iter().filter_map(std::sync::Weak::upgrade).collect();
+            open.clear();
+            live
+        };
+        futures::future::join_all(open.into_iter().map(Closable::close_now)).await;
         self.inner.tracker.close();
         self.inner.tracker.wait().await;
         self.inner.tracker.reopen();
+    }
+
+    /// Registers a container started here for [`close`](Self::close) (dropping the entries of
+    /// those gone).
+    pub(crate) fn register_open(&self, open: std::sync::Weak<dyn Closable>) {
+        let mut all = self.inner.open.lock().unwrap_or_else(|e| e.into_inner());
+        all.retain(|w| w.strong_count() > 0);
+        all.push(open);
     }
 
     /// Spawns `config`'s command with piped (or inherited, or null) stdio.

@@ -80,7 +80,7 @@ struct Inner {
     /// A spawn's container: its one command's end is the container's end.
     one_shot: bool,
     /// [`Sandbox::close`] was called.
-    closed: std::sync::atomic::AtomicBool,
+    closed: Arc<std::sync::atomic::AtomicBool>,
     /// Background jobs ([`Sandbox::spawn_job`]).
     jobs: crate::handle::job::JobRegistry,
     /// Commands running, for the idle lifetime.
@@ -169,6 +169,8 @@ impl Sandbox {
             }),
         };
         lifetime::watch(&sandbox);
+        let open: Arc<dyn crate::container::Closable> = sandbox.inner.clone();
+        sandbox.inner.owner.register_open(Arc::downgrade(&open));
         sandbox
     }
 
@@ -213,7 +215,8 @@ impl Sandbox {
     }
 
     /// Kills every command in the sandbox and the sandbox itself, and waits until its
-    /// container is removed. Clones then report [`SandboxError::SandboxClosed`].
+    /// container is removed. Clones then report [`SandboxError::SandboxClosed`]; a command
+    /// that ran reports its end as killed (`SIGKILL`), with what it printed until then.
     pub async fn close(&self) {
         self.inner.closed.store(true, Ordering::Release);
         self.inner.activity.close();
@@ -552,6 +555,7 @@ impl Sandbox {
             capture: watched.capture,
             oom_before,
             slot: Box::new(slot),
+            sandbox_closed: Arc::clone(&self.inner.closed),
             container_end: self.inner.one_shot.then(|| {
                 let sandbox = self.clone();
                 Box::new(move |want_oom: bool| {
@@ -770,4 +774,13 @@ fn exec_stdio(exec: &ExecConfig) -> Result<([Option<OwnedFd>; 3], [OwnedFd; 3]),
     }
     let theirs: [OwnedFd; 3] = theirs.try_into().expect("three fds");
     Ok((ours, theirs))
+}
+
+impl crate::container::Closable for Inner {
+    fn close_now(self: Arc<Self>) -> futures::future::BoxFuture<'static, ()> {
+        Box::pin(async move {
+            let sandbox = Sandbox { inner: self };
+            sandbox.close().await;
+        })
+    }
 }

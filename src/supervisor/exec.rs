@@ -74,6 +74,9 @@ pub(crate) struct ExecSupervision {
     /// Held while the command runs, dropped at its end: one of the sandbox's exec slots
     /// and its mark of activity.
     pub slot: Box<dyn Send + Sync>,
+    /// Set when the sandbox was closed on purpose (`close`, an expiry): a command that then
+    /// ends without a status was killed by it, not lost.
+    pub sandbox_closed: Arc<std::sync::atomic::AtomicBool>,
     /// For a spawn's command: ends its container (the command's end is the container's),
     /// awaited before the capture is finished and the outcome published.
     pub container_end: Option<ContainerEnd>,
@@ -108,7 +111,8 @@ pub(crate) async fn supervise(mut s: ExecSupervision) {
         let ask = maybe_oom && !oom && matches!(end, Ok(None));
         oom |= end_container(ask).await;
     }
-    let result = status_of(ended_by, end, &s.sandbox_id, oom, one_shot)
+    let closed = s.sandbox_closed.load(std::sync::atomic::Ordering::Acquire);
+    let result = status_of(ended_by, end, &s.sandbox_id, oom, one_shot || closed)
         .map(|status| status.with_wall_time(ran));
     match &result {
         Ok(status) => tracing::debug!(%status, ran_ms = crate::sys::ms_since(begun), "ended"),
@@ -208,13 +212,14 @@ fn could_be_oom(ended_by: Option<EndedBy>, end: &std::io::Result<Option<ExitStat
 }
 
 /// The command's status from how it ended; `oom`: the OOM killer struck since it started;
-/// `one_shot`: a spawn's command, which dies with its container.
+/// `dies_with_container`: a spawn's command, which dies with its container, or a command of
+/// a sandbox closed on purpose (killed by the close: a status, not an error).
 fn status_of(
     ended_by: Option<EndedBy>,
     end: std::io::Result<Option<ExitStatus>>,
     sandbox_id: &str,
     oom: bool,
-    one_shot: bool,
+    dies_with_container: bool,
 ) -> Result<ExitStatus, SandboxError> {
     match (ended_by, end) {
         // Killed on our side: the status is ours to give, whether or not the launcher said.
@@ -224,7 +229,9 @@ fn status_of(
         (None, Ok(Some(status))) => Ok(status.with_oom_killed(oom)),
         // The launcher closed the channel without a status: it died with the sandbox
         // (killed from outside, or by the OOM killer). A spawn's command died with it.
-        (_, Ok(None)) if one_shot => Ok(ExitStatus::signaled(libc::SIGKILL).with_oom_killed(oom)),
+        (_, Ok(None)) if dies_with_container => {
+            Ok(ExitStatus::signaled(libc::SIGKILL).with_oom_killed(oom))
+        }
         (_, Ok(None)) => Err(SandboxError::SandboxEnded {
             id: sandbox_id.to_owned(),
             status: None,

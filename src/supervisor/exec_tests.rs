@@ -110,6 +110,7 @@ fn start_watching(
         capture: None,
         oom_before: 0,
         slot: Box::new(slot),
+        sandbox_closed: Default::default(),
         container_end,
     };
     Harness {

