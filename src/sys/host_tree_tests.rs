@@ -266,3 +266,248 @@ fn unpacking_never_writes_through_a_link_swapped_in() {
         "{landed} files landed through the link ({rounds} rounds)"
     );
 }
+
+// ---------------------------------------------------------------------------------------
+// Attacks on the unpack's resources (a forged archive written into tar's stdout). A failure
+// message starting with BREAK is a successful attack.
+
+/// A raw GNU header for `name` (up to 100 bytes), of type `kind`, claiming `size` bytes.
+fn raw_header(name: &[u8], kind: tar::EntryType, size: u64, mode: u32) -> [u8; 512] {
+    raw_link_header(name, kind, size, mode, "")
+}
+
+/// As [`raw_header`], with a link target.
+fn raw_link_header(
+    name: &[u8],
+    kind: tar::EntryType,
+    size: u64,
+    mode: u32,
+    link: &str,
+) -> [u8; 512] {
+    let mut header = tar::Header::new_gnu();
+    header.set_entry_type(kind);
+    header.set_mode(mode);
+    header.set_size(size);
+    header.as_old_mut().name[..name.len()].copy_from_slice(name);
+    if !link.is_empty() {
+        header.set_link_name(link).unwrap();
+    }
+    header.set_cksum();
+    *header.as_bytes()
+}
+
+/// A reader that counts what was taken from it.
+struct Counted<R> {
+    inner: R,
+    taken: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl<R: Read> Read for Counted<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.taken.fetch_add(n as u64, Ordering::Relaxed);
+        Ok(n)
+    }
+}
+
+#[test]
+fn a_huge_long_name_or_pax_header_is_not_read_into_memory() {
+    // A GNU long name, a GNU long link target or a pax header of 64 MiB: the tar crate reads
+    // each whole into a Vec before the unpack sees the entry (the download's stream is only
+    // capped at 4 GiB, or the output limit: as much host memory).
+    const HUGE: u64 = 64 << 20;
+    for kind in [
+        tar::EntryType::GNULongName,
+        tar::EntryType::GNULongLink,
+        tar::EntryType::XHeader,
+    ] {
+        let head = raw_header(b"././@LongLink", kind, HUGE, 0o644);
+        let file = raw_header(b"f", tar::EntryType::Regular, 0, 0o644);
+        let stream = io::Cursor::new(head)
+            .chain(io::repeat(b'a').take(HUGE))
+            .chain(io::Cursor::new(file))
+            .chain(io::repeat(0).take(1024));
+        let taken = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let counted = Counted {
+            inner: stream,
+            taken: Arc::clone(&taken),
+        };
+        let dst = tempfile::tempdir().unwrap();
+        let r = unpack_blocking(counted, open(dst.path()), u64::MAX);
+        let taken = taken.load(Ordering::Relaxed);
+        assert!(
+            r.is_err() && taken < 32 << 20,
+            "BREAK: a {HUGE}-byte {kind:?} entry was read whole ({taken} bytes taken; the \
+             unpack said {r:?})"
+        );
+        assert_eq!(
+            r.unwrap_err().kind(),
+            io::ErrorKind::InvalidData,
+            "{kind:?}"
+        );
+    }
+}
+
+/// How many directories are under `dir`, itself included.
+fn count_dirs(dir: &Path) -> usize {
+    let mut n = 1;
+    for e in std::fs::read_dir(dir).unwrap() {
+        let e = e.unwrap();
+        if e.file_type().unwrap().is_dir() {
+            n += count_dirs(&e.path());
+        }
+    }
+    n
+}
+
+#[test]
+fn directories_and_entries_count_against_the_size_budget() {
+    // Each 512-byte header may name a file 48 directories deep, all of them made on the way
+    // (about 200 KiB of directory blocks for 1 KiB of archive); or an archive may be
+    // nothing but empty directories, files and links: none of it counted against the
+    // budget, which was meant to bound what the download costs the host's disk.
+    const BUDGET: u64 = 1 << 20;
+    let deep: Vec<u8> = (0..100)
+        .flat_map(|i| {
+            let mut name = format!("d{i:02}");
+            while name.len() < 96 {
+                name.push_str("/a");
+            }
+            name.push_str("/f");
+            raw_header(name.as_bytes(), tar::EntryType::Regular, 0, 0o644)
+        })
+        .chain([0u8; 1024])
+        .collect();
+    let flat: Vec<u8> = (0..1000)
+        .flat_map(|i| {
+            let kind = [
+                tar::EntryType::Directory,
+                tar::EntryType::Regular,
+                tar::EntryType::Symlink,
+            ][i % 3];
+            let link = if kind == tar::EntryType::Symlink {
+                "target"
+            } else {
+                ""
+            };
+            raw_link_header(format!("e{i}").as_bytes(), kind, 0, 0o755, link)
+        })
+        .chain([0u8; 1024])
+        .collect();
+    for (what, archive) in [("deep paths", deep), ("a thousand entries", flat)] {
+        let dst = tempfile::tempdir().unwrap();
+        let r = unpack_blocking(&archive[..], open(dst.path()), BUDGET);
+        let made = std::fs::read_dir(dst.path()).unwrap().count();
+        let dirs = count_dirs(dst.path()) - 1;
+        assert!(
+            matches!(&r, Err(e) if e.kind() == io::ErrorKind::FileTooLarge),
+            "BREAK ({what}): a {}-byte archive made {dirs} directories and {made} top \
+             entries on the host within a {BUDGET}-byte budget ({r:?})",
+            archive.len()
+        );
+    }
+    // A tree of a few entries still fits a small budget.
+    let src = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(src.path().join("a/b/c")).unwrap();
+    std::fs::write(src.path().join("a/b/c/f"), b"x").unwrap();
+    let dst = tempfile::tempdir().unwrap();
+    unpack_blocking(&pack_to_vec(src.path())[..], open(dst.path()), BUDGET).unwrap();
+    assert_eq!(std::fs::read(dst.path().join("a/b/c/f")).unwrap(), b"x");
+}
+
+/// An archive of one entry of type `kind` whose pax `path` (and `linkpath`) is `path`.
+fn pax_archive(path: &[u8], kind: tar::EntryType, mode: u32) -> Vec<u8> {
+    let mut out = Vec::new();
+    {
+        let mut builder = tar::Builder::new(&mut out);
+        let mut ext = vec![("path", path)];
+        if kind == tar::EntryType::Symlink {
+            ext.push(("linkpath", path));
+        }
+        builder.append_pax_extensions(ext).unwrap();
+        builder
+            .append(
+                tar::Header::from_byte_slice(&raw_header(b"x", kind, 0, mode)),
+                io::empty(),
+            )
+            .unwrap();
+        builder.finish().unwrap();
+    }
+    out
+}
+
+#[test]
+fn names_longer_than_path_max_are_refused() {
+    // A 64 KiB name of 32 Ki components (or 16 MiB: 8 Mi): split into as many OsStrings, as
+    // many directories made and walked again by every entry naming it, and kept whole in
+    // memory until the end when its mode lacks its owner's bits. No host tool can name such
+    // a path (PATH_MAX is 4096 bytes).
+    let long: Vec<u8> = b"a/".repeat(32 << 10);
+    for (kind, mode) in [
+        (tar::EntryType::Directory, 0o500),
+        (tar::EntryType::Regular, 0o644),
+        (tar::EntryType::Symlink, 0o777),
+    ] {
+        let archive = pax_archive(&long, kind, mode);
+        // Removed without recursion: `std::fs::remove_dir_all` (and so `TempDir`'s drop)
+        // recurses once per level, and overflows the stack on such a tree.
+        let dst = tempfile::tempdir().unwrap().keep();
+        let started = std::time::Instant::now();
+        let r = unpack_blocking(&archive[..], open(&dst), u64::MAX);
+        let made = std::fs::read_dir(&dst).unwrap().count();
+        crate::sys::fs_tree::remove_tree_blocking(&dst).unwrap();
+        assert!(
+            matches!(&r, Err(e) if e.kind() == io::ErrorKind::InvalidData) && made == 0,
+            "BREAK: a {}-byte {kind:?} name was unpacked ({r:?}, {made} entries made, {:?})",
+            long.len(),
+            started.elapsed()
+        );
+    }
+    // A name up to PATH_MAX is fine.
+    let fine: Vec<u8> = b"b/".repeat(1000);
+    let dst = tempfile::tempdir().unwrap();
+    let archive = pax_archive(&fine, tar::EntryType::Directory, 0o755);
+    unpack_blocking(&archive[..], open(dst.path()), u64::MAX).unwrap();
+    assert_eq!(count_dirs(dst.path()), 1001);
+}
+
+#[test]
+fn a_relative_path_from_inside_a_container_writable_dir_follows_no_link() {
+    // The caller's working directory is below a container's writable directory (a CLI run
+    // in a project's `src/` with the project as the workdir): the walk starts inside it
+    // without entering it, so a relative path must not follow the links the container
+    // planted there either.
+    let root = tempfile::tempdir().unwrap();
+    let work = root.path().join("work");
+    let secret = root.path().join("secret");
+    std::fs::create_dir_all(work.join("src")).unwrap();
+    std::fs::create_dir(&secret).unwrap();
+    std::os::unix::fs::symlink(&secret, work.join("src/out")).unwrap();
+    let container = writable(&work);
+    let src = work.join("src");
+    let results = std::thread::spawn(move || {
+        // A working directory of this thread's own.
+        nix::sched::unshare(nix::sched::CloneFlags::CLONE_FS).unwrap();
+        std::env::set_current_dir(&src).unwrap();
+        ["out", "out/new", "../src/out", "."].map(|p| {
+            (
+                p,
+                open_dir_blocking(Path::new(p), true, &container).map(|_| ()),
+            )
+        })
+    })
+    .join()
+    .unwrap();
+    for (path, r) in &results[..3] {
+        assert!(
+            matches!(r, Err(e) if e.kind() == io::ErrorKind::InvalidInput),
+            "BREAK: {path}, relative to a directory inside the container's, went through \
+             its link ({r:?})"
+        );
+    }
+    results[3].1.as_ref().unwrap();
+    assert!(
+        !secret.join("new").exists(),
+        "BREAK: made a directory through the link"
+    );
+}
