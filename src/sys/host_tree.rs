@@ -250,7 +250,8 @@ impl<W: Write> Pack<W> {
                     | OFlag::O_CLOEXEC;
                 let fd = match nix::fcntl::openat(dir, name.as_c_str(), flags, Mode::empty()) {
                     Ok(fd) => fd,
-                    Err(Errno::ENOENT | Errno::ELOOP) => return Ok(()),
+                    // Gone, a link, or a socket (which cannot be opened) swapped in.
+                    Err(Errno::ENOENT | Errno::ELOOP | Errno::ENXIO) => return Ok(()),
                     Err(e) => return Err(e.into()),
                 };
                 let st = fstat(&fd)?;

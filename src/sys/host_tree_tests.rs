@@ -511,3 +511,36 @@ fn a_relative_path_from_inside_a_container_writable_dir_follows_no_link() {
         "BREAK: made a directory through the link"
     );
 }
+
+#[test]
+fn packing_leaves_out_a_socket_swapped_in_for_a_file() {
+    // The listing and `fstatat` see a file, the open meets a socket (`ENXIO`): a sandbox
+    // swapping one for the other made every upload of its directory fail, where a FIFO
+    // swapped in the same way is left out.
+    let src = tempfile::tempdir().unwrap();
+    let s = src.path().to_path_buf();
+    std::fs::write(s.join("f"), b"plain").unwrap();
+    let _listener = std::os::unix::net::UnixListener::bind(s.join("sock")).unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let swap = {
+        let (s, stop) = (s.clone(), Arc::clone(&stop));
+        std::thread::spawn(move || swapper(s, "f", "sock", stop))
+    };
+    let started = std::time::Instant::now();
+    let (mut rounds, mut failed) = (0, Vec::new());
+    while started.elapsed() < std::time::Duration::from_secs(1) {
+        let mut out = Vec::new();
+        if let Err(e) = pack_blocking(open(&s), &mut out) {
+            failed.push(e.to_string());
+        }
+        rounds += 1;
+    }
+    stop.store(true, Ordering::Relaxed);
+    swap.join().unwrap();
+    assert!(
+        failed.is_empty(),
+        "BREAK: {} of {rounds} packs failed on a socket swapped in: {:?}",
+        failed.len(),
+        failed.first()
+    );
+}
