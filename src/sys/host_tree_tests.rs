@@ -544,3 +544,249 @@ fn packing_leaves_out_a_socket_swapped_in_for_a_file() {
         failed.first()
     );
 }
+
+/// A GNU long name entry for `name`, then a header of `kind` (`name` must need no more).
+fn long_name_entry(name: &[u8], kind: tar::EntryType, link: &str) -> Vec<u8> {
+    let mut out = raw_header(
+        b"././@LongLink",
+        tar::EntryType::GNULongName,
+        name.len() as u64,
+        0o644,
+    )
+    .to_vec();
+    out.extend_from_slice(name);
+    out.resize(out.len().next_multiple_of(512), 0);
+    out.extend_from_slice(&raw_link_header(b"short", kind, 0, 0o644, link));
+    out
+}
+
+#[test]
+fn hostile_archive_corner_cases_are_held() {
+    let root = tempfile::tempdir().unwrap();
+    let outside = root.path().join("outside");
+    std::fs::create_dir(&outside).unwrap();
+    std::fs::write(outside.join("victim"), b"safe").unwrap();
+    let victim = outside.join("victim");
+    let v = victim.to_str().unwrap();
+    let fresh = |name: &str| {
+        let dst = root.path().join(name);
+        std::fs::create_dir(&dst).unwrap();
+        dst
+    };
+    let (link, hard, reg, dir) = (
+        tar::EntryType::Symlink,
+        tar::EntryType::Link,
+        tar::EntryType::Regular,
+        tar::EntryType::Directory,
+    );
+
+    // A hard link to a symlink, then a file written at the hard link's name: the symlink
+    // is linked (not followed), then replaced; nothing is written through it.
+    let dst = fresh("hardlink-to-symlink");
+    let archive = archive_with(&[("s", link, v), ("h", hard, "s"), ("h", reg, "")]);
+    unpack_blocking(&archive[..], open(&dst), u64::MAX).unwrap();
+    assert_eq!(
+        std::fs::read(&victim).unwrap(),
+        b"safe",
+        "BREAK: written through"
+    );
+    assert_eq!(std::fs::read(dst.join("h")).unwrap(), b"evil");
+    // ... and a path through that hard link (a symlink) is refused.
+    let dst = fresh("through-hardlink");
+    let archive = archive_with(&[("s", link, v), ("h", hard, "s"), ("h/x", reg, "")]);
+    assert!(unpack_blocking(&archive[..], open(&dst), u64::MAX).is_err());
+
+    // A hard link to a file the caller's directory already held, then a file at its name:
+    // the caller's file is not written through the new link.
+    let dst = fresh("hardlink-to-callers-file");
+    std::fs::write(dst.join("data"), b"caller's").unwrap();
+    let archive = archive_with(&[("h", hard, "data"), ("h", reg, "")]);
+    unpack_blocking(&archive[..], open(&dst), u64::MAX).unwrap();
+    assert_eq!(
+        std::fs::read(dst.join("data")).unwrap(),
+        b"caller's",
+        "BREAK"
+    );
+
+    // A hard link whose target's parents do not exist: refused, nothing made for it.
+    let dst = fresh("hardlink-missing");
+    let archive = archive_with(&[("h", hard, "no/such/dir/f")]);
+    assert!(unpack_blocking(&archive[..], open(&dst), u64::MAX).is_err());
+    assert!(
+        !dst.join("no").exists(),
+        "BREAK: a link's target made directories"
+    );
+
+    // A directory, then a file (or a link) of the same name: refused, the directory stays.
+    for kind in [reg, link, hard] {
+        let dst = fresh(&format!("dir-then-{kind:?}"));
+        let target = if kind == reg { "" } else { v };
+        let archive = archive_with(&[("d", dir, ""), ("d/in", reg, ""), ("d", kind, target)]);
+        let err = unpack_blocking(&archive[..], open(&dst), u64::MAX).unwrap_err();
+        assert!(dst.join("d/in").is_file(), "{kind:?}: {err}");
+    }
+
+    // The top's own entry, with every mode bit: the caller's directory keeps its mode.
+    let dst = fresh("top");
+    let before = std::fs::metadata(&dst).unwrap().mode();
+    let mut archive = Vec::new();
+    {
+        let mut builder = tar::Builder::new(&mut archive);
+        for name in [".", "./", ""] {
+            let mut h = tar::Header::new_gnu();
+            h.set_entry_type(dir);
+            h.set_mode(0o7777);
+            h.set_size(0);
+            h.as_old_mut().name[..name.len()].copy_from_slice(name.as_bytes());
+            h.set_cksum();
+            builder.append(&h, io::empty()).unwrap();
+        }
+        builder.finish().unwrap();
+    }
+    unpack_blocking(&archive[..], open(&dst), u64::MAX).unwrap();
+    assert_eq!(
+        std::fs::metadata(&dst).unwrap().mode(),
+        before,
+        "BREAK: top's mode"
+    );
+
+    // Long names (GNU) climbing out or absolute, for the entry and for a link's target.
+    let climbing = format!("{}../../outside/escaped", "a/".repeat(60));
+    let absolute = format!("{}/{}", outside.display(), "b".repeat(120));
+    for archive in [
+        long_name_entry(climbing.as_bytes(), reg, ""),
+        long_name_entry(absolute.as_bytes(), reg, ""),
+        long_name_entry(climbing.as_bytes(), hard, "x"),
+    ] {
+        let mut archive = archive;
+        archive.extend_from_slice(&[0; 1024]);
+        let dst = fresh(&format!("long-{}", archive.len() ^ rand_suffix()));
+        let r = unpack_blocking(&archive[..], open(&dst), u64::MAX);
+        assert!(
+            r.is_err(),
+            "BREAK: a long name out of the directory was accepted"
+        );
+    }
+    let mut archive = long_name_entry(b"x", tar::EntryType::Link, "");
+    archive.truncate(archive.len() - 512);
+    let mut h = tar::Header::new_gnu();
+    h.set_entry_type(tar::EntryType::GNULongLink);
+    h.set_size(climbing.len() as u64);
+    h.as_old_mut().name[..13].copy_from_slice(b"././@LongLink");
+    h.set_cksum();
+    archive.extend_from_slice(h.as_bytes());
+    archive.extend_from_slice(climbing.as_bytes());
+    archive.resize(archive.len().next_multiple_of(512), 0);
+    archive.extend_from_slice(&raw_link_header(b"hl", hard, 0, 0o644, "y"));
+    archive.extend_from_slice(&[0; 1024]);
+    let dst = fresh("long-link");
+    assert!(unpack_blocking(&archive[..], open(&dst), u64::MAX).is_err());
+    let landed: Vec<_> = std::fs::read_dir(&outside).unwrap().collect();
+    assert_eq!(
+        landed.len(),
+        1,
+        "BREAK: an entry landed outside: {landed:?}"
+    );
+    assert_eq!(std::fs::read(&victim).unwrap(), b"safe");
+}
+
+/// A number to tell apart the directories of one test.
+fn rand_suffix() -> usize {
+    static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    N.fetch_add(1, Ordering::Relaxed)
+}
+
+#[test]
+fn sparse_claims_are_bounded() {
+    // A GNU sparse entry of one 512-byte block claiming 1 TiB (or 64 MiB): charged at
+    // its apparent size before anything is written.
+    let sparse = |real: u64| {
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(tar::EntryType::GNUSparse);
+        h.set_mode(0o644);
+        h.set_size(512);
+        h.as_old_mut().name[..6].copy_from_slice(b"sparse");
+        let gnu = h.as_gnu_mut().unwrap();
+        gnu.set_real_size(real);
+        gnu.sparse[0].set_offset(real - 512);
+        gnu.sparse[0].set_length(512);
+        h.set_cksum();
+        h
+    };
+    let archive_of = |h: &tar::Header| {
+        let mut archive = h.as_bytes().to_vec();
+        archive.extend_from_slice(&[b'x'; 512]);
+        archive.extend_from_slice(&[0; 1024]);
+        archive
+    };
+    let dst = tempfile::tempdir().unwrap();
+    let archive = archive_of(&sparse(1 << 40));
+    let err = unpack_blocking(&archive[..], open(dst.path()), 4 << 30).unwrap_err();
+    assert_eq!(err.kind(), io::ErrorKind::FileTooLarge, "BREAK: {err}");
+    assert!(!dst.path().join("sparse").exists());
+    // Within the budget, a hole on the host (as in the sandbox).
+    let archive = archive_of(&sparse(64 << 20));
+    unpack_blocking(&archive[..], open(dst.path()), 4 << 30).unwrap();
+    let meta = std::fs::metadata(dst.path().join("sparse")).unwrap();
+    assert_eq!(meta.len(), 64 << 20);
+    assert!(
+        meta.blocks() * 512 < 1 << 20,
+        "BREAK: {} blocks for a hole",
+        meta.blocks()
+    );
+
+    // An endless sparse map (extension headers each saying another follows): stopped by
+    // the header limit, not read to the end of the stream.
+    let mut h = sparse(1 << 40);
+    h.as_gnu_mut().unwrap().isextended[0] = 1;
+    h.set_cksum();
+    let mut ext = [0u8; 512];
+    ext[504] = 1; // isextended
+    let endless = io::Cursor::new(h.as_bytes().to_vec()).chain(Blocks(ext, 0));
+    let taken = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let counted = Counted {
+        inner: endless,
+        taken: Arc::clone(&taken),
+    };
+    let dst = tempfile::tempdir().unwrap();
+    let r = unpack_blocking(counted, open(dst.path()), u64::MAX);
+    let taken = taken.load(Ordering::Relaxed);
+    assert!(
+        r.is_err() && taken <= ENTRY_HEADERS_LIMIT + 1024,
+        "BREAK: an endless sparse map took {taken} bytes ({r:?})"
+    );
+}
+
+#[test]
+fn names_that_are_not_utf8_travel_as_they_are() {
+    let src = tempfile::tempdir().unwrap();
+    let name = OsStr::from_bytes(b"caf\xe9-\xff\x01");
+    std::fs::create_dir(src.path().join(name)).unwrap();
+    std::fs::write(src.path().join(name).join(name), b"bytes").unwrap();
+    std::os::unix::fs::symlink(OsStr::from_bytes(b"\xfe/target"), src.path().join("l")).unwrap();
+    let dst = tempfile::tempdir().unwrap();
+    unpack_blocking(&pack_to_vec(src.path())[..], open(dst.path()), u64::MAX).unwrap();
+    assert_eq!(
+        std::fs::read(dst.path().join(name).join(name)).unwrap(),
+        b"bytes"
+    );
+    assert_eq!(
+        std::fs::read_link(dst.path().join("l"))
+            .unwrap()
+            .as_os_str()
+            .as_bytes(),
+        b"\xfe/target"
+    );
+}
+
+/// Block `.0` over and over, without end (`.1`: where in it the next read starts).
+struct Blocks([u8; 512], usize);
+
+impl Read for Blocks {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = buf.len().min(512 - self.1);
+        buf[..n].copy_from_slice(&self.0[self.1..self.1 + n]);
+        self.1 = (self.1 + n) % 512;
+        Ok(n)
+    }
+}
