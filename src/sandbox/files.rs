@@ -529,12 +529,7 @@ impl Sandbox {
         };
         let mut process = self.exec(&tar).await?;
         let stdout = process.stdout.take().expect("piped stdout");
-        let limit = self
-            .inner
-            .config
-            .output_limit
-            .unwrap_or(u64::MAX)
-            .max(DOWNLOAD_LIMIT);
+        let limit = download_limit(self.inner.config.output_limit);
         let unpacking = tokio::task::spawn_blocking(move || {
             let stream = std::io::Read::take(tokio_util::io::SyncIoBridge::new(stdout), limit);
             crate::sys::host_tree::unpack_blocking(stream, top, limit)
@@ -583,6 +578,13 @@ const TRANSFER_STALL: std::time::Duration = std::time::Duration::from_secs(10);
 /// The most bytes a `download_dir` archive may hold (more when the sandbox's output limit is
 /// higher): a sandbox's files can be far larger than what it stores (sparse files).
 const DOWNLOAD_LIMIT: u64 = 4 << 30;
+
+/// What a `download_dir` may cost the host: [`DOWNLOAD_LIMIT`], or the output limit when it
+/// is higher. Without an output limit, still [`DOWNLOAD_LIMIT`]: the limit is on what the
+/// sandbox keeps of its own output, and unbounded host disk is not what lifting it asks for.
+fn download_limit(output_limit: Option<u64>) -> u64 {
+    output_limit.map_or(DOWNLOAD_LIMIT, |limit| limit.max(DOWNLOAD_LIMIT))
+}
 
 /// `tar <args> <dir>` in the sandbox, reading or writing the archive on stdio; no timeout
 /// of the sandbox's (a large tree takes what it takes), stderr kept for the error.
@@ -644,4 +646,20 @@ fn unexpected(context: &'static str, path: &Path, reply: FileReply) -> SandboxEr
             format!("unexpected file reply {reply:?}"),
         ),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_download_is_bounded_without_an_output_limit() {
+        // `output_limit: None` made the archive's stream and the size budget u64::MAX: a
+        // sandbox (or a forged archive) could fill the host's disk.
+        let limit = super::download_limit(None);
+        assert!(
+            limit <= super::DOWNLOAD_LIMIT,
+            "BREAK: without an output limit a download may cost the host {limit} bytes"
+        );
+        assert_eq!(super::download_limit(Some(1)), super::DOWNLOAD_LIMIT);
+        assert_eq!(super::download_limit(Some(8 << 30)), 8 << 30);
+    }
 }

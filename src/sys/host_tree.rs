@@ -58,7 +58,13 @@ pub(crate) fn open_dir_blocking(
 ) -> io::Result<OwnedFd> {
     let start = if path.is_absolute() { "/" } else { "." };
     let mut dir = open_path_dir(nix::fcntl::AT_FDCWD, start)?;
-    let mut inside: Option<PathBuf> = None;
+    // A relative path starts wherever the working directory is, which may be below a
+    // container's directory without the walk ever entering it: look up from there.
+    let mut inside = if path.is_absolute() {
+        None
+    } else {
+        container_dir_above(&dir, writable_by_a_container)?
+    };
     let mut links = 0;
     let mut todo: Vec<OsString> = Vec::new();
     push_components(&mut todo, path)?;
@@ -122,6 +128,28 @@ pub(crate) fn open_dir_blocking(
         }
         // Opened without following: a link swapped in since the `fstatat` fails here.
         dir = open_path_dir(&dir, name.as_os_str())?;
+    }
+}
+
+/// The container-writable directory that `dir` is in (or is), found by walking up through
+/// `..` to the root: a container can move `dir` only within its own directory, so the walk
+/// up passes it.
+fn container_dir_above(
+    dir: &OwnedFd,
+    writable_by_a_container: &dyn Fn(u64, u64) -> Option<PathBuf>,
+) -> io::Result<Option<PathBuf>> {
+    let mut dir = open_path_dir(dir, ".")?;
+    let mut st = fstat(&dir)?;
+    loop {
+        if let Some(writable) = writable_by_a_container(st.st_dev, st.st_ino) {
+            return Ok(Some(writable));
+        }
+        let up = open_path_dir(&dir, "..")?;
+        let up_st = fstat(&up)?;
+        if (up_st.st_dev, up_st.st_ino) == (st.st_dev, st.st_ino) {
+            return Ok(None); // The root.
+        }
+        (dir, st) = (up, up_st);
     }
 }
 
@@ -222,7 +250,8 @@ impl<W: Write> Pack<W> {
                     | OFlag::O_CLOEXEC;
                 let fd = match nix::fcntl::openat(dir, name.as_c_str(), flags, Mode::empty()) {
                     Ok(fd) => fd,
-                    Err(Errno::ENOENT | Errno::ELOOP) => return Ok(()),
+                    // Gone, a link, or a socket (which cannot be opened) swapped in.
+                    Err(Errno::ENOENT | Errno::ELOOP | Errno::ENXIO) => return Ok(()),
                     Err(e) => return Err(e.into()),
                 };
                 let st = fstat(&fd)?;
@@ -302,108 +331,237 @@ impl<W: Write> Visitor for Pack<W> {
 // ---------------------------------------------------------------------------------------
 // Unpacking.
 
+/// The most bytes of headers the tar reader may take for one entry (its header, GNU long
+/// name and link, pax records, sparse maps), which it holds in memory.
+const ENTRY_HEADERS_LIMIT: u64 = 16 << 20;
+
+/// The longest entry name or link target unpacked: `PATH_MAX`. A longer one would be split
+/// into that many names (memory), make as many directories, and leave a tree the host's
+/// own tools cannot name (`std::fs::remove_dir_all` recurses once per level).
+const NAME_LIMIT: usize = 4096;
+
+/// What each entry made costs the size budget besides its contents: an inode and a block,
+/// about what a directory takes on the host's disk.
+const ENTRY_COST: u64 = 4096;
+
+/// The most bytes of names of directories whose final mode waits for the end of an unpack.
+const DEFERRED_LIMIT: usize = 16 << 20;
+
 /// Unpacks the untrusted tar archive `archive` into directory `top`: see the module's docs.
 /// Directories and files get the archive's permission bits without set-id and sticky bits
 /// (a directory keeps its owner's `rwx` until the end, so that its entries can be made), an
 /// existing non-directory at an entry's name is replaced, devices and FIFOs are left out.
-/// All-zero blocks of a file are left as holes, and the files' apparent sizes together may
-/// not pass `size_limit` (`FileTooLarge`): a sparse file costs the host what it costs the
-/// sandbox. Blocking.
+/// All-zero blocks of a file are left as holes. The files' apparent sizes, and
+/// [`ENTRY_COST`] for every entry and directory made, together may not pass `size_limit`
+/// (`FileTooLarge`): a sparse file costs the host what it costs the sandbox, and neither
+/// empty entries nor the parents a name implies are free. An entry's headers are read up to
+/// [`ENTRY_HEADERS_LIMIT`] bytes, its names up to `PATH_MAX`. Blocking.
 ///
 /// # Errors
 ///
 /// `InvalidData` for an entry that would land outside `top` (`..`, an absolute name, a path
-/// through a link), `AlreadyExists` for a name a concurrent writer took meanwhile, or the
-/// system's error.
+/// through a link) or whose headers or names are too long, `AlreadyExists` for a name a
+/// concurrent writer took meanwhile, or the system's error.
 pub(crate) fn unpack_blocking(archive: impl Read, top: OwnedFd, size_limit: u64) -> io::Result<()> {
-    let mut archive = tar::Archive::new(archive);
-    let mut budget = size_limit;
+    let headers = std::rc::Rc::new(std::cell::Cell::new(None));
+    let mut archive = tar::Archive::new(Metered {
+        inner: archive,
+        left: std::rc::Rc::clone(&headers),
+    });
+    let mut budget = Budget {
+        left: size_limit,
+        limit: size_limit,
+    };
     // Directories whose final mode lacks some of its owner's bits: set at the end.
-    let mut deferred: Vec<(Vec<OsString>, u32)> = Vec::new();
-    for entry in archive.entries()? {
-        let mut entry = entry?;
-        let raw = entry.path()?.into_owned();
-        let names = inside_names(&raw)?;
-        let Some((name, parents)) = names.split_last() else {
-            continue; // The top itself: the caller's directory keeps its mode.
+    let mut deferred: Vec<(PathBuf, u32)> = Vec::new();
+    let mut deferred_bytes = 0;
+    let mut entries = archive.entries()?;
+    loop {
+        // What the tar reader takes from here to the next entry is headers, held in memory.
+        headers.set(Some(ENTRY_HEADERS_LIMIT));
+        let next = entries.next();
+        headers.set(None);
+        let Some(entry) = next else {
+            break;
         };
-        let parent = open_parents(&top, parents, &raw)?;
-        let mode = entry.header().mode()? & KEPT_MODE;
-        let kind = entry.header().entry_type();
-        match kind {
-            tar::EntryType::Directory => {
-                let dir = make_dir(&parent, name, &raw)?;
-                fchmod(&dir, Mode::from_bits_truncate(mode | 0o700))?;
-                if mode & 0o700 != 0o700 {
-                    deferred.push((names.clone(), mode));
-                }
+        let mut entry = entry?;
+        if let Some((path, mode)) = unpack_entry(&mut entry, &top, &mut budget)? {
+            deferred_bytes += path.as_os_str().len();
+            if deferred_bytes > DEFERRED_LIMIT {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "the sandbox sent too many directories without their owner's permissions",
+                ));
             }
-            tar::EntryType::Regular | tar::EntryType::Continuous | tar::EntryType::GNUSparse => {
-                let size = entry.size();
-                budget = budget.checked_sub(size).ok_or_else(|| {
-                    io::Error::new(
-                        io::ErrorKind::FileTooLarge,
-                        format!("the files' sizes together pass {size_limit} bytes"),
-                    )
-                })?;
-                replace_non_dir(&parent, name, &raw)?;
-                let flags = OFlag::O_WRONLY
-                    | OFlag::O_CREAT
-                    | OFlag::O_EXCL
-                    | OFlag::O_NOFOLLOW
-                    | OFlag::O_CLOEXEC;
-                let fd = nix::fcntl::openat(
-                    &parent,
-                    name.as_os_str(),
-                    flags,
-                    Mode::S_IRUSR | Mode::S_IWUSR,
-                )
+            deferred.push((path, mode));
+        }
+        // The rest of the entry (what was not unpacked) is data, not headers.
+        io::copy(&mut entry, &mut io::sink())?;
+    }
+    for (path, mode) in deferred.into_iter().rev() {
+        let names = inside_names(&path)?;
+        let (name, parents) = names.split_last().expect("deferred entries have a name");
+        let parent = open_parents(&top, parents, &path, None)?;
+        let dir = nix::fcntl::openat(&parent, name.as_os_str(), DIR_FLAGS, Mode::empty())
+            .map_err(|e| through_link(e, &path))?;
+        fchmod(&dir, Mode::from_bits_truncate(mode))?;
+    }
+    Ok(())
+}
+
+/// Unpacks one entry of [`unpack_blocking`]; a directory whose mode must wait for the end is
+/// returned with its mode.
+fn unpack_entry<R: Read>(
+    entry: &mut tar::Entry<'_, R>,
+    top: &OwnedFd,
+    budget: &mut Budget,
+) -> io::Result<Option<(PathBuf, u32)>> {
+    let raw = entry.path()?.into_owned();
+    let names = inside_names(&raw)?;
+    let Some((name, parents)) = names.split_last() else {
+        return Ok(None); // The top itself: the caller's directory keeps its mode.
+    };
+    let mode = entry.header().mode()? & KEPT_MODE;
+    let kind = entry.header().entry_type();
+    let makes = matches!(
+        kind,
+        tar::EntryType::Directory
+            | tar::EntryType::Regular
+            | tar::EntryType::Continuous
+            | tar::EntryType::GNUSparse
+            | tar::EntryType::Symlink
+            | tar::EntryType::Link
+    );
+    if !makes {
+        // Extension headers are read by `tar` itself; devices and FIFOs are not made.
+        return Ok(None);
+    }
+    budget.charge(ENTRY_COST)?;
+    let parent = open_parents(top, parents, &raw, Some(budget))?;
+    match kind {
+        tar::EntryType::Directory => {
+            let dir = make_dir(&parent, name, &raw, None)?;
+            fchmod(&dir, Mode::from_bits_truncate(mode | 0o700))?;
+            if mode & 0o700 != 0o700 {
+                return Ok(Some((raw, mode)));
+            }
+        }
+        tar::EntryType::Symlink => {
+            let target = entry
+                .link_name()?
+                .ok_or_else(|| bad_entry(&raw, "a link without a target"))?;
+            check_length(&target)?;
+            replace_non_dir(&parent, name, &raw)?;
+            nix::unistd::symlinkat(target.as_os_str(), &parent, name.as_os_str())
                 .map_err(|e| taken(e, &raw))?;
-                let mut file = File::from(fd);
-                copy_sparse(&mut entry, &mut file)?;
-                fchmod(&file, Mode::from_bits_truncate(mode))?;
-                if let Ok(mtime) = entry.header().mtime() {
-                    let time = std::time::UNIX_EPOCH + std::time::Duration::from_secs(mtime);
-                    let _ = file.set_modified(time);
-                }
+        }
+        tar::EntryType::Link => {
+            let target = entry
+                .link_name()?
+                .ok_or_else(|| bad_entry(&raw, "a hard link without a target"))?;
+            check_length(&target)?;
+            let target_names = inside_names(&target)?;
+            let Some((target_name, target_parents)) = target_names.split_last() else {
+                return Err(bad_entry(&raw, "a hard link to the top directory"));
+            };
+            // Looked up, never made.
+            let target_parent = open_parents(top, target_parents, &target, None)?;
+            replace_non_dir(&parent, name, &raw)?;
+            // Without AT_SYMLINK_FOLLOW: a link to a symlink is a link to the symlink.
+            nix::unistd::linkat(
+                &target_parent,
+                target_name.as_os_str(),
+                &parent,
+                name.as_os_str(),
+                AtFlags::empty(),
+            )
+            .map_err(|e| taken(e, &raw))?;
+        }
+        _ => {
+            budget.charge(entry.size())?;
+            replace_non_dir(&parent, name, &raw)?;
+            let flags = OFlag::O_WRONLY
+                | OFlag::O_CREAT
+                | OFlag::O_EXCL
+                | OFlag::O_NOFOLLOW
+                | OFlag::O_CLOEXEC;
+            let fd = nix::fcntl::openat(
+                &parent,
+                name.as_os_str(),
+                flags,
+                Mode::S_IRUSR | Mode::S_IWUSR,
+            )
+            .map_err(|e| taken(e, &raw))?;
+            let mut file = File::from(fd);
+            copy_sparse(entry, &mut file)?;
+            fchmod(&file, Mode::from_bits_truncate(mode))?;
+            if let Ok(mtime) = entry.header().mtime() {
+                let time = std::time::UNIX_EPOCH + std::time::Duration::from_secs(mtime);
+                let _ = file.set_modified(time);
             }
-            tar::EntryType::Symlink => {
-                let target = entry
-                    .link_name()?
-                    .ok_or_else(|| bad_entry(&raw, "a link without a target"))?;
-                replace_non_dir(&parent, name, &raw)?;
-                nix::unistd::symlinkat(target.as_os_str(), &parent, name.as_os_str())
-                    .map_err(|e| taken(e, &raw))?;
-            }
-            tar::EntryType::Link => {
-                let target = entry
-                    .link_name()?
-                    .ok_or_else(|| bad_entry(&raw, "a hard link without a target"))?;
-                let target_names = inside_names(&target)?;
-                let Some((target_name, target_parents)) = target_names.split_last() else {
-                    return Err(bad_entry(&raw, "a hard link to the top directory"));
-                };
-                let target_parent = open_parents(&top, target_parents, &target)?;
-                replace_non_dir(&parent, name, &raw)?;
-                // Without AT_SYMLINK_FOLLOW: a link to a symlink is a link to the symlink.
-                nix::unistd::linkat(
-                    &target_parent,
-                    target_name.as_os_str(),
-                    &parent,
-                    name.as_os_str(),
-                    AtFlags::empty(),
-                )
-                .map_err(|e| taken(e, &raw))?;
-            }
-            // Extension headers are read by `tar` itself; devices and FIFOs are not made.
-            _ => {}
         }
     }
-    for (names, mode) in deferred.into_iter().rev() {
-        let (name, parents) = names.split_last().expect("deferred entries have a name");
-        let parent = open_parents(&top, parents, Path::new(name))?;
-        let dir = nix::fcntl::openat(&parent, name.as_os_str(), DIR_FLAGS, Mode::empty())?;
-        fchmod(&dir, Mode::from_bits_truncate(mode))?;
+    Ok(None)
+}
+
+/// What an unpack may still cost the host (see [`unpack_blocking`]).
+struct Budget {
+    left: u64,
+    limit: u64,
+}
+
+impl Budget {
+    fn charge(&mut self, cost: u64) -> io::Result<()> {
+        self.left = self.left.checked_sub(cost).ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::FileTooLarge,
+                format!(
+                    "the files' sizes and entries together pass {} bytes",
+                    self.limit
+                ),
+            )
+        })?;
+        Ok(())
+    }
+}
+
+/// The archive's reader, which fails past `left` bytes while that is set: the tar reader
+/// holds what it takes between entries (headers) in memory.
+struct Metered<R> {
+    inner: R,
+    left: std::rc::Rc<std::cell::Cell<Option<u64>>>,
+}
+
+impl<R: Read> Read for Metered<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let Some(left) = self.left.get() else {
+            return self.inner.read(buf);
+        };
+        if left == 0 && !buf.is_empty() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!(
+                    "the sandbox sent an entry with more than {ENTRY_HEADERS_LIMIT} bytes of headers"
+                ),
+            ));
+        }
+        let len = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
+        let n = self.inner.read(&mut buf[..len])?;
+        self.left.set(Some(left - n as u64));
+        Ok(n)
+    }
+}
+
+/// An error for a name longer than [`NAME_LIMIT`].
+fn check_length(name: &Path) -> io::Result<()> {
+    if name.as_os_str().len() > NAME_LIMIT {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!(
+                "the sandbox sent a name of {} bytes (more than {NAME_LIMIT})",
+                name.as_os_str().len()
+            ),
+        ));
     }
     Ok(())
 }
@@ -431,6 +589,7 @@ fn taken(e: Errno, raw: &Path) -> io::Error {
 
 /// The names of archive path `raw`, which must stay inside the top: no `..`, no root.
 fn inside_names(raw: &Path) -> io::Result<Vec<OsString>> {
+    check_length(raw)?;
     let mut names = Vec::new();
     for c in raw.components() {
         match c {
@@ -450,21 +609,40 @@ fn inside_names(raw: &Path) -> io::Result<Vec<OsString>> {
     Ok(names)
 }
 
-/// The directory `parents` below `top`, walked with `O_NOFOLLOW` and made where missing.
-fn open_parents(top: &OwnedFd, parents: &[OsString], raw: &Path) -> io::Result<OwnedFd> {
+/// The directory `parents` below `top`, walked with `O_NOFOLLOW`; missing ones are made and
+/// charged to `budget` when there is one, an error otherwise.
+fn open_parents(
+    top: &OwnedFd,
+    parents: &[OsString],
+    raw: &Path,
+    mut budget: Option<&mut Budget>,
+) -> io::Result<OwnedFd> {
     let mut dir = nix::fcntl::openat(top, ".", DIR_FLAGS, Mode::empty())?;
     for name in parents {
-        dir = make_dir(&dir, name, raw)?;
+        dir = match budget.as_deref_mut() {
+            Some(budget) => make_dir(&dir, name, raw, Some(budget))?,
+            None => nix::fcntl::openat(&dir, name.as_os_str(), DIR_FLAGS, Mode::empty())
+                .map_err(|e| through_link(e, raw))?,
+        };
     }
     Ok(dir)
 }
 
-/// Directory `name` of `parent`, made (`0o755`) if missing; never through a link.
-fn make_dir(parent: &OwnedFd, name: &OsString, raw: &Path) -> io::Result<OwnedFd> {
+/// Directory `name` of `parent`, made (`0o755`) if missing; never through a link. A
+/// directory made is charged to `budget`, if any (an entry's own is already charged).
+fn make_dir(
+    parent: &OwnedFd,
+    name: &OsString,
+    raw: &Path,
+    budget: Option<&mut Budget>,
+) -> io::Result<OwnedFd> {
     let open = || nix::fcntl::openat(parent, name.as_os_str(), DIR_FLAGS, Mode::empty());
     match open() {
         Ok(dir) => Ok(dir),
         Err(Errno::ENOENT) => {
+            if let Some(budget) = budget {
+                budget.charge(ENTRY_COST)?;
+            }
             match nix::sys::stat::mkdirat(parent, name.as_os_str(), Mode::from_bits_truncate(0o755))
             {
                 Ok(()) | Err(Errno::EEXIST) => {}
