@@ -410,15 +410,22 @@ while True:
 }
 
 // ---------------------------------------------------------------------------------------
-// Attack 5: a crafted archive written into tar's stdout through /proc/<tar>/fd/1 (tar is an
-// ordinary dumpable process of the sandbox's user). unpack_in must keep everything inside.
+// Attack 5: a forged archive. The sandbox cannot write into its tar's stdout (the pipe is the
+// host's: `/proc/<tar>/fd/1` is EACCES even as its root), but with a writable root it can
+// replace `/usr/bin/tar` itself, and `download_dir` then unpacks whatever that writes. Each
+// download takes the next hostile archive; the host's unpack must keep everything inside.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_forged_archive_stays_inside_host_dir() {
     let t = TestSandbox::new(KIND).await;
+    let image_dir = tempfile::tempdir().unwrap();
+    let image = common::images::python_layout(&image_dir.path().join("image"));
     let sandbox = t
         .start_sandbox(&SandboxConfig {
-            uid: 1000,
-            gid: 1000,
+            image: Some(oci_sandbox::Image::OciLayout {
+                path: image.layout.clone(),
+                reference: image.tag.clone(),
+            }),
+            writable_root: true,
             ..SandboxConfig::default()
         })
         .await;
@@ -426,133 +433,104 @@ async fn a_forged_archive_stays_inside_host_dir() {
     let victim = host.path().join("victim");
     std::fs::create_dir(&victim).unwrap();
     std::fs::write(victim.join("secret"), "host secret").unwrap();
-    let out = host.path().join("out");
-    common::sh_in(
-        &sandbox,
-        "mkdir -p /tmp/src && head -c 1000000 /dev/urandom > /tmp/src/big",
-    )
-    .await;
     let v = victim.display().to_string();
-    let mut att = attacker(
-        &sandbox,
-        &format!(
-            r#"
-import os, signal, time, tarfile, io
+    // The fake tar: archive number N (from /tmp/case) of the hostile ones, to stdout.
+    let fake_tar = format!(
+        r#"#!/usr/bin/python3
+import io, os, sys, tarfile
 V = '{v}'
-def archive():
+def archive(case):
     b = io.BytesIO()
     t = tarfile.open(fileobj=b, mode='w', format=tarfile.GNU_FORMAT)
-    def add(name, type=tarfile.REGTYPE, data=b'evil', link='', mode=0o644, dev=(0,0)):
+    def add(name, type=tarfile.REGTYPE, data=b'evil', link='', mode=0o644, dev=(0, 0)):
         i = tarfile.TarInfo(name); i.type = type; i.mode = mode; i.linkname = link
         i.devmajor, i.devminor = dev
         if type == tarfile.REGTYPE:
             i.size = len(data); t.addfile(i, io.BytesIO(data))
         else:
             t.addfile(i)
-    add('../victim/dotdot')
-    add(V + '/absolute')
-    add('l', tarfile.SYMTYPE, link=V)
-    add('l/through-link')
-    add('hl_abs', tarfile.LNKTYPE, link=V + '/secret')
-    add('hl_dotdot', tarfile.LNKTYPE, link='../victim/secret')
-    add('hl_via_link', tarfile.LNKTYPE, link='l/secret')
-    add('dev', tarfile.BLKTYPE, dev=(8, 0), mode=0o666)
-    add('chr', tarfile.CHRTYPE, dev=(1, 3), mode=0o666)
-    add('fifo', tarfile.FIFOTYPE)
-    add('suid', mode=0o6755)
-    add('ww', tarfile.DIRTYPE, mode=0o777)
-    add('ww/f', mode=0o666)
-    add('l', tarfile.REGTYPE, data=b'replace link by file')
+    add('fine')
+    [
+        lambda: add('../victim/dotdot'),
+        lambda: add(V + '/absolute'),
+        lambda: (add('l', tarfile.SYMTYPE, link=V), add('l/through-link')),
+        lambda: add('hl_abs', tarfile.LNKTYPE, link=V + '/secret'),
+        lambda: add('hl_dotdot', tarfile.LNKTYPE, link='../victim/secret'),
+        lambda: (add('l', tarfile.SYMTYPE, link=V), add('hl_via_link', tarfile.LNKTYPE, link='l/secret')),
+        lambda: (add('dev', tarfile.BLKTYPE, dev=(8, 0), mode=0o666),
+                 add('chr', tarfile.CHRTYPE, dev=(1, 3), mode=0o666),
+                 add('fifo', tarfile.FIFOTYPE), add('suid', mode=0o6755)),
+        lambda: (add('l', tarfile.SYMTYPE, link=V + '/secret'), add('l', data=b'replaced')),
+    ][case]()
     t.close()
     return b.getvalue()
-data = archive()
-while True:
-    for p in os.listdir('/proc'):
-        if not p.isdigit(): continue
-        try: cmd = open(f'/proc/{{p}}/cmdline','rb').read()
-        except OSError: continue
-        if cmd.startswith(b'/usr/bin/tar\0-f\0-\0-c'):
-            pid = int(p)
-            fd = os.open(f'/proc/{{pid}}/fd/1', os.O_WRONLY)
-            os.kill(pid, signal.SIGSTOP)
-            os.write(fd, data)
-            os.close(fd)
-            os.kill(pid, signal.SIGKILL)
-            open('/tmp/injected', 'w').write('yes')
-            time.sleep(600)
-    time.sleep(0.0002)
+case = int(open('/tmp/case').read()) if os.path.exists('/tmp/case') else 0
+open('/tmp/case', 'w').write(str(case + 1))
+sys.stdout.buffer.write(archive(case))
 "#
-        ),
-    )
-    .await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let r = tokio::time::timeout(
-        Duration::from_secs(60),
-        sandbox.download_dir("/tmp/src", &out),
-    )
-    .await;
-    let alive = att.try_wait();
-    att.kill().await.ok();
-    let mut err = String::new();
-    if let Some(mut e) = att.stderr.take() {
-        let _ = tokio::time::timeout(Duration::from_secs(2), e.read_to_string(&mut err)).await;
-    }
-    let injected = common::sh_in(
+    );
+    sandbox.write_file("/usr/bin/tar", fake_tar).await.unwrap();
+    let chmod = "import os; os.chmod('/usr/bin/tar', 0o755)";
+    common::exec_in(
         &sandbox,
-        "cat /tmp/injected 2>/dev/null; ps -eo pid,ppid,stat,args 2>/dev/null; true",
+        &ExecConfig::new("/usr/bin/python3", &["-c", chmod][..]),
     )
     .await;
-    eprintln!("attacker alive before kill: {alive:?}; its stderr: {err}");
-    let mut listing = String::new();
-    for e in walk(host.path()) {
-        let m = std::fs::symlink_metadata(&e).unwrap();
-        listing += &format!(
-            "{} mode={:o} nlink={} type={:?}\n",
-            e.display(),
-            m.mode(),
-            m.nlink(),
-            m.file_type()
+    sandbox.create_dir_all("/tmp/src").await.unwrap();
+    let mut escapes_refused = 0;
+    for case in 0..8 {
+        let out = host.path().join(format!("out{case}"));
+        let r = tokio::time::timeout(
+            Duration::from_secs(60),
+            sandbox.download_dir("/tmp/src", &out),
+        )
+        .await
+        .expect("the download ends");
+        // The forged archive was what the host read: its first entry landed.
+        assert!(
+            out.join("fine").exists(),
+            "case {case}: the forged archive was not used ({r:?})"
+        );
+        match case {
+            0..=5 => {
+                assert!(r.is_err(), "case {case}: an escaping archive was accepted");
+                escapes_refused += 1;
+            }
+            6 => {
+                r.unwrap();
+                for name in ["dev", "chr", "fifo"] {
+                    assert!(
+                        std::fs::symlink_metadata(out.join(name)).is_err(),
+                        "BREAK: {name} was made"
+                    );
+                }
+                let mode = std::fs::metadata(out.join("suid")).unwrap().mode();
+                assert_eq!(mode & 0o6000, 0, "BREAK: set-id bits kept");
+            }
+            _ => {
+                r.unwrap();
+                assert_eq!(std::fs::read(out.join("l")).unwrap(), b"replaced");
+            }
+        }
+        let victim_entries = std::fs::read_dir(&victim).unwrap().count();
+        assert_eq!(
+            victim_entries, 1,
+            "BREAK: case {case} wrote into the victim dir"
+        );
+        let secret = std::fs::metadata(victim.join("secret")).unwrap();
+        assert_eq!(
+            secret.nlink(),
+            1,
+            "BREAK: case {case} hard-linked a host file"
+        );
+        assert_eq!(
+            std::fs::read_to_string(victim.join("secret")).unwrap(),
+            "host secret",
+            "BREAK: case {case} wrote through a link"
         );
     }
-    eprintln!("injected={injected:?} result={r:?}\n{listing}");
-    let victim_entries: Vec<_> = std::fs::read_dir(&victim).unwrap().collect();
-    assert_eq!(
-        victim_entries.len(),
-        1,
-        "BREAK: wrote into victim:\n{listing}"
-    );
-    assert_eq!(
-        std::fs::metadata(victim.join("secret")).unwrap().nlink(),
-        1,
-        "BREAK: a hard link to a host file outside:\n{listing}"
-    );
-    assert_eq!(
-        std::fs::read_to_string(victim.join("secret")).unwrap(),
-        "host secret"
-    );
-    for name in ["dev", "chr", "fifo"] {
-        if let Ok(m) = std::fs::symlink_metadata(out.join(name)) {
-            assert!(
-                m.file_type().is_file(),
-                "BREAK: {name} is a special file:\n{listing}"
-            );
-        }
-    }
-    if let Ok(m) = std::fs::metadata(out.join("suid")) {
-        assert_eq!(m.mode() & 0o6000, 0, "BREAK: setuid kept");
-    }
-}
-
-fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
-    let mut all = Vec::new();
-    for e in std::fs::read_dir(dir).unwrap() {
-        let p = e.unwrap().path();
-        all.push(p.clone());
-        if std::fs::symlink_metadata(&p).unwrap().is_dir() {
-            all.extend(walk(&p));
-        }
-    }
-    all
+    assert_eq!(escapes_refused, 6);
+    sandbox.close().await;
 }
 
 // ---------------------------------------------------------------------------------------
