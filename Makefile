@@ -6,20 +6,25 @@ CARGO ?= cargo
 # python3: the examples and tests run it inside the sandboxes (from the host's /usr).
 # gcc, libc6-dev: build.rs compiles the sandboxes' in-container launcher (static).
 # skopeo, umoci, docker-registry: the image tests build real images and serve them.
-APT_PACKAGES := runc crun runsc busybox-static uidmap python3 gcc libc6-dev skopeo umoci docker-registry curl wget chromium chromium-driver npm
+# chromium, chromium-driver, npm: the web console's tests drive a real browser; npm fetches
+# its terminal widget.
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: deps demo demo-web web-assets test lint doc bench bench-fast bench-check
 
-## Installs the OCI runtimes the library drives (runc, crun, runsc) and the tests' image tools
-## when any is missing.
+## Installs what is missing, tool by tool: each command the library or its tests run, with
+## the Debian package that brings it. A tool already on PATH is never reinstalled, whatever
+## installed it (a nodesource nodejs brings its own npm, which Debian's npm conflicts with).
+DEPS := runc:runc crun:crun runsc:runsc busybox:busybox-static newuidmap:uidmap \
+	python3:python3 cc:gcc skopeo:skopeo umoci:umoci docker-registry:docker-registry \
+	curl:curl wget:wget chromium:chromium chromedriver:chromium-driver npm:npm
 deps:
-	@missing=""; for b in runc crun runsc busybox newuidmap cc skopeo umoci docker-registry curl wget chromium chromedriver npm; do command -v $$b >/dev/null || missing=1; done; \
-	[ -e /usr/lib/x86_64-linux-gnu/libc.a ] || [ -e /usr/lib/aarch64-linux-gnu/libc.a ] || missing=1; \
-	[ -x /usr/bin/python3 ] || missing=1; \
+	@missing=""; for d in $(DEPS); do command -v $${d%%:*} >/dev/null || missing="$$missing $${d#*:}"; done; \
+	[ -e /usr/lib/x86_64-linux-gnu/libc.a ] || [ -e /usr/lib/aarch64-linux-gnu/libc.a ] || missing="$$missing libc6-dev"; \
+	[ -x /usr/bin/python3 ] || missing="$$missing python3"; \
 	if [ -n "$$missing" ]; then \
-	  echo "installing $(APT_PACKAGES) with apt-get"; \
-	  $(SUDO) apt-get update -q && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q $(APT_PACKAGES); \
+	  echo "installing$$missing with apt-get"; \
+	  $(SUDO) apt-get update -q && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing; \
 	fi
 	@command -v $(CARGO) >/dev/null || { echo "cargo is required (rustup: https://rustup.rs)"; exit 1; }
 

@@ -40,9 +40,23 @@ pub async fn read_until(reader: &mut (impl tokio::io::AsyncRead + Unpin), needle
     }
 }
 
-/// An example binary, built by `cargo build --examples` (as `make test` does) next to the
-/// test binaries.
+/// An example binary next to the test binaries, built first (`cargo build --example`, once
+/// per test process: a no-op when `make test` has built them), so that a plain `cargo test`
+/// works too.
 pub fn example_binary(name: &str) -> PathBuf {
+    static BUILT: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+    {
+        let mut built = BUILT.lock().unwrap_or_else(|e| e.into_inner());
+        if !built.iter().any(|b| b == name) {
+            let status = std::process::Command::new(env!("CARGO"))
+                .args(["build", "--quiet", "--example", name])
+                .current_dir(env!("CARGO_MANIFEST_DIR"))
+                .status()
+                .expect("running cargo to build an example");
+            assert!(status.success(), "cargo build --example {name} failed");
+            built.push(name.to_owned());
+        }
+    }
     let deps = std::env::current_exe().unwrap();
     let path = deps
         .parent()
