@@ -146,6 +146,14 @@ async fn serve_until_done(mut client: UnixStream, egress: Arc<Egress>) {
             return;
         }
     };
+    if let Some(reason) = reflects_credentials(&request, &policy) {
+        let _ = respond(&mut client, 403, &reason).await;
+        event.decision = EgressDecision::Denied { reason };
+        event.connect_time = begun.elapsed();
+        event.duration = event.connect_time;
+        egress.report(event);
+        return;
+    }
     let upstream = tokio::time::timeout(
         CONNECT_DEADLINE,
         connect(&policy, &request.host, request.port),
@@ -181,6 +189,28 @@ async fn serve_until_done(mut client: UnixStream, egress: Arc<Egress>) {
     event.bytes_received = received;
     event.duration = begun.elapsed();
     egress.report(event);
+}
+
+/// Why `request` is refused though its destination is allowed: a `TRACE` (or `TRACK`) that
+/// would carry an injected header. The upstream answers a TRACE with the request it got
+/// (RFC 9110 9.3.8; Apache does by default), injected credential included, and RFC 9110
+/// says a client must not send sensitive fields in one.
+fn reflects_credentials(request: &Request, policy: &EgressPolicy) -> Option<String> {
+    let Host::Name(name) = &request.host else {
+        return None;
+    };
+    let reflected = ["TRACE", "TRACK"]
+        .iter()
+        .any(|m| request.method.eq_ignore_ascii_case(m));
+    (request.forward.is_some()
+        && reflected
+        && policy.headers_for(name, request.port).next().is_some())
+    .then(|| {
+        format!(
+            "{} to {name} would reflect the headers injected for it: refused",
+            request.method
+        )
+    })
 }
 
 /// Reports a request answered `400`: a denial like any other.
@@ -284,6 +314,12 @@ async fn forward(
 
 /// Copies a chunked body (RFC 9112 section 7.1) as it is, checking its framing, up to its
 /// last chunk and trailers, and nothing after. Returns the bytes copied.
+///
+/// Strict, because the bytes go upstream as they came: every framing line ends in CRLF, a
+/// size is hex digits only (no sign, no whitespace before it), extensions and trailers hold
+/// no control character, and a trailer is a `name: value` field. A lenient proxy (a bare LF
+/// taken as a line end, say) reads a body that ends elsewhere than a strict upstream's, and
+/// a request hidden in what the proxy took for chunk data is one more request upstream.
 async fn copy_chunked(
     from: &mut (impl tokio::io::AsyncBufRead + Unpin),
     to: &mut (impl tokio::io::AsyncWrite + Unpin),
@@ -294,25 +330,38 @@ async fn copy_chunked(
     let mut line = Vec::new();
     loop {
         read_line(from, &mut line).await?;
-        let size_text = line
-            .split(|b| *b == b';')
-            .next()
-            .unwrap_or_default()
-            .trim_ascii();
-        let size_text = std::str::from_utf8(size_text).map_err(|_| bad("a bad chunk size"))?;
-        if size_text.is_empty() || size_text.len() > 16 {
-            return Err(bad("a bad chunk size"));
+        let text = crlf_line(&line).ok_or_else(|| bad("a chunk size line without CRLF"))?;
+        let (size_text, ext) = match text.iter().position(|b| *b == b';') {
+            Some(i) => (text[..i].trim_ascii_end(), Some(&text[i..])),
+            None => (text, None),
+        };
+        let hex = !size_text.is_empty()
+            && size_text.len() <= 16
+            && size_text.iter().all(u8::is_ascii_hexdigit);
+        if !hex || ext.is_some_and(|e| e.iter().any(|b| is_ctl(*b))) {
+            return Err(bad("a bad chunk size or extension"));
         }
+        let size_text = std::str::from_utf8(size_text).map_err(|_| bad("a bad chunk size"))?;
         let size = u64::from_str_radix(size_text, 16).map_err(|_| bad("a bad chunk size"))?;
         to.write_all(&line).await?;
         copied += line.len() as u64;
         if size == 0 {
-            // Trailers, up to an empty line.
+            // Trailers (`name: value` fields), up to an empty line.
             loop {
                 read_line(from, &mut line).await?;
+                let field = crlf_line(&line).ok_or_else(|| bad("a trailer without CRLF"))?;
+                let valid = field.is_empty()
+                    || field.iter().position(|b| *b == b':').is_some_and(|colon| {
+                        colon > 0
+                            && field[..colon].iter().all(|b| is_token(*b))
+                            && !field[colon..].iter().any(|b| is_ctl(*b))
+                    });
+                if !valid {
+                    return Err(bad("a malformed trailer"));
+                }
                 to.write_all(&line).await?;
                 copied += line.len() as u64;
-                if line == b"\r\n" || line == b"\n" {
+                if field.is_empty() {
                     return Ok(copied);
                 }
             }
@@ -322,13 +371,29 @@ async fn copy_chunked(
             return Err(bad("the body ended inside a chunk"));
         }
         read_line(from, &mut line).await?;
-        if line != b"\r\n" && line != b"\n" {
-            return Err(bad("a chunk without its line end"));
+        if line != b"\r\n" {
+            return Err(bad("a chunk without its CRLF"));
         }
         to.write_all(&line).await?;
         copied += n + line.len() as u64;
         let _ = from.fill_buf().await;
     }
+}
+
+/// A line's text without its CRLF, if it ends in CRLF and holds no other CR or LF.
+fn crlf_line(line: &[u8]) -> Option<&[u8]> {
+    let text = line.strip_suffix(b"\r\n")?;
+    (!text.iter().any(|b| *b == b'\r' || *b == b'\n')).then_some(text)
+}
+
+/// A control character (HTAB aside), never in a chunk extension or a field.
+fn is_ctl(b: u8) -> bool {
+    (b < 0x20 && b != b'\t') || b == 0x7f
+}
+
+/// A character of an HTTP token (a field name).
+fn is_token(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }
 
 /// Reads one line (with its end) into `line`, at most [`MAX_CHUNK_LINE`] bytes.
@@ -417,8 +482,16 @@ fn lands_home(s: &TcpStream, addr: SocketAddr) -> bool {
 }
 
 /// Reads and parses the request head.
-async fn read_request(client: &mut UnixStream) -> Result<Request, Refusal> {
+///
+/// The head is parsed again only when what came may have ended it (a blank line in the new
+/// bytes) or when it has doubled since the last parse: parsing it afresh on every read let a
+/// sandbox that sends its head a byte at a time make the host parse up to 64 KiB 64 Ki times
+/// (2 GiB of parsing, seconds of host CPU, per connection, 256 connections at once).
+async fn read_request(
+    client: &mut (impl tokio::io::AsyncRead + Unpin),
+) -> Result<Request, Refusal> {
     let mut buf = Vec::with_capacity(4096);
+    let mut parsed_at = 0;
     loop {
         let mut chunk = [0u8; 8192];
         let n = client
@@ -428,7 +501,15 @@ async fn read_request(client: &mut UnixStream) -> Result<Request, Refusal> {
         if n == 0 {
             return Err(Refusal::new("the request ended early"));
         }
+        let scanned = buf.len().saturating_sub(3);
         buf.extend_from_slice(&chunk[..n]);
+        let may_end = buf[scanned..]
+            .windows(2)
+            .any(|w| w == b"\n\n" || w == b"\n\r");
+        if parsed_at > 0 && !may_end && buf.len() < 2 * parsed_at && buf.len() < MAX_HEAD {
+            continue;
+        }
+        parsed_at = buf.len();
         let mut headers = [httparse::EMPTY_HEADER; 128];
         let mut req = httparse::Request::new(&mut headers);
         match req.parse(&buf) {
@@ -486,6 +567,11 @@ fn parse(req: &httparse::Request<'_, '_>, rest: Vec<u8>) -> Result<Request, Stri
         return Err("more than one Host header".into());
     }
     let body = framing(req.headers)?;
+    if body == Body::Chunked && req.version == Some(0) {
+        // RFC 9112 6.1: HTTP/1.0 has no Transfer-Encoding; an HTTP/1.0 upstream reads no
+        // body there, and the chunks would be its next request.
+        return Err("Transfer-Encoding in an HTTP/1.0 request: refused (RFC 9112 6.1)".into());
+    }
     // The target names the host: the sandbox's own Host header is replaced by it (RFC 9112
     // 3.2.2), so that a request cannot be steered to another site behind the same server.
     let hop_by_hop = [
@@ -761,5 +847,172 @@ mod tests {
         assert!(super::super::is_own_listener(mapped));
         drop(known);
         assert!(!super::super::is_own_listener(addr));
+    }
+
+    /// A reader that hands out one byte per read, and is pending every other poll (so that a
+    /// timeout around it can fire).
+    struct ByteAtATime {
+        data: Vec<u8>,
+        at: usize,
+        ready: bool,
+    }
+
+    impl tokio::io::AsyncRead for ByteAtATime {
+        fn poll_read(
+            mut self: std::pin::Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+            buf: &mut tokio::io::ReadBuf<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            let this = &mut *self;
+            this.ready = !this.ready;
+            if !this.ready {
+                cx.waker().wake_by_ref();
+                return std::task::Poll::Pending;
+            }
+            if this.at < this.data.len() {
+                buf.put_slice(&this.data[this.at..=this.at]);
+                this.at += 1;
+            }
+            std::task::Poll::Ready(Ok(()))
+        }
+    }
+
+    /// A head of 60 KiB sent a byte at a time (what a sandbox does with a write per byte):
+    /// parsed afresh on every read it cost the host 2 GiB of parsing (20 s of CPU in a debug
+    /// build, about 2 in release, per connection, and a sandbox has 256); now linear.
+    #[tokio::test]
+    async fn a_head_trickled_a_byte_at_a_time_costs_linear_parsing() {
+        let mut head = b"GET http://api.test/ HTTP/1.1\r\nX-Pad: ".to_vec();
+        head.resize(60 * 1024, b'a');
+        head.extend_from_slice(b"\r\n\r\n");
+        let mut client = ByteAtATime {
+            data: head,
+            at: 0,
+            ready: false,
+        };
+        let begun = Instant::now();
+        let parsed = tokio::time::timeout(Duration::from_secs(5), read_request(&mut client)).await;
+        let Ok(parsed) = parsed else {
+            panic!(
+                "BREAK: a 60 KiB head sent a byte at a time still parsing after {:?}: the host \
+                 re-parses the whole head on every read (quadratic CPU for the sandbox's bytes)",
+                begun.elapsed()
+            );
+        };
+        let request = parsed.unwrap_or_else(|r| panic!("refused: {}", r.reason));
+        assert_eq!(request.host, Host::Name("api.test".into()));
+        // Garbage is still refused at its first bytes, not after 64 KiB.
+        let mut garbage = ByteAtATime {
+            data: b"\x01\x02 not http".to_vec(),
+            at: 0,
+            ready: false,
+        };
+        assert!(read_request(&mut garbage).await.is_err());
+    }
+
+    /// Chunk framing a strict upstream reads otherwise: each is refused. The first is
+    /// "TERM.EXT": the proxy took the bare LF after `2;` as the size line's end, so `45` was
+    /// a chunk of 69 bytes hiding a request; an upstream that ends lines at CRLF only reads
+    /// `2;\nxx` as the size line, `45` as the data, then `0` as the last chunk, and the hidden
+    /// request as the connection's next one.
+    #[tokio::test]
+    async fn chunk_framing_a_strict_upstream_reads_otherwise_is_refused() {
+        let hidden = "GET /admin HTTP/1.1\r\nHost: internal.test\r\n\r\n";
+        let term_ext = format!(
+            "2;\nxx\r\n45\r\n0\r\n\r\n{hidden}{}\r\n0\r\n\r\n",
+            "y".repeat(69 - 5 - hidden.len())
+        );
+        let cases: Vec<(&str, Vec<u8>)> = vec![
+            ("term-ext", term_ext.into_bytes()),
+            ("bare-lf-size", b"5\nhello\r\n0\r\n\r\n".to_vec()),
+            ("bare-lf-data", b"5\r\nhello\n0\r\n\r\n".to_vec()),
+            ("bare-lf-last", b"5\r\nhello\r\n0\n\n".to_vec()),
+            ("bare-cr-ext", b"5;a\rb\r\nhello\r\n0\r\n\r\n".to_vec()),
+            ("ctl-ext", b"5;a\x00b\r\nhello\r\n0\r\n\r\n".to_vec()),
+            ("plus", b"+5\r\nhello\r\n0\r\n\r\n".to_vec()),
+            ("leading-space", b" 5\r\nhello\r\n0\r\n\r\n".to_vec()),
+            ("trailing-space", b"5 \r\nhello\r\n0\r\n\r\n".to_vec()),
+            ("0x", b"0x5\r\nhello\r\n0\r\n\r\n".to_vec()),
+            ("trailer-no-colon", b"0\r\nGET /x HTTP/1.1\r\n\r\n".to_vec()),
+            ("trailer-bare-lf", b"0\r\nA: b\n\r\n".to_vec()),
+            ("trailer-space-name", b"0\r\nA b: c\r\n\r\n".to_vec()),
+        ];
+        let mut held = Vec::new();
+        for (label, body) in cases {
+            let mut from = tokio::io::BufReader::new(&body[..]);
+            let mut out = Vec::new();
+            if let Ok(n) = copy_chunked(&mut from, &mut out).await {
+                held.push(format!(
+                    "{label}: {n} bytes forwarded: {:?}",
+                    String::from_utf8_lossy(&out)
+                ));
+            }
+        }
+        assert!(
+            held.is_empty(),
+            "BREAK: chunk framing a strict upstream reads otherwise was forwarded:\n{}",
+            held.join("\n")
+        );
+        // What RFC 9112 allows still goes: extensions (with BWS before the `;`), trailers.
+        for ok in [
+            &b"5;ext=1\r\nhello\r\n0\r\nTrailer: x\r\n\r\n"[..],
+            b"5 ;a=\"q\"\r\nhello\r\n0;b\r\n\r\n",
+            b"A\r\n0123456789\r\n0\r\nX-A: 1\r\nX-B:\t2\r\n\r\n",
+        ] {
+            let mut from = tokio::io::BufReader::new(ok);
+            let mut out = Vec::new();
+            copy_chunked(&mut from, &mut out).await.unwrap();
+            assert_eq!(out, ok);
+        }
+    }
+
+    /// Parses `head` as the proxy does.
+    fn parse_head(head: &[u8]) -> Result<Request, String> {
+        let mut headers = [httparse::EMPTY_HEADER; 32];
+        let mut req = httparse::Request::new(&mut headers);
+        let httparse::Status::Complete(len) = req.parse(head).unwrap() else {
+            panic!("a partial head");
+        };
+        parse(&req, head[len..].to_vec())
+    }
+
+    /// HTTP/1.0 has no Transfer-Encoding: an HTTP/1.0 upstream reads no body, and the chunks
+    /// (a request hidden in them) are its next request. Refused.
+    #[test]
+    fn chunked_http_1_0_is_refused() {
+        let head = b"POST http://api.test/ HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n";
+        assert!(
+            parse_head(head).is_err(),
+            "BREAK: a chunked HTTP/1.0 request is forwarded"
+        );
+        let ok = b"POST http://api.test/ HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n";
+        assert!(parse_head(ok).is_ok());
+    }
+
+    /// A TRACE to a host with an injected header: the upstream reflects the request it got,
+    /// credential included (RFC 9110 9.3.8, Apache's default). Refused; without an injected
+    /// header, or to another host, it goes.
+    #[test]
+    fn a_trace_never_carries_an_injected_header() {
+        let policy = EgressPolicy::new()
+            .allow_domain("api.test")
+            .allow_domain("other.test")
+            .inject_header("api.test", "Authorization", "Bearer s3cret");
+        for method in ["TRACE", "TRACK", "trace"] {
+            let head = format!("{method} http://api.test/ HTTP/1.1\r\n\r\n");
+            let request = parse_head(head.as_bytes()).unwrap();
+            assert!(
+                reflects_credentials(&request, &policy).is_some(),
+                "BREAK: {method} to a host with an injected credential is forwarded with it"
+            );
+        }
+        for head in [
+            &b"TRACE http://other.test/ HTTP/1.1\r\n\r\n"[..],
+            b"TRACE http://api.test:8080/ HTTP/1.1\r\n\r\n",
+            b"GET http://api.test/ HTTP/1.1\r\n\r\n",
+        ] {
+            let request = parse_head(head).unwrap();
+            assert!(reflects_credentials(&request, &policy).is_none());
+        }
     }
 }
