@@ -165,8 +165,8 @@ impl NamespaceContainer {
     /// Ends everything this runtime started that still runs, and waits until it is all gone:
     /// call it on shutdown (before the program exits or the Tokio runtime shuts down).
     ///
-    /// - Every [`Sandbox`] still open (held by a handle, a clone, a job, a spawned process) is
-    ///   closed as by [`Sandbox::close`]: its commands and its container are killed. Their
+    /// - Every [`Sandbox`](crate::Sandbox) still open (held by a handle, a clone, a job, a spawned process) is
+    ///   closed as by [`Sandbox::close`](crate::Sandbox::close): its commands and its container are killed. Their
     ///   handles then tell so: a [`ContainerProcess`]'s `wait` reports the kill
     ///   (`SIGKILL`), a sandbox's next call [`SandboxError::SandboxClosed`].
     /// - Then it waits for the background cleanup of every handle (dropped or killed): the

@@ -29,7 +29,7 @@ impl Console {
     pub async fn start_with(env: &[(&str, &Path)]) -> Console {
         let assets = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/web-assets");
         static FETCHING: std::sync::Mutex<()> = std::sync::Mutex::new(());
-        let _one_at_a_time = FETCHING.lock().unwrap_or_else(|e| e.into_inner());
+        let one_at_a_time = FETCHING.lock().unwrap_or_else(|e| e.into_inner());
         if !assets.join("xterm.js").exists() {
             // Fetched from the npm registry by the Makefile (make test does it first).
             let status = std::process::Command::new("make")
@@ -44,6 +44,7 @@ impl Console {
             "{} has no xterm.js after make web-assets",
             assets.display()
         );
+        drop(one_at_a_time);
         let mut child = tokio::process::Command::new(common::example_binary("web_console"))
             .env("PORT", "0")
             .env("WEB_ASSETS", &assets)
