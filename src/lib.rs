@@ -89,7 +89,8 @@
 //!
 //! Every handle owns its container. Dropping it, cancelling the future that holds it, a
 //! timeout or a panic kills the container, deletes it from the runtime and removes its bundle,
-//! in a background task with a deadline; [`NamespaceContainer::close`] waits for those tasks.
+//! in a background task with a deadline; [`NamespaceContainer::close`] ends what is still open
+//! and waits for those tasks (call it on shutdown).
 //! Whatever a command started in the background ends with it.
 //! Containers left by a process that crashed are removed by the next [`NamespaceContainer`]
 //! built on the same state root.
@@ -166,8 +167,8 @@ pub use config::network::{
     INJECTION_DEFAULT_PORTS,
 };
 pub use config::{
-    Bind, ContainerConfig, ExecConfig, IntoArgs, Limits, Mount, MountKind, Network, OutputMode,
-    SandboxConfig, Security, SpecHook, Stdio,
+    Bind, ContainerConfig, ExecConfig, IntoArgs, Limits, MIN_MEMORY_LIMIT, MIN_PIDS_LIMIT, Mount,
+    MountKind, Network, OutputMode, SandboxConfig, Security, SpecHook, Stdio,
 };
 pub use container::{NamespaceContainer, NamespaceContainerBuilder, UnenforcedLimits};
 pub use error::{ImageErrorKind, RuntimeOp, SandboxError, SnapshotErrorKind};
@@ -178,7 +179,7 @@ pub use handle::file::{FileReader, FileWriter};
 pub use handle::job::Job;
 pub use handle::process::ContainerProcess;
 pub use handle::pty::{PtyReader, PtySession, PtyWriter};
-pub use host::capture::CapturedOutput;
+pub use host::capture::{CapturedOutput, MAX_OUTPUT_LINE};
 pub use launcher::{FileKind, FileMetadata};
 pub use nix::sys::signal::Signal;
 pub use oci_spec::runtime::Spec;

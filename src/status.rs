@@ -237,6 +237,26 @@ pub struct Output {
     pub stderr_dropped: u64,
 }
 
+impl Output {
+    /// Stdout as text, bytes that are not UTF-8 replaced by `�`.
+    ///
+    /// ```
+    /// # fn demo(out: oci_sandbox::Output) {
+    /// for line in out.stdout_str().lines() {
+    ///     println!("{line}");
+    /// }
+    /// # }
+    /// ```
+    pub fn stdout_str(&self) -> std::borrow::Cow<'_, str> {
+        String::from_utf8_lossy(&self.stdout)
+    }
+
+    /// Stderr as text, bytes that are not UTF-8 replaced by `�`.
+    pub fn stderr_str(&self) -> std::borrow::Cow<'_, str> {
+        String::from_utf8_lossy(&self.stderr)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

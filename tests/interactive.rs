@@ -159,16 +159,20 @@ async fn a_broken_config_is_a_typed_error_without_a_hang(kind: OciRuntime) {
         t.sandbox.spawn_interactive(&c).await.unwrap_err(),
         SandboxError::InvalidConfig { .. }
     ));
-    // A config the runtime rejects: a memory limit too small for the runtime to start.
-    let policy = SandboxConfig {
-        memory_limit: Some(4096),
-        ..Default::default()
-    };
-    let err = t
-        .sandbox
-        .spawn_interactive(&t.config_with(&policy, "sh", &[]))
-        .await
-        .unwrap_err();
+    // A config the runtime rejects: a memory limit too small for the runtime to start (the
+    // library refuses it up front: MIN_MEMORY_LIMIT; the spec's escape hatch sets it anyway).
+    let mut rejected = t.config_with(&SandboxConfig::default(), "sh", &[]);
+    rejected.spec_hook = Some(oci_sandbox::SpecHook::new(
+        |s: &mut oci_spec::runtime::Spec| {
+            let linux = s.linux_mut().get_or_insert_with(Default::default);
+            let mut resources = linux.resources().clone().unwrap_or_default();
+            let mut memory = resources.memory().clone().unwrap_or_default();
+            memory.set_limit(Some(4096));
+            resources.set_memory(Some(memory));
+            linux.set_resources(Some(resources));
+        },
+    ));
+    let err = t.sandbox.spawn_interactive(&rejected).await.unwrap_err();
     assert!(matches!(err, SandboxError::Runtime { .. }), "{err}");
     assert!(
         started.elapsed() < Duration::from_secs(5),

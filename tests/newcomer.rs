@@ -84,7 +84,76 @@ async fn closing_under_a_command_keeps_its_output(kind: OciRuntime) {
     t.sandbox.close().await;
 }
 
+/// Limits no runtime can start under are refused before anything is made, naming the field
+/// (before: runc "unable to set memory limit to 1", crun an OOM, runsc "run failed: no
+/// message"; a zero timeout was accepted and ignored), and a missing workdir is named as
+/// such (before: "mounts[2].source").
+async fn bad_limits_and_paths_name_the_field(kind: OciRuntime) {
+    let t = TestSandbox::new(kind).await;
+    let cases: Vec<(SandboxConfig, &str)> = vec![
+        (
+            SandboxConfig {
+                memory_limit: Some(1),
+                ..SandboxConfig::default()
+            },
+            "limits.memory",
+        ),
+        (
+            SandboxConfig {
+                pids_limit: Some(0),
+                ..SandboxConfig::default()
+            },
+            "limits.pids",
+        ),
+        (
+            SandboxConfig {
+                timeout: Some(Duration::ZERO),
+                ..SandboxConfig::default()
+            },
+            "timeout",
+        ),
+        (
+            SandboxConfig {
+                workdir: Some("/nonexistent/osb-workdir".into()),
+                ..SandboxConfig::default()
+            },
+            "workdir",
+        ),
+    ];
+    for (policy, expected) in cases {
+        let config = oci_sandbox::NamespaceContainer::build_config(&policy, "true", vec![]);
+        for started in [
+            t.sandbox.start(&config).await.map(|_| ()),
+            t.sandbox.spawn(&config).await.map(|_| ()),
+        ] {
+            match started {
+                Err(SandboxError::InvalidConfig { field, .. }) => assert_eq!(field, expected),
+                other => panic!("{expected}: {other:?}"),
+            }
+        }
+    }
+    // The floor itself starts, and says what it printed.
+    let policy = SandboxConfig {
+        memory_limit: Some(oci_sandbox::MIN_MEMORY_LIMIT),
+        pids_limit: Some(oci_sandbox::MIN_PIDS_LIMIT + 4),
+        ..SandboxConfig::default()
+    };
+    let config =
+        oci_sandbox::NamespaceContainer::build_config(&policy, "/bin/echo", vec!["fine".into()]);
+    let out = t
+        .sandbox
+        .spawn(&config)
+        .await
+        .unwrap()
+        .wait_with_output()
+        .await
+        .unwrap();
+    assert_eq!(out.stdout_str(), "fine\n", "{}", out.stderr_str());
+    t.assert_nothing_left(&[], None).await;
+}
+
 on_every_runtime!(
     close_ends_what_still_runs,
     closing_under_a_command_keeps_its_output,
+    bad_limits_and_paths_name_the_field,
 );

@@ -315,6 +315,26 @@ impl Security {
     }
 }
 
+/// A timeout of zero is refused (it would kill the command before it starts).
+pub(crate) fn check_timeout(timeout: Option<Duration>) -> Result<(), SandboxError> {
+    if timeout == Some(Duration::ZERO) {
+        return Err(SandboxError::invalid(
+            "timeout",
+            "zero would kill the command before it starts: None (or Duration::MAX) for no \
+             timeout",
+        ));
+    }
+    Ok(())
+}
+
+/// The least memory limit a container is started under: runc refuses 1 byte ("unable to
+/// set memory limit"), gVisor's kernel died at start under 16 MiB (measured); 32 MiB leaves
+/// room for a small command on every runtime.
+pub const MIN_MEMORY_LIMIT: u64 = 32 << 20;
+
+/// The least pids limit: the sandbox's init, a command's keeper and the command.
+pub const MIN_PIDS_LIMIT: u32 = 4;
+
 impl Limits {
     /// The memory limit as the OCI spec takes it (bytes, signed).
     pub(crate) fn memory_bytes(&self) -> Result<Option<i64>, SandboxError> {
@@ -329,6 +349,30 @@ impl Limits {
     /// The limits' own checks (cgroup-free: whether they can be enforced is the runtime's).
     fn validate(&self) -> Result<(), SandboxError> {
         self.memory_bytes()?;
+        if let Some(bytes) = self.memory
+            && bytes < MIN_MEMORY_LIMIT
+        {
+            return Err(SandboxError::invalid(
+                "limits.memory",
+                format!(
+                    "{bytes} bytes (SandboxConfig::memory_limit) is below the {} MiB a \
+                     container can start under (runc refuses less than its own needs, gVisor's \
+                     kernel dies at start)",
+                    MIN_MEMORY_LIMIT >> 20
+                ),
+            ));
+        }
+        if let Some(pids) = self.pids
+            && pids < MIN_PIDS_LIMIT
+        {
+            return Err(SandboxError::invalid(
+                "limits.pids",
+                format!(
+                    "{pids} (SandboxConfig::pids_limit) leaves no room for the command: at \
+                     least {MIN_PIDS_LIMIT} (the sandbox's init and its helpers count too)"
+                ),
+            ));
+        }
         if self.cpu_millicores == Some(0) {
             return Err(SandboxError::invalid(
                 "limits.cpu_millicores",
@@ -488,10 +532,16 @@ impl ContainerConfig {
                 ));
             }
             if let MountKind::Bind { source, .. } = &m.kind {
-                absolute_clean(&format!("{field}.source"), source)?;
+                // The field the caller set: a policy's workdir is the bind at /workspace.
+                let source_field = if m.destination == Path::new(SandboxConfig::WORKDIR) {
+                    "workdir".to_owned()
+                } else {
+                    format!("{field}.source")
+                };
+                absolute_clean(&source_field, source)?;
                 if let Err(e) = std::fs::metadata(source) {
                     return Err(SandboxError::invalid(
-                        format!("{field}.source"),
+                        source_field,
                         format!(
                             "{} (to be mounted at {}): {e}",
                             source.display(),
@@ -520,6 +570,7 @@ impl ContainerConfig {
             ));
         }
         self.limits.validate()?;
+        check_timeout(self.timeout)?;
         absolute_clean("cwd", &self.cwd)?;
         if let HostPath::Host(p) = self.host_path(&self.cwd)
             && !p.is_dir()

@@ -117,6 +117,9 @@ impl NamespaceContainer {
         from: Option<&crate::snapshot::Snapshot>,
     ) -> Result<(crate::sandbox::Live, ContainerConfig), SandboxError> {
         let begun = std::time::Instant::now();
+        // A long-lived sandbox's timeout is its commands' default: checked here, as the
+        // launcher's own config has none.
+        crate::config::check_timeout(config.timeout)?;
         if config.snapshots && self.runtime() == crate::OciRuntime::Gvisor && self.is_rootless() {
             // runsc 20221219: "Rootless mode not supported with \"restore\"" (found before
             // a checkpoint has stopped the sandbox, not after).

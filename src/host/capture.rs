@@ -55,6 +55,49 @@ pub struct CapturedOutput {
     shared: Arc<Shared>,
 }
 
+/// The longest line [`CapturedOutput::stdout_lines`] hands over whole, in bytes.
+pub const MAX_OUTPUT_LINE: usize = 1 << 20;
+
+/// Lines of a byte stream, lossy, cut at [`MAX_OUTPUT_LINE`].
+fn lines_of(
+    bytes: impl Stream<Item = io::Result<Bytes>> + Send + Unpin + 'static,
+) -> impl Stream<Item = io::Result<String>> + Send + Unpin + 'static {
+    let reader = tokio_util::io::StreamReader::new(bytes);
+    let lines = tokio_util::codec::FramedRead::new(reader, LossyLines);
+    Box::pin(lines)
+}
+
+/// A decoder of lines that takes any bytes (lossy) and cuts long lines into pieces.
+struct LossyLines;
+
+impl tokio_util::codec::Decoder for LossyLines {
+    type Item = String;
+    type Error = io::Error;
+
+    fn decode(&mut self, buf: &mut bytes::BytesMut) -> io::Result<Option<String>> {
+        let end = match buf.iter().position(|b| *b == b'\n') {
+            Some(i) => i + 1,
+            None if buf.len() >= MAX_OUTPUT_LINE => MAX_OUTPUT_LINE,
+            None => return Ok(None),
+        };
+        let line = buf.split_to(end);
+        let line = line.strip_suffix(b"\n").unwrap_or(&line);
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        Ok(Some(String::from_utf8_lossy(line).into_owned()))
+    }
+
+    fn decode_eof(&mut self, buf: &mut bytes::BytesMut) -> io::Result<Option<String>> {
+        match self.decode(buf)? {
+            Some(line) => Ok(Some(line)),
+            None if buf.is_empty() => Ok(None),
+            None => {
+                let rest = buf.split();
+                Ok(Some(String::from_utf8_lossy(&rest).into_owned()))
+            }
+        }
+    }
+}
+
 impl CapturedOutput {
     /// Separate or combined.
     pub fn mode(&self) -> OutputMode {
@@ -122,6 +165,30 @@ impl CapturedOutput {
     /// ```
     pub fn stdout_stream(&self) -> impl Stream<Item = io::Result<Bytes>> + Send + Unpin + use<> {
         self.stdout_stream_from(0)
+    }
+
+    /// Stdout as a stream of lines (without their `\n` or `\r\n`; bytes that are not UTF-8
+    /// replaced by `�`), from the first one, ending as [`stdout_stream`](Self::stdout_stream)
+    /// does; a last line without its end comes too. A line longer than [`MAX_OUTPUT_LINE`] bytes
+    /// comes in pieces of that size.
+    ///
+    /// ```no_run
+    /// # async fn demo(c: oci_sandbox::ProcessCapture) {
+    /// use futures::StreamExt;
+    /// let mut lines = c.output.stdout_lines();
+    /// while let Some(line) = lines.next().await {
+    ///     println!("{}", line.unwrap());
+    /// }
+    /// # }
+    /// ```
+    pub fn stdout_lines(&self) -> impl Stream<Item = io::Result<String>> + Send + Unpin + use<> {
+        lines_of(self.stdout_stream())
+    }
+
+    /// Stderr as a stream of lines (see [`stdout_lines`](Self::stdout_lines)); empty in
+    /// Combined mode.
+    pub fn stderr_lines(&self) -> impl Stream<Item = io::Result<String>> + Send + Unpin + use<> {
+        lines_of(self.stderr_stream())
     }
 
     /// Stderr as a stream (see [`stdout_stream`](Self::stdout_stream)); empty in Combined mode.

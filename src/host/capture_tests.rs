@@ -78,3 +78,24 @@ fn the_capture_dir_goes_with_the_last_reader() {
     drop(stream);
     assert!(!dir.exists());
 }
+
+#[tokio::test]
+async fn lines_are_split_lossy_and_bounded() {
+    let chunks: Vec<io::Result<Bytes>> = vec![
+        Ok(Bytes::from_static(b"one\r\ntw")),
+        Ok(Bytes::from_static(b"o\n\xffbad\n")),
+        Ok(Bytes::from(vec![b'x'; MAX_OUTPUT_LINE + 3])),
+        Ok(Bytes::from_static(b"\nlast")),
+    ];
+    let lines: Vec<String> = lines_of(futures::stream::iter(chunks))
+        .map(|l| l.unwrap())
+        .collect()
+        .await;
+    assert_eq!(lines[0], "one");
+    assert_eq!(lines[1], "two");
+    assert_eq!(lines[2], "\u{fffd}bad");
+    assert_eq!(lines[3].len(), MAX_OUTPUT_LINE);
+    assert_eq!(lines[4], "xxx");
+    assert_eq!(lines[5], "last");
+    assert_eq!(lines.len(), 6);
+}

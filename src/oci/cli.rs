@@ -503,13 +503,31 @@ pub(crate) fn runtime_message(raw: &[u8]) -> String {
             Err(_) => plain.push(line.to_owned()),
         }
     }
-    let chosen = if errors.is_empty() { plain } else { errors };
-    let mut msg = chosen.join("; ");
+    // Without an error line, the log's last lines of any level say what it was doing
+    // (runsc logs its sandbox's death as a warning, or nothing at error level).
+    let chosen = if !errors.is_empty() {
+        errors
+    } else if !plain.is_empty() {
+        plain
+    } else {
+        let all: Vec<String> = text
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Line>(l.trim()).ok())
+            .map(|l| l.msg)
+            .filter(|m| !m.is_empty())
+            .collect();
+        all[all.len().saturating_sub(3)..].to_vec()
+    };
+    let msg = chosen.join("; ");
     if msg.is_empty() {
-        msg = "no message".to_owned();
+        return NO_MESSAGE.to_owned();
     }
     msg
 }
+
+/// What a runtime that failed without writing anything is reported with.
+pub(crate) const NO_MESSAGE: &str = "the runtime wrote no message (its exit code says how it \
+     failed; for gVisor, a memory limit too small for its kernel does this)";
 
 #[cfg(test)]
 #[path = "cli_tests.rs"]

@@ -139,5 +139,7 @@ fn runtime_message_prefers_error_lines() {
         "exec: \"x\": executable file not found in $PATH"
     );
     assert_eq!(runtime_message(b"plain failure\n"), "plain failure");
-    assert_eq!(runtime_message(b""), "no message");
+    assert_eq!(runtime_message(b""), NO_MESSAGE);
+    let warned = b"{\"level\":\"info\",\"msg\":\"starting\"}\n{\"level\":\"warning\",\"msg\":\"sandbox died\"}\n";
+    assert_eq!(runtime_message(warned), "starting; sandbox died");
 }

@@ -496,7 +496,7 @@ async fn detached_runtime_killed_by_a_signal() {
     match s.started().await.unwrap_err() {
         SandboxError::Runtime { code, message, .. } => {
             assert_eq!(code, None, "no exit code: killed");
-            assert_eq!(message, "no message");
+            assert_eq!(message, crate::oci::cli::NO_MESSAGE);
         }
         other => panic!("expected the runtime's failure, got {other:?}"),
     }
