@@ -166,7 +166,7 @@ async fn a_broken_config_is_a_typed_error_without_a_hang(kind: OciRuntime) {
         |s: &mut oci_spec::runtime::Spec| {
             let linux = s.linux_mut().get_or_insert_with(Default::default);
             let mut resources = linux.resources().clone().unwrap_or_default();
-            let mut memory = resources.memory().clone().unwrap_or_default();
+            let mut memory = (*resources.memory()).unwrap_or_default();
             memory.set_limit(Some(4096));
             resources.set_memory(Some(memory));
             linux.set_resources(Some(resources));
