@@ -170,7 +170,9 @@ pub use config::{
     Bind, ContainerConfig, ExecConfig, IntoArgs, Limits, MIN_MEMORY_LIMIT, MIN_PIDS_LIMIT, Mount,
     MountKind, Network, OutputMode, SandboxConfig, Security, SpecHook, Stdio,
 };
-pub use container::{NamespaceContainer, NamespaceContainerBuilder, UnenforcedLimits};
+pub use container::{
+    ContainerEntry, NamespaceContainer, NamespaceContainerBuilder, UnenforcedLimits,
+};
 pub use error::{ImageErrorKind, RuntimeOp, SandboxError, SnapshotErrorKind};
 
 pub use handle::capture::ProcessCapture;

@@ -195,7 +195,7 @@ async fn sweep_removes_what_a_killed_process_left() {
     // The next process sweeps them, runtime by runtime.
     for kind in RUNTIMES {
         let sandbox = builder(state.path()).runtime(kind).build().await.unwrap();
-        assert!(sandbox.list().await.unwrap().is_empty(), "{kind}");
+        assert!(sandbox.list_all().await.unwrap().is_empty(), "{kind}");
         assert_eq!(bundles(kind), 0, "{kind}'s bundles are swept");
         assert_eq!(snapshots(kind), 0, "{kind}'s snapshots are swept");
         // A second sweep finds nothing more.

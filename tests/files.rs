@@ -466,6 +466,26 @@ async fn watching_a_directory_sees_creates_writes_and_removes(kind: OciRuntime) 
         "{seen:?}"
     );
     assert!(seen.contains(&FileEvent::Modified("a".into())), "{seen:?}");
+    // The file API's own temp files are not shown: a write is the path created.
+    sandbox.write_file("/tmp/watched/b", b"x").await.unwrap();
+    sandbox.remove("/tmp/watched/b").await.unwrap();
+    let mut seen = Vec::new();
+    while !seen.contains(&FileEvent::Removed("b".into())) {
+        let event = tokio::time::timeout(Duration::from_secs(10), events.next())
+            .await
+            .expect("no event within 10 s")
+            .expect("the watch ended")
+            .unwrap();
+        seen.push(event);
+    }
+    assert_eq!(
+        seen,
+        [
+            FileEvent::Created("b".into()),
+            FileEvent::Removed("b".into())
+        ],
+        "the library's temp files showed (before: .osb-write-<pid> created, modified, moved)"
+    );
     sandbox.remove("/tmp/watched").await.unwrap();
     let end = tokio::time::timeout(Duration::from_secs(10), async {
         while let Some(e) = events.next().await {

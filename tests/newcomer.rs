@@ -152,7 +152,39 @@ async fn bad_limits_and_paths_name_the_field(kind: OciRuntime) {
     t.assert_nothing_left(&[], None).await;
 }
 
+/// Two runtimes (two processes, in effect) on one state root: each lists its own
+/// containers; `list_all` shows both, with their owners (before: `list` returned the other's).
+async fn list_shows_this_processs_own(kind: OciRuntime) {
+    let t = TestSandbox::new(kind).await;
+    let mine = t.start_sandbox(&SandboxConfig::default()).await;
+    let other = t.start_sandbox(&SandboxConfig::default()).await;
+    // `other` becomes another live process's: its bundle names PID 1 as its owner (what a
+    // second process on the default state root writes for its own).
+    let config = t.bundles_dir().join(other.id()).join("config.json");
+    let mut spec: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&config).unwrap()).unwrap();
+    let stat = std::fs::read_to_string("/proc/1/stat").unwrap();
+    let start = stat[stat.rfind(')').unwrap() + 1..]
+        .split_whitespace()
+        .nth(19)
+        .unwrap()
+        .to_owned();
+    spec["annotations"]["dev.oci-sandbox.owner"] = format!("1-{start}").into();
+    std::fs::write(&config, serde_json::to_vec(&spec).unwrap()).unwrap();
+    assert_eq!(t.sandbox.list().await.unwrap(), [mine.id().to_owned()]);
+    let all = t.sandbox.list_all().await.unwrap();
+    let entry = |id: &str| all.iter().find(|c| c.id == id).unwrap().clone();
+    assert!(entry(mine.id()).owned_here);
+    assert_eq!(entry(mine.id()).owner_pid, Some(std::process::id()));
+    assert!(!entry(other.id()).owned_here);
+    assert_eq!(entry(other.id()).owner_pid, Some(1));
+    mine.close().await;
+    other.close().await;
+    assert!(t.sandbox.list().await.unwrap().is_empty());
+}
+
 on_every_runtime!(
+    list_shows_this_processs_own,
     close_ends_what_still_runs,
     closing_under_a_command_keeps_its_output,
     bad_limits_and_paths_name_the_field,

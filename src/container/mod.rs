@@ -59,6 +59,19 @@ struct Inner {
     open: std::sync::Mutex<Vec<std::sync::Weak<dyn Closable>>>,
 }
 
+/// A container of the state root, as [`NamespaceContainer::list_all`] sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub struct ContainerEntry {
+    /// Its id.
+    pub id: String,
+    /// The pid of the process that started it, as its bundle records (`None`: no bundle, a
+    /// leftover the next sweep removes).
+    pub owner_pid: Option<u32>,
+    /// Whether this process started it.
+    pub owned_here: bool,
+}
+
 /// What [`NamespaceContainer::close`] ends: a sandbox (or a spawn's container) it started.
 pub(crate) trait Closable: Send + Sync + std::fmt::Debug {
     /// Kills its commands and its container and waits until the container is gone.
@@ -151,9 +164,42 @@ impl NamespaceContainer {
         &self.inner.dirs.root
     }
 
-    /// The ids of the containers that currently exist in the library's state root.
+    /// The ids of this process's containers that currently exist in the state root (the
+    /// runtime's list, filtered by the owner each bundle records). Other processes sharing
+    /// the default state root have their own: see [`list_all`](Self::list_all).
     pub async fn list(&self) -> Result<Vec<String>, SandboxError> {
-        self.inner.cli.list().await
+        let all = self.list_all().await?;
+        Ok(all
+            .into_iter()
+            .filter(|c| c.owned_here)
+            .map(|c| c.id)
+            .collect())
+    }
+
+    /// Every container in the state root, with its owner: this process's and those of
+    /// other processes sharing it (or left by dead ones, until a sweep removes them).
+    pub async fn list_all(&self) -> Result<Vec<ContainerEntry>, SandboxError> {
+        let ids = self.inner.cli.list().await?;
+        let dirs = self.inner.dirs.clone();
+        crate::sys::blocking("reading the bundles' owners", move || {
+            Ok(ids
+                .into_iter()
+                .map(|id| {
+                    let owner = crate::host::owner::bundle_owner(&dirs.bundle(&id));
+                    let owned_here = owner.as_deref() == Some(crate::host::owner::self_owner());
+                    let owner_pid = owner
+                        .as_deref()
+                        .and_then(|o| o.split('-').next())
+                        .and_then(|p| p.parse().ok());
+                    ContainerEntry {
+                        id,
+                        owner_pid,
+                        owned_here,
+                    }
+                })
+                .collect())
+        })
+        .await
     }
 
     /// Removes containers, bundles and cgroups left by processes that no longer exist (done

@@ -170,7 +170,7 @@ impl TestSandbox {
     /// root or `marker`.
     pub async fn assert_nothing_left(&self, ids: &[&str], marker: Option<&str>) {
         self.sandbox.close().await;
-        let listed = self.sandbox.list().await.expect("runtime list");
+        let listed = self.sandbox.list_all().await.expect("runtime list");
         assert!(
             listed.is_empty(),
             "containers left in the state root: {listed:?}"
