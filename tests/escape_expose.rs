@@ -19,6 +19,10 @@ use oci_sandbox::{ExecConfig, Job, OciRuntime, OutputMode, Sandbox, SandboxConfi
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+/// The tests of this file run one at a time: they count the process's fds and memory, which
+/// a test running beside them (3000 clients) would change.
+static ALONE: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// Connections to one sandbox's exposed ports at once (the documented limit).
 const LIMIT: usize = 128;
 
@@ -113,6 +117,7 @@ async fn get(addr: SocketAddr) -> String {
 /// sandbox closed (3000 clients: 531 -> 3531 host fds), and past `RLIMIT_NOFILE` every other
 /// sandbox of the process failed.
 async fn leaving_clients_hold_no_host_fds(kind: OciRuntime) {
+    let _alone = ALONE.lock().await;
     let t = TestSandbox::new(kind).await;
     let sandbox = t.start_sandbox(&SandboxConfig::default()).await;
     let other = t.start_sandbox(&SandboxConfig::default()).await;
@@ -153,6 +158,7 @@ async fn leaving_clients_hold_no_host_fds(kind: OciRuntime) {
 /// its memory and pids stay bounded, the host's fds and memory too, and once the idle
 /// clients go it serves again.
 async fn idle_clients_up_to_ten_times_the_limit(kind: OciRuntime) {
+    let _alone = ALONE.lock().await;
     let t = TestSandbox::new(kind).await;
     let sandbox = t.start_sandbox(&SandboxConfig::default()).await;
     let (_job, addr) = serve(&sandbox, &["-m", "http.server", "8000"]).await;
@@ -221,6 +227,7 @@ async fn idle_clients_up_to_ten_times_the_limit(kind: OciRuntime) {
 /// container and the next connection starts one in the new), and an idle one does not make
 /// the snapshot busy.
 async fn an_exposed_port_goes_on_across_a_restore(kind: OciRuntime) {
+    let _alone = ALONE.lock().await;
     let t = TestSandbox::new(kind).await;
     let (_dir, image) = snapshot_support::fixture(images::python_layout);
     let sandbox = snapshot_support::start(&t, &image).await;
