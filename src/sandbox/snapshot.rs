@@ -115,7 +115,11 @@ impl Sandbox {
     /// [`SandboxError::Snapshot`]: [`NotEnabled`](SnapshotErrorKind::NotEnabled) without
     /// [`SandboxConfig::snapshots`](crate::SandboxConfig::snapshots),
     /// [`Busy`](SnapshotErrorKind::Busy) (the sandbox goes on untouched),
-    /// [`Unsupported`](SnapshotErrorKind::Unsupported) for `processes` on runc and crun;
+    /// [`Unsupported`](SnapshotErrorKind::Unsupported) when
+    /// [`processes`](SnapshotOptions::processes) is asked of runc or crun (without it, their
+    /// snapshot takes the files and ends every process, those of
+    /// [`exec_background`](Self::exec_background) included: ask for `processes` to have it
+    /// refused instead);
     /// [`SandboxError::SandboxClosed`] and the like for a sandbox that is no more; the
     /// runtime's errors (a failed checkpoint ends the sandbox).
     ///
