@@ -7,6 +7,7 @@ mod jobs;
 mod lifetime;
 mod network;
 mod snapshot;
+mod transfer;
 pub use files::{DirEntry, FileEvent, FileEvents, READ_FILE_LIMIT};
 pub use network::EgressEvents;
 pub(crate) use network::with_proxy_env;
