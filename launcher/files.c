@@ -24,7 +24,9 @@
  *   'n' rename    "D" (path to path2).
  *   'i' watch     "S 0", then per event "<kind> <name>\0" on the data socket (c created,
  *                 m modified, d deleted, s the watched path itself went), until the host
- *                 closes the channel.
+ *                 closes the channel. With mode 1, recursively: every directory below is
+ *                 watched too (at most MAX_WATCHED; new ones as they appear), and names are
+ *                 paths relative to the watched one.
  */
 #define _GNU_SOURCE
 #include <dirent.h>
@@ -232,15 +234,61 @@ static void rename_path(int channel, const char *from, const char *to) {
     _exit(0);
 }
 
-static void watch_path(int channel, int data, const char *path) {
+/* A recursive watch's directories: watch descriptor -> path relative to the watched one. */
+#define MAX_WATCHED 8192
+static struct {
+    int wd;
+    char *rel;
+} watched[MAX_WATCHED];
+static int nwatched;
+
+static const char *rel_of(int wd) {
+    for (int i = 0; i < nwatched; i++)
+        if (watched[i].wd == wd) return watched[i].rel;
+    return NULL;
+}
+
+/* Watches directory `rel` (relative to `top`, "" for it) and, with `recursive`, every
+   directory below it, depth first, within MAX_WATCHED; links are not followed. */
+static void watch_tree(int in, const char *top, const char *rel, uint32_t mask, int recursive) {
+    if (nwatched == MAX_WATCHED) return;
+    char full[PATH_MAX];
+    if (snprintf(full, sizeof full, "%s%s%s", top, *rel ? "/" : "", rel) >= (int)sizeof full) return;
+    int wd = inotify_add_watch(in, full, mask | IN_ONLYDIR | IN_DONT_FOLLOW);
+    if (wd < 0) return;
+    if (!rel_of(wd)) {
+        char *copy = strdup(rel);
+        if (!copy) return;
+        watched[nwatched].wd = wd;
+        watched[nwatched].rel = copy;
+        nwatched++;
+    }
+    if (!recursive) return;
+    DIR *d = opendir(full);
+    if (!d) return;
+    struct dirent *e;
+    while ((e = readdir(d))) {
+        if (e->d_type != DT_DIR || !strcmp(e->d_name, ".") || !strcmp(e->d_name, "..")) continue;
+        char sub[PATH_MAX];
+        if (snprintf(sub, sizeof sub, "%s%s%s", rel, *rel ? "/" : "", e->d_name) >= (int)sizeof sub)
+            continue;
+        watch_tree(in, top, sub, mask, recursive);
+    }
+    closedir(d);
+}
+
+static void watch_path(int channel, int data, const char *path, int recursive) {
     int in = inotify_init1(IN_CLOEXEC);
     if (in < 0) fail(channel, errno);
     uint32_t mask = IN_CREATE | IN_MOVED_TO | IN_CLOSE_WRITE | IN_MODIFY | IN_DELETE |
                     IN_MOVED_FROM | IN_DELETE_SELF | IN_MOVE_SELF;
-    if (inotify_add_watch(in, path, mask) < 0) fail(channel, errno);
+    int top = inotify_add_watch(in, path, mask);
+    if (top < 0) fail(channel, errno);
+    struct stat st;
+    if (recursive && stat(path, &st) == 0 && S_ISDIR(st.st_mode)) watch_tree(in, path, "", mask, 1);
     say(channel, "S 0");
     struct pollfd p[2] = {{.fd = in, .events = POLLIN}, {.fd = channel, .events = POLLIN}};
-    char record[NAME_MAX + 8];
+    char record[PATH_MAX + NAME_MAX + 8];
     for (;;) {
         if (poll(p, 2, -1) < 0) {
             if (errno == EINTR) continue;
@@ -264,7 +312,16 @@ static void watch_path(int channel, int data, const char *path) {
             /* The library's own temp files (a write's new content before its rename) are not
                the sandbox's changes: the rename shows as the path created. */
             if (ev->len && strncmp(ev->name, ".osb-write-", 11) == 0) continue;
-            int len = snprintf(record, sizeof record, "%c %s", kind, ev->len ? ev->name : "");
+            const char *rel = recursive ? rel_of(ev->wd) : "";
+            if (!rel) continue;
+            /* A subdirectory's own end is seen from its parent (a 'd' there). */
+            if (kind == 's' && ev->wd != top) continue;
+            char name[PATH_MAX + NAME_MAX + 2];
+            snprintf(name, sizeof name, "%s%s%s", rel, *rel && ev->len ? "/" : "",
+                     ev->len ? ev->name : "");
+            if (recursive && kind == 'c' && (ev->mask & IN_ISDIR)) watch_tree(in, path, name, mask, 1);
+            int len = snprintf(record, sizeof record, "%c %s", kind, name);
+            if (len >= (int)sizeof record) continue;
             if (write_all_fd(data, record, len + 1) < 0) _exit(0);
             if (kind == 's') _exit(0);
         }
@@ -286,7 +343,7 @@ void serve_file(int channel, int data, char op, const char *path, const char *pa
     case 'm': make_dirs(channel, path); break;
     case 'x': remove_path(channel, path); break;
     case 'n': rename_path(channel, path, path2); break;
-    case 'i': watch_path(channel, data, path); break;
+    case 'i': watch_path(channel, data, path, mode == 1); break;
     }
     fail(channel, EINVAL);
 }

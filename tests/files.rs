@@ -502,7 +502,56 @@ async fn watching_a_directory_sees_creates_writes_and_removes(kind: OciRuntime) 
     t.assert_nothing_left(&[], None).await;
 }
 
+/// A recursive watch names changes anywhere below by their relative paths, directories made
+/// after it started included.
+async fn a_recursive_watch_sees_the_whole_tree(kind: OciRuntime) {
+    let t = TestSandbox::new(kind).await;
+    let sandbox = t.start_sandbox(&SandboxConfig::default()).await;
+    sandbox.create_dir_all("/tmp/tree/a/b").await.unwrap();
+    let mut events = sandbox.watch_recursive("/tmp/tree").await.unwrap();
+    sandbox
+        .write_file("/tmp/tree/a/b/deep", b"1")
+        .await
+        .unwrap();
+    sandbox.create_dir_all("/tmp/tree/new").await.unwrap();
+    // The new directory's watch is added when its creation is read: wait for it.
+    let mut seen = Vec::new();
+    let mut next = async || {
+        tokio::time::timeout(Duration::from_secs(10), events.next())
+            .await
+            .expect("no event within 10 s")
+            .expect("the watch ended")
+            .unwrap()
+    };
+    while !seen.contains(&FileEvent::Created("new".into())) {
+        seen.push(next().await);
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    sandbox
+        .write_file("/tmp/tree/new/later", b"2")
+        .await
+        .unwrap();
+    sandbox.remove("/tmp/tree/a/b/deep").await.unwrap();
+    while !seen.contains(&FileEvent::Removed("a/b/deep".into())) {
+        seen.push(next().await);
+    }
+    for expected in [
+        FileEvent::Created("a/b/deep".into()),
+        FileEvent::Created("new".into()),
+        FileEvent::Created("new/later".into()),
+    ] {
+        assert!(seen.contains(&expected), "{expected:?} not in {seen:?}");
+    }
+    assert!(
+        !seen.iter().any(|e| format!("{e:?}").contains(".osb-write")),
+        "{seen:?}"
+    );
+    sandbox.close().await;
+    t.assert_nothing_left(&[], None).await;
+}
+
 on_every_runtime!(
+    a_recursive_watch_sees_the_whole_tree,
     binary_round_trips_of_every_size,
     directories_listing_rename_remove_and_typed_errors,
     planted_links_and_dot_dots_stay_inside_the_sandbox,

@@ -435,10 +435,46 @@ impl Sandbox {
     /// [`SandboxError::Io`] with the path: `NotFound`, `PermissionDenied`; `QuotaExceeded`
     /// past 8 watches of one sandbox at once (each holds one of its launcher's helpers).
     pub async fn watch(&self, path: impl AsRef<Path>) -> Result<FileEvents, SandboxError> {
-        let path = path.as_ref();
+        self.watch_with(path.as_ref(), false).await
+    }
+
+    /// Changes anywhere under the directory `path` in the sandbox, as [`watch`](Self::watch)
+    /// gives them, each named by its path relative to `path` (`src/main.rs`). Every directory
+    /// below is watched (links not followed; at most 8192 of them), new ones as they appear:
+    /// what a new directory holds before its watch is added is not seen (inotify's race), but
+    /// the directory's own `Created` is.
+    ///
+    /// ```no_run
+    /// # async fn demo(sandbox: &oci_sandbox::Sandbox) -> Result<(), oci_sandbox::SandboxError> {
+    /// use futures::StreamExt;
+    /// let mut events = sandbox.watch_recursive("/workspace").await?;
+    /// while let Some(event) = events.next().await {
+    ///     println!("{:?}", event?);
+    /// }
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// As [`watch`](Self::watch).
+    pub async fn watch_recursive(
+        &self,
+        path: impl AsRef<Path>,
+    ) -> Result<FileEvents, SandboxError> {
+        self.watch_with(path.as_ref(), true).await
+    }
+
+    async fn watch_with(&self, path: &Path, recursive: bool) -> Result<FileEvents, SandboxError> {
         let context = "watching a path in the sandbox";
         let (conn, data, _, slot) = self
-            .file_request(context, FileOp::Watch, path, None, 0, None)
+            .file_request(
+                context,
+                FileOp::Watch,
+                path,
+                None,
+                u32::from(recursive),
+                None,
+            )
             .await?;
         let Some(data) = data else {
             return Err(unexpected(context, path, FileReply::Done));
