@@ -298,3 +298,20 @@ fn the_checker_sees_paths_through_crate_super_and_root_reexports() {
     let edges: usize = graph().values().map(BTreeSet::len).sum();
     assert!(edges > 60, "only {edges} imports found in src/");
 }
+
+/// The runtime layer (`container/`) launches containers; the sandbox built on one is
+/// `sandbox/`'s, which names the container, never the other way (issue 31: `container/launch`
+/// and `sandbox` imported each other).
+#[test]
+fn the_container_modules_never_name_the_sandbox() {
+    let back: Vec<String> = graph()
+        .into_iter()
+        .filter(|(module, _)| module.starts_with("container"))
+        .flat_map(|(module, deps)| {
+            deps.into_iter()
+                .filter(|d| d.starts_with("sandbox"))
+                .map(move |d| format!("{module} -> {d}"))
+        })
+        .collect();
+    assert!(back.is_empty(), "container/ imports sandbox/: {back:?}");
+}

@@ -571,6 +571,30 @@ pub struct EgressEvent {
     pub duration: Duration,
 }
 
+/// `config` with the proxy variables, when it has an egress policy (the caller's own values
+/// of them win); `None` otherwise.
+pub(crate) fn with_proxy_env(
+    config: &crate::config::ContainerConfig,
+) -> Option<crate::config::ContainerConfig> {
+    config.network.egress()?;
+    let url = format!("http://127.0.0.1:{EGRESS_PROXY_PORT}");
+    let mut proxied = config.clone();
+    let mut vars = Vec::new();
+    for name in ["HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY"] {
+        vars.push((name.to_owned(), url.clone()));
+        vars.push((name.to_ascii_lowercase(), url.clone()));
+    }
+    for name in ["NO_PROXY", "no_proxy"] {
+        vars.push((name.to_owned(), "localhost,127.0.0.1,::1".to_owned()));
+    }
+    for (k, v) in vars {
+        if !proxied.env.iter().any(|(key, _)| *key == k) {
+            proxied.env.push((k, v));
+        }
+    }
+    Some(proxied)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

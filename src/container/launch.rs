@@ -13,11 +13,25 @@ use crate::launcher;
 use crate::launcher::ControlSocket;
 use crate::oci::cli::ContainerFlags;
 use crate::oci::cli::Sub;
-use crate::sandbox::Sandbox;
 use crate::spec::identity::HostIdentity;
 use crate::supervisor::Supervised;
 use crate::supervisor::container::StartMode;
 use crate::supervisor::container::Teardown;
+
+/// One container of a sandbox: the first, or the one a snapshot or restore started in its
+/// place.
+#[derive(Debug)]
+pub(crate) struct Live {
+    pub container: Supervised,
+    /// Requests go to the launcher on it; every command gets a channel of its own.
+    pub control: ControlSocket,
+    /// The host id of the container's id 0, with a user namespace of its own.
+    pub userns_base: Option<u32>,
+    /// Where its teardown moves its writable layer when a snapshot asks.
+    pub harvest: crate::supervisor::container::Harvest,
+    /// The snapshot it started from (whose layers it runs on), if any.
+    pub base: Option<crate::snapshot::Snapshot>,
+}
 
 /// How long a new sandbox's launcher may take to listen.
 const READY_DEADLINE: Duration = Duration::from_secs(30);
@@ -27,84 +41,6 @@ const MIN_START_DEADLINE: Duration = Duration::from_secs(10);
 const ATTACH_DEADLINE: Duration = Duration::from_secs(10);
 
 impl NamespaceContainer {
-    /// Starts a long-lived sandbox with `config`'s filesystem, network, limits and security;
-    /// commands then run in it with [`Sandbox::exec`], [`Sandbox::exec_captured`] and
-    /// [`Sandbox::exec_interactive`].
-    ///
-    /// `config`'s command is not run (the sandbox's init is the library's launcher); its
-    /// environment and working directory are every exec's defaults, and its `timeout` is
-    /// every exec's default timeout, not the sandbox's lifetime: a sandbox lives until it is
-    /// closed or dropped.
-    ///
-    /// ```no_run
-    /// # async fn demo() -> Result<(), oci_sandbox::SandboxError> {
-    /// use oci_sandbox::{ExecConfig, NamespaceContainer, SandboxConfig};
-    ///
-    /// let runtime = NamespaceContainer::new().await?;
-    /// let config = NamespaceContainer::build_config(&SandboxConfig::default(), "true", vec![]);
-    /// let sandbox = runtime.start(&config).await?;
-    /// let write = ExecConfig::new("sh", vec!["-c".into(), "echo state > /tmp/f".into()]);
-    /// sandbox.exec(&write).await?.wait().await?;
-    /// let read = ExecConfig::new("cat", vec!["/tmp/f".into()]);
-    /// let out = sandbox.exec(&read).await?.wait_with_output().await?;
-    /// assert_eq!(out.stdout, b"state\n");
-    /// sandbox.close().await;
-    /// # Ok(()) }
-    /// ```
-    ///
-    /// # Errors
-    ///
-    /// Those of [`spawn`](Self::spawn) that concern the config or the runtime;
-    /// [`SandboxError::Timeout`] if the launcher does not come up within 30 s.
-    ///
-    /// # Cancel safety
-    ///
-    /// Cancel safe: a dropped future leaves no container, bundle or process.
-    pub async fn start(&self, config: &ContainerConfig) -> Result<Sandbox, SandboxError> {
-        self.launch(config, false).await
-    }
-
-    /// Starts a container whose init is the launcher, with `config`'s policy. `one_shot`: it
-    /// runs `config`'s command once (the spawn modes), which is checked first, and ends with
-    /// it.
-    pub(crate) async fn launch(
-        &self,
-        config: &ContainerConfig,
-        one_shot: bool,
-    ) -> Result<Sandbox, SandboxError> {
-        use tracing::Instrument;
-        let id = config.id.clone().unwrap_or_else(crate::host::state::new_id);
-        // Every event of the container (its start here, its supervisor's later) is in it.
-        let span = tracing::debug_span!(
-            "container",
-            %id,
-            runtime = %self.runtime(),
-            mode = if one_shot { "spawn" } else { "sandbox" },
-        );
-        let launched = self
-            .launch_in_span(config, one_shot, id)
-            .instrument(span.clone())
-            .await;
-        if let Err(err) = &launched {
-            span.in_scope(|| tracing::debug!(%err, "the container could not start"));
-        }
-        launched
-    }
-
-    async fn launch_in_span(
-        &self,
-        config: &ContainerConfig,
-        one_shot: bool,
-        id: String,
-    ) -> Result<Sandbox, SandboxError> {
-        let (live, applied) = self.launch_live(config, one_shot, id, None).await?;
-        let sandbox = Sandbox::new(self.clone(), live, applied, config.clone(), one_shot);
-        if let crate::Network::Egress(policy) = &sandbox.config().network {
-            sandbox.start_egress(policy.clone()).await?;
-        }
-        Ok(sandbox)
-    }
-
     /// Starts container `id` of `config` with its launcher and returns it with `config` as
     /// applied (its image's config, the egress proxy's variables). `from`: a snapshot to start
     /// from: its layers under the new writable one (runc, crun), or its checkpoint restored
@@ -115,7 +51,7 @@ impl NamespaceContainer {
         one_shot: bool,
         id: String,
         from: Option<&crate::snapshot::Snapshot>,
-    ) -> Result<(crate::sandbox::Live, ContainerConfig), SandboxError> {
+    ) -> Result<(Live, ContainerConfig), SandboxError> {
         let begun = std::time::Instant::now();
         // A long-lived sandbox's timeout is its commands' default: checked here, as the
         // launcher's own config has none.
@@ -136,7 +72,7 @@ impl NamespaceContainer {
             None => (config, None),
         };
         // With an egress policy, commands find the proxy through the usual variables.
-        let proxied = crate::sandbox::with_proxy_env(config);
+        let proxied = crate::config::network::with_proxy_env(config);
         let config = proxied.as_ref().unwrap_or(config);
         let (control, launcher_end) =
             ControlSocket::pair().map_err(|source| SandboxError::Process {
@@ -186,7 +122,7 @@ impl NamespaceContainer {
             Some((_, token)) => self.attach(start, &id, token, begun).await?,
         };
         tracing::debug!(elapsed_ms = crate::sys::ms_since(begun), "started");
-        let live = crate::sandbox::Live {
+        let live = Live {
             container,
             control,
             userns_base,
@@ -532,7 +468,7 @@ pub(crate) struct LauncherStart {
 
 /// `config`'s command as an exec: its stdio; environment, directory and timeout are the
 /// container's own.
-pub(super) fn command_of(config: &ContainerConfig) -> crate::ExecConfig {
+pub(crate) fn command_of(config: &ContainerConfig) -> crate::ExecConfig {
     let mut exec = crate::ExecConfig::new(config.command.clone(), config.args.clone());
     exec.stdin = config.stdin;
     exec.stdout = config.stdout;

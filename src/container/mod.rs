@@ -5,12 +5,8 @@ use std::sync::Arc;
 
 use tokio_util::task::TaskTracker;
 
-use crate::config::OutputMode;
 use crate::config::{ContainerConfig, SandboxConfig};
 use crate::error::SandboxError;
-use crate::handle::capture::ProcessCapture;
-use crate::handle::process::ContainerProcess;
-use crate::handle::pty::PtySession;
 use crate::host::state::{StateDirs, new_id};
 use crate::oci::cli::RuntimeCli;
 use crate::oci::sweep::sweep;
@@ -213,7 +209,7 @@ impl NamespaceContainer {
     ///
     /// - Every [`Sandbox`](crate::Sandbox) still open (held by a handle, a clone, a job, a spawned process) is
     ///   closed as by [`Sandbox::close`](crate::Sandbox::close): its commands and its container are killed. Their
-    ///   handles then tell so: a [`ContainerProcess`]'s `wait` reports the kill
+    ///   handles then tell so: a [`ContainerProcess`](crate::ContainerProcess)'s `wait` reports the kill
     ///   (`SIGKILL`), a sandbox's next call [`SandboxError::SandboxClosed`].
     /// - Then it waits for the background cleanup of every handle (dropped or killed): the
     ///   containers removed by the runtime, their bundles, cgroups and temp dirs.
@@ -251,98 +247,6 @@ impl NamespaceContainer {
         let mut all = self.inner.open.lock().unwrap_or_else(|e| e.into_inner());
         all.retain(|w| w.strong_count() > 0);
         all.push(open);
-    }
-
-    /// Spawns `config`'s command with piped (or inherited, or null) stdio.
-    ///
-    /// Returns once the process runs. The container's init is the library's launcher
-    /// (`launcher/launcher.c`), which runs the command with the caller's pipes as its stdio
-    /// (passed as they are, no copying) and reports its exact status: `exit(137)` is a code,
-    /// death by `SIGKILL` a signal, on every runtime. When the command ends, the container
-    /// ends with it.
-    ///
-    /// # Errors
-    ///
-    /// [`SandboxError::InvalidConfig`] for an invalid field and [`SandboxError::CommandNotFound`]
-    /// for a command absent from the container's `PATH`, both before anything is created;
-    /// [`SandboxError::CommandNotFound`] also when the launcher cannot execute it;
-    /// [`SandboxError::Runtime`] when the runtime fails; [`SandboxError::DuplicateId`];
-    /// [`SandboxError::RuntimeNotFound`] when the runtime binary has gone.
-    ///
-    /// # Cancel safety
-    ///
-    /// Cancel safe: a dropped `spawn` future leaves no container, bundle or process.
-    pub async fn spawn(&self, config: &ContainerConfig) -> Result<ContainerProcess, SandboxError> {
-        let sandbox = self.launch(config, true).await?;
-        sandbox.exec(&command_of(sandbox.config())).await
-    }
-
-    /// Spawns `config`'s command with stdout and stderr going straight to files in a temp dir
-    /// (stdin is `/dev/null`), readable whole or tailed as streams through
-    /// [`ProcessCapture::output`].
-    ///
-    /// The command writes the files itself: a slow or absent reader never stalls it, and the
-    /// output outlives the process. The runtime's own messages never land in them. Past
-    /// [`ContainerConfig::output_limit`] bytes in a file, the process is killed, the file is
-    /// cut at the limit and the status says so. The files are final once every process of the
-    /// container is gone: nothing it left in the background writes on.
-    ///
-    /// ```no_run
-    /// # async fn demo() -> Result<(), oci_sandbox::SandboxError> {
-    /// use futures::StreamExt;
-    /// use oci_sandbox::{NamespaceContainer, OutputMode, SandboxConfig};
-    ///
-    /// let runtime = NamespaceContainer::new().await?;
-    /// let config = NamespaceContainer::build_config(&SandboxConfig::default(), "sh", vec!["-c".into(), "echo out; echo err >&2".into()]);
-    /// let capture = runtime.spawn_captured(&config, OutputMode::Combined).await?;
-    /// let mut stream = capture.output.stdout_stream();
-    /// while let Some(chunk) = stream.next().await {
-    ///     print!("{}", String::from_utf8_lossy(&chunk.expect("read")));
-    /// }
-    /// println!("{}", capture.wait().await?);
-    /// # Ok(()) }
-    /// ```
-    ///
-    /// # Errors
-    ///
-    /// Those of [`spawn`](Self::spawn), and I/O errors creating the capture files.
-    ///
-    /// # Cancel safety
-    ///
-    /// Cancel safe: a dropped future leaves no container, bundle, process or capture dir.
-    pub async fn spawn_captured(
-        &self,
-        config: &ContainerConfig,
-        mode: OutputMode,
-    ) -> Result<ProcessCapture, SandboxError> {
-        let sandbox = self.launch(config, true).await?;
-        sandbox
-            .exec_captured(&command_of(sandbox.config()), mode)
-            .await
-    }
-
-    /// Spawns `config`'s command on a new pseudo-terminal (80x24 until resized).
-    ///
-    /// The launcher makes the terminal in the container (so that `tty` names it) and hands
-    /// its controller over (runc, crun), or relays a terminal of gVisor's kernel over a
-    /// socket; the returned [`PtySession`] reads and writes it without blocking. `TERM` is
-    /// `xterm` unless the config sets it.
-    ///
-    /// # Errors
-    ///
-    /// Those of [`spawn`](Self::spawn).
-    ///
-    /// # Cancel safety
-    ///
-    /// Cancel safe: a dropped future leaves no container, bundle, socket or fd.
-    pub async fn spawn_interactive(
-        &self,
-        config: &ContainerConfig,
-    ) -> Result<PtySession, SandboxError> {
-        let sandbox = self.launch(config, true).await?;
-        sandbox
-            .exec_interactive(&command_of(sandbox.config()))
-            .await
     }
 
     /// The OCI spec the library would write for `config` (for inspection, debugging, or
@@ -459,4 +363,4 @@ pub(crate) mod image_root;
 mod launch;
 
 pub use builder::NamespaceContainerBuilder;
-use launch::command_of;
+pub(crate) use launch::{Live, command_of};

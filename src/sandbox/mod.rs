@@ -6,10 +6,11 @@ mod jobs;
 mod lifetime;
 mod network;
 mod snapshot;
+mod start;
 mod transfer;
+pub(crate) use crate::container::Live;
 pub use files::{DirEntry, FileEvent, FileEvents, READ_FILE_LIMIT};
 pub use network::EgressEvents;
-pub(crate) use network::with_proxy_env;
 pub use snapshot::SnapshotOptions;
 
 use std::sync::Arc;
@@ -21,9 +22,7 @@ use tokio::sync::Semaphore;
 use crate::config::ContainerConfig;
 use crate::container::NamespaceContainer;
 use crate::error::SandboxError;
-use crate::launcher::ControlSocket;
 use crate::status::ExitStatus;
-use crate::supervisor::Supervised;
 
 /// How long a launcher may take to end its container once its control socket has closed.
 const END_DEADLINE: Duration = Duration::from_secs(2);
@@ -100,21 +99,6 @@ struct Inner {
     _exposed_guard: tokio_util::sync::DropGuard,
     /// Connections to exposed ports at once (launcher helpers each).
     expose_slots: Arc<Semaphore>,
-}
-
-/// One container of a sandbox: the first, or the one a snapshot or restore started in its
-/// place.
-#[derive(Debug)]
-pub(crate) struct Live {
-    pub container: Supervised,
-    /// Requests go to the launcher on it; every command gets a channel of its own.
-    pub control: ControlSocket,
-    /// The host id of the container's id 0, with a user namespace of its own.
-    pub userns_base: Option<u32>,
-    /// Where its teardown moves its writable layer when a snapshot asks.
-    pub harvest: crate::supervisor::container::Harvest,
-    /// The snapshot it started from (whose layers it runs on), if any.
-    pub base: Option<crate::snapshot::Snapshot>,
 }
 
 impl Sandbox {

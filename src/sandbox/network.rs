@@ -11,7 +11,6 @@ use futures::Stream;
 use tokio::sync::broadcast;
 
 use super::Sandbox;
-use crate::config::ContainerConfig;
 use crate::config::network::{EGRESS_PROXY_PORT, EgressEvent, EgressPolicy};
 use crate::error::SandboxError;
 use crate::launcher::Started;
@@ -23,28 +22,6 @@ pub(super) const EXPOSED_CONNECTIONS: usize = 128;
 
 /// How long the launcher has to start a network helper.
 const HELPER_DEADLINE: std::time::Duration = std::time::Duration::from_secs(10);
-
-/// `config` with the proxy variables, when it has an egress policy (the caller's own values
-/// of them win); `None` otherwise.
-pub(crate) fn with_proxy_env(config: &ContainerConfig) -> Option<ContainerConfig> {
-    config.network.egress()?;
-    let url = format!("http://127.0.0.1:{EGRESS_PROXY_PORT}");
-    let mut proxied = config.clone();
-    let mut vars = Vec::new();
-    for name in ["HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY"] {
-        vars.push((name.to_owned(), url.clone()));
-        vars.push((name.to_ascii_lowercase(), url.clone()));
-    }
-    for name in ["NO_PROXY", "no_proxy"] {
-        vars.push((name.to_owned(), "localhost,127.0.0.1,::1".to_owned()));
-    }
-    for (k, v) in vars {
-        if !proxied.env.iter().any(|(key, _)| *key == k) {
-            proxied.env.push((k, v));
-        }
-    }
-    Some(proxied)
-}
 
 /// The [`EgressEvent`]s of a sandbox from the moment it was asked for
 /// ([`Sandbox::egress_events`]). Ends when the sandbox is gone. A subscriber more than 1024
