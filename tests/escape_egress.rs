@@ -6,69 +6,14 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::TestSandbox;
-use common::egress::{LOOPBACK, drain, egress, python, raw};
+use common::egress::{LOOPBACK, Recorder, drain, egress, python, raw};
 use oci_sandbox::{EgressDecision, EgressPolicy, ExecConfig, OciRuntime, OutputMode};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const SECRET: &str = "osb-secret-7f3a";
-
-/// An upstream that records *every byte* each connection sends (not only a first head), so
-/// that a request smuggled behind another shows; it answers once the client has been quiet
-/// for 300 ms.
-struct Recorder {
-    port: u16,
-    got: Arc<Mutex<Vec<String>>>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for Recorder {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-impl Recorder {
-    async fn start() -> Recorder {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let got = Arc::new(Mutex::new(Vec::new()));
-        let recorded = got.clone();
-        let task = tokio::spawn(async move {
-            while let Ok((mut s, _)) = listener.accept().await {
-                let recorded = recorded.clone();
-                tokio::spawn(async move {
-                    let mut all = Vec::new();
-                    let mut buf = [0u8; 8192];
-                    while let Ok(Ok(n)) =
-                        tokio::time::timeout(Duration::from_millis(300), s.read(&mut buf)).await
-                    {
-                        if n == 0 {
-                            break;
-                        }
-                        all.extend_from_slice(&buf[..n]);
-                    }
-                    recorded
-                        .lock()
-                        .unwrap()
-                        .push(String::from_utf8_lossy(&all).into_owned());
-                    let _ = s
-                        .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nConnection: close\r\n\r\nok\n")
-                        .await;
-                    let _ = s.shutdown().await;
-                });
-            }
-        });
-        Recorder { port, got, task }
-    }
-
-    fn all(&self) -> String {
-        self.got.lock().unwrap().join("\n----\n")
-    }
-}
 
 /// The sandbox's own server behind `expose`, reached through the proxy under a rule for every
 /// port, with a credential injected on that very port: refused (it lands on a listener of

@@ -7,78 +7,11 @@
 
 mod common;
 
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
-
 use common::TestSandbox;
-use common::egress::{LOOPBACK, drain, egress, py_bytes, python, raw};
+use common::egress::{LOOPBACK, Recorder, drain, egress, py_bytes, python, raw};
 use oci_sandbox::{EgressDecision, EgressPolicy, OciRuntime};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const SECRET: &str = "osb-secret-9c41";
-
-/// An upstream that records every byte each connection sends and answers once the client has
-/// been quiet for 300 ms: a `TRACE` with the request it got as the body (RFC 9110 9.3.8, as
-/// Apache does by default), anything else with `ok`.
-struct Reflector {
-    port: u16,
-    got: Arc<Mutex<Vec<String>>>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for Reflector {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-impl Reflector {
-    async fn start() -> Reflector {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let got = Arc::new(Mutex::new(Vec::new()));
-        let recorded = got.clone();
-        let task = tokio::spawn(async move {
-            while let Ok((mut s, _)) = listener.accept().await {
-                let recorded = recorded.clone();
-                tokio::spawn(async move {
-                    let mut all = Vec::new();
-                    let mut buf = [0u8; 8192];
-                    while let Ok(Ok(n)) =
-                        tokio::time::timeout(Duration::from_millis(300), s.read(&mut buf)).await
-                    {
-                        if n == 0 {
-                            break;
-                        }
-                        all.extend_from_slice(&buf[..n]);
-                    }
-                    let body = if all.starts_with(b"TRACE ") {
-                        all.clone()
-                    } else {
-                        b"ok\n".to_vec()
-                    };
-                    recorded
-                        .lock()
-                        .unwrap()
-                        .push(String::from_utf8_lossy(&all).into_owned());
-                    let head = format!(
-                        "HTTP/1.1 200 OK\r\nContent-Type: message/http\r\nContent-Length: {}\r\n\
-                         Connection: close\r\n\r\n",
-                        body.len()
-                    );
-                    let _ = s.write_all(head.as_bytes()).await;
-                    let _ = s.write_all(&body).await;
-                    let _ = s.shutdown().await;
-                });
-            }
-        });
-        Reflector { port, got, task }
-    }
-
-    fn all(&self) -> String {
-        self.got.lock().unwrap().join("\n----\n")
-    }
-}
 
 /// Sends `request` to the forwarder from inside the sandbox and returns the whole answer.
 async fn exchange(sandbox: &oci_sandbox::Sandbox, request: &[u8]) -> String {
@@ -104,7 +37,7 @@ async fn exchange(sandbox: &oci_sandbox::Sandbox, request: &[u8]) -> String {
 /// TRACE to a host without one still goes.
 async fn a_trace_never_reflects_an_injected_credential(kind: OciRuntime) {
     let t = TestSandbox::new(kind).await;
-    let up = Reflector::start().await;
+    let up = Recorder::start().await;
     let p = up.port;
     let policy = EgressPolicy::new()
         .allow_domain("api.test")
@@ -173,9 +106,7 @@ async fn a_trace_never_reflects_an_injected_credential(kind: OciRuntime) {
         "the GET got its credential:\n{all}"
     );
     assert!(
-        !up.got
-            .lock()
-            .unwrap()
+        !up.connections()
             .iter()
             .any(|c| c.starts_with("TRACE") && c.contains("Host: api.test")),
         "a TRACE to api.test reached the upstream:\n{all}"
@@ -190,7 +121,7 @@ async fn a_trace_never_reflects_an_injected_credential(kind: OciRuntime) {
 /// None of the hidden request's bytes may reach the upstream.
 async fn chunk_framing_tricks_never_reach_the_upstream(kind: OciRuntime) {
     let t = TestSandbox::new(kind).await;
-    let up = Reflector::start().await;
+    let up = Recorder::start().await;
     let p = up.port;
     let policy = EgressPolicy::new()
         .allow_domain("api.test")

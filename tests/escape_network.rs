@@ -78,18 +78,7 @@ impl Silent {
 
 /// Runs `script` in a new exec of `sandbox`; returns its stdout and stderr.
 async fn sh(sandbox: &Sandbox, script: &str) -> String {
-    let out = sandbox
-        .exec(&ExecConfig::new("sh", vec!["-c".into(), script.into()]))
-        .await
-        .unwrap()
-        .wait_with_output()
-        .await
-        .unwrap();
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
+    common::egress::with_interpreter(sandbox, "sh", script).await
 }
 
 /// Sockets of live processes connected to `127.0.0.1:port` (in `/proc/net/tcp`, owned by an

@@ -103,21 +103,22 @@ pub async fn drain(events: &mut EgressEvents, max: usize) -> Vec<EgressEvent> {
 
 /// Runs a Python program in a new exec of `sandbox`; returns its stdout and stderr.
 pub async fn python(sandbox: &Sandbox, program: &str) -> String {
+    with_interpreter(sandbox, "python3", program).await
+}
+
+/// Runs `<interpreter> -c <script>` in a new exec of `sandbox`; returns its stdout and stderr.
+pub async fn with_interpreter(sandbox: &Sandbox, interpreter: &str, script: &str) -> String {
     let out = sandbox
         .exec(&ExecConfig::new(
-            "python3",
-            vec!["-c".to_owned(), program.to_owned()],
+            interpreter,
+            vec!["-c".to_owned(), script.to_owned()],
         ))
         .await
         .unwrap()
         .wait_with_output()
         .await
         .unwrap();
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
+    format!("{}{}", out.stdout_str(), out.stderr_str())
 }
 
 /// `bytes` as a Python expression, long runs of one byte written as a repetition (an
@@ -179,4 +180,74 @@ pub async fn raw(sandbox: &Sandbox, cases: &[(&str, Vec<u8>)]) -> BTreeMap<Strin
         .filter_map(|l| l.split_once(": "))
         .map(|(k, v)| (k.to_owned(), v.to_owned()))
         .collect()
+}
+
+/// An upstream that records every byte each connection sends (not only a first head, so that
+/// a request smuggled behind another shows) and answers once the client has
+/// been quiet for 300 ms: a `TRACE` with the request it got as the body (RFC 9110 9.3.8, as
+/// Apache does by default), anything else with `ok`.
+pub struct Recorder {
+    pub port: u16,
+    got: Arc<Mutex<Vec<String>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Recorder {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Recorder {
+    pub async fn start() -> Recorder {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let got = Arc::new(Mutex::new(Vec::new()));
+        let recorded = got.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((mut s, _)) = listener.accept().await {
+                let recorded = recorded.clone();
+                tokio::spawn(async move {
+                    let mut all = Vec::new();
+                    let mut buf = [0u8; 8192];
+                    while let Ok(Ok(n)) =
+                        tokio::time::timeout(Duration::from_millis(300), s.read(&mut buf)).await
+                    {
+                        if n == 0 {
+                            break;
+                        }
+                        all.extend_from_slice(&buf[..n]);
+                    }
+                    let body = if all.starts_with(b"TRACE ") {
+                        all.clone()
+                    } else {
+                        b"ok\n".to_vec()
+                    };
+                    recorded
+                        .lock()
+                        .unwrap()
+                        .push(String::from_utf8_lossy(&all).into_owned());
+                    let head = format!(
+                        "HTTP/1.1 200 OK\r\nContent-Type: message/http\r\nContent-Length: {}\r\n\
+                         Connection: close\r\n\r\n",
+                        body.len()
+                    );
+                    let _ = s.write_all(head.as_bytes()).await;
+                    let _ = s.write_all(&body).await;
+                    let _ = s.shutdown().await;
+                });
+            }
+        });
+        Recorder { port, got, task }
+    }
+
+    /// What each connection sent.
+    pub fn connections(&self) -> Vec<String> {
+        self.got.lock().unwrap().clone()
+    }
+
+    /// Everything each connection sent, connections apart.
+    pub fn all(&self) -> String {
+        self.got.lock().unwrap().join("\n----\n")
+    }
 }
