@@ -448,8 +448,8 @@ impl Sandbox {
     /// # async fn demo(sandbox: &oci_sandbox::Sandbox) -> Result<(), oci_sandbox::SandboxError> {
     /// use futures::StreamExt;
     /// let mut events = sandbox.watch_recursive("/workspace").await?;
-    /// while let Some(event) = events.next().await {
-    ///     println!("{:?}", event?);
+    /// while let Some(Ok(event)) = events.next().await {
+    ///     println!("{event:?}");
     /// }
     /// # Ok(()) }
     /// ```
