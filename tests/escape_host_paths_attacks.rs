@@ -36,7 +36,7 @@ async fn special_files_in_another_sandboxs_dir_do_not_hang_an_upload(kind: OciRu
                   fd = os.open('leased', os.O_RDWR | os.O_CREAT)\n\
                   try:\n    fcntl.fcntl(fd, 1024, fcntl.F_WRLCK); r = 'leased'\n\
                   except OSError as e:\n    r = f'no lease: {e}'\n\
-                  open('/tmp/ready', 'w').write(r)\n\
+                  open('/tmp/ready.t', 'w').write(r); os.replace('/tmp/ready.t', '/tmp/ready')\n\
                   time.sleep(600)\n";
     let mut holding = b
         .exec(&ExecConfig {
