@@ -429,6 +429,20 @@ async fn directories_go_up_and_down_whole(kind: OciRuntime) {
     t.assert_nothing_left(&[], None).await;
 }
 
+/// The events of `events` up to `last` (included), each within 10 s.
+async fn events_until(events: &mut oci_sandbox::FileEvents, last: FileEvent) -> Vec<FileEvent> {
+    let mut seen = Vec::new();
+    while !seen.contains(&last) {
+        let event = tokio::time::timeout(Duration::from_secs(10), events.next())
+            .await
+            .expect("no event within 10 s")
+            .expect("the watch ended")
+            .unwrap();
+        seen.push(event);
+    }
+    seen
+}
+
 async fn watching_a_directory_sees_creates_writes_and_removes(kind: OciRuntime) {
     let t = TestSandbox::new(kind).await;
     let sandbox = t.start_sandbox(&SandboxConfig::default()).await;
@@ -451,15 +465,7 @@ async fn watching_a_directory_sees_creates_writes_and_removes(kind: OciRuntime) 
         "echo 1 > /tmp/watched/a; echo 2 >> /tmp/watched/a; rm /tmp/watched/a",
     )
     .await;
-    let mut seen = Vec::new();
-    while !seen.contains(&FileEvent::Removed("a".into())) {
-        let event = tokio::time::timeout(Duration::from_secs(10), events.next())
-            .await
-            .expect("no event within 10 s")
-            .expect("the watch ended")
-            .unwrap();
-        seen.push(event);
-    }
+    let seen = events_until(&mut events, FileEvent::Removed("a".into())).await;
     assert_eq!(
         seen.first(),
         Some(&FileEvent::Created("a".into())),
@@ -469,15 +475,7 @@ async fn watching_a_directory_sees_creates_writes_and_removes(kind: OciRuntime) 
     // The file API's own temp files are not shown: a write is the path created.
     sandbox.write_file("/tmp/watched/b", b"x").await.unwrap();
     sandbox.remove("/tmp/watched/b").await.unwrap();
-    let mut seen = Vec::new();
-    while !seen.contains(&FileEvent::Removed("b".into())) {
-        let event = tokio::time::timeout(Duration::from_secs(10), events.next())
-            .await
-            .expect("no event within 10 s")
-            .expect("the watch ended")
-            .unwrap();
-        seen.push(event);
-    }
+    let seen = events_until(&mut events, FileEvent::Removed("b".into())).await;
     assert_eq!(
         seen,
         [
@@ -515,26 +513,14 @@ async fn a_recursive_watch_sees_the_whole_tree(kind: OciRuntime) {
         .unwrap();
     sandbox.create_dir_all("/tmp/tree/new").await.unwrap();
     // The new directory's watch is added when its creation is read: wait for it.
-    let mut seen = Vec::new();
-    let mut next = async || {
-        tokio::time::timeout(Duration::from_secs(10), events.next())
-            .await
-            .expect("no event within 10 s")
-            .expect("the watch ended")
-            .unwrap()
-    };
-    while !seen.contains(&FileEvent::Created("new".into())) {
-        seen.push(next().await);
-    }
+    let mut seen = events_until(&mut events, FileEvent::Created("new".into())).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     sandbox
         .write_file("/tmp/tree/new/later", b"2")
         .await
         .unwrap();
     sandbox.remove("/tmp/tree/a/b/deep").await.unwrap();
-    while !seen.contains(&FileEvent::Removed("a/b/deep".into())) {
-        seen.push(next().await);
-    }
+    seen.extend(events_until(&mut events, FileEvent::Removed("a/b/deep".into())).await);
     for expected in [
         FileEvent::Created("a/b/deep".into()),
         FileEvent::Created("new".into()),

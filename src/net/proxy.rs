@@ -135,9 +135,17 @@ async fn serve_until_done(mut client: UnixStream, egress: Arc<Egress>) {
         connect_time: Duration::ZERO,
         duration: Duration::ZERO,
     };
-    let rule = match policy.verdict(&request.host, request.port) {
-        Verdict::Allowed(rule) => rule,
-        Verdict::Denied(reason) => {
+    // The policy's verdict, then a request that would reflect an injected credential.
+    let allowed = match policy.verdict(&request.host, request.port) {
+        Verdict::Allowed(rule) => match reflects_credentials(&request, &policy) {
+            None => Ok(rule),
+            Some(reason) => Err(reason),
+        },
+        Verdict::Denied(reason) => Err(reason),
+    };
+    let rule = match allowed {
+        Ok(rule) => rule,
+        Err(reason) => {
             let _ = respond(&mut client, 403, &reason).await;
             event.decision = EgressDecision::Denied { reason };
             event.connect_time = begun.elapsed();
@@ -146,14 +154,6 @@ async fn serve_until_done(mut client: UnixStream, egress: Arc<Egress>) {
             return;
         }
     };
-    if let Some(reason) = reflects_credentials(&request, &policy) {
-        let _ = respond(&mut client, 403, &reason).await;
-        event.decision = EgressDecision::Denied { reason };
-        event.connect_time = begun.elapsed();
-        event.duration = event.connect_time;
-        egress.report(event);
-        return;
-    }
     let upstream = tokio::time::timeout(
         CONNECT_DEADLINE,
         connect(&policy, &request.host, request.port),
