@@ -536,7 +536,55 @@ async fn a_recursive_watch_sees_the_whole_tree(kind: OciRuntime) {
     t.assert_nothing_left(&[], None).await;
 }
 
+/// Attack on the recursive watch's helper (the sandbox shapes the tree it walks): more
+/// directories than it watches, a link looping to its parent, a link out of the tree. The
+/// watch starts within its deadline, follows no link (nothing outside is watched), stays
+/// bounded (8192 directories; the kernel's per-user limit may stop it earlier), and still
+/// reports changes; the file API goes on working.
+async fn a_recursive_watch_survives_a_hostile_tree(kind: OciRuntime) {
+    let t = TestSandbox::new(kind).await;
+    let sandbox = t.start_sandbox(&SandboxConfig::default()).await;
+    let shape = "import os\n\
+                 os.makedirs('/tmp/outside/x')\n\
+                 for i in range(9000): os.makedirs(f'/tmp/tree/d{i}')\n\
+                 os.symlink('/tmp/tree', '/tmp/tree/d0/loop')\n\
+                 os.symlink('/tmp/outside', '/tmp/tree/out')\n";
+    common::exec_in(
+        &sandbox,
+        &oci_sandbox::ExecConfig::new("/usr/bin/python3", &["-c", shape][..]),
+    )
+    .await;
+    let started = std::time::Instant::now();
+    let mut events = sandbox.watch_recursive("/tmp/tree").await.unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+    // Through the link out of the tree: not watched.
+    sandbox
+        .write_file("/tmp/outside/x/secret", b"s")
+        .await
+        .unwrap();
+    // Past the bound some directories go unwatched (which is said in the docs); the top
+    // always is.
+    sandbox.write_file("/tmp/tree/seen", b"1").await.unwrap();
+    let seen = events_until(&mut events, FileEvent::Created("seen".into())).await;
+    assert!(
+        !seen.iter().any(|e| format!("{e:?}").contains("secret")),
+        "a link was followed: {seen:?}"
+    );
+    assert_eq!(
+        sandbox.read_file("/tmp/tree/seen").await.unwrap(),
+        &b"1"[..]
+    );
+    drop(events);
+    sandbox.close().await;
+    t.assert_nothing_left(&[], None).await;
+}
+
 on_every_runtime!(
+    a_recursive_watch_survives_a_hostile_tree,
     a_recursive_watch_sees_the_whole_tree,
     binary_round_trips_of_every_size,
     directories_listing_rename_remove_and_typed_errors,
