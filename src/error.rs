@@ -118,6 +118,46 @@ impl std::fmt::Display for SnapshotErrorKind {
     }
 }
 
+/// What kind of failure a [`SandboxError::Session`] is: a named sandbox
+/// ([`SandboxConfig::name`](crate::SandboxConfig::name)) or a
+/// [volume](crate::NamespaceContainer::create_volume) that could not be made, found, taken
+/// or changed. Nothing of a failed call is left behind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum SessionErrorKind {
+    /// No sandbox (or volume) of that name.
+    NotFound,
+    /// A sandbox (or volume) of that name exists already.
+    Exists,
+    /// Another handle has it: a process (this one or another) holds the named sandbox, or
+    /// a running sandbox mounts the volume.
+    InUse,
+    /// Its state on disk is unreadable, incomplete or altered (the reason says what).
+    Corrupt,
+    /// It belongs to another runtime than the one asked.
+    Mismatch,
+    /// Something holds on to the host that a hibernation cannot carry or must not cut (a
+    /// command with a handle, a file transfer or watch, an exposed port's connection).
+    Busy,
+    /// What was asked cannot be done here: processes kept through a hibernation on runc or
+    /// crun, a pause without cgroups (rootless), a volume size limit without root.
+    Unsupported,
+}
+
+impl std::fmt::Display for SessionErrorKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            SessionErrorKind::NotFound => "not found",
+            SessionErrorKind::Exists => "exists",
+            SessionErrorKind::InUse => "in use",
+            SessionErrorKind::Corrupt => "corrupt",
+            SessionErrorKind::Mismatch => "mismatch",
+            SessionErrorKind::Busy => "busy",
+            SessionErrorKind::Unsupported => "unsupported",
+        })
+    }
+}
+
 /// Everything that can go wrong when creating, running or cleaning up a sandbox.
 ///
 /// Variants are structured so that a caller can act on them: an invalid config names the
@@ -300,6 +340,19 @@ pub enum SandboxError {
         /// The details.
         reason: String,
     },
+
+    /// A named sandbox or a volume could not be created, connected to, changed or removed.
+    #[error("{what} {name:?}: {kind}: {reason}")]
+    Session {
+        /// "sandbox" or "volume".
+        what: &'static str,
+        /// Its name.
+        name: String,
+        /// What went wrong, to act on.
+        kind: SessionErrorKind,
+        /// The details.
+        reason: String,
+    },
 }
 
 impl SandboxError {
@@ -400,11 +453,48 @@ impl SandboxError {
                 kind: *kind,
                 reason: reason.clone(),
             },
+            SandboxError::Session {
+                what,
+                name,
+                kind,
+                reason,
+            } => SandboxError::Session {
+                what,
+                name: name.clone(),
+                kind: *kind,
+                reason: reason.clone(),
+            },
         }
     }
 
     pub(crate) fn snapshot(kind: SnapshotErrorKind, reason: impl Into<String>) -> Self {
         SandboxError::Snapshot {
+            kind,
+            reason: reason.into(),
+        }
+    }
+
+    pub(crate) fn session(
+        name: impl Into<String>,
+        kind: SessionErrorKind,
+        reason: impl Into<String>,
+    ) -> Self {
+        SandboxError::Session {
+            what: "sandbox",
+            name: name.into(),
+            kind,
+            reason: reason.into(),
+        }
+    }
+
+    pub(crate) fn volume(
+        name: impl Into<String>,
+        kind: SessionErrorKind,
+        reason: impl Into<String>,
+    ) -> Self {
+        SandboxError::Session {
+            what: "volume",
+            name: name.into(),
             kind,
             reason: reason.into(),
         }

@@ -168,12 +168,12 @@ pub use config::network::{
 };
 pub use config::{
     Bind, ContainerConfig, ExecConfig, IntoArgs, Limits, MIN_MEMORY_LIMIT, MIN_PIDS_LIMIT, Mount,
-    MountKind, Network, OutputMode, SandboxConfig, Security, SpecHook, Stdio,
+    MountKind, Network, OutputMode, SandboxConfig, Security, SpecHook, Stdio, VolumeMount,
 };
 pub use container::{
     ContainerEntry, NamespaceContainer, NamespaceContainerBuilder, UnenforcedLimits,
 };
-pub use error::{ImageErrorKind, RuntimeOp, SandboxError, SnapshotErrorKind};
+pub use error::{ImageErrorKind, RuntimeOp, SandboxError, SessionErrorKind, SnapshotErrorKind};
 
 pub use handle::capture::ProcessCapture;
 pub use handle::collect::OutputCap;

@@ -14,7 +14,7 @@ pub(crate) use limits::check_timeout;
 pub use limits::{Limits, MIN_MEMORY_LIMIT, MIN_PIDS_LIMIT, Security};
 pub(crate) use policy::{DEFAULT_PATH, ROOTFS_LINKS, from_policy, merge_env};
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -200,6 +200,60 @@ pub struct SandboxConfig {
     /// - on gVisor the root's writes are kept in the sandbox's memory (runsc's
     ///   `--overlay2=root:memory`), which a checkpoint saves with the processes.
     pub snapshots: bool,
+    /// A name makes the sandbox durable (see [`NamespaceContainer::create`]): its state (the
+    /// config, `/workspace`, `/tmp`, on gVisor its last hibernation) lives in the library's
+    /// data dir, survives its owner (a clean exit, a crash, a `SIGKILL`), and any later
+    /// process gets it back with [`NamespaceContainer::connect`]. 1-63 characters of
+    /// `[a-z0-9_.-]`, starting with a letter or digit. `None` (the default): the sandbox lives
+    /// and dies with its handle.
+    ///
+    /// [`NamespaceContainer::create`]: crate::NamespaceContainer::create
+    /// [`NamespaceContainer::connect`]: crate::NamespaceContainer::connect
+    pub name: Option<String>,
+    /// Labels of a named sandbox, listed by
+    /// [`NamespaceContainer::sandboxes`](crate::NamespaceContainer::sandboxes).
+    pub labels: BTreeMap<String, String>,
+    /// Volumes (see [`NamespaceContainer::create_volume`](crate::NamespaceContainer::create_volume))
+    /// mounted into the sandbox.
+    pub volumes: Vec<VolumeMount>,
+    /// A long-lived sandbox is paused ([`Sandbox::pause`](crate::Sandbox::pause)) once no
+    /// command, file call or connection has run in it for this long; the next call resumes
+    /// it. `None` (the default): never.
+    pub idle_pause: Option<Duration>,
+    /// A named sandbox is hibernated ([`Sandbox::hibernate`](crate::Sandbox::hibernate))
+    /// once nothing has run in it for this long; the next call resumes it. `None` (the
+    /// default): never.
+    pub idle_hibernate: Option<Duration>,
+}
+
+/// A [volume](crate::NamespaceContainer::create_volume) mounted into a sandbox.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct VolumeMount {
+    /// The volume's name.
+    pub name: String,
+    /// Absolute path inside the container.
+    pub destination: PathBuf,
+    /// Mounted read-only.
+    pub read_only: bool,
+}
+
+impl VolumeMount {
+    /// Volume `name`, read-write at `destination`.
+    pub fn new(name: impl Into<String>, destination: impl Into<PathBuf>) -> Self {
+        VolumeMount {
+            name: name.into(),
+            destination: destination.into(),
+            read_only: false,
+        }
+    }
+
+    /// Volume `name`, read-only at `destination`.
+    pub fn read_only(name: impl Into<String>, destination: impl Into<PathBuf>) -> Self {
+        VolumeMount {
+            read_only: true,
+            ..VolumeMount::new(name, destination)
+        }
+    }
 }
 
 impl SandboxConfig {
@@ -230,6 +284,11 @@ impl Default for SandboxConfig {
             image: None,
             writable_root: false,
             snapshots: false,
+            name: None,
+            labels: BTreeMap::new(),
+            volumes: Vec::new(),
+            idle_pause: None,
+            idle_hibernate: None,
         }
     }
 }
@@ -340,6 +399,21 @@ pub struct ContainerConfig {
     /// [`SandboxConfig::snapshots`]).
     #[serde(default)]
     pub snapshots: bool,
+    /// A named sandbox's name (see [`SandboxConfig::name`]).
+    #[serde(default)]
+    pub name: Option<String>,
+    /// A named sandbox's labels (see [`SandboxConfig::labels`]).
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// Volumes mounted into the container (see [`SandboxConfig::volumes`]).
+    #[serde(default)]
+    pub volumes: Vec<VolumeMount>,
+    /// A long-lived sandbox's idle pause (see [`SandboxConfig::idle_pause`]).
+    #[serde(default)]
+    pub idle_pause: Option<Duration>,
+    /// A named sandbox's idle hibernation (see [`SandboxConfig::idle_hibernate`]).
+    #[serde(default)]
+    pub idle_hibernate: Option<Duration>,
     /// The process's standard input.
     pub stdin: Stdio,
     /// The process's standard output.
@@ -378,6 +452,7 @@ impl ContainerConfig {
         if let Network::Egress(policy) = &self.network {
             policy.validate()?;
         }
+        self.validate_durable()?;
         self.validate_command_line()?;
         if let Some(h) = &self.hostname
             && (h.is_empty() || h.len() > 64 || h.contains(['\0', '/']))
@@ -451,6 +526,49 @@ impl ContainerConfig {
             ));
         }
         self.check_command()
+    }
+
+    /// The checks of the name, labels, volumes and idle options (no host lookup).
+    pub(crate) fn validate_durable(&self) -> Result<(), SandboxError> {
+        if let Some(name) = &self.name {
+            validate_name("name", name)?;
+        }
+        for (k, v) in &self.labels {
+            if k.is_empty() || k.len() > 63 || v.len() > 255 || k.contains('\0') || v.contains('\0') {
+                return Err(SandboxError::invalid(
+                    "labels",
+                    format!("{k:?}: a key is 1-63 bytes and a value at most 255, without NUL"),
+                ));
+            }
+        }
+        if self.labels.len() > 64 {
+            return Err(SandboxError::invalid("labels", "at most 64 labels"));
+        }
+        for (i, v) in self.volumes.iter().enumerate() {
+            validate_name(&format!("volumes[{i}].name"), &v.name)?;
+            absolute_clean(&format!("volumes[{i}].destination"), &v.destination)?;
+            if v.destination == Path::new("/")
+                || self.mounts.iter().any(|m| m.destination == v.destination)
+                || self.volumes[..i].iter().any(|w| w.destination == v.destination)
+            {
+                return Err(SandboxError::invalid(
+                    format!("volumes[{i}].destination"),
+                    format!("{} is mounted twice", v.destination.display()),
+                ));
+            }
+        }
+        for (field, d) in [("idle_pause", self.idle_pause), ("idle_hibernate", self.idle_hibernate)] {
+            if d == Some(Duration::ZERO) {
+                return Err(SandboxError::invalid(field, "must not be zero"));
+            }
+        }
+        if self.idle_hibernate.is_some() && self.name.is_none() {
+            return Err(SandboxError::invalid(
+                "idle_hibernate",
+                "only a named sandbox hibernates (its state is kept under its name)",
+            ));
+        }
+        Ok(())
     }
 
     /// The checks of the command, its arguments, environment and working directory that need
@@ -549,6 +667,25 @@ enum HostPath {
 }
 
 /// Container ids: what runc accepts (`[A-Za-z0-9_+.-]`), at most 64 bytes, not `.`/`..`.
+/// Checks a sandbox's or volume's name: 1-63 characters of `[a-z0-9_.-]`, the first a
+/// letter or digit (so that it is a file name of its own, never `.`, `..` or hidden).
+pub(crate) fn validate_name(field: &str, name: &str) -> Result<(), SandboxError> {
+    let ok = !name.is_empty()
+        && name.len() <= 63
+        && name.as_bytes()[0].is_ascii_alphanumeric()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"_.-".contains(&b));
+    if ok {
+        Ok(())
+    } else {
+        Err(SandboxError::invalid(
+            field,
+            format!("{name:?} must be 1-63 characters of [a-z0-9_.-], starting with a letter or digit"),
+        ))
+    }
+}
+
 pub(crate) fn validate_id(id: &str) -> Result<(), SandboxError> {
     let ok = !id.is_empty()
         && id.len() <= 64

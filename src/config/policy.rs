@@ -124,5 +124,10 @@ pub(crate) fn from_policy(
         spec_hook: None,
         image: s.image.clone(),
         snapshots: s.snapshots,
+        name: s.name.clone(),
+        labels: s.labels.clone(),
+        volumes: s.volumes.clone(),
+        idle_pause: s.idle_pause,
+        idle_hibernate: s.idle_hibernate,
     }
 }

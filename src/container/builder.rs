@@ -126,6 +126,7 @@ pub struct NamespaceContainerBuilder {
     binary: Option<PathBuf>,
     state_base: Option<PathBuf>,
     capture_dir: Option<PathBuf>,
+    data_dir: Option<PathBuf>,
     gvisor_platform: Option<GvisorPlatform>,
     check_platform: bool,
     userns_base: u32,
@@ -139,6 +140,7 @@ impl Default for NamespaceContainerBuilder {
             binary: None,
             state_base: None,
             capture_dir: None,
+            data_dir: None,
             gvisor_platform: None,
             check_platform: true,
             userns_base: DEFAULT_USERNS_BASE,
@@ -164,6 +166,17 @@ impl NamespaceContainerBuilder {
     /// runtime's `--root` and the bundles live under `<dir>/<runtime>/`.
     pub fn state_dir(mut self, dir: impl Into<PathBuf>) -> Self {
         self.state_base = Some(dir.into());
+        self
+    }
+
+    /// The directory the library keeps durable state in: named sandboxes
+    /// ([`SandboxConfig::name`](crate::SandboxConfig::name)) and volumes. Unlike the state
+    /// dir (a tmpfs under `/run`), it should survive reboots. Default:
+    /// `/var/lib/oci-sandbox` as root, else `$XDG_DATA_HOME/oci-sandbox` or
+    /// `~/.local/share/oci-sandbox`. Every process that is to find a sandbox by its name must
+    /// use the same one (and the same runtime).
+    pub fn data_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.data_dir = Some(dir.into());
         self
     }
 
@@ -258,6 +271,23 @@ impl NamespaceContainerBuilder {
         };
         let capture_dir = self.capture_dir.unwrap_or_else(std::env::temp_dir);
         sweep_leftovers(&cli, &dirs, &capture_dir).await?;
+        let data = match self.data_dir {
+            Some(dir) if dir.is_absolute() => dir,
+            Some(dir) => {
+                return Err(SandboxError::invalid(
+                    "data_dir",
+                    format!("{} is not an absolute path", dir.display()),
+                ));
+            }
+            None => default_data_dir(),
+        };
+        let sessions = crate::host::sessions::SessionStore::new(&data);
+        let swept = sessions.clone();
+        crate::sys::blocking("sweeping the data dir", move || {
+            swept.sweep_blocking();
+            Ok(())
+        })
+        .await?;
         let images = crate::image::ImageStore::new(&base);
         let swept_images = images.sweep().await;
         if swept_images > 0 {
@@ -279,6 +309,10 @@ impl NamespaceContainerBuilder {
                 launcher_installed: tokio::sync::OnceCell::new(),
                 images,
                 open: Default::default(),
+                volumes: crate::host::volumes::VolumeStore::new(&data),
+                sessions,
+                data,
+                held: Default::default(),
             }),
         })
     }
@@ -352,4 +386,20 @@ async fn sweep_leftovers(
         );
     }
     Ok(())
+}
+
+/// The data dir when none is set: `/var/lib/oci-sandbox` as root, else
+/// `$XDG_DATA_HOME/oci-sandbox`, else `~/.local/share/oci-sandbox`, else under the temp dir.
+fn default_data_dir() -> PathBuf {
+    if nix::unistd::geteuid().is_root() {
+        return PathBuf::from("/var/lib/oci-sandbox");
+    }
+    let non_empty = |v: &str| std::env::var_os(v).filter(|d| !d.is_empty()).map(PathBuf::from);
+    if let Some(dir) = non_empty("XDG_DATA_HOME").filter(|d| d.is_absolute()) {
+        return dir.join("oci-sandbox");
+    }
+    if let Some(home) = non_empty("HOME").filter(|d| d.is_absolute()) {
+        return home.join(".local/share/oci-sandbox");
+    }
+    std::env::temp_dir().join(format!("oci-sandbox-data-{}", nix::unistd::geteuid()))
 }

@@ -51,6 +51,7 @@ impl NamespaceContainer {
         one_shot: bool,
         id: String,
         from: Option<&crate::snapshot::Snapshot>,
+        mut holds: Vec<Hold>,
     ) -> Result<(Live, ContainerConfig), SandboxError> {
         let begun = std::time::Instant::now();
         // A long-lived sandbox's timeout is its commands' default: checked here, as the
@@ -65,6 +66,9 @@ impl NamespaceContainer {
             ));
         }
         self.launcher().await?;
+        // Volumes become binds of their directories, held while the container lives.
+        let volumed = self.with_volumes(config, &mut holds).await?;
+        let config = volumed.as_ref().unwrap_or(config);
         // An image's config applies to the container's (env, cwd, user, command).
         let imaged = self.with_image(config).await?;
         let (config, image) = match &imaged {
@@ -106,6 +110,7 @@ impl NamespaceContainer {
                 start_deadline,
                 attached,
                 (image, from),
+                holds,
             )
             .await?;
         tracing::debug!(
@@ -222,9 +227,11 @@ impl NamespaceContainer {
         start_deadline: std::time::Duration,
         attached: bool,
         (image, from): RootSource<'_>,
+        holds: Vec<Hold>,
     ) -> Result<LauncherStart, SandboxError> {
         let layers = from.map(|s| s.layers().to_vec()).unwrap_or_default();
-        let (id, bundle, root_mount) = self.prepare(config, checked, image, layers).await?;
+        let (id, mut bundle, root_mount) = self.prepare(config, checked, image, layers).await?;
+        bundle.holds = holds;
         // Where the container's ids 0.. start on the host, with a user namespace of its own.
         let userns_base = bundle.userns.as_ref().map(|ns| ns.base());
         let inner = &self.inner;
@@ -302,6 +309,7 @@ impl NamespaceContainer {
         self.check_limits(config)?;
         let (config, checked) = (config.clone(), checked.clone());
         let dirs = self.inner.dirs.clone();
+        let data_dir = self.inner.data.clone();
         let mut target = self.target();
         // If this future is dropped while the closure runs, the closure still finishes and its
         // result (the bundle) is dropped, which removes the directory again.
@@ -337,18 +345,39 @@ impl NamespaceContainer {
                         && matches!(m.kind, crate::config::MountKind::Tmpfs { .. }))
                 });
             }
-            let spec = crate::spec::build(&config, &rootfs, &id, None, &target)?;
+            // The library's own directories (a named sandbox's, volumes) keep the container's
+            // ids: with a user namespace, each is cloned idmapped onto a point in the bundle,
+            // which the spec binds instead.
+            let idmap = userns.as_ref().and_then(|ns| ns.raw_fd());
+            let owned = owned_binds(&config, &data_dir);
+            let mut spec_config = config.clone();
+            let mut points = Vec::new();
+            if idmap.is_some() {
+                for (i, source, writable) in &owned {
+                    let point = bundle_dir.join("owned").join(i.to_string());
+                    spec_config.mounts[*i].kind = crate::config::MountKind::Bind {
+                        source: point.clone(),
+                        writable: *writable,
+                    };
+                    points.push((source.clone(), point, *writable));
+                }
+            }
+            let spec = crate::spec::build(&spec_config, &rootfs, &id, None, &target)?;
             if image.is_none() {
                 crate::host::bundle::ensure_mount_points(&dirs.rootfs, &config)?;
             }
+            let mut handed = config.clone();
+            handed
+                .mounts
+                .retain(|m| !owned_source(m).is_some_and(|s| s.starts_with(&data_dir)));
             target
                 .identity
-                .hand_over_writable_binds_blocking(&config, target.runtime)?;
+                .hand_over_writable_binds_blocking(&handed, target.runtime)?;
             let mut bundle = Bundle::create_blocking(bundle_dir, &id, spec)?;
             bundle.userns = userns;
             bundle.writable_dirs =
                 crate::host::sandbox_dirs::SandboxDirs::register_blocking(&config);
-            let root_mount = match image {
+            let mut root_mount = match image {
                 None => None,
                 Some(image) => {
                     let memory_root = target.runtime == crate::OciRuntime::Gvisor;
@@ -365,6 +394,14 @@ impl NamespaceContainer {
                     Some(plan)
                 }
             };
+            if let (Some(userns), false) = (idmap, points.is_empty()) {
+                let plan = root_mount.get_or_insert_with(|| RootMount::binds_only(userns));
+                for (source, point, writable) in &points {
+                    let io = |e| SandboxError::io("planning an owned mount", point, e);
+                    std::fs::create_dir_all(point).map_err(io)?;
+                    plan.add_owned_bind(source, point, *writable).map_err(io)?;
+                }
+            }
             Ok((id, bundle, root_mount))
         })
         .await
@@ -446,6 +483,60 @@ fn own_user_namespace_blocking(
     }
     let lease = crate::host::id_range::IdRangeLease::acquire_blocking(userns_base)?;
     crate::host::id_range::UserNamespace::create_blocking(lease).map(Some)
+}
+
+/// Something a container holds until its bundle is removed (see `Bundle::holds`).
+pub(crate) type Hold = Box<dyn std::any::Any + Send + Sync>;
+
+impl NamespaceContainer {
+    /// `config` with its volumes as binds of their directories (mounted first if they have
+    /// a size limit), and a hold on each in `holds`; `None` without volumes.
+    async fn with_volumes(
+        &self,
+        config: &ContainerConfig,
+        holds: &mut Vec<Hold>,
+    ) -> Result<Option<ContainerConfig>, SandboxError> {
+        if config.volumes.is_empty() {
+            return Ok(None);
+        }
+        config.validate_durable()?;
+        let mut with = config.clone();
+        for v in &config.volumes {
+            let (source, hold) = self.volume_store().prepare(&v.name).await?;
+            holds.push(Box::new(hold));
+            with.mounts.push(crate::config::Mount {
+                destination: v.destination.clone(),
+                kind: crate::config::MountKind::Bind {
+                    source,
+                    writable: !v.read_only,
+                },
+            });
+        }
+        Ok(Some(with))
+    }
+}
+
+/// The writable-or-not binds of `config` whose source is under the library's data dir
+/// `data`: `(index in mounts, source, writable)`.
+fn owned_binds(config: &ContainerConfig, data: &std::path::Path) -> Vec<(usize, std::path::PathBuf, bool)> {
+    config
+        .mounts
+        .iter()
+        .enumerate()
+        .filter_map(|(i, m)| match &m.kind {
+            crate::config::MountKind::Bind { source, writable } if source.starts_with(data) => {
+                Some((i, source.clone(), *writable))
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+fn owned_source(m: &crate::config::Mount) -> Option<&std::path::Path> {
+    match &m.kind {
+        crate::config::MountKind::Bind { source, .. } => Some(source),
+        _ => None,
+    }
 }
 
 /// What a container's root is made of, besides the shared rootfs: an image, and a snapshot

@@ -53,6 +53,21 @@ struct Inner {
     /// Every container started here that may still run (sandboxes and spawns), for
     /// [`NamespaceContainer::close`].
     open: std::sync::Mutex<Vec<std::sync::Weak<dyn Closable>>>,
+    /// The data dir: named sandboxes and volumes.
+    data: PathBuf,
+    sessions: crate::host::sessions::SessionStore,
+    volumes: crate::host::volumes::VolumeStore,
+    /// The named sandboxes this process holds, by name.
+    held: std::sync::Mutex<std::collections::HashMap<String, std::sync::Weak<dyn HeldSession>>>,
+}
+
+/// A named sandbox this process holds, as its [`NamespaceContainer`] sees it (the sandbox
+/// layer implements it: `container/` does not name it).
+pub(crate) trait HeldSession: Send + Sync + std::fmt::Debug {
+    /// Its state and when it was last used (milliseconds since the epoch).
+    fn state(&self) -> (crate::host::sessions::SandboxState, u64);
+    /// A handle on it, as `Any` (a `Sandbox`).
+    fn handle(self: std::sync::Arc<Self>) -> Box<dyn std::any::Any + Send>;
 }
 
 /// A container of the state root, as [`NamespaceContainer::list_all`] sees it.
@@ -272,6 +287,27 @@ impl NamespaceContainer {
     }
 
     /// The snapshot store's directory.
+    pub(crate) fn sessions(&self) -> &crate::host::sessions::SessionStore {
+        &self.inner.sessions
+    }
+
+    pub(crate) fn volume_store(&self) -> &crate::host::volumes::VolumeStore {
+        &self.inner.volumes
+    }
+
+    /// The data dir (see [`NamespaceContainerBuilder::data_dir`]).
+    pub fn data_dir(&self) -> &std::path::Path {
+        &self.inner.data
+    }
+
+    /// The named sandboxes this process holds.
+    pub(crate) fn held(
+        &self,
+    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, std::sync::Weak<dyn HeldSession>>>
+    {
+        self.inner.held.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     pub(crate) fn snapshot_store(&self) -> &std::path::Path {
         &self.inner.dirs.snapshots
     }

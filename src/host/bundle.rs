@@ -23,6 +23,9 @@ pub(crate) struct Bundle {
     /// The container's writable host directories, known as such while it lives (the host
     /// follows no link in them).
     pub writable_dirs: crate::host::sandbox_dirs::SandboxDirs,
+    /// What the container holds while it lives (a volume's shared lock, a named sandbox's
+    /// lock), released with the bundle, once every process of it is gone.
+    pub holds: Vec<Box<dyn std::any::Any + Send + Sync>>,
 }
 
 impl Bundle {
@@ -42,6 +45,7 @@ impl Bundle {
             userns: None,
             image: None,
             writable_dirs: Default::default(),
+            holds: Vec::new(),
         };
         let mut annotations = spec.annotations().clone().unwrap_or_default();
         annotations.insert(OWNER_ANNOTATION.to_owned(), self_owner().to_owned());

@@ -128,6 +128,54 @@ pub(crate) fn reap_blocking(id: &str) {
     }
 }
 
+/// How long a freeze or thaw may take to settle.
+const FREEZE_DEADLINE: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Freezes (`true`) or thaws the container's cgroup, and returns once the kernel says it is
+/// done: every task of it stopped (or running again). The v1 freezer where there is one
+/// (this hybrid host), else the v2 `cgroup.freeze`. Blocking; `NotFound` when the container
+/// has no freezer the host can write (rootless on cgroup v1).
+pub(crate) fn freeze_blocking(id: &str, frozen: bool) -> std::io::Result<()> {
+    let relative = Path::new(CGROUP_PARENT.trim_start_matches('/')).join(id);
+    let v1 = Path::new(ROOT).join("freezer").join(&relative).join("freezer.state");
+    let (file, value, done_file, done): (PathBuf, &str, PathBuf, &str) = if v1.exists() {
+        let state = if frozen { "FROZEN" } else { "THAWED" };
+        (v1.clone(), state, v1, state)
+    } else {
+        let dir = dirs(id)
+            .into_iter()
+            .find(|d| d.join("cgroup.freeze").exists())
+            .ok_or_else(|| std::io::Error::from(std::io::ErrorKind::NotFound))?;
+        (
+            dir.join("cgroup.freeze"),
+            if frozen { "1" } else { "0" },
+            dir.join("cgroup.events"),
+            if frozen { "frozen 1" } else { "frozen 0" },
+        )
+    };
+    std::fs::write(&file, value)?;
+    let give_up = std::time::Instant::now() + FREEZE_DEADLINE;
+    let mut pause = std::time::Duration::from_micros(50);
+    loop {
+        let now = std::fs::read_to_string(&done_file)?;
+        if now.lines().any(|l| l.trim() == done) {
+            return Ok(());
+        }
+        if std::time::Instant::now() > give_up {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("{} still reads {:?}", done_file.display(), now.trim()),
+            ));
+        }
+        // v1 says FREEZING while tasks are on their way; retrying the write moves it on.
+        if frozen && file == done_file {
+            let _ = std::fs::write(&file, value);
+        }
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(std::time::Duration::from_millis(5));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

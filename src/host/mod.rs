@@ -8,4 +8,6 @@ pub(crate) mod id_range;
 pub(crate) mod owner;
 pub(crate) mod rootfs;
 pub(crate) mod sandbox_dirs;
+pub(crate) mod sessions;
 pub(crate) mod state;
+pub(crate) mod volumes;

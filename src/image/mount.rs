@@ -35,6 +35,21 @@ pub(crate) struct RootMount {
     userns: Option<RawFd>,
     /// Rootless: the lines of the user namespace the child makes for itself.
     own_userns: Option<OwnUserNs>,
+    /// Whether there is an overlay to mount at all (not for a container without an image
+    /// that only needs its owned binds).
+    overlay: bool,
+    /// Directories of the library's (a named sandbox's, a volume's) that keep the
+    /// container's own ids: each cloned onto its point, idmapped into the container's user
+    /// namespace, read-write or not.
+    binds: Vec<OwnedBind>,
+}
+
+/// One directory cloned as an idmapped mount for the runtime to bind (see [`RootMount`]).
+#[derive(Debug)]
+struct OwnedBind {
+    source: CString,
+    point: CString,
+    writable: bool,
 }
 
 /// A user namespace mapping the caller (an ordinary user) to its root, and nothing else.
@@ -202,7 +217,39 @@ impl RootMount {
                 uid_map: format!("0 {uid} 1\n").into_bytes(),
                 gid_map: format!("0 {gid} 1\n").into_bytes(),
             }),
+            overlay: true,
+            binds: Vec::new(),
         })
+    }
+
+    /// The plan for a container without an image: no overlay, only its owned binds.
+    pub(crate) fn binds_only(userns: RawFd) -> Self {
+        RootMount {
+            target: CString::default(),
+            layers: Vec::new(),
+            overlay_data: CString::default(),
+            upper: None,
+            userns: Some(userns),
+            own_userns: None,
+            overlay: false,
+            binds: Vec::new(),
+        }
+    }
+
+    /// Adds a directory of the library's to clone onto `point` (an empty directory the
+    /// runtime then binds into the container), idmapped into the container's user namespace.
+    pub(crate) fn add_owned_bind(
+        &mut self,
+        source: &Path,
+        point: &Path,
+        writable: bool,
+    ) -> std::io::Result<()> {
+        self.binds.push(OwnedBind {
+            source: cstr(source)?,
+            point: cstr(point)?,
+            writable,
+        });
+        Ok(())
     }
 
     /// Unshares the mount namespace (rootless, a user namespace too) and mounts the root.
@@ -239,8 +286,19 @@ impl RootMount {
             ))?;
             for (source, point) in &self.layers {
                 if let (Some(point), Some(userns)) = (point, self.userns) {
-                    clone_idmapped(source, point, userns)?;
+                    clone_idmapped(source, point, userns, libc::MOUNT_ATTR_RDONLY)?;
                 }
+            }
+            if let Some(userns) = self.userns {
+                for bind in &self.binds {
+                    // A bind of the sandbox's own files: no set-id program, no device.
+                    let ro = if bind.writable { 0 } else { libc::MOUNT_ATTR_RDONLY };
+                    let attrs = libc::MOUNT_ATTR_NOSUID | libc::MOUNT_ATTR_NODEV | ro;
+                    clone_idmapped(&bind.source, &bind.point, userns, attrs)?;
+                }
+            }
+            if !self.overlay {
+                return Ok(());
             }
             if let Some(up) = &self.upper
                 && let Some(tmpfs_data) = &up.tmpfs_data
@@ -274,12 +332,13 @@ impl RootMount {
     }
 }
 
-/// Clones `source` onto `point` as a read-only mount idmapped into `userns`. Only system
-/// calls: safe between `fork` and `exec`.
+/// Clones `source` onto `point` as a mount idmapped into `userns`, with mount attributes
+/// `attrs` besides. Only system calls: safe between `fork` and `exec`.
 fn clone_idmapped(
     source: &std::ffi::CStr,
     point: &std::ffi::CStr,
     userns: RawFd,
+    attrs: u64,
 ) -> std::io::Result<()> {
     // SAFETY: system calls on NUL-terminated strings, an fd opened and closed here and a
     // mount_attr on the stack.
@@ -288,14 +347,14 @@ fn clone_idmapped(
             libc::SYS_open_tree,
             libc::AT_FDCWD,
             source.as_ptr(),
-            libc::OPEN_TREE_CLONE | libc::OPEN_TREE_CLOEXEC,
+            libc::OPEN_TREE_CLONE | libc::OPEN_TREE_CLOEXEC | libc::AT_SYMLINK_NOFOLLOW as libc::c_uint,
         );
         if fd < 0 {
             return Err(std::io::Error::last_os_error());
         }
         let fd = fd as libc::c_int;
         let attr = libc::mount_attr {
-            attr_set: libc::MOUNT_ATTR_IDMAP | libc::MOUNT_ATTR_RDONLY,
+            attr_set: libc::MOUNT_ATTR_IDMAP | attrs,
             attr_clr: 0,
             propagation: 0,
             userns_fd: userns as u64,

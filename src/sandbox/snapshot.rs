@@ -458,7 +458,7 @@ impl Sandbox {
         let started = self
             .inner
             .owner
-            .launch_live(snapshot.config(), false, id, Some(snapshot))
+            .launch_live(snapshot.config(), false, id, Some(snapshot), Vec::new())
             .await;
         match started {
             Ok((live, _)) => {
@@ -494,7 +494,7 @@ impl NamespaceContainer {
         check_runtime(snapshot, self.runtime())?;
         let id = crate::host::state::new_id();
         let (live, applied) = self
-            .launch_live(snapshot.config(), false, id, Some(snapshot))
+            .launch_live(snapshot.config(), false, id, Some(snapshot), Vec::new())
             .await?;
         let sandbox = Sandbox::new(
             self.clone(),

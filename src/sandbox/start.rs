@@ -83,7 +83,7 @@ impl NamespaceContainer {
         one_shot: bool,
         id: String,
     ) -> Result<Sandbox, SandboxError> {
-        let (live, applied) = self.launch_live(config, one_shot, id, None).await?;
+        let (live, applied) = self.launch_live(config, one_shot, id, None, Vec::new()).await?;
         let sandbox = Sandbox::new(self.clone(), live, applied, config.clone(), one_shot);
         if let crate::Network::Egress(policy) = &sandbox.config().network {
             sandbox.start_egress(policy.clone()).await?;

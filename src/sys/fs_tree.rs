@@ -486,3 +486,69 @@ fn ignore_missing(result: nix::Result<()>) -> io::Result<()> {
 #[cfg(test)]
 #[path = "fs_tree_tests.rs"]
 mod tests;
+
+/// The disk space the tree at `path` takes (allocated blocks, in bytes), counted on its own
+/// file system only, like `du -sx`: the same walk by descriptors as the others, nothing
+/// followed, so a tree that a container changes meanwhile is never left. Blocking.
+pub(crate) fn disk_usage_blocking(path: &Path) -> io::Result<u64> {
+    let dir = Dir::open(path, DIR_FLAGS, Mode::empty())?;
+    let top = fstat(&dir)?;
+    let mut usage = DiskUsage { bytes: 0 };
+    walk(dir, top.st_dev, &mut usage)?;
+    Ok(usage.bytes)
+}
+
+/// The [`Visitor`] of [`disk_usage_blocking`].
+struct DiskUsage {
+    bytes: u64,
+}
+
+impl DiskUsage {
+    fn add(&mut self, st: &FileStat) {
+        self.bytes = self
+            .bytes
+            .saturating_add(u64::try_from(st.st_blocks).unwrap_or(0).saturating_mul(512));
+    }
+}
+
+impl Visitor for DiskUsage {
+    const DOING: &str = "measured";
+
+    fn enter_dir(&mut self, _: &Dir, st: &FileStat, dev: u64) -> io::Result<bool> {
+        if st.st_dev != dev {
+            return Ok(false);
+        }
+        self.add(st);
+        Ok(true)
+    }
+
+    fn visit_entries(&mut self, dir: &mut Dir, dev: u64) -> io::Result<Vec<CString>> {
+        let mut subdirs = Vec::new();
+        for (name, kind) in list_entries(dir)? {
+            if kind == Some(Type::Directory) {
+                subdirs.push(name);
+                continue;
+            }
+            match nix::sys::stat::fstatat(&*dir, name.as_c_str(), AtFlags::AT_SYMLINK_NOFOLLOW) {
+                Ok(st) if st.st_mode & libc::S_IFMT == libc::S_IFDIR => subdirs.push(name),
+                Ok(st) if st.st_dev == dev => self.add(&st),
+                Ok(_) | Err(Errno::ENOENT) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(subdirs)
+    }
+
+    fn open_subdir(&mut self, parent: &Dir, name: &CString) -> io::Result<Option<Dir>> {
+        match Dir::openat(parent, name.as_c_str(), DIR_FLAGS, Mode::empty()) {
+            Ok(dir) => Ok(Some(dir)),
+            // Gone, or replaced by a link or a file meanwhile: not walked into.
+            Err(Errno::ENOENT | Errno::ENOTDIR | Errno::ELOOP) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    fn leave_subdir(&mut self, _: &Dir, _: &CString) -> io::Result<()> {
+        Ok(())
+    }
+}
