@@ -182,14 +182,16 @@ pub use handle::job::Job;
 pub use handle::process::ContainerProcess;
 pub use handle::pty::{PtyReader, PtySession, PtyWriter};
 pub use host::capture::{CapturedOutput, MAX_OUTPUT_LINE};
+pub use host::sessions::{SandboxInfo, SandboxState};
+pub use host::volumes::{MIN_VOLUME_SIZE, VolumeInfo, VolumeOptions};
 pub use launcher::{FileKind, FileMetadata};
 pub use nix::sys::signal::Signal;
 pub use oci_spec::runtime::Spec;
 pub use pool::SandboxPool;
 pub use runtimes::{GvisorPlatform, OciRuntime, PlatformChoice};
 pub use sandbox::{
-    DirEntry, EgressEvents, FileEvent, FileEvents, MAX_CONCURRENT_EXECS, READ_FILE_LIMIT, Sandbox,
-    SnapshotOptions,
+    DirEntry, EgressEvents, FileEvent, FileEvents, HibernateOptions, MAX_CONCURRENT_EXECS,
+    READ_FILE_LIMIT, Sandbox, SnapshotOptions,
 };
 pub use snapshot::Snapshot;
 pub use spec::identity::{DEFAULT_USERNS_BASE, USERNS_SIZE};

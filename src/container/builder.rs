@@ -282,10 +282,19 @@ impl NamespaceContainerBuilder {
             None => default_data_dir(),
         };
         let sessions = crate::host::sessions::SessionStore::new(&data);
-        let swept = sessions.clone();
-        crate::sys::blocking("sweeping the data dir", move || {
+        let volumes = crate::host::volumes::VolumeStore::new(&data);
+        let (swept, roots) = (
+            sessions.clone(),
+            [sessions.root().to_path_buf(), volumes.root().to_path_buf()],
+        );
+        // What containers write there is theirs: the host follows no link from there on.
+        let data_dirs = crate::sys::blocking("preparing the data dir", move || {
+            for root in &roots {
+                crate::host::sessions::private_dir(root)
+                    .map_err(|e| SandboxError::io("creating the data dir", root, e))?;
+            }
             swept.sweep_blocking();
-            Ok(())
+            Ok(crate::host::sandbox_dirs::SandboxDirs::register_paths_blocking(roots))
         })
         .await?;
         let images = crate::image::ImageStore::new(&base);
@@ -309,8 +318,9 @@ impl NamespaceContainerBuilder {
                 launcher_installed: tokio::sync::OnceCell::new(),
                 images,
                 open: Default::default(),
-                volumes: crate::host::volumes::VolumeStore::new(&data),
+                volumes,
                 sessions,
+                _data_dirs: data_dirs,
                 data,
                 held: Default::default(),
             }),

@@ -346,13 +346,16 @@ impl NamespaceContainer {
                 });
             }
             // The library's own directories (a named sandbox's, volumes) keep the container's
-            // ids: with a user namespace, each is cloned idmapped onto a point in the bundle,
-            // which the spec binds instead.
+            // ids: as root on runc and crun, each is cloned (idmapped, with a user namespace)
+            // onto a point in the bundle, which the spec binds instead. The clone is made
+            // here, so that a volume's mount is seen from crun's namespace too.
             let idmap = userns.as_ref().and_then(|ns| ns.raw_fd());
             let owned = owned_binds(&config, &data_dir);
             let mut spec_config = config.clone();
             let mut points = Vec::new();
-            if idmap.is_some() {
+            let by_points = matches!(target.identity, HostIdentity::Root { .. })
+                && target.runtime != crate::OciRuntime::Gvisor;
+            if by_points {
                 for (i, source, writable) in &owned {
                     let point = bundle_dir.join("owned").join(i.to_string());
                     spec_config.mounts[*i].kind = crate::config::MountKind::Bind {
@@ -394,8 +397,8 @@ impl NamespaceContainer {
                     Some(plan)
                 }
             };
-            if let (Some(userns), false) = (idmap, points.is_empty()) {
-                let plan = root_mount.get_or_insert_with(|| RootMount::binds_only(userns));
+            if !points.is_empty() {
+                let plan = root_mount.get_or_insert_with(|| RootMount::binds_only(idmap));
                 for (source, point, writable) in &points {
                     let io = |e| SandboxError::io("planning an owned mount", point, e);
                     std::fs::create_dir_all(point).map_err(io)?;
@@ -512,6 +515,8 @@ impl NamespaceContainer {
                 },
             });
         }
+        // Binds now: checked as such.
+        with.volumes.clear();
         Ok(Some(with))
     }
 }

@@ -57,6 +57,8 @@ struct Inner {
     data: PathBuf,
     sessions: crate::host::sessions::SessionStore,
     volumes: crate::host::volumes::VolumeStore,
+    /// The data dir's sessions and volumes, known as containers' writable dirs.
+    _data_dirs: crate::host::sandbox_dirs::SandboxDirs,
     /// The named sandboxes this process holds, by name.
     held: std::sync::Mutex<std::collections::HashMap<String, std::sync::Weak<dyn HeldSession>>>,
 }
@@ -397,6 +399,7 @@ impl NamespaceContainer {
 mod builder;
 pub(crate) mod image_root;
 mod launch;
+pub(crate) use launch::Hold;
 
 pub use builder::NamespaceContainerBuilder;
 pub(crate) use launch::{Live, command_of};

@@ -32,15 +32,24 @@ impl SandboxDirs {
     /// Registers `config`'s writable bind sources (those that exist and are directories).
     /// Blocking (a `stat` each).
     pub fn register_blocking(config: &ContainerConfig) -> SandboxDirs {
-        let mut ids = Vec::new();
-        for m in &config.mounts {
-            if let MountKind::Bind {
+        let sources = config.mounts.iter().filter_map(|m| match &m.kind {
+            MountKind::Bind {
                 source,
                 writable: true,
-            } = &m.kind
-                && let Some(meta) = std::fs::metadata(source).ok().filter(|m| m.is_dir())
-            {
-                ids.push(((meta.dev(), meta.ino()), source.clone()));
+            } => Some(source.clone()),
+            _ => None,
+        });
+        Self::register_paths_blocking(sources)
+    }
+
+    /// Registers directories `paths` (those that exist), as containers' writable dirs: the
+    /// library's data dirs, where named sandboxes and volumes keep what containers write.
+    /// Blocking.
+    pub fn register_paths_blocking(paths: impl IntoIterator<Item = PathBuf>) -> SandboxDirs {
+        let mut ids = Vec::new();
+        for source in paths {
+            if let Some(meta) = std::fs::metadata(&source).ok().filter(|m| m.is_dir()) {
+                ids.push(((meta.dev(), meta.ino()), source));
             }
         }
         let mut dirs = DIRS.lock().unwrap_or_else(|e| e.into_inner());

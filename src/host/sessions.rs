@@ -165,13 +165,50 @@ pub(crate) struct SessionStore {
 }
 
 /// A named sandbox held by this process: its directory and its lock, released when dropped.
+/// The record set with [`release_with`](Self::release_with) is written first, while the
+/// lock is still held: a sandbox let go cleanly says so, one whose holder died says what it
+/// last recorded.
 #[derive(Debug)]
 pub(crate) struct SessionLock {
     dir: PathBuf,
     _lock: nix::fcntl::Flock<File>,
+    on_release: std::sync::Mutex<Option<Record>>,
+}
+
+impl Drop for SessionLock {
+    fn drop(&mut self) {
+        let record = self
+            .on_release
+            .get_mut()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(record) = record
+            && let Err(err) = write_record_blocking(&self.dir, &record)
+        {
+            tracing::warn!(%err, "recording a named sandbox's release");
+        }
+    }
 }
 
 impl SessionLock {
+    /// The record to write when the lock goes (a small file replaced by a rename).
+    pub fn release_with(&self, record: Record) {
+        *self.on_release.lock().unwrap_or_else(|e| e.into_inner()) = Some(record);
+    }
+
+    /// Releases the session and removes it with everything it wrote (a failed creation, or
+    /// a removal of a sandbox this process held). Blocking.
+    pub fn discard_blocking(mut self) -> Result<(), SandboxError> {
+        *self.on_release.get_mut().unwrap_or_else(|e| e.into_inner()) = None;
+        let root = self.dir.parent().map(Path::to_path_buf).unwrap_or_default();
+        let doomed = root.join(format!(".removing-{}", crate::host::state::random_token()));
+        std::fs::rename(&self.dir, &doomed)
+            .map_err(|e| SandboxError::io("removing a session", &self.dir, e))?;
+        drop(self);
+        crate::sys::fs_tree::remove_tree_blocking(&doomed)
+            .map_err(|e| SandboxError::io("removing a session", &doomed, e))
+    }
+
     /// The session's directory.
     pub fn dir(&self) -> &Path {
         &self.dir
@@ -190,6 +227,11 @@ impl SessionStore {
         SessionStore {
             root: data.join("sessions"),
         }
+    }
+
+    /// The store's directory.
+    pub fn root(&self) -> &Path {
+        &self.root
     }
 
     /// Session `name`'s directory (whether or not it exists).
@@ -243,6 +285,7 @@ impl SessionStore {
             Ok(()) => Ok(SessionLock {
                 dir: target,
                 _lock: lock,
+                on_release: Default::default(),
             }),
             Err(e) => {
                 drop(lock);
@@ -283,6 +326,7 @@ impl SessionStore {
             SessionLock {
                 dir,
                 _lock: lock,
+                on_release: Default::default(),
             },
             record,
         ))
@@ -353,19 +397,12 @@ impl SessionStore {
             ));
         }
         // An unreadable record is no reason to keep the rest: only the lock counts.
-        let lock = SessionLock {
+        SessionLock {
             _lock: lock_blocking(&dir, name)?,
             dir,
-        };
-        let doomed = self.root.join(format!(
-            ".removing-{name}-{}",
-            crate::host::state::random_token()
-        ));
-        std::fs::rename(lock.dir(), &doomed)
-            .map_err(|e| SandboxError::io("removing a session", lock.dir(), e))?;
-        drop(lock);
-        crate::sys::fs_tree::remove_tree_blocking(&doomed)
-            .map_err(|e| SandboxError::io("removing a session", &doomed, e))
+            on_release: Default::default(),
+        }
+        .discard_blocking()
     }
 
     /// Removes what creations and removals cut short left behind (`.new-*`, `.removing-*`)

@@ -44,10 +44,12 @@ pub(crate) struct RootMount {
     binds: Vec<OwnedBind>,
 }
 
-/// One directory cloned as an idmapped mount for the runtime to bind (see [`RootMount`]).
+/// One directory of the library's, cloned (in the host's mount namespace, so that a mount
+/// there is seen even from crun's namespace) for the runtime to bind (see [`RootMount`]).
 #[derive(Debug)]
 struct OwnedBind {
-    source: CString,
+    /// The detached clone (`open_tree(OPEN_TREE_CLONE)`), attached at `point` by the child.
+    tree: std::os::fd::OwnedFd,
     point: CString,
     writable: bool,
 }
@@ -222,14 +224,15 @@ impl RootMount {
         })
     }
 
-    /// The plan for a container without an image: no overlay, only its owned binds.
-    pub(crate) fn binds_only(userns: RawFd) -> Self {
+    /// The plan for a container without an image: no overlay, only its owned binds
+    /// (idmapped into `userns` when given).
+    pub(crate) fn binds_only(userns: Option<RawFd>) -> Self {
         RootMount {
             target: CString::default(),
             layers: Vec::new(),
             overlay_data: CString::default(),
             upper: None,
-            userns: Some(userns),
+            userns,
             own_userns: None,
             overlay: false,
             binds: Vec::new(),
@@ -237,15 +240,35 @@ impl RootMount {
     }
 
     /// Adds a directory of the library's to clone onto `point` (an empty directory the
-    /// runtime then binds into the container), idmapped into the container's user namespace.
+    /// runtime then binds into the container), idmapped into the container's user namespace
+    /// when there is one. The clone is made here, in the host's mount namespace: a mount at
+    /// `source` (a volume's file system) is what is cloned, wherever the runtime runs.
+    /// Blocking.
     pub(crate) fn add_owned_bind(
         &mut self,
         source: &Path,
         point: &Path,
         writable: bool,
     ) -> std::io::Result<()> {
+        let source = cstr(source)?;
+        // SAFETY: a NUL-terminated path; the fd returned is owned here.
+        let fd = unsafe {
+            libc::syscall(
+                libc::SYS_open_tree,
+                libc::AT_FDCWD,
+                source.as_ptr(),
+                libc::OPEN_TREE_CLONE
+                    | libc::OPEN_TREE_CLOEXEC
+                    | libc::AT_SYMLINK_NOFOLLOW as libc::c_uint,
+            )
+        };
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: a new fd, owned by nothing else.
+        let tree = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd as RawFd) };
         self.binds.push(OwnedBind {
-            source: cstr(source)?,
+            tree,
             point: cstr(point)?,
             writable,
         });
@@ -289,13 +312,11 @@ impl RootMount {
                     clone_idmapped(source, point, userns, libc::MOUNT_ATTR_RDONLY)?;
                 }
             }
-            if let Some(userns) = self.userns {
-                for bind in &self.binds {
-                    // A bind of the sandbox's own files: no set-id program, no device.
-                    let ro = if bind.writable { 0 } else { libc::MOUNT_ATTR_RDONLY };
-                    let attrs = libc::MOUNT_ATTR_NOSUID | libc::MOUNT_ATTR_NODEV | ro;
-                    clone_idmapped(&bind.source, &bind.point, userns, attrs)?;
-                }
+            for bind in &self.binds {
+                // A bind of the sandbox's own files: no set-id program, no device.
+                let ro = if bind.writable { 0 } else { libc::MOUNT_ATTR_RDONLY };
+                let attrs = libc::MOUNT_ATTR_NOSUID | libc::MOUNT_ATTR_NODEV | ro;
+                attach(&bind.tree, &bind.point, self.userns, attrs)?;
             }
             if !self.overlay {
                 return Ok(());
@@ -383,6 +404,51 @@ fn clone_idmapped(
         libc::close(fd);
         if moved < 0 {
             return Err(err);
+        }
+    }
+    Ok(())
+}
+
+/// Sets `attrs` (and an idmapping into `userns`, when given) on the detached mount `tree`
+/// and attaches it at `point`. Only system calls: safe between `fork` and `exec`.
+fn attach(
+    tree: &std::os::fd::OwnedFd,
+    point: &std::ffi::CStr,
+    userns: Option<RawFd>,
+    attrs: u64,
+) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let fd = tree.as_raw_fd();
+    // SAFETY: system calls on an fd this process holds, a NUL-terminated path and a
+    // mount_attr on the stack.
+    unsafe {
+        let attr = libc::mount_attr {
+            attr_set: attrs | if userns.is_some() { libc::MOUNT_ATTR_IDMAP } else { 0 },
+            attr_clr: 0,
+            propagation: 0,
+            userns_fd: userns.map_or(0, |u| u as u64),
+        };
+        let set = libc::syscall(
+            libc::SYS_mount_setattr,
+            fd,
+            c"".as_ptr(),
+            libc::AT_EMPTY_PATH,
+            &attr as *const libc::mount_attr,
+            std::mem::size_of::<libc::mount_attr>(),
+        );
+        if set < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let moved = libc::syscall(
+            libc::SYS_move_mount,
+            fd,
+            c"".as_ptr(),
+            libc::AT_FDCWD,
+            point.as_ptr(),
+            libc::MOVE_MOUNT_F_EMPTY_PATH,
+        );
+        if moved < 0 {
+            return Err(std::io::Error::last_os_error());
         }
     }
     Ok(())

@@ -227,8 +227,9 @@ impl Sandbox {
         keep: [OwnedFd; N],
     ) -> Result<(Supervised, Option<OwnedFd>), SandboxError> {
         let own_terminal = matches!(stdio, launcher::Stdio::OwnTerminal);
-        // A snapshot or restore under way finishes first.
-        let _start = self.inner.gate.read().await;
+        // A snapshot or restore under way finishes first; a paused or hibernated sandbox
+        // resumes.
+        let _start = self.enter().await?;
         let (argv, env, cwd) = self.resolve(exec)?;
         self.check_alive()?;
         let id = self.id().to_owned();

@@ -98,6 +98,7 @@ impl Sandbox {
         ),
         SandboxError,
     > {
+        let _awake = self.enter().await?;
         self.check_alive()?;
         let slot = if op == FileOp::Watch {
             Arc::clone(&self.inner.watch_slots)

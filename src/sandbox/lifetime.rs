@@ -51,6 +51,11 @@ impl ActivityBoard {
         }
     }
 
+    /// A call came in: the idle clock starts again.
+    pub fn touch(&self) {
+        self.tx.send_modify(|a| a.since = Instant::now());
+    }
+
     /// The sandbox is closed: its watcher stops.
     pub fn close(&self) {
         self.tx.send_modify(|a| a.closed = true);
@@ -81,22 +86,44 @@ impl Drop for Busy {
 pub(super) fn watch(sandbox: &Sandbox) {
     let config = &sandbox.inner.config;
     let (ttl, idle) = (config.ttl, config.idle_lifetime);
-    if sandbox.inner.one_shot || (ttl.is_none() && idle.is_none()) {
+    let sleep = Sleep {
+        pause: config.idle_pause,
+        hibernate: config.idle_hibernate.filter(|_| sandbox.inner.durable.is_some()),
+    };
+    let none = ttl.is_none() && idle.is_none() && sleep.pause.is_none() && sleep.hibernate.is_none();
+    if sandbox.inner.one_shot || none {
         return;
     }
     let activity = sandbox.inner.activity.subscribe();
     let inner = Arc::downgrade(&sandbox.inner);
-    tokio::spawn(watcher(inner, ttl, idle, activity));
+    tokio::spawn(watcher(inner, ttl, idle, sleep, activity));
+}
+
+/// How long a sandbox stays idle before it is paused, and hibernated.
+#[derive(Debug, Clone, Copy)]
+struct Sleep {
+    pause: Option<Duration>,
+    hibernate: Option<Duration>,
+}
+
+/// Which sleep is due.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Due {
+    Pause,
+    Hibernate,
 }
 
 async fn watcher(
     inner: Weak<Inner>,
     ttl: Option<Duration>,
     idle: Option<Duration>,
+    sleep: Sleep,
     mut activity: watch::Receiver<Activity>,
 ) {
     // Durations too long to be an instant are no limit.
     let ttl_deadline = ttl.and_then(|t| Instant::now().checked_add(t));
+    // A sleep that failed (the sandbox was busy) is tried again no sooner than this.
+    let mut retry_after: Option<Instant> = None;
     let expiry = loop {
         let now = *activity.borrow_and_update();
         if now.closed {
@@ -106,7 +133,46 @@ async fn watcher(
             Some(i) if now.running == 0 => now.since.checked_add(i),
             _ => None,
         };
+        let phase = match inner.upgrade() {
+            Some(inner) => Sandbox { inner }.phase(),
+            None => return,
+        };
+        let after = |d: Option<Duration>| match d {
+            Some(d) if now.running == 0 => now
+                .since
+                .checked_add(d)
+                .map(|t| retry_after.map_or(t, |r| t.max(r))),
+            _ => None,
+        };
+        // The deeper sleep first when both are due.
+        let sleep_due = match (phase, after(sleep.hibernate), after(sleep.pause)) {
+            (super::session::Phase::Hibernated, _, _) => None,
+            (_, Some(h), Some(p)) if h <= p => Some((h, Due::Hibernate)),
+            (super::session::Phase::Running, _, Some(p)) => Some((p, Due::Pause)),
+            (_, Some(h), _) => Some((h, Due::Hibernate)),
+            _ => None,
+        };
+        let sleep_deadline = sleep_due.map(|(t, _)| t);
         tokio::select! {
+            _ = sleep_until(sleep_deadline), if sleep_deadline.is_some() => {
+                let Some(inner) = inner.upgrade() else { return };
+                let sandbox = Sandbox { inner };
+                let due = sleep_due.map(|(_, d)| d);
+                let slept = match due {
+                    Some(Due::Hibernate) => sandbox.hibernate().await,
+                    _ => sandbox.pause().await,
+                };
+                match slept {
+                    Ok(()) => retry_after = None,
+                    Err(err) => {
+                        tracing::debug!(sandbox = %sandbox.id(), %err, ?due, "an idle sandbox could not sleep");
+                        retry_after = Instant::now().checked_add(
+                            sleep.pause.or(sleep.hibernate).unwrap_or_default().max(Duration::from_millis(100)),
+                        );
+                    }
+                }
+                continue;
+            }
             _ = sleep_until(ttl_deadline), if ttl_deadline.is_some() => {
                 break SandboxExpiry::Ttl(ttl.unwrap_or_default());
             }

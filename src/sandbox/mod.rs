@@ -5,12 +5,14 @@ mod files;
 mod jobs;
 mod lifetime;
 mod network;
+mod session;
 mod snapshot;
 mod start;
 mod transfer;
 pub(crate) use crate::container::Live;
 pub use files::{DirEntry, FileEvent, FileEvents, READ_FILE_LIMIT};
 pub use network::EgressEvents;
+pub use session::HibernateOptions;
 pub use snapshot::SnapshotOptions;
 
 use std::sync::Arc;
@@ -99,6 +101,13 @@ struct Inner {
     _exposed_guard: tokio_util::sync::DropGuard,
     /// Connections to exposed ports at once (launcher helpers each).
     expose_slots: Arc<Semaphore>,
+    /// Running, paused or hibernated (see `session::Phase`): changed under the gate,
+    /// held exclusively.
+    phase: std::sync::atomic::AtomicU8,
+    /// When a call last came in (milliseconds since the epoch).
+    last_used: AtomicU64,
+    /// A named sandbox's durable side.
+    durable: Option<session::Durable>,
 }
 
 impl Sandbox {
@@ -119,6 +128,17 @@ impl Sandbox {
         config: ContainerConfig,
         asked: ContainerConfig,
         one_shot: bool,
+    ) -> Self {
+        Self::with_durable(owner, live, config, asked, one_shot, None)
+    }
+
+    fn with_durable(
+        owner: NamespaceContainer,
+        live: Live,
+        config: ContainerConfig,
+        asked: ContainerConfig,
+        one_shot: bool,
+        durable: Option<session::Durable>,
     ) -> Self {
         let exposed = tokio_util::sync::CancellationToken::new();
         let sandbox = Sandbox {
@@ -143,6 +163,9 @@ impl Sandbox {
                 exposed: exposed.clone(),
                 _exposed_guard: exposed.drop_guard(),
                 expose_slots: Arc::new(Semaphore::new(network::EXPOSED_CONNECTIONS)),
+                phase: Default::default(),
+                last_used: AtomicU64::new(crate::host::sessions::now_ms()),
+                durable,
             }),
         };
         lifetime::watch(&sandbox);
@@ -169,8 +192,12 @@ impl Sandbox {
         Some((base + config.uid, base + config.gid))
     }
 
-    /// How the sandbox's init ended, if it has: then the sandbox is unusable.
+    /// How the sandbox's init ended, if it has: then the sandbox is unusable. A hibernated
+    /// sandbox has no init running, but has not ended: `None`.
     pub fn ended(&self) -> Option<ExitStatus> {
+        if self.phase() == session::Phase::Hibernated {
+            return None;
+        }
         self.live().container.try_wait().ok().flatten()
     }
 
@@ -179,7 +206,10 @@ impl Sandbox {
     /// (rootless on cgroup v1), or once it has ended. Each command's own figures are in its
     /// status ([`ExitStatus::usage`]).
     pub async fn usage(&self) -> Option<crate::status::SandboxUsage> {
-        if self.ended().is_some() || self.inner.closed.load(Ordering::Acquire) {
+        if self.ended().is_some()
+            || self.inner.closed.load(Ordering::Acquire)
+            || self.phase() == session::Phase::Hibernated
+        {
             return None;
         }
         let id = self.id().to_owned();
@@ -203,11 +233,16 @@ impl Sandbox {
         }
         // A snapshot or restore under way finishes first (its new container is the one to end).
         let _gate = self.inner.gate.read().await;
+        // Frozen tasks die only once thawed.
+        if self.phase() == session::Phase::Paused {
+            let _ = self.freeze(false).await;
+        }
         let live = self.live();
         live.container.start_kill();
         live.container.finished().await;
         // Every job died with the container; their outputs stay with the handles left.
         self.inner.jobs.clear();
+        self.release_durable();
     }
 
     /// Ends the container from within and waits until its launcher has exited, which means

@@ -277,6 +277,15 @@ async fn serve_exposed(
             () = stop.cancelled() => return,
             slot = slots.acquire_owned() => slot.expect("the semaphore is never closed"),
         };
+        // Traffic wakes a paused or hibernated sandbox (a hibernated one has no helper left).
+        let Some(inner) = sandbox.upgrade() else {
+            return;
+        };
+        let woken = Sandbox { inner }.enter().await.map(drop);
+        if let Err(e) = woken {
+            tracing::debug!(port, error = %e, "an exposed port's sandbox did not resume");
+            continue;
+        }
         let channel = match helper.upgrade() {
             Some(channel) => channel,
             None => {

@@ -131,6 +131,8 @@ impl Sandbox {
     /// sandbox running (from the snapshot, or closed as asked), and its snapshot, which
     /// nobody holds, is removed. Dropped before that, it did nothing.
     pub async fn snapshot_with(&self, options: SnapshotOptions) -> Result<Snapshot, SandboxError> {
+        // A paused or hibernated sandbox resumes first.
+        drop(self.enter().await?);
         let swap = Arc::clone(&self.inner.gate).write_owned().await;
         let this = self.clone();
         in_own_task(async move { this.take_snapshot(options, swap).await }).await
@@ -211,7 +213,7 @@ impl Sandbox {
 
     /// Starts the egress forwarder again in the sandbox's current container, if it has an
     /// egress policy.
-    async fn restart_forwarder(&self) -> Result<(), SandboxError> {
+    pub(super) async fn restart_forwarder(&self) -> Result<(), SandboxError> {
         match self.inner.egress.get() {
             Some(egress) => self.start_forwarder(Arc::clone(egress)).await,
             None => Ok(()),
@@ -235,6 +237,7 @@ impl Sandbox {
     /// itself, the restore runs to its end in a task of its own, before anything started
     /// later.
     pub async fn restore(&self, snapshot: &Snapshot) -> Result<(), SandboxError> {
+        drop(self.enter().await?);
         let swap = Arc::clone(&self.inner.gate).write_owned().await;
         let (this, snapshot) = (self.clone(), snapshot.clone());
         in_own_task(async move { this.restore_now(&snapshot, swap).await }).await
@@ -275,7 +278,7 @@ impl Sandbox {
     ///
     /// Those of [`exec`](Self::exec).
     pub async fn exec_background(&self, exec: &ExecConfig) -> Result<u32, SandboxError> {
-        let _start = self.inner.gate.read().await;
+        let _start = self.enter().await?;
         let (argv, env, cwd) = self.resolve(exec)?;
         self.check_alive()?;
         let conn = self
@@ -300,7 +303,7 @@ impl Sandbox {
     /// Refuses a snapshot while something holds a connection to the host. A command that
     /// has just ended gives its slot back from its supervisor, a moment after its handle has
     /// seen the end: the slots get [`QUIET_GRACE`] to come back.
-    async fn check_quiet(&self) -> Result<(), SandboxError> {
+    pub(super) async fn check_quiet(&self) -> Result<(), SandboxError> {
         let inner = &self.inner;
         let busy = |what: &str| {
             Err(SandboxError::snapshot(
@@ -363,7 +366,7 @@ impl Sandbox {
     }
 
     /// gVisor: detaches the launcher and checkpoints the sandbox into `dir`, which stops it.
-    async fn checkpoint(
+    pub(super) async fn checkpoint(
         &self,
         live: &super::Live,
         dir: std::path::PathBuf,
@@ -473,7 +476,7 @@ impl Sandbox {
     }
 
     /// The sandbox is no more (closed by a snapshot that does not keep it running, or lost).
-    fn mark_closed(&self) {
+    pub(super) fn mark_closed(&self) {
         self.inner.closed.store(true, Ordering::Release);
         self.inner.activity.close();
         self.inner.exposed.cancel();
@@ -538,7 +541,7 @@ impl NamespaceContainer {
 
 /// Runs `work` in a task of its own and waits for it: a caller that goes away does not cut
 /// a snapshot or restore in the middle of its swap.
-async fn in_own_task<T: Send + 'static>(
+pub(super) async fn in_own_task<T: Send + 'static>(
     work: impl std::future::Future<Output = Result<T, SandboxError>> + Send + 'static,
 ) -> Result<T, SandboxError> {
     tokio::spawn(work).await.unwrap_or_else(|e| {

@@ -83,6 +83,15 @@ impl NamespaceContainer {
         one_shot: bool,
         id: String,
     ) -> Result<Sandbox, SandboxError> {
+        if let Some(name) = &config.name {
+            if one_shot {
+                return Err(SandboxError::invalid(
+                    "name",
+                    "a spawn lives as long as its command: create a named sandbox instead                      (NamespaceContainer::create)",
+                ));
+            }
+            return self.create_named(config, name).await;
+        }
         let (live, applied) = self.launch_live(config, one_shot, id, None, Vec::new()).await?;
         let sandbox = Sandbox::new(self.clone(), live, applied, config.clone(), one_shot);
         if let crate::Network::Egress(policy) = &sandbox.config().network {

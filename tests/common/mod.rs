@@ -97,6 +97,12 @@ impl Drop for TestSandbox {
                 })
             });
         }
+        // Volumes with a size limit stay mounted in the host's namespace until removed.
+        if let Ok(volumes) = std::fs::read_dir(self.state.path().join("data/volumes")) {
+            for v in volumes.flatten() {
+                let _ = nix::mount::umount2(&v.path().join("mnt"), nix::mount::MntFlags::MNT_DETACH);
+            }
+        }
         let ns = self.state.path().join("crun/ns");
         for m in [ns.join("mnt"), ns] {
             let _ = nix::mount::umount2(&m, nix::mount::MntFlags::MNT_DETACH);
@@ -115,6 +121,7 @@ impl TestSandbox {
             .runtime(kind)
             .state_dir(state.path())
             .capture_dir(state.path().join("captures"))
+            .data_dir(state.path().join("data"))
             .build()
             .await
             .unwrap_or_else(|e| {
