@@ -433,7 +433,12 @@ impl Snapshot {
             }
             _ => return Err(corrupt("no state for its runtime".into())),
         };
-        if !manifest.config.snapshots {
+        // A writable root must be where a snapshot takes it (on disk, or gVisor's memory); a
+        // gVisor sandbox with a read-only root checkpoints without (a named sandbox's
+        // hibernation).
+        let read_only_checkpoint =
+            matches!(state, State::Checkpoint { .. }) && manifest.config.security.readonly_rootfs;
+        if !manifest.config.snapshots && !read_only_checkpoint {
             return Err(corrupt("its config does not enable snapshots".into()));
         }
         Ok(Snapshot {

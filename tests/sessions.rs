@@ -46,7 +46,11 @@ async fn named_sandbox_outlives_its_handle(kind: OciRuntime) {
     let sandbox = t.sandbox.create(&named("keep")).await.expect("create");
     assert_eq!(sandbox.name(), Some("keep"));
     assert_eq!(
-        sh_in(&sandbox, "pwd; echo w > w.txt; echo t > /tmp/t.txt; cat w.txt").await,
+        sh_in(
+            &sandbox,
+            "pwd; echo w > w.txt; echo t > /tmp/t.txt; cat w.txt"
+        )
+        .await,
         "/workspace\nw\n"
     );
     sandbox
@@ -57,7 +61,10 @@ async fn named_sandbox_outlives_its_handle(kind: OciRuntime) {
     assert_eq!(listed.len(), 1);
     assert_eq!(listed[0].name, "keep");
     assert_eq!(listed[0].state, SandboxState::Running);
-    assert_eq!(listed[0].labels.get("owner").map(String::as_str), Some("tests"));
+    assert_eq!(
+        listed[0].labels.get("owner").map(String::as_str),
+        Some("tests")
+    );
     assert!(listed[0].disk_bytes > 0);
     // Held here: connect gives the same sandbox.
     let same = t.sandbox.connect("keep").await.expect("connect while held");
@@ -80,7 +87,11 @@ async fn named_sandbox_outlives_its_handle(kind: OciRuntime) {
     later.remove_sandbox("keep").await.expect("remove");
     assert!(t.sandbox.sandboxes().await.unwrap().is_empty());
     let err = t.sandbox.connect("keep").await.expect_err("removed");
-    assert_eq!(session_kind(&err), Some(SessionErrorKind::NotFound), "{err}");
+    assert_eq!(
+        session_kind(&err),
+        Some(SessionErrorKind::NotFound),
+        "{err}"
+    );
     later.close().await;
     t.assert_nothing_left(&[], None).await;
 }
@@ -99,13 +110,24 @@ async fn hibernate_resume_cycles(kind: OciRuntime) {
     }
     let mut last = 0u64;
     for round in 0..20 {
-        sh_in(&sandbox, &format!("echo {round} > /workspace/r{round}; echo {round} > /tmp/t{round}")).await;
+        sh_in(
+            &sandbox,
+            &format!("echo {round} > /workspace/r{round}; echo {round} > /tmp/t{round}"),
+        )
+        .await;
         sandbox.hibernate().await.expect("hibernate");
         assert_eq!(sandbox.state(), SandboxState::Hibernated);
         assert!(sandbox.ended().is_none());
         // The next call resumes it.
-        let seen = sh_in(&sandbox, "cat /workspace/r* /tmp/t* | sort -n | tr '\\n' ' '").await;
-        let want: String = (0..=round).map(|i| format!("{i} ")).collect::<Vec<_>>().join("");
+        let seen = sh_in(
+            &sandbox,
+            "cat /workspace/r* /tmp/t* | sort -n | tr '\\n' ' '",
+        )
+        .await;
+        let want: String = (0..=round)
+            .map(|i| format!("{i} "))
+            .collect::<Vec<_>>()
+            .join("");
         let mut want_sorted: Vec<u32> = (0..=round).collect();
         want_sorted.extend(0..=round);
         want_sorted.sort();
@@ -115,8 +137,15 @@ async fn hibernate_resume_cycles(kind: OciRuntime) {
         if kind == OciRuntime::Gvisor {
             // The counter runs on from where it was.
             tokio::time::sleep(Duration::from_millis(150)).await;
-            let n: u64 = sh_in(&sandbox, "cat /workspace/n").await.trim().parse().unwrap();
-            assert!(n > last, "round {round}: the counter went from {last} to {n}");
+            let n: u64 = sh_in(&sandbox, "cat /workspace/n")
+                .await
+                .trim()
+                .parse()
+                .unwrap();
+            assert!(
+                n > last,
+                "round {round}: the counter went from {last} to {n}"
+            );
             last = n;
         }
     }
@@ -125,7 +154,11 @@ async fn hibernate_resume_cycles(kind: OciRuntime) {
             .hibernate_with(HibernateOptions::default().processes(true))
             .await
             .expect_err("processes on runc/crun");
-        assert_eq!(session_kind(&err), Some(SessionErrorKind::Unsupported), "{err}");
+        assert_eq!(
+            session_kind(&err),
+            Some(SessionErrorKind::Unsupported),
+            "{err}"
+        );
     }
     sandbox.close().await;
     t.sandbox.remove_sandbox("cycles").await.expect("remove");
@@ -183,7 +216,10 @@ async fn idle_sleeps_fire_and_the_next_call_resumes(kind: OciRuntime) {
     sh_in(&sandbox, "echo kept > k").await;
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     while sandbox.state() != SandboxState::Hibernated {
-        assert!(std::time::Instant::now() < deadline, "idle_hibernate never fired");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "idle_hibernate never fired"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!(sh_in(&sandbox, "cat k").await, "kept\n");
@@ -197,7 +233,10 @@ async fn idle_sleeps_fire_and_the_next_call_resumes(kind: OciRuntime) {
         .await;
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     while paused.state() != SandboxState::Paused {
-        assert!(std::time::Instant::now() < deadline, "idle_pause never fired");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "idle_pause never fired"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!(sh_in(&paused, "echo up").await, "up\n");
@@ -252,12 +291,18 @@ async fn volumes_are_shared_kept_and_limited(kind: OciRuntime) {
     };
     let a = t.sandbox.create(&writer).await.expect("writer");
     let b = t.sandbox.create(&reader).await.expect("reader");
-    sh_in(&a, "echo from-a > /data/a; mkdir /data/d; echo x > /data/d/x").await;
+    sh_in(
+        &a,
+        "echo from-a > /data/a; mkdir /data/d; echo x > /data/d/x",
+    )
+    .await;
     assert_eq!(sh_in(&b, "cat /data/a /data/d/x").await, "from-a\nx\n");
     let denied = sh_in(&b, "echo no > /data/b 2>&1 || echo refused").await;
     assert!(denied.contains("refused"), "{denied}");
     // The file API works on a volume.
-    a.write_file("/data/api", "api").await.expect("write into a volume");
+    a.write_file("/data/api", "api")
+        .await
+        .expect("write into a volume");
     assert_eq!(&b.read_file("/data/api").await.expect("read")[..], b"api");
     // The size limit holds.
     let full = sh_in(
@@ -266,7 +311,15 @@ async fn volumes_are_shared_kept_and_limited(kind: OciRuntime) {
     )
     .await;
     assert!(full.contains("No space left"), "{full}");
-    let kib: u64 = full.lines().last().unwrap().split_whitespace().next().unwrap().parse().unwrap();
+    let kib: u64 = full
+        .lines()
+        .last()
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
     assert!(kib <= 32 << 10, "{full}");
     let err = t.sandbox.remove_volume("shared").await.expect_err("in use");
     assert_eq!(session_kind(&err), Some(SessionErrorKind::InUse), "{err}");
@@ -286,7 +339,11 @@ async fn volumes_are_shared_kept_and_limited(kind: OciRuntime) {
     c.close().await;
     let listed = t.sandbox.volumes().await.unwrap();
     assert_eq!(listed.len(), 2);
-    assert!(listed.iter().any(|v| v.name == "small" && v.size_limit == Some(32 << 20)));
+    assert!(
+        listed
+            .iter()
+            .any(|v| v.name == "small" && v.size_limit == Some(32 << 20))
+    );
     for v in ["shared", "small"] {
         t.sandbox.remove_volume(v).await.expect("remove volume");
     }
@@ -299,22 +356,40 @@ async fn bad_input_is_typed(kind: OciRuntime) {
     let t = TestSandbox::new(kind).await;
     for bad in ["", "Upper", "../x", ".hidden", "a/b", &"x".repeat(64)] {
         let err = t.sandbox.create(&named(bad)).await.expect_err(bad);
-        assert!(matches!(err, SandboxError::InvalidConfig { ref field, .. } if field == "name"), "{bad}: {err}");
+        assert!(
+            matches!(err, SandboxError::InvalidConfig { ref field, .. } if field == "name"),
+            "{bad}: {err}"
+        );
     }
     let err = t.sandbox.connect("nobody").await.expect_err("unknown");
-    assert_eq!(session_kind(&err), Some(SessionErrorKind::NotFound), "{err}");
+    assert_eq!(
+        session_kind(&err),
+        Some(SessionErrorKind::NotFound),
+        "{err}"
+    );
     let first = t.sandbox.create(&named("taken")).await.expect("create");
-    let err = t.sandbox.create(&named("taken")).await.expect_err("name in use");
+    let err = t
+        .sandbox
+        .create(&named("taken"))
+        .await
+        .expect_err("name in use");
     assert_eq!(session_kind(&err), Some(SessionErrorKind::Exists), "{err}");
     first.close().await;
-    let err = t.sandbox.create(&named("taken")).await.expect_err("name on disk");
+    let err = t
+        .sandbox
+        .create(&named("taken"))
+        .await
+        .expect_err("name on disk");
     assert_eq!(session_kind(&err), Some(SessionErrorKind::Exists), "{err}");
     // A corrupt record.
     let record = t.sandbox.data_dir().join("sessions/taken/record.json");
     std::fs::write(&record, b"{not json").unwrap();
     let err = t.sandbox.connect("taken").await.expect_err("corrupt");
     assert_eq!(session_kind(&err), Some(SessionErrorKind::Corrupt), "{err}");
-    t.sandbox.remove_sandbox("taken").await.expect("a corrupt sandbox is removable");
+    t.sandbox
+        .remove_sandbox("taken")
+        .await
+        .expect("a corrupt sandbox is removable");
     // A workdir, a missing volume, an unnamed hibernation, an idle_hibernate without a name.
     let dir = tempfile::tempdir().unwrap();
     let err = t
@@ -325,7 +400,10 @@ async fn bad_input_is_typed(kind: OciRuntime) {
         })
         .await
         .expect_err("workdir");
-    assert!(matches!(err, SandboxError::InvalidConfig { ref field, .. } if field == "workdir"), "{err}");
+    assert!(
+        matches!(err, SandboxError::InvalidConfig { ref field, .. } if field == "workdir"),
+        "{err}"
+    );
     let err = t
         .sandbox
         .create(&SandboxConfig {
@@ -334,10 +412,18 @@ async fn bad_input_is_typed(kind: OciRuntime) {
         })
         .await
         .expect_err("missing volume");
-    assert_eq!(session_kind(&err), Some(SessionErrorKind::NotFound), "{err}");
+    assert_eq!(
+        session_kind(&err),
+        Some(SessionErrorKind::NotFound),
+        "{err}"
+    );
     let unnamed = t.start_sandbox(&SandboxConfig::default()).await;
     let err = unnamed.hibernate().await.expect_err("unnamed");
-    assert_eq!(session_kind(&err), Some(SessionErrorKind::Unsupported), "{err}");
+    assert_eq!(
+        session_kind(&err),
+        Some(SessionErrorKind::Unsupported),
+        "{err}"
+    );
     unnamed.close().await;
     let err = t
         .sandbox
@@ -349,12 +435,20 @@ async fn bad_input_is_typed(kind: OciRuntime) {
         .expect_err("idle_hibernate without a name");
     assert!(matches!(err, SandboxError::InvalidConfig { .. }), "{err}");
     // Another runtime's sandbox.
-    let other = if kind == OciRuntime::Runc { OciRuntime::Crun } else { OciRuntime::Runc };
+    let other = if kind == OciRuntime::Runc {
+        OciRuntime::Crun
+    } else {
+        OciRuntime::Runc
+    };
     let mine = t.sandbox.create(&named("mine")).await.unwrap();
     mine.close().await;
     let theirs = again(&t, other).await;
     let err = theirs.connect("mine").await.expect_err("another runtime's");
-    assert_eq!(session_kind(&err), Some(SessionErrorKind::Mismatch), "{err}");
+    assert_eq!(
+        session_kind(&err),
+        Some(SessionErrorKind::Mismatch),
+        "{err}"
+    );
     theirs.close().await;
     t.sandbox.remove_sandbox("mine").await.unwrap();
     // Nothing left: no session, no half-made one.
@@ -367,7 +461,90 @@ async fn bad_input_is_typed(kind: OciRuntime) {
     t.assert_nothing_left(&[], None).await;
 }
 
+fn runtime_flag(kind: OciRuntime) -> &'static str {
+    match kind {
+        OciRuntime::Crun => "crun",
+        OciRuntime::Gvisor => "runsc",
+        _ => "runc",
+    }
+}
+
+/// The owner is another process: after its clean exit, and after a `SIGKILL` in the middle
+/// of its writes, this process connects and finds every write of a completed call.
+async fn connect_after_the_owner_exits_or_is_killed(kind: OciRuntime) {
+    use std::io::BufRead;
+    let t = TestSandbox::new(kind).await;
+    let owner = |mode: &str| {
+        let mut cmd = std::process::Command::new(common::example_binary("durable_session"));
+        cmd.args(["--runtime", runtime_flag(kind)])
+            .arg("--state")
+            .arg(t.state.path())
+            .arg("--data")
+            .arg(t.sandbox.data_dir())
+            .args([mode, "owned"])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::inherit());
+        cmd
+    };
+    // A clean exit: the example's own run (one exec, a hibernation, a close).
+    let done = owner("run").output().expect("the owner ran");
+    assert!(done.status.success(), "{done:?}");
+    assert!(String::from_utf8_lossy(&done.stdout).contains("run 1 time"));
+    let listed = t.sandbox.sandboxes().await.unwrap();
+    assert_eq!(listed[0].state, SandboxState::Hibernated);
+    let back = t
+        .sandbox
+        .connect("owned")
+        .await
+        .expect("connect after a clean exit");
+    assert_eq!(sh_in(&back, "cat runs.txt").await, "run\n");
+    back.close().await;
+    // A SIGKILL while it writes.
+    let mut child = owner("write").spawn().expect("the writing owner");
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if let Some(i) = line.strip_prefix("wrote ") {
+                let _ = tx.send(i.parse::<u32>().unwrap());
+            }
+        }
+    });
+    let mut last = 0;
+    while last < 15 {
+        last = rx
+            .recv_timeout(Duration::from_secs(60))
+            .expect("the owner writes");
+    }
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    child.wait().unwrap();
+    reader.join().unwrap();
+    while let Ok(i) = rx.try_recv() {
+        last = last.max(i);
+    }
+    let listed = t.sandbox.sandboxes().await.unwrap();
+    assert_eq!(listed[0].state, SandboxState::Crashed, "{listed:?}");
+    let later = again(&t, kind).await;
+    let back = later.connect("owned").await.expect("connect after SIGKILL");
+    let check = format!(
+        "for i in $(seq 0 {last}); do test \"$(cat /workspace/f$i)\" = $i && test \"$(cat /tmp/g$i)\" = $i || echo missing $i; done; echo checked"
+    );
+    assert_eq!(sh_in(&back, &check).await, "checked\n");
+    back.close().await;
+    later.remove_sandbox("owned").await.unwrap();
+    later.close().await;
+    t.assert_nothing_left(&[], None).await;
+}
+
 on_every_runtime!(
+    connect_after_the_owner_exits_or_is_killed,
     named_sandbox_outlives_its_handle,
     hibernate_resume_cycles,
     pause_stops_cpu,

@@ -534,7 +534,8 @@ impl ContainerConfig {
             validate_name("name", name)?;
         }
         for (k, v) in &self.labels {
-            if k.is_empty() || k.len() > 63 || v.len() > 255 || k.contains('\0') || v.contains('\0') {
+            if k.is_empty() || k.len() > 63 || v.len() > 255 || k.contains('\0') || v.contains('\0')
+            {
                 return Err(SandboxError::invalid(
                     "labels",
                     format!("{k:?}: a key is 1-63 bytes and a value at most 255, without NUL"),
@@ -549,7 +550,9 @@ impl ContainerConfig {
             absolute_clean(&format!("volumes[{i}].destination"), &v.destination)?;
             if v.destination == Path::new("/")
                 || self.mounts.iter().any(|m| m.destination == v.destination)
-                || self.volumes[..i].iter().any(|w| w.destination == v.destination)
+                || self.volumes[..i]
+                    .iter()
+                    .any(|w| w.destination == v.destination)
             {
                 return Err(SandboxError::invalid(
                     format!("volumes[{i}].destination"),
@@ -557,7 +560,10 @@ impl ContainerConfig {
                 ));
             }
         }
-        for (field, d) in [("idle_pause", self.idle_pause), ("idle_hibernate", self.idle_hibernate)] {
+        for (field, d) in [
+            ("idle_pause", self.idle_pause),
+            ("idle_hibernate", self.idle_hibernate),
+        ] {
             if d == Some(Duration::ZERO) {
                 return Err(SandboxError::invalid(field, "must not be zero"));
             }
@@ -681,7 +687,9 @@ pub(crate) fn validate_name(field: &str, name: &str) -> Result<(), SandboxError>
     } else {
         Err(SandboxError::invalid(
             field,
-            format!("{name:?} must be 1-63 characters of [a-z0-9_.-], starting with a letter or digit"),
+            format!(
+                "{name:?} must be 1-63 characters of [a-z0-9_.-], starting with a letter or digit"
+            ),
         ))
     }
 }

@@ -404,7 +404,11 @@ fn default_data_dir() -> PathBuf {
     if nix::unistd::geteuid().is_root() {
         return PathBuf::from("/var/lib/oci-sandbox");
     }
-    let non_empty = |v: &str| std::env::var_os(v).filter(|d| !d.is_empty()).map(PathBuf::from);
+    let non_empty = |v: &str| {
+        std::env::var_os(v)
+            .filter(|d| !d.is_empty())
+            .map(PathBuf::from)
+    };
     if let Some(dir) = non_empty("XDG_DATA_HOME").filter(|d| d.is_absolute()) {
         return dir.join("oci-sandbox");
     }

@@ -523,7 +523,10 @@ impl NamespaceContainer {
 
 /// The writable-or-not binds of `config` whose source is under the library's data dir
 /// `data`: `(index in mounts, source, writable)`.
-fn owned_binds(config: &ContainerConfig, data: &std::path::Path) -> Vec<(usize, std::path::PathBuf, bool)> {
+fn owned_binds(
+    config: &ContainerConfig,
+    data: &std::path::Path,
+) -> Vec<(usize, std::path::PathBuf, bool)> {
     config
         .mounts
         .iter()

@@ -305,8 +305,10 @@ impl NamespaceContainer {
     /// The named sandboxes this process holds.
     pub(crate) fn held(
         &self,
-    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, std::sync::Weak<dyn HeldSession>>>
-    {
+    ) -> std::sync::MutexGuard<
+        '_,
+        std::collections::HashMap<String, std::sync::Weak<dyn HeldSession>>,
+    > {
         self.inner.held.lock().unwrap_or_else(|e| e.into_inner())
     }
 

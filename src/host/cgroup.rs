@@ -137,7 +137,10 @@ const FREEZE_DEADLINE: std::time::Duration = std::time::Duration::from_secs(2);
 /// has no freezer the host can write (rootless on cgroup v1).
 pub(crate) fn freeze_blocking(id: &str, frozen: bool) -> std::io::Result<()> {
     let relative = Path::new(CGROUP_PARENT.trim_start_matches('/')).join(id);
-    let v1 = Path::new(ROOT).join("freezer").join(&relative).join("freezer.state");
+    let v1 = Path::new(ROOT)
+        .join("freezer")
+        .join(&relative)
+        .join("freezer.state");
     let (file, value, done_file, done): (PathBuf, &str, PathBuf, &str) = if v1.exists() {
         let state = if frozen { "FROZEN" } else { "THAWED" };
         (v1.clone(), state, v1, state)

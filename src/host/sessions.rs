@@ -334,7 +334,10 @@ impl SessionStore {
 
     /// Every named sandbox of the store, with its state and disk use. Entries that are not
     /// sessions (half made, being removed, unreadable) are left out. Blocking.
-    pub fn list_blocking(&self, held_here: &dyn Fn(&str) -> Option<(SandboxState, u64)>) -> Vec<SandboxInfo> {
+    pub fn list_blocking(
+        &self,
+        held_here: &dyn Fn(&str) -> Option<(SandboxState, u64)>,
+    ) -> Vec<SandboxInfo> {
         let Ok(entries) = std::fs::read_dir(&self.root) else {
             return Vec::new();
         };

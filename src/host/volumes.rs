@@ -141,7 +141,8 @@ impl VolumeStore {
         }
         let (root, name_owned) = (self.root.clone(), name.to_owned());
         let temp = crate::sys::blocking("creating a volume", move || {
-            private_dir(&root).map_err(|e| SandboxError::io("creating the volumes dir", &root, e))?;
+            private_dir(&root)
+                .map_err(|e| SandboxError::io("creating the volumes dir", &root, e))?;
             if root.join(&name_owned).exists() {
                 return Err(exists(&name_owned));
             }
@@ -161,7 +162,9 @@ impl VolumeStore {
                 crate::sys::blocking("creating a volume", move || {
                     match std::fs::rename(&temp, &target) {
                         Ok(()) => Ok(()),
-                        Err(e) if matches!(e.raw_os_error(), Some(libc::EEXIST | libc::ENOTEMPTY)) => {
+                        Err(e)
+                            if matches!(e.raw_os_error(), Some(libc::EEXIST | libc::ENOTEMPTY)) =>
+                        {
                             Err(exists(&name))
                         }
                         Err(e) => Err(SandboxError::io("creating a volume", &target, e)),
@@ -183,7 +186,12 @@ impl VolumeStore {
     }
 
     /// Writes volume `name`'s record, lock and data (a directory, or an ext4 image) in `dir`.
-    async fn fill(&self, dir: &Path, name: &str, options: &VolumeOptions) -> Result<(), SandboxError> {
+    async fn fill(
+        &self,
+        dir: &Path,
+        name: &str,
+        options: &VolumeOptions,
+    ) -> Result<(), SandboxError> {
         let (d, record) = (
             dir.to_path_buf(),
             Record {
@@ -222,8 +230,15 @@ impl VolumeStore {
             let mut mkfs = tokio::process::Command::new("mkfs.ext4");
             // No reserved blocks (the limit is the sandbox's), no lazy init left to the
             // kernel's thread (which would write the whole image later).
-            mkfs.args(["-q", "-F", "-m", "0", "-E", "nodiscard,lazy_itable_init=0,lazy_journal_init=0"])
-                .arg(&image);
+            mkfs.args([
+                "-q",
+                "-F",
+                "-m",
+                "0",
+                "-E",
+                "nodiscard,lazy_itable_init=0,lazy_journal_init=0",
+            ])
+            .arg(&image);
             run_tool(mkfs, "mkfs.ext4").await?;
             self.mount_image(dir).await?;
             // An empty volume: ext4's lost+found is not the sandbox's.
@@ -251,10 +266,9 @@ impl VolumeStore {
         })
         .await?;
         let m = mnt.clone();
-        let mounted = crate::sys::blocking("checking a volume's mount", move || {
-            Ok(is_mount_point(&m))
-        })
-        .await?;
+        let mounted =
+            crate::sys::blocking("checking a volume's mount", move || Ok(is_mount_point(&m)))
+                .await?;
         if !mounted {
             let mut mount = tokio::process::Command::new("mount");
             mount
@@ -328,15 +342,16 @@ impl VolumeStore {
             if is_mount_point(&mnt) {
                 // No container holds it (the lock): nothing should use the mount.
                 nix::mount::umount(&mnt).map_err(|e| match e {
-                    nix::errno::Errno::EBUSY => SandboxError::volume(
-                        &n,
-                        SessionErrorKind::InUse,
-                        "its file system is busy",
-                    ),
+                    nix::errno::Errno::EBUSY => {
+                        SandboxError::volume(&n, SessionErrorKind::InUse, "its file system is busy")
+                    }
                     e => SandboxError::io("unmounting a volume", &mnt, e.into()),
                 })?;
             }
-            let doomed = root.join(format!(".removing-{n}-{}", crate::host::state::random_token()));
+            let doomed = root.join(format!(
+                ".removing-{n}-{}",
+                crate::host::state::random_token()
+            ));
             std::fs::rename(&dir, &doomed)
                 .map_err(|e| SandboxError::io("removing a volume", &dir, e))?;
             drop(lock);
@@ -439,7 +454,11 @@ fn is_mount_point(path: &Path) -> bool {
 }
 
 fn exists(name: &str) -> SandboxError {
-    SandboxError::volume(name, SessionErrorKind::Exists, "a volume of that name exists")
+    SandboxError::volume(
+        name,
+        SessionErrorKind::Exists,
+        "a volume of that name exists",
+    )
 }
 
 fn not_found(name: &str) -> SandboxError {
@@ -447,7 +466,10 @@ fn not_found(name: &str) -> SandboxError {
 }
 
 /// Runs a host tool to its end within [`TOOL_DEADLINE`] (killed past it, or when dropped).
-async fn run_tool(mut cmd: tokio::process::Command, what: &'static str) -> Result<(), SandboxError> {
+async fn run_tool(
+    mut cmd: tokio::process::Command,
+    what: &'static str,
+) -> Result<(), SandboxError> {
     cmd.stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())

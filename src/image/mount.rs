@@ -266,7 +266,8 @@ impl RootMount {
             return Err(std::io::Error::last_os_error());
         }
         // SAFETY: a new fd, owned by nothing else.
-        let tree = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd as RawFd) };
+        let tree =
+            unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd as RawFd) };
         self.binds.push(OwnedBind {
             tree,
             point: cstr(point)?,
@@ -314,7 +315,11 @@ impl RootMount {
             }
             for bind in &self.binds {
                 // A bind of the sandbox's own files: no set-id program, no device.
-                let ro = if bind.writable { 0 } else { libc::MOUNT_ATTR_RDONLY };
+                let ro = if bind.writable {
+                    0
+                } else {
+                    libc::MOUNT_ATTR_RDONLY
+                };
                 let attrs = libc::MOUNT_ATTR_NOSUID | libc::MOUNT_ATTR_NODEV | ro;
                 attach(&bind.tree, &bind.point, self.userns, attrs)?;
             }
@@ -368,7 +373,9 @@ fn clone_idmapped(
             libc::SYS_open_tree,
             libc::AT_FDCWD,
             source.as_ptr(),
-            libc::OPEN_TREE_CLONE | libc::OPEN_TREE_CLOEXEC | libc::AT_SYMLINK_NOFOLLOW as libc::c_uint,
+            libc::OPEN_TREE_CLONE
+                | libc::OPEN_TREE_CLOEXEC
+                | libc::AT_SYMLINK_NOFOLLOW as libc::c_uint,
         );
         if fd < 0 {
             return Err(std::io::Error::last_os_error());
@@ -423,7 +430,12 @@ fn attach(
     // mount_attr on the stack.
     unsafe {
         let attr = libc::mount_attr {
-            attr_set: attrs | if userns.is_some() { libc::MOUNT_ATTR_IDMAP } else { 0 },
+            attr_set: attrs
+                | if userns.is_some() {
+                    libc::MOUNT_ATTR_IDMAP
+                } else {
+                    0
+                },
             attr_clr: 0,
             propagation: 0,
             userns_fd: userns.map_or(0, |u| u as u64),

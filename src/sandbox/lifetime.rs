@@ -88,9 +88,12 @@ pub(super) fn watch(sandbox: &Sandbox) {
     let (ttl, idle) = (config.ttl, config.idle_lifetime);
     let sleep = Sleep {
         pause: config.idle_pause,
-        hibernate: config.idle_hibernate.filter(|_| sandbox.inner.durable.is_some()),
+        hibernate: config
+            .idle_hibernate
+            .filter(|_| sandbox.inner.durable.is_some()),
     };
-    let none = ttl.is_none() && idle.is_none() && sleep.pause.is_none() && sleep.hibernate.is_none();
+    let none =
+        ttl.is_none() && idle.is_none() && sleep.pause.is_none() && sleep.hibernate.is_none();
     if sandbox.inner.one_shot || none {
         return;
     }

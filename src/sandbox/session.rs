@@ -309,7 +309,11 @@ impl Sandbox {
     /// checkpoint, consumed once restored). A failure leaves it hibernated.
     async fn wake_from_disk(&self) -> Result<(), SandboxError> {
         let begun = std::time::Instant::now();
-        let durable = self.inner.durable.as_ref().expect("only named sandboxes hibernate");
+        let durable = self
+            .inner
+            .durable
+            .as_ref()
+            .expect("only named sandboxes hibernate");
         let owner = &self.inner.owner;
         let from = hibernation(owner, &durable.dir).await?;
         let hold = durable.hold()?;
@@ -346,7 +350,11 @@ impl Sandbox {
                          (rootless on cgroup v1)",
                     )
                 } else {
-                    SandboxError::io("freezing a sandbox's cgroup", format!("/oci-sandbox/{id}"), e)
+                    SandboxError::io(
+                        "freezing a sandbox's cgroup",
+                        format!("/oci-sandbox/{id}"),
+                        e,
+                    )
                 }
             })
         })
@@ -356,9 +364,10 @@ impl Sandbox {
     /// A sandbox that is closed or whose container died is an error; a hibernated one is not.
     fn check_alive_or_hibernated(&self) -> Result<(), SandboxError> {
         if self.phase() == Phase::Hibernated {
-            if let Some(err) = self.ended_error().filter(|e| {
-                !matches!(e, SandboxError::SandboxEnded { .. })
-            }) {
+            if let Some(err) = self
+                .ended_error()
+                .filter(|e| !matches!(e, SandboxError::SandboxEnded { .. }))
+            {
                 return Err(err);
             }
             return Ok(());
@@ -519,8 +528,9 @@ fn session_config(
         ));
     }
     let mut c = config.clone();
-    c.mounts
-        .retain(|m| m.destination != Path::new("/tmp") || !matches!(m.kind, MountKind::Tmpfs { .. }));
+    c.mounts.retain(|m| {
+        m.destination != Path::new("/tmp") || !matches!(m.kind, MountKind::Tmpfs { .. })
+    });
     for (sub, destination) in [(TMP, Path::new("/tmp")), (WORKSPACE, workspace)] {
         c.mounts.push(crate::config::Mount {
             destination: destination.to_path_buf(),
@@ -649,10 +659,9 @@ impl NamespaceContainer {
         }
         let store = self.sessions().clone();
         let n = name.to_owned();
-        let (lock, record) = crate::sys::blocking("opening a named sandbox", move || {
-            store.open_blocking(&n)
-        })
-        .await?;
+        let (lock, record) =
+            crate::sys::blocking("opening a named sandbox", move || store.open_blocking(&n))
+                .await?;
         if record.runtime != self.runtime() {
             return Err(SandboxError::session(
                 name,
@@ -716,8 +725,9 @@ impl NamespaceContainer {
             let _ = crate::sys::blocking("handing a sandbox its directories", move || {
                 for sub in [WORKSPACE, TMP] {
                     let path = dir.join(sub);
-                    std::os::unix::fs::chown(&path, Some(ids.0), Some(ids.1))
-                        .map_err(|e| SandboxError::io("handing a sandbox its directories", &path, e))?;
+                    std::os::unix::fs::chown(&path, Some(ids.0), Some(ids.1)).map_err(|e| {
+                        SandboxError::io("handing a sandbox its directories", &path, e)
+                    })?;
                 }
                 Ok(())
             })
@@ -735,14 +745,8 @@ impl NamespaceContainer {
             dir,
             record: std::sync::Mutex::new(record),
         };
-        let sandbox = Sandbox::with_durable(
-            self.clone(),
-            live,
-            applied,
-            effective,
-            false,
-            Some(durable),
-        );
+        let sandbox =
+            Sandbox::with_durable(self.clone(), live, applied, effective, false, Some(durable));
         sandbox.record_state(SandboxState::Running).await;
         let weak: std::sync::Weak<dyn HeldSession> = {
             let strong: Arc<dyn HeldSession> = sandbox.inner.clone();
@@ -788,7 +792,10 @@ impl NamespaceContainer {
         }
         let store = self.sessions().clone();
         let name = name.to_owned();
-        crate::sys::blocking("removing a named sandbox", move || store.remove_blocking(&name)).await
+        crate::sys::blocking("removing a named sandbox", move || {
+            store.remove_blocking(&name)
+        })
+        .await
     }
 
     /// Creates volume `name`: a directory the library keeps, mounted into sandboxes by

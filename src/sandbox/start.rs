@@ -92,7 +92,9 @@ impl NamespaceContainer {
             }
             return self.create_named(config, name).await;
         }
-        let (live, applied) = self.launch_live(config, one_shot, id, None, Vec::new()).await?;
+        let (live, applied) = self
+            .launch_live(config, one_shot, id, None, Vec::new())
+            .await?;
         let sandbox = Sandbox::new(self.clone(), live, applied, config.clone(), one_shot);
         if let crate::Network::Egress(policy) = &sandbox.config().network {
             sandbox.start_egress(policy.clone()).await?;

@@ -100,7 +100,8 @@ impl Drop for TestSandbox {
         // Volumes with a size limit stay mounted in the host's namespace until removed.
         if let Ok(volumes) = std::fs::read_dir(self.state.path().join("data/volumes")) {
             for v in volumes.flatten() {
-                let _ = nix::mount::umount2(&v.path().join("mnt"), nix::mount::MntFlags::MNT_DETACH);
+                let _ =
+                    nix::mount::umount2(&v.path().join("mnt"), nix::mount::MntFlags::MNT_DETACH);
             }
         }
         let ns = self.state.path().join("crun/ns");
