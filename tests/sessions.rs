@@ -461,6 +461,49 @@ async fn bad_input_is_typed(kind: OciRuntime) {
     t.assert_nothing_left(&[], None).await;
 }
 
+/// With `max_running`, the least recently used idle sandbox hibernates for a new one, and
+/// resumes when called again.
+async fn max_running_hibernates_the_least_recently_used(kind: OciRuntime) {
+    let t = TestSandbox::new(kind).await;
+    let capped = NamespaceContainer::builder()
+        .runtime(kind)
+        .state_dir(t.state.path())
+        .capture_dir(t.state.path().join("captures"))
+        .data_dir(t.sandbox.data_dir())
+        .max_running(2)
+        .build()
+        .await
+        .unwrap();
+    let mut all = Vec::new();
+    for i in 0..4 {
+        let s = capped.create(&named(&format!("s{i}"))).await.expect("create");
+        sh_in(&s, &format!("echo {i} > me")).await;
+        all.push(s);
+    }
+    let running = |all: &[oci_sandbox::Sandbox]| {
+        all.iter().filter(|s| s.state() == SandboxState::Running).count()
+    };
+    assert_eq!(running(&all), 2);
+    assert_eq!(all[0].state(), SandboxState::Hibernated);
+    assert_eq!(all[1].state(), SandboxState::Hibernated);
+    // The oldest comes back, and another goes.
+    assert_eq!(sh_in(&all[0], "cat me").await, "0\n");
+    assert_eq!(running(&all), 2);
+    assert_eq!(all[2].state(), SandboxState::Hibernated);
+    for (i, s) in all.iter().enumerate() {
+        assert_eq!(sh_in(s, "cat me").await, format!("{i}\n"));
+        assert!(running(&all) <= 2);
+    }
+    for s in all {
+        s.close().await;
+    }
+    for i in 0..4 {
+        capped.remove_sandbox(&format!("s{i}")).await.unwrap();
+    }
+    capped.close().await;
+    t.assert_nothing_left(&[], None).await;
+}
+
 fn runtime_flag(kind: OciRuntime) -> &'static str {
     match kind {
         OciRuntime::Crun => "crun",
@@ -544,6 +587,7 @@ async fn connect_after_the_owner_exits_or_is_killed(kind: OciRuntime) {
 }
 
 on_every_runtime!(
+    max_running_hibernates_the_least_recently_used,
     connect_after_the_owner_exits_or_is_killed,
     named_sandbox_outlives_its_handle,
     hibernate_resume_cycles,

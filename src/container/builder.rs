@@ -127,6 +127,7 @@ pub struct NamespaceContainerBuilder {
     state_base: Option<PathBuf>,
     capture_dir: Option<PathBuf>,
     data_dir: Option<PathBuf>,
+    max_running: Option<usize>,
     gvisor_platform: Option<GvisorPlatform>,
     check_platform: bool,
     userns_base: u32,
@@ -141,6 +142,7 @@ impl Default for NamespaceContainerBuilder {
             state_base: None,
             capture_dir: None,
             data_dir: None,
+            max_running: None,
             gvisor_platform: None,
             check_platform: true,
             userns_base: DEFAULT_USERNS_BASE,
@@ -177,6 +179,17 @@ impl NamespaceContainerBuilder {
     /// use the same one (and the same runtime).
     pub fn data_dir(mut self, dir: impl Into<PathBuf>) -> Self {
         self.data_dir = Some(dir.into());
+        self
+    }
+
+    /// At most `n` named sandboxes of this `NamespaceContainer` run at once: before one
+    /// more starts or resumes, the least recently used idle one (no command running) is
+    /// hibernated. With [`SandboxConfig::idle_hibernate`](crate::SandboxConfig::idle_hibernate)
+    /// this bounds the machine's memory by the running ones, however many exist. `None`
+    /// (the default): no bound. Busy sandboxes are never hibernated for it: when all are,
+    /// one more runs.
+    pub fn max_running(mut self, n: usize) -> Self {
+        self.max_running = Some(n.max(1));
         self
     }
 
@@ -321,6 +334,8 @@ impl NamespaceContainerBuilder {
                 volumes,
                 sessions,
                 _data_dirs: data_dirs,
+                max_running: self.max_running,
+                making_room: Default::default(),
                 data,
                 held: Default::default(),
             }),

@@ -59,6 +59,10 @@ struct Inner {
     volumes: crate::host::volumes::VolumeStore,
     /// The data dir's sessions and volumes, known as containers' writable dirs.
     _data_dirs: crate::host::sandbox_dirs::SandboxDirs,
+    /// See [`NamespaceContainerBuilder::max_running`].
+    max_running: Option<usize>,
+    /// Held while room is made for one more running named sandbox.
+    making_room: tokio::sync::Mutex<()>,
     /// The named sandboxes this process holds, by name.
     held: std::sync::Mutex<std::collections::HashMap<String, std::sync::Weak<dyn HeldSession>>>,
 }
@@ -68,6 +72,8 @@ struct Inner {
 pub(crate) trait HeldSession: Send + Sync + std::fmt::Debug {
     /// Its state and when it was last used (milliseconds since the epoch).
     fn state(&self) -> (crate::host::sessions::SandboxState, u64);
+    /// Whether a command runs in it.
+    fn busy(&self) -> bool;
     /// A handle on it, as `Any` (a `Sandbox`).
     fn handle(self: std::sync::Arc<Self>) -> Box<dyn std::any::Any + Send>;
 }
@@ -300,6 +306,11 @@ impl NamespaceContainer {
     /// The data dir (see [`NamespaceContainerBuilder::data_dir`]).
     pub fn data_dir(&self) -> &std::path::Path {
         &self.inner.data
+    }
+
+    /// See [`NamespaceContainerBuilder::max_running`], and the lock held while room is made.
+    pub(crate) fn max_running(&self) -> (Option<usize>, &tokio::sync::Mutex<()>) {
+        (self.inner.max_running, &self.inner.making_room)
     }
 
     /// The named sandboxes this process holds.

@@ -51,6 +51,11 @@ impl ActivityBoard {
         }
     }
 
+    /// Whether a command runs.
+    pub fn busy_now(&self) -> bool {
+        self.tx.borrow().running > 0
+    }
+
     /// A call came in: the idle clock starts again.
     pub fn touch(&self) {
         self.tx.send_modify(|a| a.since = Instant::now());

@@ -286,6 +286,10 @@ impl Sandbox {
         if self.phase() == Phase::Running {
             return self.check_alive();
         }
+        // Before the gate: making room hibernates others, which take their own gates.
+        if let (Phase::Hibernated, Some(name)) = (self.phase(), self.name()) {
+            self.inner.owner.make_room(Some(name)).await;
+        }
         let swap = Arc::clone(&self.inner.gate).write_owned().await;
         let this = self.clone();
         super::snapshot::in_own_task(async move {
@@ -450,6 +454,10 @@ impl HeldSession for Inner {
             _ => SandboxState::Running,
         };
         (state, self.last_used.load(Ordering::Relaxed))
+    }
+
+    fn busy(&self) -> bool {
+        self.activity.busy_now()
     }
 
     fn handle(self: Arc<Self>) -> Box<dyn std::any::Any + Send> {
@@ -682,6 +690,41 @@ impl NamespaceContainer {
             .map_err(|(e, _)| e)
     }
 
+    /// With [`max_running`](crate::NamespaceContainerBuilder::max_running): hibernates the
+    /// least recently used idle named sandboxes (but `starting`) until one more may run.
+    async fn make_room(&self, starting: Option<&str>) {
+        let (Some(max), lock) = self.max_running() else {
+            return;
+        };
+        let _one_at_a_time = lock.lock().await;
+        loop {
+            let running: Vec<(String, Arc<dyn HeldSession>)> = self
+                .held()
+                .iter()
+                .filter(|(name, _)| Some(name.as_str()) != starting)
+                .filter_map(|(name, held)| Some((name.clone(), held.upgrade()?)))
+                .filter(|(_, held)| held.state().0 != SandboxState::Hibernated)
+                .collect();
+            if running.len() < max {
+                return;
+            }
+            let lru = running
+                .into_iter()
+                .filter(|(_, held)| !held.busy())
+                .min_by_key(|(_, held)| held.state().1);
+            let Some((name, held)) = lru else {
+                return; // every one is busy: one more runs
+            };
+            let Ok(sandbox) = held.handle().downcast::<Sandbox>() else {
+                return;
+            };
+            if let Err(err) = sandbox.hibernate().await {
+                tracing::debug!(%name, %err, "could not hibernate a sandbox to make room");
+                return;
+            }
+        }
+    }
+
     /// The handle this process holds on named sandbox `name`, if any.
     fn held_sandbox(&self, name: &str) -> Option<Sandbox> {
         let held = self.held().get(name)?.upgrade()?;
@@ -700,6 +743,7 @@ impl NamespaceContainer {
     ) -> Result<Sandbox, (SandboxError, Option<SessionLock>)> {
         let dir = lock.dir().to_path_buf();
         let name = record.name.clone();
+        self.make_room(Some(&name)).await;
         let lock = Arc::new(lock);
         let give_back = |lock: Arc<SessionLock>| take_back(lock, fresh);
         let effective = match session_config(&record.config, &dir, self.runtime()) {
