@@ -47,9 +47,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         ..SandboxConfig::default()
     };
     let containers = NamespaceContainer::with_runtime(runtime).await?;
-    let sandbox = containers
-        .start(&NamespaceContainer::build_config(&policy, "true", vec![]))
-        .await?;
+    let sandbox = containers.create(&policy).await?;
     let out = Arc::new(Mutex::new(tokio::io::stdout()));
     let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
     let mut calls = tokio::task::JoinSet::new();

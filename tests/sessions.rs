@@ -476,12 +476,17 @@ async fn max_running_hibernates_the_least_recently_used(kind: OciRuntime) {
         .unwrap();
     let mut all = Vec::new();
     for i in 0..4 {
-        let s = capped.create(&named(&format!("s{i}"))).await.expect("create");
+        let s = capped
+            .create(&named(&format!("s{i}")))
+            .await
+            .expect("create");
         sh_in(&s, &format!("echo {i} > me")).await;
         all.push(s);
     }
     let running = |all: &[oci_sandbox::Sandbox]| {
-        all.iter().filter(|s| s.state() == SandboxState::Running).count()
+        all.iter()
+            .filter(|s| s.state() == SandboxState::Running)
+            .count()
     };
     assert_eq!(running(&all), 2);
     assert_eq!(all[0].state(), SandboxState::Hibernated);
@@ -501,6 +506,69 @@ async fn max_running_hibernates_the_least_recently_used(kind: OciRuntime) {
         capped.remove_sandbox(&format!("s{i}")).await.unwrap();
     }
     capped.close().await;
+    t.assert_nothing_left(&[], None).await;
+}
+
+/// A sandbox's own directories hold links to the host's files, a deep tree and a swapped
+/// directory: the host's listing (disk use) and removal follow none of them and leave the
+/// host's files alone; the data dir is the host's alone; set-id bits do not reach a volume.
+async fn the_host_follows_nothing_in_a_sandboxs_directories(kind: OciRuntime) {
+    let t = TestSandbox::new(kind).await;
+    let canary_dir = tempfile::tempdir().unwrap();
+    let canary = canary_dir.path().join("canary");
+    std::fs::write(&canary, vec![b'x'; 1 << 20]).unwrap();
+    t.sandbox
+        .create_volume("vol", &VolumeOptions::default())
+        .await
+        .unwrap();
+    let config = SandboxConfig {
+        volumes: vec![VolumeMount::new("vol", "/vol")],
+        ..named("hostile")
+    };
+    let sandbox = t.sandbox.create(&config).await.expect("create");
+    let script = format!(
+        "ln -s {c} /workspace/to-canary; ln -s {d} /workspace/to-dir; ln -s / /tmp/root; \
+         mkdir -p /workspace/deep && cd /workspace/deep && for i in $(seq 300); do mkdir d && cd d; done; \
+         cd /workspace; ln -s /usr /vol/usr; \
+         touch /vol/f; chmod 4755 /vol/f 2>/dev/null || echo setuid-refused; \
+         grep ' /vol ' /proc/self/mounts | grep -q nosuid && echo vol-nosuid || echo vol-suid; \
+         mv /workspace /elsewhere 2>/dev/null || echo workspace-stays",
+        c = canary.display(),
+        d = canary_dir.path().display()
+    );
+    let out = sh_in(&sandbox, &script).await;
+    assert!(out.contains("setuid-refused"), "{out}");
+    assert!(out.contains("workspace-stays"), "{out}");
+    if kind != OciRuntime::Gvisor {
+        assert!(out.contains("vol-nosuid"), "{out}");
+    }
+    // Disk use counts the sandbox's own files, not the 1 MiB canary nor /usr.
+    let listed = t.sandbox.sandboxes().await.unwrap();
+    assert!(listed[0].disk_bytes < 8 << 20, "{listed:?}");
+    let vols = t.sandbox.volumes().await.unwrap();
+    assert!(vols[0].used_bytes < 1 << 20, "{vols:?}");
+    // The data dir and its stores are the host's alone.
+    use std::os::unix::fs::PermissionsExt;
+    for dir in ["sessions", "volumes", "sessions/hostile"] {
+        let mode = std::fs::metadata(t.sandbox.data_dir().join(dir))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o077, 0, "{dir}: {mode:o}");
+    }
+    // The host's transfers from a sandbox's directory follow none of its links.
+    let out_dir = tempfile::tempdir().unwrap();
+    let from = t.sandbox.data_dir().join("sessions/hostile/workspace");
+    let _ = sandbox.upload_dir(&from, "/tmp/copied").await;
+    let leaked = sh_in(&sandbox, "cat /tmp/copied/to-canary/* 2>/dev/null | head -c 1; ls /tmp/copied 2>/dev/null | head -3; true").await;
+    assert!(!leaked.starts_with('x'), "{leaked}");
+    drop(out_dir);
+    sandbox.close().await;
+    t.sandbox.remove_sandbox("hostile").await.expect("remove");
+    t.sandbox.remove_volume("vol").await.expect("remove volume");
+    assert_eq!(std::fs::read(&canary).unwrap().len(), 1 << 20);
+    assert!(canary_dir.path().exists());
+    assert!(std::path::Path::new("/usr/bin/sh").exists());
     t.assert_nothing_left(&[], None).await;
 }
 
@@ -587,6 +655,7 @@ async fn connect_after_the_owner_exits_or_is_killed(kind: OciRuntime) {
 }
 
 on_every_runtime!(
+    the_host_follows_nothing_in_a_sandboxs_directories,
     max_running_hibernates_the_least_recently_used,
     connect_after_the_owner_exits_or_is_killed,
     named_sandbox_outlives_its_handle,

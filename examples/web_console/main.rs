@@ -116,9 +116,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .build()
         .await?;
     let policy = SandboxConfig::default();
-    let sandbox = runtime_handle
-        .start(&NamespaceContainer::build_config(&policy, "true", [""; 0]))
-        .await?;
+    let sandbox = runtime_handle.create(&policy).await?;
     let assets = std::env::var_os("WEB_ASSETS")
         .map(std::path::PathBuf::from)
         .unwrap_or_else(|| std::path::PathBuf::from("target/web-assets"));

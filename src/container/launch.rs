@@ -109,8 +109,7 @@ impl NamespaceContainer {
                 launcher_end,
                 start_deadline,
                 attached,
-                (image, from),
-                holds,
+                (image, from, holds),
             )
             .await?;
         tracing::debug!(
@@ -226,8 +225,7 @@ impl NamespaceContainer {
         control: std::os::fd::OwnedFd,
         start_deadline: std::time::Duration,
         attached: bool,
-        (image, from): RootSource<'_>,
-        holds: Vec<Hold>,
+        (image, from, holds): RootSource<'_>,
     ) -> Result<LauncherStart, SandboxError> {
         let layers = from.map(|s| s.layers().to_vec()).unwrap_or_default();
         let (id, mut bundle, root_mount) = self.prepare(config, checked, image, layers).await?;
@@ -548,10 +546,11 @@ fn owned_source(m: &crate::config::Mount) -> Option<&std::path::Path> {
 }
 
 /// What a container's root is made of, besides the shared rootfs: an image, and a snapshot
-/// to start from.
+/// to start from; and what the container holds while it lives (see `Bundle::holds`).
 pub(crate) type RootSource<'a> = (
     Option<std::sync::Arc<crate::image::PreparedImage>>,
     Option<&'a crate::snapshot::Snapshot>,
+    Vec<Hold>,
 );
 
 /// A launcher container the runtime is starting: see [`NamespaceContainer::run_launcher`].

@@ -54,6 +54,8 @@ pub(super) struct Durable {
     lock: std::sync::Mutex<Option<Arc<SessionLock>>>,
     dir: PathBuf,
     record: std::sync::Mutex<Record>,
+    /// Held while the record is written.
+    writing: std::sync::Mutex<()>,
 }
 
 impl Sandbox {
@@ -379,28 +381,32 @@ impl Sandbox {
         self.check_alive()
     }
 
-    /// Writes a named sandbox's state into its record (best effort: the record is for
-    /// listings; a failure is logged).
+    /// Writes a named sandbox's state into its record, in the background (the record is
+    /// for listings; a failure is logged). Each write takes the newest state under a lock of
+    /// its own, so that writes finishing out of order still leave the newest; each holds the
+    /// session's lock, whose release writes last.
     async fn record_state(&self, state: SandboxState) {
         let Some(durable) = &self.inner.durable else {
             return;
         };
-        let record = {
+        {
             let mut record = durable.record.lock().expect("not poisoned");
             record.state = state;
             record.last_used_ms = self.inner.last_used.load(Ordering::Relaxed);
-            record.clone()
-        };
+        }
         let lock = durable.lock.lock().expect("not poisoned").clone();
-        if let Some(lock) = lock {
-            let written = crate::sys::blocking("recording a sandbox's state", move || {
-                lock.write_record_blocking(&record)
-            })
-            .await;
-            if let Err(err) = written {
+        let Some(lock) = lock else { return };
+        let inner = Arc::clone(&self.inner);
+        drop(tokio::task::spawn_blocking(move || {
+            let Some(durable) = &inner.durable else {
+                return;
+            };
+            let _one_writer = durable.writing.lock().unwrap_or_else(|e| e.into_inner());
+            let record = durable.record.lock().expect("not poisoned").clone();
+            if let Err(err) = lock.write_record_blocking(&record) {
                 tracing::warn!(%err, "recording a named sandbox's state");
             }
-        }
+        }));
     }
 
     /// Lets a named sandbox go (closed, or its last handle dropped): once its last container
@@ -501,12 +507,18 @@ async fn hibernation(
     owner.load_snapshot(&saved).await.map(Some)
 }
 
-/// Removes a hibernation once the sandbox runs from it (it would be stale afterwards).
+/// Removes a hibernation once the sandbox runs from it (it would be stale afterwards), off
+/// the resume's path: renamed aside at once, removed in the background.
 async fn consume_hibernation(dir: &Path) {
     let saved = dir.join(HIBERNATED);
+    let aside = dir.join(format!(".consumed-{}", crate::host::state::random_token()));
     let _ = crate::sys::blocking("removing a restored hibernation", move || {
-        crate::sys::fs_tree::remove_tree_blocking(&saved)
-            .map_err(|e| SandboxError::io("removing a restored hibernation", &saved, e))
+        std::fs::rename(&saved, &aside)
+            .map_err(|e| SandboxError::io("removing a restored hibernation", &saved, e))?;
+        drop(tokio::task::spawn_blocking(move || {
+            let _ = crate::sys::fs_tree::remove_tree_blocking(&aside);
+        }));
+        Ok(())
     })
     .await;
 }
@@ -788,6 +800,7 @@ impl NamespaceContainer {
             lock: std::sync::Mutex::new(Some(lock)),
             dir,
             record: std::sync::Mutex::new(record),
+            writing: Default::default(),
         };
         let sandbox =
             Sandbox::with_durable(self.clone(), live, applied, effective, false, Some(durable));
