@@ -55,7 +55,10 @@ fn sessions_bench(_c: &mut Criterion) {
                 .build()
                 .await
                 .unwrap();
-            resume(&runtime, state.path()).await;
+            resume(&runtime, state.path(), false).await;
+            if kind == OciRuntime::Gvisor {
+                resume(&runtime, state.path(), true).await;
+            }
             pause(&runtime).await;
             if kind == OciRuntime::Runc {
                 hibernated_cost(&runtime).await;
@@ -68,13 +71,20 @@ fn sessions_bench(_c: &mut Criterion) {
 
 /// A hibernated sandbox to its first exec's end against a cold start plus that exec
 /// (runc, crun) or a raw `runsc restore` (runsc).
-async fn resume(runtime: &NamespaceContainer, state: &std::path::Path) {
+async fn resume(runtime: &NamespaceContainer, state: &std::path::Path, process: bool) {
     let kind = runtime.runtime();
     let sandbox = runtime.create(&named("bench")).await.unwrap();
     sh(&sandbox, "echo state > /workspace/s").await;
+    if process {
+        // A process to keep: gVisor's hibernation is then a checkpoint.
+        sandbox
+            .exec_background(&ExecConfig::shell("while :; do sleep 1; done"))
+            .await
+            .unwrap();
+    }
     let cold_config =
         NamespaceContainer::build_config(&SandboxConfig::default(), "", Vec::<String>::new());
-    let raw = (kind == OciRuntime::Gvisor).then(|| RawGvisor::new(runtime, state));
+    let raw = (kind == OciRuntime::Gvisor).then(|| RawGvisor::new(runtime, state, process));
     // Warm up both sides (first runs fill caches).
     sandbox.hibernate().await.unwrap();
     sh(&sandbox, "true").await;
@@ -114,8 +124,13 @@ async fn resume(runtime: &NamespaceContainer, state: &std::path::Path) {
         OciRuntime::Gvisor => "raw runsc restore",
         _ => "cold start + exec",
     };
+    let kept = if process {
+        "with a process kept (a checkpoint)"
+    } else {
+        "without processes to keep"
+    };
     println!(
-        "sessions {kind}: resume of a hibernated sandbox to its first exec's end {l:.2} ms, \
+        "sessions {kind}: resume of a hibernated sandbox {kept} to its first exec's end {l:.2} ms, \
          {what} {b:.2} ms, ratio {:.3} ({} rounds)",
         l / b,
         lib.len()
@@ -224,7 +239,7 @@ struct RawGvisor {
 }
 
 impl RawGvisor {
-    fn new(runtime: &NamespaceContainer, state: &std::path::Path) -> Self {
+    fn new(runtime: &NamespaceContainer, state: &std::path::Path, n: bool) -> Self {
         let mut c = NamespaceContainer::build_config(
             &SandboxConfig::default(),
             "sh",
@@ -258,9 +273,9 @@ impl RawGvisor {
             serde_json::to_vec(&spec).unwrap(),
         )
         .unwrap();
-        let root = state.join("raw-root");
+        let root = state.join(format!("raw-root-{n}"));
         std::fs::create_dir_all(&root).unwrap();
-        let image = state.join("raw-image");
+        let image = state.join(format!("raw-image-{n}"));
         let raw = RawGvisor {
             root,
             bundle,

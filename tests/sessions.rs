@@ -118,6 +118,9 @@ async fn hibernate_resume_cycles(kind: OciRuntime) {
         sandbox.hibernate().await.expect("hibernate");
         assert_eq!(sandbox.state(), SandboxState::Hibernated);
         assert!(sandbox.ended().is_none());
+        // No container, no process left for it.
+        assert!(t.sandbox.list().await.unwrap().is_empty());
+        assert!(sandbox.usage().await.is_none());
         // The next call resumes it.
         let seen = sh_in(
             &sandbox,

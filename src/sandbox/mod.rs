@@ -108,6 +108,9 @@ struct Inner {
     last_used: AtomicU64,
     /// A named sandbox's durable side.
     durable: Option<session::Durable>,
+    /// [`Sandbox::exec_background`] ran in the current container: its processes may live
+    /// (on gVisor nothing else outlives its exec), which a hibernation must keep.
+    background: std::sync::atomic::AtomicBool,
 }
 
 impl Sandbox {
@@ -166,6 +169,7 @@ impl Sandbox {
                 phase: Default::default(),
                 last_used: AtomicU64::new(crate::host::sessions::now_ms()),
                 durable,
+                background: Default::default(),
             }),
         };
         lifetime::watch(&sandbox);

@@ -239,7 +239,14 @@ impl Sandbox {
         let begun = std::time::Instant::now();
         self.stop_forwarder().await;
         let live = self.live();
-        if runtime == OciRuntime::Gvisor {
+        // A checkpoint only where there is memory to keep: a process of exec_background's
+        // (on gVisor nothing else outlives its exec), or a root whose writes live in memory.
+        // Otherwise the files are all on disk, and a cold start is the cheaper resume.
+        let keep_memory = runtime == OciRuntime::Gvisor
+            && (options.processes
+                || self.inner.background.load(Ordering::Acquire)
+                || !self.inner.asked.security.readonly_rootfs);
+        if keep_memory {
             let taken = self.checkpoint_into(&live, &durable.dir).await;
             if let Err(err) = taken {
                 if self.check_alive().is_ok() {
@@ -334,6 +341,10 @@ impl Sandbox {
             .await?;
         *self.inner.live.write().expect("not poisoned") = Arc::new(live);
         self.set_phase(Phase::Running);
+        // A restored checkpoint carried its processes; a cold start has none.
+        self.inner
+            .background
+            .store(from.is_some(), Ordering::Release);
         if from.is_some() {
             consume_hibernation(&durable.dir).await;
         }
@@ -804,6 +815,11 @@ impl NamespaceContainer {
         };
         let sandbox =
             Sandbox::with_durable(self.clone(), live, applied, effective, false, Some(durable));
+        // A restored checkpoint carried its processes.
+        sandbox
+            .inner
+            .background
+            .store(from.is_some(), Ordering::Release);
         sandbox.record_state(SandboxState::Running).await;
         let weak: std::sync::Weak<dyn HeldSession> = {
             let strong: Arc<dyn HeldSession> = sandbox.inner.clone();

@@ -281,6 +281,7 @@ impl Sandbox {
         let _start = self.enter().await?;
         let (argv, env, cwd) = self.resolve(exec)?;
         self.check_alive()?;
+        self.inner.background.store(true, Ordering::Release);
         let conn = self
             .send(&cwd, &argv, &env, launcher::Stdio::Background)
             .await?;
