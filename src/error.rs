@@ -158,6 +158,36 @@ impl std::fmt::Display for SessionErrorKind {
     }
 }
 
+/// What kind of failure a [`SandboxError::Interpreter`] is: a code context
+/// ([`Sandbox::code_context`](crate::Sandbox::code_context)) that could not run a cell. An
+/// error *in* the code (an exception) is no failure: it is the execution's
+/// [`error`](crate::Execution::error).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum InterpreterErrorKind {
+    /// The sandbox's root has no interpreter for the language (`python3`, `node`, `sh`).
+    Unavailable,
+    /// The context's interpreter died (`os._exit`, a crash, the OOM killer, an interrupt it
+    /// ignored past its deadline): its state is gone; [`restart`](crate::CodeContext::restart)
+    /// makes a new one (a later run does too).
+    Died,
+    /// The context was closed.
+    Closed,
+    /// The code is not UTF-8.
+    InvalidCode,
+}
+
+impl std::fmt::Display for InterpreterErrorKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            InterpreterErrorKind::Unavailable => "unavailable",
+            InterpreterErrorKind::Died => "died",
+            InterpreterErrorKind::Closed => "closed",
+            InterpreterErrorKind::InvalidCode => "invalid code",
+        })
+    }
+}
+
 /// Everything that can go wrong when creating, running or cleaning up a sandbox.
 ///
 /// Variants are structured so that a caller can act on them: an invalid config names the
@@ -341,6 +371,17 @@ pub enum SandboxError {
         reason: String,
     },
 
+    /// A code context could not run a cell (see [`InterpreterErrorKind`]).
+    #[error("code context ({language}): {kind}: {reason}")]
+    Interpreter {
+        /// The context's language.
+        language: &'static str,
+        /// What went wrong, to act on.
+        kind: InterpreterErrorKind,
+        /// The details (for a death, what the interpreter last wrote to its stderr).
+        reason: String,
+    },
+
     /// A named sandbox or a volume could not be created, connected to, changed or removed.
     #[error("{what} {name:?}: {kind}: {reason}")]
     Session {
@@ -450,6 +491,15 @@ impl SandboxError {
                 reason: reason.clone(),
             },
             SandboxError::Snapshot { kind, reason } => SandboxError::Snapshot {
+                kind: *kind,
+                reason: reason.clone(),
+            },
+            SandboxError::Interpreter {
+                language,
+                kind,
+                reason,
+            } => SandboxError::Interpreter {
+                language,
                 kind: *kind,
                 reason: reason.clone(),
             },

@@ -173,7 +173,10 @@ pub use config::{
 pub use container::{
     ContainerEntry, NamespaceContainer, NamespaceContainerBuilder, UnenforcedLimits,
 };
-pub use error::{ImageErrorKind, RuntimeOp, SandboxError, SessionErrorKind, SnapshotErrorKind};
+pub use error::{
+    ImageErrorKind, InterpreterErrorKind, RuntimeOp, SandboxError, SessionErrorKind,
+    SnapshotErrorKind,
+};
 
 pub use handle::capture::ProcessCapture;
 pub use handle::collect::OutputCap;
@@ -189,6 +192,10 @@ pub use nix::sys::signal::Signal;
 pub use oci_spec::runtime::Spec;
 pub use pool::SandboxPool;
 pub use runtimes::{GvisorPlatform, OciRuntime, PlatformChoice};
+pub use sandbox::{
+    Code, CodeContext, Execution, ExecutionError, ExecutionEvent, ExecutionStream, Language,
+    MimeBundle,
+};
 pub use sandbox::{
     DirEntry, EgressEvents, FileEvent, FileEvents, HibernateOptions, MAX_CONCURRENT_EXECS,
     READ_FILE_LIMIT, Sandbox, SnapshotOptions,

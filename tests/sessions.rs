@@ -575,6 +575,61 @@ async fn the_host_follows_nothing_in_a_sandboxs_directories(kind: OciRuntime) {
     t.assert_nothing_left(&[], None).await;
 }
 
+/// Listing never makes a connect elsewhere fail; an idle pause never freezes a running
+/// command; a paused sandbox dropped without a close goes away whole.
+async fn listing_idle_pauses_and_drops_are_harmless(kind: OciRuntime) {
+    let t = TestSandbox::new(kind).await;
+    let first = t.sandbox.create(&named("listed")).await.expect("create");
+    first.close().await;
+    let other = again(&t, kind).await;
+    let lister = t.sandbox.clone();
+    let listing = tokio::spawn(async move {
+        let deadline = std::time::Instant::now() + Duration::from_secs(4);
+        let mut n = 0;
+        while std::time::Instant::now() < deadline {
+            lister.sandboxes().await.unwrap();
+            n += 1;
+        }
+        n
+    });
+    for _ in 0..10 {
+        let s = other
+            .connect("listed")
+            .await
+            .expect("a connect while listing");
+        s.close().await;
+    }
+    assert!(listing.await.unwrap() > 10);
+    other.remove_sandbox("listed").await.unwrap();
+    other.close().await;
+    // A command longer than the idle pause runs to its end.
+    let paused = t
+        .start_sandbox(&SandboxConfig {
+            idle_pause: Some(Duration::from_millis(200)),
+            ..SandboxConfig::default()
+        })
+        .await;
+    let begun = std::time::Instant::now();
+    let out = paused
+        .exec(&ExecConfig::shell("sleep 1; echo finished"))
+        .await
+        .unwrap()
+        .wait_with_output()
+        .await
+        .unwrap();
+    assert_eq!(out.stdout_str(), "finished\n");
+    assert!(
+        begun.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        begun.elapsed()
+    );
+    // Dropped while paused: nothing is left.
+    paused.pause().await.unwrap();
+    let id = paused.id().to_owned();
+    drop(paused);
+    t.assert_nothing_left(&[&id], None).await;
+}
+
 fn runtime_flag(kind: OciRuntime) -> &'static str {
     match kind {
         OciRuntime::Crun => "crun",
@@ -658,6 +713,7 @@ async fn connect_after_the_owner_exits_or_is_killed(kind: OciRuntime) {
 }
 
 on_every_runtime!(
+    listing_idle_pauses_and_drops_are_harmless,
     the_host_follows_nothing_in_a_sandboxs_directories,
     max_running_hibernates_the_least_recently_used,
     connect_after_the_owner_exits_or_is_killed,

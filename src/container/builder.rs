@@ -296,9 +296,11 @@ impl NamespaceContainerBuilder {
         };
         let sessions = crate::host::sessions::SessionStore::new(&data);
         let volumes = crate::host::volumes::VolumeStore::new(&data);
-        let (swept, roots) = (
+        let (swept, swept_volumes, roots, top) = (
             sessions.clone(),
+            volumes.clone(),
             [sessions.root().to_path_buf(), volumes.root().to_path_buf()],
+            data.clone(),
         );
         // What containers write there is theirs: the host follows no link from there on.
         let data_dirs = crate::sys::blocking("preparing the data dir", move || {
@@ -306,7 +308,13 @@ impl NamespaceContainerBuilder {
                 crate::host::sessions::private_dir(root)
                     .map_err(|e| SandboxError::io("creating the data dir", root, e))?;
             }
+            // A record there starts containers with its config (binds included): the dirs
+            // must be the caller's alone, as load_snapshot asks of a snapshot's.
+            for dir in std::iter::once(&top).chain(roots.iter()) {
+                check_private_blocking(dir)?;
+            }
             swept.sweep_blocking();
+            swept_volumes.sweep_blocking();
             Ok(crate::host::sandbox_dirs::SandboxDirs::register_paths_blocking(roots))
         })
         .await?;
@@ -431,4 +439,27 @@ fn default_data_dir() -> PathBuf {
         return home.join(".local/share/oci-sandbox");
     }
     std::env::temp_dir().join(format!("oci-sandbox-data-{}", nix::unistd::geteuid()))
+}
+
+/// Refuses a data dir (or one of its stores) that is not the caller's alone: another owner,
+/// or writable by its group or others. Blocking.
+fn check_private_blocking(dir: &std::path::Path) -> Result<(), SandboxError> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::symlink_metadata(dir)
+        .map_err(|e| SandboxError::io("checking the data dir", dir, e))?;
+    let mine = meta.uid() == nix::unistd::geteuid().as_raw();
+    if !meta.is_dir() || !mine || meta.mode() & 0o022 != 0 {
+        return Err(SandboxError::invalid(
+            "data_dir",
+            format!(
+                "{} must be a directory of the caller's alone (owner uid {}, not writable by \
+                 group or others; it is uid {}, mode {:o}): its records start containers",
+                dir.display(),
+                nix::unistd::geteuid(),
+                meta.uid(),
+                meta.mode() & 0o7777
+            ),
+        ));
+    }
+    Ok(())
 }

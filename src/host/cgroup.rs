@@ -104,6 +104,8 @@ fn oom_kill_count(text: &str) -> u64 {
 
 /// Kills any process left in the container's cgroups and removes them (blocking).
 pub(crate) fn reap_blocking(id: &str) {
+    // Frozen tasks (a paused sandbox) take their SIGKILL only once thawed.
+    thaw_now(id);
     for dir in dirs(id).iter().filter(|d| d.is_dir()) {
         // A killed process leaves its cgroup a moment later (longer on a loaded machine):
         // kill what is listed, retry the rmdir with a growing pause, up to about a second.
@@ -124,6 +126,24 @@ pub(crate) fn reap_blocking(id: &str) {
                 }
                 _ => break,
             }
+        }
+    }
+}
+
+/// Thaws the container's cgroup if it is frozen, without waiting (blocking: one small write).
+pub(crate) fn thaw_now(id: &str) {
+    let relative = Path::new(CGROUP_PARENT.trim_start_matches('/')).join(id);
+    let v1 = Path::new(ROOT)
+        .join("freezer")
+        .join(&relative)
+        .join("freezer.state");
+    if v1.exists() {
+        let _ = std::fs::write(v1, "THAWED");
+    }
+    for dir in dirs(id) {
+        let file = dir.join("cgroup.freeze");
+        if file.exists() {
+            let _ = std::fs::write(file, "0");
         }
     }
 }
@@ -165,6 +185,10 @@ pub(crate) fn freeze_blocking(id: &str, frozen: bool) -> std::io::Result<()> {
             return Ok(());
         }
         if std::time::Instant::now() > give_up {
+            if frozen {
+                // Half frozen is no state to leave: back to running.
+                thaw_now(id);
+            }
             return Err(std::io::Error::new(
                 std::io::ErrorKind::TimedOut,
                 format!("{} still reads {:?}", done_file.display(), now.trim()),

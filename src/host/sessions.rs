@@ -171,26 +171,54 @@ pub(crate) struct SessionStore {
 #[derive(Debug)]
 pub(crate) struct SessionLock {
     dir: PathBuf,
-    _lock: nix::fcntl::Flock<File>,
+    /// `None` only once dropped.
+    _lock: Option<nix::fcntl::Flock<File>>,
     on_release: std::sync::Mutex<Option<Record>>,
+    /// Told once the lock is let go.
+    released: std::sync::Mutex<Option<tokio::sync::oneshot::Sender<()>>>,
 }
 
 impl Drop for SessionLock {
+    /// Writes the release's record, then lets the lock go: on the blocking pool when there
+    /// is a runtime (never on a worker), else here.
     fn drop(&mut self) {
         let record = self
             .on_release
             .get_mut()
             .unwrap_or_else(|e| e.into_inner())
             .take();
-        if let Some(record) = record
-            && let Err(err) = write_record_blocking(&self.dir, &record)
-        {
-            tracing::warn!(%err, "recording a named sandbox's release");
+        let (dir, lock) = (std::mem::take(&mut self.dir), self._lock.take());
+        let released = self
+            .released
+            .get_mut()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        let release = move || {
+            if let Some(record) = record
+                && let Err(err) = write_record_blocking(&dir, &record)
+            {
+                tracing::warn!(%err, "recording a named sandbox's release");
+            }
+            drop(lock);
+            if let Some(released) = released {
+                let _ = released.send(());
+            }
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(handle) => drop(handle.spawn_blocking(release)),
+            Err(_) => release(),
         }
     }
 }
 
 impl SessionLock {
+    /// A receiver told once the lock is let go (after the release's record is written).
+    pub fn released(&self) -> tokio::sync::oneshot::Receiver<()> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        *self.released.lock().unwrap_or_else(|e| e.into_inner()) = Some(tx);
+        rx
+    }
+
     /// The record to write when the lock goes (a small file replaced by a rename).
     pub fn release_with(&self, record: Record) {
         *self.on_release.lock().unwrap_or_else(|e| e.into_inner()) = Some(record);
@@ -204,6 +232,8 @@ impl SessionLock {
         let doomed = root.join(format!(".removing-{}", crate::host::state::random_token()));
         std::fs::rename(&self.dir, &doomed)
             .map_err(|e| SandboxError::io("removing a session", &self.dir, e))?;
+        // Let go here, not on the pool: the removal below must not race a new holder.
+        drop(self._lock.take());
         drop(self);
         crate::sys::fs_tree::remove_tree_blocking(&doomed)
             .map_err(|e| SandboxError::io("removing a session", &doomed, e))
@@ -264,7 +294,10 @@ impl SessionStore {
             for (sub, mode) in [(WORKSPACE, 0o755), (TMP, 0o1777)] {
                 let path = temp.join(sub);
                 std::fs::DirBuilder::new().mode(0o700).create(&path)?;
-                std::os::unix::fs::chown(&path, Some(owner.0), Some(owner.1))?;
+                // Rootless, the caller is the container's root and owns what it makes.
+                if nix::unistd::geteuid().is_root() {
+                    std::os::unix::fs::chown(&path, Some(owner.0), Some(owner.1))?;
+                }
                 std::fs::set_permissions(
                     &path,
                     std::os::unix::fs::PermissionsExt::from_mode(mode),
@@ -284,8 +317,9 @@ impl SessionStore {
         match std::fs::rename(&temp, &target) {
             Ok(()) => Ok(SessionLock {
                 dir: target,
-                _lock: lock,
+                _lock: Some(lock),
                 on_release: Default::default(),
+                released: Default::default(),
             }),
             Err(e) => {
                 drop(lock);
@@ -325,8 +359,9 @@ impl SessionStore {
         Ok((
             SessionLock {
                 dir,
-                _lock: lock,
+                _lock: Some(lock),
                 on_release: Default::default(),
+                released: Default::default(),
             },
             record,
         ))
@@ -356,13 +391,8 @@ impl SessionStore {
                 None => {
                     // Held by another process, or by nobody: a record of a running or paused
                     // sandbox that nobody holds is a crash.
-                    let held = match lock_blocking(&dir, &name) {
-                        Ok(_lock) => false,
-                        Err(SandboxError::Session {
-                            kind: SessionErrorKind::InUse,
-                            ..
-                        }) => true,
-                        Err(_) => continue,
+                    let Some(held) = held_blocking(&dir) else {
+                        continue;
                     };
                     let state = match (held, record.state) {
                         (false, SandboxState::Running | SandboxState::Paused) => {
@@ -401,9 +431,10 @@ impl SessionStore {
         }
         // An unreadable record is no reason to keep the rest: only the lock counts.
         SessionLock {
-            _lock: lock_blocking(&dir, name)?,
+            _lock: Some(lock_blocking(&dir, name)?),
             dir,
             on_release: Default::default(),
+            released: Default::default(),
         }
         .discard_blocking()
     }
@@ -451,6 +482,26 @@ fn exists(name: &str) -> SandboxError {
 
 fn corrupt(name: &str, why: impl std::fmt::Display) -> SandboxError {
     SandboxError::session(name, SessionErrorKind::Corrupt, why.to_string())
+}
+
+/// Whether someone holds the session in `dir`, seen in `/proc/locks` (a `FLOCK` entry on
+/// its lock file's device and inode) without taking the lock, which would make a connect
+/// elsewhere fail meanwhile. `None`: no lock file.
+fn held_blocking(dir: &Path) -> Option<bool> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::symlink_metadata(dir.join(LOCK)).ok()?;
+    let dev = meta.dev();
+    let id = format!(
+        "{:02x}:{:02x}:{}",
+        nix::sys::stat::major(dev),
+        nix::sys::stat::minor(dev),
+        meta.ino()
+    );
+    let locks = std::fs::read_to_string("/proc/locks").ok()?;
+    Some(locks.lines().any(|l| {
+        let fields: Vec<&str> = l.split_whitespace().collect();
+        fields.get(1) == Some(&"FLOCK") && fields.get(5) == Some(&id.as_str())
+    }))
 }
 
 /// Takes the lock of the session in `dir`, without waiting.

@@ -115,8 +115,26 @@ impl VolumeStore {
         self.root.join(name)
     }
 
-    /// Creates volume `name` (made whole under a temporary name, then renamed into place).
+    /// Creates volume `name` (made whole under a temporary name, then renamed into place), in
+    /// a task of its own: a dropped future still ends with the volume made or nothing left.
     pub async fn create(
+        &self,
+        name: &str,
+        options: &VolumeOptions,
+        rootless: bool,
+    ) -> Result<VolumeInfo, SandboxError> {
+        let (this, name, options) = (self.clone(), name.to_owned(), options.clone());
+        tokio::spawn(async move { this.create_now(&name, &options, rootless).await })
+            .await
+            .unwrap_or_else(|e| {
+                Err(SandboxError::Process {
+                    context: "creating a volume",
+                    source: std::io::Error::other(e.to_string()),
+                })
+            })
+    }
+
+    async fn create_now(
         &self,
         name: &str,
         options: &VolumeOptions,
@@ -177,7 +195,8 @@ impl VolumeStore {
         if let Err(e) = made {
             let temp = temp.clone();
             let _ = crate::sys::blocking("removing a failed volume", move || {
-                Ok(crate::sys::fs_tree::remove_tree_blocking(&temp))
+                discard_blocking(&temp);
+                Ok(())
             })
             .await;
             return Err(e);
@@ -360,6 +379,42 @@ impl VolumeStore {
         })
         .await
     }
+}
+
+impl VolumeStore {
+    /// Removes what creations and removals cut short left (`.new-*`, `.removing-*`, older
+    /// than a minute: no live process is at them), their mounts first. Blocking.
+    pub fn sweep_blocking(&self) {
+        let Ok(entries) = std::fs::read_dir(&self.root) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            if !(name.starts_with(".new-") || name.starts_with(".removing-")) {
+                continue;
+            }
+            let old = entry
+                .metadata()
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.elapsed().ok())
+                .is_some_and(|age| age > Duration::from_secs(60));
+            if old {
+                discard_blocking(&entry.path());
+            }
+        }
+    }
+}
+
+/// Removes a volume's directory that is no volume (any more): its file system unmounted
+/// first, if it has one mounted. Blocking.
+fn discard_blocking(dir: &Path) {
+    let mnt = dir.join(MNT);
+    if is_mount_point(&mnt) {
+        let _ = nix::mount::umount2(&mnt, nix::mount::MntFlags::MNT_DETACH);
+    }
+    let _ = crate::sys::fs_tree::remove_tree_blocking(dir);
 }
 
 fn info_blocking(dir: &Path, name: &str) -> Result<VolumeInfo, SandboxError> {

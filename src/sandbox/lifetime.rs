@@ -56,6 +56,12 @@ impl ActivityBoard {
         self.tx.borrow().running > 0
     }
 
+    /// How long nothing has run nor been called, if nothing runs now.
+    pub fn idle_for(&self) -> Option<Duration> {
+        let now = *self.tx.borrow();
+        (now.running == 0).then(|| now.since.elapsed())
+    }
+
     /// A call came in: the idle clock starts again.
     pub fn touch(&self) {
         self.tx.send_modify(|a| a.since = Instant::now());
@@ -168,7 +174,7 @@ async fn watcher(
                 let due = sleep_due.map(|(_, d)| d);
                 let slept = match due {
                     Some(Due::Hibernate) => sandbox.hibernate().await,
-                    _ => sandbox.pause().await,
+                    _ => sandbox.pause_if_idle(sleep.pause.unwrap_or_default()).await,
                 };
                 match slept {
                     Ok(()) => retry_after = None,

@@ -1,5 +1,6 @@
 //! Long-lived sandboxes: start a container once, exec many commands in it.
 
+mod code;
 mod exec;
 mod files;
 mod jobs;
@@ -10,6 +11,10 @@ mod snapshot;
 mod start;
 mod transfer;
 pub(crate) use crate::container::Live;
+pub use code::{
+    Code, CodeContext, Execution, ExecutionError, ExecutionEvent, ExecutionStream, Language,
+    MimeBundle,
+};
 pub use files::{DirEntry, FileEvent, FileEvents, READ_FILE_LIMIT};
 pub use network::EgressEvents;
 pub use session::HibernateOptions;
@@ -111,6 +116,8 @@ struct Inner {
     /// [`Sandbox::exec_background`] ran in the current container: its processes may live
     /// (on gVisor nothing else outlives its exec), which a hibernation must keep.
     background: std::sync::atomic::AtomicBool,
+    /// The default code context ([`Sandbox::run_code`]), made on first use.
+    code: tokio::sync::OnceCell<code::CodeContext>,
 }
 
 impl Sandbox {
@@ -170,6 +177,7 @@ impl Sandbox {
                 last_used: AtomicU64::new(crate::host::sessions::now_ms()),
                 durable,
                 background: Default::default(),
+                code: Default::default(),
             }),
         };
         lifetime::watch(&sandbox);
@@ -246,7 +254,7 @@ impl Sandbox {
         live.container.finished().await;
         // Every job died with the container; their outputs stay with the handles left.
         self.inner.jobs.clear();
-        self.release_durable();
+        self.release_durable().await;
     }
 
     /// Ends the container from within and waits until its launcher has exited, which means
@@ -309,6 +317,21 @@ pub(crate) async fn end_live(live: &Live) {
     if tokio::time::timeout(END_DEADLINE, exited).await.is_err() {
         live.container.start_kill();
         live.container.gone().await;
+    }
+}
+
+impl Drop for Inner {
+    /// A paused sandbox's last handle: its frozen tasks would take their `SIGKILL` only once
+    /// thawed (the container's teardown thaws too; this is sooner).
+    fn drop(&mut self) {
+        if self.phase.load(Ordering::Acquire) == session::Phase::Paused as u8 {
+            let id = self.id.clone();
+            let thaw = move || crate::host::cgroup::thaw_now(&id);
+            match tokio::runtime::Handle::try_current() {
+                Ok(handle) => drop(handle.spawn_blocking(thaw)),
+                Err(_) => thaw(),
+            }
+        }
     }
 }
 

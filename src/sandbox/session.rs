@@ -144,6 +144,60 @@ impl Sandbox {
         .await
     }
 
+    /// The idle pause: like [`pause`](Self::pause), but only if, with the sandbox to itself,
+    /// nothing has run or been called for `idle` and nothing holds a connection to the host
+    /// (a command, a transfer, an exposed port's connection): an idle sleep never freezes
+    /// work.
+    pub(super) async fn pause_if_idle(
+        &self,
+        idle: std::time::Duration,
+    ) -> Result<(), SandboxError> {
+        let swap = Arc::clone(&self.inner.gate).write_owned().await;
+        let this = self.clone();
+        super::snapshot::in_own_task(async move {
+            let _swap = swap;
+            this.check_alive_or_hibernated()?;
+            let inner = &this.inner;
+            let quiet = inner.slots.available_permits() == super::MAX_CONCURRENT_EXECS
+                && inner.file_slots.available_permits() == super::files::FILE_HELPERS
+                && inner.watch_slots.available_permits() == super::files::WATCHES
+                && inner.expose_slots.available_permits() == super::network::EXPOSED_CONNECTIONS;
+            let idle_long_enough = inner.activity.idle_for().is_some_and(|d| d >= idle);
+            if this.phase() != Phase::Running || !quiet || !idle_long_enough {
+                return Err(SandboxError::session(
+                    this.name().unwrap_or(this.id()),
+                    SessionErrorKind::Busy,
+                    "not idle any more",
+                ));
+            }
+            this.freeze(true).await?;
+            this.set_phase(Phase::Paused);
+            this.record_state(SandboxState::Paused).await;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Hibernates the sandbox if nothing holds its gate now (for `max_running`: a busy one
+    /// is not waited for). Whether it did.
+    async fn hibernate_if_free(&self) -> Result<bool, SandboxError> {
+        let Ok(swap) = Arc::clone(&self.inner.gate).try_write_owned() else {
+            return Ok(false);
+        };
+        let this = self.clone();
+        super::snapshot::in_own_task(async move {
+            let _swap = swap;
+            this.hibernate_now(HibernateOptions::default()).await
+        })
+        .await
+        .map(|()| true)
+    }
+
+    /// A hold on a named sandbox's lock for one more of its containers (`None`: unnamed).
+    pub(super) fn durable_hold(&self) -> Option<Result<crate::container::Hold, SandboxError>> {
+        self.inner.durable.as_ref().map(Durable::hold)
+    }
+
     /// Resumes a paused or hibernated sandbox (any call does it too). Idempotent.
     ///
     /// # Errors
@@ -295,7 +349,9 @@ impl Sandbox {
         if self.phase() == Phase::Running {
             return self.check_alive();
         }
-        // Before the gate: making room hibernates others, which take their own gates.
+        // Before the gate: making room hibernates others, which take their own gates. Not
+        // for a sandbox that cannot wake anyway.
+        self.check_alive_or_hibernated()?;
         if let (Phase::Hibernated, Some(name)) = (self.phase(), self.name()) {
             self.inner.owner.make_room(Some(name)).await;
         }
@@ -330,6 +386,9 @@ impl Sandbox {
         let owner = &self.inner.owner;
         let from = hibernation(owner, &durable.dir).await?;
         let hold = durable.hold()?;
+        // Running before the container starts: an owner killed from here on leaves a
+        // record that says it crashed, and the next connect sweeps its container.
+        self.record_state_now(SandboxState::Running).await;
         let (live, _) = owner
             .launch_live(
                 &self.inner.asked,
@@ -420,12 +479,43 @@ impl Sandbox {
         }));
     }
 
-    /// Lets a named sandbox go (closed, or its last handle dropped): once its last container
-    /// is removed, its lock is released and its record says it is hibernated.
-    pub(super) fn release_durable(&self) {
+    /// Writes a named sandbox's state into its record and waits for the write.
+    async fn record_state_now(&self, state: SandboxState) {
+        let Some(durable) = &self.inner.durable else {
+            return;
+        };
+        let record = {
+            let mut record = durable.record.lock().expect("not poisoned");
+            record.state = state;
+            record.last_used_ms = self.inner.last_used.load(Ordering::Relaxed);
+            record.clone()
+        };
+        let lock = durable.lock.lock().expect("not poisoned").clone();
+        let Some(lock) = lock else { return };
+        let inner = Arc::clone(&self.inner);
+        let written = crate::sys::blocking("recording a sandbox's state", move || {
+            let _one_writer = inner
+                .durable
+                .as_ref()
+                .map(|d| d.writing.lock().unwrap_or_else(|e| e.into_inner()));
+            lock.write_record_blocking(&record)
+        })
+        .await;
+        if let Err(err) = written {
+            tracing::warn!(%err, "recording a named sandbox's state");
+        }
+    }
+
+    /// Lets a named sandbox go (closed): once its last container is removed, its lock is
+    /// released and its record says it is hibernated. Returns when the lock is let go (the
+    /// container must have ended already), so that a connect or removal right after works.
+    pub(super) async fn release_durable(&self) {
         if let Some(durable) = &self.inner.durable {
-            durable.release(self.inner.last_used.load(Ordering::Relaxed));
+            let released = durable.release(self.inner.last_used.load(Ordering::Relaxed));
             self.inner.owner.held().remove(&durable.name);
+            if let Some(released) = released {
+                let _ = tokio::time::timeout(std::time::Duration::from_secs(10), released).await;
+            }
         }
     }
 }
@@ -444,21 +534,22 @@ impl Durable {
         }
     }
 
-    fn release(&self, last_used_ms: u64) {
-        let lock = self.lock.lock().expect("not poisoned").take();
-        if let Some(lock) = lock {
-            let mut record = self.record.lock().expect("not poisoned").clone();
-            record.state = SandboxState::Hibernated;
-            record.last_used_ms = last_used_ms;
-            lock.release_with(record);
-        }
+    /// Gives the lock up: its last holder (this, or the last container) writes the record
+    /// and lets it go. A receiver told when it has.
+    fn release(&self, last_used_ms: u64) -> Option<tokio::sync::oneshot::Receiver<()>> {
+        let lock = self.lock.lock().expect("not poisoned").take()?;
+        let mut record = self.record.lock().expect("not poisoned").clone();
+        record.state = SandboxState::Hibernated;
+        record.last_used_ms = last_used_ms;
+        lock.release_with(record);
+        Some(lock.released())
     }
 }
 
 impl Drop for Durable {
     fn drop(&mut self) {
         let last = self.record.lock().map(|r| r.last_used_ms).unwrap_or(0);
-        self.release(last.max(now_ms()));
+        drop(self.release(last.max(now_ms())));
     }
 }
 
@@ -516,6 +607,22 @@ async fn hibernation(
         return Ok(None);
     }
     owner.load_snapshot(&saved).await.map(Some)
+}
+
+/// Removes a hibernation's and a resume's leftovers in a session's directory `dir`: its
+/// checkpoint store (a hibernation is saved out of it), a half-saved hibernation, and
+/// consumed ones. Blocking.
+fn sweep_leftovers_blocking(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if name == STORE || name == ".hibernated.new" || name.starts_with(".consumed-") {
+            let _ = crate::sys::fs_tree::remove_tree_blocking(&entry.path());
+        }
+    }
 }
 
 /// Removes a hibernation once the sandbox runs from it (it would be stale afterwards), off
@@ -731,19 +838,31 @@ impl NamespaceContainer {
             if running.len() < max {
                 return;
             }
-            let lru = running
+            // The least recently used idle one that is free now: one whose gate is taken (a
+            // call starting, a transfer) is not waited for.
+            let mut idle: Vec<(String, Arc<dyn HeldSession>)> = running
                 .into_iter()
                 .filter(|(_, held)| !held.busy())
-                .min_by_key(|(_, held)| held.state().1);
-            let Some((name, held)) = lru else {
+                .collect();
+            idle.sort_by_key(|(_, held)| held.state().1);
+            let mut made = false;
+            for (name, held) in idle {
+                let Ok(sandbox) = held.handle().downcast::<Sandbox>() else {
+                    continue;
+                };
+                match sandbox.hibernate_if_free().await {
+                    Ok(true) => {
+                        made = true;
+                        break;
+                    }
+                    Ok(false) => {}
+                    Err(err) => {
+                        tracing::debug!(%name, %err, "could not hibernate a sandbox to make room");
+                    }
+                }
+            }
+            if !made {
                 return; // every one is busy: one more runs
-            };
-            let Ok(sandbox) = held.handle().downcast::<Sandbox>() else {
-                return;
-            };
-            if let Err(err) = sandbox.hibernate().await {
-                tracing::debug!(%name, %err, "could not hibernate a sandbox to make room");
-                return;
             }
         }
     }
@@ -773,6 +892,13 @@ impl NamespaceContainer {
             Ok(c) => c,
             Err(e) => return Err((e, give_back(lock).await)),
         };
+        // What an earlier holder's cut-short hibernation or resume left.
+        let leftovers = dir.clone();
+        let _ = crate::sys::blocking("sweeping a sandbox's leftovers", move || {
+            sweep_leftovers_blocking(&leftovers);
+            Ok(())
+        })
+        .await;
         let from = match hibernation(self, &dir).await {
             Ok(from) => from,
             Err(e) => return Err((e, give_back(lock).await)),
@@ -800,16 +926,13 @@ impl NamespaceContainer {
             })
             .await;
         }
-        if from.is_some() {
-            consume_hibernation(&dir).await;
-        }
         let mut record = record;
         record.state = SandboxState::Running;
         record.last_used_ms = now_ms();
         let durable = Durable {
             name: name.clone(),
             lock: std::sync::Mutex::new(Some(lock)),
-            dir,
+            dir: dir.clone(),
             record: std::sync::Mutex::new(record),
             writing: Default::default(),
         };
@@ -825,13 +948,24 @@ impl NamespaceContainer {
             let strong: Arc<dyn HeldSession> = sandbox.inner.clone();
             Arc::downgrade(&strong)
         };
-        self.held().insert(name, weak);
-        if let crate::Network::Egress(policy) = &sandbox.config().network {
-            // Nothing to give back: the sandbox holds the lock and removes nothing.
-            sandbox
-                .start_egress(policy.clone())
-                .await
-                .map_err(|e| (e, None))?;
+        self.held().insert(name.clone(), weak);
+        if let crate::Network::Egress(policy) = &sandbox.config().network
+            && let Err(err) = sandbox.start_egress(policy.clone()).await
+        {
+            sandbox.close().await;
+            if fresh {
+                // Nothing of a failed creation stays.
+                let store = self.sessions().clone();
+                let _ = crate::sys::blocking("removing a failed named sandbox", move || {
+                    store.remove_blocking(&name)
+                })
+                .await;
+            }
+            return Err((err, None));
+        }
+        // Consumed last: a connect dropped before here leaves the hibernation to restore.
+        if from.is_some() {
+            consume_hibernation(&dir).await;
         }
         Ok(sandbox)
     }

@@ -459,10 +459,15 @@ impl Sandbox {
     /// of the one that has ended.
     async fn replace_live(&self, snapshot: &Snapshot) -> Result<(), SandboxError> {
         let id = self.id().to_owned();
+        // A named sandbox's containers each hold its lock.
+        let holds = match self.durable_hold() {
+            Some(hold) => vec![hold?],
+            None => Vec::new(),
+        };
         let started = self
             .inner
             .owner
-            .launch_live(snapshot.config(), false, id, Some(snapshot), Vec::new())
+            .launch_live(snapshot.config(), false, id, Some(snapshot), holds)
             .await;
         match started {
             Ok((live, _)) => {
@@ -496,6 +501,17 @@ impl NamespaceContainer {
     /// snapshot of another runtime; those of [`start`](Self::start).
     pub async fn start_from(&self, snapshot: &Snapshot) -> Result<Sandbox, SandboxError> {
         check_runtime(snapshot, self.runtime())?;
+        if let Some(name) = &snapshot.config().name {
+            // Its /workspace and /tmp are the named sandbox's own directories: a fork would
+            // share them.
+            return Err(SandboxError::snapshot(
+                SnapshotErrorKind::Unsupported,
+                format!(
+                    "snapshot {} is of named sandbox {name:?}, whose files are its own: restore                      it in place instead",
+                    snapshot.id()
+                ),
+            ));
+        }
         let id = crate::host::state::new_id();
         let (live, applied) = self
             .launch_live(snapshot.config(), false, id, Some(snapshot), Vec::new())
