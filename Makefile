@@ -7,7 +7,8 @@ CARGO ?= cargo
 # gcc, libc6-dev: build.rs compiles the sandboxes' in-container launcher (static).
 # skopeo, umoci, docker-registry: the image tests build real images and serve them.
 # chromium, chromium-driver, npm: the web console's tests drive a real browser; npm fetches
-# its terminal widget.
+# its terminal widget (and brings node, which the code interpreter's JavaScript tests run).
+# python3-matplotlib, -pandas, -numpy: the code interpreter's tests plot and show tables.
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: deps demo demo-web web-assets test lint doc bench bench-fast bench-check
@@ -22,6 +23,7 @@ deps:
 	@missing=""; for d in $(DEPS); do command -v $${d%%:*} >/dev/null || missing="$$missing $${d#*:}"; done; \
 	[ -e /usr/lib/x86_64-linux-gnu/libc.a ] || [ -e /usr/lib/aarch64-linux-gnu/libc.a ] || missing="$$missing libc6-dev"; \
 	[ -x /usr/bin/python3 ] || missing="$$missing python3"; \
+	for m in matplotlib pandas numpy; do /usr/bin/python3 -c "import $$m" 2>/dev/null || missing="$$missing python3-$$m"; done; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing$$missing with apt-get"; \
 	  $(SUDO) apt-get update -q && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing; \

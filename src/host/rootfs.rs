@@ -79,7 +79,8 @@ pub(crate) fn prepare_rootfs(rootfs: &Path) -> Result<(), SandboxError> {
 }
 
 /// Host entries of `/etc` that programs need and that hold no secrets (dynamic linking, time
-/// zone, CA certificates, `update-alternatives` links, service and MIME tables). Copied into
+/// zone, CA certificates, `update-alternatives` links, service and MIME tables, Debian's
+/// matplotlib defaults, which its matplotlib looks for nowhere else, and fontconfig's). Copied into
 /// the shared rootfs once rather than bind-mounted per container: eight single-file binds were
 /// 6% of a cold runc spawn (benches/spec_cost.rs).
 pub(crate) const HOST_ETC: &[&str] = &[
@@ -91,6 +92,8 @@ pub(crate) const HOST_ETC: &[&str] = &[
     "/etc/mime.types",
     "/etc/protocols",
     "/etc/services",
+    "/etc/matplotlibrc",
+    "/etc/fonts",
 ];
 
 /// The most bytes copied for one [`HOST_ETC`] entry (the CA bundle is ~200 KiB).

@@ -115,7 +115,7 @@ const run = async (req) => {
   }
   const used = process.cpuUsage(before);
   send({
-    t: 'done', count, ok, cpu_ms: (used.user + used.system) / 1000,
+    t: 'done', id: String(req.id || ''), count, ok, cpu_ms: (used.user + used.system) / 1000,
     rss_kib: Math.round(process.memoryUsage().rss / 1024), dropped,
   });
 };

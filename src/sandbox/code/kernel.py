@@ -6,12 +6,12 @@
 # /dev/null and two pipes the kernel reads, so nothing the code writes (print, os.write, a
 # subprocess) can forge a reply.
 #
-#   host -> kernel  {"t": "run", "code": "...", "limit": <bytes per stream>}
+#   host -> kernel  {"t": "run", "id": "...", "code": "...", "limit": <bytes per stream>}
 #   kernel -> host  {"t": "ready", "version": "3.11.2"}
 #                   {"t": "stream", "n": "stdout" | "stderr", "s": "..."}
 #                   {"t": "display", "data": {mime: value}, "main": bool}
 #                   {"t": "error", "ename": "...", "evalue": "...", "traceback": ["..."]}
-#                   {"t": "done", "count": n, "ok": bool, "cpu_ms": f, "dropped": [out, err]}
+#                   {"t": "done", "id": "...", "count": n, "ok": bool, "cpu_ms": f, "dropped": [out, err]}
 
 import ast
 import base64
@@ -342,6 +342,7 @@ def main():
         if req.get("t") != "run":
             continue
         count += 1
+        run_id = str(req.get("id", ""))
         Cell.reset(int(req.get("limit") or (1 << 62)))
         before = resource.getrusage(resource.RUSAGE_SELF)
         ok = run(req.get("code", ""), count)
@@ -351,6 +352,7 @@ def main():
         send(
             {
                 "t": "done",
+                "id": run_id,
                 "count": count,
                 "ok": ok,
                 "cpu_ms": cpu * 1000.0,

@@ -30,13 +30,13 @@ const JS_KERNEL: &str = include_str!("kernel.js");
 
 /// The longest line a kernel may send (a result's bundle, base64 images included): past it
 /// the kernel is taken for broken and ended.
-const MAX_LINE: usize = 256 << 20;
+const MAX_LINE: usize = 64 << 20;
 /// How long a kernel may take to come up (importing nothing but the stdlib: ~30 ms).
 const READY_DEADLINE: Duration = Duration::from_secs(30);
 /// How long an interrupted cell may take to end before its kernel is killed.
 const INTERRUPT_GRACE: Duration = Duration::from_secs(3);
 /// What one execution keeps of its results, besides its streams' limit.
-const RESULTS_LIMIT: usize = 512 << 20;
+const RESULTS_LIMIT: usize = 128 << 20;
 
 /// A language a [`CodeContext`] runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -339,6 +339,8 @@ struct Kernel {
     in_cell: bool,
     /// The shell's marker for a cell's end.
     shell_token: String,
+    /// The running cell's id, which its end must name.
+    run_id: String,
 }
 
 impl Sandbox {
@@ -529,6 +531,7 @@ impl CodeContext {
             stderr_tail,
             in_cell: false,
             shell_token: crate::host::state::random_token(),
+            run_id: String::new(),
         };
         if language == Language::Shell {
             // An interrupt ends the foreground command, not the shell; stdin is the cells'.
@@ -592,11 +595,15 @@ impl CodeContext {
         let kernel = guard.as_mut().expect("just started");
         let begun = Instant::now();
         kernel.in_cell = true;
+        // Each run's end names it: an end the code forged (it runs in the kernel's process)
+        // for an earlier run never ends a later one.
+        kernel.run_id = crate::host::state::random_token();
         let request = match self.inner.language {
             Language::Shell => shell_cell(&code.source, &kernel.shell_token),
             _ => {
                 let mut line = serde_json::to_string(&serde_json::json!({
                     "t": "run",
+                    "id": kernel.run_id,
                     "code": code.source,
                     "limit": limit,
                 }))
@@ -628,7 +635,12 @@ impl CodeContext {
             };
             match next.await {
                 Some(Some(Ok(line))) => {
-                    if cell.take(&line, self.inner.language, &kernel.shell_token) {
+                    if cell.take(
+                        &line,
+                        self.inner.language,
+                        &kernel.shell_token,
+                        &kernel.run_id,
+                    ) {
                         break;
                     }
                 }
@@ -681,11 +693,15 @@ impl CodeContext {
             .process
             .signal(nix::sys::signal::Signal::SIGINT)
             .await;
-        let (language, token) = (self.inner.language, kernel.shell_token.clone());
+        let (language, token, id) = (
+            self.inner.language,
+            kernel.shell_token.clone(),
+            kernel.run_id.clone(),
+        );
         let ended = tokio::time::timeout(INTERRUPT_GRACE, async {
             let mut cell = Cell::new(0, None);
             while let Some(Ok(line)) = kernel.lines.next().await {
-                if cell.take(&line, language, &token) {
+                if cell.take(&line, language, &token, &id) {
                     return true;
                 }
             }
@@ -787,7 +803,7 @@ impl Cell {
     }
 
     /// Takes one line of the kernel's; whether the cell is over.
-    fn take(&mut self, line: &str, language: Language, token: &str) -> bool {
+    fn take(&mut self, line: &str, language: Language, token: &str, run_id: &str) -> bool {
         if language == Language::Shell {
             return self.take_shell(line, token);
         }
@@ -824,12 +840,13 @@ impl Cell {
                 self.execution.error = Some(error);
             }
             Some(Message::Done {
+                id,
                 count,
                 cpu_ms,
                 rss_kib,
                 dropped,
                 ..
-            }) => {
+            }) if id == run_id => {
                 self.execution.execution_count = count;
                 self.execution.cpu_time = Duration::from_secs_f64(cpu_ms.max(0.0) / 1e3);
                 self.execution.peak_rss_kib = rss_kib;
@@ -837,7 +854,7 @@ impl Cell {
                 self.execution.stderr_dropped += dropped[1];
                 return true;
             }
-            Some(Message::Ready { .. }) | None => {}
+            Some(Message::Ready { .. } | Message::Done { .. }) | None => {}
         }
         false
     }

@@ -42,6 +42,9 @@ pub(super) enum Message {
     },
     /// The cell is over.
     Done {
+        /// The run's id, as its request gave it (the shell's: its marker token).
+        #[serde(default)]
+        id: String,
         #[serde(default)]
         count: u64,
         #[serde(default)]
