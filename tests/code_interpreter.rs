@@ -268,6 +268,26 @@ async fn javascript_and_shell_contexts(kind: OciRuntime) {
     assert!(!failed.success());
     let partial = sh.run("printf abc").await.unwrap();
     assert_eq!(partial.stdout, "abc");
+    // Its stderr is the cell's; bytes that are not UTF-8 are replaced, not fatal.
+    let mixed = sh
+        .run("echo out; echo err >&2; printf 'a\\377b\\n'; printf '\\377\\n' >&2")
+        .await
+        .unwrap();
+    assert_eq!(mixed.stdout, "out\na\u{fffd}b\n");
+    assert_eq!(mixed.stderr, "err\n\u{fffd}\n");
+    assert_eq!(
+        sh.run("echo still; ls /nope 2>&1 | wc -l")
+            .await
+            .unwrap()
+            .stdout,
+        "still\n1\n"
+    );
+    assert_eq!(sh.run("echo $((1 + 1))").await.unwrap().execution_count, 7);
+    let js_err = js.run("process.stderr.write('to stderr\\n'); setTimeout(() => { throw new Error('late') }, 1); 1").await.unwrap();
+    assert_eq!(js_err.stderr, "to stderr\n");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // A callback's throw after its cell did not end the kernel.
+    assert_eq!(js.run("a").await.unwrap().text(), Some("2"));
     sandbox.close().await;
     t.assert_nothing_left(&[], None).await;
 }
@@ -360,11 +380,74 @@ async fn forged_messages_stay_in_their_cell(kind: OciRuntime) {
         .unwrap();
     assert_eq!(forged.text(), Some("'real end'"), "{forged:?}");
     assert_eq!(py.run("1 + 1").await.unwrap().text(), Some("2"));
+    // Even with the run's real id, absurd numbers are bounded, never a panic.
+    let absurd = py
+        .run("import sys\nrid = sys._getframe(2).f_locals['run_id']\nsys.modules['__main__'].send({'t': 'done', 'id': rid, 'cpu_ms': 1e308, 'dropped': [2**64 - 1, 2**64 - 1]})\nimport time\ntime.sleep(0.2)")
+        .await
+        .unwrap();
+    assert!(absurd.cpu_time <= Duration::from_secs(1_000_000_000));
+    assert_eq!(absurd.stdout_dropped, u64::MAX);
+    // The cell's real end comes later and ends nothing.
+    assert_eq!(py.run("'next'").await.unwrap().text(), Some("'next'"));
+    // Output that is not UTF-8 (undecodable names) arrives replaced.
+    let odd = py
+        .run("import os\nprint(b'\\xff'.decode('utf-8', 'surrogateescape'))\nos.write(1, b'\\xfe\\n')\nraise OSError(b'\\xfd'.decode('utf-8', 'surrogateescape'))")
+        .await
+        .unwrap();
+    assert!(odd.stdout.contains('\u{fffd}'), "{odd:?}");
+    assert_eq!(odd.error.unwrap().name, "OSError");
     sandbox.close().await;
     t.assert_nothing_left(&[], None).await;
 }
 
+/// A context's idle kernel keeps no sandbox awake (idle lifetimes and sleeps fire); a
+/// hibernation ends it, and its next run says the state is gone, the one after starts afresh.
+async fn contexts_and_sleeping_sandboxes(kind: OciRuntime) {
+    let t = TestSandbox::new(kind).await;
+    let sandbox = t
+        .sandbox
+        .create(&SandboxConfig {
+            name: Some("coder".into()),
+            ..SandboxConfig::default()
+        })
+        .await
+        .unwrap();
+    let py = sandbox.code_context(Language::Python).await.unwrap();
+    py.run("kept = 1").await.unwrap();
+    sandbox
+        .hibernate()
+        .await
+        .expect("hibernate with an idle context");
+    let err = py.run("kept").await.expect_err("state gone");
+    assert_eq!(kind_of(&err), Some(InterpreterErrorKind::Died), "{err}");
+    assert_eq!(py.run("2 + 3").await.unwrap().text(), Some("5"));
+    // A paused sandbox resumes for a cell.
+    sandbox.pause().await.unwrap();
+    assert_eq!(py.run("'awake'").await.unwrap().text(), Some("'awake'"));
+    sandbox.close().await;
+    t.sandbox.remove_sandbox("coder").await.unwrap();
+    let idle = t
+        .start_sandbox(&SandboxConfig {
+            idle_pause: Some(Duration::from_millis(300)),
+            ..SandboxConfig::default()
+        })
+        .await;
+    idle.run_code("x = 1").await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while idle.state() != oci_sandbox::SandboxState::Paused {
+        assert!(
+            Instant::now() < deadline,
+            "a context kept the sandbox awake"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(idle.run_code("x").await.unwrap().text(), Some("1"));
+    idle.close().await;
+    t.assert_nothing_left(&[], None).await;
+}
+
 on_every_runtime!(
+    contexts_and_sleeping_sandboxes,
     images_with_and_without_interpreters,
     forged_messages_stay_in_their_cell,
     state_persists_across_cells,

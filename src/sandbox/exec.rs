@@ -251,8 +251,14 @@ impl Sandbox {
                 id: id.clone(),
                 limit: MAX_CONCURRENT_EXECS,
             })?;
-        // Busy from before the request: an idle lifetime cannot end the sandbox under it.
-        let slot = (slot, self.inner.activity.busy());
+        // Busy from before the request: an idle lifetime cannot end the sandbox under it. A
+        // code context's kernel is not (its cells are, while they run), and is counted apart.
+        let kernel = super::code::KERNEL_EXEC.try_with(|_| ()).is_ok();
+        let slot = (
+            slot,
+            (!kernel).then(|| self.inner.activity.busy()),
+            kernel.then(|| super::code::KernelMark::new(&self.inner.kernel_execs)),
+        );
         let conn = self.send(&cwd, &argv, &env, stdio).await?;
         // The launcher answers within a fork and an exec; a deadline keeps a wedged sandbox
         // from hanging the caller.
@@ -314,7 +320,11 @@ impl Sandbox {
         idle_timeout: Option<Duration>,
         watched: Watched,
         oom_before: u64,
-        slot: (tokio::sync::OwnedSemaphorePermit, lifetime::Busy),
+        slot: (
+            tokio::sync::OwnedSemaphorePermit,
+            Option<lifetime::Busy>,
+            Option<super::code::KernelMark>,
+        ),
     ) -> Supervised {
         let id = self.id().to_owned();
         // An exec's own id; a spawn's command is its container's only one, and keeps its id.

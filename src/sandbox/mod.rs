@@ -118,6 +118,11 @@ struct Inner {
     background: std::sync::atomic::AtomicBool,
     /// The default code context ([`Sandbox::run_code`]), made on first use.
     code: tokio::sync::OnceCell<code::CodeContext>,
+    /// Every code context of the sandbox: their kernels end before a hibernation or a
+    /// snapshot, which cannot carry their pipes.
+    code_contexts: std::sync::Mutex<Vec<std::sync::Weak<code::ContextInner>>>,
+    /// Kernels running (each holds an exec slot without making the sandbox busy).
+    kernel_execs: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl Sandbox {
@@ -178,6 +183,8 @@ impl Sandbox {
                 durable,
                 background: Default::default(),
                 code: Default::default(),
+                code_contexts: Default::default(),
+                kernel_execs: Default::default(),
             }),
         };
         lifetime::watch(&sandbox);

@@ -158,7 +158,9 @@ impl Sandbox {
             let _swap = swap;
             this.check_alive_or_hibernated()?;
             let inner = &this.inner;
-            let quiet = inner.slots.available_permits() == super::MAX_CONCURRENT_EXECS
+            // A code context's idle kernel does not keep the sandbox awake.
+            let kernels = inner.kernel_execs.load(Ordering::Acquire);
+            let quiet = inner.slots.available_permits() + kernels == super::MAX_CONCURRENT_EXECS
                 && inner.file_slots.available_permits() == super::files::FILE_HELPERS
                 && inner.watch_slots.available_permits() == super::files::WATCHES
                 && inner.expose_slots.available_permits() == super::network::EXPOSED_CONNECTIONS;
@@ -284,7 +286,14 @@ impl Sandbox {
             }
             Phase::Running => {}
         }
-        self.check_quiet().await.map_err(|e| match e {
+        // Code contexts' kernels hold pipes to the host: they end (a running cell makes it
+        // Busy), and their next run says their state is gone.
+        let ended = self
+            .end_kernels(
+                "the sandbox hibernated: the context's state is gone; run again for a fresh one",
+            )
+            .and(self.check_quiet().await);
+        ended.map_err(|e| match e {
             SandboxError::Snapshot { reason, .. } => {
                 SandboxError::session(&durable.name, SessionErrorKind::Busy, reason)
             }

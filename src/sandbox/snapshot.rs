@@ -163,6 +163,9 @@ impl Sandbox {
                 ),
             ));
         }
+        self.end_kernels(
+            "a snapshot was taken: the context's state is gone; run again for a fresh one",
+        )?;
         self.check_quiet().await?;
         let begun = std::time::Instant::now();
         // The egress forwarder holds host sockets: it stops, and starts again in the

@@ -13,7 +13,8 @@ const util = require('util');
 const readline = require('readline');
 
 const send = (m) => {
-  const line = '\x1e' + JSON.stringify(m) + '\n';
+  // Lone surrogates become U+FFFD: the host reads strict UTF-8.
+  const line = '\x1e' + JSON.stringify(m).toWellFormed() + '\n';
   let buf = Buffer.from(line);
   while (buf.length > 0) {
     try {
@@ -81,6 +82,10 @@ context.globalThis = context;
 
 // An interrupt between cells has nothing to stop; during one, breakOnSigint throws.
 process.on('SIGINT', () => {});
+// A callback's throw or a forgotten rejection after its cell is stderr, not the kernel's end.
+const late = (e) => stream(1, `Uncaught ${e && e.stack ? e.stack : String(e)}\n`);
+process.on('uncaughtException', late);
+process.on('unhandledRejection', late);
 
 let count = 0;
 const run = async (req) => {
@@ -113,6 +118,8 @@ const run = async (req) => {
         .map((l) => l + '\n'),
     });
   }
+  // The run's marker on stderr: what the cell wrote there before it is the cell's.
+  try { fs.writeSync(2, '\x1e' + String(req.id || '') + '\n'); } catch (e) { /* no stderr */ }
   const used = process.cpuUsage(before);
   send({
     t: 'done', id: String(req.id || ''), count, ok, cpu_ms: (used.user + used.system) / 1000,

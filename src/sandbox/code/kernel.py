@@ -34,15 +34,28 @@ os.dup2(_null, 0)
 os.close(_null)
 
 _send_lock = threading.Lock()
+# A SIGINT while a reply is half written waits for its end (a cut line would lose it).
+_sending = 0
+_interrupt_pending = False
 
 
 def send(msg):
-    data = ("\x1e" + json.dumps(msg, ensure_ascii=True, default=str) + "\n").encode("ascii")
+    global _sending, _interrupt_pending
+    # Lone surrogates (undecodable file names) become U+FFFD: the host reads strict UTF-8.
+    text = "\x1e" + json.dumps(msg, ensure_ascii=False, default=str) + "\n"
+    data = text.encode("utf-8", "replace")
     with _send_lock:
-        view = memoryview(data)
-        while view:
-            n = os.write(PROTO_OUT, view)
-            view = view[n:]
+        _sending += 1
+        try:
+            view = memoryview(data)
+            while view:
+                n = os.write(PROTO_OUT, view)
+                view = view[n:]
+        finally:
+            _sending -= 1
+    if _interrupt_pending and running and threading.current_thread() is threading.main_thread():
+        _interrupt_pending = False
+        raise KeyboardInterrupt
 
 
 class Cell:
@@ -112,15 +125,25 @@ class Stream(io.TextIOBase):
 
 
 def pump(fd, index, idle):
-    """Forwards what the code writes to fd 1 or 2 directly (os.write, subprocesses)."""
+    """Forwards what the code writes to fd 1 or 2 directly (os.write, subprocesses). `idle`
+    is clear from the moment bytes are readable until they are sent, so a drain that sees it
+    set with nothing readable has all of them."""
+    import select
+
     decoder = __import__("codecs").getincrementaldecoder("utf-8")("replace")
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
     while True:
         idle.set()
+        try:
+            poller.poll()
+        except InterruptedError:
+            continue
+        idle.clear()
         try:
             chunk = os.read(fd, 65536)
         except InterruptedError:
             continue
-        idle.clear()
         if not chunk:
             return
         emit_stream(index, decoder.decode(chunk))
@@ -150,7 +173,8 @@ def drain_pipes():
         while time.monotonic() < deadline:
             pending = bytearray(4)
             fcntl.ioctl(fd, termios.FIONREAD, pending)
-            if int.from_bytes(pending, sys.byteorder) == 0 and idle.is_set():
+            # Idle first: a pump that has just polled clears it before its read.
+            if idle.is_set() and int.from_bytes(pending, sys.byteorder) == 0 and idle.is_set():
                 break
             time.sleep(0.0005)
 
@@ -233,6 +257,22 @@ class _Backend(importlib.abc.MetaPathFinder, importlib.abc.Loader):
     def find_spec(self, name, path, target=None):
         if name == self.NAME:
             return importlib.util.spec_from_loader(name, self)
+        if name == "matplotlib":
+            # The real matplotlib, told to use this backend once imported (an environment
+            # variable would reach the code's child processes, which have no such backend).
+            for finder in sys.meta_path:
+                if finder is self or not hasattr(finder, "find_spec"):
+                    continue
+                spec = finder.find_spec(name, path, target)
+                if spec is not None and spec.loader is not None:
+                    real = spec.loader.exec_module
+
+                    def exec_module(module, real=real):
+                        real(module)
+                        module.rcParams["backend"] = "module://" + _Backend.NAME
+
+                    spec.loader.exec_module = exec_module
+                    return spec
         return None
 
     def create_module(self, spec):
@@ -247,8 +287,7 @@ class _Backend(importlib.abc.MetaPathFinder, importlib.abc.Loader):
         module.show = show_figures
 
 
-sys.meta_path.append(_Backend())
-os.environ["MPLBACKEND"] = "module://osb_mpl_backend"
+sys.meta_path.insert(0, _Backend())
 builtins.display = display
 
 # ---- running cells ----
@@ -258,9 +297,13 @@ running = False
 
 
 def on_sigint(signum, frame):
-    if running:
-        raise KeyboardInterrupt
-    # Between cells an interrupt has nothing to stop.
+    global _interrupt_pending
+    if not running:
+        return  # between cells an interrupt has nothing to stop
+    if _sending:
+        _interrupt_pending = True  # raised once the reply is whole
+        return
+    raise KeyboardInterrupt
 
 
 signal.signal(signal.SIGINT, on_sigint)
@@ -304,21 +347,29 @@ def run(code, count):
                 pyplot.close(value)  # shown once, as the cell's result
         show_figures()
     except BaseException as exc:  # KeyboardInterrupt and SystemExit are the cell's errors too
+        global _interrupt_pending
         running = False
+        _interrupt_pending = False
         ok = False
         try:
             sys.stdout.flush()
             sys.stderr.flush()
         except BaseException:
             pass
-        send(
-            {
-                "t": "error",
-                "ename": type(exc).__name__,
-                "evalue": str(exc),
-                "traceback": cell_traceback(exc),
-            }
-        )
+        try:
+            value = str(exc)
+        except BaseException:
+            value = "<the exception's str() failed>"
+        try:
+            tb = cell_traceback(exc)
+        except BaseException:
+            tb = []
+        send({"t": "error", "ename": type(exc).__name__, "evalue": value, "traceback": tb})
+        # Figures the cell drew before it failed are its results, not the next cell's.
+        try:
+            show_figures()
+        except BaseException:
+            pass
     return ok
 
 

@@ -16,14 +16,15 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use futures::StreamExt;
 use tokio::io::AsyncWriteExt;
-use tokio_util::codec::{FramedRead, LinesCodec, LinesCodecError};
+use tokio_util::codec::{AnyDelimiterCodec, AnyDelimiterCodecError, FramedRead};
 
 use super::Sandbox;
 use crate::config::ExecConfig;
 use crate::error::{InterpreterErrorKind, SandboxError};
-use protocol::{Message, parse_line};
+use protocol::{Message, parse_owned};
 
 const PYTHON_KERNEL: &str = include_str!("kernel.py");
 const JS_KERNEL: &str = include_str!("kernel.js");
@@ -35,8 +36,39 @@ const MAX_LINE: usize = 64 << 20;
 const READY_DEADLINE: Duration = Duration::from_secs(30);
 /// How long an interrupted cell may take to end before its kernel is killed.
 const INTERRUPT_GRACE: Duration = Duration::from_secs(3);
-/// What one execution keeps of its results, besides its streams' limit.
+/// What one execution keeps of its results and errors, besides its streams' limit.
 const RESULTS_LIMIT: usize = 128 << 20;
+/// A line longer than this is parsed on the blocking pool, not on a worker.
+const PARSE_INLINE: usize = 1 << 20;
+/// Lines of a kernel's own stderr waiting for its cell (more are dropped).
+const STDERR_BACKLOG: usize = 4096;
+/// How long a cell's end waits for the kernel's stderr to catch up (its marker).
+const STDERR_MARKER_WAIT: Duration = Duration::from_secs(1);
+/// How long a settle waits for a dropped run's cell to end by itself before interrupting it.
+const SETTLE_QUIET: Duration = Duration::from_millis(50);
+
+tokio::task_local! {
+    /// Set while a context starts its kernel: the exec holds a slot but does not make the
+    /// sandbox busy (see `sandbox/exec.rs`).
+    pub(super) static KERNEL_EXEC: ();
+}
+
+/// One running kernel, counted in its sandbox while its exec lives.
+#[derive(Debug)]
+pub(super) struct KernelMark(Arc<std::sync::atomic::AtomicUsize>);
+
+impl KernelMark {
+    pub(super) fn new(count: &Arc<std::sync::atomic::AtomicUsize>) -> Self {
+        count.fetch_add(1, Ordering::AcqRel);
+        KernelMark(Arc::clone(count))
+    }
+}
+
+impl Drop for KernelMark {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
 
 /// A language a [`CodeContext`] runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -294,6 +326,12 @@ impl Execution {
 /// (clones share it); it keeps its sandbox alive. Cells of one context run one at a time, in
 /// order.
 ///
+/// A context's state is its kernel process's: a hibernation or a snapshot of the sandbox ends
+/// it (they cannot carry its pipes), and the next run says so
+/// ([`Died`](InterpreterErrorKind::Died)) before a later one starts afresh. Everything a cell
+/// runs can change what later cells of the *same* context do (it runs in the kernel's
+/// process): the trust boundary is the context, not the cell.
+///
 /// ```no_run
 /// # async fn demo(sandbox: oci_sandbox::Sandbox) -> Result<(), oci_sandbox::SandboxError> {
 /// use oci_sandbox::Language;
@@ -317,7 +355,7 @@ pub struct CodeContext {
 }
 
 #[derive(Debug)]
-struct ContextInner {
+pub(super) struct ContextInner {
     sandbox: std::sync::Weak<super::Inner>,
     language: Language,
     /// The running kernel, if any; held by the cell that runs.
@@ -325,22 +363,29 @@ struct ContextInner {
     /// The running kernel's process, for interrupts while a cell holds `kernel`.
     process: std::sync::Mutex<Option<Arc<crate::ContainerProcess>>>,
     closed: AtomicBool,
+    /// Why the kernel was ended from outside (a hibernation, a snapshot): the next run says it.
+    lost: std::sync::Mutex<Option<String>>,
 }
 
 /// One kernel process and its pipes.
 #[derive(Debug)]
 struct Kernel {
     process: Arc<crate::ContainerProcess>,
-    stdin: tokio::process::ChildStdin,
-    lines: FramedRead<tokio::process::ChildStdout, LinesCodec>,
-    /// The kernel's own stderr (not the code's): what it said before it died.
+    /// Requests go to a writer task of the kernel's: a kernel that does not read its stdin
+    /// (it is busy writing output nobody reads) never blocks the run that waits on it.
+    requests: tokio::sync::mpsc::UnboundedSender<Bytes>,
+    lines: FramedRead<tokio::process::ChildStdout, AnyDelimiterCodec>,
+    /// Lines the kernel process wrote to its own stderr (the shell's, node's; Python's code
+    /// writes into the kernel's pipes instead).
+    stderr: tokio::sync::mpsc::Receiver<String>,
+    /// The last of them, for a death's reason.
     stderr_tail: Arc<std::sync::Mutex<String>>,
     /// Set while a cell runs: one dropped mid-cell leaves messages to skip.
     in_cell: bool,
-    /// The shell's marker for a cell's end.
-    shell_token: String,
     /// The running cell's id, which its end must name.
     run_id: String,
+    /// Cells run (the shell counts its own).
+    count: u64,
 }
 
 impl Sandbox {
@@ -372,18 +417,58 @@ impl Sandbox {
             .clone();
         context.run(code).await
     }
+
+    /// Ends every code context's kernel, for a hibernation or a snapshot; their next run
+    /// says `why`. A cell running is [`SnapshotErrorKind::Busy`](crate::SnapshotErrorKind::Busy).
+    pub(super) fn end_kernels(&self, why: &str) -> Result<(), SandboxError> {
+        let contexts: Vec<Arc<ContextInner>> = {
+            let mut registry = self.inner.code_contexts.lock().expect("not poisoned");
+            registry.retain(|c| c.strong_count() > 0);
+            registry
+                .iter()
+                .filter_map(std::sync::Weak::upgrade)
+                .collect()
+        };
+        let mut guards = Vec::new();
+        for context in &contexts {
+            match context.kernel.try_lock() {
+                Ok(guard) => guards.push(guard),
+                Err(_) => {
+                    return Err(SandboxError::snapshot(
+                        crate::SnapshotErrorKind::Busy,
+                        format!("sandbox {} runs a code cell", self.id()),
+                    ));
+                }
+            }
+        }
+        for (context, mut guard) in contexts.iter().zip(guards) {
+            if guard.take().is_some() {
+                *context.process.lock().expect("not poisoned") = None;
+                *context.lost.lock().expect("not poisoned") = Some(why.to_owned());
+            }
+        }
+        Ok(())
+    }
 }
 
 impl CodeContext {
     fn new(sandbox: &Sandbox, language: Language, keep: bool) -> Self {
+        let inner = Arc::new(ContextInner {
+            sandbox: Arc::downgrade(&sandbox.inner),
+            language,
+            kernel: Default::default(),
+            process: Default::default(),
+            closed: AtomicBool::new(false),
+            lost: Default::default(),
+        });
+        sandbox
+            .inner
+            .code_contexts
+            .lock()
+            .expect("not poisoned")
+            .push(Arc::downgrade(&inner));
         CodeContext {
-            inner: Arc::new(ContextInner {
-                sandbox: Arc::downgrade(&sandbox.inner),
-                language,
-                kernel: Default::default(),
-                process: Default::default(),
-                closed: AtomicBool::new(false),
-            }),
+            inner,
             _sandbox: keep.then(|| sandbox.clone()),
         }
     }
@@ -408,21 +493,29 @@ impl CodeContext {
         }
     }
 
+    fn check_open(&self) -> Result<(), SandboxError> {
+        if self.inner.closed.load(Ordering::Acquire) {
+            return Err(self.error(InterpreterErrorKind::Closed, "the context was closed"));
+        }
+        Ok(())
+    }
+
     /// Runs `code` to its end and returns what it did. An exception in the code is the
     /// execution's [`error`](Execution::error), not an `Err`; a timeout interrupts it (the
-    /// context keeps its state) and sets [`timed_out`](Execution::timed_out).
+    /// context keeps its state) and sets [`timed_out`](Execution::timed_out). A paused or
+    /// hibernated sandbox resumes first.
     ///
     /// # Errors
     ///
     /// [`SandboxError::Interpreter`]: [`Died`](InterpreterErrorKind::Died) when the kernel
-    /// died during the cell (its state is gone; the next run starts a new one),
-    /// [`Closed`](InterpreterErrorKind::Closed), [`Unavailable`](InterpreterErrorKind::Unavailable);
-    /// the sandbox's errors.
+    /// died during the cell, or was ended by a hibernation or a snapshot since the last run
+    /// (its state is gone; the next run starts a new one), [`Closed`](InterpreterErrorKind::Closed),
+    /// [`Unavailable`](InterpreterErrorKind::Unavailable); the sandbox's errors.
     ///
     /// # Cancel safety
     ///
-    /// A dropped run interrupts its cell: the next run first waits for that cell's end (or
-    /// starts a new kernel if it does not end within 3 s).
+    /// A dropped run interrupts its cell; the next run first waits for that cell's end (or
+    /// starts a new kernel, saying so, if it does not end within 3 s).
     pub async fn run(&self, code: impl Into<Code>) -> Result<Execution, SandboxError> {
         self.run_with(code.into(), None).await
     }
@@ -439,8 +532,9 @@ impl CodeContext {
         }
     }
 
-    /// Interrupts the running cell (`KeyboardInterrupt` in Python; the shell's foreground
-    /// command gets `SIGINT`): the context and its state stay. Nothing happens between cells.
+    /// Interrupts the running cell (`KeyboardInterrupt` in Python and JavaScript; the shell's
+    /// foreground command gets `SIGINT`): the context and its state stay. Between cells an
+    /// interrupt is ignored, though one sent as a cell ends may reach the next.
     pub async fn interrupt(&self) -> Result<(), SandboxError> {
         let process = self.inner.process.lock().expect("not poisoned").clone();
         match process {
@@ -449,24 +543,29 @@ impl CodeContext {
         }
     }
 
-    /// Ends the kernel (its state is lost) and starts a new one.
+    /// Ends the kernel (its state is lost; a running cell is interrupted first) and starts a
+    /// new one.
     ///
     /// # Errors
     ///
     /// Those of [`Sandbox::code_context`].
     pub async fn restart(&self) -> Result<(), SandboxError> {
+        let _ = self.interrupt().await;
         let mut kernel = self.inner.kernel.lock().await;
         self.stop(&mut kernel);
-        if self.inner.closed.load(Ordering::Acquire) {
-            return Err(self.error(InterpreterErrorKind::Closed, "the context was closed"));
-        }
+        self.check_open()?;
+        *self.inner.lost.lock().expect("not poisoned") = None;
         *kernel = Some(self.start_kernel().await?);
         Ok(())
     }
 
-    /// Ends the kernel; later runs fail with [`Closed`](InterpreterErrorKind::Closed).
+    /// Ends the kernel (a running cell's is killed); later runs fail with
+    /// [`Closed`](InterpreterErrorKind::Closed).
     pub async fn close(&self) {
         self.inner.closed.store(true, Ordering::Release);
+        // Dropping the process kills the kernel, which ends a running cell's wait.
+        let process = self.inner.process.lock().expect("not poisoned").take();
+        drop(process);
         let _ = self.interrupt().await;
         let mut kernel = self.inner.kernel.lock().await;
         self.stop(&mut kernel);
@@ -497,7 +596,11 @@ impl CodeContext {
             Language::JavaScript => ("node", vec!["-e".into(), JS_KERNEL.into()]),
             Language::Shell => (
                 "sh",
-                vec!["-c".into(), "command -v bash >/dev/null 2>&1 && exec bash --noprofile --norc -s || exec sh -s".into()],
+                vec![
+                    "-c".into(),
+                    "command -v bash >/dev/null 2>&1 && exec bash --noprofile --norc -s || exec sh -s"
+                        .into(),
+                ],
             ),
         };
         let exec = ExecConfig {
@@ -505,7 +608,8 @@ impl CodeContext {
             timeout: Some(Duration::MAX),
             ..ExecConfig::new(command, args)
         };
-        let mut process = match sandbox.exec(&exec).await {
+        let started = KERNEL_EXEC.scope((), sandbox.exec(&exec)).await;
+        let mut process = match started {
             Ok(p) => p,
             Err(SandboxError::CommandNotFound { message, .. }) => {
                 return Err(self.error(
@@ -518,43 +622,57 @@ impl CodeContext {
             }
             Err(e) => return Err(e),
         };
-        let stdin = process.stdin.take().expect("piped stdin");
+        let mut stdin = process.stdin.take().expect("piped stdin");
         let stdout = process.stdout.take().expect("piped stdout");
         let stderr = process.stderr.take().expect("piped stderr");
         let stderr_tail = Arc::new(std::sync::Mutex::new(String::new()));
-        tokio::spawn(keep_tail(stderr, Arc::clone(&stderr_tail)));
+        let (stderr_tx, stderr_rx) = tokio::sync::mpsc::channel(STDERR_BACKLOG);
+        tokio::spawn(read_stderr(stderr, Arc::clone(&stderr_tail), stderr_tx));
+        let (requests, mut pending) = tokio::sync::mpsc::unbounded_channel::<Bytes>();
+        tokio::spawn(async move {
+            while let Some(request) = pending.recv().await {
+                if stdin.write_all(&request).await.is_err() || stdin.flush().await.is_err() {
+                    return;
+                }
+            }
+        });
         let process = Arc::new(process);
         let mut kernel = Kernel {
             process: Arc::clone(&process),
-            stdin,
-            lines: FramedRead::new(stdout, LinesCodec::new_with_max_length(MAX_LINE)),
+            requests,
+            lines: FramedRead::new(
+                stdout,
+                AnyDelimiterCodec::new_with_max_length(b"\n".to_vec(), Vec::new(), MAX_LINE),
+            ),
+            stderr: stderr_rx,
             stderr_tail,
             in_cell: false,
-            shell_token: crate::host::state::random_token(),
             run_id: String::new(),
+            count: 0,
         };
         if language == Language::Shell {
-            // An interrupt ends the foreground command, not the shell; stdin is the cells'.
-            let prelude = "trap ':' INT\n";
-            kernel.write(prelude.as_bytes()).await?;
+            // An interrupt ends the foreground command, not the shell.
+            kernel.send(Bytes::from_static(b"trap ':' INT\n"));
         } else {
             let ready = tokio::time::timeout(READY_DEADLINE, async {
                 loop {
                     match kernel.lines.next().await {
                         Some(Ok(line)) => {
-                            if let (_, Some(Message::Ready { .. })) = parse_line(&line) {
-                                return Ok(());
+                            let (_, message) = parse_owned(&String::from_utf8_lossy(&line));
+                            if let Some(Message::Ready { .. }) = message {
+                                return true;
                             }
                         }
-                        _ => return Err(()),
+                        Some(Err(AnyDelimiterCodecError::MaxChunkLengthExceeded)) => {}
+                        _ => return false,
                     }
                 }
             })
             .await;
-            if !matches!(ready, Ok(Ok(()))) {
+            if !matches!(ready, Ok(true)) {
                 return Err(self.error(
                     InterpreterErrorKind::Died,
-                    format!("the kernel did not start: {}", kernel.tail()),
+                    format!("the kernel did not start: {}", kernel.tail().await),
                 ));
             }
         }
@@ -567,18 +685,25 @@ impl CodeContext {
         code: Code,
         events: Option<tokio::sync::mpsc::UnboundedSender<ExecutionEvent>>,
     ) -> Result<Execution, SandboxError> {
-        if self.inner.closed.load(Ordering::Acquire) {
-            return Err(self.error(InterpreterErrorKind::Closed, "the context was closed"));
-        }
+        self.check_open()?;
         let sandbox = self.sandbox()?;
+        // A paused or hibernated sandbox resumes first.
+        drop(sandbox.enter().await?);
         let config = sandbox.config();
         let timeout = code.timeout.or(config.timeout).unwrap_or(Duration::MAX);
         let limit = code
             .output_limit
             .or(config.output_limit)
             .unwrap_or(u64::MAX);
-        drop(sandbox);
         let mut guard = self.inner.kernel.lock().await;
+        self.check_open()?;
+        // The cell keeps the sandbox busy (idle lifetimes and sleeps wait for it).
+        let _busy = sandbox.inner.activity.busy();
+        drop(sandbox);
+        if let Some(why) = self.inner.lost.lock().expect("not poisoned").take() {
+            self.stop(&mut guard);
+            return Err(self.error(InterpreterErrorKind::Died, why));
+        }
         // A cell a dropped run left: its end is waited for first.
         if guard.as_ref().is_some_and(|k| k.in_cell) {
             let settled = match guard.as_mut() {
@@ -587,6 +712,11 @@ impl CodeContext {
             };
             if !settled {
                 self.stop(&mut guard);
+                return Err(self.error(
+                    InterpreterErrorKind::Died,
+                    "a dropped run's cell did not stop at an interrupt: its kernel was ended \
+                     and its state is gone; run again for a fresh one",
+                ));
             }
         }
         if guard.is_none() {
@@ -598,8 +728,9 @@ impl CodeContext {
         // Each run's end names it: an end the code forged (it runs in the kernel's process)
         // for an earlier run never ends a later one.
         kernel.run_id = crate::host::state::random_token();
+        kernel.count += 1;
         let request = match self.inner.language {
-            Language::Shell => shell_cell(&code.source, &kernel.shell_token),
+            Language::Shell => shell_cell(&code.source, &kernel.run_id),
             _ => {
                 let mut line = serde_json::to_string(&serde_json::json!({
                     "t": "run",
@@ -612,12 +743,11 @@ impl CodeContext {
                 line
             }
         };
-        if kernel.write(request.as_bytes()).await.is_err() {
-            let reason = format!("the kernel is gone: {}", kernel.tail());
-            self.stop(&mut guard);
-            return Err(self.error(InterpreterErrorKind::Died, reason));
-        }
+        kernel.send(Bytes::from(request));
+        // A run dropped from here on interrupts its cell.
+        let mut interrupt_on_drop = InterruptOnDrop(Some(Arc::clone(&kernel.process)));
         let mut cell = Cell::new(limit, events);
+        cell.execution.execution_count = kernel.count;
         let deadline = begun
             .checked_add(timeout)
             .map(tokio::time::Instant::from_std);
@@ -628,35 +758,48 @@ impl CodeContext {
                 None => deadline,
             };
             let next = async {
-                match wait_until {
-                    Some(t) => tokio::time::timeout_at(t, kernel.lines.next()).await.ok(),
-                    None => Some(kernel.lines.next().await),
+                tokio::select! {
+                    line = kernel.lines.next() => Incoming::Line(line),
+                    Some(text) = kernel.stderr.recv() => Incoming::Stderr(text),
                 }
             };
-            match next.await {
-                Some(Some(Ok(line))) => {
-                    if cell.take(
-                        &line,
-                        self.inner.language,
-                        &kernel.shell_token,
-                        &kernel.run_id,
-                    ) {
+            let incoming = match wait_until {
+                Some(t) => tokio::time::timeout_at(t, next).await.ok(),
+                None => Some(next.await),
+            };
+            match incoming {
+                Some(Incoming::Stderr(text)) => cell.stream(1, &text),
+                Some(Incoming::Line(Some(Ok(line)))) => {
+                    let parsed = parse_line_bytes(line).await;
+                    if cell.take(parsed, self.inner.language, &kernel.run_id) {
+                        // The shell's and node's own stderr is a pipe of its own: what the
+                        // cell wrote there comes up to the marker the kernel writes after it.
+                        if self.inner.language != Language::Python {
+                            let marker = format!("\x1e{}\n", kernel.run_id);
+                            let until = tokio::time::Instant::now() + STDERR_MARKER_WAIT;
+                            while let Ok(Some(text)) =
+                                tokio::time::timeout_at(until, kernel.stderr.recv()).await
+                            {
+                                if text == marker {
+                                    break;
+                                }
+                                cell.stream(1, &text);
+                            }
+                        }
                         break;
                     }
                 }
-                Some(Some(Err(LinesCodecError::MaxLineLengthExceeded))) => {
-                    self.stop(&mut guard);
-                    return Err(self.error(
-                        InterpreterErrorKind::Died,
-                        format!("the kernel sent a line over {MAX_LINE} bytes: it was ended"),
-                    ));
+                Some(Incoming::Line(Some(Err(AnyDelimiterCodecError::MaxChunkLengthExceeded)))) => {
+                    // Skipped whole: a line past the bound is no message, and no text kept.
+                    cell.execution.stdout_dropped += MAX_LINE as u64;
                 }
-                Some(Some(Err(_))) | Some(None) => {
+                Some(Incoming::Line(_)) => {
                     let reason = format!(
                         "the kernel died during cell {} (its state is gone): {}",
-                        cell.execution.execution_count.max(1),
-                        kernel.tail()
+                        cell.execution.execution_count,
+                        kernel.tail().await
                     );
+                    interrupt_on_drop.0 = None;
                     self.stop(&mut guard);
                     return Err(self.error(InterpreterErrorKind::Died, reason));
                 }
@@ -669,6 +812,7 @@ impl CodeContext {
                         .await;
                 }
                 None => {
+                    interrupt_on_drop.0 = None;
                     self.stop(&mut guard);
                     return Err(self.error(
                         InterpreterErrorKind::Died,
@@ -680,52 +824,97 @@ impl CodeContext {
                 }
             }
         }
+        interrupt_on_drop.0 = None;
         kernel.in_cell = false;
         let mut execution = cell.execution;
         execution.wall_time = begun.elapsed();
         Ok(execution)
     }
 
-    /// Waits for the end of a cell a dropped run left, interrupting it first. Whether the
-    /// kernel is usable.
+    /// Waits for the end of a cell a dropped run left (interrupted when it was dropped; once
+    /// more if it has not ended within a moment). Whether the kernel is usable.
     async fn settle(&self, kernel: &mut Kernel) -> bool {
-        let _ = kernel
-            .process
-            .signal(nix::sys::signal::Signal::SIGINT)
-            .await;
-        let (language, token, id) = (
-            self.inner.language,
-            kernel.shell_token.clone(),
-            kernel.run_id.clone(),
-        );
-        let ended = tokio::time::timeout(INTERRUPT_GRACE, async {
-            let mut cell = Cell::new(0, None);
-            while let Some(Ok(line)) = kernel.lines.next().await {
-                if cell.take(&line, language, &token, &id) {
-                    return true;
+        let (language, id) = (self.inner.language, kernel.run_id.clone());
+        let mut cell = Cell::new(0, None);
+        let mut interrupted = false;
+        let give_up = tokio::time::Instant::now() + INTERRUPT_GRACE;
+        loop {
+            let wait = if interrupted {
+                give_up
+            } else {
+                tokio::time::Instant::now() + SETTLE_QUIET
+            };
+            match tokio::time::timeout_at(wait, kernel.lines.next()).await {
+                Ok(Some(Ok(line))) => {
+                    let parsed = parse_line_bytes(line).await;
+                    if cell.take(parsed, language, &id) {
+                        kernel.in_cell = false;
+                        // Its stderr, up to its marker, is not the next cell's.
+                        while let Ok(text) = kernel.stderr.try_recv() {
+                            if text == format!("\x1e{id}\n") {
+                                break;
+                            }
+                        }
+                        return true;
+                    }
                 }
+                Ok(Some(Err(AnyDelimiterCodecError::MaxChunkLengthExceeded))) => {}
+                Ok(_) => return false,
+                Err(_) if !interrupted => {
+                    interrupted = true;
+                    let _ = kernel
+                        .process
+                        .signal(nix::sys::signal::Signal::SIGINT)
+                        .await;
+                }
+                Err(_) => return false,
             }
-            false
-        })
-        .await;
-        kernel.in_cell = false;
-        matches!(ended, Ok(true))
+        }
     }
 }
 
+/// What the run loop waits on.
+enum Incoming {
+    Line(Option<Result<Bytes, AnyDelimiterCodecError>>),
+    Stderr(String),
+}
+
+/// Interrupts a cell whose run was dropped.
+struct InterruptOnDrop(Option<Arc<crate::ContainerProcess>>);
+
+impl Drop for InterruptOnDrop {
+    fn drop(&mut self) {
+        if let Some(process) = self.0.take()
+            && let Ok(handle) = tokio::runtime::Handle::try_current()
+        {
+            handle.spawn(async move {
+                let _ = process.signal(nix::sys::signal::Signal::SIGINT).await;
+            });
+        }
+    }
+}
+
+/// A kernel's line, decoded (invalid UTF-8 replaced) and parsed; a long one on the blocking
+/// pool.
+async fn parse_line_bytes(line: Bytes) -> (Option<String>, Option<Message>) {
+    if line.len() <= PARSE_INLINE {
+        return parse_owned(&String::from_utf8_lossy(&line));
+    }
+    tokio::task::spawn_blocking(move || parse_owned(&String::from_utf8_lossy(&line)))
+        .await
+        .unwrap_or((None, None))
+}
+
 impl Kernel {
-    async fn write(&mut self, bytes: &[u8]) -> Result<(), SandboxError> {
-        let written = async {
-            self.stdin.write_all(bytes).await?;
-            self.stdin.flush().await
-        };
-        written.await.map_err(|source| SandboxError::Process {
-            context: "sending a cell to its kernel",
-            source,
-        })
+    fn send(&self, request: Bytes) {
+        // A writer that has gone (the kernel died) shows as the end of its stdout.
+        let _ = self.requests.send(request);
     }
 
-    fn tail(&self) -> String {
+    /// What the kernel last wrote to its own stderr (after a moment for its reader to catch
+    /// up with a death).
+    async fn tail(&self) -> String {
+        tokio::time::sleep(Duration::from_millis(50)).await;
         let tail = self.stderr_tail.lock().expect("not poisoned");
         if tail.trim().is_empty() {
             "it said nothing".to_owned()
@@ -735,14 +924,19 @@ impl Kernel {
     }
 }
 
-/// The shell's cell: the code run by `eval` in the shell itself (its directory and variables
-/// stay), from a here-document whose end marker is random per kernel, with stdin from
-/// `/dev/null` (the shell's own is the cells'), then the marker line with the status.
-fn shell_cell(source: &str, token: &str) -> String {
+/// The shell's cell: the code, in a single-quoted variable (its quotes escaped), run by
+/// `eval` in the shell itself (its directory and variables stay) with stdin from `/dev/null`
+/// (the shell's own stdin is the cells'), then the run's marker on stderr and its end on
+/// stdout, with the status. `command` keeps functions named `eval` or `printf` out of the
+/// wrapper.
+fn shell_cell(source: &str, id: &str) -> String {
+    let quoted = source.replace('\'', r"'\''");
     format!(
-        "eval \"$(cat <<'OSB_CELL_{token}'\n{source}\nOSB_CELL_{token}\n)\" </dev/null\n\
+        "__osb_src='{quoted}'\n\
+         command eval \"$__osb_src\" </dev/null\n\
          __osb_rc=$?; if [ $__osb_rc = 0 ]; then __osb_ok=true; else __osb_ok=false; fi\n\
-         printf '\\n\\036{{\"t\":\"done\",\"ok\":%s,\"status\":%d,\"token\":\"{token}\"}}\\n' \"$__osb_ok\" \"$__osb_rc\"\n"
+         command printf '\\036%s\\n' '{id}' >&2\n\
+         command printf '\\n\\036{{\"t\":\"done\",\"ok\":%s,\"status\":%d,\"id\":\"{id}\"}}\\n' \"$__osb_ok\" \"$__osb_rc\"\n"
     )
 }
 
@@ -750,6 +944,7 @@ fn shell_cell(source: &str, token: &str) -> String {
 struct Cell {
     execution: Execution,
     limit: u64,
+    /// Bytes of results and errors kept.
     results_size: usize,
     events: Option<tokio::sync::mpsc::UnboundedSender<ExecutionEvent>>,
     /// The shell's stdout held back one line: the line before the end marker ends with the
@@ -786,13 +981,13 @@ impl Cell {
                 &mut self.execution.stderr_dropped,
             ),
         };
-        let room = self.limit.saturating_sub(kept.len() as u64) as usize;
-        let mut take = text.len().min(room);
+        let room = self.limit.saturating_sub(kept.len() as u64);
+        let mut take = text.len().min(usize::try_from(room).unwrap_or(usize::MAX));
         while !text.is_char_boundary(take) {
             take -= 1;
         }
         kept.push_str(&text[..take]);
-        *dropped += (text.len() - take) as u64;
+        *dropped = dropped.saturating_add((text.len() - take) as u64);
         if take > 0 {
             let part = text[..take].to_owned();
             self.event(match index {
@@ -802,12 +997,25 @@ impl Cell {
         }
     }
 
-    /// Takes one line of the kernel's; whether the cell is over.
-    fn take(&mut self, line: &str, language: Language, token: &str, run_id: &str) -> bool {
-        if language == Language::Shell {
-            return self.take_shell(line, token);
+    /// Whether `size` more bytes of results fit; counts them if so.
+    fn room_for(&mut self, size: usize) -> bool {
+        if self.results_size.saturating_add(size) > RESULTS_LIMIT {
+            return false;
         }
-        let (raw, message) = parse_line(line);
+        self.results_size += size;
+        true
+    }
+
+    /// Takes one parsed line of the kernel's; whether the cell is over.
+    fn take(
+        &mut self,
+        (raw, message): (Option<String>, Option<Message>),
+        language: Language,
+        run_id: &str,
+    ) -> bool {
+        if language == Language::Shell {
+            return self.take_shell(raw, message, run_id);
+        }
         if let Some(raw) = raw {
             self.stream(0, &format!("{raw}\n"));
         }
@@ -815,10 +1023,9 @@ impl Cell {
             Some(Message::Stream { n, s }) => self.stream(usize::from(n != "stdout"), &s),
             Some(Message::Display { data, main }) => {
                 let size: usize = data.values().map(|v| v.to_string().len()).sum();
-                if self.results_size + size > RESULTS_LIMIT {
+                if !self.room_for(size) {
                     return false;
                 }
-                self.results_size += size;
                 let bundle = MimeBundle {
                     data,
                     is_main_result: main,
@@ -831,6 +1038,11 @@ impl Cell {
                 evalue,
                 traceback,
             }) => {
+                let size =
+                    ename.len() + evalue.len() + traceback.iter().map(String::len).sum::<usize>();
+                if !self.room_for(size) {
+                    return false;
+                }
                 let error = ExecutionError {
                     name: ename,
                     value: evalue,
@@ -841,17 +1053,23 @@ impl Cell {
             }
             Some(Message::Done {
                 id,
-                count,
                 cpu_ms,
                 rss_kib,
                 dropped,
                 ..
             }) if id == run_id => {
-                self.execution.execution_count = count;
-                self.execution.cpu_time = Duration::from_secs_f64(cpu_ms.max(0.0) / 1e3);
+                // The code may forge any number here: bounded, never a panic.
+                let cpu = if cpu_ms.is_finite() {
+                    cpu_ms.clamp(0.0, 1e12)
+                } else {
+                    0.0
+                };
+                self.execution.cpu_time = Duration::from_secs_f64(cpu / 1e3);
                 self.execution.peak_rss_kib = rss_kib;
-                self.execution.stdout_dropped += dropped[0];
-                self.execution.stderr_dropped += dropped[1];
+                self.execution.stdout_dropped =
+                    self.execution.stdout_dropped.saturating_add(dropped[0]);
+                self.execution.stderr_dropped =
+                    self.execution.stderr_dropped.saturating_add(dropped[1]);
                 return true;
             }
             Some(Message::Ready { .. } | Message::Done { .. }) | None => {}
@@ -859,25 +1077,18 @@ impl Cell {
         false
     }
 
-    fn take_shell(&mut self, line: &str, token: &str) -> bool {
-        if let (raw, Some(Message::Done { ok, .. })) = parse_line(line)
-            && line.contains(token)
+    fn take_shell(&mut self, raw: Option<String>, message: Option<Message>, token: &str) -> bool {
+        if let Some(Message::Done { ok, id, status, .. }) = &message
+            && id == token
         {
             // What came right before the marker, less the newline the marker put after it.
             if let Some(held) = self.pending_shell.take() {
                 self.stream(0, &held);
             }
             if let Some(raw) = raw {
-                self.stream(0, raw);
+                self.stream(0, &raw);
             }
-            self.execution.execution_count += 1;
             if !ok {
-                let status = serde_json::from_str::<serde_json::Value>(
-                    &line[line.find(protocol::SEPARATOR).unwrap_or(0) + 1..],
-                )
-                .ok()
-                .and_then(|v| v.get("status").and_then(|s| s.as_i64()))
-                .unwrap_or(1);
                 let error = ExecutionError {
                     name: "ExitStatus".into(),
                     value: format!("the cell's last command exited with {status}"),
@@ -888,21 +1099,38 @@ impl Cell {
             }
             return true;
         }
+        // Anything else is the shell's output, a forged marker included.
+        let line = match (raw, message) {
+            (Some(raw), _) => raw,
+            (None, _) => String::new(),
+        };
         if let Some(held) = self.pending_shell.take() {
             self.stream(0, &format!("{held}\n"));
         }
-        self.pending_shell = Some(line.to_owned());
+        self.pending_shell = Some(line);
         false
     }
 }
 
-/// Keeps the last 4 KiB the kernel wrote to its own stderr.
-async fn keep_tail(stderr: tokio::process::ChildStderr, tail: Arc<std::sync::Mutex<String>>) {
-    let mut lines = FramedRead::new(stderr, LinesCodec::new_with_max_length(64 << 10));
-    while let Some(Ok(line)) = lines.next().await {
+/// Reads a kernel's own stderr to its end: each line (invalid UTF-8 replaced, over-long
+/// ones cut) goes to the running cell when there is room, and the last 4 KiB are kept for a
+/// death's reason. Never stops early, so the kernel never writes into a closed pipe.
+async fn read_stderr(
+    stderr: tokio::process::ChildStderr,
+    tail: Arc<std::sync::Mutex<String>>,
+    cells: tokio::sync::mpsc::Sender<String>,
+) {
+    let codec = AnyDelimiterCodec::new_with_max_length(b"\n".to_vec(), Vec::new(), 64 << 10);
+    let mut lines = FramedRead::new(stderr, codec);
+    while let Some(read) = lines.next().await {
+        let line = match read {
+            Ok(line) => format!("{}\n", String::from_utf8_lossy(&line)),
+            Err(AnyDelimiterCodecError::MaxChunkLengthExceeded) => "[a line over 64 KiB]\n".into(),
+            Err(_) => break,
+        };
+        let _ = cells.try_send(line.clone());
         let mut tail = tail.lock().expect("not poisoned");
         tail.push_str(&line);
-        tail.push('\n');
         if tail.len() > 4096 {
             let cut = tail.len() - 4096;
             let cut = (cut..tail.len())

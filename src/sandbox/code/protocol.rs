@@ -2,8 +2,9 @@
 //! end marker): a record separator (`\x1e`) then a JSON object. What comes before the
 //! separator on a line, and lines without one, are the code's own output written past the
 //! kernel (a raw write to fd 1): stdout text, never a message. The code runs in the kernel's
-//! process, so a message may be forged by it: every field is bounded and checked here, and
-//! a forged one only changes what its own cell reports.
+//! process, so a message may be forged by it: the host checks each run's end by its id and
+//! bounds every field, so that nothing a kernel sends hangs, panics or grows the host (the
+//! trust boundary is the context: docs/CODE.md).
 
 use std::collections::BTreeMap;
 
@@ -55,13 +56,17 @@ pub(super) enum Message {
         rss_kib: u64,
         #[serde(default)]
         dropped: [u64; 2],
+        /// The shell's: its last command's status.
+        #[serde(default)]
+        status: i64,
     },
 }
 
-/// A line, split into the code's raw output (if any) and a message (if any). A message that
-/// does not parse is dropped (`None`), its text too.
+/// A line, split into the code's raw output (if any) and a message (if any), at the *last*
+/// separator (JSON never holds a raw `\x1e`, so a stray one the code wrote before a message
+/// stays text). What follows a separator and does not parse is dropped (`None`).
 pub(super) fn parse_line(line: &str) -> (Option<&str>, Option<Message>) {
-    match line.find(SEPARATOR) {
+    match line.rfind(SEPARATOR) {
         None => (Some(line), None),
         Some(at) => {
             let raw = (at > 0).then(|| &line[..at]);
@@ -69,6 +74,12 @@ pub(super) fn parse_line(line: &str) -> (Option<&str>, Option<Message>) {
             (raw, message)
         }
     }
+}
+
+/// [`parse_line`], owned.
+pub(super) fn parse_owned(line: &str) -> (Option<String>, Option<Message>) {
+    let (raw, message) = parse_line(line);
+    (raw.map(str::to_owned), message)
 }
 
 #[cfg(test)]
@@ -88,6 +99,10 @@ mod tests {
             })
         );
         assert_eq!(parse_line("\x1e{not json"), (None, None));
+        // A stray separator before a message stays text.
+        let (raw, msg) = parse_line("a\x1eb\x1e{\"t\":\"ready\"}");
+        assert_eq!(raw, Some("a\x1eb"));
+        assert!(matches!(msg, Some(Message::Ready { .. })));
         assert_eq!(parse_line("\x1e{\"t\":\"unknown\"}"), (None, None));
         let (_, done) = parse_line("\x1e{\"t\":\"done\",\"count\":3,\"ok\":true}");
         assert!(matches!(
