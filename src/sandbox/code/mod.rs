@@ -752,6 +752,8 @@ impl CodeContext {
             .checked_add(timeout)
             .map(tokio::time::Instant::from_std);
         let mut interrupted_at: Option<tokio::time::Instant> = None;
+        // The kernel's stderr marker for this run has come (shell, node).
+        let mut stderr_done = false;
         loop {
             let wait_until = match interrupted_at {
                 Some(at) => Some(at + INTERRUPT_GRACE),
@@ -768,13 +770,19 @@ impl CodeContext {
                 None => Some(next.await),
             };
             match incoming {
-                Some(Incoming::Stderr(text)) => cell.stream(1, &text),
+                Some(Incoming::Stderr(text)) => {
+                    if text == format!("\x1e{}\n", kernel.run_id) {
+                        stderr_done = true;
+                    } else {
+                        cell.stream(1, &text);
+                    }
+                }
                 Some(Incoming::Line(Some(Ok(line)))) => {
                     let parsed = parse_line_bytes(line).await;
                     if cell.take(parsed, self.inner.language, &kernel.run_id) {
                         // The shell's and node's own stderr is a pipe of its own: what the
                         // cell wrote there comes up to the marker the kernel writes after it.
-                        if self.inner.language != Language::Python {
+                        if self.inner.language != Language::Python && !stderr_done {
                             let marker = format!("\x1e{}\n", kernel.run_id);
                             let until = tokio::time::Instant::now() + STDERR_MARKER_WAIT;
                             while let Ok(Some(text)) =
