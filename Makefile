@@ -9,9 +9,10 @@ CARGO ?= cargo
 # chromium, chromium-driver, npm: the web console's tests drive a real browser; npm fetches
 # its terminal widget (and brings node, which the code interpreter's JavaScript tests run).
 # python3-matplotlib, -pandas, -numpy: the code interpreter's tests plot and show tables.
+# python3-venv: the MCP tests install PyPI's `mcp` client into a virtualenv (make mcp-venv).
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: deps demo demo-web web-assets test lint doc bench bench-fast bench-check
+.PHONY: deps demo demo-web web-assets mcp-venv test lint doc bench bench-fast bench-check
 
 ## Installs what is missing, tool by tool: each command the library or its tests run, with
 ## the Debian package that brings it. A tool already on PATH is never reinstalled, whatever
@@ -24,11 +25,23 @@ deps:
 	[ -e /usr/lib/x86_64-linux-gnu/libc.a ] || [ -e /usr/lib/aarch64-linux-gnu/libc.a ] || missing="$$missing libc6-dev"; \
 	[ -x /usr/bin/python3 ] || missing="$$missing python3"; \
 	for m in matplotlib pandas numpy; do /usr/bin/python3 -c "import $$m" 2>/dev/null || missing="$$missing python3-$$m"; done; \
+	/usr/bin/python3 -c "import venv, ensurepip" 2>/dev/null || missing="$$missing python3-venv"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing$$missing with apt-get"; \
 	  $(SUDO) apt-get update -q && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing; \
 	fi
 	@command -v $(CARGO) >/dev/null || { echo "cargo is required (rustup: https://rustup.rs)"; exit 1; }
+
+## The official Python MCP SDK (PyPI's `mcp`, pinned) in a virtualenv under target/, for
+## tests/mcp.rs to drive `oci-sandbox mcp` with a client no one here wrote.
+MCP_VERSION := 2.3.0
+MCP_VENV := target/mcp-venv
+mcp-venv: $(MCP_VENV)/.mcp-$(MCP_VERSION)
+$(MCP_VENV)/.mcp-$(MCP_VERSION):
+	rm -rf $(MCP_VENV)
+	/usr/bin/python3 -m venv $(MCP_VENV)
+	$(MCP_VENV)/bin/pip install -q --disable-pip-version-check mcp==$(MCP_VERSION)
+	touch $@
 
 ## Runs the quick start example: a few commands in a runc sandbox.
 demo: deps
@@ -57,10 +70,11 @@ demo-web: deps web-assets
 
 ## The whole test suite, against the real runtimes; it fails too if the suite left temp dirs
 ## or mounts of ours in /tmp.
-test: deps web-assets
+test: deps web-assets mcp-venv
 	mkdir -p target
 	scripts/leftovers.sh snapshot target/leftovers-before.txt
 	$(CARGO) build --examples
+	$(CARGO) build --features cli --bin oci-sandbox
 	$(CARGO) test --no-fail-fast --tests
 	$(CARGO) test --doc
 	scripts/leftovers.sh check target/leftovers-before.txt
@@ -69,6 +83,7 @@ test: deps web-assets
 lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --all-targets -- -D warnings
+	$(CARGO) clippy --all-targets --features cli -- -D warnings
 	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --no-deps
 
 doc:
@@ -80,15 +95,15 @@ BENCH_RUNTIMES ?= runc,crun,runsc
 ## the plot in docs/benchmarks.svg. OSB_BENCH_RUNTIMES / BENCH_RUNTIMES picks runtimes.
 bench: deps
 	mkdir -p target
-	OSB_BENCH_RUNTIMES=$(BENCH_RUNTIMES) $(CARGO) bench 2>&1 | tee target/bench.txt
+	OSB_BENCH_RUNTIMES=$(BENCH_RUNTIMES) $(CARGO) bench --features cli 2>&1 | tee target/bench.txt
 	python3 scripts/bench_plot.py target/bench.txt docs/benchmarks.svg
 
 ## The same in a few minutes (criterion's --quick, fewer paired rounds).
 bench-fast: deps
 	mkdir -p target
-	OSB_BENCH_RUNTIMES=$(BENCH_RUNTIMES) $(CARGO) bench -- --quick 2>&1 | tee target/bench.txt
+	OSB_BENCH_RUNTIMES=$(BENCH_RUNTIMES) $(CARGO) bench --features cli -- --quick 2>&1 | tee target/bench.txt
 	python3 scripts/bench_plot.py target/bench.txt target/benchmarks-fast.svg
 
 ## Runs each bench once, to keep them compiling and working (what CI does).
 bench-check: deps
-	OSB_BENCH_RUNTIMES=$(BENCH_RUNTIMES) $(CARGO) bench -- --test
+	OSB_BENCH_RUNTIMES=$(BENCH_RUNTIMES) $(CARGO) bench --features cli -- --test

@@ -211,6 +211,12 @@ impl Sandbox {
         Some((base + config.uid, base + config.gid))
     }
 
+    /// Whether the sandbox was closed ([`close`](Self::close), a lifetime option, its
+    /// `NamespaceContainer`'s close): every call then fails.
+    pub fn is_closed(&self) -> bool {
+        self.inner.closed.load(Ordering::Acquire) || self.inner.expired.get().is_some()
+    }
+
     /// How the sandbox's init ended, if it has: then the sandbox is unusable. A hibernated
     /// sandbox has no init running, but has not ended: `None`.
     pub fn ended(&self) -> Option<ExitStatus> {
