@@ -304,14 +304,19 @@ impl NamespaceContainerBuilder {
         );
         // What containers write there is theirs: the host follows no link from there on.
         let data_dirs = crate::sys::blocking("preparing the data dir", move || {
+            // Made here when it can be (a user without a writable home still gets a working
+            // runtime: the stores make their directories on first use, and say why not).
             for root in &roots {
-                crate::host::sessions::private_dir(root)
-                    .map_err(|e| SandboxError::io("creating the data dir", root, e))?;
+                if let Err(err) = crate::host::sessions::private_dir(root) {
+                    tracing::debug!(%err, ?root, "the data dir cannot be made yet");
+                }
             }
             // A record there starts containers with its config (binds included): the dirs
             // must be the caller's alone, as load_snapshot asks of a snapshot's.
             for dir in std::iter::once(&top).chain(roots.iter()) {
-                check_private_blocking(dir)?;
+                if dir.exists() {
+                    check_private_blocking(dir)?;
+                }
             }
             swept.sweep_blocking();
             swept_volumes.sweep_blocking();
