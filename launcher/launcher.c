@@ -389,10 +389,14 @@ static void kill_descendants(void) {
 /* Kills every process of the container but the launcher and the relays: called when no exec
    runs any more, so whatever is left is something an exec left behind where its keeper could
    not adopt it (gVisor has no child subreapers), an orphan or a process about to become one.
-   A few rounds, for what forked meanwhile. */
+   Rounds for what forked meanwhile: once something was killed, until two rounds 2 ms apart
+   find nothing (gVisor may finish a fork the SIGKILL did not stop, and list the new process a
+   moment later; a single quick rescan once missed one under load). A first round that finds
+   nothing, the usual case, returns at once. */
 static void kill_leftovers(void) {
     pid_t self = getpid();
-    for (int round = 0; round < 3; round++) {
+    int quiet = 0;
+    for (int round = 0; round < 50; round++) {
         int killed = 0;
         DIR *proc = opendir("/proc");
         struct dirent *e;
@@ -407,7 +411,12 @@ static void kill_leftovers(void) {
             if (!keep && kill(pid, SIGKILL) == 0) killed++;
         }
         if (proc) closedir(proc);
-        if (!killed) break;
+        if (killed) {
+            quiet = 0;
+        } else if (round == 0 || ++quiet >= 2) {
+            break;
+        }
+        usleep(2000);
     }
 }
 
