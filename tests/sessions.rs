@@ -600,6 +600,16 @@ async fn listing_idle_pauses_and_drops_are_harmless(kind: OciRuntime) {
         s.close().await;
     }
     assert!(listing.await.unwrap() > 10);
+    // A handle dropped without a close: connect and remove right after still work.
+    let dropped = other.connect("listed").await.unwrap();
+    sh_in(&dropped, "echo kept > k").await;
+    drop(dropped);
+    let again_now = other
+        .connect("listed")
+        .await
+        .expect("connect right after a drop");
+    assert_eq!(sh_in(&again_now, "cat k").await, "kept\n");
+    drop(again_now);
     other.remove_sandbox("listed").await.unwrap();
     other.close().await;
     // A command longer than the idle pause runs to its end.

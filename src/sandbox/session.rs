@@ -806,9 +806,9 @@ impl NamespaceContainer {
         }
         let store = self.sessions().clone();
         let n = name.to_owned();
-        let (lock, record) =
-            crate::sys::blocking("opening a named sandbox", move || store.open_blocking(&n))
-                .await?;
+        let (lock, record) = self
+            .while_released_here(name, move || store.open_blocking(&n))
+            .await?;
         if record.runtime != self.runtime() {
             return Err(SandboxError::session(
                 name,
@@ -1007,11 +1007,43 @@ impl NamespaceContainer {
             sandbox.close().await;
         }
         let store = self.sessions().clone();
-        let name = name.to_owned();
-        crate::sys::blocking("removing a named sandbox", move || {
-            store.remove_blocking(&name)
-        })
-        .await
+        let n = name.to_owned();
+        self.while_released_here(name, move || store.remove_blocking(&n))
+            .await
+    }
+
+    /// Runs `op` (blocking) on named sandbox `name`; while a handle of this process on it is
+    /// letting it go (its last handle dropped: the lock goes once its container is removed,
+    /// a moment later), `InUse` is waited out, up to 10 s.
+    async fn while_released_here<T: Send + 'static>(
+        &self,
+        name: &str,
+        op: impl Fn() -> Result<T, SandboxError> + Send + Sync + 'static,
+    ) -> Result<T, SandboxError> {
+        let op = Arc::new(op);
+        let give_up = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let attempt = Arc::clone(&op);
+            let done = crate::sys::blocking("opening a named sandbox", move || attempt()).await;
+            let releasing = self.held().get(name).is_some_and(|w| w.strong_count() == 0);
+            match done {
+                Err(SandboxError::Session {
+                    kind: SessionErrorKind::InUse,
+                    ..
+                }) if releasing && tokio::time::Instant::now() < give_up => {
+                    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                }
+                other => {
+                    if other.is_ok() {
+                        let mut held = self.held();
+                        if held.get(name).is_some_and(|w| w.strong_count() == 0) {
+                            held.remove(name);
+                        }
+                    }
+                    return other;
+                }
+            }
+        }
     }
 
     /// Creates volume `name`: a directory the library keeps, mounted into sandboxes by
