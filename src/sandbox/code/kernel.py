@@ -41,9 +41,15 @@ _interrupt_pending = False
 
 def send(msg):
     global _sending, _interrupt_pending
-    # Lone surrogates (undecodable file names) become U+FFFD: the host reads strict UTF-8.
-    text = "\x1e" + json.dumps(msg, ensure_ascii=False, default=str) + "\n"
-    data = text.encode("utf-8", "replace")
+    text = json.dumps(msg, ensure_ascii=True, default=str)
+    if "\\ud" in text:
+        # Maybe a lone surrogate (an undecodable file name), which the host's strict JSON
+        # refuses: written as UTF-8 with U+FFFD instead (the slower path, rarely taken).
+        data = ("\x1e" + json.dumps(msg, ensure_ascii=False, default=str) + "\n").encode(
+            "utf-8", "replace"
+        )
+    else:
+        data = ("\x1e" + text + "\n").encode("ascii")
     with _send_lock:
         _sending += 1
         try:
