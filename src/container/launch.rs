@@ -349,14 +349,15 @@ impl NamespaceContainer {
             // here, so that a volume's mount is seen from crun's namespace too.
             let idmap = userns.as_ref().and_then(|ns| ns.raw_fd());
             let owned = owned_binds(&config, &data_dir);
-            let mut spec_config = config.clone();
+            // Copies of the config only when it has owned binds (not on a plain spawn's path).
+            let mut spec_config = std::borrow::Cow::Borrowed(&config);
             let mut points = Vec::new();
             let by_points = matches!(target.identity, HostIdentity::Root { .. })
                 && target.runtime != crate::OciRuntime::Gvisor;
             if by_points {
                 for (i, source, writable) in &owned {
                     let point = bundle_dir.join("owned").join(i.to_string());
-                    spec_config.mounts[*i].kind = crate::config::MountKind::Bind {
+                    spec_config.to_mut().mounts[*i].kind = crate::config::MountKind::Bind {
                         source: point.clone(),
                         writable: *writable,
                     };
@@ -367,10 +368,14 @@ impl NamespaceContainer {
             if image.is_none() {
                 crate::host::bundle::ensure_mount_points(&dirs.rootfs, &config)?;
             }
-            let mut handed = config.clone();
-            handed
-                .mounts
-                .retain(|m| !owned_source(m).is_some_and(|s| s.starts_with(&data_dir)));
+            // Owned binds keep the container's ids: they are never handed over by chown.
+            let mut handed = std::borrow::Cow::Borrowed(&config);
+            if !owned.is_empty() {
+                handed
+                    .to_mut()
+                    .mounts
+                    .retain(|m| !owned_source(m).is_some_and(|s| s.starts_with(&data_dir)));
+            }
             target
                 .identity
                 .hand_over_writable_binds_blocking(&handed, target.runtime)?;

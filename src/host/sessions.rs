@@ -442,24 +442,33 @@ impl SessionStore {
     /// Removes what creations and removals cut short left behind (`.new-*`, `.removing-*`)
     /// when no live process can still be at it: older than a minute. Blocking.
     pub fn sweep_blocking(&self) {
-        let Ok(entries) = std::fs::read_dir(&self.root) else {
-            return;
-        };
-        for entry in entries.flatten() {
-            let name = entry.file_name();
-            let name = name.to_string_lossy();
-            if !(name.starts_with(".new-") || name.starts_with(".removing-")) {
-                continue;
-            }
-            let old = entry
-                .metadata()
-                .and_then(|m| m.modified())
-                .ok()
-                .and_then(|t| t.elapsed().ok())
-                .is_some_and(|age| age > Duration::from_secs(60));
-            if old {
-                let _ = crate::sys::fs_tree::remove_tree_blocking(&entry.path());
-            }
+        sweep_stale_blocking(&self.root, |dir| {
+            let _ = crate::sys::fs_tree::remove_tree_blocking(dir);
+        });
+    }
+}
+
+/// Calls `discard` on each entry of store `root` that a creation or removal cut short left
+/// (`.new-*`, `.removing-*`) and that is older than a minute (no live process is at it).
+/// Blocking.
+pub(crate) fn sweep_stale_blocking(root: &Path, discard: impl Fn(&Path)) {
+    let Ok(entries) = std::fs::read_dir(root) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if !(name.starts_with(".new-") || name.starts_with(".removing-")) {
+            continue;
+        }
+        let old = entry
+            .metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|age| age > Duration::from_secs(60));
+        if old {
+            discard(&entry.path());
         }
     }
 }

@@ -385,25 +385,7 @@ impl VolumeStore {
     /// Removes what creations and removals cut short left (`.new-*`, `.removing-*`, older
     /// than a minute: no live process is at them), their mounts first. Blocking.
     pub fn sweep_blocking(&self) {
-        let Ok(entries) = std::fs::read_dir(&self.root) else {
-            return;
-        };
-        for entry in entries.flatten() {
-            let name = entry.file_name();
-            let name = name.to_string_lossy();
-            if !(name.starts_with(".new-") || name.starts_with(".removing-")) {
-                continue;
-            }
-            let old = entry
-                .metadata()
-                .and_then(|m| m.modified())
-                .ok()
-                .and_then(|t| t.elapsed().ok())
-                .is_some_and(|age| age > Duration::from_secs(60));
-            if old {
-                discard_blocking(&entry.path());
-            }
-        }
+        crate::host::sessions::sweep_stale_blocking(&self.root, discard_blocking);
     }
 }
 

@@ -765,13 +765,12 @@ impl NamespaceContainer {
         // Checked before anything is made.
         session_config(config, Path::new("/"), self.runtime())?;
         let record = Record::new(name, self.runtime(), config.clone());
-        let store = self.sessions().clone();
+        let (store, written) = (self.sessions().clone(), record.clone());
         let owner = (config.uid, config.gid);
         let lock = crate::sys::blocking("creating a named sandbox", move || {
-            store.create_blocking(&record, owner)
+            store.create_blocking(&written, owner)
         })
         .await?;
-        let record = Record::new(name, self.runtime(), config.clone());
         let started = self.start_session(lock, record, true).await;
         if let Err((err, lock)) = started {
             if let Some(lock) = lock {
