@@ -366,54 +366,22 @@ fn clone_idmapped(
     userns: RawFd,
     attrs: u64,
 ) -> std::io::Result<()> {
-    // SAFETY: system calls on NUL-terminated strings, an fd opened and closed here and a
-    // mount_attr on the stack.
-    unsafe {
-        let fd = libc::syscall(
+    // SAFETY: a system call on a NUL-terminated string; the fd it returns is owned here.
+    let fd = unsafe {
+        libc::syscall(
             libc::SYS_open_tree,
             libc::AT_FDCWD,
             source.as_ptr(),
-            libc::OPEN_TREE_CLONE
-                | libc::OPEN_TREE_CLOEXEC
-                | libc::AT_SYMLINK_NOFOLLOW as libc::c_uint,
-        );
-        if fd < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        let fd = fd as libc::c_int;
-        let attr = libc::mount_attr {
-            attr_set: libc::MOUNT_ATTR_IDMAP | attrs,
-            attr_clr: 0,
-            propagation: 0,
-            userns_fd: userns as u64,
-        };
-        let set = libc::syscall(
-            libc::SYS_mount_setattr,
-            fd,
-            c"".as_ptr(),
-            libc::AT_EMPTY_PATH,
-            &attr as *const libc::mount_attr,
-            std::mem::size_of::<libc::mount_attr>(),
-        );
-        let moved = if set < 0 {
-            set
-        } else {
-            libc::syscall(
-                libc::SYS_move_mount,
-                fd,
-                c"".as_ptr(),
-                libc::AT_FDCWD,
-                point.as_ptr(),
-                libc::MOVE_MOUNT_F_EMPTY_PATH,
-            )
-        };
-        let err = std::io::Error::last_os_error();
-        libc::close(fd);
-        if moved < 0 {
-            return Err(err);
-        }
+            libc::OPEN_TREE_CLONE | libc::OPEN_TREE_CLOEXEC,
+        )
+    };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
     }
-    Ok(())
+    // SAFETY: a new fd, owned by nothing else (closed when dropped: a system call).
+    let tree =
+        unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd as RawFd) };
+    attach(&tree, point, Some(userns), attrs)
 }
 
 /// Sets `attrs` (and an idmapping into `userns`, when given) on the detached mount `tree`
