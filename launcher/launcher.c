@@ -83,7 +83,9 @@
  *     fd becomes the control socket, and "ready" is sent on it as at the start. The token
  *     never leaves the launcher's (non-dumpable) memory inside the sandbox, so code in the
  *     sandbox cannot attach; the attach itself is `launcher attach`, run by the host with
- *     the new control socket as its stdin (`runsc exec`).
+ *     the new control socket as its stdin (`runsc exec`). From the detach to the host's first
+ *     request on the new socket, the sweep of ended execs' leftovers waits: the attach is a
+ *     process the launcher does not know, and may still be ending.
  *
  *   The host closes a channel: the command's process group is killed with SIGKILL.
  *   The host closes the control socket (it ended, or died): every command is killed and the
@@ -420,6 +422,25 @@ static void kill_leftovers(void) {
     }
 }
 
+/* Between a detach and the host's first request after the attach, the host's `launcher
+   attach` (started by `runsc exec`, a process the launcher does not know) may still be
+   running: an exec ending then would sweep it as a leftover and fail the attach. Its sweep
+   waits for that first request (the host sends it only after the attach has exited). */
+static int attach_pending;
+static int sweep_due;
+
+/* Sweeps the leftovers once no exec runs, or marks the sweep due while an attach is pending. */
+static void sweep_when_idle(int except) {
+    for (int k = 0; k < nconns; k++) {
+        if (k != except && conns[k].pid > 0) return;
+    }
+    if (attach_pending) {
+        sweep_due = 1;
+    } else {
+        kill_leftovers();
+    }
+}
+
 /* The keeper of one exec: a subreaper between the launcher and the command. It reports the
    command's pid, waits for it, then ends everything the command left behind, and reports
    the command's wait status. Never returns. */
@@ -646,6 +667,13 @@ static int start(void) {
     if (len == 0 || (len < 0 && (errno == ECONNRESET || errno == ENOTCONN || errno == EBADF)))
         return -1;
     if (len < 0) return 0;
+    if (attach_pending) {
+        attach_pending = 0;
+        if (sweep_due) {
+            sweep_due = 0;
+            sweep_when_idle(-1);
+        }
+    }
     for (struct cmsghdr *c = CMSG_FIRSTHDR(&msg); c; c = CMSG_NXTHDR(&msg, c)) {
         if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_RIGHTS) {
             int n = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
@@ -992,6 +1020,7 @@ static int detach(int fd, int *fds, int nfds, size_t len, int truncated, int sfd
     close(fd);
     close(control_fd);
     control_fd = -1;
+    attach_pending = 1;
     await_attach(listener, sfd, kept);
     return 0;
 }
@@ -1026,9 +1055,7 @@ static void reap(void) {
                     end = reported;
                 /* The last exec has ended: nothing it left may run on (gVisor, where no
                    keeper could adopt it). */
-                int running = 0;
-                for (int k = 0; k < nconns; k++) running |= k != i && conns[k].pid > 0;
-                if (!running) kill_leftovers();
+                sweep_when_idle(i);
                 snprintf(text, sizeof text, "X %d %lld %lld %lld", end.status, end.user_us,
                          end.system_us, end.maxrss_kib);
                 reply(conns[i].fd, text);

@@ -345,32 +345,40 @@ async fn a_racing_attach_is_refused() {
     let t = TestSandbox::new(OciRuntime::Gvisor).await;
     let (_dir, f) = fixture(images::python_layout);
     let parent = start(&t, &f).await;
+    // A raw string: a `\` line continuation would eat the indentation (the racer once never
+    // ran, failing with an IndentationError).
     let racer = python(
-        "import socket, array, time\n\
-while True:\n\
-    try:\n\
-        c = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)\n\
-        c.connect(b'\\0oci-sandbox-attach')\n\
-        a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)\n\
-        c.sendmsg([b'a'], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array('i', [b.fileno()]))])\n\
-        a.send(b'A' + b'0' * 32 + b'\\0')\n\
-        a.settimeout(0.5)\n\
-        try:\n\
-            got = a.recv(64)\n\
-        except socket.timeout:\n\
-            got = b''\n\
-        with open('/tmp/race', 'a') as log:\n\
-            log.write('got %r\\n' % got)\n\
-        for s in (a, b, c): s.close()\n\
-    except OSError:\n\
-        time.sleep(0.001)",
+        r#"import socket, array, time
+open('/tmp/racing', 'w').close()
+while True:
+    try:
+        c = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        c.connect(b'\0oci-sandbox-attach')
+        a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        c.sendmsg([b'a'], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array('i', [b.fileno()]))])
+        a.send(b'A' + b'0' * 32 + b'\0')
+        a.settimeout(0.5)
+        try:
+            got = a.recv(64)
+        except socket.timeout:
+            got = b''
+        with open('/tmp/race', 'a') as log:
+            log.write('got %r\n' % got)
+        for s in (a, b, c): s.close()
+    except OSError:
+        time.sleep(0.001)"#,
     );
     parent.exec_background(&racer).await.unwrap();
+    let racing = "import os; print(os.path.exists('/tmp/racing'))";
+    while py_in(&parent, racing).await != "True\n" {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
     let snap = parent.snapshot().await.expect("snapshot");
     let forks = [
         t.sandbox.start_from(&snap).await.expect("fork 1"),
         t.sandbox.start_from(&snap).await.expect("fork 2"),
     ];
+    let mut tries = 0;
     for sandbox in [&parent, &forks[0], &forks[1]] {
         let log = py_in(
             sandbox,
@@ -378,8 +386,11 @@ while True:\n\
         )
         .await;
         assert!(!log.contains("ready"), "a racer attached: {log}");
+        tries += log.matches("got").count();
         assert_eq!(py_in(sandbox, "print('served')").await, "served\n");
     }
+    // The racer did get through to the launcher while it waited for the attach.
+    assert!(tries > 0, "the racer never reached the attach address");
     drop(snap);
     let [first, second] = forks;
     close_and_check(&t, vec![parent, first, second], None).await;

@@ -407,6 +407,35 @@ async fn background_processes_through_a_snapshot(kind: OciRuntime) {
     close_and_check(&t, vec![parent, first, second], None).await;
 }
 
+/// A background command that ends while the host attaches to a restored launcher (here: as
+/// soon as it sees the attach's process, which `runsc exec` starts with no parent in the
+/// sandbox) leaves the attach alone: the launcher once swept the last exec's leftovers at that
+/// end and killed the attach in flight (`runsc exec` exited 137). On runc and crun the
+/// snapshot ends the command and the forks simply start.
+async fn a_background_command_ending_during_the_attach_leaves_it_alone(kind: OciRuntime) {
+    let t = TestSandbox::new(kind).await;
+    let (_dir, f) = busybox();
+    let parent = start(&t, &f).await;
+    // Shell builtins only (a fork per round would be too slow to see the attach): a process
+    // other than the launcher whose parent is 0 is the attach.
+    let watcher = ExecConfig::shell(
+        "while :; do for s in /proc/[0-9]*/stat; do          read -r pid comm state ppid rest < $s 2>/dev/null || continue;          [ \"$ppid\" = 0 ] && [ \"$pid\" != 1 ] && exit 0; done; done",
+    );
+    parent.exec_background(&watcher).await.unwrap();
+    let snap = parent.snapshot().await.expect("snapshot");
+    let mut forks = Vec::new();
+    for n in 0..3 {
+        let fork = t.sandbox.start_from(&snap).await;
+        forks.push(fork.unwrap_or_else(|e| panic!("fork {n}: {e}")));
+    }
+    for sandbox in forks.iter().chain([&parent]) {
+        assert_eq!(sh_in(sandbox, "echo served").await, "served\n");
+    }
+    drop(snap);
+    forks.push(parent);
+    close_and_check(&t, forks, None).await;
+}
+
 /// A snapshot or restore whose future is dropped (a timeout) still finishes: the sandbox
 /// works on with its files, and nothing is left once its handles are gone.
 async fn dropped_snapshots_and_restores_leave_a_working_sandbox(kind: OciRuntime) {
@@ -496,6 +525,7 @@ on_every_runtime!(
     save_and_load,
     bad_snapshots_are_typed_errors,
     background_processes_through_a_snapshot,
+    a_background_command_ending_during_the_attach_leaves_it_alone,
     dropped_snapshots_and_restores_leave_a_working_sandbox,
     egress_goes_on_through_snapshots,
 );
