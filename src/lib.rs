@@ -171,7 +171,7 @@ pub use config::{
     MountKind, Network, OutputMode, SandboxConfig, Security, SpecHook, Stdio, VolumeMount,
 };
 pub use container::{
-    ContainerEntry, NamespaceContainer, NamespaceContainerBuilder, UnenforcedLimits,
+    ContainerEntry, NamespaceContainer, NamespaceContainerBuilder, UnenforcedLimits, WarmPoolStats,
 };
 pub use error::{
     ImageErrorKind, InterpreterErrorKind, RuntimeOp, SandboxError, SessionErrorKind,

@@ -77,6 +77,9 @@ async fn crash_child(state: &str) {
             .exec(&oci_sandbox::ExecConfig::new("sleep", vec![MARKER.into()]))
             .await
             .unwrap();
+        // Two warm containers, started ahead for spawns and never used.
+        let warm = NamespaceContainer::build_config(&SandboxConfig::default(), "true", vec![]);
+        sandbox.warm(&warm, 2).await.unwrap();
         let snapshotted = sandbox.start(&snapshots).await.unwrap();
         let snapshot = snapshotted
             .snapshot_with(oci_sandbox::SnapshotOptions::default().keep_running(false))
@@ -159,13 +162,26 @@ async fn sweep_removes_what_a_killed_process_left() {
     // Every container died with its owner within a second, in every mode and on every
     // runtime: each launcher read the end of its control socket and killed everything.
     // (gVisor's sandbox and gofer processes name their bundle, under the state dir.)
+    // (runc's warm containers run nothing but their launcher, which names neither: their
+    // cgroups, named by their bundles, must empty.)
     let state_path = state.path().to_string_lossy().into_owned();
-    while count_processes(MARKER) + count_processes(&state_path) > 0 {
+    let bundle_ids: Vec<String> = RUNTIMES
+        .iter()
+        .flat_map(|kind| {
+            std::fs::read_dir(state.path().join(kind.to_string()).join("bundles"))
+                .unwrap()
+                .filter_map(Result::ok)
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+        })
+        .collect();
+    while count_processes(MARKER) + count_processes(&state_path) + cgroup_processes(&bundle_ids) > 0
+    {
         assert!(
             killed.elapsed() < Duration::from_secs(1),
-            "container processes outlived their owner by a second: {:?} {:?}",
+            "container processes outlived their owner by a second: {:?} {:?} {}",
             processes_mentioning(MARKER),
-            processes_mentioning(&state_path)
+            processes_mentioning(&state_path),
+            cgroup_processes(&bundle_ids)
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
@@ -189,7 +205,8 @@ async fn sweep_removes_what_a_killed_process_left() {
             .unwrap_or(0)
     };
     for kind in RUNTIMES {
-        assert_eq!(bundles(kind), 4, "{kind}'s bundles survived the crash");
+        // Four handles and two warm containers.
+        assert_eq!(bundles(kind), 6, "{kind}'s bundles survived the crash");
         assert_eq!(snapshots(kind), 1, "{kind}'s snapshot survived the crash");
     }
     // The next process sweeps them, runtime by runtime.
@@ -241,4 +258,24 @@ fn count_processes(needle: &str) -> usize {
         .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
         .filter(|c| String::from_utf8_lossy(c).contains(needle))
         .count()
+}
+
+/// Processes in the cgroups of containers `ids`, in every hierarchy.
+fn cgroup_processes(ids: &[String]) -> usize {
+    let Ok(hierarchies) = std::fs::read_dir("/sys/fs/cgroup") else {
+        return 0;
+    };
+    let hierarchies: Vec<_> = hierarchies
+        .filter_map(Result::ok)
+        .map(|h| h.path())
+        .collect();
+    ids.iter()
+        .flat_map(|id| {
+            hierarchies
+                .iter()
+                .map(move |h| h.join("oci-sandbox").join(id))
+        })
+        .filter_map(|cg| std::fs::read_to_string(cg.join("cgroup.procs")).ok())
+        .map(|procs| procs.lines().count())
+        .sum()
 }

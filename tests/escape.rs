@@ -748,3 +748,20 @@ on_every_runtime!(
     host_environment_secrets_do_not_leak,
     container_root_is_not_host_root,
 );
+
+// The same attacks from warm containers ([`NamespaceContainer::warm`]): each spawn of these
+// takes a container started ahead for its spec.
+on_every_runtime_warm!(
+    reading_etc_shadow_fails,
+    host_root_and_home_files_are_invisible,
+    writing_to_usr_root_and_outside_the_workdir_fails,
+    mount_unshare_setns_and_namespace_clones_fail,
+    host_processes_cannot_be_seen_killed_or_traced,
+    network_none_cannot_reach_the_host_loopback_and_host_can,
+    raw_and_packet_sockets_are_refused,
+    proc_and_sys_writes_fail,
+    mknod_fails,
+    modules_keyring_bpf_and_kernel_calls_fail,
+    a_memory_hog_is_oom_killed_and_reported,
+    container_root_is_not_host_root,
+);

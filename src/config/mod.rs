@@ -425,10 +425,69 @@ pub struct ContainerConfig {
     pub spec_hook: Option<SpecHook>,
 }
 
+/// The fields of a spawn's [`ContainerConfig`] that travel in its request to the launcher,
+/// not in its container's spec: the command line and environment, and what the host itself
+/// enforces (timeouts, the output limit, a sandbox's lifetimes, which a spawn has not) and
+/// wires (stdio). A warm container whose spec side matches serves any of them. (The working
+/// directory is the spec's: runc and crun create a missing one when the container starts.)
+#[derive(Debug)]
+pub(crate) struct ExecSide {
+    command: String,
+    args: Vec<String>,
+    env: Vec<(String, String)>,
+    timeout: Option<Duration>,
+    output_limit: Option<u64>,
+    idle_timeout: Option<Duration>,
+    ttl: Option<Duration>,
+    idle_lifetime: Option<Duration>,
+    stdio: [Stdio; 3],
+}
+
 impl ContainerConfig {
     /// A config that runs `command` with `args` under [`SandboxConfig::default()`].
     pub fn new(command: impl Into<String>, args: impl IntoArgs) -> Self {
         from_policy(&SandboxConfig::default(), command.into(), args.into_args())
+    }
+
+    /// Moves out the fields that a spawn's request to the launcher carries (see
+    /// [`ExecSide`]), leaving their defaults: what is left is the container's spec side.
+    pub(crate) fn take_exec_side(&mut self) -> ExecSide {
+        ExecSide {
+            command: std::mem::take(&mut self.command),
+            args: std::mem::take(&mut self.args),
+            env: std::mem::take(&mut self.env),
+            timeout: self.timeout.take(),
+            output_limit: self.output_limit.take(),
+            idle_timeout: self.idle_timeout.take(),
+            ttl: self.ttl.take(),
+            idle_lifetime: self.idle_lifetime.take(),
+            stdio: [
+                std::mem::take(&mut self.stdin),
+                std::mem::take(&mut self.stdout),
+                std::mem::take(&mut self.stderr),
+            ],
+        }
+    }
+
+    /// Puts back the fields [`take_exec_side`](Self::take_exec_side) moved out (another
+    /// config's, for a warm container's spawn).
+    pub(crate) fn set_exec_side(&mut self, side: ExecSide) {
+        let ExecSide {
+            command,
+            args,
+            env,
+            timeout,
+            output_limit,
+            idle_timeout,
+            ttl,
+            idle_lifetime,
+            stdio: [stdin, stdout, stderr],
+        } = side;
+        (self.command, self.args, self.env) = (command, args, env);
+        (self.timeout, self.output_limit, self.idle_timeout) =
+            (timeout, output_limit, idle_timeout);
+        (self.ttl, self.idle_lifetime) = (ttl, idle_lifetime);
+        (self.stdin, self.stdout, self.stderr) = (stdin, stdout, stderr);
     }
 
     /// The `PATH` value of the config's environment, or the default one.

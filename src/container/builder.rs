@@ -118,6 +118,10 @@ async fn check_platform_inner(
     result
 }
 
+/// How many warm containers start at once by default (see
+/// [`NamespaceContainerBuilder::warm_refills`]).
+const DEFAULT_WARM_REFILLS: usize = 2;
+
 /// Builds a [`NamespaceContainer`]: which runtime, where its binary is, where its state lives.
 #[derive(Debug, Clone)]
 #[must_use]
@@ -132,6 +136,7 @@ pub struct NamespaceContainerBuilder {
     check_platform: bool,
     userns_base: u32,
     unenforced_limits: UnenforcedLimits,
+    warm_refills: usize,
 }
 
 impl Default for NamespaceContainerBuilder {
@@ -147,6 +152,7 @@ impl Default for NamespaceContainerBuilder {
             check_platform: true,
             userns_base: DEFAULT_USERNS_BASE,
             unenforced_limits: UnenforcedLimits::default(),
+            warm_refills: DEFAULT_WARM_REFILLS,
         }
     }
 }
@@ -231,6 +237,15 @@ impl NamespaceContainerBuilder {
         self
     }
 
+    /// At most `n` warm containers start at once, for all the pools of
+    /// [`NamespaceContainer::warm`] (2 by default): refills share the machine with the spawns
+    /// they serve, and each start costs what a cold spawn's does. `0` is refused by
+    /// [`build`](Self::build).
+    pub fn warm_refills(mut self, n: usize) -> Self {
+        self.warm_refills = n;
+        self
+    }
+
     /// Finds the binary, prepares the state root, and sweeps what dead processes left in it.
     ///
     /// # Errors
@@ -238,6 +253,12 @@ impl NamespaceContainerBuilder {
     /// [`SandboxError::InvalidConfig`] for a relative state dir; [`SandboxError::RuntimeNotFound`];
     /// [`SandboxError::Io`] when the state root cannot be created.
     pub async fn build(self) -> Result<NamespaceContainer, SandboxError> {
+        if self.warm_refills == 0 {
+            return Err(SandboxError::invalid(
+                "warm_refills",
+                "at least one warm container must be able to start at a time",
+            ));
+        }
         raise_fd_limit();
         let base = self
             .state_base
@@ -351,6 +372,7 @@ impl NamespaceContainerBuilder {
                 making_room: Default::default(),
                 data,
                 held: Default::default(),
+                warm: super::warm::WarmPools::new(self.warm_refills),
             }),
         })
     }

@@ -31,6 +31,20 @@ pub(crate) struct Live {
     pub harvest: crate::supervisor::container::Harvest,
     /// The snapshot it started from (whose layers it runs on), if any.
     pub base: Option<crate::snapshot::Snapshot>,
+    /// The image its root is made of, if any (a warm container's spawn applies its config).
+    pub image: Option<std::sync::Arc<crate::image::PreparedImage>>,
+}
+
+/// What a launched container is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum LaunchMode {
+    /// A long-lived sandbox.
+    Sandbox,
+    /// A spawn's container, which ends with its one command.
+    Spawn,
+    /// A spawn's container started ahead ([`NamespaceContainer::warm`]): its writable binds
+    /// are handed to its ids when a spawn takes it.
+    Warm,
 }
 
 /// How long a new sandbox's launcher may take to listen.
@@ -48,12 +62,13 @@ impl NamespaceContainer {
     pub(crate) async fn launch_live(
         &self,
         config: &ContainerConfig,
-        one_shot: bool,
+        mode: LaunchMode,
         id: String,
         from: Option<&crate::snapshot::Snapshot>,
         mut holds: Vec<Hold>,
     ) -> Result<(Live, ContainerConfig), SandboxError> {
         let begun = std::time::Instant::now();
+        let one_shot = mode != LaunchMode::Sandbox;
         // A long-lived sandbox's timeout is its commands' default: checked here, as the
         // launcher's own config has none.
         crate::config::check_timeout(config.timeout)?;
@@ -99,7 +114,7 @@ impl NamespaceContainer {
         init.timeout = None;
         // The launcher's end of the control socket is the container's stdin: no path. A
         // spawn on crun runs its runtime in the foreground (see `StartMode`).
-        let attached = one_shot && self.runtime() == crate::OciRuntime::Crun;
+        let attached = self.attached(mode);
         let start = self
             // Checked once, before the bundle is written: a spawn's config with its own
             // command (which must be on PATH), a long-lived sandbox's as its launcher's.
@@ -108,7 +123,7 @@ impl NamespaceContainer {
                 if one_shot { config } else { &init },
                 launcher_end,
                 start_deadline,
-                attached,
+                mode,
                 (image, from, holds),
             )
             .await?;
@@ -132,8 +147,15 @@ impl NamespaceContainer {
             userns_base,
             harvest,
             base: from.cloned(),
+            image: imaged.as_ref().map(|(_, image)| image.clone()),
         };
         Ok((live, config.clone()))
+    }
+
+    /// Whether a container launched for `mode` runs its runtime in the foreground: a spawn's
+    /// (warm or not) on crun (see `StartMode`).
+    fn attached(&self, mode: LaunchMode) -> bool {
+        mode != LaunchMode::Sandbox && self.runtime() == crate::OciRuntime::Crun
     }
 
     /// After `runsc restore`: waits for the restored container's start, then hands its
@@ -213,22 +235,26 @@ impl NamespaceContainer {
     /// Starts `<runtime> run` of `config` (its command is the launcher; `checked`, the config
     /// the caller asked for, is validated first) with
     /// `control` as the container's stdin (its control socket) and `/dev/null` as its stdout
-    /// and stderr, under a container supervisor: `run --detach --pid-file`, or `attached`
-    /// (crun only: runc in the foreground puts pipes of its own on the container's stdio) in
-    /// the foreground, when the caller sends the init's pid (from the launcher's "ready") on
-    /// the returned sender. The receiver says when the container has
-    /// started. If the returned values are dropped, the supervisor removes the container.
+    /// and stderr, under a container supervisor: `run --detach --pid-file`, or for a spawn's
+    /// container on crun (see [`attached`](Self::attached); runc in the foreground puts pipes
+    /// of its own on the container's stdio) in the foreground, when the caller sends the
+    /// init's pid (from the launcher's "ready") on the returned sender. The receiver says when
+    /// the container has started. If the returned values are dropped, the supervisor removes
+    /// the container.
     pub(crate) async fn run_launcher(
         &self,
         config: &ContainerConfig,
         checked: &ContainerConfig,
         control: std::os::fd::OwnedFd,
         start_deadline: std::time::Duration,
-        attached: bool,
+        mode: LaunchMode,
         (image, from, holds): RootSource<'_>,
     ) -> Result<LauncherStart, SandboxError> {
+        let (attached, hand_over) = (self.attached(mode), mode != LaunchMode::Warm);
         let layers = from.map(|s| s.layers().to_vec()).unwrap_or_default();
-        let (id, mut bundle, root_mount) = self.prepare(config, checked, image, layers).await?;
+        let (id, mut bundle, root_mount) = self
+            .prepare(config, checked, image, layers, hand_over)
+            .await?;
         bundle.holds = holds;
         // Where the container's ids 0.. start on the host, with a user namespace of its own.
         let userns_base = bundle.userns.as_ref().map(|ns| ns.base());
@@ -302,6 +328,7 @@ impl NamespaceContainer {
         checked: &ContainerConfig,
         image: Option<std::sync::Arc<crate::image::PreparedImage>>,
         snapshot_layers: Vec<std::path::PathBuf>,
+        hand_over: bool,
     ) -> Result<(String, Bundle, Option<RootMount>), SandboxError> {
         let id = config.id.clone().unwrap_or_else(new_id);
         self.check_limits(config)?;
@@ -368,17 +395,11 @@ impl NamespaceContainer {
             if image.is_none() {
                 crate::host::bundle::ensure_mount_points(&dirs.rootfs, &config)?;
             }
-            // Owned binds keep the container's ids: they are never handed over by chown.
-            let mut handed = std::borrow::Cow::Borrowed(&config);
-            if !owned.is_empty() {
-                handed
-                    .to_mut()
-                    .mounts
-                    .retain(|m| !owned_source(m).is_some_and(|s| s.starts_with(&data_dir)));
+            // (A warm container's binds are handed over when a spawn takes it: another
+            // container's start in between would take them back.)
+            if hand_over {
+                hand_over_blocking(target.identity, &config, &data_dir, target.runtime)?;
             }
-            target
-                .identity
-                .hand_over_writable_binds_blocking(&handed, target.runtime)?;
             let mut bundle = Bundle::create_blocking(bundle_dir, &id, spec)?;
             bundle.userns = userns;
             bundle.writable_dirs =
@@ -522,6 +543,30 @@ impl NamespaceContainer {
         with.volumes.clear();
         Ok(Some(with))
     }
+}
+
+/// As root with a user namespace of `identity`'s, hands the sources of `config`'s writable
+/// binds to the container's root (see `HostIdentity::hand_over_writable_binds_blocking`),
+/// but for the library's own directories under the data dir `data`, which keep the
+/// container's ids through idmapped binds and are never chowned. Blocking.
+pub(crate) fn hand_over_blocking(
+    identity: HostIdentity,
+    config: &ContainerConfig,
+    data: &std::path::Path,
+    runtime: crate::OciRuntime,
+) -> Result<(), SandboxError> {
+    let mut handed = std::borrow::Cow::Borrowed(config);
+    if config
+        .mounts
+        .iter()
+        .any(|m| owned_source(m).is_some_and(|s| s.starts_with(data)))
+    {
+        handed
+            .to_mut()
+            .mounts
+            .retain(|m| !owned_source(m).is_some_and(|s| s.starts_with(data)));
+    }
+    identity.hand_over_writable_binds_blocking(&handed, runtime)
 }
 
 /// The writable-or-not binds of `config` whose source is under the library's data dir

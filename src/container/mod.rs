@@ -36,6 +36,9 @@ pub struct NamespaceContainer {
 
 #[derive(Debug)]
 struct Inner {
+    /// Containers started ahead for spawns ([`NamespaceContainer::warm`]); first, so that
+    /// they drop before the stores they may hold volumes of.
+    warm: warm::WarmPools,
     cli: RuntimeCli,
     dirs: StateDirs,
     platform_choice: Option<PlatformChoice>,
@@ -234,6 +237,8 @@ impl NamespaceContainer {
     ///   closed as by [`Sandbox::close`](crate::Sandbox::close): its commands and its container are killed. Their
     ///   handles then tell so: a [`ContainerProcess`](crate::ContainerProcess)'s `wait` reports the kill
     ///   (`SIGKILL`), a sandbox's next call [`SandboxError::SandboxClosed`].
+    /// - The warm pools ([`warm`](Self::warm)) end: their containers are removed, and their
+    ///   configs are spawned cold until `warm` is called again.
     /// - Then it waits for the background cleanup of every handle (dropped or killed): the
     ///   containers removed by the runtime, their bundles, cgroups and temp dirs.
     ///
@@ -252,6 +257,7 @@ impl NamespaceContainer {
     /// # Ok(()) }
     /// ```
     pub async fn close(&self) {
+        self.close_warm_pools();
         let open: Vec<Arc<dyn Closable>> = {
             let mut open = self.inner.open.lock().unwrap_or_else(|e| e.into_inner());
             let live = open.iter().filter_map(std::sync::Weak::upgrade).collect();
@@ -412,7 +418,10 @@ impl NamespaceContainer {
 mod builder;
 pub(crate) mod image_root;
 mod launch;
-pub(crate) use launch::Hold;
+mod warm;
+pub(crate) use launch::{Hold, LaunchMode, hand_over_blocking};
+pub(crate) use warm::WarmContainer;
+pub use warm::WarmPoolStats;
 
 pub use builder::NamespaceContainerBuilder;
 pub(crate) use launch::{Live, command_of};

@@ -4,6 +4,7 @@
 //! sandbox goes through: running, paused (frozen), hibernated (no container), each call
 //! resuming it first. docs/SESSIONS.md has the design and the figures.
 
+use crate::container::LaunchMode;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -401,7 +402,7 @@ impl Sandbox {
         let (live, _) = owner
             .launch_live(
                 &self.inner.asked,
-                false,
+                LaunchMode::Sandbox,
                 self.id().to_owned(),
                 from.as_ref(),
                 vec![hold],
@@ -914,7 +915,13 @@ impl NamespaceContainer {
         let id = crate::host::state::new_id();
         let hold: crate::container::Hold = Box::new(Arc::clone(&lock));
         let launched = self
-            .launch_live(&effective, false, id, from.as_ref(), vec![hold])
+            .launch_live(
+                &effective,
+                LaunchMode::Sandbox,
+                id,
+                from.as_ref(),
+                vec![hold],
+            )
             .await;
         let (live, applied) = match launched {
             Ok(started) => started,

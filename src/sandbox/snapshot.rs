@@ -1,6 +1,7 @@
 //! Snapshots of a sandbox, forks from them, rollbacks to them (see [`crate::snapshot`]), and
 //! background commands, which a gVisor snapshot carries.
 
+use crate::container::LaunchMode;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -470,7 +471,13 @@ impl Sandbox {
         let started = self
             .inner
             .owner
-            .launch_live(snapshot.config(), false, id, Some(snapshot), holds)
+            .launch_live(
+                snapshot.config(),
+                LaunchMode::Sandbox,
+                id,
+                Some(snapshot),
+                holds,
+            )
             .await;
         match started {
             Ok((live, _)) => {
@@ -517,7 +524,13 @@ impl NamespaceContainer {
         }
         let id = crate::host::state::new_id();
         let (live, applied) = self
-            .launch_live(snapshot.config(), false, id, Some(snapshot), Vec::new())
+            .launch_live(
+                snapshot.config(),
+                LaunchMode::Sandbox,
+                id,
+                Some(snapshot),
+                Vec::new(),
+            )
             .await?;
         let sandbox = Sandbox::new(
             self.clone(),

@@ -4,7 +4,7 @@
 //! built on it (the modules import one way only).
 
 use crate::config::{ContainerConfig, OutputMode};
-use crate::container::{NamespaceContainer, command_of};
+use crate::container::{LaunchMode, NamespaceContainer, command_of};
 use crate::error::SandboxError;
 use crate::handle::capture::ProcessCapture;
 use crate::handle::process::ContainerProcess;
@@ -59,6 +59,8 @@ impl NamespaceContainer {
         one_shot: bool,
     ) -> Result<Sandbox, SandboxError> {
         use tracing::Instrument;
+        // Refills of warm pools wait for it.
+        let _cold = self.warm_store().cold_launch();
         let id = config.id.clone().unwrap_or_else(crate::host::state::new_id);
         // Every event of the container (its start here, its supervisor's later) is in it.
         let span = tracing::debug_span!(
@@ -92,9 +94,12 @@ impl NamespaceContainer {
             }
             return self.create_named(config, name).await;
         }
-        let (live, applied) = self
-            .launch_live(config, one_shot, id, None, Vec::new())
-            .await?;
+        let mode = if one_shot {
+            LaunchMode::Spawn
+        } else {
+            LaunchMode::Sandbox
+        };
+        let (live, applied) = self.launch_live(config, mode, id, None, Vec::new()).await?;
         let sandbox = Sandbox::new(self.clone(), live, applied, config.clone(), one_shot);
         if let crate::Network::Egress(policy) = &sandbox.config().network {
             sandbox.start_egress(policy.clone()).await?;
@@ -122,8 +127,82 @@ impl NamespaceContainer {
     ///
     /// Cancel safe: a dropped `spawn` future leaves no container, bundle or process.
     pub async fn spawn(&self, config: &ContainerConfig) -> Result<ContainerProcess, SandboxError> {
-        let sandbox = self.launch(config, true).await?;
-        sandbox.exec(&command_of(sandbox.config())).await
+        self.spawn_with(config, |sandbox| async move {
+            sandbox.exec(&command_of(sandbox.config())).await
+        })
+        .await
+    }
+
+    /// Runs `config`'s command once with `run`: in a warm container if a pool has one
+    /// ([`warm`](Self::warm)), else in a container started for it.
+    async fn spawn_with<T, F, Fut>(
+        &self,
+        config: &ContainerConfig,
+        run: F,
+    ) -> Result<T, SandboxError>
+    where
+        F: FnOnce(Sandbox) -> Fut,
+        Fut: std::future::Future<Output = Result<T, SandboxError>>,
+    {
+        let sandbox = match self.take_warm(config).await? {
+            Some(sandbox) => sandbox,
+            None => self.launch(config, true).await?,
+        };
+        run(sandbox).await
+    }
+
+    /// A warm container's sandbox for a spawn of `config`, if a pool has one ready: with the
+    /// container's config as applied, and the spawn's command, environment and limits over
+    /// it (with the image's defaults and the proxy's variables, as a cold spawn gets them),
+    /// checked as a cold spawn's config is, its writable binds handed to the container's ids
+    /// as a cold start hands them. `None` (a cold spawn) without one, or when a bind's source
+    /// was replaced since the container started.
+    async fn take_warm(&self, config: &ContainerConfig) -> Result<Option<Sandbox>, SandboxError> {
+        let Some(taken) = self.warm_store().take(config) else {
+            return Ok(None);
+        };
+        let applied = match spawn_over(taken.container(), config) {
+            Ok(applied) => applied,
+            Err(err) => {
+                taken.put_back();
+                return Err(err);
+            }
+        };
+        let (runtime, data) = (self.runtime(), self.data_dir().to_path_buf());
+        let checked = applied.clone();
+        // One hop off the workers; the container comes back with the verdict.
+        let (taken, verdict) = crate::sys::blocking("checking the spawn's config", move || {
+            let verdict = checked.validate().and_then(|()| {
+                if !taken.container().binds_unchanged_blocking() {
+                    return Ok(false);
+                }
+                if let Some(base) = taken.container().live.userns_base {
+                    let identity = crate::spec::identity::HostIdentity::Root { userns_base: base };
+                    crate::container::hand_over_blocking(identity, &checked, &data, runtime)?;
+                }
+                Ok(true)
+            });
+            Ok((taken, verdict))
+        })
+        .await?;
+        match verdict {
+            Ok(true) => {}
+            Ok(false) => {
+                taken.discard();
+                return Ok(None);
+            }
+            Err(err) => {
+                taken.put_back();
+                return Err(err);
+            }
+        }
+        let warm = taken.into_container();
+        tracing::debug!(id = %warm.live.container.id, "spawn in a warm container");
+        let sandbox = Sandbox::new(self.clone(), warm.live, applied, config.clone(), true);
+        if let crate::Network::Egress(policy) = &sandbox.config().network {
+            sandbox.start_egress(policy.clone()).await?;
+        }
+        Ok(Some(sandbox))
     }
 
     /// Spawns `config`'s command with stdout and stderr going straight to files in a temp dir
@@ -164,10 +243,12 @@ impl NamespaceContainer {
         config: &ContainerConfig,
         mode: OutputMode,
     ) -> Result<ProcessCapture, SandboxError> {
-        let sandbox = self.launch(config, true).await?;
-        sandbox
-            .exec_captured(&command_of(sandbox.config()), mode)
-            .await
+        self.spawn_with(config, |sandbox| async move {
+            sandbox
+                .exec_captured(&command_of(sandbox.config()), mode)
+                .await
+        })
+        .await
     }
 
     /// Spawns `config`'s command on a new pseudo-terminal (80x24 until resized).
@@ -188,9 +269,27 @@ impl NamespaceContainer {
         &self,
         config: &ContainerConfig,
     ) -> Result<PtySession, SandboxError> {
-        let sandbox = self.launch(config, true).await?;
-        sandbox
-            .exec_interactive(&command_of(sandbox.config()))
-            .await
+        self.spawn_with(config, |sandbox| async move {
+            sandbox
+                .exec_interactive(&command_of(sandbox.config()))
+                .await
+        })
+        .await
     }
+}
+
+/// The config a spawn of `config` runs with in `warm`: the container's spec side as applied,
+/// and `config`'s exec side with the image's defaults and the proxy's variables.
+fn spawn_over(
+    warm: &crate::container::WarmContainer,
+    config: &ContainerConfig,
+) -> Result<ContainerConfig, SandboxError> {
+    let mut own = config.clone();
+    if let Some(image) = &warm.live.image {
+        crate::image::apply::apply(image, &mut own)?;
+    }
+    let mut own = crate::config::network::with_proxy_env(&own).unwrap_or(own);
+    let mut applied = warm.applied.clone();
+    applied.set_exec_side(own.take_exec_side());
+    Ok(applied)
 }

@@ -148,15 +148,29 @@ impl TestSandbox {
         )
     }
 
-    /// Spawns `args` under `policy` and waits for its output.
+    /// Spawns `args` under `policy` and waits for its output; in a test run by
+    /// [`on_every_runtime_warm!`], in a warm container of the same spec.
     pub async fn output(&self, policy: &SandboxConfig, args: &[&str]) -> oci_sandbox::Output {
-        self.sandbox
-            .spawn(&self.config_with(policy, args[0], &args[1..]))
-            .await
-            .unwrap()
-            .wait_with_output()
-            .await
-            .unwrap()
+        let config = self.config_with(policy, args[0], &args[1..]);
+        if WARM_SPAWNS.try_with(|_| ()).is_err() {
+            return self
+                .sandbox
+                .spawn(&config)
+                .await
+                .unwrap()
+                .wait_with_output()
+                .await
+                .unwrap();
+        }
+        // A pool of the spec under another command: the spawn brings its own.
+        let template = self.config_with(policy, "true", &[]);
+        self.sandbox.warm(&template, 1).await.expect("a warm pool");
+        let hits = || -> u64 { self.sandbox.warm_pools().iter().map(|p| p.hits).sum() };
+        let before = hits();
+        let child = self.sandbox.spawn(&config).await.unwrap();
+        assert_eq!(hits(), before + 1, "the spawn was not served warm");
+        self.sandbox.warm(&template, 0).await.unwrap();
+        child.wait_with_output().await.unwrap()
     }
 
     /// A long-lived sandbox under `policy` (its init's command is `true`).
@@ -329,6 +343,53 @@ pub fn cgroup_exists(id: &str) -> bool {
 
 pub fn path_exists(p: &Path) -> bool {
     p.symlink_metadata().is_ok()
+}
+
+tokio::task_local! {
+    /// Set in the tests [`on_every_runtime_warm!`] makes: [`TestSandbox::output`] spawns in
+    /// warm containers there.
+    pub static WARM_SPAWNS: ();
+}
+
+/// Instantiates tests written as `async fn name(kind: OciRuntime)` once more for every
+/// runtime, as `warm::runc::name` and so on, with every [`TestSandbox::output`] served by a
+/// warm container: the escape tests hold against warm containers too.
+#[macro_export]
+macro_rules! on_every_runtime_warm {
+    ($($name:ident),* $(,)?) => {
+        mod warm {
+            mod runc {
+                $(
+                    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                    async fn $name() {
+                        $crate::common::WARM_SPAWNS
+                            .scope((), super::super::$name(oci_sandbox::OciRuntime::Runc))
+                            .await
+                    }
+                )*
+            }
+            mod crun {
+                $(
+                    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                    async fn $name() {
+                        $crate::common::WARM_SPAWNS
+                            .scope((), super::super::$name(oci_sandbox::OciRuntime::Crun))
+                            .await
+                    }
+                )*
+            }
+            mod runsc {
+                $(
+                    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                    async fn $name() {
+                        $crate::common::WARM_SPAWNS
+                            .scope((), super::super::$name(oci_sandbox::OciRuntime::Gvisor))
+                            .await
+                    }
+                )*
+            }
+        }
+    };
 }
 
 /// Instantiates behaviour tests, written once as `async fn name(kind: OciRuntime)`, for every
