@@ -69,7 +69,10 @@ pub struct PlatformChoice {
     pub platform: GvisorPlatform,
     /// The platforms tried before it, each with the reason it was rejected.
     pub rejected: Vec<(GvisorPlatform, String)>,
-    /// True when it was chosen by the probe, false when given to the builder.
+    /// True when it was chosen by the probe, false when given to the builder. The probe runs
+    /// once per process, and its result is kept in the state dir (`gvisor-platform.json`) for
+    /// later processes of the same boot with the same runsc binary, which take it without
+    /// probing (`took` is then the time to read it; delete the file to probe again).
     pub probed: bool,
     /// How long choosing it took (the probe, or the check of an explicit platform).
     pub took: std::time::Duration,

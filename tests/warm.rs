@@ -349,6 +349,42 @@ async fn pools_refill_and_end(kind: OciRuntime) {
     t.assert_nothing_left(&[], None).await;
 }
 
+/// A spawn that finds no container ready, but one starting that no other spawn waits for,
+/// takes that one when it is up instead of starting a container of its own.
+async fn a_spawn_takes_a_container_already_starting(kind: OciRuntime) {
+    let t = TestSandbox::new(kind).await;
+    let template = t.config("true", &[]);
+    t.sandbox.warm(&template, 1).await.unwrap();
+    let first = t.sandbox.spawn(&t.config("sleep", &["30"])).await.unwrap();
+    // Its replacement starts once the first command runs.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let stats = &t.sandbox.warm_pools()[0];
+        if stats.starting == 1 {
+            break;
+        }
+        assert_eq!(
+            stats.ready, 0,
+            "started before it was seen starting: {stats:?}"
+        );
+        assert!(std::time::Instant::now() < deadline, "{stats:?}");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let out = t
+        .sandbox
+        .spawn(&t.sh("echo waited"))
+        .await
+        .unwrap()
+        .wait_with_output()
+        .await
+        .unwrap();
+    assert_eq!(out.stdout, b"waited\n");
+    let stats = &t.sandbox.warm_pools()[0];
+    assert_eq!((stats.hits, stats.misses), (2, 0), "{stats:?}");
+    drop(first);
+    t.assert_nothing_left(&[], Some("sleep 30")).await;
+}
+
 /// Configs no warm container can serve, and configs that cannot start, are typed errors
 /// that leave no pool and no container; a spawn whose command is missing fails as a cold one
 /// does and leaves the warm container for the next.
@@ -462,6 +498,7 @@ on_every_runtime!(
     only_the_same_spec_takes_a_warm_container,
     writable_binds_are_the_spawns_and_a_replaced_one_goes_cold,
     pools_refill_and_end,
+    a_spawn_takes_a_container_already_starting,
     bad_input_is_refused_and_leaves_nothing,
     cancellation_leaves_nothing,
     a_burst_bigger_than_the_pool_all_succeeds,

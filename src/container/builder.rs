@@ -47,7 +47,16 @@ async fn choose_gvisor_platform(
                 took: started.elapsed(),
             })
         }
-        None => crate::oci::gvisor::probe_once(run).await.cloned(),
+        None => {
+            let (binary, base) = (binary.to_owned(), base.to_owned());
+            let cache = tokio::task::spawn_blocking(move || {
+                crate::oci::gvisor::ProbeCache::new_blocking(&binary, &base)
+            })
+            .await
+            .ok()
+            .flatten();
+            crate::oci::gvisor::probe_once(run, cache).await.cloned()
+        }
     }
 }
 
@@ -260,6 +269,10 @@ impl NamespaceContainerBuilder {
             ));
         }
         raise_fd_limit();
+        let begun = std::time::Instant::now();
+        let phase = |what: &str| {
+            tracing::debug!(elapsed_ms = crate::sys::ms_since(begun), "build: {what}");
+        };
         let base = self
             .state_base
             .clone()
@@ -268,10 +281,11 @@ impl NamespaceContainerBuilder {
         let binary = locate(self.runtime, self.binary).await?;
         let dirs = StateDirs::new(&base, self.runtime, identity);
         let prepared = dirs.clone();
-        crate::sys::blocking("preparing the state root", move || {
+        let refresh_etc = crate::sys::blocking("preparing the state root", move || {
             prepared.prepare_blocking()
         })
         .await?;
+        phase("state root prepared");
         let platform_choice = match self.runtime {
             OciRuntime::Gvisor => Some(
                 choose_gvisor_platform(&binary, &base, self.gvisor_platform, self.check_platform)
@@ -304,7 +318,9 @@ impl NamespaceContainerBuilder {
             mount_ns,
         };
         let capture_dir = self.capture_dir.unwrap_or_else(std::env::temp_dir);
+        phase("runtime ready");
         sweep_leftovers(&cli, &dirs, &capture_dir).await?;
+        phase("leftovers swept");
         let data = match self.data_dir {
             Some(dir) if dir.is_absolute() => dir,
             Some(dir) => {
@@ -344,20 +360,33 @@ impl NamespaceContainerBuilder {
             Ok(crate::host::sandbox_dirs::SandboxDirs::register_paths_blocking(roots))
         })
         .await?;
+        phase("data dir prepared");
         let images = crate::image::ImageStore::new(&base);
         let swept_images = images.sweep().await;
+        phase("image store swept");
         if swept_images > 0 {
             tracing::info!(
                 count = swept_images,
                 "swept image temp dirs left by dead processes"
             );
         }
+        let tracker = TaskTracker::new();
+        if refresh_etc {
+            // The host's /etc entries, copied before, are brought up to date in the background
+            // (`close` waits for it).
+            let rootfs = dirs.rootfs.clone();
+            tracker.spawn_blocking(move || {
+                if let Err(err) = crate::host::rootfs::refresh_host_etc(&rootfs) {
+                    tracing::warn!(%err, "refreshing the rootfs's copy of the host's /etc");
+                }
+            });
+        }
         Ok(NamespaceContainer {
             inner: Arc::new(Inner {
                 cli,
                 dirs,
                 platform_choice,
-                tracker: TaskTracker::new(),
+                tracker,
                 capture_dir,
                 identity,
                 unenforced_limits: self.unenforced_limits,

@@ -119,7 +119,8 @@ impl NamespaceContainer {
     /// gVisor's runsc from `$PATH`, with the default state root, on the platform chosen by the
     /// probe: systrap, else ptrace (KVM only when asked for with
     /// [`NamespaceContainerBuilder::gvisor_platform`]). The probe runs once per process:
-    /// concurrent first callers share it, later ones reuse its result.
+    /// concurrent first callers share it, later ones reuse its result; later processes of the
+    /// same boot take it from the state dir (see [`PlatformChoice::probed`]).
     ///
     /// # Errors
     ///
@@ -420,8 +421,8 @@ pub(crate) mod image_root;
 mod launch;
 mod warm;
 pub(crate) use launch::{Hold, LaunchMode, hand_over_blocking};
-pub(crate) use warm::WarmContainer;
 pub use warm::WarmPoolStats;
+pub(crate) use warm::{StartUnderWay, WarmContainer};
 
 pub use builder::NamespaceContainerBuilder;
 pub(crate) use launch::{Live, command_of};

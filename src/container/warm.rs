@@ -7,8 +7,9 @@
 //! in the request) takes one, sends its command, and the container ends with the command, as a
 //! cold one does. Pools refill in the background: at most a few containers start at once
 //! ([`NamespaceContainerBuilder::warm_refills`](super::NamespaceContainerBuilder::warm_refills)),
-//! and a refill waits while cold launches are under way, so that refills do not slow the
-//! spawns they are there to serve.
+//! and a refill waits while a warm spawn is starting (until its command runs) or while the
+//! machine is busy with cold launches (as many as refills may run), so that refills do not
+//! slow the spawns they are there to serve.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -21,7 +22,7 @@ use super::{Inner, Live, NamespaceContainer};
 use crate::config::ContainerConfig;
 use crate::error::SandboxError;
 
-/// How long a refill waits for cold launches to finish before it starts anyway.
+/// How long a refill waits for the starts under way before it starts anyway.
 const YIELD_LIMIT: Duration = Duration::from_millis(250);
 /// The longest pause between refills after failures in a row (it doubles from 50 ms).
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
@@ -63,11 +64,28 @@ fn bind_sources_blocking(config: &ContainerConfig) -> Vec<Option<(u64, u64)>> {
         .collect()
 }
 
+/// A spawn waiting for a container of its pool's, counted in `PoolState::waiting` until it
+/// drops.
+struct Waiter {
+    pool: Arc<Pool>,
+    counted: bool,
+}
+
+impl Drop for Waiter {
+    fn drop(&mut self) {
+        if self.counted {
+            self.pool.lock().waiting -= 1;
+        }
+    }
+}
+
 /// A ready container taken from its pool for a spawn, which may give it back unused.
 #[derive(Debug)]
 pub(crate) struct Taken {
     pool: Arc<Pool>,
     warm: WarmContainer,
+    /// The spawn's start: refills wait for it.
+    start: StartUnderWay,
 }
 
 impl Taken {
@@ -86,9 +104,10 @@ impl Taken {
         &self.warm
     }
 
-    /// The container, for the spawn.
-    pub(crate) fn into_container(self) -> WarmContainer {
-        self.warm
+    /// The container, for the spawn, and the mark of its start under way (drop it once the
+    /// command runs).
+    pub(crate) fn into_container(self) -> (WarmContainer, StartUnderWay) {
+        (self.warm, self.start)
     }
 
     /// Drops the container, which cannot serve the spawn (a bind's source was replaced):
@@ -140,9 +159,12 @@ pub(crate) struct WarmPools {
 struct Shared {
     /// A permit per container starting for a pool.
     refills: Arc<Semaphore>,
-    /// Cold launches under way, which refills let go first.
-    cold: AtomicUsize,
-    cold_done: Notify,
+    /// Warm spawns until their command runs, and cold launches, under way: refills let the
+    /// first go first, and the second when there are `refill_limit` of them or more.
+    warm_starts: AtomicUsize,
+    cold_launches: AtomicUsize,
+    refill_limit: usize,
+    starts_done: Notify,
 }
 
 #[derive(Debug)]
@@ -159,6 +181,18 @@ struct Pool {
     /// Bumped when a start ends or the pool closes, for [`NamespaceContainer::warm`]
     /// waiting for a full pool.
     filled: watch::Sender<u64>,
+    /// The refiller of a pool made outside a Tokio runtime, until `warm`'s future starts it.
+    refiller: Mutex<PendingRefiller>,
+}
+
+/// A refiller not started yet (see `Pool::refiller`).
+#[derive(Default)]
+struct PendingRefiller(Option<futures::future::BoxFuture<'static, ()>>);
+
+impl std::fmt::Debug for PendingRefiller {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() { "pending" } else { "none" })
+    }
 }
 
 #[derive(Debug, Default)]
@@ -166,6 +200,8 @@ struct PoolState {
     target: usize,
     ready: VecDeque<WarmContainer>,
     starting: usize,
+    /// Spawns waiting for a container that is starting (one each).
+    waiting: usize,
     closed: bool,
     failed_in_a_row: u32,
     hits: u64,
@@ -176,11 +212,14 @@ struct PoolState {
     last_error: Option<String>,
     /// The last failed start's error itself, for the first `warm` call waiting on the pool.
     last_failure: Option<SandboxError>,
+    /// `failed` when the target was last set: `warm` reports failures after it.
+    failed_at_set: u64,
 }
 
 impl PoolState {
+    /// Fewer ready and starting than the target, the containers waited for not counted.
     fn wants_more(&self) -> bool {
-        !self.closed && self.ready.len() + self.starting < self.target
+        !self.closed && self.ready.len() + self.starting < self.target + self.waiting
     }
 }
 
@@ -196,14 +235,30 @@ pub(crate) fn key_of(config: &ContainerConfig) -> Option<String> {
     serde_json::to_string(&spec_side).ok()
 }
 
-/// Counts a cold launch while it lives, for the refills that wait for it.
-pub(crate) struct ColdLaunch(Arc<Shared>);
+/// Counts a start under way while it lives (a warm spawn until its command runs, or a cold
+/// launch), for the refills that wait for it.
+#[derive(Debug)]
+pub(crate) struct StartUnderWay {
+    shared: Arc<Shared>,
+    warm: bool,
+}
 
-impl Drop for ColdLaunch {
-    fn drop(&mut self) {
-        if self.0.cold.fetch_sub(1, Ordering::AcqRel) == 1 {
-            self.0.cold_done.notify_waiters();
+impl StartUnderWay {
+    fn new(shared: &Arc<Shared>, warm: bool) -> Self {
+        shared.counter(warm).fetch_add(1, Ordering::AcqRel);
+        StartUnderWay {
+            shared: Arc::clone(shared),
+            warm,
         }
+    }
+}
+
+impl Drop for StartUnderWay {
+    fn drop(&mut self) {
+        self.shared
+            .counter(self.warm)
+            .fetch_sub(1, Ordering::AcqRel);
+        self.shared.starts_done.notify_waiters();
     }
 }
 
@@ -233,8 +288,10 @@ impl WarmPools {
             pools: Mutex::default(),
             shared: Arc::new(Shared {
                 refills: Arc::new(Semaphore::new(refills)),
-                cold: AtomicUsize::new(0),
-                cold_done: Notify::new(),
+                warm_starts: AtomicUsize::new(0),
+                cold_launches: AtomicUsize::new(0),
+                refill_limit: refills,
+                starts_done: Notify::new(),
             }),
         }
     }
@@ -244,39 +301,66 @@ impl WarmPools {
     }
 
     /// Marks a cold launch under way until the guard drops.
-    pub(crate) fn cold_launch(&self) -> ColdLaunch {
-        self.shared.cold.fetch_add(1, Ordering::AcqRel);
-        ColdLaunch(Arc::clone(&self.shared))
+    pub(crate) fn cold_launch(&self) -> StartUnderWay {
+        StartUnderWay::new(&self.shared, false)
     }
 
-    /// A ready container for a spawn of `config` (whose spec side is `key`), if its pool has
-    /// one; the refiller starts its replacement. Containers that died while ready are
-    /// dropped on the way.
-    pub(crate) fn take(&self, config: &ContainerConfig) -> Option<Taken> {
+    /// A ready container for a spawn of `config`, if its pool has one; the refiller starts its
+    /// replacement. With none ready, the spawn waits for a start under way that no other
+    /// spawn waits for (it ends sooner than a cold launch would, and adds no load); with none
+    /// of those either, `None`: a cold spawn. Containers that died while ready are dropped on
+    /// the way.
+    pub(crate) async fn take(&self, config: &ContainerConfig) -> Option<Taken> {
         if self.pools().is_empty() {
             return None;
         }
         let key = key_of(config)?;
         let pool = self.pools().get(&key).cloned()?;
-        let mut state = pool.lock();
-        let taken = loop {
-            match state.ready.pop_front() {
-                Some(warm) if matches!(warm.live.container.try_wait(), Ok(None)) => {
+        let mut filled = pool.filled.subscribe();
+        let mut waiter = Waiter {
+            pool: Arc::clone(&pool),
+            counted: false,
+        };
+        let warm = loop {
+            {
+                let mut state = pool.lock();
+                let mut found = None;
+                while let Some(warm) = state.ready.pop_front() {
+                    if matches!(warm.live.container.try_wait(), Ok(None)) {
+                        found = Some(warm);
+                        break;
+                    }
+                    state.discarded += 1;
+                }
+                if let Some(warm) = found {
                     state.hits += 1;
                     break Some(warm);
                 }
-                Some(_) => state.discarded += 1,
-                None => {
+                let others = state.waiting - usize::from(waiter.counted);
+                if state.closed || state.starting <= others {
                     state.misses += 1;
                     break None;
                 }
+                if !waiter.counted {
+                    state.waiting += 1;
+                    waiter.counted = true;
+                }
+            }
+            // A start that ended, or the pool closed.
+            pool.wake.notify_one();
+            if filled.changed().await.is_err() {
+                pool.lock().misses += 1;
+                break None;
             }
         };
-        drop(state);
+        drop(waiter);
+        // Marked before the refiller wakes: its refill waits for this spawn's start.
+        let start = StartUnderWay::new(&self.shared, true);
         pool.wake.notify_one();
         Some(Taken {
             pool: Arc::clone(&pool),
-            warm: taken?,
+            warm: warm?,
+            start,
         })
     }
 
@@ -323,6 +407,10 @@ impl Pool {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    fn lock_refiller(&self) -> std::sync::MutexGuard<'_, PendingRefiller> {
+        self.refiller.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     fn close(&self) {
         let ready = {
             let mut state = self.lock();
@@ -341,6 +429,7 @@ impl Pool {
         let extra = {
             let mut state = self.lock();
             let before = std::mem::replace(&mut state.target, target);
+            state.failed_at_set = state.failed;
             let keep = state.ready.len().min(target);
             (before, state.ready.split_off(keep))
         };
@@ -398,14 +487,26 @@ impl Pool {
 }
 
 impl Shared {
-    /// Waits while cold launches are under way, up to [`YIELD_LIMIT`].
-    async fn yield_to_cold(&self) {
+    fn counter(&self, warm: bool) -> &AtomicUsize {
+        if warm {
+            &self.warm_starts
+        } else {
+            &self.cold_launches
+        }
+    }
+
+    /// Waits while a warm spawn is starting, or while `refill_limit` cold launches or more
+    /// are under way (one or two are a sequence of spawns the pool could not keep up with: a
+    /// refill is what helps them), up to [`YIELD_LIMIT`].
+    async fn yield_to_starts(&self) {
         let deadline = tokio::time::Instant::now() + YIELD_LIMIT;
         loop {
-            let done = self.cold_done.notified();
+            let done = self.starts_done.notified();
             tokio::pin!(done);
             done.as_mut().enable();
-            if self.cold.load(Ordering::Acquire) == 0 {
+            if self.warm_starts.load(Ordering::Acquire) == 0
+                && self.cold_launches.load(Ordering::Acquire) < self.refill_limit
+            {
                 return;
             }
             if tokio::time::timeout_at(deadline, done).await.is_err() {
@@ -443,7 +544,7 @@ async fn refill(owner: Weak<Inner>, shared: Arc<Shared>, pool: Arc<Pool>) {
         let Ok(permit) = Arc::clone(&shared.refills).acquire_owned().await else {
             return;
         };
-        shared.yield_to_cold().await;
+        shared.yield_to_starts().await;
         let Some(claim) = pool.claim() else {
             continue;
         };
@@ -452,11 +553,19 @@ async fn refill(owner: Weak<Inner>, shared: Arc<Shared>, pool: Arc<Pool>) {
         };
         let runtime = NamespaceContainer { inner };
         let template = pool.template.clone();
+        let closed = pool.closed.clone();
         runtime.clone().inner.tracker.spawn(async move {
-            let started = runtime.start_warm(&template).await;
+            // A start still under way when the pool closes is dropped (which removes what it
+            // made), not awaited.
+            let started = tokio::select! {
+                started = runtime.start_warm(&template) => Some(started),
+                () = closed.cancelled() => None,
+            };
             drop(runtime);
             drop(permit);
-            claim.finish(started);
+            if let Some(started) = started {
+                claim.finish(started);
+            }
         });
     }
 }
@@ -477,7 +586,8 @@ impl NamespaceContainer {
     ///
     /// Each container taken is replaced in the background: at most
     /// [`warm_refills`](crate::NamespaceContainerBuilder::warm_refills) start at once for all
-    /// pools, and a refill lets cold launches under way go first (up to 250 ms). Warm
+    /// pools, and a refill lets a warm spawn's start go first (until its command runs), and
+    /// cold launches when as many are under way as refills may run (up to 250 ms). Warm
     /// containers die with their owner like every other (their launcher ends with its control
     /// socket) and are swept by the next process; [`close`](Self::close) ends the pools.
     /// [`warm_pools`](Self::warm_pools) shows how each is doing.
@@ -511,11 +621,39 @@ impl NamespaceContainer {
     /// every error of [`spawn`](Self::spawn) the config or the runtime gives: the first
     /// container that fails to start fails the call, and a pool made by it is removed.
     ///
+    /// The pool is set when `warm` is called, before its future is polled: spawns find it at
+    /// once, and its containers start in the background (`tokio::spawn(runtime.warm(..))`
+    /// warms without waiting).
+    ///
     /// # Cancel safety
     ///
-    /// Cancel safe: the pool is set at once and fills in the background; a dropped future
-    /// only stops the waiting.
-    pub async fn warm(&self, config: &ContainerConfig, count: usize) -> Result<(), SandboxError> {
+    /// Cancel safe: a dropped future only stops the waiting.
+    pub fn warm(
+        &self,
+        config: &ContainerConfig,
+        count: usize,
+    ) -> impl std::future::Future<Output = Result<(), SandboxError>> + Send + 'static {
+        let set = self.set_warm(config, count);
+        let runtime = self.clone();
+        async move {
+            match set? {
+                Some((pool, key, made, before)) => {
+                    runtime.await_fill(pool, key, made, before, count).await
+                }
+                None => Ok(()),
+            }
+        }
+    }
+
+    /// The synchronous half of [`warm`](Self::warm): the pool set (made, changed or ended)
+    /// and its refiller started. Returns the pool to wait for, its key, whether this call
+    /// made it and the target it had.
+    #[allow(clippy::type_complexity)]
+    fn set_warm(
+        &self,
+        config: &ContainerConfig,
+        count: usize,
+    ) -> Result<Option<(Arc<Pool>, String, bool, usize)>, SandboxError> {
         let key = key_of(config).ok_or_else(|| {
             SandboxError::invalid(
                 "warm",
@@ -529,7 +667,7 @@ impl NamespaceContainer {
             if let Some(pool) = warm.pools().remove(&key) {
                 pool.close();
             }
-            return Ok(());
+            return Ok(None);
         }
         let (pool, made, before) = {
             let mut pools = warm.pools();
@@ -552,31 +690,52 @@ impl NamespaceContainer {
                         wake: Notify::new(),
                         closed: tokio_util::sync::CancellationToken::new(),
                         filled: watch::channel(0).0,
+                        refiller: Mutex::default(),
                     });
                     pools.insert(key.clone(), Arc::clone(&pool));
                     (pool, true, 0)
                 }
             }
         };
-        let mut filled = pool.filled.subscribe();
-        let failed_before = pool.lock().failed;
         if made {
-            tokio::spawn(refill(
+            let refiller = refill(
                 Arc::downgrade(&self.inner),
                 Arc::clone(&warm.shared),
                 Arc::clone(&pool),
-            ));
+            );
+            match tokio::runtime::Handle::try_current() {
+                Ok(handle) => drop(handle.spawn(refiller)),
+                // Outside a runtime: the first poll of `warm`'s future starts it.
+                Err(_) => pool.lock_refiller().0 = Some(Box::pin(refiller)),
+            }
         }
         pool.wake.notify_one();
-        // Until the pool holds `count` ready (or closes, or lowers its target), or a start
-        // fails after this call began.
+        Ok(Some((pool, key, made, before)))
+    }
+
+    /// The asynchronous half of [`warm`](Self::warm): waits until `pool` holds `count`
+    /// ready (or closes, or lowers its target), or a start fails; a pool this call made then
+    /// goes, one it changed gets its target back.
+    async fn await_fill(
+        &self,
+        pool: Arc<Pool>,
+        key: String,
+        made: bool,
+        before: usize,
+        count: usize,
+    ) -> Result<(), SandboxError> {
+        let pending = pool.lock_refiller().0.take();
+        if let Some(refiller) = pending {
+            tokio::spawn(refiller);
+        }
+        let mut filled = pool.filled.subscribe();
         let failure = loop {
             {
                 let mut state = pool.lock();
                 if state.closed || state.ready.len() >= state.target.min(count) {
                     return Ok(());
                 }
-                if state.failed > failed_before {
+                if state.failed > state.failed_at_set {
                     let text = state.last_error.clone().unwrap_or_default();
                     break state.last_failure.take().unwrap_or(SandboxError::Process {
                         context: "starting a warm container",
@@ -588,8 +747,8 @@ impl NamespaceContainer {
                 return Ok(());
             }
         };
-        // A pool this call made goes (unless replaced meanwhile); one it changed gets its
-        // target back (unless changed again meanwhile).
+        // (Unless replaced, or changed again, meanwhile.)
+        let warm = &self.inner.warm;
         if made {
             let mut pools = warm.pools();
             if pools.get(&key).is_some_and(|p| Arc::ptr_eq(p, &pool)) {

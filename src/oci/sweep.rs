@@ -30,7 +30,20 @@ pub(crate) async fn sweep(cli: &RuntimeCli, dirs: &StateDirs) -> Result<Vec<Stri
     .unwrap_or_default();
 
     let mut doomed = dead_bundles;
-    for id in cli.list().await? {
+    // An empty runtime root holds no container: no list to ask the runtime for (a process
+    // of its own, 5 ms of runc's on the construction's path).
+    let root = cli.root.clone();
+    let root_empty = tokio::task::spawn_blocking(move || {
+        std::fs::read_dir(&root).is_ok_and(|mut entries| entries.next().is_none())
+    })
+    .await
+    .unwrap_or(false);
+    let listed = if root_empty {
+        Vec::new()
+    } else {
+        cli.list().await?
+    };
+    for id in listed {
         if doomed.contains(&id) {
             continue;
         }

@@ -144,11 +144,15 @@ impl NamespaceContainer {
         F: FnOnce(Sandbox) -> Fut,
         Fut: std::future::Future<Output = Result<T, SandboxError>>,
     {
-        let sandbox = match self.take_warm(config).await? {
-            Some(sandbox) => sandbox,
-            None => self.launch(config, true).await?,
-        };
-        run(sandbox).await
+        match self.take_warm(config).await? {
+            Some((sandbox, start)) => {
+                let ran = run(sandbox).await;
+                // The command runs (or could not start): refills may go.
+                drop(start);
+                ran
+            }
+            None => run(self.launch(config, true).await?).await,
+        }
     }
 
     /// A warm container's sandbox for a spawn of `config`, if a pool has one ready: with the
@@ -157,8 +161,11 @@ impl NamespaceContainer {
     /// checked as a cold spawn's config is, its writable binds handed to the container's ids
     /// as a cold start hands them. `None` (a cold spawn) without one, or when a bind's source
     /// was replaced since the container started.
-    async fn take_warm(&self, config: &ContainerConfig) -> Result<Option<Sandbox>, SandboxError> {
-        let Some(taken) = self.warm_store().take(config) else {
+    async fn take_warm(
+        &self,
+        config: &ContainerConfig,
+    ) -> Result<Option<(Sandbox, crate::container::StartUnderWay)>, SandboxError> {
+        let Some(taken) = self.warm_store().take(config).await else {
             return Ok(None);
         };
         let applied = match spawn_over(taken.container(), config) {
@@ -196,13 +203,13 @@ impl NamespaceContainer {
                 return Err(err);
             }
         }
-        let warm = taken.into_container();
+        let (warm, start) = taken.into_container();
         tracing::debug!(id = %warm.live.container.id, "spawn in a warm container");
         let sandbox = Sandbox::new(self.clone(), warm.live, applied, config.clone(), true);
         if let crate::Network::Egress(policy) = &sandbox.config().network {
             sandbox.start_egress(policy.clone()).await?;
         }
-        Ok(Some(sandbox))
+        Ok(Some((sandbox, start)))
     }
 
     /// Spawns `config`'s command with stdout and stderr going straight to files in a temp dir
