@@ -422,6 +422,12 @@ static void kill_leftovers(void) {
     }
 }
 
+/* Whether the launcher could become a child subreaper (runc, crun; gVisor 20221219 lets its
+   PID 1 be one), and whether the keepers could (the last keeper's word: not under gVisor,
+   whose orphans then come to the launcher, which sweeps them). */
+static int subreapers;
+static int keepers_adopt;
+
 /* Between a detach and the host's first request after the attach, the host's `launcher
    attach` (started by `runsc exec`, a process the launcher does not know) may still be
    running: an exec ending then would sweep it as a leftover and fail the attach. Its sweep
@@ -429,8 +435,11 @@ static void kill_leftovers(void) {
 static int attach_pending;
 static int sweep_due;
 
-/* Sweeps the leftovers once no exec runs, or marks the sweep due while an attach is pending. */
+/* Sweeps the leftovers once no exec runs, or marks the sweep due while an attach is pending.
+   Where keepers adopt their commands' orphans, each has ended what its command left: nothing
+   to sweep. */
 static void sweep_when_idle(int except) {
+    if (keepers_adopt) return;
     for (int k = 0; k < nconns; k++) {
         if (k != except && conns[k].pid > 0) return;
     }
@@ -441,11 +450,10 @@ static void sweep_when_idle(int except) {
     }
 }
 
-/* The keeper of one exec: a subreaper between the launcher and the command. It reports the
-   command's pid, waits for it, then ends everything the command left behind, and reports
-   the command's wait status. Never returns. */
+/* The keeper of one exec: a subreaper between the launcher and the command, whose pid it
+   has reported. It waits for the command, then ends everything the command left behind, and
+   reports the command's wait status. Never returns. */
 static void keep(pid_t cmd, int report) {
-    (void)!write(report, &cmd, sizeof cmd);
     struct ending end = {0};
     for (;;) {
         int s;
@@ -472,8 +480,6 @@ static void close_fds(int *fds, int n) {
 
 static int control_fd = -1;
 
-/* Whether this kernel has child subreapers (gVisor 20221219 has not). */
-static int subreapers;
 
 /* What a command's process needs between its start and its exec. */
 struct command {
@@ -815,8 +821,8 @@ static int start(void) {
         drop_conn(i);
         return 0;
     }
-    /* With child subreapers (not in gVisor 20221219) a keeper stands between the launcher and
-       the command; without, the command is forked directly (and is its own "keeper"). */
+    /* Where the launcher could become a child subreaper, a keeper stands between it and the
+       command; elsewhere the command is forked directly (and is its own "keeper"). */
     struct command command = {
         .fds = {fds[0], fds[1], fds[2]},
         .mode = mode,
@@ -827,12 +833,14 @@ static int start(void) {
         .status = status_pipe[1],
     };
     pid_t keeper, pid;
+    int adopts = 0;
     if (subreapers) {
         keeper = fork();
         pid = -1;
         if (keeper == 0) {
-            /* A subreaper before the command exists: whatever it orphans comes to the keeper. */
-            prctl(PR_SET_CHILD_SUBREAPER, 1);
+            /* A subreaper before the command exists: whatever it orphans comes to the keeper
+               (gVisor lets PID 1 be one, not the keeper: then the launcher sweeps). */
+            adopts = prctl(PR_SET_CHILD_SUBREAPER, 1) == 0;
             pid = start_command(&command);
         }
     } else {
@@ -840,7 +848,13 @@ static int start(void) {
         keeper = pid;
     }
     if (subreapers && keeper == 0 && pid != 0) {
-        /* The keeper: holds nothing of the launcher's but its report pipe. */
+        /* The keeper: first what the launcher waits for (the status pipe's end, the pid),
+           then it lets go of everything of the launcher's but its report pipe. */
+        if (pid > 0) {
+            close(status_pipe[1]);
+            pid_t started[2] = {pid, adopts};
+            (void)!write(report[1], started, sizeof started);
+        }
         close(control_fd);
         for (int k = 0; k < nconns; k++) {
             close(conns[k].fd);
@@ -855,7 +869,6 @@ static int start(void) {
             (void)!write(status_pipe[1], &err, sizeof err);
             _exit(127);
         }
-        close(status_pipe[1]);
         close_fds(fds, nfds);
         keep(pid, report[1]);
     }
@@ -873,10 +886,18 @@ static int start(void) {
         }
     }
     close(status_pipe[0]);
-    /* The keeper reports the command's pid first (it is running, or failed to exec). */
+    /* The keeper reports the command's pid first (it is running, or failed to exec), and
+       whether it adopts the command's orphans. */
     pid = keeper;
-    if (subreapers && keeper > 0 && read(report[0], &pid, sizeof pid) != (ssize_t)sizeof pid)
-        pid = 0;
+    pid_t started[2];
+    if (subreapers && keeper > 0) {
+        if (read(report[0], started, sizeof started) == (ssize_t)sizeof started) {
+            pid = started[0];
+            keepers_adopt = started[1];
+        } else {
+            pid = 0;
+        }
+    }
     char text[32];
     if (got == (ssize_t)sizeof err) {
         /* The child has exited (127) and is reaped by the SIGCHLD loop. */
@@ -1025,6 +1046,21 @@ static int detach(int fd, int *fds, int nfds, size_t len, int truncated, int sfd
     return 0;
 }
 
+/* A command has ended: its relay drains, the leftovers of the last exec are swept (gVisor),
+   "X" goes to the host and the connection is dropped. */
+static void finish_conn(int i, struct ending end) {
+    char text[96];
+    /* The relay copies what the terminal still holds, then ends the stream. */
+    if (conns[i].relayer > 0) kill(conns[i].relayer, SIGTERM);
+    /* The last exec has ended: nothing it left may run on (gVisor, where no keeper could
+       adopt it). */
+    sweep_when_idle(i);
+    snprintf(text, sizeof text, "X %d %lld %lld %lld", end.status, end.user_us, end.system_us,
+             end.maxrss_kib);
+    reply(conns[i].fd, text);
+    drop_conn(i);
+}
+
 static void reap(void) {
     int status;
     pid_t pid;
@@ -1044,26 +1080,33 @@ static void reap(void) {
         }
         for (int i = 0; i < nconns; i++) {
             if (conns[i].pid == pid) {
-                char text[96];
-                /* The relay copies what the terminal still holds, then ends the stream. */
-                if (conns[i].relayer > 0) kill(conns[i].relayer, SIGTERM);
                 /* The command's end, from its keeper (which has ended all it left); without
                    a keeper the process reaped is the command. */
                 struct ending end = ending_of(status, &ru);
                 struct ending reported;
-                if (read(conns[i].report, &reported, sizeof reported) == (ssize_t)sizeof reported)
+                if (conns[i].report >= 0 &&
+                    read(conns[i].report, &reported, sizeof reported) == (ssize_t)sizeof reported)
                     end = reported;
-                /* The last exec has ended: nothing it left may run on (gVisor, where no
-                   keeper could adopt it). */
-                sweep_when_idle(i);
-                snprintf(text, sizeof text, "X %d %lld %lld %lld", end.status, end.user_us,
-                         end.system_us, end.maxrss_kib);
-                reply(conns[i].fd, text);
-                drop_conn(i);
+                finish_conn(i, end);
                 break;
             }
         }
     }
+}
+
+/* The keeper's report of its command's end is readable: the command and all it left are
+   gone, so the end is reported at once (the keeper's own exit is reaped later). A keeper that
+   ended without a whole report leaves the end to its reaping (its wait status). */
+static void report_ready(int i) {
+    struct ending end;
+    ssize_t n = recv(conns[i].report, &end, sizeof end, MSG_DONTWAIT);
+    if (n < 0 && (errno == EAGAIN || errno == EINTR)) return;
+    if (n == (ssize_t)sizeof end) {
+        finish_conn(i, end);
+        return;
+    }
+    close(conns[i].report);
+    conns[i].report = -1;
 }
 
 /* A message or hang-up on a started command's connection. */
@@ -1174,7 +1217,8 @@ int main(int argc, char **argv) {
     /* Harmless for PID 1, which adopts its namespace's orphans anyway. */
     subreapers = prctl(PR_SET_CHILD_SUBREAPER, 1) == 0;
     reply(control_fd, "ready");
-    static struct pollfd pfds[MAX_CONNS + MAX_HELPERS + 2];
+    static struct pollfd pfds[2 * MAX_CONNS + MAX_HELPERS + 2];
+    static int reporting[MAX_CONNS];
     static int watched[MAX_HELPERS];
     for (;;) {
         pfds[0] = (struct pollfd){.fd = control_fd, .events = POLLIN};
@@ -1191,7 +1235,27 @@ int main(int argc, char **argv) {
                 orphans++;
             }
         }
-        if (poll(pfds, 2 + nconns + nwatched, orphans ? 200 : -1) < 0) continue;
+        /* Keepers' reports: a command's end, read before its keeper is reaped. */
+        int nreporting = 0;
+        for (int i = 0; i < nconns; i++) {
+            if (subreapers && conns[i].report >= 0 && conns[i].pid > 0) {
+                reporting[nreporting] = conns[i].report;
+                pfds[2 + nconns + nwatched + nreporting++] =
+                    (struct pollfd){.fd = conns[i].report, .events = POLLIN};
+            }
+        }
+        if (poll(pfds, 2 + nconns + nwatched + nreporting, orphans ? 200 : -1) < 0) continue;
+        for (int j = 0; j < nreporting; j++) {
+            if (!pfds[2 + nconns + nwatched + j].revents) continue;
+            /* The connection of that report, if it is still there (finishing one moves
+               another into its slot). */
+            for (int i = 0; i < nconns; i++) {
+                if (conns[i].report == reporting[j]) {
+                    report_ready(i);
+                    break;
+                }
+            }
+        }
         long long now = now_ms();
         for (int j = 0; j < nwatched; j++) {
             int k = watched[j];
