@@ -9,8 +9,7 @@
 //!   the burst's start to its exit): p50, p99 and failures, alternated.
 //! - `whole_process`: a whole process (this bench binary run again) that builds its runtime,
 //!   warms a pool of 2 and does 20 spawns one after another, then closes, against a process
-//!   running 20 raw `<runtime> run`s, and against 20 raw runs four at a time (the most this
-//!   machine creates containers at): their wall times, alternated.
+//!   running 20 raw `<runtime> run`s: their wall times, alternated.
 //! - `construction`: a process's `NamespaceContainer` build and its first spawn, against a raw
 //!   run.
 //!
@@ -205,8 +204,7 @@ fn warm_child(kind: &str, spawns: usize) {
 
 /// The baseline process: `--raw-child <runtime> <runs> <bundle> <root>` runs the raw CLI
 /// that many times on a bundle the parent made.
-/// `--raw-parallel-child` does the same runs four at a time.
-fn raw_child(kind: &str, runs: usize, bundle: &str, root: &str, at_once: usize) {
+fn raw_child(kind: &str, runs: usize, bundle: &str, root: &str) {
     let kind = match kind {
         "crun" => OciRuntime::Crun,
         "runsc" => OciRuntime::Gvisor,
@@ -214,15 +212,12 @@ fn raw_child(kind: &str, runs: usize, bundle: &str, root: &str, at_once: usize) 
     };
     let rt = raw_cli::tokio_runtime();
     rt.block_on(async {
-        let lanes = (0..at_once).map(|lane| async move {
-            for i in (lane..runs).step_by(at_once) {
-                let id = format!("warm-raw-{}-{i}", std::process::id());
-                let mut cmd = raw_cli::command(kind, std::path::Path::new(root));
-                cmd.args(["run", "--bundle", bundle, &id]);
-                raw_cli::run_quietly(cmd).await;
-            }
-        });
-        futures::future::join_all(lanes).await;
+        for i in 0..runs {
+            let id = format!("warm-raw-{}-{i}", std::process::id());
+            let mut cmd = raw_cli::command(kind, std::path::Path::new(root));
+            cmd.args(["run", "--bundle", bundle, &id]);
+            raw_cli::run_quietly(cmd).await;
+        }
     });
 }
 
@@ -253,26 +248,20 @@ fn whole_process(_c: &mut Criterion) {
             assert!(status.success());
             t.elapsed().as_secs_f64() * 1e3
         };
-        let (mut warm_ms, mut raw_ms, mut parallel_ms) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut warm_ms, mut raw_ms) = (Vec::new(), Vec::new());
         for i in 0..rounds {
-            // Rotated, so that none always follows another.
-            for k in 0..3 {
-                match (i + k) % 3 {
-                    0 => warm_ms.push(run("--warm-child")),
-                    1 => raw_ms.push(run("--raw-child")),
-                    _ => parallel_ms.push(run("--raw-parallel-child")),
-                }
+            if i % 2 == 0 {
+                warm_ms.push(run("--warm-child"));
+                raw_ms.push(run("--raw-child"));
+            } else {
+                raw_ms.push(run("--raw-child"));
+                warm_ms.push(run("--warm-child"));
             }
         }
-        let (w, r, p) = (
-            median(&mut warm_ms),
-            median(&mut raw_ms),
-            median(&mut parallel_ms),
-        );
+        let (w, r) = (median(&mut warm_ms), median(&mut raw_ms));
         println!(
-            "whole process {kind}: {spawns} spawns of a warmed config (pool of {WHOLE_PROCESS_POOL}), {rounds} rounds: {w:.1} ms, against {spawns} raw CLI runs {r:.1} ms: ratio {:.3}; the raw runs four at a time {p:.1} ms (ratio {:.3})",
-            w / r,
-            p / r
+            "whole process {kind}: {spawns} spawns of a warmed config (pool of {WHOLE_PROCESS_POOL}), {rounds} rounds: {w:.1} ms, against {spawns} raw CLI runs {r:.1} ms: ratio {:.3}",
+            w / r
         );
     }
 }
@@ -322,17 +311,14 @@ fn main() {
         warm_child(&args[pos + 1], args[pos + 2].parse().unwrap());
         return;
     }
-    for (flag, at_once) in [("--raw-child", 1), ("--raw-parallel-child", 4)] {
-        if let Some(pos) = args.iter().position(|a| a == flag) {
-            raw_child(
-                &args[pos + 1],
-                args[pos + 2].parse().unwrap(),
-                &args[pos + 3],
-                &args[pos + 4],
-                at_once,
-            );
-            return;
-        }
+    if let Some(pos) = args.iter().position(|a| a == "--raw-child") {
+        raw_child(
+            &args[pos + 1],
+            args[pos + 2].parse().unwrap(),
+            &args[pos + 3],
+            &args[pos + 4],
+        );
+        return;
     }
     benches();
     Criterion::default().configure_from_args().final_summary();

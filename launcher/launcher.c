@@ -126,6 +126,8 @@
 #define MAX_ITEMS 8192
 /* Where a detached launcher waits for its host (abstract: nothing on a filesystem). */
 #define ATTACH_NAME "oci-sandbox-attach"
+/* The launcher's one argument under gVisor (see `no_keepers`). */
+#define NO_KEEPERS_ARG "no-keepers"
 #define TOKEN_MAX 64
 
 /* The abstract address ATTACH_NAME in *addr; returns its length. */
@@ -427,6 +429,9 @@ static void kill_leftovers(void) {
    whose orphans then come to the launcher, which sweeps them). */
 static int subreapers;
 static int keepers_adopt;
+/* `launcher no-keepers` (the host's word for gVisor): keepers could not adopt anything, and
+   each would cost a fork of the Sentry's (about 4 ms): commands are forked directly. */
+static int no_keepers;
 
 /* Between a detach and the host's first request after the attach, the host's `launcher
    attach` (started by `runsc exec`, a process the launcher does not know) may still be
@@ -834,7 +839,7 @@ static int start(void) {
     };
     pid_t keeper, pid;
     int adopts = 0;
-    if (subreapers) {
+    if (subreapers && !no_keepers) {
         keeper = fork();
         pid = -1;
         if (keeper == 0) {
@@ -847,7 +852,7 @@ static int start(void) {
         pid = start_command(&command);
         keeper = pid;
     }
-    if (subreapers && keeper == 0 && pid != 0) {
+    if (subreapers && !no_keepers && keeper == 0 && pid != 0) {
         /* The keeper: first what the launcher waits for (the status pipe's end, the pid),
            then it lets go of everything of the launcher's but its report pipe. */
         if (pid > 0) {
@@ -890,7 +895,7 @@ static int start(void) {
        whether it adopts the command's orphans. */
     pid = keeper;
     pid_t started[2];
-    if (subreapers && keeper > 0) {
+    if (subreapers && !no_keepers && keeper > 0) {
         if (read(report[0], started, sizeof started) == (ssize_t)sizeof started) {
             pid = started[0];
             keepers_adopt = started[1];
@@ -1192,6 +1197,7 @@ static int attach(void) {
 
 int main(int argc, char **argv) {
     if (argc == 2 && strcmp(argv[1], "attach") == 0) return attach();
+    no_keepers = argc == 2 && strcmp(argv[1], NO_KEEPERS_ARG) == 0;
     /* Nothing this process holds may be reachable from the commands it starts: not its
        memory (/proc/1/mem), not its fds (pidfd_getfd, /proc/1/fd), not by ptrace. */
     prctl(PR_SET_DUMPABLE, 0);
@@ -1238,7 +1244,7 @@ int main(int argc, char **argv) {
         /* Keepers' reports: a command's end, read before its keeper is reaped. */
         int nreporting = 0;
         for (int i = 0; i < nconns; i++) {
-            if (subreapers && conns[i].report >= 0 && conns[i].pid > 0) {
+            if (subreapers && !no_keepers && conns[i].report >= 0 && conns[i].pid > 0) {
                 reporting[nreporting] = conns[i].report;
                 pfds[2 + nconns + nwatched + nreporting++] =
                     (struct pollfd){.fd = conns[i].report, .events = POLLIN};

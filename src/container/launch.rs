@@ -110,7 +110,11 @@ impl NamespaceContainer {
         let mut init = config.clone();
         init.id = Some(id.clone());
         init.command = format!("/{}", launcher::PATH_IN_ROOTFS);
-        init.args = Vec::new();
+        // gVisor's keepers could adopt nothing (see the launcher's `no_keepers`).
+        init.args = match self.runtime() {
+            crate::OciRuntime::Gvisor => vec![launcher::NO_KEEPERS_ARG.to_owned()],
+            _ => Vec::new(),
+        };
         init.timeout = None;
         // The launcher's end of the control socket is the container's stdin: no path. A
         // spawn on crun runs its runtime in the foreground (see `StartMode`).

@@ -52,7 +52,7 @@ mod protocol;
 pub(crate) use channel::{Connection, ControlSocket, Started, Stdio};
 pub use file_protocol::{FileKind, FileMetadata};
 pub(crate) use file_protocol::{FileOp, FileReply, FileRequest, decode_entry};
-pub(crate) use protocol::{ATTACH_ARG, Reply};
+pub(crate) use protocol::{ATTACH_ARG, NO_KEEPERS_ARG, Reply};
 
 use std::io;
 use std::path::Path;

@@ -108,6 +108,10 @@ pub(crate) fn attach_record(token: &str) -> Vec<u8> {
 /// The argument that makes the launcher binary hand its stdin to a detached launcher.
 pub(crate) const ATTACH_ARG: &str = "attach";
 
+/// The launcher's one argument under gVisor, whose keepers could adopt nothing: commands are
+/// forked directly, without one (a fork of the Sentry's saved per exec).
+pub(crate) const NO_KEEPERS_ARG: &str = "no-keepers";
+
 /// A request to start one command (host → launcher, control socket). Its record is
 /// `"R" mode "\0" cwd "\0" argc "\0" argv[0] "\0" … envc "\0" "KEY=VALUE" "\0" …`, every
 /// field NUL-terminated; the fds travel beside it (see [`Mode`]).
