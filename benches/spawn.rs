@@ -6,54 +6,12 @@
 //!
 //! `make bench` runs this; `OSB_BENCH_RUNTIMES=runc,crun` picks the runtimes.
 
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
-
 use criterion::{Criterion, criterion_group, criterion_main};
-use raw_cli::{median, runtimes, timed};
+use raw_cli::{RawBundle, median, runtimes, timed};
 
 #[path = "support/raw_cli.rs"]
 mod raw_cli;
-use oci_sandbox::{NamespaceContainer, OciRuntime, OutputMode};
-
-/// A bundle holding the library's own spec for `/bin/true`, for the raw CLI baseline.
-struct RawBundle {
-    dir: tempfile::TempDir,
-    root: PathBuf,
-    kind: OciRuntime,
-}
-
-impl RawBundle {
-    fn new(sandbox: &NamespaceContainer, config: &oci_sandbox::ContainerConfig) -> Self {
-        let dir = tempfile::Builder::new()
-            .prefix("osb-bench-")
-            .tempdir_in("/tmp")
-            .unwrap();
-        let spec = sandbox.render_spec(config).unwrap();
-        std::fs::write(
-            dir.path().join("config.json"),
-            serde_json::to_vec(&spec).unwrap(),
-        )
-        .unwrap();
-        let root = dir.path().join("root");
-        std::fs::create_dir(&root).unwrap();
-        RawBundle {
-            dir,
-            root,
-            kind: sandbox.runtime(),
-        }
-    }
-
-    async fn run_once(&self, id: &str) {
-        let mut cmd = raw_cli::command(self.kind, &self.root);
-        cmd.args(["run", "--bundle"]).arg(self.dir.path()).arg(id);
-        raw_cli::run_quietly(cmd).await;
-    }
-
-    fn bundle(&self) -> &Path {
-        self.dir.path()
-    }
-}
+use oci_sandbox::{NamespaceContainer, OutputMode};
 
 fn spawn_true(c: &mut Criterion) {
     let rt = raw_cli::tokio_runtime();
@@ -71,17 +29,8 @@ fn spawn_true(c: &mut Criterion) {
         let sandbox = rt.block_on(NamespaceContainer::with_runtime(kind)).unwrap();
         let config = raw_cli::quiet_true();
         let raw = RawBundle::new(&sandbox, &config);
-        let seq = AtomicU64::new(0);
         group.bench_function(format!("{kind}/raw_cli_run"), |b| {
-            b.to_async(&rt).iter(|| {
-                let id = format!(
-                    "bench-{}-{}",
-                    std::process::id(),
-                    seq.fetch_add(1, Ordering::Relaxed)
-                );
-                let raw = &raw;
-                async move { raw.run_once(&id).await }
-            })
+            b.to_async(&rt).iter(|| raw.run_once())
         });
         group.bench_function(format!("{kind}/library_spawn"), |b| {
             b.to_async(&rt).iter(|| async {
@@ -89,7 +38,6 @@ fn spawn_true(c: &mut Criterion) {
                 assert!(status.success());
             })
         });
-        let _ = raw.bundle();
         rt.block_on(sandbox.close());
     }
     group.finish();
@@ -110,8 +58,7 @@ fn paired_ratio(_c: &mut Criterion) {
             let (mut raw_ms, mut spawn_ms, mut captured_ms) = (Vec::new(), Vec::new(), Vec::new());
 
             for i in 0..rounds {
-                let id = format!("paired-{}-{i}", std::process::id());
-                let raw_run = timed(raw.run_once(&id));
+                let raw_run = timed(raw.run_once());
                 let spawn_run = timed(async {
                     let status = sandbox.spawn(&config).await.unwrap().wait().await.unwrap();
                     assert!(status.success());

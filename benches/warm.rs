@@ -15,56 +15,12 @@
 //!
 //! `OSB_BENCH_RUNTIMES=runc,crun,runsc` picks the runtimes (default runc).
 
-use std::sync::atomic::{AtomicU64, Ordering};
-
 use criterion::{Criterion, criterion_group};
-use oci_sandbox::{ContainerConfig, NamespaceContainer, OciRuntime};
+use oci_sandbox::{ContainerConfig, NamespaceContainer};
 
 #[path = "support/raw_cli.rs"]
 mod raw_cli;
-use raw_cli::{median, timed};
-
-/// A bundle holding the library's own spec for `config`, for the raw CLI baseline.
-struct RawBundle {
-    dir: tempfile::TempDir,
-    root: std::path::PathBuf,
-    kind: OciRuntime,
-    seq: AtomicU64,
-}
-
-impl RawBundle {
-    fn new(runtime: &NamespaceContainer, config: &ContainerConfig) -> Self {
-        let dir = tempfile::Builder::new()
-            .prefix("osb-bench-")
-            .tempdir_in("/tmp")
-            .unwrap();
-        let spec = runtime.render_spec(config).unwrap();
-        std::fs::write(
-            dir.path().join("config.json"),
-            serde_json::to_vec(&spec).unwrap(),
-        )
-        .unwrap();
-        let root = dir.path().join("root");
-        std::fs::create_dir(&root).unwrap();
-        RawBundle {
-            dir,
-            root,
-            kind: runtime.runtime(),
-            seq: AtomicU64::new(0),
-        }
-    }
-
-    async fn run_once(&self) {
-        let id = format!(
-            "warm-bench-{}-{}",
-            std::process::id(),
-            self.seq.fetch_add(1, Ordering::Relaxed)
-        );
-        let mut cmd = raw_cli::command(self.kind, &self.root);
-        cmd.args(["run", "--bundle"]).arg(self.dir.path()).arg(id);
-        raw_cli::run_quietly(cmd).await;
-    }
-}
+use raw_cli::{RawBundle, median, timed};
 
 async fn spawn_true(runtime: &NamespaceContainer, config: &ContainerConfig) {
     let status = runtime.spawn(config).await.unwrap().wait().await.unwrap();
@@ -177,11 +133,7 @@ const WHOLE_PROCESS_POOL: usize = 2;
 /// The process `whole_process` measures: `--warm-child <runtime> <spawns>` builds a runtime,
 /// warms a pool, spawns `/bin/true` that many times one after another, closes.
 fn warm_child(kind: &str, spawns: usize) {
-    let kind = match kind {
-        "crun" => OciRuntime::Crun,
-        "runsc" => OciRuntime::Gvisor,
-        _ => OciRuntime::Runc,
-    };
+    let kind = raw_cli::runtime_named(kind).expect("a runtime's name");
     let rt = raw_cli::tokio_runtime();
     rt.block_on(async {
         let runtime = NamespaceContainer::with_runtime(kind).await.unwrap();
@@ -205,11 +157,7 @@ fn warm_child(kind: &str, spawns: usize) {
 /// The baseline process: `--raw-child <runtime> <runs> <bundle> <root>` runs the raw CLI
 /// that many times on a bundle the parent made.
 fn raw_child(kind: &str, runs: usize, bundle: &str, root: &str) {
-    let kind = match kind {
-        "crun" => OciRuntime::Crun,
-        "runsc" => OciRuntime::Gvisor,
-        _ => OciRuntime::Runc,
-    };
+    let kind = raw_cli::runtime_named(kind).expect("a runtime's name");
     let rt = raw_cli::tokio_runtime();
     rt.block_on(async {
         for i in 0..runs {
@@ -227,11 +175,7 @@ fn whole_process(_c: &mut Criterion) {
     let me = std::env::current_exe().unwrap();
     let rt = raw_cli::tokio_runtime();
     for kind in raw_cli::runtimes() {
-        let name = match kind {
-            OciRuntime::Crun => "crun",
-            OciRuntime::Gvisor => "runsc",
-            _ => "runc",
-        };
+        let name = kind.binary_name();
         let raw = rt.block_on(async {
             let runtime = NamespaceContainer::with_runtime(kind).await.unwrap();
             RawBundle::new(&runtime, &raw_cli::quiet_true())

@@ -38,13 +38,62 @@ pub fn runtimes() -> Vec<OciRuntime> {
     std::env::var("OSB_BENCH_RUNTIMES")
         .unwrap_or_else(|_| "runc".into())
         .split(',')
-        .filter_map(|r| match r.trim() {
-            "runc" => Some(OciRuntime::Runc),
-            "crun" => Some(OciRuntime::Crun),
-            "runsc" | "gvisor" => Some(OciRuntime::Gvisor),
-            _ => None,
-        })
+        .filter_map(|r| runtime_named(r.trim()))
         .collect()
+}
+
+/// The runtime of a name: `runc`, `crun`, `runsc` (or `gvisor`).
+pub fn runtime_named(name: &str) -> Option<OciRuntime> {
+    match name {
+        "runc" => Some(OciRuntime::Runc),
+        "crun" => Some(OciRuntime::Crun),
+        "runsc" | "gvisor" => Some(OciRuntime::Gvisor),
+        _ => None,
+    }
+}
+
+/// A bundle holding the library's own spec for a config, for the raw CLI baseline: a user's
+/// `<runtime> run` of what the library would run.
+#[allow(dead_code)] // Not every bench runs the raw CLI.
+pub struct RawBundle {
+    pub dir: tempfile::TempDir,
+    /// The runtime's state root for these runs.
+    pub root: std::path::PathBuf,
+    kind: OciRuntime,
+    seq: std::sync::atomic::AtomicU64,
+}
+
+#[allow(dead_code)]
+impl RawBundle {
+    pub fn new(runtime: &NamespaceContainer, config: &ContainerConfig) -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("osb-bench-")
+            .tempdir_in("/tmp")
+            .unwrap();
+        let spec = runtime.render_spec(config).unwrap();
+        std::fs::write(
+            dir.path().join("config.json"),
+            serde_json::to_vec(&spec).unwrap(),
+        )
+        .unwrap();
+        let root = dir.path().join("root");
+        std::fs::create_dir(&root).unwrap();
+        RawBundle {
+            dir,
+            root,
+            kind: runtime.runtime(),
+            seq: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    /// `<runtime> run` of the bundle, under an id of its own, to its end.
+    pub async fn run_once(&self) {
+        let n = self.seq.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let id = format!("raw-bench-{}-{n}", std::process::id());
+        let mut cmd = command(self.kind, &self.root);
+        cmd.args(["run", "--bundle"]).arg(self.dir.path()).arg(id);
+        run_quietly(cmd).await;
+    }
 }
 
 /// Whether criterion runs in its test mode (`cargo bench -- --test`: each bench once).
