@@ -31,7 +31,8 @@ pub(crate) struct Live {
     pub harvest: crate::supervisor::container::Harvest,
     /// The snapshot it started from (whose layers it runs on), if any.
     pub base: Option<crate::snapshot::Snapshot>,
-    /// The image its root is made of, if any (a warm container's spawn applies its config).
+    /// A warm container's image, if any: its spawn applies the image's config. (While held,
+    /// it keeps its layers from `prune_images`, as a pool of that image should.)
     pub image: Option<std::sync::Arc<crate::image::PreparedImage>>,
 }
 
@@ -151,7 +152,12 @@ impl NamespaceContainer {
             userns_base,
             harvest,
             base: from.cloned(),
-            image: imaged.as_ref().map(|(_, image)| image.clone()),
+            // Kept for a warm container's spawn only: a long-lived sandbox's `Live` outlived
+            // its close in rootless prune tests, and with it the image's hold on its layers.
+            image: imaged
+                .as_ref()
+                .filter(|_| mode == LaunchMode::Warm)
+                .map(|(_, image)| image.clone()),
         };
         Ok((live, config.clone()))
     }
