@@ -281,7 +281,7 @@ impl NamespaceContainerBuilder {
         let binary = locate(self.runtime, self.binary).await?;
         let dirs = StateDirs::new(&base, self.runtime, identity);
         let prepared = dirs.clone();
-        let refresh_etc = crate::sys::blocking("preparing the state root", move || {
+        crate::sys::blocking("preparing the state root", move || {
             prepared.prepare_blocking()
         })
         .await?;
@@ -370,23 +370,12 @@ impl NamespaceContainerBuilder {
                 "swept image temp dirs left by dead processes"
             );
         }
-        let tracker = TaskTracker::new();
-        if refresh_etc {
-            // The host's /etc entries, copied before, are brought up to date in the background
-            // (`close` waits for it).
-            let rootfs = dirs.rootfs.clone();
-            tracker.spawn_blocking(move || {
-                if let Err(err) = crate::host::rootfs::refresh_host_etc(&rootfs) {
-                    tracing::warn!(%err, "refreshing the rootfs's copy of the host's /etc");
-                }
-            });
-        }
         Ok(NamespaceContainer {
             inner: Arc::new(Inner {
                 cli,
                 dirs,
                 platform_choice,
-                tracker,
+                tracker: TaskTracker::new(),
                 capture_dir,
                 identity,
                 unenforced_limits: self.unenforced_limits,

@@ -32,12 +32,7 @@ const ETC_FILES: &[(&str, &str)] = &[
 /// Makes the shared root filesystem (idempotent, blocking): `/bin`, `/lib*`... as links into
 /// `/usr` (which is bind-mounted from the host), a generated `/etc`, and copies of the host's
 /// [`HOST_ETC`] entries, refreshed when the host's change.
-///
-/// Returns whether the copies of [`HOST_ETC`] are still to be refreshed: when a complete copy
-/// is there already (a marker says so), the walk of the host's entries (thousands of calls:
-/// `/etc/ssl/certs`, `/etc/fonts`) is left to [`refresh_host_etc`], off the path of the
-/// runtime's construction; a first copy is made here.
-pub(crate) fn prepare_rootfs(rootfs: &Path) -> Result<bool, SandboxError> {
+pub(crate) fn prepare_rootfs(rootfs: &Path) -> Result<(), SandboxError> {
     let err = |what, p: &Path, e| SandboxError::io(what, p, e);
     for (link, target) in ROOTFS_LINKS {
         let host_link = Path::new(link);
@@ -73,31 +68,14 @@ pub(crate) fn prepare_rootfs(rootfs: &Path) -> Result<bool, SandboxError> {
         tmp.persist(&path)
             .map_err(|e| err("writing the rootfs /etc", &path, e.error))?;
     }
-    if etc.join(HOST_ETC_COPIED).exists() {
-        return Ok(true);
-    }
-    refresh_host_etc(rootfs)?;
-    Ok(false)
-}
-
-/// Marks a complete copy of [`HOST_ETC`] in the rootfs's `/etc` (a hidden name, 0 bytes).
-const HOST_ETC_COPIED: &str = ".oci-sandbox-host-etc";
-
-/// Copies the host's [`HOST_ETC`] entries into the rootfs's `/etc` where they differ, and
-/// marks the copy complete. Each entry is replaced by a rename: a container sees the old one
-/// or the new one. Blocking.
-pub(crate) fn refresh_host_etc(rootfs: &Path) -> Result<(), SandboxError> {
-    let etc = rootfs.join("etc");
     for entry in HOST_ETC {
         let source = Path::new(entry);
         let relative = source.strip_prefix("/etc").unwrap_or(source);
         let mut budget = HOST_ETC_BUDGET;
         copy_entry(source, &etc.join(relative), 0, &mut budget)
-            .map_err(|e| SandboxError::io("copying the host's /etc into the rootfs", source, e))?;
+            .map_err(|e| err("copying the host's /etc into the rootfs", source, e))?;
     }
-    let marker = etc.join(HOST_ETC_COPIED);
-    std::fs::write(&marker, b"")
-        .map_err(|e| SandboxError::io("marking the rootfs's /etc copied", &marker, e))
+    Ok(())
 }
 
 /// Host entries of `/etc` that programs need and that hold no secrets (dynamic linking, time
@@ -209,32 +187,4 @@ fn replace(tmp: &Path, dest: &Path, existing: Option<&std::fs::Metadata>) -> std
     std::fs::rename(tmp, dest).inspect_err(|_| {
         let _ = std::fs::remove_file(tmp);
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_complete_copy_of_the_host_etc_leaves_its_refresh_for_later() {
-        let dir = tempfile::tempdir().unwrap();
-        assert!(
-            !prepare_rootfs(dir.path()).unwrap(),
-            "the first copy is made at once"
-        );
-        let etc = dir.path().join("etc");
-        assert!(etc.join(HOST_ETC_COPIED).exists());
-        assert!(etc.join("passwd").exists());
-        if Path::new("/etc/services").exists() {
-            assert!(etc.join("services").exists());
-        }
-        // Later: a refresh is due, made apart, and it brings back what went missing.
-        assert!(prepare_rootfs(dir.path()).unwrap());
-        let _ = std::fs::remove_file(etc.join("services"));
-        refresh_host_etc(dir.path()).unwrap();
-        assert_eq!(
-            etc.join("services").exists(),
-            Path::new("/etc/services").exists()
-        );
-    }
 }

@@ -68,9 +68,7 @@ impl StateDirs {
     }
 
     /// Creates the directories and the shared root filesystem (idempotent, blocking).
-    /// Returns whether the rootfs's copies of the host's `/etc` entries are to be refreshed
-    /// (see `rootfs::prepare_rootfs`).
-    pub fn prepare_blocking(&self) -> Result<bool, SandboxError> {
+    pub fn prepare_blocking(&self) -> Result<(), SandboxError> {
         use std::os::unix::fs::DirBuilderExt;
         let mut b = std::fs::DirBuilder::new();
         b.recursive(true).mode(0o711);
@@ -78,7 +76,7 @@ impl StateDirs {
             b.create(dir)
                 .map_err(|e| SandboxError::io("creating the state directory", dir, e))?;
         }
-        let refresh_etc = crate::host::rootfs::prepare_rootfs(&self.rootfs)?;
+        crate::host::rootfs::prepare_rootfs(&self.rootfs)?;
         // Earlier versions handed it to the first id range: take it back.
         let (uid, gid) = (
             nix::unistd::geteuid().as_raw(),
@@ -109,7 +107,7 @@ impl StateDirs {
             std::os::unix::fs::PermissionsExt::from_mode(0o755),
         )
         .map_err(|e| SandboxError::io("opening the rootfs to every id range", &self.rootfs, e))?;
-        Ok(refresh_etc)
+        Ok(())
     }
 
     /// The bundle directory of container `id`.
