@@ -13,6 +13,17 @@ use oci_sandbox::{
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+/// Spawns `config` and waits for its output.
+async fn output_of(t: &TestSandbox, config: &oci_sandbox::ContainerConfig) -> oci_sandbox::Output {
+    t.sandbox
+        .spawn(config)
+        .await
+        .unwrap()
+        .wait_with_output()
+        .await
+        .unwrap()
+}
+
 /// Spawns served by a warm container so far.
 fn hits(t: &TestSandbox) -> u64 {
     t.sandbox.warm_pools().iter().map(|p| p.hits).sum()
@@ -229,14 +240,7 @@ async fn only_the_same_spec_takes_a_warm_container(kind: OciRuntime) {
     same.env.push(("X".into(), "y".into()));
     same.timeout = Some(Duration::from_secs(9));
     same.output_limit = Some(1000);
-    let out = t
-        .sandbox
-        .spawn(&same)
-        .await
-        .unwrap()
-        .wait_with_output()
-        .await
-        .unwrap();
+    let out = output_of(&t, &same).await;
     assert_eq!(out.stdout, b"y\n");
     assert_eq!(hits(&t), 1);
     t.assert_nothing_left(&[], None).await;
@@ -262,14 +266,7 @@ async fn writable_binds_are_the_spawns_and_a_replaced_one_goes_cold(kind: OciRun
         wait_ready(&t, 2).await;
         let before = hits(&t);
         let script = format!("echo {round} > /workspace/f{round} && cat /workspace/f*");
-        let out = t
-            .sandbox
-            .spawn(&t.config_with(&policy, "sh", &["-c", &script]))
-            .await
-            .unwrap()
-            .wait_with_output()
-            .await
-            .unwrap();
+        let out = output_of(&t, &t.config_with(&policy, "sh", &["-c", &script])).await;
         assert!(
             out.status.success(),
             "round {round}: {}",
@@ -284,14 +281,7 @@ async fn writable_binds_are_the_spawns_and_a_replaced_one_goes_cold(kind: OciRun
     std::fs::rename(&workdir, dir.path().join("old")).unwrap();
     std::fs::create_dir(&workdir).unwrap();
     std::fs::write(workdir.join("new"), "fresh\n").unwrap();
-    let out = t
-        .sandbox
-        .spawn(&t.config_with(&policy, "cat", &["/workspace/new"]))
-        .await
-        .unwrap()
-        .wait_with_output()
-        .await
-        .unwrap();
+    let out = output_of(&t, &t.config_with(&policy, "cat", &["/workspace/new"])).await;
     assert_eq!(
         out.stdout,
         b"fresh\n",
@@ -370,14 +360,7 @@ async fn a_spawn_takes_a_container_already_starting(kind: OciRuntime) {
         assert!(std::time::Instant::now() < deadline, "{stats:?}");
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
-    let out = t
-        .sandbox
-        .spawn(&t.sh("echo waited"))
-        .await
-        .unwrap()
-        .wait_with_output()
-        .await
-        .unwrap();
+    let out = output_of(&t, &t.sh("echo waited")).await;
     assert_eq!(out.stdout, b"waited\n");
     let stats = &t.sandbox.warm_pools()[0];
     assert_eq!((stats.hits, stats.misses), (2, 0), "{stats:?}");
@@ -455,14 +438,7 @@ async fn cancellation_leaves_nothing(kind: OciRuntime) {
         }
     }
     wait_ready(&t, 2).await;
-    let out = t
-        .sandbox
-        .spawn(&t.sh("echo still"))
-        .await
-        .unwrap()
-        .wait_with_output()
-        .await
-        .unwrap();
+    let out = output_of(&t, &t.sh("echo still")).await;
     assert_eq!(out.stdout, b"still\n");
     t.assert_nothing_left(&[], Some("sleep 30")).await;
 }
