@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use crate::spec::CGROUP_PARENT;
 
-const ROOT: &str = "/sys/fs/cgroup";
+pub(crate) const ROOT: &str = "/sys/fs/cgroup";
 
 /// The container's cgroup directories that may exist: one per v1 hierarchy, and the v2 one
 /// (the unified hierarchy is either `/sys/fs/cgroup` itself or, hybrid, one of its entries).
@@ -58,38 +58,12 @@ pub(crate) fn oom_kills_blocking(id: &str) -> u64 {
 /// What container `id` has used, from its cgroups (v1 hierarchies, else v2); `None` when it
 /// has no cgroup the host can read. Blocking (file reads).
 pub(crate) fn usage_blocking(id: &str) -> Option<crate::status::SandboxUsage> {
-    let relative = Path::new(CGROUP_PARENT.trim_start_matches('/')).join(id);
-    let read = |parts: &[&str]| -> Option<String> {
-        let mut path = PathBuf::from(ROOT);
-        let (file, dirs) = parts.split_last()?;
-        for d in dirs {
-            path.push(d);
-        }
-        std::fs::read_to_string(path.join(&relative).join(file)).ok()
-    };
-    let number = |text: Option<String>| text.and_then(|t| t.trim().parse::<u64>().ok());
-    let v2_cpu = |text: Option<String>| {
-        text.and_then(|t| {
-            t.lines()
-                .find_map(|l| l.strip_prefix("usage_usec "))
-                .and_then(|n| n.trim().parse::<u64>().ok())
-        })
-        .map(std::time::Duration::from_micros)
-    };
+    let stats = crate::host::cgroup_stats::read_blocking(id);
     let usage = crate::status::SandboxUsage {
-        cpu: number(read(&["cpuacct", "cpuacct.usage"]))
-            .map(std::time::Duration::from_nanos)
-            .or_else(|| v2_cpu(read(&["unified", "cpu.stat"])))
-            .or_else(|| v2_cpu(read(&["cpu.stat"]))),
-        memory_bytes: number(read(&["memory", "memory.usage_in_bytes"]))
-            .or_else(|| number(read(&["unified", "memory.current"])))
-            .or_else(|| number(read(&["memory.current"]))),
-        peak_memory_bytes: number(read(&["memory", "memory.max_usage_in_bytes"]))
-            .or_else(|| number(read(&["unified", "memory.peak"])))
-            .or_else(|| number(read(&["memory.peak"]))),
-        pids: number(read(&["pids", "pids.current"]))
-            .or_else(|| number(read(&["unified", "pids.current"])))
-            .or_else(|| number(read(&["pids.current"]))),
+        cpu: stats.cpu,
+        memory_bytes: stats.memory_bytes,
+        peak_memory_bytes: stats.peak_memory_bytes,
+        pids: stats.pids,
     };
     (usage != crate::status::SandboxUsage::default()).then_some(usage)
 }

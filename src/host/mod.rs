@@ -4,6 +4,7 @@
 pub(crate) mod bundle;
 pub(crate) mod capture;
 pub(crate) mod cgroup;
+pub(crate) mod cgroup_stats;
 pub(crate) mod id_range;
 pub(crate) mod owner;
 pub(crate) mod rootfs;
