@@ -198,7 +198,7 @@ pub use sandbox::{
 };
 pub use sandbox::{
     DirEntry, EgressEvents, FileEvent, FileEvents, HibernateOptions, MAX_CONCURRENT_EXECS,
-    READ_FILE_LIMIT, Sandbox, SnapshotOptions,
+    READ_FILE_LIMIT, Sandbox, SandboxMetrics, SnapshotOptions,
 };
 pub use snapshot::Snapshot;
 pub use spec::identity::{DEFAULT_USERNS_BASE, USERNS_SIZE};

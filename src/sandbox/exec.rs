@@ -327,6 +327,7 @@ impl Sandbox {
         ),
     ) -> Supervised {
         let id = self.id().to_owned();
+        self.inner.commands_started.fetch_add(1, Ordering::Relaxed);
         // An exec's own id; a spawn's command is its container's only one, and keeps its id.
         let exec_id = if self.inner.one_shot {
             id.clone()

@@ -5,6 +5,7 @@ mod exec;
 mod files;
 mod jobs;
 mod lifetime;
+mod metrics;
 mod network;
 mod session;
 mod snapshot;
@@ -16,6 +17,7 @@ pub use code::{
     MimeBundle,
 };
 pub use files::{DirEntry, FileEvent, FileEvents, READ_FILE_LIMIT};
+pub use metrics::SandboxMetrics;
 pub use network::EgressEvents;
 pub use session::HibernateOptions;
 pub use snapshot::SnapshotOptions;
@@ -76,6 +78,8 @@ struct Inner {
     /// Commands that may run at once (the launcher's table has room for a few more).
     slots: Arc<Semaphore>,
     execs: AtomicU64,
+    /// Commands started (for [`Sandbox::metrics`]).
+    commands_started: AtomicU64,
     /// A spawn's container: its one command's end is the container's end.
     one_shot: bool,
     /// [`Sandbox::close`] was called.
@@ -166,6 +170,7 @@ impl Sandbox {
                 asked,
                 slots: Arc::new(Semaphore::new(MAX_CONCURRENT_EXECS)),
                 execs: AtomicU64::new(0),
+                commands_started: AtomicU64::new(0),
                 one_shot,
                 closed: Default::default(),
                 jobs: Default::default(),

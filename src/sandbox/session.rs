@@ -448,7 +448,7 @@ impl Sandbox {
     }
 
     /// A sandbox that is closed or whose container died is an error; a hibernated one is not.
-    fn check_alive_or_hibernated(&self) -> Result<(), SandboxError> {
+    pub(super) fn check_alive_or_hibernated(&self) -> Result<(), SandboxError> {
         if self.phase() == Phase::Hibernated {
             if let Some(err) = self
                 .ended_error()
