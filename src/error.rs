@@ -397,6 +397,33 @@ pub enum SandboxError {
 }
 
 impl SandboxError {
+    /// The variant's name in `snake_case` (`invalid_config`, `runtime`, `timeout`, ...): a
+    /// stable label for counting failures by kind (see
+    /// [`RuntimeMetrics::failures`](crate::RuntimeMetrics::failures)).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            SandboxError::RuntimeNotFound { .. } => "runtime_not_found",
+            SandboxError::NoSuchJob { .. } => "no_such_job",
+            SandboxError::InvalidConfig { .. } => "invalid_config",
+            SandboxError::DuplicateId { .. } => "duplicate_id",
+            SandboxError::CommandNotFound { .. } => "command_not_found",
+            SandboxError::Runtime { .. } => "runtime",
+            SandboxError::Timeout { .. } => "timeout",
+            SandboxError::Io { .. } => "io",
+            SandboxError::Process { .. } => "process",
+            SandboxError::SandboxExpired { .. } => "sandbox_expired",
+            SandboxError::SandboxEnded { .. } => "sandbox_ended",
+            SandboxError::SandboxClosed { .. } => "sandbox_closed",
+            SandboxError::TooManyExecs { .. } => "too_many_execs",
+            SandboxError::NoGvisorPlatform { .. } => "no_gvisor_platform",
+            SandboxError::Spec(_) => "spec",
+            SandboxError::Image { .. } => "image",
+            SandboxError::Snapshot { .. } => "snapshot",
+            SandboxError::Interpreter { .. } => "interpreter",
+            SandboxError::Session { .. } => "session",
+        }
+    }
+
     pub(crate) fn invalid(field: impl Into<String>, reason: impl Into<String>) -> Self {
         SandboxError::InvalidConfig {
             field: field.into(),

@@ -163,8 +163,8 @@ pub use config::image::{
     Image, ImageProgress, ProgressStage, PulledImage, RegistryAuth, RegistryImage, RegistryLimits,
 };
 pub use config::network::{
-    EGRESS_PROXY_PORT, EVENT_METHOD_MAX, EVENT_TEXT_MAX, EgressDecision, EgressEvent, EgressPolicy,
-    INJECTION_DEFAULT_PORTS,
+    EGRESS_PROXY_PORT, EVENT_METHOD_MAX, EVENT_TEXT_MAX, EgressCounts, EgressDecision, EgressEvent,
+    EgressPolicy, INJECTION_DEFAULT_PORTS,
 };
 pub use config::{
     Bind, ContainerConfig, ExecConfig, IntoArgs, Limits, MIN_MEMORY_LIMIT, MIN_PIDS_LIMIT, Mount,
@@ -198,8 +198,8 @@ pub use sandbox::{
 };
 pub use sandbox::{
     DirEntry, EgressEvents, FileEvent, FileEvents, HibernateOptions, MAX_CONCURRENT_EXECS,
-    READ_FILE_LIMIT, Sandbox, SandboxMetrics, SnapshotOptions,
+    READ_FILE_LIMIT, RuntimeMetrics, Sandbox, SandboxMetrics, SandboxReading, SnapshotOptions,
 };
 pub use snapshot::Snapshot;
 pub use spec::identity::{DEFAULT_USERNS_BASE, USERNS_SIZE};
-pub use status::{ExitStatus, Output, SandboxExpiry, SandboxUsage, Usage};
+pub use status::{ExitStatus, Output, SandboxExpiry, SandboxUsage, TimeHistogram, Usage};

@@ -199,6 +199,21 @@ pub struct SandboxUsage {
     pub pids: Option<u64>,
 }
 
+/// A histogram of durations (the library's teardown times in
+/// [`RuntimeMetrics`](crate::RuntimeMetrics)), as Prometheus keeps one: how many, their sum,
+/// and for each bucket's upper bound how many took at most that long (cumulative).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct TimeHistogram {
+    /// How many durations were recorded.
+    pub count: u64,
+    /// Their sum.
+    pub sum: Duration,
+    /// `(upper bound, durations at most that long)`, bounds ascending; those longer than the
+    /// last bound are only in `count`.
+    pub buckets: Vec<(Duration, u64)>,
+}
+
 /// Why a long-lived sandbox ended by itself: its lifetime options
 /// ([`SandboxConfig::ttl`](crate::SandboxConfig::ttl),
 /// [`SandboxConfig::idle_lifetime`](crate::SandboxConfig::idle_lifetime)).

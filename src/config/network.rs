@@ -541,6 +541,26 @@ impl EgressDecision {
     }
 }
 
+/// What a sandbox's egress proxy has let through and refused so far
+/// ([`SandboxMetrics::egress`](crate::SandboxMetrics::egress)). Bytes are counted as they
+/// are relayed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct EgressCounts {
+    /// Connections the policy allowed and the proxy connected.
+    pub allowed: u64,
+    /// Connections refused (by the policy, or as malformed).
+    pub denied: u64,
+    /// Connections allowed whose upstream could not be reached.
+    pub failed: u64,
+    /// Allowed connections open now.
+    pub open: u64,
+    /// Bytes the sandbox sent upstream (request heads and bodies, tunnelled bytes).
+    pub bytes_sent: u64,
+    /// Bytes the upstreams sent back.
+    pub bytes_received: u64,
+}
+
 /// One decision of a sandbox's egress proxy, sent when the connection ends (at once when it is
 /// denied or fails).
 #[derive(Debug, Clone, PartialEq, Eq)]

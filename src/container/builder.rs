@@ -390,6 +390,7 @@ impl NamespaceContainerBuilder {
                 making_room: Default::default(),
                 data,
                 held: Default::default(),
+                counters: Default::default(),
                 warm: super::warm::WarmPools::new(self.warm_refills),
             }),
         })

@@ -311,6 +311,7 @@ impl NamespaceContainer {
         drop(cmd);
         let mut teardown = Teardown::new(&inner.cli, &inner.dirs, id, config, bundle);
         teardown.keep = from.cloned();
+        teardown.times = Some(self.teardown_times());
         let harvest = teardown.harvest.clone();
         let (init_pid, mode) = if attached {
             let (tx, rx) = tokio::sync::oneshot::channel();

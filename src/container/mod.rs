@@ -66,6 +66,8 @@ struct Inner {
     max_running: Option<usize>,
     /// Held while room is made for one more running named sandbox.
     making_room: tokio::sync::Mutex<()>,
+    /// Spawns, starts, failures and teardowns counted (see `counters`).
+    counters: counters::Counters,
     /// The named sandboxes this process holds, by name.
     held: std::sync::Mutex<std::collections::HashMap<String, std::sync::Weak<dyn HeldSession>>>,
 }
@@ -98,6 +100,9 @@ pub struct ContainerEntry {
 pub(crate) trait Closable: Send + Sync + std::fmt::Debug {
     /// Kills its commands and its container and waits until the container is gone.
     fn close_now(self: Arc<Self>) -> futures::future::BoxFuture<'static, ()>;
+    /// A handle on it, as `Any` (a `Sandbox`), if it is a long-lived sandbox (not a spawn's
+    /// container) still open: what [`NamespaceContainer::metrics`] reads.
+    fn open_sandbox(self: Arc<Self>) -> Option<Box<dyn std::any::Any + Send>>;
 }
 
 /// What to do with cgroup limits (memory, pids, CPU) that cannot be enforced: rootless, the
@@ -271,6 +276,18 @@ impl NamespaceContainer {
         self.inner.tracker.reopen();
     }
 
+    /// The long-lived sandboxes of this runtime still open (as `Any`: `Sandbox`es), in the
+    /// order they started.
+    pub(crate) fn open_sandboxes(&self) -> Vec<Box<dyn std::any::Any + Send>> {
+        let open: Vec<Arc<dyn Closable>> = {
+            let all = self.inner.open.lock().unwrap_or_else(|e| e.into_inner());
+            all.iter().filter_map(std::sync::Weak::upgrade).collect()
+        };
+        open.into_iter()
+            .filter_map(Closable::open_sandbox)
+            .collect()
+    }
+
     /// Registers a container started here for [`close`](Self::close) (dropping the entries of
     /// those gone).
     pub(crate) fn register_open(&self, open: std::sync::Weak<dyn Closable>) {
@@ -328,6 +345,11 @@ impl NamespaceContainer {
         std::collections::HashMap<String, std::sync::Weak<dyn HeldSession>>,
     > {
         self.inner.held.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The bundle directory of container `id`.
+    pub(crate) fn bundle_dir(&self, id: &str) -> std::path::PathBuf {
+        self.inner.dirs.bundle(id)
     }
 
     pub(crate) fn snapshot_store(&self) -> &std::path::Path {
@@ -417,6 +439,7 @@ impl NamespaceContainer {
 }
 
 mod builder;
+mod counters;
 pub(crate) mod image_root;
 mod launch;
 mod warm;

@@ -260,6 +260,11 @@ impl ImageStore {
         }
     }
 
+    /// Where the unpacked layers are, one directory each (named by digest).
+    pub(crate) fn layers_dir(&self) -> PathBuf {
+        self.dir.join("layers")
+    }
+
     fn layer_dir(&self, hex: &str) -> PathBuf {
         self.dir.join("layers").join(hex)
     }

@@ -14,12 +14,13 @@
 pub(crate) mod proxy;
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
 use tokio::sync::broadcast;
 use tokio_util::task::TaskTracker;
 
-use crate::config::network::{EgressEvent, EgressPolicy};
+use crate::config::network::{EgressCounts, EgressEvent, EgressPolicy};
 use crate::launcher::Connection;
 use crate::launcher::net_protocol::{ACCEPTED, CONNECTION};
 
@@ -42,6 +43,37 @@ pub(crate) struct Egress {
     pub stop: tokio_util::sync::CancellationToken,
     policy: RwLock<Arc<EgressPolicy>>,
     events: broadcast::Sender<EgressEvent>,
+    /// What went through so far (see [`Egress::counts`]).
+    pub(crate) counters: Counters,
+}
+
+/// A sandbox's egress counters, bumped by the proxy as it goes.
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    allowed: AtomicU64,
+    denied: AtomicU64,
+    failed: AtomicU64,
+    open: AtomicU64,
+    /// Bumped by the relays as bytes go (see [`Counted`]).
+    pub(crate) sent: Arc<AtomicU64>,
+    pub(crate) received: Arc<AtomicU64>,
+}
+
+/// An allowed connection, counted as open until dropped.
+pub(crate) struct OpenConnection<'a>(&'a Counters);
+
+impl Counters {
+    /// Counts an allowed connection as open while the guard lives.
+    pub(crate) fn opened(&self) -> OpenConnection<'_> {
+        self.open.fetch_add(1, Ordering::Relaxed);
+        OpenConnection(self)
+    }
+}
+
+impl Drop for OpenConnection<'_> {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl Egress {
@@ -52,7 +84,21 @@ impl Egress {
             stop: Default::default(),
             policy: RwLock::new(Arc::new(policy)),
             events: broadcast::channel(EVENT_BACKLOG).0,
+            counters: Counters::default(),
         })
+    }
+
+    /// The counters now.
+    pub(crate) fn counts(&self) -> EgressCounts {
+        let c = &self.counters;
+        EgressCounts {
+            allowed: c.allowed.load(Ordering::Relaxed),
+            denied: c.denied.load(Ordering::Relaxed),
+            failed: c.failed.load(Ordering::Relaxed),
+            open: c.open.load(Ordering::Relaxed),
+            bytes_sent: c.sent.load(Ordering::Relaxed),
+            bytes_received: c.received.load(Ordering::Relaxed),
+        }
     }
 
     /// The policy new connections are checked against.
@@ -72,6 +118,12 @@ impl Egress {
 
     /// Sends `event` to the subscribers and as a tracing event.
     pub(crate) fn report(&self, event: EgressEvent) {
+        let counter = match &event.decision {
+            crate::config::network::EgressDecision::Allowed { .. } => &self.counters.allowed,
+            crate::config::network::EgressDecision::Denied { .. } => &self.counters.denied,
+            crate::config::network::EgressDecision::Failed { .. } => &self.counters.failed,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
         match &event.decision {
             crate::config::network::EgressDecision::Allowed { rule } => tracing::debug!(
                 sandbox = %event.sandbox, host = %event.host, port = event.port,

@@ -174,6 +174,12 @@ async fn serve_until_done(mut client: UnixStream, egress: Arc<Egress>) {
     event.address = upstream.peer_addr().ok();
     event.decision = EgressDecision::Allowed { rule };
     let _ = upstream.set_nodelay(true);
+    let _open = egress.counters.opened();
+    let upstream = Counted {
+        inner: upstream,
+        sent: Arc::clone(&egress.counters.sent),
+        received: Arc::clone(&egress.counters.received),
+    };
     let (sent, received) = match &request.forward {
         None => tunnel(client, upstream, &request.rest).await,
         Some(head) => {
@@ -231,8 +237,62 @@ fn report_refusal(egress: &Egress, refusal: Refusal, begun: Instant) {
     });
 }
 
+/// An upstream connection whose bytes are counted as they go, into the sandbox's
+/// [`EgressCounts`](crate::EgressCounts): a long tunnel shows in the metrics while it runs.
+struct Counted<T> {
+    inner: T,
+    sent: Arc<std::sync::atomic::AtomicU64>,
+    received: Arc<std::sync::atomic::AtomicU64>,
+}
+
+type Upstream = Counted<TcpStream>;
+
+impl<T: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Counted<T> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = std::pin::Pin::new(&mut self.inner).poll_read(cx, buf);
+        let n = (buf.filled().len() - before) as u64;
+        self.received
+            .fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+        polled
+    }
+}
+
+impl<T: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Counted<T> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let polled = std::pin::Pin::new(&mut self.inner).poll_write(cx, buf);
+        if let std::task::Poll::Ready(Ok(n)) = &polled {
+            self.sent
+                .fetch_add(*n as u64, std::sync::atomic::Ordering::Relaxed);
+        }
+        polled
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
 /// A `CONNECT` tunnel: the answer, then bytes both ways unread. Bytes sent and received.
-async fn tunnel(mut client: UnixStream, mut upstream: TcpStream, early: &[u8]) -> (u64, u64) {
+async fn tunnel(mut client: UnixStream, mut upstream: Upstream, early: &[u8]) -> (u64, u64) {
     let mut sent = 0;
     let relayed = async {
         client
@@ -265,7 +325,7 @@ async fn tunnel(mut client: UnixStream, mut upstream: TcpStream, early: &[u8]) -
 /// read and dropped. Bytes sent and received.
 async fn forward(
     client: UnixStream,
-    mut upstream: TcpStream,
+    upstream: Upstream,
     head: Vec<u8>,
     body: Body,
     early: &[u8],
@@ -273,7 +333,7 @@ async fn forward(
     let (client_read, mut client_write) = client.into_split();
     let mut from_client =
         tokio::io::BufReader::with_capacity(RELAY_BUFFER, AsyncReadExt::chain(early, client_read));
-    let (mut up_read, mut up_write) = upstream.split();
+    let (mut up_read, mut up_write) = tokio::io::split(upstream);
     let mut sent = head.len() as u64;
     let request = async {
         up_write.write_all(&head).await?;

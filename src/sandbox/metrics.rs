@@ -6,9 +6,16 @@ use std::time::{Duration, SystemTime};
 
 use futures::Stream;
 
+use std::collections::BTreeMap;
+
 use super::{MAX_CONCURRENT_EXECS, Sandbox, session::Phase};
+use crate::config::MountKind;
+use crate::config::network::EgressCounts;
+use crate::container::{NamespaceContainer, WarmPoolStats};
 use crate::error::SandboxError;
 use crate::host::sessions::SandboxState;
+use crate::runtimes::OciRuntime;
+use crate::status::TimeHistogram;
 
 /// One reading of a sandbox's figures ([`Sandbox::metrics`]). A figure its cgroups do not
 /// give (a controller not mounted, a kernel without `memory.peak`, no cgroup rootless, a
@@ -39,10 +46,117 @@ pub struct SandboxMetrics {
     pub pids_limit: Option<u64>,
     /// Processes the kernel's OOM killer killed in its current container.
     pub oom_kills: Option<u64>,
+    /// Disk its writable state takes on the host: a writable root's layer on disk (with
+    /// [`snapshots`](crate::ContainerConfig::snapshots) on runc and crun), its writable binds
+    /// (the workdir; a named sandbox's `/workspace` and `/tmp`), volumes excepted (shared:
+    /// see [`NamespaceContainer::volumes`](crate::NamespaceContainer::volumes)). A writable
+    /// root on a tmpfs is memory, in [`memory_bytes`](Self::memory_bytes).
+    pub disk_bytes: Option<u64>,
+    /// Its egress proxy's counts, with [`Network::Egress`](crate::Network::Egress).
+    pub egress: Option<EgressCounts>,
     /// Commands started in it so far (execs, jobs, kernels).
     pub execs_started: u64,
     /// Commands running now.
     pub execs_running: u64,
+}
+
+/// One open sandbox's reading in [`RuntimeMetrics`].
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct SandboxReading {
+    /// Its container id.
+    pub id: String,
+    /// Its name, if named.
+    pub name: Option<String>,
+    /// Its labels.
+    pub labels: BTreeMap<String, String>,
+    /// Its figures (`cpu_share` is `None`: one reading has no interval).
+    pub metrics: SandboxMetrics,
+}
+
+/// A runtime's figures ([`NamespaceContainer::metrics`]): every open sandbox's, and the
+/// library's own counters since the runtime was built.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct RuntimeMetrics {
+    /// The runtime.
+    pub runtime: OciRuntime,
+    /// Every long-lived sandbox of the runtime still open (not spawns' containers).
+    pub sandboxes: Vec<SandboxReading>,
+    /// Spawns (`spawn`, `spawn_captured`, `spawn_interactive`) that started in a container
+    /// started for them.
+    pub spawns_cold: u64,
+    /// Spawns that started in a warm container ([`NamespaceContainer::warm`]).
+    pub spawns_warm: u64,
+    /// Long-lived sandboxes started (`start`, `create`, `connect`).
+    pub sandboxes_started: u64,
+    /// Spawns and starts that failed, by [`SandboxError::kind`].
+    pub failures: BTreeMap<String, u64>,
+    /// Container teardowns: from the kill (or the init's own end) to the container's
+    /// removal.
+    pub teardowns: TimeHistogram,
+    /// Image layers unpacked in the state dir's store, and the disk they take.
+    pub image_layers: u64,
+    /// See [`image_layers`](Self::image_layers).
+    pub image_bytes: u64,
+    /// Snapshots kept in the state dir (those of live [`Snapshot`](crate::Snapshot)s), and
+    /// the disk they take.
+    pub snapshots: u64,
+    /// See [`snapshots`](Self::snapshots).
+    pub snapshot_bytes: u64,
+    /// Each warm pool's figures ([`NamespaceContainer::warm_pools`]).
+    pub warm_pools: Vec<WarmPoolStats>,
+}
+
+impl NamespaceContainer {
+    /// Every open sandbox's figures (as one [`Sandbox::metrics`] reading) and the library's
+    /// own counters: spawns cold and warm, failures by kind, teardown times, the image layers
+    /// and snapshots on disk. Read off the async workers; a scrape of a metrics endpoint
+    /// calls it (see the `prometheus` feature's [`RuntimeMetrics::to_prometheus`]).
+    ///
+    /// ```no_run
+    /// # async fn demo(runtime: &oci_sandbox::NamespaceContainer) {
+    /// let m = runtime.metrics().await;
+    /// for s in &m.sandboxes {
+    ///     println!("{} {:?} bytes", s.id, s.metrics.memory_bytes);
+    /// }
+    /// println!("{} warm, {} cold spawns", m.spawns_warm, m.spawns_cold);
+    /// # }
+    /// ```
+    pub async fn metrics(&self) -> RuntimeMetrics {
+        let open: Vec<Sandbox> = self
+            .open_sandboxes()
+            .into_iter()
+            .filter_map(|any| any.downcast::<Sandbox>().ok().map(|s| *s))
+            .collect();
+        let readings = futures::future::join_all(open.iter().map(|s| s.read_metrics(None)));
+        let (readings, stores) = futures::join!(readings, self.stores_on_disk());
+        let sandboxes = open
+            .iter()
+            .zip(readings)
+            .map(|(s, (metrics, _))| SandboxReading {
+                id: s.id().to_owned(),
+                name: s.inner.asked.name.clone(),
+                labels: s.inner.asked.labels.clone(),
+                metrics,
+            })
+            .collect();
+        let counters = self.counters();
+        RuntimeMetrics {
+            runtime: self.runtime(),
+            sandboxes,
+            spawns_cold: counters.spawns_cold,
+            spawns_warm: counters.spawns_warm,
+            sandboxes_started: counters.sandboxes_started,
+            failures: counters.failures,
+            teardowns: counters.teardowns,
+            image_layers: stores.image_layers,
+            image_bytes: stores.image_bytes,
+            snapshots: stores.snapshots,
+            snapshot_bytes: stores.snapshot_bytes,
+            warm_pools: self.warm_pools(),
+        }
+    }
 }
 
 impl Sandbox {
@@ -95,6 +209,21 @@ impl Sandbox {
         ))
     }
 
+    /// The host directories its writable state is in (see [`SandboxMetrics::disk_bytes`]).
+    fn writable_dirs(&self) -> Vec<std::path::PathBuf> {
+        let volumes = self.inner.owner.data_dir().join("volumes");
+        let binds = self.config().mounts.iter().filter_map(|m| match &m.kind {
+            MountKind::Bind {
+                source,
+                writable: true,
+            } if !source.starts_with(&volumes) => Some(source.clone()),
+            _ => None,
+        });
+        // Absent without an image; an empty mount point when the layer is a tmpfs.
+        let layer = self.inner.owner.bundle_dir(self.id()).join("rw");
+        std::iter::once(layer).chain(binds).collect()
+    }
+
     /// One reading; `last`: the previous reading's CPU time and when it was taken.
     async fn read_metrics(
         &self,
@@ -105,16 +234,24 @@ impl Sandbox {
             Phase::Paused => SandboxState::Paused,
             Phase::Hibernated => SandboxState::Hibernated,
         };
-        let stats = if state == SandboxState::Hibernated {
-            crate::host::cgroup_stats::CgroupStats::default()
-        } else {
-            let id = self.id().to_owned();
-            crate::sys::blocking("reading the sandbox's cgroups", move || {
-                Ok(crate::host::cgroup_stats::read_blocking(&id))
+        let hibernated = state == SandboxState::Hibernated;
+        let id = self.id().to_owned();
+        let writable = self.writable_dirs();
+        let (stats, disk_bytes) =
+            crate::sys::blocking("reading the sandbox's figures", move || {
+                let stats = if hibernated {
+                    crate::host::cgroup_stats::CgroupStats::default()
+                } else {
+                    crate::host::cgroup_stats::read_blocking(&id)
+                };
+                let disk = writable
+                    .iter()
+                    .filter_map(|dir| crate::sys::fs_tree::disk_usage_blocking(dir).ok())
+                    .reduce(u64::saturating_add);
+                Ok((stats, disk))
             })
             .await
-            .unwrap_or_default()
-        };
+            .unwrap_or_default();
         let now = std::time::Instant::now();
         let cpu_share = match (stats.cpu, last) {
             (Some(cpu), Some((before, then))) => {
@@ -138,6 +275,8 @@ impl Sandbox {
             pids: stats.pids,
             pids_limit: stats.pids_limit,
             oom_kills: stats.oom_kills,
+            disk_bytes,
+            egress: self.inner.egress.get().map(|e| e.counts()),
             execs_started: self.inner.commands_started.load(Ordering::Relaxed),
             execs_running: running as u64,
         };

@@ -17,7 +17,7 @@ pub use code::{
     MimeBundle,
 };
 pub use files::{DirEntry, FileEvent, FileEvents, READ_FILE_LIMIT};
-pub use metrics::SandboxMetrics;
+pub use metrics::{RuntimeMetrics, SandboxMetrics, SandboxReading};
 pub use network::EgressEvents;
 pub use session::HibernateOptions;
 pub use snapshot::SnapshotOptions;
@@ -359,5 +359,11 @@ impl crate::container::Closable for Inner {
             let sandbox = Sandbox { inner: self };
             sandbox.close().await;
         })
+    }
+
+    fn open_sandbox(self: Arc<Self>) -> Option<Box<dyn std::any::Any + Send>> {
+        let sandbox = Sandbox { inner: self };
+        (!sandbox.inner.one_shot && !sandbox.is_closed())
+            .then(|| Box::new(sandbox) as Box<dyn std::any::Any + Send>)
     }
 }

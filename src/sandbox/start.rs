@@ -73,8 +73,16 @@ impl NamespaceContainer {
             .launch_in_span(config, one_shot, id)
             .instrument(span.clone())
             .await;
-        if let Err(err) = &launched {
-            span.in_scope(|| tracing::debug!(%err, "the container could not start"));
+        match &launched {
+            Err(err) => {
+                span.in_scope(|| tracing::debug!(%err, "the container could not start"));
+                // A spawn's failure is counted by the spawn.
+                if !one_shot {
+                    self.count_failure(err);
+                }
+            }
+            Ok(_) if !one_shot => self.count_sandbox_started(),
+            Ok(_) => {}
         }
         launched
     }
@@ -144,15 +152,24 @@ impl NamespaceContainer {
         F: FnOnce(Sandbox) -> Fut,
         Fut: std::future::Future<Output = Result<T, SandboxError>>,
     {
-        match self.take_warm(config).await? {
-            Some((sandbox, start)) => {
+        let (ran, warm) = match self.take_warm(config).await {
+            Ok(Some((sandbox, start))) => {
                 let ran = run(sandbox).await;
                 // The command runs (or could not start): refills may go.
                 drop(start);
-                ran
+                (ran, true)
             }
-            None => run(self.launch(config, true).await?).await,
+            Ok(None) => match self.launch(config, true).await {
+                Ok(sandbox) => (run(sandbox).await, false),
+                Err(err) => (Err(err), false),
+            },
+            Err(err) => (Err(err), false),
+        };
+        match &ran {
+            Ok(_) => self.count_spawn(warm),
+            Err(err) => self.count_failure(err),
         }
+        ran
     }
 
     /// A warm container's sandbox for a spawn of `config`, if a pool has one ready: with the

@@ -38,6 +38,9 @@ pub(crate) struct Teardown {
     pub harvest: Harvest,
     /// The snapshot whose layers the container runs on: kept until it is removed.
     pub keep: Option<crate::snapshot::Snapshot>,
+    /// Where the teardown's time goes (from the kill, or the init's own end, to the
+    /// container's removal), if anywhere.
+    pub times: Option<Arc<crate::sys::histogram::DurationHistogram>>,
 }
 
 /// A snapshot's claim on a container's writable layer: set before the container is ended,
@@ -61,6 +64,7 @@ impl Teardown {
             bundle: Some(bundle),
             harvest: Harvest::default(),
             keep: None,
+            times: None,
         }
     }
 
@@ -255,10 +259,11 @@ async fn supervise_container(
     tracing::debug!(init = init.pid(), "the init runs");
     let _ = started.send(Ok(()));
 
-    let killed = watch_phase(&init, &mut control, &teardown.id).await;
+    let killed_at = watch_phase(&init, &mut control, &teardown.id).await;
+    let teardown_from = killed_at.unwrap_or_else(Instant::now);
     tracing::debug!(
         ran_ms = crate::sys::ms_since(running_since),
-        killed,
+        killed = killed_at.is_some(),
         "the init has exited"
     );
     init_gone.send_replace(true);
@@ -281,6 +286,9 @@ async fn supervise_container(
         }
     }
     teardown.finish(true).await;
+    if let Some(times) = &teardown.times {
+        times.record(teardown_from.elapsed());
+    }
     tracing::debug!("removed");
 }
 
@@ -343,18 +351,20 @@ async fn open_started(
 
 /// The run phase: until the init has exited. A kill request (or the handle's drop) kills it
 /// through its pidfd; one that outlives the kill has its cgroups emptied. Returns whether it
-/// was killed.
+/// was killed, and when (the start of its teardown).
 async fn watch_phase(
     init: &ProcessWatch,
     control: &mut mpsc::UnboundedReceiver<Control>,
     id: &str,
-) -> bool {
+) -> Option<Instant> {
     let mut kill_deadline = None;
+    let mut killed_at = None;
     loop {
         tokio::select! {
-            () = init.exited() => return kill_deadline.is_some(),
+            () = init.exited() => return killed_at,
             _ = control.recv(), if kill_deadline.is_none() => {
                 init.kill();
+                killed_at = Some(Instant::now());
                 kill_deadline = Some(Instant::now() + KILL_DEADLINE);
             }
             () = sleep_until(kill_deadline) => {

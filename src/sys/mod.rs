@@ -1,6 +1,7 @@
 //! Layer 1: system calls, fds and processes (pidfds, fd-safe tree walks, user namespaces).
 
 pub(crate) mod fs_tree;
+pub(crate) mod histogram;
 pub(crate) mod host_tree;
 pub(crate) mod layer_tree;
 pub(crate) mod pidfd;
