@@ -10,6 +10,7 @@ CARGO ?= cargo
 # its terminal widget (and brings node, which the code interpreter's JavaScript tests run).
 # python3-matplotlib, -pandas, -numpy: the code interpreter's tests plot and show tables.
 # python3-venv: the MCP tests install PyPI's `mcp` client into a virtualenv (make mcp-venv).
+# prometheus: tests/prometheus.rs starts a real Prometheus that scrapes the metrics example.
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: deps demo demo-web web-assets mcp-venv test lint doc bench bench-fast bench-check
@@ -19,7 +20,8 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 ## installed it (a nodesource nodejs brings its own npm, which Debian's npm conflicts with).
 DEPS := runc:runc crun:crun runsc:runsc busybox:busybox-static newuidmap:uidmap \
 	python3:python3 cc:gcc skopeo:skopeo umoci:umoci docker-registry:docker-registry \
-	curl:curl wget:wget chromium:chromium chromedriver:chromium-driver npm:npm
+	curl:curl wget:wget chromium:chromium chromedriver:chromium-driver npm:npm \
+	prometheus:prometheus
 deps:
 	@missing=""; for d in $(DEPS); do command -v $${d%%:*} >/dev/null || missing="$$missing $${d#*:}"; done; \
 	[ -e /usr/lib/x86_64-linux-gnu/libc.a ] || [ -e /usr/lib/aarch64-linux-gnu/libc.a ] || missing="$$missing libc6-dev"; \
@@ -75,6 +77,7 @@ test: deps web-assets mcp-venv
 	scripts/leftovers.sh snapshot target/leftovers-before.txt
 	$(CARGO) build --examples
 	$(CARGO) build --features cli --bin oci-sandbox
+	$(CARGO) build --features prometheus --example metrics_server
 	$(CARGO) test --no-fail-fast --tests
 	$(CARGO) test --doc
 	scripts/leftovers.sh check target/leftovers-before.txt
@@ -83,8 +86,8 @@ test: deps web-assets mcp-venv
 lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --all-targets -- -D warnings
-	$(CARGO) clippy --all-targets --features cli -- -D warnings
-	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --no-deps
+	$(CARGO) clippy --all-targets --features cli,prometheus -- -D warnings
+	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --no-deps --features prometheus
 
 doc:
 	$(CARGO) doc --no-deps --open

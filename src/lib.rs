@@ -157,6 +157,8 @@ mod handle;
 mod backend;
 mod container;
 mod pool;
+#[cfg(feature = "prometheus")]
+mod prometheus;
 mod sandbox;
 
 pub use config::image::{
@@ -191,6 +193,8 @@ pub use launcher::{FileKind, FileMetadata};
 pub use nix::sys::signal::Signal;
 pub use oci_spec::runtime::Spec;
 pub use pool::SandboxPool;
+#[cfg(feature = "prometheus")]
+pub use prometheus::{PROMETHEUS_CONTENT_TYPE, encode_prometheus};
 pub use runtimes::{GvisorPlatform, OciRuntime, PlatformChoice};
 pub use sandbox::{
     Code, CodeContext, Execution, ExecutionError, ExecutionEvent, ExecutionStream, Language,

@@ -16,6 +16,7 @@ const LAYERS: &[&[&str]] = &[
     &["supervisor"],
     &["handle"],
     &["backend", "container", "pool", "sandbox"],
+    &["prometheus"],
 ];
 
 fn layer_of(top: &str) -> usize {

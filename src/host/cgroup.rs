@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use crate::spec::CGROUP_PARENT;
 
-pub(crate) const ROOT: &str = "/sys/fs/cgroup";
+pub(crate) use super::cgroup_stats::ROOT;
 
 /// The container's cgroup directories that may exist: one per v1 hierarchy, and the v2 one
 /// (the unified hierarchy is either `/sys/fs/cgroup` itself or, hybrid, one of its entries).

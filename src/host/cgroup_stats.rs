@@ -60,11 +60,14 @@ impl CgroupStats {
     }
 }
 
+/// Where the cgroup hierarchies are mounted.
+pub(crate) const ROOT: &str = "/sys/fs/cgroup";
+
 /// Container `id`'s figures: its v1 hierarchies' first, then the unified hierarchy's (hybrid:
 /// `/sys/fs/cgroup/unified`; pure v2: `/sys/fs/cgroup`). Blocking (file reads).
 pub(crate) fn read_blocking(id: &str) -> CgroupStats {
     use std::path::{Path, PathBuf};
-    let root = Path::new(super::cgroup::ROOT);
+    let root = Path::new(ROOT);
     let relative = Path::new(crate::spec::CGROUP_PARENT.trim_start_matches('/')).join(id);
     let v1 = parse_v1(|controller, file| {
         std::fs::read_to_string(root.join(controller).join(&relative).join(file)).ok()

@@ -237,21 +237,21 @@ impl Sandbox {
         let hibernated = state == SandboxState::Hibernated;
         let id = self.id().to_owned();
         let writable = self.writable_dirs();
-        let (stats, disk_bytes) =
-            crate::sys::blocking("reading the sandbox's figures", move || {
-                let stats = if hibernated {
-                    crate::host::cgroup_stats::CgroupStats::default()
-                } else {
-                    crate::host::cgroup_stats::read_blocking(&id)
-                };
-                let disk = writable
-                    .iter()
-                    .filter_map(|dir| crate::sys::fs_tree::disk_usage_blocking(dir).ok())
-                    .reduce(u64::saturating_add);
-                Ok((stats, disk))
-            })
-            .await
-            .unwrap_or_default();
+        let (stats, disk) = crate::sys::blocking("reading the sandbox's figures", move || {
+            let stats = if hibernated {
+                crate::host::cgroup_stats::CgroupStats::default()
+            } else {
+                crate::host::cgroup_stats::read_blocking(&id)
+            };
+            // A directory that is not there (no image: no layer) takes nothing.
+            let disk = writable
+                .iter()
+                .filter_map(|dir| crate::sys::fs_tree::disk_usage_blocking(dir).ok())
+                .fold(0, u64::saturating_add);
+            Ok((stats, disk))
+        })
+        .await
+        .unwrap_or_default();
         let now = std::time::Instant::now();
         let cpu_share = match (stats.cpu, last) {
             (Some(cpu), Some((before, then))) => {
@@ -275,7 +275,7 @@ impl Sandbox {
             pids: stats.pids,
             pids_limit: stats.pids_limit,
             oom_kills: stats.oom_kills,
-            disk_bytes,
+            disk_bytes: Some(disk),
             egress: self.inner.egress.get().map(|e| e.counts()),
             execs_started: self.inner.commands_started.load(Ordering::Relaxed),
             execs_running: running as u64,

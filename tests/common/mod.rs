@@ -44,16 +44,29 @@ pub async fn read_until(reader: &mut (impl tokio::io::AsyncRead + Unpin), needle
 /// per test process: a no-op when `make test` has built them), so that a plain `cargo test`
 /// works too.
 pub fn example_binary(name: &str) -> PathBuf {
+    example_binary_with(name, &[])
+}
+
+/// [`example_binary`] of an example that needs crate `features`.
+pub fn example_binary_with(name: &str, features: &[&str]) -> PathBuf {
     static BUILT: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
     {
         let mut built = BUILT.lock().unwrap_or_else(|e| e.into_inner());
         if !built.iter().any(|b| b == name) {
-            let status = std::process::Command::new(env!("CARGO"))
-                .args(["build", "--quiet", "--example", name])
+            let features = features.join(",");
+            let mut cargo = std::process::Command::new(env!("CARGO"));
+            cargo.args(["build", "--quiet", "--example", name]);
+            if !features.is_empty() {
+                cargo.args(["--features", &features]);
+            }
+            let status = cargo
                 .current_dir(env!("CARGO_MANIFEST_DIR"))
                 .status()
                 .expect("running cargo to build an example");
-            assert!(status.success(), "cargo build --example {name} failed");
+            assert!(
+                status.success(),
+                "cargo build --example {name} --features {features} failed"
+            );
             built.push(name.to_owned());
         }
     }
