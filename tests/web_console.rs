@@ -172,6 +172,55 @@ async fn the_console_works_in_a_real_browser() {
         assert!(Instant::now() < deadline, "never finished: {list}");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    // The live figures: a spinning command's CPU share shows within seconds, and goes.
+    let figure = |id: &'static str| web::text_of(&client, Locator::Id(id));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !(figure("fig-state").await == "running" && figure("fig-memory").await.contains("MiB")) {
+        assert!(
+            Instant::now() < deadline,
+            "no figures: {}",
+            figure("figures").await
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    client
+        .find(Locator::Id("cmd"))
+        .await
+        .unwrap()
+        .send_keys("timeout 8 sh -c 'while :; do :; done'")
+        .await
+        .unwrap();
+    client
+        .find(Locator::Id("go"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    let cpu_percent = |text: String| -> u32 {
+        text.trim_start_matches("cpu ")
+            .trim_end_matches('%')
+            .parse()
+            .unwrap_or(0)
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let cpu = figure("fig-cpu").await;
+        if cpu_percent(cpu.clone()) >= 50 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the burner never showed: {cpu}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let cpu = figure("fig-cpu").await;
+        if cpu_percent(cpu.clone()) < 10 && cpu.ends_with('%') {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the CPU share stayed up: {cpu}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     if std::env::var_os("OSB_SCREENSHOT").is_some() {
         let png = client.screenshot().await.unwrap();
         std::fs::write(

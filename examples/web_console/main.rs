@@ -12,7 +12,8 @@
 //! `POST /api/commands` (`{"command": "..."}`, run with `sh -c`, output captured), `WS /ws/term`
 //! (binary frames: terminal bytes both ways; text frames from the page: `{"resize":[cols,rows]}`),
 //! `WS /ws/logs/{n}` (a command's output from its first byte, following; then a text frame with
-//! its status as JSON).
+//! its status as JSON), `WS /ws/metrics` (the sandbox's live figures, `Sandbox::metrics`, a
+//! JSON text frame a second).
 //!
 //! Requests must name the server as `127.0.0.1:<port>` or `localhost:<port>` (a DNS-rebound
 //! name is refused) and, when a browser sends its `Origin`, come from this page (403 otherwise):
@@ -154,6 +155,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .route("/api/commands", get(list).post(run))
         .route("/ws/term", get(term_socket))
         .route("/ws/logs/{n}", get(log_socket))
+        .route("/ws/metrics", get(metrics_socket))
         .layer(axum::middleware::from_fn_with_state(app.clone(), same_site))
         .with_state(app);
     // Both handlers are in place before the URL is out: a SIGINT right after it (a test's
@@ -544,6 +546,45 @@ async fn log_socket(
                 .await
             };
             let _ = tokio::time::timeout(SEND_DEADLINE, ending).await;
+        }
+    })
+}
+
+/// The sandbox's figures once a second, as JSON, until the page goes or the sandbox ends.
+async fn metrics_socket(State(app): State<App>, ws: WebSocketUpgrade) -> Response {
+    let figures = match app.sandbox.metrics(Duration::from_secs(1)) {
+        Ok(f) => f,
+        Err(_) => return StatusCode::GONE.into_response(),
+    };
+    upgrade(&app.sockets.clone(), ws, move |socket| async move {
+        let (mut tx, mut rx) = socket.split();
+        let mut figures = Box::pin(figures);
+        let sent = async {
+            while let Some(m) = figures.next().await {
+                let json = serde_json::json!({
+                    "state": m.state.to_string(),
+                    "cpu_seconds": m.cpu.map(|d| d.as_secs_f64()),
+                    "cpu_share": m.cpu_share,
+                    "cpu_limit_cores": m.cpu_limit_cores,
+                    "memory_bytes": m.memory_bytes,
+                    "memory_limit_bytes": m.memory_limit_bytes,
+                    "peak_memory_bytes": m.peak_memory_bytes,
+                    "pids": m.pids,
+                    "oom_kills": m.oom_kills,
+                    "disk_bytes": m.disk_bytes,
+                    "execs_running": m.execs_running,
+                    "execs_started": m.execs_started,
+                });
+                let send = tx.send(Message::Text(json.to_string().into()));
+                match tokio::time::timeout(SEND_DEADLINE, send).await {
+                    Ok(Ok(())) => {}
+                    _ => return,
+                }
+            }
+        };
+        tokio::select! {
+            () = sent => {}
+            _ = async { while let Some(Ok(m)) = rx.next().await { if matches!(m, Message::Close(_)) { break } } } => {}
         }
     })
 }
