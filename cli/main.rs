@@ -57,7 +57,8 @@ enum Command {
         #[arg(long)]
         http: Option<String>,
     },
-    /// Lists named sandboxes, volumes and images the library keeps.
+    /// Lists what the library keeps: named sandboxes (hibernated ones with their
+    /// hibernation), volumes, image layers, snapshots, and the runtime's containers.
     Ls {
         #[command(flatten)]
         policy: PolicyArgs,
@@ -70,7 +71,8 @@ enum Command {
         #[arg(required = true)]
         names: Vec<String>,
     },
-    /// Removes images no sandbox uses and leftovers of dead processes.
+    /// Removes image layers no sandbox uses, and what dead processes left: containers,
+    /// snapshots, downloads.
     Prune {
         #[command(flatten)]
         policy: PolicyArgs,
@@ -138,6 +140,16 @@ async fn dispatch(command: Command) -> Result<i32, String> {
                 println!(
                     "volume\t{}\t{} bytes used\tlimit {limit}",
                     v.name, v.used_bytes
+                );
+            }
+            for layer in runtime.image_layers().await.map_err(|e| e.to_string())? {
+                println!("image-layer\t{}\t{} bytes", layer.digest, layer.disk_bytes);
+            }
+            let kept = runtime.metrics().await;
+            if kept.snapshots > 0 {
+                println!(
+                    "snapshots\t{}\t{} bytes",
+                    kept.snapshots, kept.snapshot_bytes
                 );
             }
             for c in runtime.list().await.map_err(|e| e.to_string())? {

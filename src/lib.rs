@@ -173,7 +173,8 @@ pub use config::{
     MountKind, Network, OutputMode, SandboxConfig, Security, SpecHook, Stdio, VolumeMount,
 };
 pub use container::{
-    ContainerEntry, NamespaceContainer, NamespaceContainerBuilder, UnenforcedLimits, WarmPoolStats,
+    ContainerEntry, ImageLayer, NamespaceContainer, NamespaceContainerBuilder, UnenforcedLimits,
+    WarmPoolStats,
 };
 pub use error::{
     ImageErrorKind, InterpreterErrorKind, RuntimeOp, SandboxError, SessionErrorKind,

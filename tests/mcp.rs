@@ -2,7 +2,8 @@
 //! `--image`, `--allow-domain`) and `mcp`, driven by the official Python MCP SDK (PyPI's
 //! `mcp`, in target/mcp-venv: `make mcp-venv`) over stdio and streamable HTTP: every tool,
 //! images, state per session and isolation between sessions, sessions' sandboxes gone when
-//! they close (seen in the runtime's own list), JSON-RPC errors for what is malformed.
+//! they close (seen in the runtime's own list), JSON-RPC errors for what is malformed; `ls`,
+//! `rm` and `prune` on what the library keeps.
 
 mod common;
 
@@ -11,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use oci_sandbox::{NamespaceContainer, OciRuntime};
+use oci_sandbox::{NamespaceContainer, OciRuntime, SandboxConfig, VolumeOptions};
 
 /// The binary, built once per test process.
 fn cli() -> PathBuf {
@@ -400,4 +401,78 @@ fn run_with_an_image_and_an_egress_allowlist() {
         .unwrap();
     assert!(out.status.success(), "{out:?}");
     assert_eq!(String::from_utf8_lossy(&out.stdout), "True\n403\n");
+}
+
+/// `ls` lists a named sandbox, a volume and an image's layers; `rm` removes the first two
+/// (and says which name it does not know, exiting 1); `prune` removes the layers no sandbox
+/// uses.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ls_rm_and_prune_show_and_remove_what_is_kept() {
+    let (dir, args) = dirs();
+    let cli_output = |verb: &str, extra: &[&str]| {
+        let out = Command::new(cli())
+            .arg(verb)
+            .args(&args)
+            .args(extra)
+            .output()
+            .unwrap();
+        let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+        (out.status.code(), text(&out.stdout), text(&out.stderr))
+    };
+    let image_dir = dir.path().join("image");
+    std::fs::create_dir(&image_dir).unwrap();
+    let image = common::images::busybox_layout(&image_dir);
+    let reference = format!("oci:{}:{}", image.layout.display(), image.tag);
+    let (code, _, err) = cli_output("run", &["--image", &reference, "--", "true"]);
+    assert_eq!(code, Some(0), "{err}");
+    // A named sandbox and a volume, made by the library on the same dirs.
+    let runtime = NamespaceContainer::builder()
+        .runtime(OciRuntime::Runc)
+        .state_dir(dir.path().join("state"))
+        .data_dir(dir.path().join("data"))
+        .build()
+        .await
+        .unwrap();
+    runtime
+        .create_volume("cli-volume", &VolumeOptions::default())
+        .await
+        .unwrap();
+    let named = runtime
+        .create(&SandboxConfig {
+            name: Some("cli-named".into()),
+            ..SandboxConfig::default()
+        })
+        .await
+        .unwrap();
+    named.close().await;
+    runtime.close().await;
+    drop(runtime);
+
+    let (code, listed, err) = cli_output("ls", &[]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(listed.contains("sandbox\tcli-named\trunc"), "{listed}");
+    assert!(listed.contains("volume\tcli-volume\t"), "{listed}");
+    assert!(listed.contains("image-layer\tsha256:"), "{listed}");
+
+    let (code, _, err) = cli_output("rm", &["cli-named", "volume:cli-volume", "no-such"]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        err.contains("no-such") && !err.contains("cli-named"),
+        "{err}"
+    );
+    let (_, listed, _) = cli_output("ls", &[]);
+    assert!(
+        !listed.contains("cli-named") && !listed.contains("cli-volume"),
+        "{listed}"
+    );
+
+    let (code, pruned, err) = cli_output("prune", &[]);
+    assert_eq!(code, Some(0), "{err}");
+    let removed: usize = pruned
+        .strip_prefix("removed ")
+        .and_then(|r| r.split_whitespace().next()?.parse().ok())
+        .unwrap_or_else(|| panic!("{pruned}"));
+    assert!(removed >= 1, "{pruned}");
+    let (_, listed, _) = cli_output("ls", &[]);
+    assert!(!listed.contains("image-layer"), "{listed}");
 }

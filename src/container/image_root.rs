@@ -109,6 +109,37 @@ impl NamespaceContainer {
         self.inner.images.prune().await
     }
 
+    /// The image layers unpacked in the state dir's store (every runtime of the state dir
+    /// shares it), with the disk each takes, by digest. Layers a sandbox uses are in it, as
+    /// are those [`prune_images`](Self::prune_images) would remove.
+    pub async fn image_layers(&self) -> Result<Vec<ImageLayer>, SandboxError> {
+        let dir = self.inner.images.layers_dir();
+        crate::sys::blocking("listing the image layers", move || {
+            let Ok(entries) = std::fs::read_dir(&dir) else {
+                return Ok(Vec::new());
+            };
+            let mut layers: Vec<ImageLayer> = entries
+                .flatten()
+                .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                .filter_map(|e| {
+                    let hex = e.file_name().to_str()?.to_owned();
+                    if hex.contains('.') {
+                        return None; // a layer's users, not a layer
+                    }
+                    let disk_bytes =
+                        crate::sys::fs_tree::disk_usage_blocking(&e.path()).unwrap_or(0);
+                    Some(ImageLayer {
+                        digest: format!("sha256:{hex}"),
+                        disk_bytes,
+                    })
+                })
+                .collect();
+            layers.sort_by(|a, b| a.digest.cmp(&b.digest));
+            Ok(layers)
+        })
+        .await
+    }
+
     /// `config` with its image's config applied, and the prepared image; `None` without an
     /// image.
     pub(crate) async fn with_image(
@@ -152,4 +183,14 @@ pub(crate) fn top_layer_blocking(
         .map_err(|e| io("creating a mount point", &top, e))?;
     crate::host::bundle::ensure_mount_points(&top, config)?;
     Ok(top)
+}
+
+/// One unpacked layer of the image store ([`NamespaceContainer::image_layers`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ImageLayer {
+    /// Its digest (`sha256:...`).
+    pub digest: String,
+    /// The disk its files take.
+    pub disk_bytes: u64,
 }

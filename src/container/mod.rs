@@ -443,6 +443,7 @@ mod counters;
 pub(crate) mod image_root;
 mod launch;
 mod warm;
+pub use image_root::ImageLayer;
 pub(crate) use launch::{Hold, LaunchMode, hand_over_blocking};
 pub use warm::WarmPoolStats;
 pub(crate) use warm::{StartUnderWay, WarmContainer};
