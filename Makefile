@@ -98,15 +98,15 @@ BENCH_RUNTIMES ?= runc,crun,runsc
 ## the plot in docs/benchmarks.svg. OSB_BENCH_RUNTIMES / BENCH_RUNTIMES picks runtimes.
 bench: deps
 	mkdir -p target
-	OSB_BENCH_RUNTIMES=$(BENCH_RUNTIMES) $(CARGO) bench --features cli 2>&1 | tee target/bench.txt
+	OSB_BENCH_RUNTIMES=$(BENCH_RUNTIMES) $(CARGO) bench --features cli,prometheus 2>&1 | tee target/bench.txt
 	python3 scripts/bench_plot.py target/bench.txt docs/benchmarks.svg
 
 ## The same in a few minutes (criterion's --quick, fewer paired rounds).
 bench-fast: deps
 	mkdir -p target
-	OSB_BENCH_RUNTIMES=$(BENCH_RUNTIMES) $(CARGO) bench --features cli -- --quick 2>&1 | tee target/bench.txt
+	OSB_BENCH_RUNTIMES=$(BENCH_RUNTIMES) $(CARGO) bench --features cli,prometheus -- --quick 2>&1 | tee target/bench.txt
 	python3 scripts/bench_plot.py target/bench.txt target/benchmarks-fast.svg
 
 ## Runs each bench once, to keep them compiling and working (what CI does).
 bench-check: deps
-	OSB_BENCH_RUNTIMES=$(BENCH_RUNTIMES) $(CARGO) bench --features cli -- --test
+	OSB_BENCH_RUNTIMES=$(BENCH_RUNTIMES) $(CARGO) bench --features cli,prometheus -- --test
