@@ -4,8 +4,6 @@
 use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime};
 
-use futures::Stream;
-
 use std::collections::BTreeMap;
 
 use super::{MAX_CONCURRENT_EXECS, Sandbox, session::Phase};
@@ -164,7 +162,8 @@ impl Sandbox {
     /// of the CPU limit, memory and its limit, peak memory, pids, OOM kills, commands started
     /// and running, and the state. Each reading is a few file reads off the async workers;
     /// ticks the reader falls behind on are skipped. The stream ends when the sandbox is
-    /// closed or its last handle goes (it holds none).
+    /// closed or its last handle goes (it holds none). Boxed, so it is `Unpin`: `next()`
+    /// needs no pinning.
     ///
     /// ```no_run
     /// # async fn demo(sandbox: &oci_sandbox::Sandbox) -> Result<(), oci_sandbox::SandboxError> {
@@ -183,7 +182,7 @@ impl Sandbox {
     pub fn metrics(
         &self,
         interval: Duration,
-    ) -> Result<impl Stream<Item = SandboxMetrics> + Send + 'static, SandboxError> {
+    ) -> Result<futures::stream::BoxStream<'static, SandboxMetrics>, SandboxError> {
         if interval.is_zero() {
             return Err(SandboxError::invalid("interval", "must not be zero"));
         }
@@ -192,7 +191,7 @@ impl Sandbox {
         let mut ticks = tokio::time::interval(interval);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         let state = (ticks, weak, None::<(Duration, std::time::Instant)>);
-        Ok(futures::stream::unfold(
+        Ok(futures::StreamExt::boxed(futures::stream::unfold(
             state,
             |(mut ticks, weak, last)| async move {
                 ticks.tick().await;
@@ -206,7 +205,7 @@ impl Sandbox {
                 drop(sandbox);
                 Some((reading, (ticks, weak, cpu_at)))
             },
-        ))
+        )))
     }
 
     /// The host directories its writable state is in (see [`SandboxMetrics::disk_bytes`]).
