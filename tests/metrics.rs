@@ -140,12 +140,20 @@ async fn disk_and_egress_are_counted(kind: OciRuntime) {
         "{fetched}"
     );
     assert!(fetched.contains("refused"), "{fetched}");
-    let after = one_reading(&sandbox).await;
-    let grew = after.disk_bytes.unwrap() - before.disk_bytes.unwrap();
-    assert!(
-        grew >= 4 << 20,
-        "the workdir grew by {grew} bytes: {after:?}"
-    );
+    // Disk is measured in the background, at most 2 s old while read.
+    let mut figures = sandbox.metrics(Duration::from_millis(250)).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let after = loop {
+        let m = figures.next().await.unwrap();
+        if m.disk_bytes.unwrap() >= before.disk_bytes.unwrap() + (4 << 20) {
+            break m;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the workdir's 4 MiB never showed: {m:?}"
+        );
+    };
+    drop(figures);
     let e = after.egress.unwrap();
     assert_eq!(
         (e.allowed, e.denied, e.failed, e.open),
@@ -155,6 +163,52 @@ async fn disk_and_egress_are_counted(kind: OciRuntime) {
     let reply = "hello from upstream /counted\n".len() as u64;
     assert!(e.bytes_received > reply, "{e:?}");
     assert!(e.bytes_sent > 20, "{e:?}");
+    sandbox.close().await;
+    t.assert_nothing_left(&[], None).await;
+}
+
+/// The attacker owns its workdir: thousands of files make its disk walks long, and a
+/// directory renamed back and forth makes them fail. Readings stay quick (the walk runs in the
+/// background) and the disk figure stays the last one measured, never 0.
+async fn a_sandbox_cannot_stall_or_zero_its_disk_figure(kind: OciRuntime) {
+    let t = TestSandbox::new(kind).await;
+    let workdir = tempfile::Builder::new()
+        .prefix("osb-test-metrics-")
+        .tempdir()
+        .unwrap();
+    let config = SandboxConfig {
+        workdir: Some(workdir.path().to_path_buf()),
+        ..SandboxConfig::default()
+    };
+    let sandbox = t.start_sandbox(&config).await;
+    common::sh_in(
+        &sandbox,
+        "head -c 4194304 /dev/zero > /workspace/big && mkdir -p /workspace/d/e && \
+         cd /workspace/d/e && seq 3000 | xargs touch && sync",
+    )
+    .await;
+    let first = one_reading(&sandbox).await;
+    assert!(first.disk_bytes.unwrap() >= 4 << 20, "{first:?}");
+    let _mover = sandbox
+        .exec(&ExecConfig::shell(
+            "while :; do mv /workspace/d /workspace/x; mv /workspace/x /workspace/d; done",
+        ))
+        .await
+        .unwrap();
+    let until = std::time::Instant::now() + Duration::from_secs(5);
+    let mut slowest = Duration::ZERO;
+    while std::time::Instant::now() < until {
+        let asked = std::time::Instant::now();
+        let m = t.sandbox.metrics().await;
+        slowest = slowest.max(asked.elapsed());
+        let disk = m.sandboxes[0].metrics.disk_bytes;
+        assert!(disk.is_some_and(|d| d >= 4 << 20), "disk read {disk:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        slowest < Duration::from_millis(500),
+        "a reading took {slowest:?}"
+    );
     sandbox.close().await;
     t.assert_nothing_left(&[], None).await;
 }
@@ -304,5 +358,6 @@ on_every_runtime!(
     bad_input_is_refused,
     disk_and_egress_are_counted,
     the_runtime_reads_its_sandboxes_and_counts,
+    a_sandbox_cannot_stall_or_zero_its_disk_figure,
     figures_track_the_cgroup_within_five_percent,
 );

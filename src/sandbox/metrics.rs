@@ -44,7 +44,9 @@ pub struct SandboxMetrics {
     pub pids_limit: Option<u64>,
     /// Processes the kernel's OOM killer killed in its current container.
     pub oom_kills: Option<u64>,
-    /// Disk its writable state takes on the host: a writable root's layer on disk (with
+    /// Disk its writable state takes on the host, as last measured (a walk in the background,
+    /// at most every 2 s while read; the first reading waits for it; `None` if no walk
+    /// could finish): a writable root's layer on disk (with
     /// [`snapshots`](crate::ContainerConfig::snapshots) on runc and crun), its writable binds
     /// (the workdir; a named sandbox's `/workspace` and `/tmp`), volumes excepted (shared:
     /// see [`NamespaceContainer::volumes`](crate::NamespaceContainer::volumes)). A writable
@@ -236,21 +238,17 @@ impl Sandbox {
         let hibernated = state == SandboxState::Hibernated;
         let id = self.id().to_owned();
         let writable = self.writable_dirs();
-        let (stats, disk) = crate::sys::blocking("reading the sandbox's figures", move || {
-            let stats = if hibernated {
-                crate::host::cgroup_stats::CgroupStats::default()
-            } else {
-                crate::host::cgroup_stats::read_blocking(&id)
-            };
-            // A directory that is not there (no image: no layer) takes nothing.
-            let disk = writable
-                .iter()
-                .filter_map(|dir| crate::sys::fs_tree::disk_usage_blocking(dir).ok())
-                .fold(0, u64::saturating_add);
-            Ok((stats, disk))
-        })
-        .await
-        .unwrap_or_default();
+        let stats = async {
+            if hibernated {
+                return crate::host::cgroup_stats::CgroupStats::default();
+            }
+            crate::sys::blocking("reading the sandbox's cgroups", move || {
+                Ok(crate::host::cgroup_stats::read_blocking(&id))
+            })
+            .await
+            .unwrap_or_default()
+        };
+        let (stats, disk) = futures::join!(stats, self.inner.disk.read(writable));
         let now = std::time::Instant::now();
         let cpu_share = match (stats.cpu, last) {
             (Some(cpu), Some((before, then))) => {
@@ -274,7 +272,7 @@ impl Sandbox {
             pids: stats.pids,
             pids_limit: stats.pids_limit,
             oom_kills: stats.oom_kills,
-            disk_bytes: Some(disk),
+            disk_bytes: disk,
             egress: self.inner.egress.get().map(|e| e.counts()),
             execs_started: self.inner.commands_started.load(Ordering::Relaxed),
             execs_running: running as u64,

@@ -1,6 +1,7 @@
 //! Long-lived sandboxes: start a container once, exec many commands in it.
 
 mod code;
+mod disk_gauge;
 mod exec;
 mod files;
 mod jobs;
@@ -80,6 +81,8 @@ struct Inner {
     execs: AtomicU64,
     /// Commands started (for [`Sandbox::metrics`]).
     commands_started: AtomicU64,
+    /// Its disk figure (for [`Sandbox::metrics`]).
+    disk: disk_gauge::DiskGauge,
     /// A spawn's container: its one command's end is the container's end.
     one_shot: bool,
     /// [`Sandbox::close`] was called.
@@ -171,6 +174,7 @@ impl Sandbox {
                 slots: Arc::new(Semaphore::new(MAX_CONCURRENT_EXECS)),
                 execs: AtomicU64::new(0),
                 commands_started: AtomicU64::new(0),
+                disk: Default::default(),
                 one_shot,
                 closed: Default::default(),
                 jobs: Default::default(),
