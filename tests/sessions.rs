@@ -464,6 +464,50 @@ async fn bad_input_is_typed(kind: OciRuntime) {
     t.assert_nothing_left(&[], None).await;
 }
 
+/// A hibernated sandbox holds no image layer: a prune removes them, and the resume unpacks
+/// them again from the image's source. With the source gone too, the resume is a typed
+/// `Image` error that starts nothing, and the sandbox stays hibernated and removable.
+async fn a_hibernated_sandbox_whose_image_was_pruned(kind: OciRuntime) {
+    let t = TestSandbox::new(kind).await;
+    let dir = tempfile::Builder::new()
+        .prefix("osb-test-pruned-")
+        .tempdir()
+        .unwrap();
+    let image = common::images::busybox_layout(&dir.path().join("busybox"));
+    let config = SandboxConfig {
+        image: Some(oci_sandbox::Image::OciLayout {
+            path: image.layout.clone(),
+            reference: image.tag.clone(),
+        }),
+        ..named("pruned")
+    };
+    let sandbox = t.sandbox.create(&config).await.expect("create");
+    let greeting = sh_in(&sandbox, "echo kept > /workspace/f; echo $GREETING").await;
+    assert_eq!(greeting.trim(), "hello-from-image");
+    sandbox.hibernate().await.expect("hibernate");
+    let removed = t.sandbox.prune_images().await.unwrap();
+    assert!(!removed.is_empty(), "a hibernated sandbox kept its layers");
+    assert_eq!(sh_in(&sandbox, "cat /workspace/f").await.trim(), "kept");
+    sandbox.hibernate().await.expect("hibernate again");
+    assert!(!t.sandbox.prune_images().await.unwrap().is_empty());
+    std::fs::remove_dir_all(&image.layout).unwrap();
+    let err = sandbox
+        .exec(&ExecConfig::shell("true"))
+        .await
+        .expect_err("no image to resume on");
+    assert!(matches!(err, SandboxError::Image { .. }), "{err}");
+    assert!(
+        t.sandbox.list().await.unwrap().is_empty(),
+        "a container started"
+    );
+    let listed = t.sandbox.sandboxes().await.unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].state, SandboxState::Hibernated);
+    drop(sandbox);
+    t.sandbox.remove_sandbox("pruned").await.expect("remove");
+    t.assert_nothing_left(&[], None).await;
+}
+
 /// With `max_running`, the least recently used idle sandbox hibernates for a new one, and
 /// resumes when called again.
 async fn max_running_hibernates_the_least_recently_used(kind: OciRuntime) {
@@ -734,4 +778,5 @@ on_every_runtime!(
     two_connects_race,
     volumes_are_shared_kept_and_limited,
     bad_input_is_typed,
+    a_hibernated_sandbox_whose_image_was_pruned,
 );
