@@ -19,6 +19,9 @@
 //!     static_configs: [{ targets: ["127.0.0.1:9464"] }]
 //! ```
 //!
+//! Requests must name the server as `127.0.0.1:<port>` or `localhost:<port>` (403 otherwise),
+//! as Prometheus does with the target above.
+//!
 //! Each scrape gathers the figures first (`NamespaceContainer::metrics`, off the async
 //! workers) and formats them after; one scrape's cost is a few file reads per sandbox and a
 //! walk of its writable directories.
@@ -66,8 +69,28 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .await?;
 
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
+    let port = listener.local_addr()?.port();
+    // Only this address as the Host: a page of a DNS-rebound name cannot read the figures
+    // (ids, names, labels) through the browser.
+    let hosts = [format!("127.0.0.1:{port}"), format!("localhost:{port}")];
     let app = Router::new()
         .route("/metrics", get(metrics))
+        .layer(axum::middleware::from_fn(
+            move |request: axum::extract::Request, next: axum::middleware::Next| {
+                let allowed = request
+                    .headers()
+                    .get(axum::http::header::HOST)
+                    .and_then(|h| h.to_str().ok())
+                    .is_some_and(|h| hosts.iter().any(|a| a == h));
+                async move {
+                    if allowed {
+                        next.run(request).await
+                    } else {
+                        axum::http::StatusCode::FORBIDDEN.into_response()
+                    }
+                }
+            },
+        ))
         .with_state(sandboxes.clone());
     // The test (and a person) reads these lines.
     println!("listening http://{}/metrics", listener.local_addr()?);

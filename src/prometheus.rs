@@ -371,8 +371,9 @@ impl Collector for Reading {
                 .buckets
                 .iter()
                 .map(|(bound, cumulative)| {
-                    let here = cumulative - below;
-                    below = *cumulative;
+                    // Cumulative counts never fall; a caller's reading might.
+                    let here = cumulative.saturating_sub(below);
+                    below = below.max(*cumulative);
                     (bound.as_secs_f64(), here)
                 })
                 .collect();

@@ -83,8 +83,10 @@ async fn a_paused_sandbox_reads_paused(kind: OciRuntime) {
 async fn bad_input_is_refused(kind: OciRuntime) {
     let t = TestSandbox::new(kind).await;
     let sandbox = t.start_sandbox(&SandboxConfig::default()).await;
-    let err = sandbox.metrics(Duration::ZERO).err().expect("refused");
-    assert!(matches!(err, SandboxError::InvalidConfig { .. }), "{err}");
+    for interval in [Duration::ZERO, Duration::from_secs(86_401), Duration::MAX] {
+        let err = sandbox.metrics(interval).err().expect("refused");
+        assert!(matches!(err, SandboxError::InvalidConfig { .. }), "{err}");
+    }
     sandbox.close().await;
     let err = sandbox
         .metrics(Duration::from_secs(1))
@@ -167,9 +169,10 @@ async fn disk_and_egress_are_counted(kind: OciRuntime) {
     t.assert_nothing_left(&[], None).await;
 }
 
-/// The attacker owns its workdir: thousands of files make its disk walks long, and a
-/// directory renamed back and forth makes them fail. Readings stay quick (the walk runs in the
-/// background) and the disk figure stays the last one measured, never 0.
+/// The attacker owns its workdir: thousands of files make its disk walks long, and the
+/// directory holding its 4 MiB, renamed back and forth, makes the walks miss it. Readings stay
+/// quick (the walk runs in the background) and the figure never falls below the 4 MiB: a walk
+/// that missed something keeps the larger of its figure and the last.
 async fn a_sandbox_cannot_stall_or_zero_its_disk_figure(kind: OciRuntime) {
     let t = TestSandbox::new(kind).await;
     let workdir = tempfile::Builder::new()
@@ -183,7 +186,7 @@ async fn a_sandbox_cannot_stall_or_zero_its_disk_figure(kind: OciRuntime) {
     let sandbox = t.start_sandbox(&config).await;
     common::sh_in(
         &sandbox,
-        "head -c 4194304 /dev/zero > /workspace/big && mkdir -p /workspace/d/e && \
+        "mkdir -p /workspace/d/e && head -c 4194304 /dev/urandom > /workspace/d/big && \
          cd /workspace/d/e && seq 3000 | xargs touch && sync",
     )
     .await;

@@ -172,6 +172,14 @@ async fn prometheus_scrapes_every_sandbox_and_drops_a_closed_one() {
     let mut both = vec![burner.clone(), idle.clone()];
     both.sort();
 
+    // Another Host (a DNS-rebound page's) is refused.
+    let foreign = reqwest::Client::new()
+        .get(format!("http://{target}/metrics"))
+        .header("host", "rebound.example")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(foreign.status(), 403);
     let prometheus = Prometheus::start(&target).await;
     let long = Duration::from_secs(60);
     // Each sandbox's memory and CPU series, with its limit.

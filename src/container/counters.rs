@@ -19,6 +19,9 @@ pub(crate) struct Counters {
     failures: std::sync::Mutex<BTreeMap<&'static str, u64>>,
     /// Every container's teardown (see `supervisor::container::Teardown::times`).
     pub teardowns: Arc<DurationHistogram>,
+    /// The image store's and the snapshot store's disk, measured in the background.
+    image_disk: crate::host::disk_gauge::DiskGauge,
+    snapshot_disk: crate::host::disk_gauge::DiskGauge,
 }
 
 /// What the counters say now (see [`NamespaceContainer::counters`]).
@@ -90,37 +93,41 @@ impl NamespaceContainer {
         }
     }
 
-    /// The image layers and the snapshots in the state dir, and the disk they take (a walk
-    /// of each, off the workers).
+    /// The image layers and the snapshots in the state dir (counted now), and the disk they
+    /// take (as last measured in the background: a snapshot of a sandbox's million files
+    /// makes its walks long, not the reading).
     pub(crate) async fn stores_on_disk(&self) -> StoresOnDisk {
         let layers = self.inner.images.layers_dir();
         let snapshots = self.inner.dirs.snapshots.clone();
-        crate::sys::blocking("measuring the stores", move || {
-            let (image_layers, image_bytes) = entries_and_bytes_blocking(&layers);
-            let (snapshots, snapshot_bytes) = entries_and_bytes_blocking(&snapshots);
-            Ok(StoresOnDisk {
-                image_layers,
-                image_bytes,
-                snapshots,
-                snapshot_bytes,
+        let c = &self.inner.counters;
+        let (image_bytes, snapshot_bytes) = futures::join!(
+            c.image_disk.read(vec![layers.clone()]),
+            c.snapshot_disk.read(vec![snapshots.clone()])
+        );
+        let (image_layers, snapshots) =
+            crate::sys::blocking("counting the stores' entries", move || {
+                Ok((entries_blocking(&layers), entries_blocking(&snapshots)))
             })
-        })
-        .await
-        .unwrap_or_default()
+            .await
+            .unwrap_or_default();
+        StoresOnDisk {
+            image_layers,
+            image_bytes: image_bytes.unwrap_or(0),
+            snapshots,
+            snapshot_bytes: snapshot_bytes.unwrap_or(0),
+        }
     }
 }
 
 /// The directories in `dir` whose names have no `.` (the stores' bookkeeping entries have
-/// one), and the disk `dir` takes in all. Blocking.
-fn entries_and_bytes_blocking(dir: &std::path::Path) -> (u64, u64) {
+/// one). Blocking.
+fn entries_blocking(dir: &std::path::Path) -> u64 {
     let Ok(entries) = std::fs::read_dir(dir) else {
-        return (0, 0);
+        return 0;
     };
-    let count = entries
+    entries
         .flatten()
         .filter(|e| !e.file_name().to_string_lossy().contains('.'))
         .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
-        .count();
-    let bytes = crate::sys::fs_tree::disk_usage_blocking(dir).unwrap_or(0);
-    (count as u64, bytes)
+        .count() as u64
 }

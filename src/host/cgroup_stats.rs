@@ -78,8 +78,10 @@ pub(crate) fn read_blocking(id: &str) -> CgroupStats {
     v1.or(v2(root.join("unified"))).or(v2(root.to_path_buf()))
 }
 
-/// v1 reports an unlimited memory limit as the largest page-aligned `i64`.
-const V1_UNLIMITED: u64 = 0x7FFF_FFFF_FFFF_F000;
+/// v1 reports an unlimited memory limit as the largest `i64` rounded down to a page:
+/// `0x7FFF_FFFF_FFFF_F000` with 4 KiB pages, `..._0000` with 64 KiB ones. At or above the
+/// latter is unlimited.
+const V1_UNLIMITED: u64 = 0x7FFF_FFFF_FFFF_0000;
 
 /// Parses cgroup v1 files: `read(controller, file)` returns the text of
 /// `<controller hierarchy>/<container's cgroup>/<file>`.

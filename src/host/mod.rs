@@ -5,6 +5,7 @@ pub(crate) mod bundle;
 pub(crate) mod capture;
 pub(crate) mod cgroup;
 pub(crate) mod cgroup_stats;
+pub(crate) mod disk_gauge;
 pub(crate) mod id_range;
 pub(crate) mod owner;
 pub(crate) mod rootfs;

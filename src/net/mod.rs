@@ -63,8 +63,10 @@ pub(crate) struct Counters {
 pub(crate) struct OpenConnection<'a>(&'a Counters);
 
 impl Counters {
-    /// Counts an allowed connection as open while the guard lives.
+    /// Counts an allowed connection (at once: a tunnel cut by a close or a snapshot is
+    /// counted too), and as open while the guard lives.
     pub(crate) fn opened(&self) -> OpenConnection<'_> {
+        self.allowed.fetch_add(1, Ordering::Relaxed);
         self.open.fetch_add(1, Ordering::Relaxed);
         OpenConnection(self)
     }
@@ -118,12 +120,15 @@ impl Egress {
 
     /// Sends `event` to the subscribers and as a tracing event.
     pub(crate) fn report(&self, event: EgressEvent) {
+        // Allowed ones were counted when they opened.
         let counter = match &event.decision {
-            crate::config::network::EgressDecision::Allowed { .. } => &self.counters.allowed,
-            crate::config::network::EgressDecision::Denied { .. } => &self.counters.denied,
-            crate::config::network::EgressDecision::Failed { .. } => &self.counters.failed,
+            crate::config::network::EgressDecision::Allowed { .. } => None,
+            crate::config::network::EgressDecision::Denied { .. } => Some(&self.counters.denied),
+            crate::config::network::EgressDecision::Failed { .. } => Some(&self.counters.failed),
         };
-        counter.fetch_add(1, Ordering::Relaxed);
+        if let Some(counter) = counter {
+            counter.fetch_add(1, Ordering::Relaxed);
+        }
         match &event.decision {
             crate::config::network::EgressDecision::Allowed { rule } => tracing::debug!(
                 sandbox = %event.sandbox, host = %event.host, port = event.port,

@@ -258,6 +258,7 @@ impl Sandbox {
             slot,
             (!kernel).then(|| self.inner.activity.busy()),
             kernel.then(|| super::code::KernelMark::new(&self.inner.kernel_execs)),
+            (!kernel).then(|| super::metrics::Running::new(&self.inner.commands_running)),
         );
         let conn = self.send(&cwd, &argv, &env, stdio).await?;
         // The launcher answers within a fork and an exec; a deadline keeps a wedged sandbox
@@ -324,6 +325,7 @@ impl Sandbox {
             tokio::sync::OwnedSemaphorePermit,
             Option<lifetime::Busy>,
             Option<super::code::KernelMark>,
+            Option<super::metrics::Running>,
         ),
     ) -> Supervised {
         let id = self.id().to_owned();

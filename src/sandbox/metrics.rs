@@ -1,12 +1,13 @@
 //! [`Sandbox::metrics`]: a sandbox's figures over time, from its cgroups (v1 or v2) and the
 //! library's own counters, read off the async workers.
 
-use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
 use std::collections::BTreeMap;
 
-use super::{MAX_CONCURRENT_EXECS, Sandbox, session::Phase};
+use super::{Sandbox, session::Phase};
 use crate::config::MountKind;
 use crate::config::network::EgressCounts;
 use crate::container::{NamespaceContainer, WarmPoolStats};
@@ -124,20 +125,29 @@ impl NamespaceContainer {
     /// # }
     /// ```
     pub async fn metrics(&self) -> RuntimeMetrics {
-        let open: Vec<Sandbox> = self
+        // What each reading needs, taken while the handles are held; they go before any
+        // await, so that a scrape never holds a sandbox its last owner dropped.
+        type Named = (String, Option<String>, BTreeMap<String, String>);
+        let probes: Vec<(Named, Probe)> = self
             .open_sandboxes()
             .into_iter()
-            .filter_map(|any| any.downcast::<Sandbox>().ok().map(|s| *s))
+            .filter_map(|any| any.downcast::<Sandbox>().ok())
+            .map(|s| {
+                let asked = &s.inner.asked;
+                let named = (s.id().to_owned(), asked.name.clone(), asked.labels.clone());
+                (named, s.probe())
+            })
             .collect();
-        let readings = futures::future::join_all(open.iter().map(|s| s.read_metrics(None)));
-        let (readings, stores) = futures::join!(readings, self.stores_on_disk());
-        let sandboxes = open
-            .iter()
-            .zip(readings)
-            .map(|(s, (metrics, _))| SandboxReading {
-                id: s.id().to_owned(),
-                name: s.inner.asked.name.clone(),
-                labels: s.inner.asked.labels.clone(),
+        let (named, probes): (Vec<_>, Vec<_>) = probes.into_iter().unzip();
+        let measured = futures::future::join_all(probes.into_iter().map(|p| p.read(None)));
+        let (measured, stores) = futures::join!(measured, self.stores_on_disk());
+        let sandboxes = named
+            .into_iter()
+            .zip(measured)
+            .map(|((id, name, labels), (metrics, _))| SandboxReading {
+                id,
+                name,
+                labels,
                 metrics,
             })
             .collect();
@@ -185,17 +195,24 @@ impl Sandbox {
         &self,
         interval: Duration,
     ) -> Result<futures::stream::BoxStream<'static, SandboxMetrics>, SandboxError> {
-        if interval.is_zero() {
-            return Err(SandboxError::invalid("interval", "must not be zero"));
+        if interval.is_zero() || interval > MAX_INTERVAL {
+            return Err(SandboxError::invalid(
+                "interval",
+                "must be more than zero and at most a day",
+            ));
         }
         self.check_alive_or_hibernated()?;
         let weak = std::sync::Arc::downgrade(&self.inner);
-        let mut ticks = tokio::time::interval(interval);
-        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-        let state = (ticks, weak, None::<(Duration, std::time::Instant)>);
+        // The interval is made at the first poll: `metrics` needs no Tokio runtime to be called.
+        let state = (None::<tokio::time::Interval>, weak, None::<CpuAt>);
         Ok(futures::StreamExt::boxed(futures::stream::unfold(
             state,
-            |(mut ticks, weak, last)| async move {
+            move |(ticks, weak, last)| async move {
+                let mut ticks = ticks.unwrap_or_else(|| {
+                    let mut ticks = tokio::time::interval(interval);
+                    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+                    ticks
+                });
                 ticks.tick().await;
                 let sandbox = Sandbox {
                     inner: weak.upgrade()?,
@@ -203,9 +220,10 @@ impl Sandbox {
                 if sandbox.is_closed() || sandbox.check_alive_or_hibernated().is_err() {
                     return None;
                 }
-                let (reading, cpu_at) = sandbox.read_metrics(last).await;
+                let probe = sandbox.probe();
                 drop(sandbox);
-                Some((reading, (ticks, weak, cpu_at)))
+                let (reading, cpu_at) = probe.read(last).await;
+                Some((reading, (Some(ticks), weak, cpu_at)))
             },
         )))
     }
@@ -225,19 +243,46 @@ impl Sandbox {
         std::iter::once(layer).chain(binds).collect()
     }
 
-    /// One reading; `last`: the previous reading's CPU time and when it was taken.
-    async fn read_metrics(
-        &self,
-        last: Option<(Duration, std::time::Instant)>,
-    ) -> (SandboxMetrics, Option<(Duration, std::time::Instant)>) {
-        let state = match self.phase() {
-            Phase::Running => SandboxState::Running,
-            Phase::Paused => SandboxState::Paused,
-            Phase::Hibernated => SandboxState::Hibernated,
-        };
-        let hibernated = state == SandboxState::Hibernated;
-        let id = self.id().to_owned();
-        let writable = self.writable_dirs();
+    /// What a reading needs, taken now (the counters among it), without the handle.
+    fn probe(&self) -> Probe {
+        Probe {
+            state: match self.phase() {
+                Phase::Running => SandboxState::Running,
+                Phase::Paused => SandboxState::Paused,
+                Phase::Hibernated => SandboxState::Hibernated,
+            },
+            id: self.id().to_owned(),
+            writable: self.writable_dirs(),
+            disk: Arc::clone(&self.inner.disk),
+            egress: self.inner.egress.get().map(|e| e.counts()),
+            execs_started: self.inner.commands_started.load(Ordering::Relaxed),
+            execs_running: self.inner.commands_running.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// The previous reading's CPU time and when it was taken.
+type CpuAt = (Duration, std::time::Instant);
+
+/// The longest interval [`Sandbox::metrics`] takes.
+const MAX_INTERVAL: Duration = Duration::from_secs(24 * 3600);
+
+/// One sandbox's reading to make: what was taken from it, and what is read off the workers.
+struct Probe {
+    state: SandboxState,
+    id: String,
+    writable: Vec<std::path::PathBuf>,
+    disk: Arc<crate::host::disk_gauge::DiskGauge>,
+    egress: Option<EgressCounts>,
+    execs_started: u64,
+    execs_running: u64,
+}
+
+impl Probe {
+    /// The reading; `last`: the previous one's CPU time and when it was taken.
+    async fn read(self, last: Option<CpuAt>) -> (SandboxMetrics, Option<CpuAt>) {
+        let hibernated = self.state == SandboxState::Hibernated;
+        let id = self.id;
         let stats = async {
             if hibernated {
                 return crate::host::cgroup_stats::CgroupStats::default();
@@ -248,7 +293,7 @@ impl Sandbox {
             .await
             .unwrap_or_default()
         };
-        let (stats, disk) = futures::join!(stats, self.inner.disk.read(writable));
+        let (stats, disk) = futures::join!(stats, self.disk.read(self.writable));
         let now = std::time::Instant::now();
         let cpu_share = match (stats.cpu, last) {
             (Some(cpu), Some((before, then))) => {
@@ -256,10 +301,9 @@ impl Sandbox {
             }
             _ => None,
         };
-        let running = MAX_CONCURRENT_EXECS - self.inner.slots.available_permits();
         let reading = SandboxMetrics {
             at: SystemTime::now(),
-            state,
+            state: self.state,
             cpu: stats.cpu,
             cpu_share,
             cpu_limit_cores: stats
@@ -273,10 +317,27 @@ impl Sandbox {
             pids_limit: stats.pids_limit,
             oom_kills: stats.oom_kills,
             disk_bytes: disk,
-            egress: self.inner.egress.get().map(|e| e.counts()),
-            execs_started: self.inner.commands_started.load(Ordering::Relaxed),
-            execs_running: running as u64,
+            egress: self.egress,
+            execs_started: self.execs_started,
+            execs_running: self.execs_running,
         };
         (reading, stats.cpu.map(|cpu| (cpu, now)))
+    }
+}
+
+/// A command running (see [`SandboxMetrics::execs_running`]), counted until dropped.
+#[derive(Debug)]
+pub(super) struct Running(Arc<AtomicU64>);
+
+impl Running {
+    pub(super) fn new(count: &Arc<AtomicU64>) -> Running {
+        count.fetch_add(1, Ordering::Relaxed);
+        Running(Arc::clone(count))
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }

@@ -1,7 +1,6 @@
 //! Long-lived sandboxes: start a container once, exec many commands in it.
 
 mod code;
-mod disk_gauge;
 mod exec;
 mod files;
 mod jobs;
@@ -79,10 +78,11 @@ struct Inner {
     /// Commands that may run at once (the launcher's table has room for a few more).
     slots: Arc<Semaphore>,
     execs: AtomicU64,
-    /// Commands started (for [`Sandbox::metrics`]).
+    /// Commands started, and running (code kernels apart), for [`Sandbox::metrics`].
     commands_started: AtomicU64,
+    commands_running: Arc<AtomicU64>,
     /// Its disk figure (for [`Sandbox::metrics`]).
-    disk: disk_gauge::DiskGauge,
+    disk: Arc<crate::host::disk_gauge::DiskGauge>,
     /// A spawn's container: its one command's end is the container's end.
     one_shot: bool,
     /// [`Sandbox::close`] was called.
@@ -174,6 +174,7 @@ impl Sandbox {
                 slots: Arc::new(Semaphore::new(MAX_CONCURRENT_EXECS)),
                 execs: AtomicU64::new(0),
                 commands_started: AtomicU64::new(0),
+                commands_running: Default::default(),
                 disk: Default::default(),
                 one_shot,
                 closed: Default::default(),

@@ -493,14 +493,35 @@ mod tests;
 pub(crate) fn disk_usage_blocking(path: &Path) -> io::Result<u64> {
     let dir = Dir::open(path, DIR_FLAGS, Mode::empty())?;
     let top = fstat(&dir)?;
-    let mut usage = DiskUsage { bytes: 0 };
+    let mut usage = DiskUsage {
+        bytes: 0,
+        missed: false,
+    };
     walk(dir, top.st_dev, &mut usage)?;
     Ok(usage.bytes)
+}
+
+/// [`disk_usage_blocking`] of the directory open as `fd` (an `O_PATH` one will do), as far as
+/// the walk got: the bytes counted, and whether the walk finished and missed nothing (a tree
+/// changed under it may end it early, or move an entry away between its listing and its
+/// visit). Blocking.
+pub(crate) fn disk_usage_of_blocking(fd: &std::os::fd::OwnedFd) -> io::Result<(u64, bool)> {
+    let dir = Dir::openat(fd, ".", DIR_FLAGS, Mode::empty())?;
+    let top = fstat(&dir)?;
+    let mut usage = DiskUsage {
+        bytes: 0,
+        missed: false,
+    };
+    let finished = walk(dir, top.st_dev, &mut usage).is_ok() && !usage.missed;
+    Ok((usage.bytes, finished))
 }
 
 /// The [`Visitor`] of [`disk_usage_blocking`].
 struct DiskUsage {
     bytes: u64,
+    /// An entry listed was gone (or no longer a directory) when it was reached: the tree
+    /// changed under the walk, which missed it.
+    missed: bool,
 }
 
 impl DiskUsage {
@@ -532,7 +553,8 @@ impl Visitor for DiskUsage {
             match nix::sys::stat::fstatat(&*dir, name.as_c_str(), AtFlags::AT_SYMLINK_NOFOLLOW) {
                 Ok(st) if st.st_mode & libc::S_IFMT == libc::S_IFDIR => subdirs.push(name),
                 Ok(st) if st.st_dev == dev => self.add(&st),
-                Ok(_) | Err(Errno::ENOENT) => {}
+                Ok(_) => {}
+                Err(Errno::ENOENT) => self.missed = true,
                 Err(e) => return Err(e.into()),
             }
         }
@@ -542,8 +564,11 @@ impl Visitor for DiskUsage {
     fn open_subdir(&mut self, parent: &Dir, name: &CString) -> io::Result<Option<Dir>> {
         match Dir::openat(parent, name.as_c_str(), DIR_FLAGS, Mode::empty()) {
             Ok(dir) => Ok(Some(dir)),
-            // Gone, or replaced by a link or a file meanwhile: not walked into.
-            Err(Errno::ENOENT | Errno::ENOTDIR | Errno::ELOOP) => Ok(None),
+            // Gone, or replaced by a link or a file meanwhile: not walked into, and missed.
+            Err(Errno::ENOENT | Errno::ENOTDIR | Errno::ELOOP) => {
+                self.missed = true;
+                Ok(None)
+            }
             Err(e) => Err(e.into()),
         }
     }

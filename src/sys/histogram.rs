@@ -43,8 +43,9 @@ impl DurationHistogram {
                 (Duration::from_millis(bound), seen)
             })
             .collect();
+        // A duration recorded meanwhile may be in a bucket and not yet in the count.
         TimeHistogram {
-            count: self.count.load(Ordering::Relaxed),
+            count: self.count.load(Ordering::Relaxed).max(seen),
             sum: Duration::from_nanos(self.sum_ns.load(Ordering::Relaxed)),
             buckets,
         }
