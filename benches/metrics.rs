@@ -2,8 +2,9 @@
 //! (`Sandbox::usage`) measured in the same run.
 //!
 //! - `NamespaceContainer::metrics` over 10 sandboxes with a workdir of 200 files each (one
-//!   scrape's gathering: cgroups, disk walks, counters, the stores), against 10
-//!   `Sandbox::usage` calls in a row (the same cgroup files, without disk and counters);
+//!   scrape's gathering: cgroups, counters, the last disk figures, which are walked in the
+//!   background, the stores' entries), against 10 `Sandbox::usage` calls in a row (the same
+//!   cgroup files);
 //! - formatting that reading in Prometheus' text (feature `prometheus`), in microseconds.
 
 use std::time::Instant;
