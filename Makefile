@@ -10,7 +10,7 @@ CARGO ?= cargo
 # its terminal widget (and brings node, which the code interpreter's JavaScript tests run).
 # python3-matplotlib, -pandas, -numpy: the code interpreter's tests plot and show tables.
 # python3-venv: the MCP tests install PyPI's `mcp` client into a virtualenv (make mcp-venv).
-# prometheus: tests/prometheus.rs starts a real Prometheus that scrapes the metrics example.
+# prometheus: tests/metrics/prometheus.rs starts a real Prometheus that scrapes the metrics example.
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: deps demo demo-web web-assets mcp-venv test lint doc bench bench-fast bench-check
@@ -71,15 +71,15 @@ demo-web: deps web-assets
 	$(CARGO) run --example web_console
 
 ## The whole test suite, against the real runtimes; it fails too if the suite left temp dirs
-## or mounts of ours in /tmp.
+## or mounts of ours in /tmp. Everything is built with the same features (the tests' helpers
+## use them too: tests/common/mod.rs BUILD_FEATURES), so the library is compiled once.
+TEST_FEATURES := cli,prometheus
 test: deps web-assets mcp-venv
 	mkdir -p target
 	scripts/leftovers.sh snapshot target/leftovers-before.txt
-	$(CARGO) build --examples
-	$(CARGO) build --features cli --bin oci-sandbox
-	$(CARGO) build --features prometheus --example metrics_server
-	$(CARGO) test --no-fail-fast --tests
-	$(CARGO) test --doc
+	$(CARGO) build --features $(TEST_FEATURES) --examples --bins
+	$(CARGO) test --features $(TEST_FEATURES) --no-fail-fast --tests
+	$(CARGO) test --features $(TEST_FEATURES) --doc
 	scripts/leftovers.sh check target/leftovers-before.txt
 
 ## Formatting, lints and docs must be clean.

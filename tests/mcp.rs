@@ -19,20 +19,15 @@ fn cli() -> PathBuf {
     static BUILT: std::sync::Once = std::sync::Once::new();
     BUILT.call_once(|| {
         let status = Command::new(env!("CARGO"))
-            .args([
-                "build",
-                "--quiet",
-                "--features",
-                "cli",
-                "--bin",
-                "oci-sandbox",
-            ])
+            .args(["build", "--quiet", "--bin", "oci-sandbox"])
+            .args(["--features", common::BUILD_FEATURES])
             .current_dir(env!("CARGO_MANIFEST_DIR"))
             .status()
             .expect("running cargo");
         assert!(
             status.success(),
-            "cargo build --features cli --bin oci-sandbox failed"
+            "cargo build --features {} --bin oci-sandbox failed",
+            common::BUILD_FEATURES
         );
     });
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/debug/oci-sandbox");

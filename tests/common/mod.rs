@@ -40,32 +40,28 @@ pub async fn read_until(reader: &mut (impl tokio::io::AsyncRead + Unpin), needle
     }
 }
 
-/// An example binary next to the test binaries, built first (`cargo build --example`, once
-/// per test process: a no-op when `make test` has built them), so that a plain `cargo test`
-/// works too.
-pub fn example_binary(name: &str) -> PathBuf {
-    example_binary_with(name, &[])
-}
+/// The crate features `make test` builds everything with (tests, examples, the binary): one
+/// build of the library serves them all, and a helper that builds an example or the binary
+/// with the same features finds it built.
+pub const BUILD_FEATURES: &str = "cli,prometheus";
 
-/// [`example_binary`] of an example that needs crate `features`.
-pub fn example_binary_with(name: &str, features: &[&str]) -> PathBuf {
+/// An example binary next to the test binaries, built first (`cargo build --example` with
+/// [`BUILD_FEATURES`], once per test process: a no-op when `make test` has built them), so
+/// that a plain `cargo test` works too.
+pub fn example_binary(name: &str) -> PathBuf {
     static BUILT: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
     {
         let mut built = BUILT.lock().unwrap_or_else(|e| e.into_inner());
         if !built.iter().any(|b| b == name) {
-            let features = features.join(",");
-            let mut cargo = std::process::Command::new(env!("CARGO"));
-            cargo.args(["build", "--quiet", "--example", name]);
-            if !features.is_empty() {
-                cargo.args(["--features", &features]);
-            }
-            let status = cargo
+            let status = std::process::Command::new(env!("CARGO"))
+                .args(["build", "--quiet", "--example", name])
+                .args(["--features", BUILD_FEATURES])
                 .current_dir(env!("CARGO_MANIFEST_DIR"))
                 .status()
                 .expect("running cargo to build an example");
             assert!(
                 status.success(),
-                "cargo build --example {name} --features {features} failed"
+                "cargo build --example {name} --features {BUILD_FEATURES} failed"
             );
             built.push(name.to_owned());
         }

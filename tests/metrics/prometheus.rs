@@ -2,9 +2,8 @@
 //! `examples/metrics_server.rs` (feature `prometheus`) every second; its HTTP API then has
 //! each sandbox's memory and CPU series, the burner's CPU counter rising at about its half
 //! core while the idle one's stands, the labels on the info series, and the burner's series
-//! gone (stale) once it is closed, while the idle one's stay.
-
-mod common;
+//! gone (stale) once it is closed, while the idle one's stay. (In the metrics test binary:
+//! it waits on scrapes, and the other metrics tests run beside it.)
 
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -156,7 +155,7 @@ async fn line_after(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prometheus_scrapes_every_sandbox_and_drops_a_closed_one() {
-    let binary = common::example_binary_with("metrics_server", &["prometheus"]);
+    let binary = crate::common::example_binary("metrics_server");
     let mut example = Command::new(binary)
         .args(["--port", "0"])
         .stdin(Stdio::piped())
