@@ -20,7 +20,7 @@ use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
 use crate::host::sessions::SandboxState;
-use crate::sandbox::{RuntimeMetrics, SandboxMetrics};
+use crate::sandbox::{RuntimeMetrics, SandboxMetrics, SandboxReading};
 
 /// The `Content-Type` of [`encode_prometheus`]'s text (Prometheus' text format 0.0.4).
 pub const PROMETHEUS_CONTENT_TYPE: &str =
@@ -183,7 +183,7 @@ fn state_name(state: SandboxState) -> &'static str {
 
 impl Reading {
     /// Each sandbox with its identifying labels.
-    fn sandboxes(&self) -> impl Iterator<Item = (Labels, &SandboxMetrics)> + '_ {
+    fn sandboxes(&self) -> impl Iterator<Item = (Labels, &SandboxReading)> + '_ {
         self.0.iter().flat_map(|r| {
             r.sandboxes.iter().map(move |s| {
                 let labels = vec![
@@ -191,174 +191,133 @@ impl Reading {
                     ("sandbox".to_owned(), s.id.clone()),
                     ("name".to_owned(), s.name.clone().unwrap_or_default()),
                 ];
-                (labels, &s.metrics)
+                (labels, s)
             })
         })
     }
 
-    /// A family of one value per runtime.
-    fn per_runtime(
-        &self,
-        encoder: &mut DescriptorEncoder,
-        name: &str,
-        help: &str,
-        kind: MetricType,
-        value: impl Fn(&RuntimeMetrics) -> f64,
-    ) -> Result<(), std::fmt::Error> {
-        let mut family = encoder.encode_descriptor(name, help, None, kind)?;
-        for r in &self.0 {
-            let labels = vec![("runtime".to_owned(), r.runtime.to_string())];
-            let mut m = family.encode_family(&labels)?;
-            encode_value(&mut m, kind, value(r))?;
-        }
-        Ok(())
+    /// One value per runtime, labelled by it.
+    fn per_runtime<'a>(
+        &'a self,
+        value: impl Fn(&RuntimeMetrics) -> f64 + 'a,
+    ) -> impl Iterator<Item = (Labels, f64)> + 'a {
+        self.0.iter().map(move |r| (runtime_labels(r), value(r)))
     }
 }
 
-fn encode_value(
-    m: &mut prometheus_client::encoding::MetricEncoder,
+/// A per-runtime gauge: its name, help, and how to read it.
+type RuntimeFigure = (&'static str, &'static str, fn(&RuntimeMetrics) -> f64);
+
+fn runtime_labels(r: &RuntimeMetrics) -> Labels {
+    vec![("runtime".to_owned(), r.runtime.to_string())]
+}
+
+/// `labels` and one more.
+fn with(labels: &Labels, key: &str, value: &str) -> Labels {
+    let mut l = labels.clone();
+    l.push((key.to_owned(), value.to_owned()));
+    l
+}
+
+/// A family `name` of `samples` (nothing when there are none).
+fn family(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
     kind: MetricType,
-    value: f64,
+    samples: impl IntoIterator<Item = (Labels, f64)>,
 ) -> Result<(), std::fmt::Error> {
-    match kind {
-        MetricType::Counter => m.encode_counter::<NoLabelSet, f64, f64>(&value, None),
-        _ => m.encode_gauge(&value),
+    let mut samples = samples.into_iter().peekable();
+    if samples.peek().is_none() {
+        return Ok(());
     }
+    let mut family = encoder.encode_descriptor(name, help, None, kind)?;
+    for (labels, value) in samples {
+        let mut m = family.encode_family(&labels)?;
+        match kind {
+            MetricType::Counter => m.encode_counter::<NoLabelSet, f64, f64>(&value, None)?,
+            _ => m.encode_gauge(&value)?,
+        }
+    }
+    Ok(())
 }
 
 impl Collector for Reading {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        use MetricType::{Counter, Gauge};
+        let e = &mut encoder;
         for (name, help, kind, read) in SANDBOX_FIGURES {
-            let samples: Vec<(Labels, f64)> = self
+            let samples = self
                 .sandboxes()
-                .filter_map(|(labels, m)| Some((labels, read(m)?)))
-                .collect();
-            if samples.is_empty() {
-                continue;
-            }
-            let mut family = encoder.encode_descriptor(name, help, None, *kind)?;
-            for (labels, value) in &samples {
-                encode_value(&mut family.encode_family(labels)?, *kind, *value)?;
-            }
+                .filter_map(|(labels, s)| Some((labels, read(&s.metrics)?)));
+            family(e, name, help, *kind, samples)?;
         }
-        // Egress connections by decision, state as a one-hot gauge, and the labels.
-        let mut family = encoder.encode_descriptor(
-            "egress_connections",
-            "Connections through the sandbox's egress proxy, by decision.",
-            None,
-            MetricType::Counter,
-        )?;
-        for (labels, m) in self.sandboxes() {
-            let Some(e) = m.egress else { continue };
-            for (decision, n) in [
-                ("allowed", e.allowed),
-                ("denied", e.denied),
-                ("failed", e.failed),
-            ] {
-                let mut l = labels.clone();
-                l.push(("decision".to_owned(), decision.to_owned()));
-                encode_value(
-                    &mut family.encode_family(&l)?,
-                    MetricType::Counter,
-                    n as f64,
-                )?;
-            }
-        }
-        let mut family = encoder.encode_descriptor(
-            "sandbox_state",
-            "1 for the sandbox's state (running, paused, hibernated).",
-            None,
-            MetricType::Gauge,
-        )?;
-        for (labels, m) in self.sandboxes() {
-            for state in [
+        let by_decision = self.sandboxes().flat_map(|(labels, s)| {
+            let counts = s.metrics.egress.map(|c| {
+                [
+                    ("allowed", c.allowed),
+                    ("denied", c.denied),
+                    ("failed", c.failed),
+                ]
+            });
+            counts
+                .into_iter()
+                .flatten()
+                .map(move |(decision, n)| (with(&labels, "decision", decision), n as f64))
+        });
+        let help = "Connections through the sandbox's egress proxy, by decision.";
+        family(e, "egress_connections", help, Counter, by_decision)?;
+        let one_hot = self.sandboxes().flat_map(|(labels, s)| {
+            [
                 SandboxState::Running,
                 SandboxState::Paused,
                 SandboxState::Hibernated,
-            ] {
-                let mut l = labels.clone();
-                l.push(("state".to_owned(), state_name(state).to_owned()));
-                let on = if m.state == state { 1.0 } else { 0.0 };
-                encode_value(&mut family.encode_family(&l)?, MetricType::Gauge, on)?;
-            }
-        }
-        let mut family = encoder.encode_descriptor(
-            "sandbox_info",
-            "1 per open sandbox, with its labels as label_<key>.",
-            None,
-            MetricType::Gauge,
-        )?;
-        for r in &self.0 {
-            for s in &r.sandboxes {
-                let mut l = vec![
-                    ("runtime".to_owned(), r.runtime.to_string()),
-                    ("sandbox".to_owned(), s.id.clone()),
-                    ("name".to_owned(), s.name.clone().unwrap_or_default()),
-                ];
-                let reserved = ["runtime", "sandbox", "name"];
-                for (k, v) in &s.labels {
-                    let key = label_name(k);
-                    if !reserved.contains(&key.as_str()) && !l.iter().any(|(n, _)| *n == key) {
-                        l.push((key, v.clone()));
-                    }
+            ]
+            .map(|state| {
+                let on = if s.metrics.state == state { 1.0 } else { 0.0 };
+                (with(&labels, "state", state_name(state)), on)
+            })
+        });
+        let help = "1 for the sandbox's state (running, paused, hibernated).";
+        family(e, "sandbox_state", help, Gauge, one_hot)?;
+        let info = self.sandboxes().map(|(mut l, s)| {
+            for (k, v) in &s.labels {
+                let key = label_name(k);
+                // `label_` keys never meet ours; two keys made alike keep the first.
+                if !l.iter().any(|(n, _)| *n == key) {
+                    l.push((key, v.clone()));
                 }
-                encode_value(&mut family.encode_family(&l)?, MetricType::Gauge, 1.0)?;
             }
-        }
+            (l, 1.0)
+        });
+        let help = "1 per open sandbox, with its labels as label_<key>.";
+        family(e, "sandbox_info", help, Gauge, info)?;
         // The library's own.
-        self.per_runtime(
-            &mut encoder,
+        let open = self.per_runtime(|r| r.sandboxes.len() as f64);
+        family(
+            e,
             "open_sandboxes",
             "Long-lived sandboxes open.",
-            MetricType::Gauge,
-            |r| r.sandboxes.len() as f64,
+            Gauge,
+            open,
         )?;
-        let mut family = encoder.encode_descriptor(
-            "spawns",
-            "Spawns that started, by where they ran.",
-            None,
-            MetricType::Counter,
-        )?;
-        for r in &self.0 {
-            for (mode, n) in [("cold", r.spawns_cold), ("warm", r.spawns_warm)] {
-                let l = vec![
-                    ("runtime".to_owned(), r.runtime.to_string()),
-                    ("mode".to_owned(), mode.to_owned()),
-                ];
-                encode_value(
-                    &mut family.encode_family(&l)?,
-                    MetricType::Counter,
-                    n as f64,
-                )?;
-            }
-        }
-        self.per_runtime(
-            &mut encoder,
-            "sandboxes_started",
-            "Long-lived sandboxes started.",
-            MetricType::Counter,
-            |r| r.sandboxes_started as f64,
-        )?;
-        let mut family = encoder.encode_descriptor(
-            "failures",
-            "Spawns and starts that failed, by error kind.",
-            None,
-            MetricType::Counter,
-        )?;
-        for r in &self.0 {
-            for (kind, n) in &r.failures {
-                let l = vec![
-                    ("runtime".to_owned(), r.runtime.to_string()),
-                    ("kind".to_owned(), kind.clone()),
-                ];
-                encode_value(
-                    &mut family.encode_family(&l)?,
-                    MetricType::Counter,
-                    *n as f64,
-                )?;
-            }
-        }
-        let mut family = encoder.encode_descriptor(
+        let spawns = self.0.iter().flat_map(|r| {
+            [("cold", r.spawns_cold), ("warm", r.spawns_warm)]
+                .map(|(mode, n)| (with(&runtime_labels(r), "mode", mode), n as f64))
+        });
+        let help = "Spawns that started, by where they ran.";
+        family(e, "spawns", help, Counter, spawns)?;
+        let started = self.per_runtime(|r| r.sandboxes_started as f64);
+        let help = "Long-lived sandboxes started.";
+        family(e, "sandboxes_started", help, Counter, started)?;
+        let failures = self.0.iter().flat_map(|r| {
+            r.failures
+                .iter()
+                .map(move |(kind, n)| (with(&runtime_labels(r), "kind", kind), *n as f64))
+        });
+        let help = "Spawns and starts that failed, by error kind.";
+        family(e, "failures", help, Counter, failures)?;
+        let mut teardowns = e.encode_descriptor(
             "teardown_seconds",
             "Container teardowns, from the kill (or the init's end) to the removal.",
             None,
@@ -377,56 +336,37 @@ impl Collector for Reading {
                     (bound.as_secs_f64(), here)
                 })
                 .collect();
-            let l = vec![("runtime".to_owned(), r.runtime.to_string())];
-            family.encode_family(&l)?.encode_histogram::<NoLabelSet>(
-                h.sum.as_secs_f64(),
-                h.count,
-                &buckets,
-                None,
-            )?;
+            teardowns
+                .encode_family(&runtime_labels(r))?
+                .encode_histogram::<NoLabelSet>(h.sum.as_secs_f64(), h.count, &buckets, None)?;
         }
-        self.per_runtime(
-            &mut encoder,
-            "image_layers",
-            "Image layers unpacked in the store.",
-            MetricType::Gauge,
-            |r| r.image_layers as f64,
-        )?;
-        self.per_runtime(
-            &mut encoder,
-            "image_bytes",
-            "Disk the image store's layers take.",
-            MetricType::Gauge,
-            |r| r.image_bytes as f64,
-        )?;
-        self.per_runtime(
-            &mut encoder,
-            "snapshots",
-            "Snapshots kept in the state dir.",
-            MetricType::Gauge,
-            |r| r.snapshots as f64,
-        )?;
-        self.per_runtime(
-            &mut encoder,
-            "snapshot_bytes",
-            "Disk the kept snapshots take.",
-            MetricType::Gauge,
-            |r| r.snapshot_bytes as f64,
-        )?;
-        self.per_runtime(
-            &mut encoder,
-            "warm_ready",
-            "Warm containers ready, over every pool.",
-            MetricType::Gauge,
-            |r| r.warm_pools.iter().map(|p| p.ready).sum::<usize>() as f64,
-        )?;
-        self.per_runtime(
-            &mut encoder,
-            "warm_target",
-            "Warm containers asked for, over every pool.",
-            MetricType::Gauge,
-            |r| r.warm_pools.iter().map(|p| p.target).sum::<usize>() as f64,
-        )?;
+        let stores: [RuntimeFigure; 6] = [
+            ("image_layers", "Image layers unpacked in the store.", |r| {
+                r.image_layers as f64
+            }),
+            ("image_bytes", "Disk the image store's layers take.", |r| {
+                r.image_bytes as f64
+            }),
+            ("snapshots", "Snapshots kept in the state dir.", |r| {
+                r.snapshots as f64
+            }),
+            ("snapshot_bytes", "Disk the kept snapshots take.", |r| {
+                r.snapshot_bytes as f64
+            }),
+            (
+                "warm_ready",
+                "Warm containers ready, over every pool.",
+                |r| r.warm_pools.iter().map(|p| p.ready).sum::<usize>() as f64,
+            ),
+            (
+                "warm_target",
+                "Warm containers asked for, over every pool.",
+                |r| r.warm_pools.iter().map(|p| p.target).sum::<usize>() as f64,
+            ),
+        ];
+        for (name, help, read) in stores {
+            family(e, name, help, Gauge, self.per_runtime(read))?;
+        }
         Ok(())
     }
 }

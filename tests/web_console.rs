@@ -64,6 +64,36 @@ async fn stty_size(client: &Client, marker: &str) -> (u32, u32) {
     }
 }
 
+/// Runs `command` through the page's form.
+async fn run_from_form(client: &Client, command: &str) {
+    let input = client.find(Locator::Id("cmd")).await.unwrap();
+    input.send_keys(command).await.unwrap();
+    client
+        .find(Locator::Id("go"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+}
+
+/// Waits until element `id`'s text satisfies `done`, polled every 200 ms; fails after
+/// `within` with the last text.
+async fn wait_for_text(client: &Client, id: &str, within: Duration, done: impl Fn(&str) -> bool) {
+    let deadline = Instant::now() + within;
+    loop {
+        let text = web::text_of(client, Locator::Id(id)).await;
+        if done(&text) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "#{id} never as expected: {text:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 async fn log_text(client: &Client) -> String {
     web::text_of(client, Locator::Id("log")).await
 }
@@ -116,20 +146,11 @@ async fn the_console_works_in_a_real_browser() {
         "{header}"
     );
     // A logging command: its lines appear while it runs.
-    client
-        .find(Locator::Id("cmd"))
-        .await
-        .unwrap()
-        .send_keys("for i in 1 2 3 4 5 6; do echo line-$i; sleep 0.5; done")
-        .await
-        .unwrap();
-    client
-        .find(Locator::Id("go"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    run_from_form(
+        &client,
+        "for i in 1 2 3 4 5 6; do echo line-$i; sleep 0.5; done",
+    )
+    .await;
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let log = log_text(&client).await;
@@ -173,54 +194,20 @@ async fn the_console_works_in_a_real_browser() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     // The live figures: a spinning command's CPU share shows within seconds, and goes.
-    let figure = |id: &'static str| web::text_of(&client, Locator::Id(id));
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !(figure("fig-state").await == "running" && figure("fig-memory").await.contains("MiB")) {
-        assert!(
-            Instant::now() < deadline,
-            "no figures: {}",
-            figure("figures").await
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    client
-        .find(Locator::Id("cmd"))
-        .await
-        .unwrap()
-        .send_keys("timeout 8 sh -c 'while :; do :; done'")
-        .await
-        .unwrap();
-    client
-        .find(Locator::Id("go"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
-    let cpu_percent = |text: String| -> u32 {
-        text.trim_start_matches("cpu ")
-            .trim_end_matches('%')
-            .parse()
-            .unwrap_or(0)
-    };
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let cpu = figure("fig-cpu").await;
-        if cpu_percent(cpu.clone()) >= 50 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "the burner never showed: {cpu}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let cpu = figure("fig-cpu").await;
-        if cpu_percent(cpu.clone()) < 10 && cpu.ends_with('%') {
-            break;
-        }
-        assert!(Instant::now() < deadline, "the CPU share stayed up: {cpu}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let within = Duration::from_secs(10);
+    wait_for_text(&client, "fig-state", within, |t| t == "running").await;
+    wait_for_text(&client, "fig-memory", within, |t| t.contains("MiB")).await;
+    run_from_form(&client, "timeout 8 sh -c 'while :; do :; done'").await;
+    let cpu_percent =
+        |text: &str| -> Option<u32> { text.strip_prefix("cpu ")?.strip_suffix('%')?.parse().ok() };
+    wait_for_text(&client, "fig-cpu", Duration::from_secs(20), |t| {
+        cpu_percent(t).is_some_and(|p| p >= 50)
+    })
+    .await;
+    wait_for_text(&client, "fig-cpu", Duration::from_secs(30), |t| {
+        cpu_percent(t).is_some_and(|p| p < 10)
+    })
+    .await;
     if std::env::var_os("OSB_SCREENSHOT").is_some() {
         let png = client.screenshot().await.unwrap();
         std::fs::write(

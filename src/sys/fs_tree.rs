@@ -491,14 +491,19 @@ mod tests;
 /// file system only, like `du -sx`: the same walk by descriptors as the others, nothing
 /// followed, so a tree that a container changes meanwhile is never left. Blocking.
 pub(crate) fn disk_usage_blocking(path: &Path) -> io::Result<u64> {
-    let dir = Dir::open(path, DIR_FLAGS, Mode::empty())?;
+    let (usage, walked) = measure(Dir::open(path, DIR_FLAGS, Mode::empty())?)?;
+    walked.map(|()| usage.bytes)
+}
+
+/// The walk of [`disk_usage_blocking`] from `dir`: what it counted, and how it ended.
+fn measure(dir: Dir) -> io::Result<(DiskUsage, io::Result<()>)> {
     let top = fstat(&dir)?;
     let mut usage = DiskUsage {
         bytes: 0,
         missed: false,
     };
-    walk(dir, top.st_dev, &mut usage)?;
-    Ok(usage.bytes)
+    let walked = walk(dir, top.st_dev, &mut usage);
+    Ok((usage, walked))
 }
 
 /// [`disk_usage_blocking`] of the directory open as `fd` (an `O_PATH` one will do), as far as
@@ -506,14 +511,8 @@ pub(crate) fn disk_usage_blocking(path: &Path) -> io::Result<u64> {
 /// changed under it may end it early, or move an entry away between its listing and its
 /// visit). Blocking.
 pub(crate) fn disk_usage_of_blocking(fd: &std::os::fd::OwnedFd) -> io::Result<(u64, bool)> {
-    let dir = Dir::openat(fd, ".", DIR_FLAGS, Mode::empty())?;
-    let top = fstat(&dir)?;
-    let mut usage = DiskUsage {
-        bytes: 0,
-        missed: false,
-    };
-    let finished = walk(dir, top.st_dev, &mut usage).is_ok() && !usage.missed;
-    Ok((usage.bytes, finished))
+    let (usage, walked) = measure(Dir::openat(fd, ".", DIR_FLAGS, Mode::empty())?)?;
+    Ok((usage.bytes, walked.is_ok() && !usage.missed))
 }
 
 /// The [`Visitor`] of [`disk_usage_blocking`].
