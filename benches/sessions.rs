@@ -230,8 +230,8 @@ async fn hibernated_cost(runtime: &NamespaceContainer) {
     }
 }
 
-/// The raw side on runsc: a raw container of the library's own spec (a shell that waits),
-/// checkpointed once; each round restores it.
+/// The raw side on runsc: a raw container of the library's own spec (a shell that waits)
+/// and its flags, checkpointed once; each round restores it.
 struct RawGvisor {
     root: std::path::PathBuf,
     bundle: tempfile::TempDir,
@@ -298,8 +298,16 @@ impl RawGvisor {
         raw
     }
 
-    async fn run(&self, args: &[&str], path: Option<&std::path::Path>, id: &str) {
+    /// `runsc` with the library's flags for a named sandbox: its root's writes in memory
+    /// (`--overlay2=root:memory`, which a checkpoint saves), as the library runs it.
+    fn command(&self) -> tokio::process::Command {
         let mut cmd = raw_cli::command(OciRuntime::Gvisor, &self.root);
+        cmd.arg("--overlay2=root:memory");
+        cmd
+    }
+
+    async fn run(&self, args: &[&str], path: Option<&std::path::Path>, id: &str) {
+        let mut cmd = self.command();
         cmd.args(args);
         if let Some(p) = path {
             cmd.arg(p);
@@ -310,7 +318,7 @@ impl RawGvisor {
 
     async fn restore(&self, round: usize) -> f64 {
         let id = format!("raw-{round}");
-        let mut cmd = raw_cli::command(OciRuntime::Gvisor, &self.root);
+        let mut cmd = self.command();
         cmd.args(["restore", "--detach", "--bundle"])
             .arg(self.bundle.path())
             .arg("--image-path")
