@@ -107,6 +107,10 @@ bench-fast: deps
 	OSB_BENCH_RUNTIMES=$(BENCH_RUNTIMES) $(CARGO) bench --features cli,prometheus -- --quick 2>&1 | tee target/bench.txt
 	python3 scripts/bench_plot.py target/bench.txt target/benchmarks-fast.svg
 
-## Runs each bench once, to keep them compiling and working (what CI does).
+## Runs each bench once, to keep them compiling and working (what CI does); like the tests,
+## it fails if the benches left temp dirs or mounts of ours in /tmp.
 bench-check: deps
+	mkdir -p target
+	scripts/leftovers.sh snapshot target/leftovers-before-bench.txt
 	OSB_BENCH_RUNTIMES=$(BENCH_RUNTIMES) $(CARGO) bench --features cli,prometheus -- --test
+	scripts/leftovers.sh check target/leftovers-before-bench.txt

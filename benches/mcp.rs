@@ -108,7 +108,7 @@ fn mcp_bench(_c: &mut Criterion) {
         server.len(),
         s / l
     );
-    raw_cli::unmount_crun_ns(dir.path());
+    raw_cli::unmount_crun_ns(&dir.path().join("state"));
 }
 
 criterion_group! {

@@ -85,7 +85,9 @@ fn metrics_bench(_c: &mut Criterion) {
                 s.close().await;
             }
             runtime.close().await;
-            unmount_crun_ns(state.path());
+            // crun's mount namespace is pinned under the state dir; mounted, it keeps the
+            // temp dir from being removed.
+            unmount_crun_ns(&state.path().join("state"));
         }
     });
 }

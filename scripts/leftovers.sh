@@ -11,7 +11,7 @@ snapshot) now >"$2" ;;
 check)
     added=$(comm -13 "$2" <(now))
     if [ -n "$added" ]; then
-        echo "the test suite left these behind:" >&2
+        echo "these were left behind:" >&2
         echo "$added" | head -50 >&2
         exit 1
     fi
