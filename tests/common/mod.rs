@@ -11,6 +11,15 @@ pub mod egress;
 pub mod images;
 pub mod ordinary_user;
 
+/// A TCP port on 127.0.0.1 that was free a moment ago, for a server the test starts.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 /// Reads `reader` (a PTY) until `needle` appears and returns everything read; fails after
 /// 10 s or at end of stream.
 pub async fn read_until(reader: &mut (impl tokio::io::AsyncRead + Unpin), needle: &str) -> String {
